@@ -1,0 +1,360 @@
+"""The cascade: teacher -> assistant -> ... -> student, each stage's student the next one's teacher.
+
+`run_recipe` is the whole job behind `cascade-kd run`:
+  1. read and check everything (data, labels, stage shapes, layer maps) before any training;
+  2. get the teacher (load it, fine-tune it, or train it from a config) and save it;
+  3. for each stage, build the student from the stage's teacher, distil, keep the best dev
+     checkpoint, save it; with `direct: true`, distil the final shape straight from the teacher;
+  4. score every model on every language and write metrics.json and report.md.
+A finished model is never recomputed on `--resume` (its directory holds a `stage.json` marker
+written last, with the recipe fingerprint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cascade_kd import __version__
+from cascade_kd.data.encode import encode
+from cascade_kd.data.task import TaskData, load_task_data
+from cascade_kd.engine import LossTerm, build_loss_terms, resolve_precision, train
+from cascade_kd.errors import RecipeError, UserError
+from cascade_kd.evaluation import evaluate_languages, metric_for, summarise
+from cascade_kd.losses import HardLabelCE
+from cascade_kd.models import (
+    build_student,
+    count_parameters,
+    create_model,
+    load_checkpoint,
+    load_model,
+    load_tokenizer,
+    save_checkpoint,
+    use_attention_outputs,
+)
+from cascade_kd.recipe import Recipe, StageConfig, StudentConfig, where
+from cascade_kd.report import write_outputs
+
+MARKER = "stage.json"
+
+
+@dataclass
+class Job:
+    """Everything the stages share: the recipe, the tokenizer and the encoded splits."""
+
+    recipe: Recipe
+    out: Path
+    tokenizer: object
+    data: TaskData
+    encoded: dict  # split -> lang -> (examples, encoded)
+    say: callable
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
+
+    def train_set(self):
+        return [e for _, enc in self.encoded["train"].values() for e in enc]
+
+    def dev_score(self, model, cfg) -> float:
+        scores = evaluate_languages(model, self.encoded["dev"], self.data.task, self.data.labels,
+                                    batch_size=cfg.eval_batch_size, pad_id=self.pad_id,
+                                    bf16=resolve_precision(cfg.precision) == "bf16")
+        return sum(scores.values()) / len(scores)  # select on the macro average over languages
+
+
+def prepare(recipe: Recipe, out: Path, say=print) -> Job:
+    """Load tokenizer and data and check the whole cascade; raises UserError on any bad input."""
+    teacher_cfg = recipe.teacher
+    tokenizer = load_tokenizer(recipe.model_path(teacher_cfg.tokenizer or teacher_cfg.model), trust_remote_code=teacher_cfg.trust_remote_code)
+    data = load_task_data(recipe)
+    if "dev" not in data.splits:
+        raise RecipeError("no dev data: models are selected on dev", where=where(recipe, "data", "dev"))
+    check_cascade(recipe, _teacher_shape(recipe))
+    say(f"data: {len(data.languages)} languages, labels {len(data.labels)}; "
+        + ", ".join(f"{s} {sum(n.values())}" for s, n in data.sizes().items()))
+    encoded = {}
+    for split, per_lang in data.splits.items():
+        encoded[split] = {
+            lang: (examples, encode(examples, tokenizer, task=data.task, label2id=data.label2id,
+                                    max_length=recipe.task.max_length, label_all_subwords=recipe.task.label_all_subwords))
+            for lang, examples in per_lang.items()
+        }
+    return Job(recipe, out, tokenizer, data, encoded, say)
+
+
+def _teacher_shape(recipe: Recipe) -> dict:
+    """Layer count, width and heads of the teacher, read from its config without loading weights."""
+    t = recipe.teacher
+    if t.config is not None:
+        from transformers import AutoConfig
+
+        spec = dict(t.config)
+        try:
+            config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+        except (ValueError, TypeError) as exc:
+            raise RecipeError(f"invalid teacher.config: {exc}", where=where(recipe, "teacher", "config")) from None
+    else:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(recipe.model_path(t.model), trust_remote_code=t.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise RecipeError(f"cannot load the teacher {t.model!r}: {str(exc).splitlines()[0]}",
+                              where=where(recipe, "teacher", "model")) from None
+    return {"layers": config.num_hidden_layers, "hidden": config.hidden_size,
+            "heads": config.num_attention_heads, "intermediate": getattr(config, "intermediate_size", None)}
+
+
+class _Shape:
+    """A stand-in config (layers, width, heads) for checking layer maps before building models."""
+
+    def __init__(self, layers, hidden, heads):
+        self.num_hidden_layers, self.hidden_size, self.num_attention_heads = layers, hidden, heads
+
+
+def check_cascade(recipe: Recipe, teacher: dict) -> None:
+    """Every stage smaller than its teacher, every layer map in range, every head count compatible."""
+    shape = _Shape(teacher["layers"], teacher["hidden"], teacher["heads"])
+    for i, stage in enumerate(recipe.cascade.stages):
+        key = ("cascade", "stages", i, "student")
+        s = stage.student
+        if s.layers > shape.num_hidden_layers:
+            raise RecipeError(
+                f"stage {stage.name!r} has {s.layers} layers, more than its teacher's {shape.num_hidden_layers}",
+                where=where(recipe, *key, "layers"), hint="each stage's student must be no deeper than its teacher",
+            )
+        hidden = s.hidden or shape.hidden_size
+        heads = s.heads or (shape.num_attention_heads if hidden == shape.hidden_size
+                            else max(1, shape.num_attention_heads * hidden // shape.hidden_size))
+        student = _Shape(s.layers, hidden, heads)
+        build_loss_terms(recipe.stage_losses(stage), shape, student, where=where(recipe, "cascade", "stages", i))
+        recipe.train_for(stage.train, f"cascade.stages[{i}].train")
+        shape = student
+
+
+def direct_spec(final: StudentConfig, final_config, teacher_config) -> StudentConfig:
+    """The final student's shape, built straight from the original teacher."""
+    spec = final.model_copy(update={
+        "hidden": final_config.hidden_size,
+        "heads": final_config.num_attention_heads,
+        "intermediate": final_config.intermediate_size,
+    })
+    if final_config.hidden_size != teacher_config.hidden_size:
+        # other width: teacher layers cannot be copied, embeddings are projected instead
+        spec = spec.model_copy(update={"init": "random", "embeddings": "random" if final.embeddings == "random" else "pca"})
+    elif isinstance(final.init, list):
+        spec = spec.model_copy(update={"init": "bottom"})
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _done(directory: Path, fingerprint: str) -> dict | None:
+    marker = directory / MARKER
+    if not marker.is_file():
+        return None
+    info = json.loads(marker.read_text())
+    return info if info.get("recipe") == fingerprint else None
+
+
+def _save_model(job: Job, model, directory: Path, info: dict, projections=None) -> None:
+    extra = {MARKER: json.dumps(info, indent=2).encode()}
+    if projections is not None and len(projections):
+        from safetensors.torch import save
+
+        extra["projections.safetensors"] = save({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()})
+    save_checkpoint(model, job.tokenizer, directory, extra_files=extra)
+
+
+def get_teacher(job: Job):
+    """Load, fine-tune or train the teacher; saved to RUN_DIR/teacher."""
+    recipe, out = job.recipe, job.out / "teacher"
+    fingerprint = recipe.fingerprint()
+    info = _done(out, fingerprint)
+    if info is not None:
+        job.say("teacher: already trained, loading it (resume)")
+        return load_checkpoint(out, job.data.task), info
+    t = recipe.teacher
+    torch.manual_seed(recipe.seed)
+    if t.model is not None:
+        model, has_head = load_model(recipe.model_path(t.model), job.data.task, job.data.labels, trust_remote_code=t.trust_remote_code)
+        finetune = t.finetune == "always" or (t.finetune == "auto" and not has_head)
+    else:
+        model = create_model(t.config, job.data.task, job.data.labels, len(job.tokenizer), job.tokenizer.pad_token_id)
+        finetune = t.finetune != "never"
+    info = {"recipe": fingerprint, "role": "teacher", "trained": finetune}
+    if finetune:
+        cfg = recipe.train_for(t.train, "teacher.train")
+        use_attention_outputs(model, False)
+        terms = [LossTerm("ce", 1.0, HardLabelCE())]
+        job.say(f"teacher: training {model.config.num_hidden_layers} layers x {model.config.hidden_size} "
+                f"for {cfg.epochs:g} epochs on {len(job.train_set())} examples")
+        result = train(model, job.train_set(), cfg, terms=terms, evaluate=lambda m: job.dev_score(m, cfg),
+                       pad_id=job.pad_id, seed=recipe.seed, desc="teacher")
+        info.update(dev=result.best_score, best_epoch=result.best_epoch, wall_time_s=result.wall_time_s,
+                    tokens_per_s=result.tokens_per_s, history=result.history)
+    _save_model(job, model, out, info)
+    return model, info
+
+
+def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *, spec: StudentConfig | None = None):
+    """Build the student from `teacher`, distil it, save the best dev checkpoint."""
+    recipe = job.recipe
+    out = job.out / "stages" / name
+    info = _done(out, recipe.fingerprint())
+    if info is not None:
+        job.say(f"{name}: already distilled, loading it (resume)")
+        return load_checkpoint(out, job.data.task), info
+    stage_where = where(recipe, "cascade", "stages", index)
+    torch.manual_seed(recipe.seed + index + 1)
+    student = build_student(teacher, spec or stage.student, where=f"{stage_where}.student")
+    cfg = recipe.train_for(stage.train, f"cascade.stages[{index}].train")
+    terms, projections = build_loss_terms(recipe.stage_losses(stage), teacher.config, student.config, where=stage_where)
+    needs_attn = any(t.name.startswith("attention") for t in terms)
+    use_attention_outputs(teacher, needs_attn)
+    use_attention_outputs(student, needs_attn)
+    params = count_parameters(student)
+    job.say(f"{name}: {student.config.num_hidden_layers} layers x {student.config.hidden_size} from "
+            f"{teacher.config.num_hidden_layers} x {teacher.config.hidden_size}; losses "
+            + ", ".join(f"{t.name}*{t.weight:g}" for t in terms)
+            + f"; {params['params_trainable']:,} of {params['params_total']:,} parameters trainable")
+    result = train(student, job.train_set(), cfg, terms=terms, projections=projections, teacher=teacher,
+                   evaluate=lambda m: job.dev_score(m, cfg), pad_id=job.pad_id, seed=recipe.seed + index + 1, desc=name)
+    use_attention_outputs(student, False)
+    use_attention_outputs(teacher, False)
+    info = {"recipe": recipe.fingerprint(), "role": "direct" if name == "direct" else "stage",
+            "teacher": teacher.config.num_hidden_layers, "dev": result.best_score, "best_epoch": result.best_epoch,
+            "wall_time_s": result.wall_time_s, "tokens_per_s": result.tokens_per_s, "steps": result.steps,
+            "history": result.history}
+    _save_model(job, student, out, info, projections)
+    return student, info
+
+
+def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError("RUN_DIR exists and is not a directory", where=str(out))
+    if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
+        raise UserError(
+            "RUN_DIR is not empty", where=str(out),
+            hint="pass --resume to continue that run, --overwrite to replace it, or choose another --out",
+        )
+    if overwrite and out.is_dir() and not resume:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = False, say=print) -> dict:
+    """Run a whole recipe; returns the metrics written to RUN_DIR/metrics.json."""
+    out = Path(out)
+    job = prepare(recipe, out, say)  # every input check happens before RUN_DIR is touched
+    if resume and (out / "manifest.json").is_file():
+        previous = json.loads((out / "manifest.json").read_text()).get("recipe_fingerprint")
+        if previous != recipe.fingerprint():
+            raise UserError("the recipe changed since this run started", where=str(out / "manifest.json"),
+                            hint="resume with the original recipe, or start a new --out")
+    prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    _write_manifest(job)
+    started = time.perf_counter()
+
+    teacher, teacher_info = get_teacher(job)
+    models = [("teacher", "teacher", teacher, teacher_info, out / "teacher")]
+    current = teacher
+    stages = recipe.cascade.stages
+    for i, stage in enumerate(stages):
+        student, info = distil_stage(job, stage.name, stage, current, i)
+        role = "student" if i == len(stages) - 1 else "assistant"
+        models.append((stage.name, role, student, info, out / "stages" / stage.name))
+        current = student
+    if recipe.cascade.direct and len(stages) > 1:
+        final = stages[-1]
+        spec = direct_spec(final.student, current.config, teacher.config)
+        student, info = distil_stage(job, "direct", final, teacher, len(stages) - 1, spec=spec)
+        models.append(("direct", "direct", student, info, out / "stages" / "direct"))
+
+    metrics = score_models(job, models)
+    metrics["wall_time_s"] = time.perf_counter() - started
+    write_outputs(out, metrics)
+    return metrics
+
+
+def score_models(job: Job, models, split: str | None = None) -> dict:
+    """Score every model on the report split (default: test if present, else dev) and on dev."""
+    data = job.data
+    split = split or ("test" if "test" in job.encoded else "dev")
+    bf16 = resolve_precision(job.recipe.train.precision) == "bf16"
+    rows, teacher_scores = [], None
+    for name, role, model, info, directory in models:
+        per_lang = evaluate_languages(model, job.encoded[split], data.task, data.labels,
+                                      batch_size=job.recipe.train.eval_batch_size, pad_id=job.pad_id, bf16=bf16)
+        dev = per_lang if split == "dev" else evaluate_languages(
+            model, job.encoded["dev"], data.task, data.labels, batch_size=job.recipe.train.eval_batch_size,
+            pad_id=job.pad_id, bf16=bf16)
+        if role == "teacher":
+            teacher_scores = per_lang
+        summary = summarise(per_lang, teacher_scores)
+        rows.append({
+            "name": name, "role": role, "path": str(directory.relative_to(job.out)),
+            "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
+            "heads": model.config.num_attention_heads, **count_parameters(model),
+            "per_language": per_lang, "average": summary["average"], "worst": summary["worst"],
+            "worst_language": summary["worst_language"], "retention": summary["retention"],
+            "retention_per_language": summary["retention_per_language"],
+            "dev_average": sum(dev.values()) / len(dev),
+            "wall_time_s": info.get("wall_time_s"), "train_tokens_per_s": info.get("tokens_per_s"),
+        })
+    return {
+        "name": job.recipe.name, "task": data.task, "metric": metric_for(data.task, data.labels),
+        "split": split, "languages": data.languages, "labels": data.labels, "models": rows,
+    }
+
+
+def _write_manifest(job: Job) -> None:
+    import transformers
+
+    manifest = {
+        "recipe_fingerprint": job.recipe.fingerprint(), "cascade_kd": __version__, "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": platform.python_version(),
+        "seed": job.recipe.seed, "data_sizes": job.data.sizes(), "labels": job.data.labels,
+        "recipe": job.recipe.model_dump(mode="json"),
+    }
+    from cascade_kd.report import atomic_write
+
+    atomic_write(job.out / "manifest.json", json.dumps(manifest, indent=2))
+    atomic_write(job.out / "recipe.yaml", _recipe_text(job.recipe))
+
+
+def _recipe_text(recipe: Recipe) -> str:
+    import yaml
+
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Path | None = None, say=print) -> dict:
+    """Re-score every saved model of a finished run on the data `recipe` names, without training."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise UserError("no metrics.json: not a finished cascade-kd run", where=str(run_dir))
+    job = prepare(recipe, run_dir, say)
+    if split not in job.encoded:
+        raise RecipeError(f"the recipe names no {split} data", where=where(recipe, "data", split))
+    job.encoded = {s: job.encoded[s] for s in ("dev", split)}
+    previous = json.loads(metrics_path.read_text())
+    models = []
+    for row in previous["models"]:
+        directory = run_dir / row["path"]
+        if not (directory / "config.json").is_file():
+            raise UserError(f"model {row['name']!r} is missing", where=str(directory))
+        models.append((row["name"], row["role"], load_checkpoint(directory, job.data.task), {}, directory))
+    metrics = score_models(job, models, split=split)
+    write_outputs(Path(out) if out else run_dir / f"eval-{split}", metrics)
+    return metrics

@@ -1,0 +1,185 @@
+"""Load a recipe's task data: every split in every language, checked before any training starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cascade_kd.data.readers import Example, read_examples, read_label_file
+from cascade_kd.errors import DataError, RecipeError
+from cascade_kd.recipe import Recipe, where
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class TaskData:
+    """All examples of a task, split -> language -> examples, plus the label set."""
+
+    task: str
+    labels: list[str]
+    languages: list[str]
+    splits: dict[str, dict[str, list[Example]]] = field(default_factory=dict)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+    def sizes(self) -> dict[str, dict[str, int]]:
+        return {split: {lang: len(ex) for lang, ex in per_lang.items()} for split, per_lang in self.splits.items()}
+
+
+def _path_for(recipe: Recipe, split: str, lang: str) -> Path | None:
+    spec = getattr(recipe.data, split)
+    if spec is None:
+        return None
+    if isinstance(spec, dict):
+        if lang not in spec:
+            raise RecipeError(
+                f"no {split} file for language {lang!r}",
+                where=where(recipe, "data", split),
+                hint=f"add '{lang}: PATH' or use a template with {{lang}}",
+            )
+        raw = spec[lang]
+    else:
+        if "{lang}" not in spec and len(recipe.data.languages) > 1:
+            raise RecipeError(
+                f"the {split} path has no {{lang}} placeholder but {len(recipe.data.languages)} languages are listed",
+                where=where(recipe, "data", split),
+                hint="write e.g. data/train-{lang}.tsv, or give a mapping lang: path",
+            )
+        raw = spec.replace("{lang}", lang)
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else recipe.base_dir / path
+
+
+def _read_local(recipe: Recipe, split: str, lang: str) -> list[Example] | None:
+    path = _path_for(recipe, split, lang)
+    if path is None:
+        return None
+    data = recipe.data
+    limit = data.max_train_per_language if split == "train" else data.max_eval_per_language
+    return read_examples(
+        path,
+        fmt=data.format,
+        task=recipe.task.type,
+        lang=lang,
+        text_column=data.text_column,
+        text_pair_column=data.text_pair_column,
+        label_column=data.label_column,
+        header=data.header,
+        encoding=data.encoding,
+        limit=limit,
+    )
+
+
+def _read_hub(recipe: Recipe, split: str, lang: str) -> list[Example] | None:
+    """A split of a Hugging Face dataset (online users; offline with the 'json'/'csv' builders)."""
+    hub = recipe.data.hf
+    if split not in hub.splits:
+        return None
+    try:
+        import datasets
+    except ImportError:
+        raise RecipeError(
+            "data.format: hf needs the datasets package", where=where(recipe, "data", "format"),
+            hint="pip install 'cascade-kd[hub]'",
+        ) from None
+    name = hub.name.replace("{lang}", lang) if hub.name else None
+    files = {k: str(recipe.base_dir / v.replace("{lang}", lang)) for k, v in (hub.data_files or {}).items()} or None
+    try:
+        ds = datasets.load_dataset(hub.path, name, data_files=files, split=hub.splits[split])
+    except Exception as exc:  # noqa: BLE001 - any loading failure is the user's dataset spec
+        raise DataError(f"cannot load {hub.path} ({name}) split {hub.splits[split]!r}: {exc}",
+                        where=where(recipe, "data", "hf")) from None
+    task, data = recipe.task.type, recipe.data
+    text_col = data.text_column or ("tokens" if task == "token" else "text")
+    label_col = data.label_column or ("ner_tags" if task == "token" else "label")
+    pair_col = data.text_pair_column or "text_pair"
+    names = getattr(ds.features.get(label_col), "names", None)
+    if names is None and task == "token":
+        names = getattr(getattr(ds.features.get(label_col), "feature", None), "names", None)
+
+    def as_label(v):
+        return names[v] if names is not None and isinstance(v, int) else str(v)
+
+    limit = data.max_train_per_language if split == "train" else data.max_eval_per_language
+    examples = []
+    for i, row in enumerate(ds):
+        if limit and i >= limit:
+            break
+        source = f"{hub.path}/{name or ''}[{hub.splits[split]}]:{i}"
+        if text_col not in row or label_col not in row:
+            raise DataError(f"row has no column {text_col!r} or {label_col!r} (columns: {sorted(row)})", where=source)
+        if task == "token":
+            examples.append(Example(lang=lang, source=source, tokens=list(row[text_col]),
+                                    tags=[as_label(t) for t in row[label_col]]))
+        else:
+            examples.append(Example(lang=lang, source=source, text=row[text_col],
+                                    text_pair=row.get(pair_col) if task == "pair" else None,
+                                    label=as_label(row[label_col])))
+    return examples
+
+
+def _labels_of(example: Example) -> list[str]:
+    return example.tags if example.tags is not None else [example.label]
+
+
+def load_task_data(recipe: Recipe) -> TaskData:
+    """Read every split and language; check labels and emptiness. Raises UserError on bad input."""
+    reader = _read_hub if recipe.data.format == "hf" else _read_local
+    splits: dict[str, dict[str, list[Example]]] = {}
+    for split in SPLITS:
+        per_lang = {}
+        for lang in recipe.data.languages:
+            examples = reader(recipe, split, lang)
+            if examples is None:
+                continue
+            if not examples:
+                raise DataError(f"the {split} split of {lang!r} is empty", where=where(recipe, "data", split))
+            per_lang[lang] = examples
+        if per_lang:
+            splits[split] = per_lang
+
+    labels = _label_set(recipe, splits)
+    allowed = set(labels)
+    for split, per_lang in splits.items():
+        for examples in per_lang.values():
+            for ex in examples:
+                for label in _labels_of(ex):
+                    if label not in allowed:
+                        raise DataError(
+                            f"label {label!r} is not in the label set ({', '.join(labels)})",
+                            where=ex.source,
+                            hint="add it to task.labels, or fix the row",
+                        )
+    return TaskData(task=recipe.task.type, labels=labels, languages=list(recipe.data.languages), splits=splits)
+
+
+def _label_set(recipe: Recipe, splits) -> list[str]:
+    task = recipe.task
+    if task.labels is not None:
+        return list(task.labels)
+    if task.labels_file is not None:
+        path = Path(task.labels_file)
+        path = path if path.is_absolute() else recipe.base_dir / path
+        return read_label_file(path)
+    # Inferred from train: every language must use the same labels, or the task is ill-defined
+    per_lang = {lang: sorted({l for ex in exs for l in _labels_of(ex)}) for lang, exs in splits["train"].items()}
+    reference_lang, reference = next(iter(per_lang.items()))
+    for lang, labels in per_lang.items():
+        if labels != reference:
+            missing = sorted(set(reference) - set(labels))
+            extra = sorted(set(labels) - set(reference))
+            raise DataError(
+                f"labels differ between languages: {lang!r} vs {reference_lang!r}"
+                + (f"; {lang} lacks {missing}" if missing else "")
+                + (f"; {lang} adds {extra}" if extra else ""),
+                where=where(recipe, "data", "train"),
+                hint="list the full label set in task.labels if some languages lack a label",
+            )
+    if len(reference) < 2:
+        raise DataError(f"the training data has only the label {reference}", where=where(recipe, "data", "train"))
+    if task.type == "token" and "O" in reference:  # keep O first: the conventional id 0
+        reference = ["O"] + [l for l in reference if l != "O"]
+    return reference

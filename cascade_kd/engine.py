@@ -1,0 +1,293 @@
+"""The training engine: one loop for every stage of every method.
+
+A stage is (student, optional frozen teacher, weighted loss terms, train settings). Fine-tuning
+the teacher is a stage with only the hard-label loss and no teacher; a CAMeMBERT/LightMBERT
+distillation stage is the same loop with hidden/attention/logit terms. The loop runs on
+accelerate's `Accelerator` (device placement, mixed precision, gradient accumulation). Only the
+`DistillationModule` (student + the projections its losses own) is prepared, so under DDP the
+frozen teacher is never wrapped and never synchronised: it is moved to the device and run under
+`no_grad`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from cascade_kd.data.encode import IGNORE, Encoded, bucketed_batches, collate
+from cascade_kd.errors import UserError
+from cascade_kd.features import Features, extract_features, layer_pairs
+from cascade_kd.losses import LOSSES
+from cascade_kd.recipe import LossConfig, TrainConfig
+
+LOGIT_LOSSES = ("kl", "logit_mse")
+HIDDEN_LOSSES = ("hidden_mse", "hidden_cos")
+ATTENTION_LOSSES = ("attention_mse", "attention_kl")
+
+
+class TrainingError(UserError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+@dataclass
+class LossTerm:
+    """One weighted loss of a stage, with the layer pairs it compares (teacher, student)."""
+
+    name: str
+    weight: float
+    module: nn.Module
+    pairs: list[tuple[int, int]] = field(default_factory=list)
+    positions: str = "labelled"
+
+
+def build_loss_terms(
+    losses: dict[str, LossConfig], teacher_config, student_config, *, where: str
+) -> tuple[list[LossTerm], nn.ModuleDict]:
+    """Instantiate the stage's losses and the projections they need (owned by the student side).
+
+    A hidden-state loss between a student of width d_S and a teacher of width d_T goes through a
+    trainable Linear(d_S, d_T), one per student layer of the map.
+    """
+    terms, projections = [], nn.ModuleDict()
+    for name, cfg in losses.items():
+        if cfg.weight == 0:
+            continue
+        if name == "kl":
+            module = LOSSES[name](temperature=cfg.temperature)
+        elif name in ATTENTION_LOSSES:
+            module = LOSSES[name](head_reduction=cfg.head_reduction)
+            t_heads, s_heads = teacher_config.num_attention_heads, student_config.num_attention_heads
+            if cfg.head_reduction == "none" and t_heads != s_heads:
+                raise UserError(
+                    f"{name} compares attention maps head by head, but the teacher has {t_heads} heads "
+                    f"and the student {s_heads}",
+                    where=f"{where}.losses.{name}",
+                    hint="set head_reduction: mean to compare head-averaged maps",
+                )
+        else:
+            module = LOSSES[name]()
+        pairs = []
+        if name in HIDDEN_LOSSES or name in ATTENTION_LOSSES:
+            feature = "hidden" if name in HIDDEN_LOSSES else "attention"
+            pairs = layer_pairs(
+                cfg.layer_map,
+                teacher_config.num_hidden_layers,
+                student_config.num_hidden_layers,
+                feature=feature,
+                where=f"{where}.losses.{name}.layer_map",
+            )
+        if name in HIDDEN_LOSSES and teacher_config.hidden_size != student_config.hidden_size:
+            for _, s in pairs:
+                key = f"{name}_{s}"
+                projections[key] = nn.Linear(student_config.hidden_size, teacher_config.hidden_size)
+        terms.append(LossTerm(name, cfg.weight, module, pairs, cfg.positions))
+    return terms, projections
+
+
+class DistillationModule(nn.Module):
+    """The trainable side of a stage: the student plus the projections its losses own.
+
+    Keeping projections here (not in the loss, not in the teacher) means the optimiser, DDP and
+    the stage checkpoint all cover them with no special case.
+    """
+
+    def __init__(self, student: nn.Module, projections: nn.ModuleDict):
+        super().__init__()
+        self.student = student
+        self.projections = projections
+
+    def forward(self, batch: dict, hidden: bool, attentions: bool) -> Features:
+        return extract_features(self.student, batch, hidden=hidden, attentions=attentions)
+
+
+def _stage_loss(terms: list[LossTerm], module: DistillationModule, s: Features, t: Features | None, batch):
+    """Weighted sum of the terms; returns (total, {name: value}) for logging and finiteness checks."""
+    token_task = s.logits.dim() == 3
+    labels = batch["labels"]
+    parts = {}
+    total = s.logits.new_zeros((), dtype=torch.float32)
+    for term in terms:
+        if term.name == "ce":
+            value = term.module(s.logits, labels)
+        elif term.name in LOGIT_LOSSES:
+            mask = None
+            if token_task:
+                mask = labels != IGNORE if term.positions == "labelled" else s.attention_mask
+            value = term.module(s.logits, t.logits, mask)
+        else:
+            values = []
+            for t_layer, s_layer in term.pairs:
+                if term.name in HIDDEN_LOSSES:
+                    student_h = s.hidden(s_layer)
+                    key = f"{term.name}_{s_layer}"
+                    if key in module.projections:
+                        student_h = module.projections[key](student_h)
+                    values.append(term.module(student_h, t.hidden(t_layer), s.attention_mask))
+                else:
+                    values.append(term.module(s.attention(s_layer), t.attention(t_layer), s.attention_mask))
+            value = torch.stack(values).mean()  # mean over the map's pairs
+        parts[term.name] = value
+        total = total + term.weight * value
+    return total, parts
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' picks bf16 where the hardware runs it natively (AMX/AVX-512 bf16 CPUs, recent GPUs)."""
+    if precision != "auto":
+        return {"fp32": "no"}.get(precision, precision)
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=resolve_precision(cfg.precision), gradient_accumulation_steps=cfg.grad_accum)
+
+
+def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters only (frozen ones cost nothing); no decay on biases/norms."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    # fused AdamW is several times faster than the per-tensor default on CPU as well as GPU
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+
+
+@dataclass
+class TrainResult:
+    best_score: float | None
+    best_epoch: float | None
+    history: list[dict]
+    steps: int
+    wall_time_s: float
+    tokens_per_s: float
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    # a live bar on a terminal; in logs (CI, nohup) only the per-evaluation lines are printed
+    quiet = os.environ.get("CASCADE_KD_QUIET") == "1" or not sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="step", disable=quiet, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+
+
+def _log(bar, message: str) -> None:
+    if os.environ.get("CASCADE_KD_QUIET") != "1":
+        bar.write(message, file=sys.stdout)
+
+
+def train(
+    student: nn.Module,
+    train_data: list[Encoded],
+    cfg: TrainConfig,
+    *,
+    terms: list[LossTerm],
+    projections: nn.ModuleDict | None = None,
+    teacher: nn.Module | None = None,
+    evaluate=None,
+    pad_id: int = 0,
+    seed: int = 0,
+    desc: str = "train",
+) -> TrainResult:
+    """Train `student` in place; if `evaluate` is given (a callable model -> dev score), keep the
+    weights of the best evaluation (selection on dev, never on test) and stop early on `patience`."""
+    accelerator = make_accelerator(cfg)
+    module = DistillationModule(student, projections or nn.ModuleDict())
+    optimizer = make_optimizer(module, cfg)
+    lengths = [len(x) for x in train_data]
+    per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+    total_steps = max(1, math.ceil(cfg.epochs * per_epoch))
+    from transformers import get_linear_schedule_with_warmup
+
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(cfg.warmup_ratio * total_steps / cfg.grad_accum), math.ceil(total_steps / cfg.grad_accum)
+    )
+    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    device = accelerator.device
+    needs_teacher = any(t.name != "ce" for t in terms)
+    need_hidden = any(t.name in HIDDEN_LOSSES for t in terms)
+    need_attn = any(t.name in ATTENTION_LOSSES for t in terms)
+    if needs_teacher:
+        if teacher is None:
+            raise ValueError("distillation losses need a teacher")
+        teacher.to(device).eval().requires_grad_(False)  # frozen, outside DDP
+
+    best = (None, None, None)  # score, epoch, state on CPU
+    history: list[dict] = []
+    stale = 0
+    step, tokens, started, eval_time = 0, 0, time.perf_counter(), 0.0
+    bar = _progress(total_steps, desc)
+    epoch = 0
+    while step < total_steps:
+        batches = bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=epoch)
+        batches = batches[accelerator.process_index :: accelerator.num_processes]
+        module.train()
+        running = 0.0
+        for indices in batches:
+            if step >= total_steps:
+                break
+            batch = {k: v.to(device) for k, v in collate([train_data[i] for i in indices], pad_id).items()}
+            with accelerator.accumulate(module):
+                with accelerator.autocast():
+                    s_feats = module(batch, need_hidden, need_attn)
+                    t_feats = None
+                    if needs_teacher:
+                        with torch.no_grad():
+                            t_feats = extract_features(teacher, batch, hidden=need_hidden, attentions=need_attn)
+                    loss, parts = _stage_loss(terms, accelerator.unwrap_model(module), s_feats, t_feats, batch)
+                if not torch.isfinite(loss):
+                    bad = [n for n, v in parts.items() if not torch.isfinite(v)]
+                    raise TrainingError(
+                        f"non-finite loss at step {step + 1} (epoch {epoch + 1}) in term(s) {', '.join(bad) or 'total'}",
+                        where=desc,
+                        hint="lower lr, use precision: fp32, or check the data",
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += int(batch["attention_mask"].sum())
+            value = float(loss.detach())
+            running = 0.9 * running + 0.1 * value if step > 1 else value
+            bar.update(1)
+            bar.set_postfix(epoch=f"{epoch + 1}/{math.ceil(cfg.epochs)}", loss=f"{running:.4f}")
+        epoch += 1
+        if evaluate is not None and (cfg.eval_every_epoch or step >= total_steps):
+            eval_started = time.perf_counter()
+            score = evaluate(accelerator.unwrap_model(module).student)
+            frac_epoch = round(step / per_epoch, 3)
+            history.append({"epoch": frac_epoch, "step": step, "loss": running, "dev": score})
+            elapsed = time.perf_counter() - started
+            eta = elapsed / step * (total_steps - step)
+            _log(bar, f"  {desc}: epoch {frac_epoch:g}/{cfg.epochs:g} step {step}/{total_steps} "
+                      f"loss {running:.4f} dev {score:.4f} ({elapsed:.0f}s, ETA {eta:.0f}s)")
+            eval_time += time.perf_counter() - eval_started
+            if best[0] is None or score > best[0]:
+                state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(module).student.state_dict().items()}
+                best, stale = (score, frac_epoch, state), 0
+            else:
+                stale += 1
+                if cfg.patience and stale >= cfg.patience:
+                    break
+    bar.close()
+    wall = time.perf_counter() - started
+    unwrapped = accelerator.unwrap_model(module)
+    if best[2] is not None:
+        unwrapped.student.load_state_dict(best[2])
+    accelerator.free_memory()
+    train_time = wall - eval_time
+    return TrainResult(best[0], best[1], history, step, wall, tokens / train_time if train_time > 0 else 0.0)

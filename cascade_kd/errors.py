@@ -1,0 +1,31 @@
+"""User-facing errors.
+
+Everything a user can fix (a recipe key, a data row, a path) raises a `UserError`. The CLI prints
+it as one line and exits with code 2, without a traceback; library users can catch it.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem in the user's input: says what is wrong, where, and how to fix it."""
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
+        self.message = message
+        self.where = where
+        self.hint = hint
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class RecipeError(UserError):
+    """A recipe key is missing, unknown, mistyped or inconsistent."""
+
+
+class DataError(UserError):
+    """A data file is missing, empty or has a malformed row."""

@@ -1,0 +1,93 @@
+"""Per-language evaluation: accuracy for classification, entity-level F1 (seqeval) for NER.
+
+Token-task predictions are read at each word's first sub-word and scored per word, so the score
+does not depend on how a tokenizer splits words. Words cut off by max_length count as predicted
+'O' (a miss if they were entities), so truncation cannot inflate a score.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from cascade_kd.data.encode import Encoded, collate, eval_batches
+from cascade_kd.data.readers import Example
+
+
+def metric_for(task: str, labels: list[str]) -> str:
+    """f1 for BIO-tagged token tasks (NER); accuracy for classification and plain tagging (POS)."""
+    if task == "token" and all(l == "O" or l[:2] in ("B-", "I-") for l in labels):
+        return "f1"
+    return "accuracy"
+
+
+@torch.no_grad()
+def predict(model, encoded: list[Encoded], *, batch_size: int = 64, pad_id: int = 0, bf16: bool = False) -> list:
+    """Argmax label ids: one per example (sequence tasks) or one list per example (token tasks)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out: list = [None] * len(encoded)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    for indices in eval_batches([len(x) for x in encoded], batch_size):
+        batch = collate([encoded[i] for i in indices], pad_id)
+        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        with autocast:
+            logits = model(**inputs).logits
+        pred = logits.argmax(-1).cpu()
+        for row, i in enumerate(indices):
+            out[i] = pred[row, : len(encoded[i])].tolist() if pred.dim() == 2 else int(pred[row])
+    return out
+
+
+def word_predictions(enc: Encoded, sub_preds: list[int], id2label: list[str]) -> list[str]:
+    """Each word's label, read at its first sub-word; words lost to truncation get 'O'."""
+    words = ["O"] * enc.num_words
+    previous = None
+    for position, w in enumerate(enc.word_ids):
+        if w is not None and w != previous:
+            words[w] = id2label[sub_preds[position]]
+        previous = w
+    return words
+
+
+def score(task: str, labels: list[str], examples: list[Example], encoded: list[Encoded], preds: list) -> float:
+    metric = metric_for(task, labels)
+    if task != "token":
+        gold = [labels.index(ex.label) for ex in examples]
+        return sum(int(p == g) for p, g in zip(preds, gold)) / len(gold)
+    predicted = [word_predictions(enc, p, labels) for enc, p in zip(encoded, preds)]
+    gold = [ex.tags for ex in examples]
+    if metric == "f1":
+        from seqeval.metrics import f1_score
+
+        return float(f1_score(gold, predicted, zero_division=0))
+    pairs = [(g, p) for gs, ps in zip(gold, predicted) for g, p in zip(gs, ps)]
+    return sum(int(g == p) for g, p in pairs) / max(1, len(pairs))
+
+
+def evaluate_languages(
+    model, split: dict[str, tuple[list[Example], list[Encoded]]], task: str, labels: list[str], **predict_kwargs
+) -> dict[str, float]:
+    """Score the model on every language of one split."""
+    return {
+        lang: score(task, labels, examples, encoded, predict(model, encoded, **predict_kwargs))
+        for lang, (examples, encoded) in split.items()
+    }
+
+
+def summarise(per_language: dict[str, float], teacher: dict[str, float] | None = None) -> dict:
+    """Average, worst language, and retention against the teacher (mean of per-language ratios)."""
+    values = list(per_language.values())
+    worst_lang = min(per_language, key=per_language.get)
+    out = {
+        "average": sum(values) / len(values),
+        "worst": per_language[worst_lang],
+        "worst_language": worst_lang,
+    }
+    if teacher is not None:
+        ratios = {l: (s / teacher[l] if teacher[l] > 0 else float("nan")) for l, s in per_language.items()}
+        finite = [r for r in ratios.values() if r == r]
+        out["retention_per_language"] = ratios
+        out["retention"] = sum(finite) / len(finite) if finite else float("nan")
+    return out

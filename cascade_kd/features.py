@@ -1,0 +1,172 @@
+"""One place that turns any encoder's outputs into named features.
+
+Hugging Face returns `hidden_states` with L+1 entries (index 0 = embeddings) and `attentions`
+with L entries (index 0 = the first layer). Mixing the two up is the classic off-by-one of
+distillation code (a "layer 11 <-> layer 5" match that pairs the penultimate hidden state with the
+last attention map). Here every layer reference lives in ONE numbering:
+
+    0 or "embeddings"        the embedding output (hidden states only)
+    1 .. L                   the output / attention of transformer layer k (1-based)
+    "last" or -1             layer L; -2 is layer L-1, and so on
+
+`Features.hidden(ref)` and `Features.attention(ref)` both take that numbering, so "layer 6" is
+the same layer whichever feature is asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+
+from cascade_kd.errors import RecipeError
+
+LayerRef = Union[int, str]
+
+
+def resolve_layer(ref: LayerRef, num_layers: int, *, feature: str = "hidden", where: str = "layer") -> int:
+    """Turn a symbolic layer reference into a layer number in 0..L (hidden) or 1..L (attention)."""
+    if isinstance(ref, bool):  # bool is an int subclass: reject it explicitly
+        raise RecipeError(f"layer reference {ref!r} is not a layer", where=where)
+    if isinstance(ref, str):
+        name = ref.strip().lower()
+        if name in ("embeddings", "emb", "embedding"):
+            index = 0
+        elif name in ("last", "top"):
+            index = num_layers
+        else:
+            try:
+                index = int(name)
+            except ValueError:
+                raise RecipeError(
+                    f"unknown layer reference {ref!r}",
+                    where=where,
+                    hint="use an integer, a negative index, 'embeddings' or 'last'",
+                ) from None
+            return resolve_layer(index, num_layers, feature=feature, where=where)
+    elif isinstance(ref, int):
+        index = num_layers + 1 + ref if ref < 0 else ref
+    else:
+        raise RecipeError(f"layer reference {ref!r} is neither an integer nor a name", where=where)
+    lowest = 0 if feature == "hidden" else 1
+    if not lowest <= index <= num_layers:
+        what = "hidden states 0 (embeddings) to" if feature == "hidden" else "attention layers 1 to"
+        raise RecipeError(
+            f"layer {ref!r} is out of range: the model has {num_layers} layers ({what} {num_layers})",
+            where=where,
+        )
+    return index
+
+
+@dataclass
+class Features:
+    """The named outputs of one forward pass.
+
+    logits:          [B, C] (sequence tasks) or [B, T, C] (token tasks)
+    hidden_states:   L+1 tensors [B, T, D]; entry 0 is the embedding output
+    attentions:      L tensors [B, H, T, T] of attention probabilities, or None if not computed
+    attention_mask:  [B, T] bool, True for real tokens
+    """
+
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
+    attention_mask: torch.Tensor
+
+    @property
+    def num_layers(self) -> int:
+        if self.hidden_states is not None:
+            return len(self.hidden_states) - 1
+        if self.attentions is not None:
+            return len(self.attentions)
+        raise ValueError("these features hold neither hidden states nor attentions")
+
+    def hidden(self, ref: LayerRef) -> torch.Tensor:
+        if self.hidden_states is None:
+            raise ValueError("hidden states were not computed for this forward pass")
+        return self.hidden_states[resolve_layer(ref, self.num_layers, feature="hidden")]
+
+    def attention(self, ref: LayerRef) -> torch.Tensor:
+        if self.attentions is None:
+            raise ValueError("attentions were not computed (they need attn_implementation='eager')")
+        return self.attentions[resolve_layer(ref, self.num_layers, feature="attention") - 1]
+
+
+def extract_features(model, batch: dict, *, hidden: bool, attentions: bool) -> Features:
+    """Run `model` on a batch and return its Features. Works for any HF *For*Classification model."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    out = model(**inputs, output_hidden_states=hidden, output_attentions=attentions, return_dict=True)
+    return Features(
+        logits=out.logits,
+        hidden_states=tuple(out.hidden_states) if hidden else None,
+        attentions=tuple(out.attentions) if attentions else None,
+        attention_mask=batch["attention_mask"].bool(),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer maps: which student layer learns from which teacher layer.
+# A map is a list of (teacher_layer, student_layer) pairs in the numbering above.
+
+
+def layer_pairs(
+    strategy: str | list,
+    teacher_layers: int,
+    student_layers: int,
+    *,
+    feature: str = "hidden",
+    where: str = "layer_map",
+) -> list[tuple[int, int]]:
+    """Resolve a layer-map strategy (or an explicit list of [teacher, student] pairs).
+
+    top_only     last <-> last (LightMBERT, MiniLM)
+    uniform      student k <-> teacher round(k * L_T / L_S), k = 1..L_S (TinyBERT's i <-> i*k,
+                 generalised with rounding when L_T is not a multiple of L_S); hidden maps also
+                 pair the embeddings 0 <-> 0
+    top_aligned  student k <-> teacher L_T - L_S + k (XtremeDistilTransformers: the student's
+                 states against the teacher's top L_S+1 states); for hidden, k = 0..L_S
+    skip2        student k <-> teacher 2k (MiniALBERT)
+    """
+    if isinstance(strategy, list):
+        pairs = []
+        for i, pair in enumerate(strategy):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise RecipeError(
+                    f"entry {i} is {pair!r}, expected a [teacher_layer, student_layer] pair", where=where
+                )
+            t = resolve_layer(pair[0], teacher_layers, feature=feature, where=f"{where}[{i}][0] (teacher)")
+            s = resolve_layer(pair[1], student_layers, feature=feature, where=f"{where}[{i}][1] (student)")
+            pairs.append((t, s))
+        if not pairs:
+            raise RecipeError("an explicit layer map needs at least one pair", where=where)
+        return pairs
+
+    first = 0 if feature == "hidden" else 1
+    if strategy == "top_only":
+        return [(teacher_layers, student_layers)]
+    if strategy == "uniform":
+        pairs = [(round(k * teacher_layers / student_layers), k) for k in range(1, student_layers + 1)]
+        return ([(0, 0)] if feature == "hidden" else []) + pairs
+    if strategy == "top_aligned":
+        if student_layers > teacher_layers:
+            raise RecipeError(
+                f"top_aligned needs a student no deeper than its teacher "
+                f"({student_layers} > {teacher_layers} layers)",
+                where=where,
+            )
+        offset = teacher_layers - student_layers
+        return [(offset + k, k) for k in range(first, student_layers + 1)]
+    if strategy == "skip2":
+        if 2 * student_layers > teacher_layers:
+            raise RecipeError(
+                f"skip2 maps student layer k to teacher layer 2k: a {student_layers}-layer student "
+                f"needs a teacher with at least {2 * student_layers} layers, not {teacher_layers}",
+                where=where,
+            )
+        return ([(0, 0)] if feature == "hidden" else []) + [(2 * k, k) for k in range(1, student_layers + 1)]
+    raise RecipeError(
+        f"unknown layer map {strategy!r}",
+        where=where,
+        hint="use top_only, uniform, top_aligned, skip2 or a list of [teacher, student] pairs",
+    )

@@ -1,0 +1,320 @@
+"""Model builders: load or create the teacher, and build each stage's student from its teacher.
+
+Works on any Hugging Face encoder with a *ForSequenceClassification / *ForTokenClassification
+head (BERT, mBERT, XLM-R, DistilBERT, ...). The transformer layers are found generically as the
+ModuleList whose length is the config's layer count, so layer-subset initialisation does not
+depend on one architecture's attribute names.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cascade_kd.errors import RecipeError
+from cascade_kd.recipe import StudentConfig
+
+# ---------------------------------------------------------------------------------------------
+# Loading and creating
+
+
+def auto_class(task: str):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(
+            f"cannot load the tokenizer {name_or_path!r}: {str(exc).splitlines()[0]}",
+            where="teacher.tokenizer",
+            hint="give a local directory with tokenizer files, or a hub name when online",
+        ) from None
+
+
+def label_config(labels: list[str]) -> dict:
+    return {
+        "num_labels": len(labels),
+        "id2label": {i: label for i, label in enumerate(labels)},
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
+def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_code: bool = False):
+    """A pretrained encoder or a fine-tuned task model. Returns (model, has_matching_head)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(
+            f"cannot load the model {name_or_path!r}: {str(exc).splitlines()[0]}",
+            where="teacher.model",
+            hint="give a local directory with config.json and weights, or a hub name when online",
+        ) from None
+    head = "ForTokenClassification" if task == "token" else "ForSequenceClassification"
+    existing = [config.id2label[i] for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []
+    has_head = any(a.endswith(head) for a in (config.architectures or [])) and existing == list(labels)
+    model = auto_class(task).from_pretrained(
+        name_or_path, trust_remote_code=trust_remote_code, **label_config(labels)
+    )
+    return model, has_head
+
+
+def create_model(config_spec: dict, task: str, labels: list[str], vocab_size: int, pad_token_id: int | None):
+    """A randomly initialised model from a config spec (for machines without pretrained weights)."""
+    from transformers import AutoConfig
+
+    spec = dict(config_spec)
+    model_type = spec.pop("model_type")
+    spec.setdefault("vocab_size", vocab_size)
+    if pad_token_id is not None:
+        spec.setdefault("pad_token_id", pad_token_id)
+    try:
+        config = AutoConfig.for_model(model_type, **spec, **label_config(labels))
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"invalid teacher.config: {exc}", where="teacher.config") from None
+    if config.vocab_size < vocab_size:
+        raise RecipeError(
+            f"teacher.config.vocab_size {config.vocab_size} is smaller than the tokenizer's {vocab_size}",
+            where="teacher.config.vocab_size",
+        )
+    return auto_class(task).from_config(config)
+
+
+def use_attention_outputs(model, needed: bool) -> None:
+    """Attention probabilities are only returned by the eager implementation in transformers 5."""
+    model.set_attn_implementation("eager" if needed else "sdpa")
+
+
+# ---------------------------------------------------------------------------------------------
+# Anatomy: where the layers and the embeddings are
+
+
+def num_layers(model) -> int:
+    return model.config.num_hidden_layers
+
+
+def layer_list(model) -> tuple[str, nn.ModuleList]:
+    """The ModuleList of transformer layers (e.g. 'bert.encoder.layer')."""
+    wanted = num_layers(model)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == wanted and re.search(r"layers?$", name):
+            return name, module
+    raise ValueError(f"cannot find the {wanted} transformer layers of {type(model).__name__}")
+
+
+def embedding_parameters(model) -> dict[str, nn.Parameter]:
+    """Parameters of the embedding block (word, position, token type, their LayerNorm)."""
+    word = model.get_input_embeddings().weight
+    out = {}
+    for name, p in model.named_parameters():
+        if p is word or ".embeddings." in f".{name}":
+            out[name] = p
+    return out
+
+
+def _embedding_kind(name: str, param, word) -> str | None:
+    if param is word or "word_embeddings" in name:
+        return "word"
+    if "position_embeddings" in name:
+        return "position"
+    if "token_type_embeddings" in name:
+        return "token_type"
+    return None
+
+
+def freeze_embeddings(model, which: bool | list[str]) -> list[str]:
+    """Freeze word/position/token-type embeddings (True = all three). Returns the frozen names."""
+    if not which:
+        return []
+    kinds = {"word", "position", "token_type"} if which is True else set(which)
+    word = model.get_input_embeddings().weight
+    frozen = []
+    for name, p in embedding_parameters(model).items():
+        if _embedding_kind(name, p, word) in kinds:
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def count_parameters(model) -> dict[str, int]:
+    """Unique parameters (shared tensors counted once), split into embedding and the rest."""
+    seen, total, trainable = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    emb = sum(p.numel() for p in {id(p): p for p in embedding_parameters(model).values()}.values())
+    return {"params_total": total, "params_embedding": emb, "params_trainable": trainable}
+
+
+# ---------------------------------------------------------------------------------------------
+# Students
+
+
+def select_layers(init, teacher_layers: int, student_layers: int, where: str) -> list[int] | None:
+    """0-based teacher layer indices that initialise the student, or None for random init."""
+    if init == "random":
+        return None
+    if init == "bottom":
+        return list(range(student_layers))
+    if init == "top":
+        return list(range(teacher_layers - student_layers, teacher_layers))
+    if init == "uniform":  # evenly spread, always keeping the last layer
+        return [round((k + 1) * teacher_layers / student_layers) - 1 for k in range(student_layers)]
+    chosen = [i - 1 for i in init]  # explicit, 1-based in the recipe
+    if len(chosen) != student_layers:
+        raise RecipeError(f"init lists {len(chosen)} layers but the student has {student_layers}", where=where)
+    if max(chosen) >= teacher_layers:
+        raise RecipeError(f"init names layer {max(chosen) + 1} but the teacher has {teacher_layers}", where=where)
+    return chosen
+
+
+def build_student(teacher, spec: StudentConfig, *, where: str = "student"):
+    """A student built from `teacher` as `spec` says; the teacher is left untouched."""
+    t_layers = num_layers(teacher)
+    if spec.layers > t_layers:
+        raise RecipeError(
+            f"the student has {spec.layers} layers, more than its teacher's {t_layers}",
+            where=f"{where}.layers",
+            hint="each stage's student must be smaller than that stage's teacher",
+        )
+    t_config = teacher.config
+    config = copy.deepcopy(t_config)
+    config.num_hidden_layers = spec.layers
+    width_changes = spec.hidden is not None and spec.hidden != t_config.hidden_size
+    if width_changes:
+        heads = spec.heads or max(1, t_config.num_attention_heads * spec.hidden // t_config.hidden_size)
+        if spec.hidden % heads:
+            raise RecipeError(f"hidden {spec.hidden} is not a multiple of heads {heads}", where=f"{where}.hidden")
+        config.hidden_size = spec.hidden
+        config.num_attention_heads = heads
+        config.intermediate_size = spec.intermediate or 4 * spec.hidden
+    else:
+        if spec.heads is not None and spec.heads != t_config.num_attention_heads:
+            config.num_attention_heads = spec.heads
+            if config.hidden_size % spec.heads:
+                raise RecipeError(f"hidden {config.hidden_size} is not a multiple of heads {spec.heads}", where=f"{where}.heads")
+        if spec.intermediate is not None:
+            config.intermediate_size = spec.intermediate
+    config.architectures = None
+    student = type(teacher)(config)
+    student.to(next(teacher.parameters()).dtype)
+
+    same_shape_layers = not width_changes and spec.heads in (None, t_config.num_attention_heads) and spec.intermediate in (None, t_config.intermediate_size)
+    chosen = select_layers(spec.init, t_layers, spec.layers, f"{where}.init")
+    if chosen is not None and not same_shape_layers:
+        raise RecipeError(
+            "the student's layers have another shape than the teacher's, so they cannot be copied",
+            where=f"{where}.init",
+            hint="use init: random with a new hidden/heads/intermediate",
+        )
+    if spec.embeddings == "copy" and width_changes:
+        raise RecipeError(
+            f"embeddings cannot be copied into a student of width {spec.hidden} (teacher {t_config.hidden_size})",
+            where=f"{where}.embeddings",
+            hint="use embeddings: pca (the teacher's projected to the new width) or random",
+        )
+    _initialise(student, teacher, chosen, spec.embeddings, copy_rest=same_shape_layers)
+    freeze_embeddings(student, spec.freeze_embeddings)
+    return student
+
+
+@torch.no_grad()
+def _initialise(student, teacher, chosen: list[int] | None, embeddings: str, copy_rest: bool) -> None:
+    t_prefix, _ = layer_list(teacher)
+    s_prefix, _ = layer_list(student)
+    t_state = teacher.state_dict()
+    s_emb = set(embedding_parameters(student))
+    layer_key = re.compile(rf"^{re.escape(s_prefix)}\.(\d+)\.(.*)$")
+    for key, value in student.state_dict().items():
+        match = layer_key.match(key)
+        if match:
+            if chosen is None:
+                continue
+            source = f"{t_prefix}.{chosen[int(match.group(1))]}.{match.group(2)}"
+        elif key in s_emb or ".embeddings." in f".{key}":
+            if embeddings != "copy":
+                continue
+            source = key
+        elif copy_rest:  # head, pooler, final norms: same shapes, so start from the teacher's
+            source = key
+        else:
+            continue
+        if source in t_state and t_state[source].shape == value.shape:
+            value.copy_(t_state[source])
+    if embeddings == "pca":
+        _pca_embeddings(student, teacher)
+
+
+@torch.no_grad()
+def _pca_embeddings(student, teacher) -> None:
+    """XtremeDistil: project the teacher's embeddings onto their top principal components."""
+    width = student.config.hidden_size
+    t_word = teacher.get_input_embeddings().weight.float()
+    mean = t_word.mean(0, keepdim=True)
+    # right singular vectors of the centred matrix are the principal axes
+    _, _, v = torch.linalg.svd(t_word - mean, full_matrices=False)
+    axes = v[:width].T  # [D_T, D_S]
+    t_emb = embedding_parameters(teacher)
+    word = student.get_input_embeddings().weight
+    word.copy_(((t_word - mean) @ axes).to(word.dtype))
+    for name, p in embedding_parameters(student).items():
+        if p is word or p.dim() != 2 or name not in t_emb:
+            continue
+        source = t_emb[name].float()  # position / token type tables share the word axes
+        p.copy_(((source - mean) @ axes).to(p.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving: plain transformers checkpoints, written atomically
+
+
+def save_checkpoint(model, tokenizer, directory: Path, extra_files: dict[str, bytes] | None = None) -> None:
+    """save_pretrained into a temporary sibling directory, then swap it in with a rename."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        previous = model.config._attn_implementation
+        model.config.architectures = [type(model).__name__]
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        model.config._attn_implementation = previous
+        for f in tmp.iterdir():
+            with open(f, "rb") as handle:
+                os.fsync(handle.fileno())
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            directory.rename(old)
+        tmp.rename(directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_checkpoint(directory: Path, task: str):
+    """Reload a saved model (safetensors only) with the plain Auto classes."""
+    model = auto_class(task).from_pretrained(directory, use_safetensors=True)
+    model.eval()
+    return model

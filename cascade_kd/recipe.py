@@ -1,0 +1,386 @@
+"""The recipe: one YAML file that says what to distil, from what, into what.
+
+Every section is a pydantic model with `extra="forbid"`, so a typo is an error, never a silently
+ignored key. `load_recipe` reports problems as `RecipeError`s naming the file, the line and the
+key, and suggests the nearest valid key for an unknown one. See `examples/` for full recipes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cascade_kd.errors import RecipeError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainConfig(_Section):
+    """How one model is trained (the teacher's fine-tuning, or one cascade stage)."""
+
+    epochs: float = Field(3, gt=0)
+    lr: float = Field(5e-4, gt=0)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    grad_accum: int = Field(1, ge=1)
+    # auto: bf16 autocast where the hardware runs it natively (CPU AMX, recent GPUs), else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    eval_every_epoch: bool = True
+    patience: Optional[int] = Field(None, ge=1)  # early stopping on the dev score, in evaluations
+
+
+class LossConfig(_Section):
+    """One loss term. Which fields apply depends on the loss (see README, 'Losses')."""
+
+    weight: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, gt=0)  # kl
+    layer_map: Union[Literal["top_only", "uniform", "top_aligned", "skip2"], list[list[Union[int, str]]]] = "top_only"
+    head_reduction: Literal["none", "mean"] = "none"  # attention losses: "mean" allows unequal heads
+    # token tasks: logits compared at labelled positions only (first sub-words) or at every real token
+    positions: Literal["labelled", "tokens"] = "labelled"
+
+
+LOSS_NAMES = ("kl", "logit_mse", "ce", "hidden_mse", "hidden_cos", "attention_mse", "attention_kl")
+
+
+class StudentConfig(_Section):
+    """How a stage's student is built from the stage's teacher."""
+
+    layers: int = Field(ge=1)
+    # which teacher layers initialise the student: bottom-k (LightMBERT), top-k, evenly spread,
+    # an explicit list of teacher layer numbers (1-based), or random
+    init: Union[Literal["bottom", "top", "uniform", "random"], list[int]] = "bottom"
+    hidden: Optional[int] = Field(None, ge=1)  # a different width builds a fresh config
+    heads: Optional[int] = Field(None, ge=1)
+    intermediate: Optional[int] = Field(None, ge=1)
+    # copy: the teacher's embeddings (same width); pca: teacher's projected onto its top principal
+    # components (other width, XtremeDistil); random
+    embeddings: Literal["copy", "pca", "random"] = "copy"
+    freeze_embeddings: Union[bool, list[Literal["word", "position", "token_type"]]] = False
+
+    @field_validator("init")
+    @classmethod
+    def _explicit_layers(cls, v):
+        if isinstance(v, list) and (not v or any(i < 1 for i in v)):
+            raise ValueError("an explicit init list holds teacher layer numbers starting at 1")
+        return v
+
+
+class StageConfig(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    student: StudentConfig
+    losses: Optional[dict[str, LossConfig]] = None  # None: the cascade's default losses
+    train: Optional[dict[str, Any]] = None  # overrides of the cascade's train settings
+
+    @field_validator("losses")
+    @classmethod
+    def _known_losses(cls, v):
+        if v is None:
+            return v
+        for name in v:
+            if name not in LOSS_NAMES:
+                near = difflib.get_close_matches(name, LOSS_NAMES, n=1)
+                hint = f"did you mean {near[0]!r}?" if near else f"valid losses: {', '.join(LOSS_NAMES)}"
+                raise ValueError(f"unknown loss {name!r} ({hint})")
+        if not any(cfg.weight > 0 for cfg in v.values()):
+            raise ValueError("every loss has weight 0: give at least one a positive weight")
+        return v
+
+
+def default_losses() -> dict[str, LossConfig]:
+    """Soft logits plus top-layer hidden and attention matches (LightMBERT/CAMeMBERT style)."""
+    return {
+        "kl": LossConfig(weight=1.0, temperature=2.0),
+        "hidden_mse": LossConfig(weight=1.0, layer_map="top_only"),
+        "attention_mse": LossConfig(weight=1.0, layer_map="top_only"),
+    }
+
+
+class CascadeConfig(_Section):
+    stages: list[StageConfig] = Field(min_length=1)
+    losses: dict[str, LossConfig] = Field(default_factory=default_losses)
+    # direct baseline: the final student's shape distilled straight from the original teacher
+    direct: bool = True
+
+    @field_validator("losses")
+    @classmethod
+    def _known(cls, v):
+        return StageConfig._known_losses(v)
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [s.name for s in self.stages]
+        for reserved in ("teacher", "direct"):
+            if reserved in names:
+                raise ValueError(f"stage name {reserved!r} is reserved for the {reserved} model")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique: {', '.join(dupes)} repeated")
+        return self
+
+
+class TeacherConfig(_Section):
+    """Where the teacher comes from: a model (hub name or path) or a config trained from scratch."""
+
+    model: Optional[str] = None
+    config: Optional[dict[str, Any]] = None  # e.g. {model_type: bert, num_hidden_layers: 4, ...}
+    tokenizer: Optional[str] = None  # defaults to `model`
+    # auto: fine-tune unless the checkpoint already has a head for exactly these labels
+    finetune: Literal["auto", "always", "never"] = "auto"
+    train: Optional[dict[str, Any]] = None
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.model is None) == (self.config is None):
+            raise ValueError("give exactly one of teacher.model (a hub name or path) or teacher.config")
+        if self.config is not None and self.tokenizer is None:
+            raise ValueError("a teacher trained from teacher.config needs teacher.tokenizer")
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError("teacher.config needs model_type (e.g. bert, xlm-roberta, distilbert)")
+        return self
+
+
+class TaskConfig(_Section):
+    type: Literal["sequence", "pair", "token"]
+    max_length: int = Field(128, ge=8)
+    labels: Optional[list[str]] = None
+    labels_file: Optional[str] = None
+    # token tasks: label the first sub-word of each word (others ignored) or every sub-word
+    label_all_subwords: bool = False
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v):
+        if v is not None:
+            if len(v) < 2:
+                raise ValueError("a task needs at least 2 labels")
+            if len(set(v)) != len(v):
+                raise ValueError("labels must be unique")
+        return v
+
+
+class HubDataConfig(_Section):
+    """A Hugging Face dataset (needs network and `pip install datasets`)."""
+
+    path: str
+    name: Optional[str] = None  # may contain {lang}
+    splits: dict[str, str] = Field(default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"})
+    data_files: Optional[dict[str, str]] = None  # for local 'json'/'csv' builders; may contain {lang}
+
+
+class DataConfig(_Section):
+    languages: list[str] = Field(min_length=1)
+    format: Literal["tsv", "conll", "jsonl", "hf"] = "tsv"
+    # a path template with {lang}, or a mapping lang -> path; relative paths are relative to the recipe
+    train: Optional[Union[str, dict[str, str]]] = None
+    dev: Optional[Union[str, dict[str, str]]] = None
+    test: Optional[Union[str, dict[str, str]]] = None
+    hf: Optional[HubDataConfig] = None
+    encoding: str = "utf-8"
+    header: Optional[bool] = None
+    text_column: Optional[Union[str, int]] = None
+    text_pair_column: Optional[Union[str, int]] = None
+    label_column: Optional[Union[str, int]] = None
+    max_train_per_language: Optional[int] = Field(None, ge=1)
+    max_eval_per_language: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _sources(self):
+        if len(set(self.languages)) != len(self.languages):
+            raise ValueError("data.languages has duplicates")
+        if self.format == "hf":
+            if self.hf is None:
+                raise ValueError("format: hf needs an hf: section (path, name, splits)")
+        else:
+            if self.train is None:
+                raise ValueError("data.train is required (a path template with {lang}, or lang: path)")
+            if self.dev is None:
+                raise ValueError("data.dev is required: models are selected on dev, never on test")
+        return self
+
+
+class Recipe(_Section):
+    name: str = "cascade"
+    seed: int = 0
+    task: TaskConfig
+    data: DataConfig
+    teacher: TeacherConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    cascade: CascadeConfig
+
+    # where the recipe file lives: relative data paths are resolved against it (not a YAML key)
+    _base_dir: Path = Path(".")
+    _source: str = "<recipe>"
+    _lines: dict = {}
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def model_path(self, name: str | None) -> str | None:
+        """A model/tokenizer reference: a path relative to the recipe if one exists, else a hub name."""
+        if name is None:
+            return None
+        local = Path(name).expanduser()
+        local = local if local.is_absolute() else self._base_dir / local
+        return str(local) if local.exists() else name
+
+    def train_for(self, overrides: dict | None, where: str) -> TrainConfig:
+        """The global train settings with a section's overrides applied (and validated)."""
+        merged = self.train.model_dump()
+        for key, value in (overrides or {}).items():
+            if key not in merged:
+                raise RecipeError(f"unknown key {key!r}", where=f"{self._source}: {where}", hint=_suggest(key, merged))
+            merged[key] = value
+        try:
+            return TrainConfig(**merged)
+        except ValidationError as err:
+            raise _to_recipe_error(err, None, self._source, prefix=where) from None
+
+    def stage_losses(self, stage: StageConfig) -> dict[str, LossConfig]:
+        return stage.losses if stage.losses is not None else self.cascade.losses
+
+    def fingerprint(self) -> str:
+        """A hash of the recipe's content: a resumed run must use the same recipe."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading with line numbers
+
+
+def _suggest(key: str, valid) -> str:
+    near = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.5)
+    return f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(map(str, valid))}"
+
+
+def _line_map(node, path=(), out=None) -> dict[tuple, int]:
+    """Map every key path of a composed YAML document to its 1-based line number."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[path + (key,)] = key_node.start_mark.line + 1
+            _line_map(value_node, path + (key,), out)
+            out[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, path + (i,), out)
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the last key of `loc`, for 'did you mean' suggestions."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            if model in (StageConfig, CascadeConfig) and part not in model.model_fields:
+                model = LossConfig if part in LOSS_NAMES else None
+                continue
+            return None
+        ann = field.annotation
+        model = _find_model(ann)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _find_model(annotation) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _find_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _to_recipe_error(err: ValidationError, lines: dict | None, source: str, prefix: str = "") -> RecipeError:
+    first = err.errors()[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p))  # drop union tags
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if prefix:
+        key = f"{prefix}.{key}"
+    line = None
+    if lines is not None:
+        for cut in range(len(loc), -1, -1):
+            if loc[:cut] in lines:
+                line = lines[loc[:cut]]
+                break
+    where = f"{source}:{line}: {key}" if line else f"{source}: {key}"
+    hint = None
+    if first["type"] == "extra_forbidden":
+        owner = _model_at(loc)
+        message = f"unknown key {loc[-1]!r}"
+        if owner is not None:
+            hint = _suggest(loc[-1], list(owner.model_fields))
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        if "input" in first and first["type"] not in ("value_error",) and not isinstance(first["input"], dict):
+            message += f" (got {first['input']!r})"
+    return RecipeError(message, where=where, hint=hint)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file; every problem becomes a RecipeError with file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError("recipe file not found", where=str(path), hint="check the path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read the recipe: {exc}", where=str(path)) from None
+    return parse_recipe(text, source=str(path), base_dir=path.resolve().parent)
+
+
+def parse_recipe(text: str, *, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"not valid YAML: {problem}", where=where) from None
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe is a YAML mapping (key: value lines)", where=source)
+    lines = _line_map(node) if node is not None else {}
+    try:
+        recipe = Recipe(**data)
+    except ValidationError as err:
+        raise _to_recipe_error(err, lines, source) from None
+    except TypeError as exc:  # e.g. non-string keys
+        raise RecipeError(f"malformed recipe: {exc}", where=source) from None
+    recipe._base_dir = base_dir or Path(".").resolve()
+    recipe._source = source
+    recipe._lines = lines
+    return recipe
+
+
+def where(recipe: Recipe, *keys) -> str:
+    """'file:line: a.b.c' for a key path of a loaded recipe (for errors found after parsing)."""
+    lines = getattr(recipe, "_lines", {})
+    line = None
+    for cut in range(len(keys), -1, -1):
+        if tuple(keys[:cut]) in lines:
+            line = lines[tuple(keys[:cut])]
+            break
+    key = ".".join(str(k) for k in keys)
+    return f"{recipe._source}:{line}: {key}" if line else f"{recipe._source}: {key}"

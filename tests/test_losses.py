@@ -1,0 +1,320 @@
+"""Tests for cascade_kd.losses: hand-computed values, masking, shapes, dtypes and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cascade_kd.losses import (
+    LOSSES,
+    AttentionKL,
+    AttentionMSE,
+    HardLabelCE,
+    HiddenCosine,
+    HiddenMSE,
+    LogitMSE,
+    SoftLogitKL,
+)
+
+LN2, LN3 = math.log(2.0), math.log(3.0)
+
+
+def t(values, **kw) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, **kw)
+
+
+def close(actual: torch.Tensor, expected: float, tol: float = 1e-6) -> None:
+    assert actual.dim() == 0
+    assert actual.dtype == torch.float32
+    assert actual.item() == pytest.approx(expected, abs=tol, rel=tol)
+
+
+# Hand-computed KLs between two-class distributions used below.
+# softmax([0, ln3]) = [1/4, 3/4];  softmax([0, 0]) = [1/2, 1/2];  softmax([ln2, 0]) = [2/3, 1/3].
+# KL([1/4, 3/4] || [1/2, 1/2]) and KL([1/2, 1/2] || [2/3, 1/3]):
+KL_QUARTER_VS_HALF = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+KL_HALF_VS_TWOTHIRDS = 0.5 * math.log(0.5 / (2 / 3)) + 0.5 * math.log(0.5 / (1 / 3))
+
+
+# ---------------------------------------------------------------- SoftLogitKL
+
+
+def test_soft_kl_by_hand_sequence():
+    student = t([[0.0, 0.0], [LN2, 0.0]])
+    teacher = t([[0.0, LN3], [0.0, 0.0]])
+    close(SoftLogitKL()(student, teacher), (KL_QUARTER_VS_HALF + KL_HALF_VS_TWOTHIRDS) / 2)
+
+
+def test_soft_kl_identical_is_zero():
+    z = t([[1.0, -2.0, 0.5]])
+    close(SoftLogitKL(temperature=3.0)(z, z.clone()), 0.0)
+
+
+def test_soft_kl_temperature_scales_by_t_squared():
+    # Dividing by T=2 turns the teacher [0, 2 ln3] into [0, ln3]; the student [0, 0] stays put.
+    student = t([[0.0, 0.0]])
+    teacher = t([[0.0, 2 * LN3]])
+    close(SoftLogitKL(temperature=2.0)(student, teacher), 2.0**2 * KL_QUARTER_VS_HALF)
+    # At T=1 the same logits give KL([1/10, 9/10] || [1/2, 1/2]), without any factor.
+    close(SoftLogitKL()(student, teacher), 0.1 * math.log(0.1 / 0.5) + 0.9 * math.log(0.9 / 0.5))
+
+
+def test_soft_kl_token_shape_with_mask():
+    student = t([[[0.0, 0.0], [LN2, 0.0], [5.0, -5.0]]])  # [B=1, T=3, C=2]
+    teacher = t([[[0.0, LN3], [0.0, 0.0], [-7.0, 7.0]]])
+    mask = torch.tensor([[True, True, False]])
+    loss = SoftLogitKL()(student, teacher, mask)
+    close(loss, (KL_QUARTER_VS_HALF + KL_HALF_VS_TWOTHIRDS) / 2)
+
+
+def test_soft_kl_rejects_bad_temperature_and_shapes():
+    with pytest.raises(ValueError):
+        SoftLogitKL(temperature=0.0)
+    with pytest.raises(ValueError, match="same shape"):
+        SoftLogitKL()(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# ---------------------------------------------------------------- LogitMSE
+
+
+def test_logit_mse_by_hand():
+    student = t([[1.0, 2.0], [3.0, 4.0]])
+    teacher = t([[0.0, 0.0], [1.0, 1.0]])
+    close(LogitMSE()(student, teacher), (1 + 4 + 4 + 9) / 4)
+    close(LogitMSE()(student, teacher, torch.tensor([True, False])), (1 + 4) / 2)
+
+
+def test_logit_mse_token_shape_with_mask():
+    student = t([[[1.0, 2.0], [9.0, 9.0]], [[0.0, 3.0], [1.0, 1.0]]])  # [B=2, T=2, C=2]
+    teacher = torch.zeros(2, 2, 2)
+    mask = torch.tensor([[True, False], [True, True]])
+    close(LogitMSE()(student, teacher, mask), (1 + 4 + 0 + 9 + 1 + 1) / 6)
+
+
+# ---------------------------------------------------------------- HardLabelCE
+
+
+def test_ce_by_hand_sequence():
+    logits = t([[0.0, LN3], [0.0, 0.0]])
+    labels = torch.tensor([1, 0])
+    close(HardLabelCE()(logits, labels), (-math.log(3 / 4) - math.log(1 / 2)) / 2)
+
+
+def test_ce_token_shape_ignores_minus_100():
+    logits = t([[[0.0, LN3], [100.0, -100.0], [0.0, 0.0]]])  # [B=1, T=3, C=2]
+    labels = torch.tensor([[1, -100, 0]])
+    close(HardLabelCE()(logits, labels), (-math.log(3 / 4) - math.log(1 / 2)) / 2)
+
+
+def test_ce_all_ignored_is_zero_with_grad():
+    logits = torch.randn(2, 3, 4, requires_grad=True)
+    loss = HardLabelCE()(logits, torch.full((2, 3), -100))
+    assert loss.item() == 0.0 and loss.grad_fn is not None
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_ce_rejects_mismatched_labels():
+    with pytest.raises(ValueError, match="labels"):
+        HardLabelCE()(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- HiddenMSE / HiddenCosine
+
+
+def test_hidden_mse_by_hand():
+    student = t([[[1.0, 2.0], [3.0, 4.0]]])  # [B=1, T=2, D=2]
+    teacher = t([[[1.0, 0.0], [0.0, 0.0]]])
+    close(HiddenMSE()(student, teacher), ((0 + 4) / 2 + (9 + 16) / 2) / 2)
+    close(HiddenMSE()(student, teacher, torch.tensor([[True, False]])), (0 + 4) / 2)
+
+
+def test_hidden_cosine_by_hand():
+    student = t([[[1.0, 0.0], [1.0, 1.0], [2.0, 0.0]]])  # [B=1, T=3, D=2]
+    teacher = t([[[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]]])
+    # cosines: 0, 1/sqrt(2), -1
+    close(HiddenCosine()(student, teacher), ((1 - 0) + (1 - 1 / math.sqrt(2)) + (1 + 1)) / 3)
+    mask = torch.tensor([[True, True, False]])
+    close(HiddenCosine()(student, teacher, mask), ((1 - 0) + (1 - 1 / math.sqrt(2))) / 2)
+
+
+# ---------------------------------------------------------------- AttentionMSE / AttentionKL
+
+# Real 2x2 maps (rows are queries, columns keys); padded to T=3 below.
+S_MAP = [[0.5, 0.5], [0.2, 0.8]]
+T_MAP = [[1.0, 0.0], [0.5, 0.5]]
+MSE_S_T = (0.25 + 0.25 + 0.09 + 0.09) / 4
+KL_T_S = (math.log(1.0 / 0.5) + (0.5 * math.log(0.5 / 0.2) + 0.5 * math.log(0.5 / 0.8))) / 2
+
+
+def padded(real_map, pad_value: float) -> list[list[float]]:
+    """Embed a 2x2 map into 3x3; the third row and column hold `pad_value`."""
+    return [row + [pad_value] for row in real_map] + [[pad_value] * 3]
+
+
+PAD_MASK = torch.tensor([[True, True, False]])
+
+
+def test_attention_mse_by_hand():
+    student = t([[S_MAP]])  # [B=1, H=1, T=2, T=2]
+    teacher = t([[T_MAP]])
+    close(AttentionMSE()(student, teacher), MSE_S_T)
+
+
+def test_attention_mse_two_heads_mean_over_heads():
+    student = t([[S_MAP, S_MAP]])
+    teacher = t([[T_MAP, S_MAP]])  # second head matches exactly
+    close(AttentionMSE()(student, teacher), (MSE_S_T + 0.0) / 2)
+
+
+@pytest.mark.parametrize("loss_cls, expected", [(AttentionMSE, MSE_S_T), (AttentionKL, KL_T_S)])
+def test_attention_padding_rows_and_columns_do_not_count(loss_cls, expected):
+    loss_fn = loss_cls()
+    a = loss_fn(t([[padded(S_MAP, 0.3)]]), t([[padded(T_MAP, 0.0)]]), PAD_MASK)
+    b = loss_fn(t([[padded(S_MAP, 0.9)]]), t([[padded(T_MAP, 0.7)]]), PAD_MASK)
+    close(a, expected, tol=1e-5)
+    close(b, expected, tol=1e-5)
+
+
+def test_attention_kl_by_hand():
+    close(AttentionKL()(t([[S_MAP]]), t([[T_MAP]])), KL_T_S, tol=1e-5)
+    close(AttentionKL()(t([[T_MAP]]), t([[T_MAP]])), 0.0, tol=1e-5)
+
+
+@pytest.mark.parametrize("loss_cls, expected", [(AttentionMSE, MSE_S_T), (AttentionKL, KL_T_S)])
+def test_attention_head_mean_allows_unequal_heads(loss_cls, expected):
+    student = t([[S_MAP]])  # 1 head
+    # 2 teacher heads whose average is T_MAP
+    teacher = t([[[[1.0, 0.0], [0.8, 0.2]], [[1.0, 0.0], [0.2, 0.8]]]])
+    close(loss_cls(head_reduction="mean")(student, teacher), expected, tol=1e-5)
+
+
+@pytest.mark.parametrize("loss_cls", [AttentionMSE, AttentionKL])
+def test_attention_unequal_heads_without_reduction_raises(loss_cls):
+    with pytest.raises(ValueError, match=r"2 attention heads.*4.*head_reduction=\"mean\""):
+        loss_cls()(torch.rand(1, 2, 3, 3), torch.rand(1, 4, 3, 3))
+    with pytest.raises(ValueError, match="head_reduction"):
+        loss_cls(head_reduction="max")
+
+
+# ---------------------------------------------------------------- shared behaviour
+
+B, T_LEN, C, D, H = 2, 4, 3, 5, 2
+
+
+def make_inputs(name: str, dtype=torch.float32, seed: int = 0):
+    """(loss, student, teacher, mask) with random tensors for each registered loss."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    if name in ("kl", "logit_mse"):
+        shape = (B, T_LEN, C)
+    elif name in ("hidden_mse", "hidden_cos"):
+        shape = (B, T_LEN, D)
+    elif name.startswith("attention"):
+        shape = (B, H, T_LEN, T_LEN)
+    else:
+        raise AssertionError(name)
+    student = torch.randn(shape, generator=g)
+    teacher = torch.randn(shape, generator=g)
+    if name.startswith("attention"):
+        student, teacher = student.softmax(-1), teacher.softmax(-1)
+    loss = LOSSES[name](temperature=2.0) if name == "kl" else LOSSES[name]()
+    return loss, student.to(dtype), teacher.to(dtype), mask
+
+
+MASKED_NAMES = ["kl", "logit_mse", "hidden_mse", "hidden_cos", "attention_mse", "attention_kl"]
+
+
+def test_registry_names():
+    assert LOSSES == {
+        "kl": SoftLogitKL,
+        "logit_mse": LogitMSE,
+        "ce": HardLabelCE,
+        "hidden_mse": HiddenMSE,
+        "hidden_cos": HiddenCosine,
+        "attention_mse": AttentionMSE,
+        "attention_kl": AttentionKL,
+    }
+
+
+@pytest.mark.parametrize("name", MASKED_NAMES)
+def test_changing_padding_does_not_change_loss(name):
+    loss_fn, student, teacher, mask = make_inputs(name)
+    before = loss_fn(student, teacher, mask)
+    # Overwrite every position that touches padding (for attention: padded rows or columns).
+    pad = ~mask
+    if name.startswith("attention"):
+        touched = (pad[:, None, :, None] | pad[:, None, None, :]).expand_as(student)
+    else:
+        touched = pad[..., None].expand_as(student)
+    student2, teacher2 = student.clone(), teacher.clone()
+    student2[touched] = 0.77
+    teacher2[touched] = 0.11
+    after = loss_fn(student2, teacher2, mask)
+    assert after.item() == pytest.approx(before.item(), rel=1e-6, abs=1e-7)
+    assert before.item() > 0
+
+
+@pytest.mark.parametrize("name", MASKED_NAMES)
+def test_all_false_mask_gives_zero_with_grad(name):
+    loss_fn, student, teacher, mask = make_inputs(name)
+    student.requires_grad_(True)
+    loss = loss_fn(student, teacher, torch.zeros_like(mask))
+    assert loss.dim() == 0 and loss.item() == 0.0 and not torch.isnan(loss)
+    assert loss.grad_fn is not None
+    loss.backward()
+    assert torch.equal(student.grad, torch.zeros_like(student))
+
+
+@pytest.mark.parametrize("name", MASKED_NAMES)
+def test_none_mask_equals_all_true_mask(name):
+    loss_fn, student, teacher, mask = make_inputs(name)
+    full = torch.ones_like(mask)
+    expected = loss_fn(student, teacher, full).item()
+    assert loss_fn(student, teacher).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", MASKED_NAMES)
+def test_grad_reaches_student_only_and_not_padding(name):
+    loss_fn, student, teacher, mask = make_inputs(name)
+    student.requires_grad_(True)
+    assert not teacher.requires_grad
+    loss_fn(student, teacher, mask).backward()
+    assert teacher.grad is None
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    # Padded tokens (for attention: padded query rows) get no gradient.
+    if name.startswith("attention"):
+        pad_grad = student.grad.permute(0, 2, 1, 3)[~mask]
+    else:
+        pad_grad = student.grad[~mask]
+    assert torch.equal(pad_grad, torch.zeros_like(pad_grad))
+
+
+@pytest.mark.parametrize("name", MASKED_NAMES)
+def test_bf16_inputs_give_float32_close_to_fp32(name):
+    loss_fn, student, teacher, mask = make_inputs(name)
+    ref = loss_fn(student, teacher, mask)
+    s16, t16 = student.bfloat16(), teacher.bfloat16()
+    out = loss_fn(s16, t16, mask)
+    assert out.dtype == torch.float32
+    # Exactly the fp32 computation on the rounded inputs, and close to the unrounded one.
+    assert out.item() == pytest.approx(loss_fn(s16.float(), t16.float(), mask).item(), rel=1e-6)
+    assert out.item() == pytest.approx(ref.item(), rel=5e-2, abs=1e-3)
+
+
+def test_ce_bf16_logits_give_float32():
+    logits = torch.randn(2, 3, 4)
+    labels = torch.tensor([[0, 1, -100], [3, -100, -100]])
+    ref = HardLabelCE()(logits, labels)
+    out = HardLabelCE()(logits.bfloat16(), labels)
+    assert out.dtype == torch.float32
+    assert out.item() == pytest.approx(ref.item(), rel=2e-2)
+
+
+def test_ce_grad_reaches_logits():
+    logits = torch.randn(3, 4, requires_grad=True)
+    HardLabelCE()(logits, torch.tensor([0, -100, 2])).backward()
+    assert logits.grad[1].abs().sum() == 0
+    assert logits.grad[0].abs().sum() > 0 and logits.grad[2].abs().sum() > 0
