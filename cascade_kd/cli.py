@@ -41,11 +41,13 @@ def _say(message: str) -> None:
 
 
 def _cmd_run(args) -> None:
-    from cascade_kd.cascade import run_recipe
     from cascade_kd.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)  # before importing torch: a recipe typo is reported at once
+
+    from cascade_kd.cascade import run_recipe
     from cascade_kd.report import report_table
 
-    recipe = load_recipe(args.recipe)
     metrics = run_recipe(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
     print("\n" + report_table(metrics))
     print(f"\nRUN_DIR: {args.out}  (report.md, metrics.json, teacher/, stages/)")
@@ -83,6 +85,9 @@ def _cmd_eval(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress lines say what is happening
     handler = {"run": _cmd_run, "demo": _cmd_demo, "eval": _cmd_eval}[args.command]
     try:
         handler(args)

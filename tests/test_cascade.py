@@ -1,0 +1,136 @@
+"""End to end on the demo task, shrunk: a two-stage cascade, its outputs, resume and eval."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+from cascade_kd.cascade import direct_spec, run_recipe
+from cascade_kd.cli import main
+from cascade_kd.recipe import StudentConfig, load_recipe
+
+SMALL = """\
+name: tiny
+seed: 0
+task: {type: token, max_length: 48}
+data:
+  languages: [en, ru]
+  format: conll
+  train: data/{lang}/train.conll
+  dev: data/{lang}/dev.conll
+  test: data/{lang}/test.conll
+  max_train_per_language: 500
+  max_eval_per_language: 80
+teacher:
+  config: {model_type: bert, num_hidden_layers: 3, hidden_size: 64, num_attention_heads: 4,
+           intermediate_size: 128, max_position_embeddings: 64}
+  tokenizer: tokenizer
+  train: {epochs: 12, lr: 2.0e-3}
+train: {batch_size: 32, epochs: 3, lr: 2.0e-3, precision: fp32}
+cascade:
+  stages:
+    - {name: ta, student: {layers: 2, freeze_embeddings: true}}
+    - {name: student, student: {layers: 1, freeze_embeddings: true}}
+  direct: true
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_run(demo_workspace, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cascade")
+    for name in ("data", "tokenizer"):
+        shutil.copytree(demo_workspace / name, root / name)
+    (root / "recipe.yaml").write_text(SMALL)
+    recipe = load_recipe(root / "recipe.yaml")
+    metrics = run_recipe(recipe, root / "run", say=lambda m: None)
+    return root, recipe, metrics
+
+
+def test_outputs_and_metrics_schema(finished_run):
+    root, _, metrics = finished_run
+    run = root / "run"
+    assert (run / "report.md").is_file() and (run / "manifest.json").is_file()
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["task"] == "token" and on_disk["metric"] == "f1" and on_disk["languages"] == ["en", "ru"]
+    assert [m["name"] for m in on_disk["models"]] == ["teacher", "ta", "student", "direct"]
+    assert [m["role"] for m in on_disk["models"]] == ["teacher", "assistant", "student", "direct"]
+    for m in on_disk["models"]:
+        assert set(m["per_language"]) == {"en", "ru"}
+        assert m["average"] == pytest.approx(sum(m["per_language"].values()) / 2)
+        assert m["worst"] == min(m["per_language"].values())
+        assert m["params_total"] > m["params_embedding"] > 0
+    layers = [m["layers"] for m in on_disk["models"]]
+    assert layers == [3, 2, 1, 1]
+    teacher = on_disk["models"][0]
+    assert teacher["retention"] == pytest.approx(1.0)
+    student = on_disk["models"][2]
+    expected = sum(student["per_language"][l] / teacher["per_language"][l] for l in ("en", "ru")) / 2
+    assert student["retention"] == pytest.approx(expected)
+    report = (run / "report.md").read_text()
+    assert "| student | student | 1 |" in report and "test" in report
+
+
+def test_the_teacher_learned_and_the_student_beats_the_same_student_untrained(finished_run):
+    root, recipe, metrics = finished_run
+    scores = {m["name"]: m["average"] for m in metrics["models"]}
+    assert scores["teacher"] > 0.35
+    # the same 1-layer shape, built from the teacher but not distilled
+    from cascade_kd.cascade import prepare
+    from cascade_kd.evaluation import evaluate_languages
+    from cascade_kd.models import build_student
+
+    job = prepare(recipe, root / "unused", say=lambda m: None)
+    teacher = AutoModelForTokenClassification.from_pretrained(root / "run" / "teacher")
+    untrained = build_student(teacher, StudentConfig(layers=1)).eval()
+    per_lang = evaluate_languages(untrained, job.encoded["test"], "token", job.data.labels, pad_id=0)
+    untrained_avg = sum(per_lang.values()) / len(per_lang)
+    assert scores["student"] > untrained_avg + 0.1
+
+
+def test_checkpoints_reload_in_plain_transformers_with_the_same_scores(finished_run):
+    root, recipe, metrics = finished_run
+    from cascade_kd.cascade import prepare
+    from cascade_kd.evaluation import evaluate_languages
+
+    job = prepare(recipe, root / "unused", say=lambda m: None)
+    for row in metrics["models"]:
+        directory = root / "run" / row["path"]
+        model = AutoModelForTokenClassification.from_pretrained(directory).eval()  # no cascade_kd classes
+        AutoTokenizer.from_pretrained(directory)
+        assert model.config.num_hidden_layers == row["layers"]
+        per_lang = evaluate_languages(model, job.encoded["test"], "token", job.data.labels, pad_id=0)
+        assert per_lang == pytest.approx(row["per_language"])
+
+
+def test_resume_does_not_redo_finished_models(finished_run, capsys):
+    root, recipe, metrics = finished_run
+    said = []
+    before = (root / "run" / "stages" / "ta" / "model.safetensors").stat().st_mtime_ns
+    again = run_recipe(recipe, root / "run", resume=True, say=said.append)
+    assert sum("already" in s for s in said) == 4  # teacher, ta, student, direct
+    assert (root / "run" / "stages" / "ta" / "model.safetensors").stat().st_mtime_ns == before
+    for new, old in zip(again["models"], metrics["models"]):
+        assert new["per_language"] == pytest.approx(old["per_language"])
+
+
+def test_eval_command_rescored_without_training(finished_run, capsys):
+    root, _, metrics = finished_run
+    rc = main(["eval", str(root / "run"), "--recipe", str(root / "recipe.yaml"), "--split", "dev", "--out", str(root / "ev")])
+    assert rc == 0
+    ev = json.loads((root / "ev" / "metrics.json").read_text())
+    assert ev["split"] == "dev"
+    assert [m["name"] for m in ev["models"]] == [m["name"] for m in metrics["models"]]
+    assert [m["average"] for m in ev["models"]] == pytest.approx([m["dev_average"] for m in metrics["models"]])
+
+
+def test_direct_baseline_has_the_final_students_shape():
+    from conftest import tiny_bert
+
+    teacher = tiny_bert(layers=4, hidden=32).config
+    final = tiny_bert(layers=1, hidden=16, heads=2).config
+    spec = direct_spec(StudentConfig(layers=1, init="random", hidden=16, embeddings="pca"), final, teacher)
+    assert (spec.hidden, spec.heads, spec.init, spec.embeddings) == (16, 2, "random", "pca")
+    same = direct_spec(StudentConfig(layers=1, init=[3]), tiny_bert(layers=1, hidden=32).config, teacher)
+    assert same.init == "bottom" and same.hidden == 32

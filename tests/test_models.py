@@ -1,0 +1,110 @@
+"""Student builders: layer-subset init, fresh configs, PCA embeddings, freezing, saving."""
+
+import pytest
+import torch
+from transformers import AutoModelForTokenClassification
+
+from cascade_kd.errors import RecipeError
+from cascade_kd.models import build_student, count_parameters, embedding_parameters, freeze_embeddings, save_checkpoint
+from cascade_kd.recipe import StudentConfig
+from conftest import tiny_bert
+
+
+def _layer_state(model, i):
+    return {k: v for k, v in model.bert.encoder.layer[i].state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("init,expected", [("bottom", [0, 1]), ("top", [2, 3]), ("uniform", [1, 3]), ([1, 4], [0, 3])])
+def test_layer_subset_init_copies_exactly_the_chosen_teacher_layers(init, expected):
+    teacher = tiny_bert(layers=4)
+    student = build_student(teacher, StudentConfig(layers=2, init=init))
+    assert student.config.num_hidden_layers == 2
+    for j, i in enumerate(expected):
+        assert _same(_layer_state(student, j), _layer_state(teacher, i))
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    assert torch.equal(student.classifier.weight, teacher.classifier.weight)
+    # a copy, not a shared tensor: training the student must leave the teacher alone
+    assert student.bert.embeddings.word_embeddings.weight.data_ptr() != teacher.bert.embeddings.word_embeddings.weight.data_ptr()
+
+
+def test_bottom_k_matches_transformers_truncation():
+    """LightMBERT's init is what from_pretrained(num_hidden_layers=k) keeps: layers 0..k-1."""
+    teacher = tiny_bert(layers=4)
+    student = build_student(teacher, StudentConfig(layers=3, init="bottom"))
+    t_state = teacher.state_dict()
+    for key, value in student.state_dict().items():
+        assert torch.equal(value, t_state[key]), key
+
+
+def test_random_init_keeps_embeddings_but_not_layers():
+    teacher = tiny_bert(layers=4)
+    student = build_student(teacher, StudentConfig(layers=2, init="random"))
+    assert not _same(_layer_state(student, 0), _layer_state(teacher, 0))
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    fresh = build_student(teacher, StudentConfig(layers=2, init="random", embeddings="random"))
+    assert not torch.equal(fresh.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+
+
+def test_pca_embeddings_reproduce_the_teachers_top_components():
+    teacher = tiny_bert(layers=2, hidden=32)
+    with torch.no_grad():  # give the embedding matrix a clear low-rank structure plus noise
+        basis = torch.randn(4, 32)
+        teacher.bert.embeddings.word_embeddings.weight.copy_(torch.randn(800, 4) * 5 @ basis + 0.01 * torch.randn(800, 32))
+    student = build_student(teacher, StudentConfig(layers=1, init="random", hidden=8, heads=2, embeddings="pca"))
+    assert student.config.hidden_size == 8
+    w_t = teacher.bert.embeddings.word_embeddings.weight
+    w_s = student.bert.embeddings.word_embeddings.weight
+    centred = w_t - w_t.mean(0)
+    # projections onto the principal axes keep (almost) all the variance of a rank-4 matrix
+    assert w_s.pow(2).sum() / centred.pow(2).sum() > 0.999
+    # and the first column is the first principal component's score, up to sign
+    u, s, v = torch.linalg.svd(centred, full_matrices=False)
+    first = u[:, 0] * s[0]
+    assert torch.allclose(w_s[:, 0].abs(), first.abs(), atol=1e-3)
+
+
+def test_width_change_rules():
+    teacher = tiny_bert(layers=4, hidden=32, heads=4)
+    s = build_student(teacher, StudentConfig(layers=2, init="random", hidden=16, embeddings="random"))
+    assert (s.config.hidden_size, s.config.num_attention_heads, s.config.intermediate_size) == (16, 2, 64)
+    with pytest.raises(RecipeError, match="cannot be copied"):
+        build_student(teacher, StudentConfig(layers=2, init="random", hidden=16))  # embeddings: copy
+    with pytest.raises(RecipeError, match="another shape"):
+        build_student(teacher, StudentConfig(layers=2, init="bottom", hidden=16, embeddings="random"))
+    with pytest.raises(RecipeError, match="more than its teacher"):
+        build_student(teacher, StudentConfig(layers=5))
+    with pytest.raises(RecipeError, match="teacher has 4"):
+        build_student(teacher, StudentConfig(layers=2, init=[1, 7]))
+
+
+def test_freezing_embeddings_and_counting_parameters():
+    model = tiny_bert(layers=2, hidden=32)
+    counts = count_parameters(model)
+    emb = embedding_parameters(model)
+    assert counts["params_embedding"] == sum(p.numel() for p in emb.values())
+    assert counts["params_total"] == sum(p.numel() for p in model.parameters())
+    frozen = freeze_embeddings(model, ["word"])
+    assert frozen == ["bert.embeddings.word_embeddings.weight"]
+    assert count_parameters(model)["params_trainable"] == counts["params_total"] - 800 * 32
+    freeze_embeddings(model, True)
+    assert not model.bert.embeddings.position_embeddings.weight.requires_grad
+    assert model.bert.embeddings.LayerNorm.weight.requires_grad  # only the tables are frozen
+
+
+def test_checkpoint_reloads_in_plain_transformers_with_the_same_logits(tmp_path, tokenizer):
+    model = build_student(tiny_bert(layers=3).eval(), StudentConfig(layers=2)).eval()
+    model.set_attn_implementation("eager")
+    save_checkpoint(model, tokenizer, tmp_path / "ckpt", extra_files={"note.txt": b"x"})
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    reloaded = AutoModelForTokenClassification.from_pretrained(tmp_path / "ckpt").eval()
+    batch = tokenizer(["Dada Saso gudonaso"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, reloaded(**batch).logits, atol=1e-6)
+    # saving again over an existing checkpoint swaps it atomically
+    save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt" / "note.txt").exists()
