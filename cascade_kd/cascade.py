@@ -122,8 +122,9 @@ class _Shape:
 
 def check_cascade(recipe: Recipe, teacher: dict) -> None:
     """Every stage smaller than its teacher, every layer map in range, every head count compatible."""
-    shape = _Shape(teacher["layers"], teacher["hidden"], teacher["heads"])
-    for i, stage in enumerate(recipe.cascade.stages):
+    shape = top = _Shape(teacher["layers"], teacher["hidden"], teacher["heads"])
+    stages = recipe.cascade.stages
+    for i, stage in enumerate(stages):
         key = ("cascade", "stages", i, "student")
         s = stage.student
         if s.layers > shape.num_hidden_layers:
@@ -135,9 +136,25 @@ def check_cascade(recipe: Recipe, teacher: dict) -> None:
         heads = s.heads or (shape.num_attention_heads if hidden == shape.hidden_size
                             else max(1, shape.num_attention_heads * hidden // shape.hidden_size))
         student = _Shape(s.layers, hidden, heads)
-        build_loss_terms(recipe.stage_losses(stage), shape, student, where=where(recipe, "cascade", "stages", i))
+        _check_losses(recipe, i, shape, student, f"stage {stage.name!r}")
         recipe.train_for(stage.train, f"cascade.stages[{i}].train")
         shape = student
+    if recipe.cascade.direct and len(stages) > 1:  # the final stage's losses, from the original teacher
+        _check_losses(recipe, len(stages) - 1, top, shape, "the direct baseline")
+    recipe.train_for(recipe.teacher.train, "teacher.train")  # else read only when the teacher trains
+
+
+def _check_losses(recipe: Recipe, i: int, teacher: _Shape, student: _Shape, what: str) -> None:
+    """Build a stage's loss terms; an error names the line of the loss it comes from."""
+    own = recipe.cascade.stages[i].losses is not None
+    section = ("cascade", "stages", i) if own else ("cascade",)  # else the cascade's, shared by the stages
+    for name, cfg in recipe.stage_losses(recipe.cascade.stages[i]).items():
+        # build_loss_terms appends ".losses.NAME" to `where`: give it the prefix, with the loss's line
+        prefix = where(recipe, *section, "losses", name).removesuffix(f".losses.{name}")
+        try:
+            build_loss_terms({name: cfg}, teacher, student, where=prefix)
+        except UserError as err:  # say which model, as the cascade's losses serve every stage
+            raise type(err)(f"{err.message}, for {what}", where=err.where, hint=err.hint) from None
 
 
 def direct_spec(final: StudentConfig, final_config, teacher_config) -> StudentConfig:

@@ -50,6 +50,13 @@ def resolve_layer(ref: LayerRef, num_layers: int, *, feature: str = "hidden", wh
     else:
         raise RecipeError(f"layer reference {ref!r} is neither an integer nor a name", where=where)
     lowest = 0 if feature == "hidden" else 1
+    if index == 0 and feature == "attention":
+        raise RecipeError(
+            f"attention layer {ref!r} does not exist: the embeddings (layer 0) have no attention map "
+            f"(attention layers are 1 to {num_layers})",
+            where=where,
+            hint="pair the embeddings in a hidden-state loss (hidden_mse, hidden_cos) instead",
+        )
     if not lowest <= index <= num_layers:
         what = "hidden states 0 (embeddings) to" if feature == "hidden" else "attention layers 1 to"
         raise RecipeError(

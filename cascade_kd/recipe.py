@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -195,6 +196,8 @@ class DataConfig(_Section):
     label_column: Optional[Union[str, int]] = None
     max_train_per_language: Optional[int] = Field(None, ge=1)
     max_eval_per_language: Optional[int] = Field(None, ge=1)
+    # no test files (e.g. PAN-X here): hold out this fraction of each language's dev as test
+    holdout_from_dev: Optional[float] = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _sources(self):
@@ -208,6 +211,8 @@ class DataConfig(_Section):
                 raise ValueError("data.train is required (a path template with {lang}, or lang: path)")
             if self.dev is None:
                 raise ValueError("data.dev is required: models are selected on dev, never on test")
+        if self.holdout_from_dev and (self.test is not None or self.format == "hf"):
+            raise ValueError("holdout_from_dev carves a test split out of dev: give it or data.test, not both")
         return self
 
 
@@ -240,14 +245,18 @@ class Recipe(_Section):
     def train_for(self, overrides: dict | None, where: str) -> TrainConfig:
         """The global train settings with a section's overrides applied (and validated)."""
         merged = self.train.model_dump()
+        # the section's key path ("cascade.stages[0].train" -> cascade, stages, 0, train), for line numbers
+        keys = tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", where))
+        lines = getattr(self, "_lines", {})
         for key, value in (overrides or {}).items():
             if key not in merged:
-                raise RecipeError(f"unknown key {key!r}", where=f"{self._source}: {where}", hint=_suggest(key, merged))
+                raise RecipeError(f"unknown key {key!r}", where=_key_where(self, *keys, key), hint=_suggest(key, merged))
             merged[key] = value
         try:
             return TrainConfig(**merged)
         except ValidationError as err:
-            raise _to_recipe_error(err, None, self._source, prefix=where) from None
+            sub_lines = {k[len(keys):]: v for k, v in lines.items() if k[:len(keys)] == keys}
+            raise _to_recipe_error(err, sub_lines, self._source, prefix=where) from None
 
     def stage_losses(self, stage: StageConfig) -> dict[str, LossConfig]:
         return stage.losses if stage.losses is not None else self.cascade.losses
@@ -262,8 +271,22 @@ class Recipe(_Section):
 # Loading with line numbers
 
 
+# what other tools (e.g. Hugging Face's TrainingArguments) call a key: suggested when no key is close
+_ALIASES = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "train_batch_size": "batch_size", "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size", "gradient_accumulation_steps": "grad_accum",
+    "max_seq_length": "max_length",
+}
+
+
 def _suggest(key: str, valid) -> str:
-    near = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.5)
+    valid = [str(v) for v in valid]
+    near = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
+    if not near:  # e.g. lerning_rate -> learning_rate -> lr
+        aliases = {alias: name for alias, name in _ALIASES.items() if name in valid}
+        alias = difflib.get_close_matches(str(key), list(aliases), n=1, cutoff=0.75)
+        near = [aliases[alias[0]]] if alias else []
     return f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(map(str, valid))}"
 
 
@@ -291,8 +314,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
             continue
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
-            if model in (StageConfig, CascadeConfig) and part not in model.model_fields:
-                model = LossConfig if part in LOSS_NAMES else None
+            if model is LossConfig and part in LOSS_NAMES:  # the name key of a `losses` mapping
                 continue
             return None
         ann = field.annotation
@@ -311,7 +333,9 @@ def _find_model(annotation) -> Any:
 
 
 def _to_recipe_error(err: ValidationError, lines: dict | None, source: str, prefix: str = "") -> RecipeError:
-    first = err.errors()[0]
+    errors = err.errors()
+    # a mistyped key is also reported as a missing one (stagess: -> stages missing): name the typo
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p))  # drop union tags
     key = ".".join(str(p) for p in loc) or "(top level)"
     if prefix:
@@ -333,6 +357,11 @@ def _to_recipe_error(err: ValidationError, lines: dict | None, source: str, pref
         message = "required key is missing"
     else:
         message = first["msg"].removeprefix("Value error, ")
+        if isinstance(first.get("input"), dict) and lines:  # e.g. unknown loss 'x': point at the key x
+            named = [k for k in first["input"] if isinstance(k, str) and repr(k) in message and loc + (k,) in lines]
+            if named:
+                line, key = lines[loc + (named[0],)], f"{key}.{named[0]}"
+                where = f"{source}:{line}: {key}"
         if "input" in first and first["type"] not in ("value_error",) and not isinstance(first["input"], dict):
             message += f" (got {first['input']!r})"
     return RecipeError(message, where=where, hint=hint)
@@ -358,7 +387,13 @@ def parse_recipe(text: str, *, source: str = "<recipe>", base_dir: Path | None =
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(f"not valid YAML: {problem}", where=where) from None
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        hint = None
+        if "<block" in problem:  # e.g. a key indented by one space too many or too few
+            hint = "check the indentation: the keys of one section line up, nested keys are indented more"
+        elif context and start and mark and start.line != mark.line:  # e.g. an unclosed [ or " further up
+            hint = f"{context} that starts on line {start.line + 1}"
+        raise RecipeError(f"not valid YAML: {problem}", where=where, hint=hint) from None
     if not isinstance(data, dict):
         raise RecipeError("a recipe is a YAML mapping (key: value lines)", where=source)
     lines = _line_map(node) if node is not None else {}
@@ -384,3 +419,6 @@ def where(recipe: Recipe, *keys) -> str:
             break
     key = ".".join(str(k) for k in keys)
     return f"{recipe._source}:{line}: {key}" if line else f"{recipe._source}: {key}"
+
+
+_key_where = where  # for methods of Recipe, where a parameter is called `where`

@@ -134,3 +134,20 @@ def test_direct_baseline_has_the_final_students_shape():
     assert (spec.hidden, spec.heads, spec.init, spec.embeddings) == (16, 2, "random", "pca")
     same = direct_spec(StudentConfig(layers=1, init=[3]), tiny_bert(layers=1, hidden=32).config, teacher)
     assert same.init == "bottom" and same.hidden == 32
+
+
+def test_holdout_from_dev_is_fixed_disjoint_and_capped(demo_workspace, tmp_path):
+    from cascade_kd.data.task import load_task_data
+
+    text = SMALL.replace("  test: data/{lang}/test.conll\n", "  holdout_from_dev: 0.4\n")
+    for name in ("data", "tokenizer"):
+        (tmp_path / name).symlink_to(demo_workspace / name)
+    (tmp_path / "r.yaml").write_text(text)
+    a = load_task_data(load_recipe(tmp_path / "r.yaml"))
+    b = load_task_data(load_recipe(tmp_path / "r.yaml"))
+    for lang in ("en", "ru"):
+        dev = {e.source for e in a.splits["dev"][lang]}
+        test = {e.source for e in a.splits["test"][lang]}
+        assert dev and test and not dev & test
+        assert len(test) == 60 and len(dev) == 80  # 40% of 150 held out; dev capped at 80
+        assert test == {e.source for e in b.splits["test"][lang]}

@@ -57,8 +57,15 @@ def _read_local(recipe: Recipe, split: str, lang: str) -> list[Example] | None:
     path = _path_for(recipe, split, lang)
     if path is None:
         return None
+    if not path.exists():  # the reader's hint speaks of the working directory: the recipe's is what counts
+        raise DataError(
+            f"{split} file of {lang!r} not found", where=str(path),
+            hint=f"check {where(recipe, 'data', split)}; relative paths start from the recipe's folder",
+        )
     data = recipe.data
     limit = data.max_train_per_language if split == "train" else data.max_eval_per_language
+    if split == "dev" and data.holdout_from_dev:
+        limit = None  # the cap applies after the split, so the held-out part is always the same
     return read_examples(
         path,
         fmt=data.format,
@@ -121,8 +128,35 @@ def _read_hub(recipe: Recipe, split: str, lang: str) -> list[Example] | None:
     return examples
 
 
+def _hold_out(recipe: Recipe, splits) -> None:
+    """Carve a test split out of dev (for data with no test files): a fixed, seeded shuffle per
+    language, so the same examples are held out on every run and no model selection sees them."""
+    import random
+
+    fraction, cap = recipe.data.holdout_from_dev, recipe.data.max_eval_per_language
+    splits["test"] = {}
+    for lang, examples in splits["dev"].items():
+        order = list(range(len(examples)))
+        random.Random(f"holdout-{recipe.seed}-{lang}").shuffle(order)
+        n_test = round(fraction * len(examples))
+        if n_test == 0 or n_test == len(examples):
+            raise DataError(f"dev of {lang!r} has {len(examples)} examples: too few to hold out {fraction:g} of them",
+                            where=where(recipe, "data", "holdout_from_dev"))
+        test, dev = sorted(order[:n_test]), sorted(order[n_test:])
+        splits["test"][lang] = [examples[i] for i in test][:cap]
+        splits["dev"][lang] = [examples[i] for i in dev][:cap]
+
+
 def _labels_of(example: Example) -> list[str]:
     return example.tags if example.tags is not None else [example.label]
+
+
+def _label_at(recipe: Recipe, example: Example, i: int) -> str:
+    """Where label i of an example is: in conll files, tag i is on the i-th line after the first."""
+    path, _, first = example.source.rpartition(":")
+    if recipe.data.format == "conll" and first.isdigit():
+        return f"{path}:{int(first) + i}"
+    return example.source
 
 
 def load_task_data(recipe: Recipe) -> TaskData:
@@ -140,17 +174,21 @@ def load_task_data(recipe: Recipe) -> TaskData:
             per_lang[lang] = examples
         if per_lang:
             splits[split] = per_lang
+    if "train" not in splits:
+        raise DataError("no training data", where=where(recipe, "data"), hint="give data.train (or a train split)")
+    if recipe.data.holdout_from_dev:
+        _hold_out(recipe, splits)
 
     labels = _label_set(recipe, splits)
     allowed = set(labels)
     for split, per_lang in splits.items():
         for examples in per_lang.values():
             for ex in examples:
-                for label in _labels_of(ex):
+                for i, label in enumerate(_labels_of(ex)):
                     if label not in allowed:
                         raise DataError(
                             f"label {label!r} is not in the label set ({', '.join(labels)})",
-                            where=ex.source,
+                            where=_label_at(recipe, ex, i),
                             hint="add it to task.labels, or fix the row",
                         )
     return TaskData(task=recipe.task.type, labels=labels, languages=list(recipe.data.languages), splits=splits)
@@ -171,10 +209,13 @@ def _label_set(recipe: Recipe, splits) -> list[str]:
         if labels != reference:
             missing = sorted(set(reference) - set(labels))
             extra = sorted(set(labels) - set(reference))
+            first = next((_label_at(recipe, ex, i) for ex in splits["train"][lang]
+                          for i, label in enumerate(_labels_of(ex)) if label in extra), None)
             raise DataError(
                 f"labels differ between languages: {lang!r} vs {reference_lang!r}"
                 + (f"; {lang} lacks {missing}" if missing else "")
-                + (f"; {lang} adds {extra}" if extra else ""),
+                + (f"; {lang} adds {extra}" if extra else "")
+                + (f", first at {first}" if first else ""),
                 where=where(recipe, "data", "train"),
                 hint="list the full label set in task.labels if some languages lack a label",
             )
