@@ -77,7 +77,10 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     data = load_task_data(recipe)
     if "dev" not in data.splits:
         raise RecipeError("no dev data: models are selected on dev", where=where(recipe, "data", "dev"))
-    check_cascade(recipe, _teacher_shape(recipe))
+    shape = _teacher_shape(recipe)
+    if shape["labels"] and set(shape["labels"]) == set(data.labels):
+        data.labels = shape["labels"]  # a fine-tuned teacher's head: keep its label order
+    check_cascade(recipe, shape)
     say(f"data: {len(data.languages)} languages, labels {len(data.labels)}; "
         + ", ".join(f"{s} {sum(n.values())}" for s, n in data.sizes().items()))
     encoded = {}
@@ -109,7 +112,9 @@ def _teacher_shape(recipe: Recipe) -> dict:
         except (OSError, ValueError) as exc:
             raise RecipeError(f"cannot load the teacher {t.model!r}: {str(exc).splitlines()[0]}",
                               where=where(recipe, "teacher", "model")) from None
-    return {"layers": config.num_hidden_layers, "hidden": config.hidden_size,
+    id2label = getattr(config, "id2label", None) or {}
+    labels = [id2label[i] for i in sorted(id2label)] if t.model is not None else []
+    return {"labels": labels, "layers": config.num_hidden_layers, "hidden": config.hidden_size,
             "heads": config.num_attention_heads, "intermediate": getattr(config, "intermediate_size", None)}
 
 
