@@ -36,7 +36,9 @@ from cascade_kd.models import (
     load_checkpoint,
     load_model,
     load_tokenizer,
+    ffn_attr,
     save_checkpoint,
+    student_config,
     use_attention_outputs,
 )
 from cascade_kd.recipe import Recipe, StageConfig, StudentConfig, where
@@ -77,10 +79,13 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     data = load_task_data(recipe)
     if "dev" not in data.splits:
         raise RecipeError("no dev data: models are selected on dev", where=where(recipe, "data", "dev"))
-    shape = _teacher_shape(recipe)
-    if shape["labels"] and set(shape["labels"]) == set(data.labels):
-        data.labels = shape["labels"]  # a fine-tuned teacher's head: keep its label order
-    check_cascade(recipe, shape)
+    t_config = _teacher_config(recipe)
+    id2label = getattr(t_config, "id2label", None) or {}
+    checkpoint_labels = [id2label[i] for i in sorted(id2label)] if teacher_cfg.model is not None else []
+    if checkpoint_labels and set(checkpoint_labels) == set(data.labels):
+        data.labels = checkpoint_labels  # a fine-tuned teacher's head: keep its label order
+    _check_positions(recipe, t_config)
+    check_cascade(recipe, t_config)
     say(f"data: {len(data.languages)} languages, labels {len(data.labels)}; "
         + ", ".join(f"{s} {sum(n.values())}" for s, n in data.sizes().items()))
     encoded = {}
@@ -93,63 +98,62 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     return Job(recipe, out, tokenizer, data, encoded, say)
 
 
-def _teacher_shape(recipe: Recipe) -> dict:
-    """Layer count, width and heads of the teacher, read from its config without loading weights."""
+def _teacher_config(recipe: Recipe):
+    """The teacher's config, read without loading weights."""
+    from transformers import AutoConfig
+
     t = recipe.teacher
     if t.config is not None:
-        from transformers import AutoConfig
-
         spec = dict(t.config)
         try:
-            config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+            return AutoConfig.for_model(spec.pop("model_type"), **spec)
         except (ValueError, TypeError) as exc:
             raise RecipeError(f"invalid teacher.config: {exc}", where=where(recipe, "teacher", "config")) from None
-    else:
-        from transformers import AutoConfig
-
-        try:
-            config = AutoConfig.from_pretrained(recipe.model_path(t.model), trust_remote_code=t.trust_remote_code)
-        except (OSError, ValueError) as exc:
-            raise RecipeError(f"cannot load the teacher {t.model!r}: {str(exc).splitlines()[0]}",
-                              where=where(recipe, "teacher", "model")) from None
-    id2label = getattr(config, "id2label", None) or {}
-    labels = [id2label[i] for i in sorted(id2label)] if t.model is not None else []
-    return {"labels": labels, "layers": config.num_hidden_layers, "hidden": config.hidden_size,
-            "heads": config.num_attention_heads, "intermediate": getattr(config, "intermediate_size", None)}
+    try:
+        return AutoConfig.from_pretrained(recipe.model_path(t.model), trust_remote_code=t.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"cannot load the teacher {t.model!r}: {str(exc).splitlines()[0]}",
+                          where=where(recipe, "teacher", "model")) from None
 
 
-class _Shape:
-    """A stand-in config (layers, width, heads) for checking layer maps before building models."""
+def _check_positions(recipe: Recipe, config) -> None:
+    """Sequences must fit the position table (RoBERTa-style models start positions after padding_idx)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return
+    offset = (config.pad_token_id or 0) + 1 if "roberta" in config.model_type or "camembert" in config.model_type else 0
+    if recipe.task.max_length + offset > limit:
+        raise RecipeError(
+            f"max_length {recipe.task.max_length} does not fit the teacher's {limit} position embeddings"
+            + (f" (this model type uses {offset} of them before the first token)" if offset else ""),
+            where=where(recipe, "task", "max_length"), hint=f"use max_length <= {limit - offset}",
+        )
 
-    def __init__(self, layers, hidden, heads):
-        self.num_hidden_layers, self.hidden_size, self.num_attention_heads = layers, hidden, heads
 
-
-def check_cascade(recipe: Recipe, teacher: dict) -> None:
-    """Every stage smaller than its teacher, every layer map in range, every head count compatible."""
-    shape = top = _Shape(teacher["layers"], teacher["hidden"], teacher["heads"])
+def check_cascade(recipe: Recipe, t_config) -> None:
+    """Build every student's config from its teacher's (all shape checks of build_student), and
+    every stage's loss terms (layer maps in range, head counts compatible), from configs alone."""
+    config = t_config
     stages = recipe.cascade.stages
     for i, stage in enumerate(stages):
         key = ("cascade", "stages", i, "student")
-        s = stage.student
-        if s.layers > shape.num_hidden_layers:
+        if stage.student.layers > config.num_hidden_layers:
             raise RecipeError(
-                f"stage {stage.name!r} has {s.layers} layers, more than its teacher's {shape.num_hidden_layers}",
+                f"stage {stage.name!r} has {stage.student.layers} layers, more than its teacher's {config.num_hidden_layers}",
                 where=where(recipe, *key, "layers"), hint="each stage's student must be no deeper than its teacher",
             )
-        hidden = s.hidden or shape.hidden_size
-        heads = s.heads or (shape.num_attention_heads if hidden == shape.hidden_size
-                            else max(1, shape.num_attention_heads * hidden // shape.hidden_size))
-        student = _Shape(s.layers, hidden, heads)
-        _check_losses(recipe, i, shape, student, f"stage {stage.name!r}")
+        student, _, _ = student_config(config, stage.student, where=where(recipe, *key))
+        _check_losses(recipe, i, config, student, f"stage {stage.name!r}")
         recipe.train_for(stage.train, f"cascade.stages[{i}].train")
-        shape = student
-    if recipe.cascade.direct and len(stages) > 1:  # the final stage's losses, from the original teacher
-        _check_losses(recipe, len(stages) - 1, top, shape, "the direct baseline")
+        config = student
+    if recipe.cascade.direct and len(stages) > 1:  # the final shape, from the original teacher
+        spec = direct_spec(stages[-1].student, config, t_config)
+        direct, _, _ = student_config(t_config, spec, where=where(recipe, "cascade", "direct"))
+        _check_losses(recipe, len(stages) - 1, t_config, direct, "the direct baseline")
     recipe.train_for(recipe.teacher.train, "teacher.train")  # else read only when the teacher trains
 
 
-def _check_losses(recipe: Recipe, i: int, teacher: _Shape, student: _Shape, what: str) -> None:
+def _check_losses(recipe: Recipe, i: int, teacher, student, what: str) -> None:
     """Build a stage's loss terms; an error names the line of the loss it comes from."""
     own = recipe.cascade.stages[i].losses is not None
     section = ("cascade", "stages", i) if own else ("cascade",)  # else the cascade's, shared by the stages
@@ -167,7 +171,7 @@ def direct_spec(final: StudentConfig, final_config, teacher_config) -> StudentCo
     spec = final.model_copy(update={
         "hidden": final_config.hidden_size,
         "heads": final_config.num_attention_heads,
-        "intermediate": final_config.intermediate_size,
+        "intermediate": getattr(final_config, ffn_attr(final_config)),
     })
     if final_config.hidden_size != teacher_config.hidden_size:
         # other width: teacher layers cannot be copied, embeddings are projected instead
@@ -189,6 +193,7 @@ def _done(directory: Path, fingerprint: str) -> dict | None:
 
 
 def _save_model(job: Job, model, directory: Path, info: dict, projections=None) -> None:
+    info["params"] = count_parameters(model)  # now, while requires_grad says what this model trained
     extra = {MARKER: json.dumps(info, indent=2).encode()}
     if projections is not None and len(projections):
         from safetensors.torch import save
@@ -269,7 +274,12 @@ def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
             "RUN_DIR is not empty", where=str(out),
             hint="pass --resume to continue that run, --overwrite to replace it, or choose another --out",
         )
-    if overwrite and out.is_dir() and not resume:
+    if overwrite and out.is_dir() and any(out.iterdir()) and not resume:
+        if not (out / "manifest.json").is_file():  # never delete a directory that is not a run
+            raise UserError(
+                "--overwrite replaces an earlier cascade-kd run, but this directory holds no manifest.json",
+                where=str(out), hint="choose an empty or new --out",
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -326,7 +336,7 @@ def score_models(job: Job, models, split: str | None = None) -> dict:
         rows.append({
             "name": name, "role": role, "path": str(directory.relative_to(job.out)),
             "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
-            "heads": model.config.num_attention_heads, **count_parameters(model),
+            "heads": model.config.num_attention_heads, **{**count_parameters(model), **info.get("params", {})},
             "per_language": per_lang, "average": summary["average"], "worst": summary["worst"],
             "worst_language": summary["worst_language"], "retention": summary["retention"],
             "retention_per_language": summary["retention_per_language"],
@@ -370,13 +380,19 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
     if split not in job.encoded:
         raise RecipeError(f"the recipe names no {split} data", where=where(recipe, "data", split))
     job.encoded = {s: job.encoded[s] for s in ("dev", split)}
+    target = Path(out) if out else run_dir / f"eval-{split}"
+    if target.resolve() == run_dir.resolve():
+        raise UserError("eval would overwrite the run's own metrics.json and report.md", where=str(target),
+                        hint="give another --out (default RUN_DIR/eval-SPLIT)")
     previous = json.loads(metrics_path.read_text())
     models = []
     for row in previous["models"]:
         directory = run_dir / row["path"]
         if not (directory / "config.json").is_file():
             raise UserError(f"model {row['name']!r} is missing", where=str(directory))
-        models.append((row["name"], row["role"], load_checkpoint(directory, job.data.task), {}, directory))
+        marker = directory / MARKER
+        info = json.loads(marker.read_text()) if marker.is_file() else {}
+        models.append((row["name"], row["role"], load_checkpoint(directory, job.data.task), info, directory))
     metrics = score_models(job, models, split=split)
-    write_outputs(Path(out) if out else run_dir / f"eval-{split}", metrics)
+    write_outputs(target, metrics)
     return metrics

@@ -143,12 +143,27 @@ def resolve_precision(precision: str) -> str:
         return {"fp32": "no"}.get(precision, precision)
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    return "bf16" if _cpu_has_native_bf16() else "no"
+
+
+def _cpu_has_native_bf16() -> bool:
+    """AMX or AVX-512 BF16: oneDNN also 'supports' bf16 by emulation on older AVX-512 CPUs, slower than fp32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def make_accelerator(cfg: TrainConfig):
+    """A fresh Accelerator per stage: stages may differ in precision, and accelerate keeps its
+    state per process, so that state is reset first (the process group, if any, is kept)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     return Accelerator(mixed_precision=resolve_precision(cfg.precision), gradient_accumulation_steps=cfg.grad_accum)
 
 
@@ -207,7 +222,8 @@ def train(
     optimizer = make_optimizer(module, cfg)
     lengths = [len(x) for x in train_data]
     per_epoch = math.ceil(len(train_data) / cfg.batch_size)
-    total_steps = max(1, math.ceil(cfg.epochs * per_epoch))
+    # whole optimiser steps: a trailing partial accumulation would never reach the optimiser
+    total_steps = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum)) * cfg.grad_accum
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(
@@ -277,7 +293,8 @@ def train(
                       f"loss {running:.4f} dev {score:.4f} ({elapsed:.0f}s, ETA {eta:.0f}s)")
             eval_time += time.perf_counter() - eval_started
             if best[0] is None or score > best[0]:
-                state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(module).student.state_dict().items()}
+                # the student and its projections together: a stage's saved projections match its student
+                state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(module).state_dict().items()}
                 best, stale = (score, frac_epoch, state), 0
             else:
                 stale += 1
@@ -287,7 +304,7 @@ def train(
     wall = time.perf_counter() - started
     unwrapped = accelerator.unwrap_model(module)
     if best[2] is not None:
-        unwrapped.student.load_state_dict(best[2])
+        unwrapped.load_state_dict(best[2])
     accelerator.free_memory()
     train_time = wall - eval_time
     return TrainResult(best[0], best[1], history, step, wall, tokens / train_time if train_time > 0 else 0.0)

@@ -68,7 +68,8 @@ def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_
     existing = [config.id2label[i] for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []
     has_head = any(a.endswith(head) for a in (config.architectures or [])) and existing == list(labels)
     model = auto_class(task).from_pretrained(
-        name_or_path, trust_remote_code=trust_remote_code, **label_config(labels)
+        name_or_path, trust_remote_code=trust_remote_code, dtype=torch.float32,
+        ignore_mismatched_sizes=not has_head, **label_config(labels)
     )
     return model, has_head
 
@@ -185,40 +186,43 @@ def select_layers(init, teacher_layers: int, student_layers: int, where: str) ->
     return chosen
 
 
-def build_student(teacher, spec: StudentConfig, *, where: str = "student"):
-    """A student built from `teacher` as `spec` says; the teacher is left untouched."""
-    t_layers = num_layers(teacher)
+def ffn_attr(config) -> str:
+    """The config attribute holding the feed-forward width (DistilBERT calls it hidden_dim)."""
+    return "hidden_dim" if getattr(config, "model_type", "") == "distilbert" else "intermediate_size"
+
+
+def student_config(t_config, spec: StudentConfig, *, where: str = "student"):
+    """The student's config and the teacher layers that initialise it, with every shape check.
+
+    Used both before training (to check a whole cascade from configs alone) and to build the
+    student, so a recipe that cannot be built is refused before the teacher trains.
+    Returns (config, chosen 0-based teacher layers or None, whether layers have the teacher's shape).
+    """
+    t_layers, ffn = t_config.num_hidden_layers, ffn_attr(t_config)
     if spec.layers > t_layers:
         raise RecipeError(
             f"the student has {spec.layers} layers, more than its teacher's {t_layers}",
             where=f"{where}.layers",
             hint="each stage's student must be smaller than that stage's teacher",
         )
-    t_config = teacher.config
     config = copy.deepcopy(t_config)
     config.num_hidden_layers = spec.layers
     width_changes = spec.hidden is not None and spec.hidden != t_config.hidden_size
     if width_changes:
-        heads = spec.heads or max(1, t_config.num_attention_heads * spec.hidden // t_config.hidden_size)
-        if spec.hidden % heads:
-            raise RecipeError(f"hidden {spec.hidden} is not a multiple of heads {heads}", where=f"{where}.hidden")
         config.hidden_size = spec.hidden
-        config.num_attention_heads = heads
-        config.intermediate_size = spec.intermediate or 4 * spec.hidden
+        config.num_attention_heads = spec.heads or max(1, t_config.num_attention_heads * spec.hidden // t_config.hidden_size)
+        setattr(config, ffn, spec.intermediate or 4 * spec.hidden)
     else:
-        if spec.heads is not None and spec.heads != t_config.num_attention_heads:
-            config.num_attention_heads = spec.heads
-            if config.hidden_size % spec.heads:
-                raise RecipeError(f"hidden {config.hidden_size} is not a multiple of heads {spec.heads}", where=f"{where}.heads")
-        if spec.intermediate is not None:
-            config.intermediate_size = spec.intermediate
+        config.num_attention_heads = spec.heads or t_config.num_attention_heads
+        setattr(config, ffn, spec.intermediate or getattr(t_config, ffn))
+    if config.hidden_size % config.num_attention_heads:
+        raise RecipeError(f"hidden {config.hidden_size} is not a multiple of heads {config.num_attention_heads}",
+                          where=f"{where}.heads")
     config.architectures = None
-    student = type(teacher)(config)
-    student.to(next(teacher.parameters()).dtype)
-
-    same_shape_layers = not width_changes and spec.heads in (None, t_config.num_attention_heads) and spec.intermediate in (None, t_config.intermediate_size)
+    # weight shapes depend on the widths only: a new head count still lets layers be copied
+    same_shape = (config.hidden_size, getattr(config, ffn)) == (t_config.hidden_size, getattr(t_config, ffn))
     chosen = select_layers(spec.init, t_layers, spec.layers, f"{where}.init")
-    if chosen is not None and not same_shape_layers:
+    if chosen is not None and not same_shape:
         raise RecipeError(
             "the student's layers have another shape than the teacher's, so they cannot be copied",
             where=f"{where}.init",
@@ -230,7 +234,14 @@ def build_student(teacher, spec: StudentConfig, *, where: str = "student"):
             where=f"{where}.embeddings",
             hint="use embeddings: pca (the teacher's projected to the new width) or random",
         )
-    _initialise(student, teacher, chosen, spec.embeddings, copy_rest=same_shape_layers)
+    return config, chosen, same_shape
+
+
+def build_student(teacher, spec: StudentConfig, *, where: str = "student"):
+    """A student built from `teacher` as `spec` says (in float32); the teacher is left untouched."""
+    config, chosen, same_shape = student_config(teacher.config, spec, where=where)
+    student = type(teacher)(config).float()
+    _initialise(student, teacher, chosen, spec.embeddings, copy_rest=same_shape)
     freeze_embeddings(student, spec.freeze_embeddings)
     return student
 
@@ -277,8 +288,8 @@ def _pca_embeddings(student, teacher) -> None:
     for name, p in embedding_parameters(student).items():
         if p is word or p.dim() != 2 or name not in t_emb:
             continue
-        source = t_emb[name].float()  # position / token type tables share the word axes
-        p.copy_(((source - mean) @ axes).to(p.dtype))
+        source = t_emb[name].float()  # position / token type tables share the word axes, uncentred
+        p.copy_((source @ axes).to(p.dtype))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,13 +302,11 @@ def save_checkpoint(model, tokenizer, directory: Path, extra_files: dict[str, by
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        previous = model.config._attn_implementation
         model.config.architectures = [type(model).__name__]
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
-        model.config._attn_implementation = previous
         for f in tmp.iterdir():
             with open(f, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -307,14 +316,24 @@ def save_checkpoint(model, tokenizer, directory: Path, extra_files: dict[str, by
             shutil.rmtree(old, ignore_errors=True)
             directory.rename(old)
         tmp.rename(directory)
+        _fsync_directory(directory.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _fsync_directory(path: Path) -> None:
+    """Make a rename durable: fsync the directory that holds the new entry."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def load_checkpoint(directory: Path, task: str):
     """Reload a saved model (safetensors only) with the plain Auto classes."""
-    model = auto_class(task).from_pretrained(directory, use_safetensors=True)
+    model = auto_class(task).from_pretrained(directory, use_safetensors=True, dtype=torch.float32)
     model.eval()
     return model

@@ -64,6 +64,8 @@ def test_outputs_and_metrics_schema(finished_run):
     layers = [m["layers"] for m in on_disk["models"]]
     assert layers == [3, 2, 1, 1]
     teacher = on_disk["models"][0]
+    assert teacher["params_trainable"] == teacher["params_total"]  # the teacher trained everything
+    assert on_disk["models"][1]["params_trainable"] < on_disk["models"][1]["params_total"]  # frozen embeddings
     assert teacher["retention"] == pytest.approx(1.0)
     student = on_disk["models"][2]
     expected = sum(student["per_language"][l] / teacher["per_language"][l] for l in ("en", "ru")) / 2

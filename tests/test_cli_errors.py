@@ -314,3 +314,17 @@ def test_real_process_exits_2_with_one_line_and_no_traceback(ws):
         "(did you mean 'lr'?)"
     ]
     assert not out.exists()
+
+
+def test_overwrite_never_deletes_a_directory_that_is_not_a_run(capsys, ws):
+    (ws / "run").mkdir()
+    keep = ws / "run" / "notes.txt"
+    keep.write_text("mine")
+    msg = fails(capsys, ws, "--overwrite", run_dir_untouched=False)
+    assert "no manifest.json" in msg and keep.read_text() == "mine"
+
+
+def test_sequences_longer_than_the_position_table(capsys, ws):
+    edit_recipe(ws, "max_length: 64", "max_length: 100")
+    msg = fails(capsys, ws)
+    assert "task.max_length" in msg and "64 position embeddings" in msg and "max_length <= 64" in msg

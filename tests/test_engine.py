@@ -104,3 +104,16 @@ def test_attention_losses_need_equal_heads_unless_averaged():
         build_loss_terms({"attention_mse": LossConfig()}, teacher, student, where="s")
     terms, _ = build_loss_terms({"attention_mse": LossConfig(head_reduction="mean")}, teacher, student, where="s")
     assert terms[0].pairs == [(2, 1)]
+
+
+def test_stages_may_use_different_precisions(train_data):
+    """accelerate keeps one state per process: each stage's Accelerator must start afresh."""
+    for precision in ("bf16", "fp32"):
+        cfg = CFG.model_copy(update={"precision": precision, "epochs": 0.25})
+        train(tiny_bert(layers=1), train_data, cfg, terms=[LossTerm("ce", 1.0, HardLabelCE())], pad_id=0)
+
+
+def test_grad_accumulation_ends_on_a_whole_optimiser_step(train_data):
+    cfg = CFG.model_copy(update={"grad_accum": 3})  # 4 batches per epoch -> 6 micro-batches, 2 steps
+    result = train(tiny_bert(layers=1), train_data, cfg, terms=[LossTerm("ce", 1.0, HardLabelCE())], pad_id=0)
+    assert result.steps % 3 == 0

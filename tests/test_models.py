@@ -108,3 +108,41 @@ def test_checkpoint_reloads_in_plain_transformers_with_the_same_logits(tmp_path,
     # saving again over an existing checkpoint swaps it atomically
     save_checkpoint(model, tokenizer, tmp_path / "ckpt")
     assert not (tmp_path / "ckpt" / "note.txt").exists()
+
+
+def _tiny(model_type):
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    extra = {"dim": 32, "n_layers": 4, "n_heads": 4, "hidden_dim": 64} if model_type == "distilbert" else {
+        "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 64}
+    config = AutoConfig.for_model(model_type, vocab_size=100, max_position_embeddings=40, num_labels=3, **extra)
+    return AutoModelForTokenClassification.from_config(config).eval()
+
+
+@pytest.mark.parametrize("model_type", ["bert", "xlm-roberta", "distilbert"])
+def test_other_encoder_families_build_students_and_expose_features(model_type):
+    from cascade_kd.features import extract_features
+    from cascade_kd.models import layer_list, use_attention_outputs
+
+    teacher = _tiny(model_type)
+    student = build_student(teacher, StudentConfig(layers=2, init="top", freeze_embeddings=True)).eval()
+    t_name, t_layers = layer_list(teacher)
+    _, s_layers = layer_list(student)
+    assert _same(s_layers[0].state_dict(), t_layers[2].state_dict())
+    narrow = build_student(teacher, StudentConfig(layers=1, init="random", hidden=16, heads=2, intermediate=24, embeddings="pca"))
+    ffn = [p for n, p in narrow.named_parameters() if p.dim() == 2 and 24 in p.shape]
+    assert ffn, "the narrower student's feed-forward width follows `intermediate`"
+    use_attention_outputs(student, True)
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    if model_type == "bert":
+        batch["token_type_ids"] = torch.zeros(1, 4, dtype=torch.long)
+    f = extract_features(student, batch, hidden=True, attentions=True)
+    assert len(f.hidden_states) == 3 and len(f.attentions) == 2 and f.logits.shape == (1, 4, 3)
+
+
+def test_a_bf16_checkpoint_loads_as_float32(tmp_path, tokenizer):
+    from cascade_kd.models import load_checkpoint
+
+    model = tiny_bert(layers=1).to(torch.bfloat16)
+    save_checkpoint(model, tokenizer, tmp_path / "bf16")
+    assert next(load_checkpoint(tmp_path / "bf16", "token").parameters()).dtype == torch.float32

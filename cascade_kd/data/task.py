@@ -137,7 +137,7 @@ def _hold_out(recipe: Recipe, splits) -> None:
     splits["test"] = {}
     for lang, examples in splits["dev"].items():
         order = list(range(len(examples)))
-        random.Random(f"holdout-{recipe.seed}-{lang}").shuffle(order)
+        random.Random(f"holdout-{lang}").shuffle(order)  # not the run's seed: every seed sees one test set
         n_test = round(fraction * len(examples))
         if n_test == 0 or n_test == len(examples):
             raise DataError(f"dev of {lang!r} has {len(examples)} examples: too few to hold out {fraction:g} of them",
