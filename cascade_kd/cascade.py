@@ -365,9 +365,21 @@ def _write_manifest(job: Job) -> None:
 
 
 def _recipe_text(recipe: Recipe) -> str:
+    """The recipe as run, with relative paths made absolute so it works from RUN_DIR too."""
     import yaml
 
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    data = recipe.model_dump(mode="json")
+
+    def absolute(p):
+        return p if p is None or Path(p).is_absolute() else str((recipe.base_dir / p).resolve())
+
+    for split in ("train", "dev", "test"):
+        spec = data["data"][split]
+        data["data"][split] = {k: absolute(v) for k, v in spec.items()} if isinstance(spec, dict) else absolute(spec)
+    data["task"]["labels_file"] = absolute(data["task"]["labels_file"])
+    for key in ("model", "tokenizer"):
+        data["teacher"][key] = recipe.model_path(data["teacher"][key])
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Path | None = None, say=print) -> dict:

@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--recipe", type=Path, help="recipe naming the data (default: RUN_DIR/recipe.yaml)")
     ev.add_argument("--split", choices=["dev", "test"], default="test")
     ev.add_argument("--out", type=Path, help="where to write metrics.json and report.md (default RUN_DIR/eval-SPLIT)")
+
+    bench = sub.add_parser("bench", help="latency of every model of a run against its teacher (CPU, PyTorch fp32/bf16)")
+    bench.add_argument("run_dir", type=Path)
+    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    bench.add_argument("--seq-lens", type=int, nargs="+", default=[32, 128])
+    bench.add_argument("--repeats", type=int, default=10)
     return p
 
 
@@ -82,13 +88,29 @@ def _cmd_eval(args) -> None:
     print(f"\nwritten: {out}/metrics.json, {out}/report.md")
 
 
+def _cmd_bench(args) -> None:
+    import json
+
+    from cascade_kd.benchmark import bench_run, bench_table
+    from cascade_kd.report import write_outputs
+
+    path = args.run_dir / "metrics.json"
+    if not path.is_file():
+        raise UserError("no metrics.json: not a finished cascade-kd run", where=str(args.run_dir))
+    result = bench_run(args.run_dir, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens, repeats=args.repeats, say=_say)
+    metrics = json.loads(path.read_text())
+    metrics["latency"] = result
+    write_outputs(args.run_dir, metrics)  # metrics.json and report.md gain the latency table
+    print("\n" + bench_table(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress lines say what is happening
-    handler = {"run": _cmd_run, "demo": _cmd_demo, "eval": _cmd_eval}[args.command]
+    handler = {"run": _cmd_run, "demo": _cmd_demo, "eval": _cmd_eval, "bench": _cmd_bench}[args.command]
     try:
         handler(args)
     except UserError as err:

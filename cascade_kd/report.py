@@ -71,6 +71,14 @@ def render_report(metrics: dict) -> str:
             "direct distillation beat the cascade" if diff < 0 else "cascade and direct distillation tied")
         parts += ["", f"Cascade vs direct at equal size: {verdict} by {abs(diff):.1f} points on average "
                   f"(one seed; see benchmarks for spreads over seeds)."]
+    if metrics.get("latency"):
+        from cascade_kd.benchmark import bench_table
+
+        lat = metrics["latency"]
+        parts += ["", "## Latency (`cascade-kd bench`)", "",
+                  f"Median forward time in ms on {lat['device']} with {lat['threads']} threads over {lat['repeats']} "
+                  f"repeats ({lat['input']}); in brackets the speed-up against the teacher at the same setting.", "",
+                  bench_table(lat)]
     return "\n".join(parts) + "\n"
 
 

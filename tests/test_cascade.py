@@ -119,7 +119,8 @@ def test_resume_does_not_redo_finished_models(finished_run, capsys):
 
 def test_eval_command_rescored_without_training(finished_run, capsys):
     root, _, metrics = finished_run
-    rc = main(["eval", str(root / "run"), "--recipe", str(root / "recipe.yaml"), "--split", "dev", "--out", str(root / "ev")])
+    # the default recipe is the copy in RUN_DIR, whose paths were made absolute
+    rc = main(["eval", str(root / "run"), "--split", "dev", "--out", str(root / "ev")])
     assert rc == 0
     ev = json.loads((root / "ev" / "metrics.json").read_text())
     assert ev["split"] == "dev"
@@ -153,3 +154,18 @@ def test_holdout_from_dev_is_fixed_disjoint_and_capped(demo_workspace, tmp_path)
         assert dev and test and not dev & test
         assert len(test) == 60 and len(dev) == 80  # 40% of 150 held out; dev capped at 80
         assert test == {e.source for e in b.splits["test"][lang]}
+
+
+def test_bench_measures_every_model_against_the_teacher(finished_run, tmp_path, capsys):
+    root, _, metrics = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    rc = main(["bench", str(run), "--batch-sizes", "1", "4", "--seq-lens", "16", "--repeats", "2"])
+    assert rc == 0
+    lat = json.loads((run / "metrics.json").read_text())["latency"]
+    assert [m["name"] for m in lat["models"]] == [m["name"] for m in metrics["models"]]
+    for m in lat["models"]:
+        assert {"fp32/b1/s16", "fp32/b4/s16"} <= set(m["latency_ms"]) and all(v > 0 for v in m["latency_ms"].values())
+        assert m["size_mb"] > 0
+    assert lat["models"][0]["speedup_vs_teacher"]["fp32/b1/s16"] == pytest.approx(1.0)
+    assert "## Latency" in (run / "report.md").read_text()
