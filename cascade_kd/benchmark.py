@@ -54,10 +54,12 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
             for batch in batch_sizes:
                 for seq in seq_lens:
                     if seq > limit - 2:  # RoBERTa-style models use 2 positions before the first token
+                        entry.setdefault("skipped", []).append(f"s{seq}: only {limit} position embeddings")
                         continue
                     key = f"{precision}/b{batch}/s{seq}"
                     entry["latency_ms"][key] = forward_latency_ms(model, batch, seq, bf16=precision == "bf16", repeats=repeats)
-        say(f"bench: {row['name']}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in entry["latency_ms"].items()))
+        say(f"bench: {row['name']}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in entry["latency_ms"].items())
+            + "".join(f"; skipped {s}" for s in sorted(set(entry.get("skipped", [])))))
         rows.append(entry)
     teacher = rows[0]["latency_ms"]
     for entry in rows:
