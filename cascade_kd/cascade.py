@@ -27,6 +27,7 @@ from cascade_kd.data.encode import encode
 from cascade_kd.data.task import TaskData, load_task_data
 from cascade_kd.engine import LossTerm, build_loss_terms, resolve_precision, train
 from cascade_kd.errors import RecipeError, UserError
+from cascade_kd.fileio import atomic_write
 from cascade_kd.evaluation import evaluate_languages, metric_for, summarise
 from cascade_kd.losses import HardLabelCE
 from cascade_kd.models import (
@@ -61,6 +62,10 @@ class Job:
     @property
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id or 0
+
+    def state_dir(self, name: str) -> Path:
+        """Where a model's full training state lives while it trains (removed once it is saved)."""
+        return self.out / "state" / name
 
     def train_set(self):
         return [e for _, enc in self.encoded["train"].values() for e in enc]
@@ -226,10 +231,11 @@ def get_teacher(job: Job):
         job.say(f"teacher: training {model.config.num_hidden_layers} layers x {model.config.hidden_size} "
                 f"for {cfg.epochs:g} epochs on {len(job.train_set())} examples")
         result = train(model, job.train_set(), cfg, terms=terms, evaluate=lambda m: job.dev_score(m, cfg),
-                       pad_id=job.pad_id, seed=recipe.seed, desc="teacher")
+                       pad_id=job.pad_id, seed=recipe.seed, desc="teacher", state_dir=job.state_dir("teacher"))
         info.update(dev=result.best_score, best_epoch=result.best_epoch, wall_time_s=result.wall_time_s,
                     tokens_per_s=result.tokens_per_s, history=result.history)
     _save_model(job, model, out, info)
+    shutil.rmtree(job.state_dir("teacher"), ignore_errors=True)  # the finished model supersedes it
     return model, info
 
 
@@ -255,7 +261,8 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
             + ", ".join(f"{t.name}*{t.weight:g}" for t in terms)
             + f"; {params['params_trainable']:,} of {params['params_total']:,} parameters trainable")
     result = train(student, job.train_set(), cfg, terms=terms, projections=projections, teacher=teacher,
-                   evaluate=lambda m: job.dev_score(m, cfg), pad_id=job.pad_id, seed=recipe.seed + index + 1, desc=name)
+                   evaluate=lambda m: job.dev_score(m, cfg), pad_id=job.pad_id, seed=recipe.seed + index + 1, desc=name,
+                   state_dir=job.state_dir(name))
     use_attention_outputs(student, False)
     use_attention_outputs(teacher, False)
     info = {"recipe": recipe.fingerprint(), "role": "direct" if name == "direct" else "stage",
@@ -263,6 +270,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
             "wall_time_s": result.wall_time_s, "tokens_per_s": result.tokens_per_s, "steps": result.steps,
             "history": result.history}
     _save_model(job, student, out, info, projections)
+    shutil.rmtree(job.state_dir(name), ignore_errors=True)
     return student, info
 
 
@@ -358,8 +366,6 @@ def _write_manifest(job: Job) -> None:
         "seed": job.recipe.seed, "data_sizes": job.data.sizes(), "labels": job.data.labels,
         "recipe": job.recipe.model_dump(mode="json"),
     }
-    from cascade_kd.report import atomic_write
-
     atomic_write(job.out / "manifest.json", json.dumps(manifest, indent=2))
     atomic_write(job.out / "recipe.yaml", _recipe_text(job.recipe))
 

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from cascade_kd.errors import UserError
 from cascade_kd.features import Features, extract_features, layer_pairs
 from cascade_kd.losses import LOSSES
 from cascade_kd.recipe import LossConfig, TrainConfig
+from cascade_kd.training_state import Progress, has_state, load_state, save_state
 
 LOGIT_LOSSES = ("kl", "logit_mse")
 HIDDEN_LOSSES = ("hidden_mse", "hidden_cos")
@@ -185,7 +187,7 @@ class TrainResult:
     best_epoch: float | None
     history: list[dict]
     steps: int
-    wall_time_s: float
+    wall_time_s: float  # training time, evaluations excluded, summed over resumed segments
     tokens_per_s: float
 
 
@@ -199,7 +201,9 @@ def _progress(total: int, desc: str):
 
 def _log(bar, message: str) -> None:
     if os.environ.get("CASCADE_KD_QUIET") != "1":
-        bar.write(message, file=sys.stdout)
+        from tqdm.auto import tqdm
+
+        (bar.write if bar is not None else tqdm.write)(message, file=sys.stdout)
 
 
 def train(
@@ -214,9 +218,12 @@ def train(
     pad_id: int = 0,
     seed: int = 0,
     desc: str = "train",
+    state_dir: Path | None = None,
 ) -> TrainResult:
     """Train `student` in place; if `evaluate` is given (a callable model -> dev score), keep the
-    weights of the best evaluation (selection on dev, never on test) and stop early on `patience`."""
+    weights of the best evaluation (selection on dev, never on test) and stop early on `patience`.
+    With `state_dir`, the full training state is checkpointed there (every `checkpoint_every`
+    steps and after each evaluation) and an existing state is resumed from."""
     accelerator = make_accelerator(cfg)
     module = DistillationModule(student, projections or nn.ModuleDict())
     optimizer = make_optimizer(module, cfg)
@@ -239,21 +246,27 @@ def train(
             raise ValueError("distillation losses need a teacher")
         teacher.to(device).eval().requires_grad_(False)  # frozen, outside DDP
 
-    best = (None, None, None)  # score, epoch, state on CPU
-    history: list[dict] = []
-    stale = 0
-    step, tokens, started, eval_time = 0, 0, time.perf_counter(), 0.0
+    unwrapped = accelerator.unwrap_model(module)
+    progress, best_state = Progress(), None
+    if has_state(state_dir):  # an interrupted stage: continue exactly where it stopped
+        progress, best_state = load_state(state_dir, unwrapped, optimizer, scheduler)
+        _log(None, f"  {desc}: resuming at step {progress.step}/{total_steps} (epoch {progress.epoch + 1})")
+
+    def checkpoint():
+        if state_dir is not None and accelerator.is_main_process:
+            save_state(state_dir, unwrapped, optimizer, scheduler, progress, best_state)
+
     bar = _progress(total_steps, desc)
-    epoch = 0
-    while step < total_steps:
-        batches = bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=epoch)
+    bar.update(progress.step)
+    while progress.step < total_steps and not progress.stopped:
+        batches = bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=progress.epoch)
         batches = batches[accelerator.process_index :: accelerator.num_processes]
         module.train()
-        running = 0.0
-        for indices in batches:
-            if step >= total_steps:
+        segment_started = time.perf_counter()
+        for position in range(progress.batch, len(batches)):
+            if progress.step >= total_steps:
                 break
-            batch = {k: v.to(device) for k, v in collate([train_data[i] for i in indices], pad_id).items()}
+            batch = {k: v.to(device) for k, v in collate([train_data[i] for i in batches[position]], pad_id).items()}
             with accelerator.accumulate(module):
                 with accelerator.autocast():
                     s_feats = module(batch, need_hidden, need_attn)
@@ -261,11 +274,12 @@ def train(
                     if needs_teacher:
                         with torch.no_grad():
                             t_feats = extract_features(teacher, batch, hidden=need_hidden, attentions=need_attn)
-                    loss, parts = _stage_loss(terms, accelerator.unwrap_model(module), s_feats, t_feats, batch)
+                    loss, parts = _stage_loss(terms, unwrapped, s_feats, t_feats, batch)
                 if not torch.isfinite(loss):
                     bad = [n for n, v in parts.items() if not torch.isfinite(v)]
                     raise TrainingError(
-                        f"non-finite loss at step {step + 1} (epoch {epoch + 1}) in term(s) {', '.join(bad) or 'total'}",
+                        f"non-finite loss at step {progress.step + 1} (epoch {progress.epoch + 1}) "
+                        f"in term(s) {', '.join(bad) or 'total'}; the last checkpoint is kept",
                         where=desc,
                         hint="lower lr, use precision: fp32, or check the data",
                     )
@@ -275,36 +289,39 @@ def train(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens += int(batch["attention_mask"].sum())
+            progress.step += 1
+            progress.batch = position + 1
+            progress.tokens += int(batch["attention_mask"].sum())
             value = float(loss.detach())
-            running = 0.9 * running + 0.1 * value if step > 1 else value
+            progress.running = 0.9 * progress.running + 0.1 * value if progress.step > 1 else value
             bar.update(1)
-            bar.set_postfix(epoch=f"{epoch + 1}/{math.ceil(cfg.epochs)}", loss=f"{running:.4f}")
-        epoch += 1
-        if evaluate is not None and (cfg.eval_every_epoch or step >= total_steps):
-            eval_started = time.perf_counter()
-            score = evaluate(accelerator.unwrap_model(module).student)
-            frac_epoch = round(step / per_epoch, 3)
-            history.append({"epoch": frac_epoch, "step": step, "loss": running, "dev": score})
-            elapsed = time.perf_counter() - started
-            eta = elapsed / step * (total_steps - step)
-            _log(bar, f"  {desc}: epoch {frac_epoch:g}/{cfg.epochs:g} step {step}/{total_steps} "
-                      f"loss {running:.4f} dev {score:.4f} ({elapsed:.0f}s, ETA {eta:.0f}s)")
-            eval_time += time.perf_counter() - eval_started
-            if best[0] is None or score > best[0]:
+            bar.set_postfix(epoch=f"{progress.epoch + 1}/{math.ceil(cfg.epochs)}", loss=f"{progress.running:.4f}")
+            if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and progress.step % cfg.grad_accum == 0:
+                progress.train_seconds += time.perf_counter() - segment_started
+                segment_started = time.perf_counter()
+                checkpoint()
+        progress.train_seconds += time.perf_counter() - segment_started
+        progress.epoch += 1
+        progress.batch = 0
+        if evaluate is not None and (cfg.eval_every_epoch or progress.step >= total_steps):
+            score = evaluate(unwrapped.student)
+            frac_epoch = round(progress.step / per_epoch, 3)
+            progress.history.append({"epoch": frac_epoch, "step": progress.step, "loss": progress.running, "dev": score})
+            eta = progress.train_seconds / progress.step * (total_steps - progress.step)
+            _log(bar, f"  {desc}: epoch {frac_epoch:g}/{cfg.epochs:g} step {progress.step}/{total_steps} "
+                      f"loss {progress.running:.4f} dev {score:.4f} ({progress.train_seconds:.0f}s training, ETA {eta:.0f}s)")
+            if progress.best_score is None or score > progress.best_score:
                 # the student and its projections together: a stage's saved projections match its student
-                state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(module).state_dict().items()}
-                best, stale = (score, frac_epoch, state), 0
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
+                progress.best_score, progress.best_epoch, progress.stale = score, frac_epoch, 0
             else:
-                stale += 1
-                if cfg.patience and stale >= cfg.patience:
-                    break
+                progress.stale += 1
+                progress.stopped = bool(cfg.patience and progress.stale >= cfg.patience)
+        checkpoint()
     bar.close()
-    wall = time.perf_counter() - started
-    unwrapped = accelerator.unwrap_model(module)
-    if best[2] is not None:
-        unwrapped.load_state_dict(best[2])
+    if best_state is not None:
+        unwrapped.load_state_dict(best_state)
     accelerator.free_memory()
-    train_time = wall - eval_time
-    return TrainResult(best[0], best[1], history, step, wall, tokens / train_time if train_time > 0 else 0.0)
+    seconds = progress.train_seconds
+    return TrainResult(progress.best_score, progress.best_epoch, progress.history, progress.step, seconds,
+                       progress.tokens / seconds if seconds > 0 else 0.0)

@@ -9,16 +9,14 @@ depend on one architecture's attribute names.
 from __future__ import annotations
 
 import copy
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from cascade_kd.errors import RecipeError
+from cascade_kd.fileio import atomic_directory
 from cascade_kd.recipe import StudentConfig
 
 # ---------------------------------------------------------------------------------------------
@@ -298,38 +296,12 @@ def _pca_embeddings(student, teacher) -> None:
 
 def save_checkpoint(model, tokenizer, directory: Path, extra_files: dict[str, bytes] | None = None) -> None:
     """save_pretrained into a temporary sibling directory, then swap it in with a rename."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         model.config.architectures = [type(model).__name__]
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
-        for f in tmp.iterdir():
-            with open(f, "rb") as handle:
-                os.fsync(handle.fileno())
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            directory.rename(old)
-        tmp.rename(directory)
-        _fsync_directory(directory.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _fsync_directory(path: Path) -> None:
-    """Make a rename durable: fsync the directory that holds the new entry."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(directory: Path, task: str):

@@ -39,6 +39,8 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     eval_every_epoch: bool = True
     patience: Optional[int] = Field(None, ge=1)  # early stopping on the dev score, in evaluations
+    # full-state checkpoint every N steps (and always after each evaluation), for --resume mid-stage
+    checkpoint_every: Optional[int] = Field(200, ge=1)
 
 
 class LossConfig(_Section):

@@ -169,3 +169,37 @@ def test_bench_measures_every_model_against_the_teacher(finished_run, tmp_path, 
         assert m["size_mb"] > 0
     assert lat["models"][0]["speedup_vs_teacher"]["fp32/b1/s16"] == pytest.approx(1.0)
     assert "## Latency" in (run / "report.md").read_text()
+
+
+def test_a_run_killed_mid_stage_resumes_to_the_same_metrics(finished_run, tmp_path):
+    """SIGKILL during the first assistant's training, then --resume: same scores as uninterrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, _, metrics = finished_run
+    for name in ("data", "tokenizer"):
+        (tmp_path / name).symlink_to(root / name)
+    (tmp_path / "recipe.yaml").write_text(SMALL)
+    command = [sys.executable, "-m", "cascade_kd", "run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")]
+    env = {**os.environ, "CASCADE_KD_QUIET": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = tmp_path / "run" / "state" / "ta" / "progress.json"
+    deadline = time.time() + 240
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert marker.exists(), "the run never reached the first assistant's checkpoint"
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+    loud = {k: v for k, v in env.items() if k != "CASCADE_KD_QUIET"}
+    done = subprocess.run(command + ["--resume"], env=loud, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resuming at step" in done.stdout and "teacher: already trained" in done.stdout
+    resumed = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for new, old in zip(resumed["models"], metrics["models"]):
+        assert new["name"] == old["name"] and new["per_language"] == old["per_language"]
+    assert not (tmp_path / "run" / "state" / "ta").exists()  # training state is removed once the model is saved
