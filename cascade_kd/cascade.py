@@ -274,6 +274,16 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     return student, info
 
 
+def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    """Dotted key paths whose values differ between two recipe dumps."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(old) + [k for k in new if k not in old]
+        return [c for k in keys for c in _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [c for i, (a, b) in enumerate(zip(old, new)) for c in _changed_keys(a, b, f"{prefix}{i}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
 def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError("RUN_DIR exists and is not a directory", where=str(out))
@@ -297,10 +307,14 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bo
     out = Path(out)
     job = prepare(recipe, out, say)  # every input check happens before RUN_DIR is touched
     if resume and (out / "manifest.json").is_file():
-        previous = json.loads((out / "manifest.json").read_text()).get("recipe_fingerprint")
-        if previous != recipe.fingerprint():
-            raise UserError("the recipe changed since this run started", where=str(out / "manifest.json"),
-                            hint="resume with the original recipe, or start a new --out")
+        manifest = json.loads((out / "manifest.json").read_text())
+        if manifest.get("recipe_fingerprint") != recipe.fingerprint():
+            changed = _changed_keys(manifest.get("recipe", {}), recipe.model_dump(mode="json"))
+            raise UserError(
+                "the recipe changed since this run started"
+                + (f": {', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''} differ" if changed else ""),
+                where=str(out / "manifest.json"), hint="resume with the original recipe, or start a new --out",
+            )
     prepare_run_dir(out, resume=resume, overwrite=overwrite)
     _write_manifest(job)
     started = time.perf_counter()

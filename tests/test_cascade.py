@@ -203,3 +203,15 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_metrics(finished_run, tmp_pa
     for new, old in zip(resumed["models"], metrics["models"]):
         assert new["name"] == old["name"] and new["per_language"] == old["per_language"]
     assert not (tmp_path / "run" / "state" / "ta").exists()  # training state is removed once the model is saved
+
+
+def test_resume_with_a_changed_recipe_names_the_keys_that_differ(finished_run, tmp_path, capsys):
+    root, _, _ = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    for name in ("data", "tokenizer"):
+        (tmp_path / name).symlink_to(root / name)
+    (tmp_path / "r.yaml").write_text(SMALL.replace("epochs: 3, lr: 2.0e-3", "epochs: 4, lr: 2.0e-3").replace("seed: 0", "seed: 1"))
+    rc = main(["run", str(tmp_path / "r.yaml"), "--out", str(run), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "recipe changed" in err and "seed" in err and "train.epochs" in err
