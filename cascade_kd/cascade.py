@@ -8,6 +8,15 @@
   4. score every model on every language and write metrics.json and report.md.
 A finished model is never recomputed on `--resume` (its directory holds a `stage.json` marker
 written last, with the recipe fingerprint).
+
+Dense stages (`guides: dense`, DGKD, Son et al. ICCV 2021): stage i is taught by all i+1 larger
+models of the chain at once, the original teacher and every earlier stage's student (loaded from
+disk when those stages were done before a `--resume`). Its logit losses (kl, logit_mse) are
+computed against each guide and summed (the paper's choice: the effective weight grows with the
+number of guides) or averaged (`guide_reduction: mean`) over the guides kept in the batch, where
+exactly `drop_guides` are dropped per batch, reproducibly from the stage seed and the step. `ce`
+is unchanged; hidden-state and attention losses still use only the immediate teacher. The direct
+baseline is never dense: it learns from the original teacher alone.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from cascade_kd.evaluation import evaluate_languages, metric_for, summarise
 from cascade_kd.losses import HardLabelCE
 from cascade_kd.models import (
     build_student,
+    config_labels,
     count_parameters,
     create_model,
     load_checkpoint,
@@ -85,8 +95,7 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     if "dev" not in data.splits:
         raise RecipeError("no dev data: models are selected on dev", where=where(recipe, "data", "dev"))
     t_config = _teacher_config(recipe)
-    id2label = getattr(t_config, "id2label", None) or {}
-    checkpoint_labels = [id2label[i] for i in sorted(id2label)] if teacher_cfg.model is not None else []
+    checkpoint_labels = config_labels(t_config) if teacher_cfg.model is not None else []
     if checkpoint_labels and set(checkpoint_labels) == set(data.labels):
         data.labels = checkpoint_labels  # a fine-tuned teacher's head: keep its label order
     _check_positions(recipe, t_config)
@@ -149,6 +158,7 @@ def check_cascade(recipe: Recipe, t_config) -> None:
             )
         student, _, _ = student_config(config, stage.student, where=where(recipe, *key))
         _check_losses(recipe, i, config, student, f"stage {stage.name!r}")
+        _check_guides(recipe, i)
         recipe.train_for(stage.train, f"cascade.stages[{i}].train")
         config = student
     if recipe.cascade.direct and len(stages) > 1:  # the final shape, from the original teacher
@@ -156,6 +166,29 @@ def check_cascade(recipe: Recipe, t_config) -> None:
         direct, _, _ = student_config(t_config, spec, where=where(recipe, "cascade", "direct"))
         _check_losses(recipe, len(stages) - 1, t_config, direct, "the direct baseline")
     recipe.train_for(recipe.teacher.train, "teacher.train")  # else read only when the teacher trains
+
+
+def _check_guides(recipe: Recipe, i: int) -> None:
+    """Dense guidance settings of stage i, which has i+1 possible guides (teacher + i earlier students)."""
+    stage, key = recipe.cascade.stages[i], ("cascade", "stages", i)
+    if stage.guides == "chain":
+        for name in ("drop_guides", "guide_reduction"):
+            if name in stage.model_fields_set and (name == "guide_reduction" or stage.drop_guides > 0):
+                raise RecipeError(f"{name} applies to dense guidance only, but stage {stage.name!r} has guides: chain",
+                                  where=where(recipe, *key, name), hint="add guides: dense to the stage, or remove " + name)
+        return
+    if stage.drop_guides >= i + 1:
+        raise RecipeError(
+            f"stage {stage.name!r} has {i + 1} guide(s) (the teacher and the {i} stage(s) before it): "
+            f"dropping {stage.drop_guides} per batch would leave none",
+            where=where(recipe, *key, "drop_guides"), hint=f"use drop_guides <= {i}",
+        )
+    losses = recipe.stage_losses(stage)
+    if not any(name in ("kl", "logit_mse") and cfg.weight > 0 for name, cfg in losses.items()):
+        raise RecipeError(
+            f"stage {stage.name!r} uses guides: dense, which guides the logit losses, but it has neither kl nor logit_mse",
+            where=where(recipe, *key, "guides"), hint="add a kl (or logit_mse) loss with a positive weight",
+        )
 
 
 def _check_losses(recipe: Recipe, i: int, teacher, student, what: str) -> None:
@@ -239,8 +272,10 @@ def get_teacher(job: Job):
     return model, info
 
 
-def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *, spec: StudentConfig | None = None):
-    """Build the student from `teacher`, distil it, save the best dev checkpoint."""
+def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *, spec: StudentConfig | None = None,
+                 guides: list | None = None):
+    """Build the student from `teacher`, distil it, save the best dev checkpoint. With `guides` (a
+    dense stage: the chain's models up to `teacher`), the logit losses learn from all of them."""
     recipe = job.recipe
     out = job.out / "stages" / name
     info = _done(out, recipe.fingerprint())
@@ -259,8 +294,11 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     job.say(f"{name}: {student.config.num_hidden_layers} layers x {student.config.hidden_size} from "
             f"{teacher.config.num_hidden_layers} x {teacher.config.hidden_size}; losses "
             + ", ".join(f"{t.name}*{t.weight:g}" for t in terms)
-            + f"; {params['params_trainable']:,} of {params['params_total']:,} parameters trainable")
-    result = train(student, job.train_set(), cfg, terms=terms, projections=projections, teacher=teacher,
+            + f"; {params['params_trainable']:,} of {params['params_total']:,} parameters trainable"
+            + (f"; dense guidance from {len(guides)} models, {stage.drop_guides} dropped per batch, "
+               f"{'summed' if stage.guide_reduction == 'sum' else 'averaged'}" if guides else ""))
+    dense = {"guides": guides, "drop_guides": stage.drop_guides, "guide_reduction": stage.guide_reduction} if guides else {}
+    result = train(student, job.train_set(), cfg, terms=terms, projections=projections, teacher=teacher, **dense,
                    evaluate=lambda m: job.dev_score(m, cfg), pad_id=job.pad_id, seed=recipe.seed + index + 1, desc=name,
                    state_dir=job.state_dir(name))
     use_attention_outputs(student, False)
@@ -309,7 +347,7 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bo
     if resume and (out / "manifest.json").is_file():
         manifest = json.loads((out / "manifest.json").read_text())
         if manifest.get("recipe_fingerprint") != recipe.fingerprint():
-            changed = _changed_keys(manifest.get("recipe", {}), recipe.model_dump(mode="json"))
+            changed = _changed_keys(manifest.get("recipe", {}), recipe.dump())
             raise UserError(
                 "the recipe changed since this run started"
                 + (f": {', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''} differ" if changed else ""),
@@ -321,13 +359,15 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bo
 
     teacher, teacher_info = get_teacher(job)
     models = [("teacher", "teacher", teacher, teacher_info, out / "teacher")]
-    current = teacher
+    chain = [teacher]  # the teacher, then each stage's student (loaded too when done before a resume)
     stages = recipe.cascade.stages
     for i, stage in enumerate(stages):
-        student, info = distil_stage(job, stage.name, stage, current, i)
+        guides = chain[: i + 1] if stage.guides == "dense" else None
+        student, info = distil_stage(job, stage.name, stage, chain[i], i, guides=guides)
         role = "student" if i == len(stages) - 1 else "assistant"
         models.append((stage.name, role, student, info, out / "stages" / stage.name))
-        current = student
+        chain.append(student)
+    current = chain[-1]
     if recipe.cascade.direct and len(stages) > 1:
         final = stages[-1]
         spec = direct_spec(final.student, current.config, teacher.config)
@@ -378,7 +418,7 @@ def _write_manifest(job: Job) -> None:
         "recipe_fingerprint": job.recipe.fingerprint(), "cascade_kd": __version__, "torch": torch.__version__,
         "transformers": transformers.__version__, "python": platform.python_version(),
         "seed": job.recipe.seed, "data_sizes": job.data.sizes(), "labels": job.data.labels,
-        "recipe": job.recipe.model_dump(mode="json"),
+        "recipe": job.recipe.dump(),
     }
     atomic_write(job.out / "manifest.json", json.dumps(manifest, indent=2))
     atomic_write(job.out / "recipe.yaml", _recipe_text(job.recipe))
@@ -388,7 +428,7 @@ def _recipe_text(recipe: Recipe) -> str:
     """The recipe as run, with relative paths made absolute so it works from RUN_DIR too."""
     import yaml
 
-    data = recipe.model_dump(mode="json")
+    data = recipe.dump()
 
     def absolute(p):
         return p if p is None or Path(p).is_absolute() else str((recipe.base_dir / p).resolve())

@@ -7,12 +7,18 @@ accelerate's `Accelerator` (device placement, mixed precision, gradient accumula
 `DistillationModule` (student + the projections its losses own) is prepared, so under DDP the
 frozen teacher is never wrapped and never synchronised: it is moved to the device and run under
 `no_grad`.
+
+Dense guidance (DGKD): with `guides` (the teacher and every earlier student of the chain, the
+immediate teacher last), the logit terms are computed against each guide kept in the batch and
+reduced by sum or mean; `kept_guides` says which are kept, a pure function of (seed, step), so a
+resumed stage makes the same choices. Guides are frozen and run under `no_grad` like the teacher.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -108,8 +114,25 @@ class DistillationModule(nn.Module):
         return extract_features(self.student, batch, hidden=hidden, attentions=attentions)
 
 
-def _stage_loss(terms: list[LossTerm], module: DistillationModule, s: Features, t: Features | None, batch):
-    """Weighted sum of the terms; returns (total, {name: value}) for logging and finiteness checks."""
+def kept_guides(n: int, drop: int, seed: int, step: int) -> list[int]:
+    """The indices (ascending) of the guides kept at `step`: exactly `drop` of the `n` are dropped,
+    uniformly at random, by a private generator seeded from (seed, step), never the global RNGs,
+    so the choice is reproducible and a resumed run makes the same ones."""
+    if not 0 <= drop < n:
+        raise ValueError(f"cannot drop {drop} of {n} guides: at least one must be kept")
+    if drop == 0:
+        return list(range(n))
+    rng = random.Random(f"dgkd:{seed}:{step}")  # str seeds hash with sha512: stable across processes
+    return sorted(rng.sample(range(n), n - drop))
+
+
+def _stage_loss(terms: list[LossTerm], module: DistillationModule, s: Features, t: Features | None, batch,
+                guides: list[Features] | None = None, guide_reduction: str = "sum"):
+    """Weighted sum of the terms; returns (total, {name: value}) for logging and finiteness checks.
+
+    Logit terms compare with each of `guides` (default: the teacher `t` alone) and are reduced by
+    `guide_reduction` ("sum" as in DGKD, or "mean"); ce and the hidden/attention terms are unchanged.
+    """
     token_task = s.logits.dim() == 3
     labels = batch["labels"]
     parts = {}
@@ -121,7 +144,8 @@ def _stage_loss(terms: list[LossTerm], module: DistillationModule, s: Features, 
             mask = None
             if token_task:
                 mask = labels != IGNORE if term.positions == "labelled" else s.attention_mask
-            value = term.module(s.logits, t.logits, mask)
+            values = torch.stack([term.module(s.logits, g.logits, mask) for g in (guides or [t])])
+            value = values.sum() if guide_reduction == "sum" else values.mean()
         else:
             values = []
             for t_layer, s_layer in term.pairs:
@@ -214,6 +238,9 @@ def train(
     terms: list[LossTerm],
     projections: nn.ModuleDict | None = None,
     teacher: nn.Module | None = None,
+    guides: list[nn.Module] | None = None,
+    drop_guides: int = 0,
+    guide_reduction: str = "sum",
     evaluate=None,
     pad_id: int = 0,
     seed: int = 0,
@@ -223,7 +250,15 @@ def train(
     """Train `student` in place; if `evaluate` is given (a callable model -> dev score), keep the
     weights of the best evaluation (selection on dev, never on test) and stop early on `patience`.
     With `state_dir`, the full training state is checkpointed there (every `checkpoint_every`
-    steps and after each evaluation) and an existing state is resumed from."""
+    steps and after each evaluation) and an existing state is resumed from.
+    With `guides` (dense guidance, DGKD: the chain's larger models, `teacher` among them, by default
+    the last), the logit terms use every guide kept in the batch (`drop_guides` dropped per batch,
+    see `kept_guides`), combined by `guide_reduction`; hidden/attention terms use `teacher` only."""
+    if guides:
+        teacher = guides[-1] if teacher is None else teacher
+        if not any(g is teacher for g in guides):
+            raise ValueError("the teacher must be one of the guides")
+        kept_guides(len(guides), drop_guides, seed, 0)  # validates drop_guides
     accelerator = make_accelerator(cfg)
     module = DistillationModule(student, projections or nn.ModuleDict())
     optimizer = make_optimizer(module, cfg)
@@ -244,7 +279,8 @@ def train(
     if needs_teacher:
         if teacher is None:
             raise ValueError("distillation losses need a teacher")
-        teacher.to(device).eval().requires_grad_(False)  # frozen, outside DDP
+        for model in guides or [teacher]:
+            model.to(device).eval().requires_grad_(False)  # frozen, outside DDP
 
     unwrapped = accelerator.unwrap_model(module)
     progress, best_state = Progress(), None
@@ -270,11 +306,16 @@ def train(
             with accelerator.accumulate(module):
                 with accelerator.autocast():
                     s_feats = module(batch, need_hidden, need_attn)
-                    t_feats = None
-                    if needs_teacher:
-                        with torch.no_grad():
+                    t_feats, g_feats = None, None
+                    kept = [guides[k] for k in kept_guides(len(guides), drop_guides, seed, progress.step)] if guides else None
+                    with torch.no_grad():
+                        # the teacher runs unless dense guidance dropped it and no hidden/attention term needs it
+                        if needs_teacher and (need_hidden or need_attn or kept is None or any(g is teacher for g in kept)):
                             t_feats = extract_features(teacher, batch, hidden=need_hidden, attentions=need_attn)
-                    loss, parts = _stage_loss(terms, unwrapped, s_feats, t_feats, batch)
+                        if kept is not None:  # the other guides: logits only
+                            g_feats = [t_feats if g is teacher else extract_features(g, batch, hidden=False, attentions=False)
+                                       for g in kept]
+                    loss, parts = _stage_loss(terms, unwrapped, s_feats, t_feats, batch, g_feats, guide_reduction)
                 if not torch.isfinite(loss):
                     bad = [n for n, v in parts.items() if not torch.isfinite(v)]
                     raise TrainingError(

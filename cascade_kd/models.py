@@ -50,6 +50,12 @@ def label_config(labels: list[str]) -> dict:
     }
 
 
+def config_labels(config) -> list[str]:
+    """A checkpoint's label names in id order ([] when it has none)."""
+    id2label = getattr(config, "id2label", None) or {}
+    return [id2label[i] for i in sorted(id2label)]
+
+
 def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_code: bool = False):
     """A pretrained encoder or a fine-tuned task model. Returns (model, has_matching_head)."""
     from transformers import AutoConfig
@@ -63,8 +69,7 @@ def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_
             hint="give a local directory with config.json and weights, or a hub name when online",
         ) from None
     head = "ForTokenClassification" if task == "token" else "ForSequenceClassification"
-    existing = [config.id2label[i] for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []
-    has_head = any(a.endswith(head) for a in (config.architectures or [])) and existing == list(labels)
+    has_head = any(a.endswith(head) for a in (config.architectures or [])) and config_labels(config) == list(labels)
     model = auto_class(task).from_pretrained(
         name_or_path, trust_remote_code=trust_remote_code, dtype=torch.float32,
         ignore_mismatched_sizes=not has_head, **label_config(labels)

@@ -81,10 +81,29 @@ class StudentConfig(_Section):
 
 
 class StageConfig(_Section):
+    """One cascade stage: the student's shape, its losses and train overrides, and its guides.
+
+    guides: "chain" (default) teaches the stage from the previous model of the chain only.
+    "dense" is densely guided distillation (DGKD, Son et al., ICCV 2021): the logit losses (kl,
+    logit_mse) are computed against every larger model of the chain (the original teacher and each
+    earlier stage's student, the immediate teacher included); `ce` is unchanged, and hidden-state
+    and attention losses still use only the immediate teacher. Per batch exactly `drop_guides` of
+    those guides are dropped uniformly at random (reproducibly, from the stage seed and the step).
+    guide_reduction combines the per-guide logit terms of the kept guides: "sum", as in the DGKD
+    paper, so the effective weight of the logit losses grows with the number of kept guides; or
+    "mean", which averages them so that the weight stays that of a single teacher.
+    """
+
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     student: StudentConfig
     losses: Optional[dict[str, LossConfig]] = None  # None: the cascade's default losses
     train: Optional[dict[str, Any]] = None  # overrides of the cascade's train settings
+    # dense: logit losses from the teacher and every earlier stage's student (DGKD), not only the previous model
+    guides: Literal["chain", "dense"] = "chain"
+    drop_guides: int = Field(0, ge=0)  # dense only: exactly this many guides dropped at random per batch
+    # dense only. "sum" (the DGKD paper) ADDS the per-guide KD terms, so the effective weight of the
+    # logit losses grows with the number of kept guides; "mean" averages them (one teacher's weight)
+    guide_reduction: Literal["sum", "mean"] = "sum"
 
     @field_validator("losses")
     @classmethod
@@ -263,9 +282,18 @@ class Recipe(_Section):
     def stage_losses(self, stage: StageConfig) -> dict[str, LossConfig]:
         return stage.losses if stage.losses is not None else self.cascade.losses
 
+    def dump(self) -> dict:
+        """The recipe as plain data, without the dense-guidance keys of chain stages: a chain stage
+        reads back as written (they are errors there) and hashes as before those keys existed."""
+        data = self.model_dump(mode="json")
+        for stage in data["cascade"]["stages"]:
+            if stage["guides"] == "chain":
+                del stage["guides"], stage["drop_guides"], stage["guide_reduction"]
+        return data
+
     def fingerprint(self) -> str:
         """A hash of the recipe's content: a resumed run must use the same recipe."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        text = json.dumps(self.dump(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
