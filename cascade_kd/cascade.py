@@ -22,7 +22,6 @@ baseline is never dense: it learns from the original teacher alone.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import time

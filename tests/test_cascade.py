@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from cascade_kd.cascade import direct_spec, run_recipe

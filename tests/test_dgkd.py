@@ -15,7 +15,7 @@ from cascade_kd.engine import _stage_loss, build_loss_terms, kept_guides, train
 from cascade_kd.features import Features
 from cascade_kd.recipe import LossConfig, TrainConfig, load_recipe
 from conftest import tiny_bert
-from test_cli_errors import edit_recipe, fails, line_of, ws  # noqa: F401 (ws: a fixture)
+from test_cli_errors import edit_recipe, fails, line_of, ws  # noqa: F401, F811 (ws: a fixture used by name)
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 
@@ -54,7 +54,7 @@ def train_data(demo_workspace, tokenizer):
 def test_train_runs_exactly_the_kept_guides_in_every_batch(train_data):
     guides = [tiny_bert(layers=n) for n in (3, 2, 2)]  # the teacher, then two earlier students
     student = tiny_bert(layers=1)
-    steps, calls = [], []
+    calls = []
     student.register_forward_hook(lambda *_: calls.append([]))  # the student runs first in each batch
     for k, guide in enumerate(guides):
         guide.register_forward_hook(lambda *_, k=k: calls[-1].append(k))

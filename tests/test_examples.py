@@ -20,7 +20,7 @@ def test_example_recipe_loads_its_real_data(name, languages, scripts):
     assert set(job.encoded) == {"train", "dev", "test"}
     assert len(job.tokenizer) == 119547
     unk = job.tokenizer.unk_token_id
-    for lang, (examples, encoded) in job.encoded["dev"].items():
+    for lang, (_, encoded) in job.encoded["dev"].items():
         pieces = [i for e in encoded for i in e.input_ids]
         assert pieces.count(unk) / len(pieces) < 0.05, lang  # the mBERT vocabulary covers every script
     if name.startswith("sib200"):

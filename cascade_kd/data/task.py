@@ -181,7 +181,7 @@ def load_task_data(recipe: Recipe) -> TaskData:
 
     labels = _label_set(recipe, splits)
     allowed = set(labels)
-    for split, per_lang in splits.items():
+    for per_lang in splits.values():
         for examples in per_lang.values():
             for ex in examples:
                 for i, label in enumerate(_labels_of(ex)):
