@@ -21,6 +21,7 @@ baseline is never dense: it learns from the original teacher alone.
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import shutil
@@ -33,7 +34,17 @@ import torch
 from cascade_kd import __version__
 from cascade_kd.data.encode import encode
 from cascade_kd.data.task import TaskData, load_task_data
-from cascade_kd.engine import LossTerm, build_loss_terms, resolve_precision, train
+from cascade_kd.distributed import barrier, is_main, main_say, num_processes, on_main, process_state
+from cascade_kd.engine import (
+    ATTENTION_LOSSES,
+    HIDDEN_LOSSES,
+    LOGIT_LOSSES,
+    LossTerm,
+    build_loss_terms,
+    resolve_precision,
+    train,
+)
+from cascade_kd.bilstm import check_loss as check_bilstm_loss
 from cascade_kd.errors import RecipeError, UserError
 from cascade_kd.fileio import atomic_write
 from cascade_kd.evaluation import evaluate_languages, metric_for, summarise
@@ -43,6 +54,7 @@ from cascade_kd.models import (
     config_labels,
     count_parameters,
     create_model,
+    freeze_embeddings,
     load_checkpoint,
     load_model,
     load_tokenizer,
@@ -52,7 +64,9 @@ from cascade_kd.models import (
     use_attention_outputs,
 )
 from cascade_kd.recipe import Recipe, StageConfig, StudentConfig, where
+from cascade_kd.recursive import freeze_all_but_adapters
 from cascade_kd.report import write_outputs
+from cascade_kd.teacher_cache import CacheRequest, TeacherCache, build_shards, cache_key, finish_cache, plan_cache
 
 MARKER = "stage.json"
 
@@ -99,6 +113,7 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
         data.labels = checkpoint_labels  # a fine-tuned teacher's head: keep its label order
     _check_positions(recipe, t_config)
     check_cascade(recipe, t_config)
+    _check_processes(recipe)
     say(f"data: {len(data.languages)} languages, labels {len(data.labels)}; "
         + ", ".join(f"{s} {sum(n.values())}" for s, n in data.sizes().items()))
     encoded = {}
@@ -146,25 +161,52 @@ def _check_positions(recipe: Recipe, config) -> None:
 def check_cascade(recipe: Recipe, t_config) -> None:
     """Build every student's config from its teacher's (all shape checks of build_student), and
     every stage's loss terms (layer maps in range, head counts compatible), from configs alone."""
-    config = t_config
+    config = t_config  # the previous model of the chain
     stages = recipe.cascade.stages
     for i, stage in enumerate(stages):
         key = ("cascade", "stages", i, "student")
-        if stage.student.layers > config.num_hidden_layers:
-            raise RecipeError(
-                f"stage {stage.name!r} has {stage.student.layers} layers, more than its teacher's {config.num_hidden_layers}",
-                where=where(recipe, *key, "layers"), hint="each stage's student must be no deeper than its teacher",
-            )
-        student, _, _ = student_config(config, stage.student, where=where(recipe, *key))
-        _check_losses(recipe, i, config, student, f"stage {stage.name!r}")
+        teacher = t_config if stage.teacher == "original" else config
+        if stage.student == "previous":
+            student = config  # the previous stage's student, trained further
+        else:
+            if stage.student.layers > teacher.num_hidden_layers:
+                raise RecipeError(
+                    f"stage {stage.name!r} has {stage.student.layers} layers, more than its teacher's {teacher.num_hidden_layers}",
+                    where=where(recipe, *key, "layers"), hint="each stage's student must be no deeper than its teacher",
+                )
+            student, _, _ = student_config(teacher, stage.student, where=where(recipe, *key))
+        _check_losses(recipe, i, teacher, student, f"stage {stage.name!r}")
         _check_guides(recipe, i)
         recipe.train_for(stage.train, f"cascade.stages[{i}].train")
         config = student
+    if recipe.cascade.direct and len(stages) > 1 and stages[-1].student == "previous":
+        raise RecipeError(
+            f"the final stage {stages[-1].name!r} trains the previous stage's student further: a direct baseline "
+            "would have to repeat the whole staged schedule from the original teacher, which it does not do",
+            where=where(recipe, "cascade", "direct"), hint="set direct: false (compare with a separate recipe)")
     if recipe.cascade.direct and len(stages) > 1:  # the final shape, from the original teacher
-        spec = direct_spec(stages[-1].student, config, t_config)
+        spec = direct_spec(final_spec(stages), config, t_config)
         direct, _, _ = student_config(t_config, spec, where=where(recipe, "cascade", "direct"))
         _check_losses(recipe, len(stages) - 1, t_config, direct, "the direct baseline")
     recipe.train_for(recipe.teacher.train, "teacher.train")  # else read only when the teacher trains
+
+
+def _check_processes(recipe: Recipe) -> None:
+    """Under a launcher, every batch_size (the global batch, split between processes) must give
+    each process at least one example."""
+    n = num_processes()
+    if n == 1:
+        return
+    sections = [("teacher.train", ("teacher", "train"), recipe.teacher.train)]
+    sections += [(f"cascade.stages[{i}].train", ("cascade", "stages", i, "train"), stage.train)
+                 for i, stage in enumerate(recipe.cascade.stages)]
+    for dotted, keys, overrides in sections:
+        cfg = recipe.train_for(overrides, dotted)
+        if cfg.batch_size < n:
+            key = (*keys, "batch_size") if overrides and "batch_size" in overrides else ("train", "batch_size")
+            raise RecipeError(f"batch_size {cfg.batch_size} is smaller than the {n} processes launched",
+                              where=where(recipe, *key),
+                              hint=f"batch_size is the global batch, split between processes: use at least {n}")
 
 
 def _check_guides(recipe: Recipe, i: int) -> None:
@@ -198,21 +240,36 @@ def _check_losses(recipe: Recipe, i: int, teacher, student, what: str) -> None:
         # build_loss_terms appends ".losses.NAME" to `where`: give it the prefix, with the loss's line
         prefix = where(recipe, *section, "losses", name).removesuffix(f".losses.{name}")
         try:
+            check_bilstm_loss(name, cfg, teacher, student, where=prefix)  # no attention maps in a BiLSTM
             build_loss_terms({name: cfg}, teacher, student, where=prefix)
         except UserError as err:  # say which model, as the cascade's losses serve every stage
             raise type(err)(f"{err.message}, for {what}", where=err.where, hint=err.hint) from None
 
 
+def final_spec(stages: list[StageConfig]) -> StudentConfig:
+    """How the final student was built: the last stage that built one (later ones trained it further)."""
+    return next(s.student for s in reversed(stages) if s.student != "previous")
+
+
 def direct_spec(final: StudentConfig, final_config, teacher_config) -> StudentConfig:
     """The final student's shape, built straight from the original teacher."""
+    if final.kind == "bilstm":  # the same LSTM, embedding and projection widths; embeddings as they fit
+        return final.model_copy(update={
+            "hidden": final_config.lstm_hidden_size, "embedding_size": final_config.embedding_size,
+            "projection_size": final_config.hidden_size,
+            "embeddings": "random" if final.embeddings == "random" else "auto"})
     spec = final.model_copy(update={
         "hidden": final_config.hidden_size,
         "heads": final_config.num_attention_heads,
         "intermediate": getattr(final_config, ffn_attr(final_config)),
     })
+    if final.kind == "recursive":  # the same embedding width; embeddings copied or projected as they fit
+        spec = spec.model_copy(update={"embedding_size": final_config.embedding_size,
+                                       "embeddings": "random" if final.embeddings == "random" else "auto"})
     if final_config.hidden_size != teacher_config.hidden_size:
         # other width: teacher layers cannot be copied, embeddings are projected instead
-        spec = spec.model_copy(update={"init": "random", "embeddings": "random" if final.embeddings == "random" else "pca"})
+        spec = spec.model_copy(update={"init": "random", "embeddings": "random" if final.embeddings == "random"
+                                       else "auto" if final.kind == "recursive" else "pca"})
     elif isinstance(final.init, list):
         spec = spec.model_copy(update={"init": "bottom"})
     return spec
@@ -230,13 +287,17 @@ def _done(directory: Path, fingerprint: str) -> dict | None:
 
 
 def _save_model(job: Job, model, directory: Path, info: dict, projections=None) -> None:
+    """Save a finished model (main process only) and drop its training state, which it supersedes."""
     info["params"] = count_parameters(model)  # now, while requires_grad says what this model trained
+    if not is_main():
+        return
     extra = {MARKER: json.dumps(info, indent=2).encode()}
     if projections is not None and len(projections):
         from safetensors.torch import save
 
         extra["projections.safetensors"] = save({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()})
     save_checkpoint(model, job.tokenizer, directory, extra_files=extra)
+    shutil.rmtree(job.state_dir(directory.name), ignore_errors=True)
 
 
 def get_teacher(job: Job):
@@ -267,14 +328,14 @@ def get_teacher(job: Job):
         info.update(dev=result.best_score, best_epoch=result.best_epoch, wall_time_s=result.wall_time_s,
                     tokens_per_s=result.tokens_per_s, history=result.history)
     _save_model(job, model, out, info)
-    shutil.rmtree(job.state_dir("teacher"), ignore_errors=True)  # the finished model supersedes it
     return model, info
 
 
 def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *, spec: StudentConfig | None = None,
-                 guides: list | None = None):
-    """Build the student from `teacher`, distil it, save the best dev checkpoint. With `guides` (a
-    dense stage: the chain's models up to `teacher`), the logit losses learn from all of them."""
+                 guides: list | None = None, previous=None):
+    """Build the student from `teacher` (or continue `previous`, the chain's previous model, with
+    `student: previous`), distil it, save the best dev checkpoint. With `guides` (a dense stage: the
+    chain's models up to `teacher`), the logit losses learn from all of them."""
     recipe = job.recipe
     out = job.out / "stages" / name
     info = _done(out, recipe.fingerprint())
@@ -283,7 +344,17 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
         return load_checkpoint(out, job.data.task), info
     stage_where = where(recipe, "cascade", "stages", index)
     torch.manual_seed(recipe.seed + index + 1)
-    student = build_student(teacher, spec or stage.student, where=f"{stage_where}.student")
+    if spec is None and stage.student == "previous":
+        # the previous stage's student, trained further (its saved copy stays as it was), with the
+        # parameters frozen that the spec which built it froze
+        student = copy.deepcopy(previous).float().requires_grad_(True)
+        built_by = final_spec(recipe.cascade.stages[:index])
+        if built_by.kind == "recursive" and built_by.train_only == "adapters":
+            freeze_all_but_adapters(student)
+        else:
+            freeze_embeddings(student, built_by.freeze_embeddings)
+    else:
+        student = build_student(teacher, spec or stage.student, where=f"{stage_where}.student")
     cfg = recipe.train_for(stage.train, f"cascade.stages[{index}].train")
     terms, projections = build_loss_terms(recipe.stage_losses(stage), teacher.config, student.config, where=stage_where)
     needs_attn = any(t.name.startswith("attention") for t in terms)
@@ -297,9 +368,16 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
             + (f"; dense guidance from {len(guides)} models, {stage.drop_guides} dropped per batch, "
                f"{'summed' if stage.guide_reduction == 'sum' else 'averaged'}" if guides else ""))
     dense = {"guides": guides, "drop_guides": stage.drop_guides, "guide_reduction": stage.guide_reduction} if guides else {}
-    result = train(student, job.train_set(), cfg, terms=terms, projections=projections, teacher=teacher, **dense,
-                   evaluate=lambda m: job.dev_score(m, cfg), pad_id=job.pad_id, seed=recipe.seed + index + 1, desc=name,
-                   state_dir=job.state_dir(name))
+    train_data = job.train_set()
+    cache = teacher_cache(job, teacher, terms, cfg, train_data) if cfg.teacher_cache != "off" else None
+    # a stage with no task-output loss (representation only, XtremeDistil's first stage) leaves the
+    # head untrained: its dev score says nothing, so the last epoch is kept instead of the best one
+    selects = any(t.name == "ce" or t.name in LOGIT_LOSSES for t in terms)
+    if not selects:
+        job.say(f"  {name}: no logit or label loss: the last epoch's weights are kept (no selection on dev)")
+    result = train(student, train_data, cfg, terms=terms, projections=projections, teacher=teacher, **dense,
+                   evaluate=(lambda m: job.dev_score(m, cfg)) if selects else None, pad_id=job.pad_id, seed=recipe.seed + index + 1, desc=name,
+                   state_dir=job.state_dir(name), teacher_cache=cache)
     use_attention_outputs(student, False)
     use_attention_outputs(teacher, False)
     info = {"recipe": recipe.fingerprint(), "role": "direct" if name == "direct" else "stage",
@@ -307,8 +385,37 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
             "wall_time_s": result.wall_time_s, "tokens_per_s": result.tokens_per_s, "steps": result.steps,
             "history": result.history}
     _save_model(job, student, out, info, projections)
-    shutil.rmtree(job.state_dir(name), ignore_errors=True)
     return student, info
+
+
+def teacher_cache(job: Job, teacher, terms: list[LossTerm], cfg, train_data) -> TeacherCache:
+    """The stage teacher's outputs on `train_data`, built (or completed) in RUN_DIR/cache/<key>.
+
+    The main process computes the key and checks the disk; every process then builds its share of
+    the missing shards; the main process marks the cache complete."""
+    precision = resolve_precision(cfg.precision)
+    request = CacheRequest(
+        logits=any(t.name in LOGIT_LOSSES for t in terms),
+        hidden=tuple(sorted({p for t in terms if t.name in HIDDEN_LOSSES for p, _ in t.pairs})),
+        attention=tuple(sorted({p for t in terms if t.name in ATTENTION_LOSSES for p, _ in t.pairs})),
+        dtype=cfg.teacher_cache, precision={"no": "fp32"}.get(precision, precision),
+    )
+    token_task = job.data.task == "token"
+
+    def plan():
+        directory = job.out / "cache" / cache_key(teacher, train_data, request)
+        return directory, plan_cache(teacher.config, [len(x) for x in train_data], request, directory,
+                                     token_task=token_task, say=job.say)
+
+    directory, missing = on_main(plan)
+    state = process_state()
+    build_shards(teacher, train_data, request, directory, missing[state.process_index :: state.num_processes],
+                 token_task=token_task, pad_id=job.pad_id, batch_size=cfg.eval_batch_size, device=state.device)
+    barrier()  # every process's shards are written
+    if is_main() and not (directory / "meta.json").is_file():
+        finish_cache(directory, request, len(train_data))
+    barrier()
+    return TeacherCache(directory, request, teacher.config, token_task)
 
 
 def _changed_keys(old, new, prefix: str = "") -> list[str]:
@@ -322,6 +429,8 @@ def _changed_keys(old, new, prefix: str = "") -> list[str]:
 
 
 def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Check RUN_DIR on every process, then let the main one change it: every process checks the
+    directory as the user left it (so all fail alike), none sees it half-changed."""
     if out.exists() and not out.is_dir():
         raise UserError("RUN_DIR exists and is not a directory", where=str(out))
     if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
@@ -335,13 +444,17 @@ def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
                 "--overwrite replaces an earlier cascade-kd run, but this directory holds no manifest.json",
                 where=str(out), hint="choose an empty or new --out",
             )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    barrier()
+    if is_main():
+        if overwrite and out.is_dir() and not resume:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
 
 
 def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = False, say=print) -> dict:
     """Run a whole recipe; returns the metrics written to RUN_DIR/metrics.json."""
     out = Path(out)
+    say = main_say(say)
     job = prepare(recipe, out, say)  # every input check happens before RUN_DIR is touched
     if resume and (out / "manifest.json").is_file():
         manifest = json.loads((out / "manifest.json").read_text())
@@ -353,7 +466,9 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bo
                 where=str(out / "manifest.json"), hint="resume with the original recipe, or start a new --out",
             )
     prepare_run_dir(out, resume=resume, overwrite=overwrite)
-    _write_manifest(job)
+    if is_main():
+        _write_manifest(job)
+    barrier()  # the others read RUN_DIR (finished stages, training state) only once it is ready
     started = time.perf_counter()
 
     teacher, teacher_info = get_teacher(job)
@@ -362,20 +477,25 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bo
     stages = recipe.cascade.stages
     for i, stage in enumerate(stages):
         guides = chain[: i + 1] if stage.guides == "dense" else None
-        student, info = distil_stage(job, stage.name, stage, chain[i], i, guides=guides)
+        stage_teacher = chain[0] if stage.teacher == "original" else chain[i]
+        student, info = distil_stage(job, stage.name, stage, stage_teacher, i, guides=guides, previous=chain[i])
         role = "student" if i == len(stages) - 1 else "assistant"
         models.append((stage.name, role, student, info, out / "stages" / stage.name))
         chain.append(student)
     current = chain[-1]
     if recipe.cascade.direct and len(stages) > 1:
         final = stages[-1]
-        spec = direct_spec(final.student, current.config, teacher.config)
+        spec = direct_spec(final_spec(stages), current.config, teacher.config)
         student, info = distil_stage(job, "direct", final, teacher, len(stages) - 1, spec=spec)
         models.append(("direct", "direct", student, info, out / "stages" / "direct"))
 
     metrics = score_models(job, models)
     metrics["wall_time_s"] = time.perf_counter() - started
-    write_outputs(out, metrics)
+    if is_main():
+        write_outputs(out, metrics)
+        if (out / "state").is_dir() and not any((out / "state").iterdir()):
+            (out / "state").rmdir()  # every model finished: no training state is left to resume from
+    barrier()
     return metrics
 
 
@@ -396,6 +516,8 @@ def score_models(job: Job, models, split: str | None = None) -> dict:
         summary = summarise(per_lang, teacher_scores)
         rows.append({
             "name": name, "role": role, "path": str(directory.relative_to(job.out)),
+            "kind": {"cascade_kd_recursive": "recursive", "cascade_kd_bilstm": "bilstm"}.get(
+                getattr(model.config, "model_type", ""), "transformer"),
             "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
             "heads": model.config.num_attention_heads, **{**count_parameters(model), **info.get("params", {})},
             "per_language": per_lang, "average": summary["average"], "worst": summary["worst"],

@@ -1,4 +1,4 @@
-"""The `cascade-kd` command: run, demo, eval.
+"""The `cascade-kd` command: run, demo, eval, bench, export, trim.
 
 Any problem with the user's input is printed as one line (what, where, how to fix) and exits
 with code 2, without a traceback.
@@ -34,11 +34,33 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["dev", "test"], default="test")
     ev.add_argument("--out", type=Path, help="where to write metrics.json and report.md (default RUN_DIR/eval-SPLIT)")
 
-    bench = sub.add_parser("bench", help="latency of every model of a run against its teacher (CPU, PyTorch fp32/bf16)")
+    bench = sub.add_parser("bench", help="latency, throughput, memory and size of every model of a run against its "
+                           "teacher (CPU; PyTorch fp32/bf16, onnxruntime fp32/int8)")
     bench.add_argument("run_dir", type=Path)
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     bench.add_argument("--seq-lens", type=int, nargs="+", default=[32, 128])
     bench.add_argument("--repeats", type=int, default=10)
+    bench.add_argument("--backends", nargs="+", choices=["fp32", "bf16", "ort-fp32", "ort-int8"],
+                       default=["fp32", "bf16", "ort-fp32", "ort-int8"],
+                       help="PyTorch fp32, PyTorch bf16 autocast, onnxruntime fp32, onnxruntime dynamic int8 (default: all)")
+
+    export = sub.add_parser("export", help="export a saved model to ONNX (and int8), checked against PyTorch")
+    export.add_argument("model_dir", type=Path, help="a saved model: RUN_DIR/teacher or RUN_DIR/stages/NAME")
+    export.add_argument("--onnx", action="store_true", required=True, help="export to ONNX (the one format so far)")
+    export.add_argument("--int8", action="store_true", help="also write an onnxruntime dynamic int8 copy")
+    export.add_argument("--out", type=Path, help="output folder (default MODEL_DIR/onnx)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    export.add_argument("--check-data", type=Path, help="inputs for the check: a recipe (its dev split) or a text "
+                        "file, one example per line (default: the run's dev data, else generated ids)")
+    export.add_argument("--check-examples", type=int, default=256, help="how many examples the check uses")
+    export.add_argument("--int8-min-agreement", type=float, default=None,
+                        help="minimum argmax agreement of int8 with PyTorch fp32, 0-1 (default 0.95)")
+
+    from cascade_kd.vocab import add_arguments as trim_arguments
+
+    trim = sub.add_parser("trim", help="keep only the word pieces the chosen languages' training data use: a "
+                          "standalone smaller model + tokenizer, with a per-language coverage report")
+    trim_arguments(trim)
     return p
 
 
@@ -54,9 +76,12 @@ def _cmd_run(args) -> None:
     from cascade_kd.cascade import run_recipe
     from cascade_kd.report import report_table
 
+    from cascade_kd.distributed import is_main
+
     metrics = run_recipe(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
-    print("\n" + report_table(metrics))
-    print(f"\nRUN_DIR: {args.out}  (report.md, metrics.json, teacher/, stages/)")
+    if is_main():
+        print("\n" + report_table(metrics))
+        print(f"\nRUN_DIR: {args.out}  (report.md, metrics.json, teacher/, stages/)")
 
 
 def _cmd_demo(args) -> None:
@@ -97,11 +122,34 @@ def _cmd_bench(args) -> None:
     path = args.run_dir / "metrics.json"
     if not path.is_file():
         raise UserError("no metrics.json: not a finished cascade-kd run", where=str(args.run_dir))
-    result = bench_run(args.run_dir, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens, repeats=args.repeats, say=_say)
+    result = bench_run(args.run_dir, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens, repeats=args.repeats,
+                       backends=args.backends, say=_say)
     metrics = json.loads(path.read_text())
     metrics["latency"] = result
     write_outputs(args.run_dir, metrics)  # metrics.json and report.md gain the latency table
     print("\n" + bench_table(result))
+
+
+def _cmd_trim(args) -> None:
+    from cascade_kd.vocab import run_from_args
+
+    report = run_from_args(args, say=_say)
+    out = args.out or args.model_dir / "trimmed"
+    print(f"written: {out} (vocabulary {report['vocab_before']:,} -> {report['vocab_after']:,} pieces; "
+          f"{len(report['warnings'])} warning(s); details in trim.json)")
+
+
+def _cmd_export(args) -> None:
+    from cascade_kd.export import INT8_MIN_AGREEMENT, export_model
+
+    minimum = INT8_MIN_AGREEMENT if args.int8_min_agreement is None else args.int8_min_agreement
+    if not 0 <= minimum <= 1:
+        raise UserError(f"--int8-min-agreement {minimum} is not a fraction between 0 and 1")
+    info = export_model(args.model_dir, args.out, int8=args.int8, overwrite=args.overwrite, check_data=args.check_data,
+                        check_examples=args.check_examples, int8_min_agreement=minimum, say=_say)
+    out = args.out or args.model_dir / "onnx"
+    sizes = ", ".join(f"{name} {info[k]['size_mb']:.2f} MB" for k, name in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")) if k in info)
+    print(f"written: {out} ({sizes}; inputs {', '.join(info['inputs'])}; dynamic batch and sequence axes)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress lines say what is happening
-    handler = {"run": _cmd_run, "demo": _cmd_demo, "eval": _cmd_eval, "bench": _cmd_bench}[args.command]
+    handler = {"run": _cmd_run, "demo": _cmd_demo, "eval": _cmd_eval, "bench": _cmd_bench, "export": _cmd_export,
+               "trim": _cmd_trim}[args.command]
     try:
         handler(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # under a launcher, say which process failed
+        print(f"error{'' if rank == '0' else f' (process {rank})'}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished models are kept; continue with --resume", file=sys.stderr)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from cascade_kd.data.encode import IGNORE, Encoded, bucketed_batches, collate
+from cascade_kd.distributed import process_state
 from cascade_kd.errors import UserError
 from cascade_kd.features import Features, extract_features, layer_pairs
 from cascade_kd.losses import LOSSES
@@ -110,8 +112,12 @@ class DistillationModule(nn.Module):
         self.student = student
         self.projections = projections
 
-    def forward(self, batch: dict, hidden: bool, attentions: bool) -> Features:
-        return extract_features(self.student, batch, hidden=hidden, attentions=attentions)
+    def forward(self, batch: dict, hidden: bool, attentions: bool) -> tuple[Features, dict]:
+        """The student's features, and each projection applied to the hidden state it projects
+        (keyed like the projections): inside forward, so DDP sees every trainable use."""
+        feats = extract_features(self.student, batch, hidden=hidden, attentions=attentions)
+        projected = {key: proj(feats.hidden(int(key.rsplit("_", 1)[1]))) for key, proj in self.projections.items()}
+        return feats, projected
 
 
 def kept_guides(n: int, drop: int, seed: int, step: int) -> list[int]:
@@ -126,18 +132,22 @@ def kept_guides(n: int, drop: int, seed: int, step: int) -> list[int]:
     return sorted(rng.sample(range(n), n - drop))
 
 
-def _stage_loss(terms: list[LossTerm], module: DistillationModule, s: Features, t: Features | None, batch,
-                guides: list[Features] | None = None, guide_reduction: str = "sum"):
+def _stage_loss(terms: list[LossTerm], projected: dict, s: Features, t: Features | None, batch,
+                guides: list[Features] | None = None, guide_reduction: str = "sum", scales=None):
     """Weighted sum of the terms; returns (total, {name: value}) for logging and finiteness checks.
 
     Logit terms compare with each of `guides` (default: the teacher `t` alone) and are reduced by
     `guide_reduction` ("sum" as in DGKD, or "mean"); ce and the hidden/attention terms are unchanged.
+    `projected` holds the student's projected hidden states (DistillationModule.forward), used by
+    hidden-state terms where a projection exists. `scales` (one per term, multi-process only) turns
+    this process's means into its share of the global batch's means, see `share_scales`.
     """
+    projected = projected or {}
     token_task = s.logits.dim() == 3
     labels = batch["labels"]
     parts = {}
     total = s.logits.new_zeros((), dtype=torch.float32)
-    for term in terms:
+    for i, term in enumerate(terms):
         if term.name == "ce":
             value = term.module(s.logits, labels)
         elif term.name in LOGIT_LOSSES:
@@ -150,17 +160,72 @@ def _stage_loss(terms: list[LossTerm], module: DistillationModule, s: Features, 
             values = []
             for t_layer, s_layer in term.pairs:
                 if term.name in HIDDEN_LOSSES:
-                    student_h = s.hidden(s_layer)
                     key = f"{term.name}_{s_layer}"
-                    if key in module.projections:
-                        student_h = module.projections[key](student_h)
+                    student_h = projected[key] if key in projected else s.hidden(s_layer)
                     values.append(term.module(student_h, t.hidden(t_layer), s.attention_mask))
                 else:
                     values.append(term.module(s.attention(s_layer), t.attention(t_layer), s.attention_mask))
             value = torch.stack(values).mean()  # mean over the map's pairs
         parts[term.name] = value
-        total = total + term.weight * value
+        total = total + term.weight * value * (1.0 if scales is None else scales[i])
     return total, parts
+
+
+def term_units(term: LossTerm, batch: dict, token_task: bool) -> torch.Tensor:
+    """How many items the term's loss module averages over in `batch` (its denominator, see losses.py)."""
+    mask, labels = batch["attention_mask"], batch["labels"]
+    if not token_task and (term.name == "ce" or term.name in LOGIT_LOSSES):
+        return torch.tensor(labels.shape[0], device=mask.device)  # one item per sequence
+    if term.name == "ce" or (term.name in LOGIT_LOSSES and term.positions == "labelled"):
+        return (labels != IGNORE).sum()
+    if term.name == "attention_mse":
+        return mask.sum(dim=1).pow(2).sum()  # (query, key) pairs of real tokens
+    return mask.sum()  # real tokens: logit terms on all positions, hidden states, attention rows
+
+
+def batch_share(members: list[int], index: int, count: int) -> tuple[list[int], bool]:
+    """This process's part of a global batch (every count-th member), and whether it is real.
+
+    A batch smaller than the number of processes leaves some with nothing; they run the batch's
+    first member with weight 0 instead, as every process must take part in the gradient exchange.
+    """
+    share = members[index::count]
+    return (share, True) if share else (members[:1], False)
+
+
+def share_scales(accelerator, terms: list[LossTerm], batch: dict, token_task: bool, real: bool) -> list[torch.Tensor]:
+    """Per-term factors that make data-parallel training compute the one-process loss exactly.
+
+    Each term is a mean over items (tokens, sequences, attention pairs). DDP averages the N
+    processes' gradients, so process r scales its mean by N * units_r / units_global: the
+    average over processes is then the mean over the whole global batch, as on one process,
+    whatever the split of tokens between processes.
+    """
+    local = torch.stack([term_units(t, batch, token_task) for t in terms]).float()
+    if not real:
+        local = torch.zeros_like(local)
+    total = accelerator.reduce(local.clone(), reduction="sum")
+    return list(accelerator.num_processes * local / total.clamp(min=1))
+
+
+def unreached_parameters(module: DistillationModule, terms: list[LossTerm], teacher, batch: dict,
+                         need_hidden: bool, need_attn: bool) -> list[str]:
+    """Names of trainable parameters that get no gradient from the stage's loss (probed on one
+    batch, in eval mode so no random numbers are drawn)."""
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    was_training = module.training
+    module.eval()
+    try:
+        s_feats, projected = module(batch, need_hidden, need_attn)
+        t_feats = None
+        if any(t.name != "ce" for t in terms):
+            with torch.no_grad():
+                t_feats = extract_features(teacher, batch, hidden=need_hidden, attentions=need_attn)
+        loss, _ = _stage_loss(terms, projected, s_feats, t_feats, batch)
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    finally:
+        module.train(was_training)
+    return [n for (n, _), g in zip(named, grads) if g is None]
 
 
 def resolve_precision(precision: str) -> str:
@@ -182,7 +247,7 @@ def _cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def make_accelerator(cfg: TrainConfig):
+def make_accelerator(cfg: TrainConfig, find_unused: bool = False):
     """A fresh Accelerator per stage: stages may differ in precision, and accelerate keeps its
     state per process, so that state is reset first (the process group, if any, is kept)."""
     from accelerate import Accelerator
@@ -190,7 +255,50 @@ def make_accelerator(cfg: TrainConfig):
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(mixed_precision=resolve_precision(cfg.precision), gradient_accumulation_steps=cfg.grad_accum)
+    process = process_state()  # joins the launcher's process group, if any, the same way everywhere
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # parameters that get no gradient in a step (gradual unfreezing, a stage whose losses never
+    # reach the head): DDP must look for them, at the cost of a graph traversal per step
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused)
+    accelerator = Accelerator(mixed_precision=resolve_precision(cfg.precision), gradient_accumulation_steps=cfg.grad_accum,
+                              cpu=process.device.type == "cpu", kwargs_handlers=[ddp])
+    kind = accelerator.distributed_type.value
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        # sharded students need sharded checkpoints and state dicts, which this engine does not write
+        raise UserError(f"accelerate is configured for {kind}, which cascade-kd does not support yet",
+                        where="accelerate config", hint="launch with data parallelism (DDP): accelerate launch "
+                        "--multi_gpu --num_processes N, or torchrun --nproc_per_node N")
+    return accelerator
+
+
+_NUMBERED_LAYER = re.compile(r"\.(?:layer|layers)\.(\d+)\.")
+
+
+def unfreeze_groups(module: nn.Module) -> list[list[nn.Parameter]]:
+    """The trainable parameters in top-down order, for gradual unfreezing (XtremeDistil): [task head,
+    pooler and loss projections], [layer L], ..., [layer 1], [embeddings]. Models without numbered
+    layers (BiLSTM, recursive) keep their body in the first group."""
+    top, layers, embeddings = [], {}, []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue  # frozen for the whole stage (e.g. freeze_embeddings)
+        match = _NUMBERED_LAYER.search(name)
+        if match:
+            layers.setdefault(int(match.group(1)), []).append(p)
+        elif "embeddings" in name:
+            embeddings.append(p)
+        else:
+            top.append(p)
+    return [g for g in [top, *(layers[k] for k in sorted(layers, reverse=True)), embeddings] if g]
+
+
+def apply_unfreezing(groups: list[list[nn.Parameter]], epoch: int) -> int:
+    """Epoch e (from 0) trains the top e+1 groups; returns how many are trainable."""
+    for k, group in enumerate(groups):
+        for p in group:
+            p.requires_grad_(k <= epoch)
+    return min(len(groups), epoch + 1)
 
 
 def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -215,11 +323,11 @@ class TrainResult:
     tokens_per_s: float
 
 
-def _progress(total: int, desc: str):
+def _progress(total: int, desc: str, disable: bool = False):
     from tqdm.auto import tqdm
 
     # a live bar on a terminal; in logs (CI, nohup) only the per-evaluation lines are printed
-    quiet = os.environ.get("CASCADE_KD_QUIET") == "1" or not sys.stderr.isatty()
+    quiet = disable or os.environ.get("CASCADE_KD_QUIET") == "1" or not sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit="step", disable=quiet, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
 
 
@@ -246,6 +354,7 @@ def train(
     seed: int = 0,
     desc: str = "train",
     state_dir: Path | None = None,
+    teacher_cache=None,
 ) -> TrainResult:
     """Train `student` in place; if `evaluate` is given (a callable model -> dev score), keep the
     weights of the best evaluation (selection on dev, never on test) and stop early on `patience`.
@@ -253,16 +362,26 @@ def train(
     steps and after each evaluation) and an existing state is resumed from.
     With `guides` (dense guidance, DGKD: the chain's larger models, `teacher` among them, by default
     the last), the logit terms use every guide kept in the batch (`drop_guides` dropped per batch,
-    see `kept_guides`), combined by `guide_reduction`; hidden/attention terms use `teacher` only."""
+    see `kept_guides`), combined by `guide_reduction`; hidden/attention terms use `teacher` only.
+    With `teacher_cache` (a TeacherCache of `teacher` on `train_data`), the teacher's features are
+    read from disk instead of computed; other guides still run."""
     if guides:
         teacher = guides[-1] if teacher is None else teacher
         if not any(g is teacher for g in guides):
             raise ValueError("the teacher must be one of the guides")
         kept_guides(len(guides), drop_guides, seed, 0)  # validates drop_guides
-    accelerator = make_accelerator(cfg)
+    reaches_all = any(t.name == "ce" or t.name in LOGIT_LOSSES for t in terms)  # the logits depend on everything
+    accelerator = make_accelerator(cfg, find_unused=cfg.unfreeze == "gradual" or not reaches_all)
+    n_proc, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if cfg.batch_size < n_proc:
+        raise UserError(f"batch_size {cfg.batch_size} is smaller than the {n_proc} processes: some would have no data",
+                        where=desc, hint=f"use batch_size >= {n_proc} (it is the global batch, split between processes)")
     module = DistillationModule(student, projections or nn.ModuleDict())
-    optimizer = make_optimizer(module, cfg)
+    optimizer = make_optimizer(module, cfg)  # over every parameter the stage will train
+    groups = unfreeze_groups(module) if cfg.unfreeze == "gradual" else None
     lengths = [len(x) for x in train_data]
+    # batch_size is the global batch: the same batches, in the same order, on any number of processes,
+    # each split between the processes (see batch_share), so steps, schedule and checkpoints match
     per_epoch = math.ceil(len(train_data) / cfg.batch_size)
     # whole optimiser steps: a trailing partial accumulation would never reach the optimiser
     total_steps = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum)) * cfg.grad_accum
@@ -271,7 +390,6 @@ def train(
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(cfg.warmup_ratio * total_steps / cfg.grad_accum), math.ceil(total_steps / cfg.grad_accum)
     )
-    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
     device = accelerator.device
     needs_teacher = any(t.name != "ce" for t in terms)
     need_hidden = any(t.name in HIDDEN_LOSSES for t in terms)
@@ -281,42 +399,85 @@ def train(
             raise ValueError("distillation losses need a teacher")
         for model in guides or [teacher]:
             model.to(device).eval().requires_grad_(False)  # frozen, outside DDP
+    if n_proc > 1:
+        # DDP waits for a gradient of every trainable parameter: those the stage's loss never reaches
+        # (the head of a representation-only stage, layers above the mapped ones) are frozen for the stage
+        probe = collate([train_data[i] for i in bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=0)[0]], pad_id)
+        unreached = unreached_parameters(module.to(device), terms, teacher, {k: v.to(device) for k, v in probe.items()},
+                                         need_hidden, need_attn)
+        for name, p in module.named_parameters():
+            if name in unreached:
+                p.requires_grad_(False)
+        if groups is not None:
+            groups = [g for g in ([p for p in group if p.requires_grad] for group in groups) if g]
+        if main and unreached:
+            _log(None, f"  {desc}: {len(unreached)} parameter tensor(s) get no gradient from this stage's losses "
+                       f"and stay frozen (e.g. {unreached[0]})")
+    # the scheduler is not prepared: accelerate would step it once per process per step, for
+    # per-process batches; ours are global, so it steps once per optimiser step, on every process
+    module, optimizer = accelerator.prepare(module, optimizer)
 
     unwrapped = accelerator.unwrap_model(module)
     progress, best_state = Progress(), None
+    if main:
+        _log(None, f"  {desc}: {n_proc} process(es), global batch {cfg.batch_size}"
+                   + (f" (about {cfg.batch_size // n_proc} per process)" if n_proc > 1 else "")
+                   + f" x {cfg.grad_accum} accumulated = {cfg.batch_size * cfg.grad_accum} examples per optimiser step, "
+                   f"precision {cfg.precision if cfg.precision != 'auto' else accelerator.mixed_precision}, {total_steps} steps")
     if has_state(state_dir):  # an interrupted stage: continue exactly where it stopped
         progress, best_state = load_state(state_dir, unwrapped, optimizer, scheduler)
-        _log(None, f"  {desc}: resuming at step {progress.step}/{total_steps} (epoch {progress.epoch + 1})")
+        if main:
+            _log(None, f"  {desc}: resuming at step {progress.step}/{total_steps} (epoch {progress.epoch + 1})")
+            if progress.processes != n_proc:
+                # batches are global, so the data order and every optimiser step carry over; the
+                # random streams of processes other than the main one (dropout) were not saved
+                _log(None, f"  {desc}: this state was written by {progress.processes} process(es), resumed on {n_proc}: "
+                           "same batches and steps; dropout draws differ from an uninterrupted run")
+    progress.processes = n_proc
 
     def checkpoint():
-        if state_dir is not None and accelerator.is_main_process:
+        # only at optimiser-step boundaries: gradients accumulated so far are not part of the state
+        if state_dir is not None and main and progress.step % cfg.grad_accum == 0:
             save_state(state_dir, unwrapped, optimizer, scheduler, progress, best_state)
 
-    bar = _progress(total_steps, desc)
+    token_task = None
+    bar = _progress(total_steps, desc, disable=not main)
     bar.update(progress.step)
     while progress.step < total_steps and not progress.stopped:
         batches = bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=progress.epoch)
-        batches = batches[accelerator.process_index :: accelerator.num_processes]
+        if groups is not None:
+            trainable = apply_unfreezing(groups, progress.epoch)
+            if main:
+                _log(bar, f"  {desc}: epoch {progress.epoch + 1} trains the top {trainable} of {len(groups)} parameter groups")
         module.train()
         segment_started = time.perf_counter()
         for position in range(progress.batch, len(batches)):
             if progress.step >= total_steps:
                 break
-            batch = {k: v.to(device) for k, v in collate([train_data[i] for i in batches[position]], pad_id).items()}
+            members, real = batch_share(batches[position], rank, n_proc)
+            batch = {k: v.to(device) for k, v in collate([train_data[i] for i in members], pad_id).items()}
+            token_task = batch["labels"].dim() == 2
+            scales = share_scales(accelerator, terms, batch, token_task, real) if n_proc > 1 else None
             with accelerator.accumulate(module):
                 with accelerator.autocast():
-                    s_feats = module(batch, need_hidden, need_attn)
+                    s_feats, projected = module(batch, need_hidden, need_attn)
                     t_feats, g_feats = None, None
                     kept = [guides[k] for k in kept_guides(len(guides), drop_guides, seed, progress.step)] if guides else None
                     with torch.no_grad():
                         # the teacher runs unless dense guidance dropped it and no hidden/attention term needs it
                         if needs_teacher and (need_hidden or need_attn or kept is None or any(g is teacher for g in kept)):
-                            t_feats = extract_features(teacher, batch, hidden=need_hidden, attentions=need_attn)
+                            t_feats = (teacher_cache.features(members, batch["attention_mask"]) if teacher_cache is not None
+                                       else extract_features(teacher, batch, hidden=need_hidden, attentions=need_attn))
                         if kept is not None:  # the other guides: logits only
                             g_feats = [t_feats if g is teacher else extract_features(g, batch, hidden=False, attentions=False)
                                        for g in kept]
-                    loss, parts = _stage_loss(terms, unwrapped, s_feats, t_feats, batch, g_feats, guide_reduction)
-                if not torch.isfinite(loss):
+                    loss, parts = _stage_loss(terms, projected, s_feats, t_feats, batch, g_feats, guide_reduction, scales)
+                # the global batch's loss and token count (what one process would see), on every process
+                stats = torch.stack([loss.detach().float(), batch["attention_mask"].sum().float() * real])
+                if n_proc > 1:
+                    stats = accelerator.reduce(stats, reduction="sum") / torch.tensor([n_proc, 1.0], device=device)
+                value, tokens = stats.tolist()
+                if not math.isfinite(value):  # every process sees the reduced value: all stop together
                     bad = [n for n, v in parts.items() if not torch.isfinite(v)]
                     raise TrainingError(
                         f"non-finite loss at step {progress.step + 1} (epoch {progress.epoch + 1}) "
@@ -328,12 +489,12 @@ def train(
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients and not optimizer.step_was_skipped:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             progress.step += 1
             progress.batch = position + 1
-            progress.tokens += int(batch["attention_mask"].sum())
-            value = float(loss.detach())
+            progress.tokens += int(tokens)
             progress.running = 0.9 * progress.running + 0.1 * value if progress.step > 1 else value
             bar.update(1)
             bar.set_postfix(epoch=f"{progress.epoch + 1}/{math.ceil(cfg.epochs)}", loss=f"{progress.running:.4f}")
@@ -345,12 +506,17 @@ def train(
         progress.epoch += 1
         progress.batch = 0
         if evaluate is not None and (cfg.eval_every_epoch or progress.step >= total_steps):
-            score = evaluate(unwrapped.student)
+            score = evaluate(unwrapped.student) if main else None
+            if n_proc > 1:  # the main process's score decides for all: the same checkpoint, the same stop
+                from accelerate.utils import broadcast_object_list
+
+                score = broadcast_object_list([score])[0]
             frac_epoch = round(progress.step / per_epoch, 3)
             progress.history.append({"epoch": frac_epoch, "step": progress.step, "loss": progress.running, "dev": score})
             eta = progress.train_seconds / progress.step * (total_steps - progress.step)
-            _log(bar, f"  {desc}: epoch {frac_epoch:g}/{cfg.epochs:g} step {progress.step}/{total_steps} "
-                      f"loss {progress.running:.4f} dev {score:.4f} ({progress.train_seconds:.0f}s training, ETA {eta:.0f}s)")
+            if main:
+                _log(bar, f"  {desc}: epoch {frac_epoch:g}/{cfg.epochs:g} step {progress.step}/{total_steps} "
+                          f"loss {progress.running:.4f} dev {score:.4f} ({progress.train_seconds:.0f}s training, ETA {eta:.0f}s)")
             if progress.best_score is None or score > progress.best_score:
                 # the student and its projections together: a stage's saved projections match its student
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}

@@ -20,7 +20,9 @@ class UserError(Exception):
         text = f"{self.where}: {self.message}" if self.where else self.message
         if self.hint:
             text += f" ({self.hint})"
-        return text
+        # One line on any terminal, whatever the message quotes (a codec's message, a key, a path):
+        # a newline or other control character is shown escaped, as repr() would show it.
+        return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class RecipeError(UserError):

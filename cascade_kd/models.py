@@ -155,7 +155,11 @@ def freeze_embeddings(model, which: bool | list[str]) -> list[str]:
 
 
 def count_parameters(model) -> dict[str, int]:
-    """Unique parameters (shared tensors counted once), split into embedding and the rest."""
+    """Unique parameters (shared tensors counted once), split into embedding and the rest; trainable
+    ones (requires_grad); params_unrolled: what the forward pass applies (a recursive student's
+    shared layer once per recursion step; = params_total otherwise); params_adapters."""
+    from cascade_kd.recursive import compute_counts
+
     seen, total, trainable = set(), 0, 0
     for p in model.parameters():
         if id(p) in seen:
@@ -164,7 +168,7 @@ def count_parameters(model) -> dict[str, int]:
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
     emb = sum(p.numel() for p in {id(p): p for p in embedding_parameters(model).values()}.values())
-    return {"params_total": total, "params_embedding": emb, "params_trainable": trainable}
+    return {"params_total": total, "params_embedding": emb, "params_trainable": trainable, **compute_counts(model, total)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,8 +203,22 @@ def student_config(t_config, spec: StudentConfig, *, where: str = "student"):
 
     Used both before training (to check a whole cascade from configs alone) and to build the
     student, so a recipe that cannot be built is refused before the teacher trains.
-    Returns (config, chosen 0-based teacher layers or None, whether layers have the teacher's shape).
+    Returns (config, chosen 0-based teacher layers or None, whether layers have the teacher's shape);
+    for a recursive student (kind: recursive) see cascade_kd.recursive.recursive_config.
     """
+    from cascade_kd.bilstm import bilstm_config, is_bilstm
+    from cascade_kd.recursive import is_recursive, recursive_config
+
+    if spec.kind == "bilstm":  # XtremeDistil: cascade_kd/bilstm.py
+        return bilstm_config(t_config, spec, where=where)
+    if is_bilstm(t_config):
+        raise RecipeError(f"a {spec.kind} student cannot be built from a BiLSTM teacher", where=f"{where}.kind",
+                          hint="use kind: bilstm for every stage after a BiLSTM one")
+    if spec.kind == "recursive":
+        return recursive_config(t_config, spec, where=where)
+    if is_recursive(t_config):
+        raise RecipeError("a transformer student cannot be built from a recursive teacher", where=f"{where}.kind",
+                          hint="use kind: recursive for every stage after a recursive one")
     t_layers, ffn = t_config.num_hidden_layers, ffn_attr(t_config)
     if spec.layers > t_layers:
         raise RecipeError(
@@ -242,6 +260,14 @@ def student_config(t_config, spec: StudentConfig, *, where: str = "student"):
 
 def build_student(teacher, spec: StudentConfig, *, where: str = "student"):
     """A student built from `teacher` as `spec` says (in float32); the teacher is left untouched."""
+    if spec.kind == "bilstm":
+        from cascade_kd.bilstm import build_bilstm_student
+
+        return build_bilstm_student(teacher, spec, where=where)
+    if spec.kind == "recursive":
+        from cascade_kd.recursive import build_recursive_student
+
+        return build_recursive_student(teacher, spec, where=where)
     config, chosen, same_shape = student_config(teacher.config, spec, where=where)
     student = type(teacher)(config).float()
     _initialise(student, teacher, chosen, spec.embeddings, copy_rest=same_shape)
@@ -277,14 +303,20 @@ def _initialise(student, teacher, chosen: list[int] | None, embeddings: str, cop
 
 
 @torch.no_grad()
-def _pca_embeddings(student, teacher) -> None:
-    """XtremeDistil: project the teacher's embeddings onto their top principal components."""
-    width = student.config.hidden_size
-    t_word = teacher.get_input_embeddings().weight.float()
+def pca_axes(t_word: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean [1, D_T] and top `width` principal axes [D_T, width] of an embedding matrix."""
+    t_word = t_word.float()
     mean = t_word.mean(0, keepdim=True)
     # right singular vectors of the centred matrix are the principal axes
     _, _, v = torch.linalg.svd(t_word - mean, full_matrices=False)
-    axes = v[:width].T  # [D_T, D_S]
+    return mean, v[:width].T
+
+
+@torch.no_grad()
+def _pca_embeddings(student, teacher) -> None:
+    """XtremeDistil: project the teacher's embeddings onto their top principal components."""
+    t_word = teacher.get_input_embeddings().weight.float()
+    mean, axes = pca_axes(t_word, student.config.hidden_size)  # [D_T, D_S]
     t_emb = embedding_parameters(teacher)
     word = student.get_input_embeddings().weight
     word.copy_(((t_word - mean) @ axes).to(word.dtype))

@@ -12,16 +12,18 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from cascade_kd.errors import RecipeError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `epochs: .inf` would pass gt=0 and crash the step count; NaN and inf are
+    # never meant, and would make manifest.json invalid JSON
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TrainConfig(_Section):
@@ -41,6 +43,12 @@ class TrainConfig(_Section):
     patience: Optional[int] = Field(None, ge=1)  # early stopping on the dev score, in evaluations
     # full-state checkpoint every N steps (and always after each evaluation), for --resume mid-stage
     checkpoint_every: Optional[int] = Field(200, ge=1)
+    # distillation stages: run the teacher once, keep what the losses need on disk in this dtype,
+    # read it back every epoch (cascade_kd/teacher_cache.py); off = run the teacher on every batch
+    teacher_cache: Literal["off", "bf16", "fp16", "fp32"] = "off"
+    # gradual: top-down unfreezing (XtremeDistil): the first epoch trains the head (and projections),
+    # each further epoch also the next layer down, then the embeddings (unless frozen); none: all at once
+    unfreeze: Literal["none", "gradual"] = "none"
 
 
 class LossConfig(_Section):
@@ -55,22 +63,48 @@ class LossConfig(_Section):
 
 
 LOSS_NAMES = ("kl", "logit_mse", "ce", "hidden_mse", "hidden_cos", "attention_mse", "attention_kl")
+_STAGE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
 class StudentConfig(_Section):
-    """How a stage's student is built from the stage's teacher."""
+    """How a stage's student is built from the stage's teacher.
 
+    kind: recursive builds a MiniALBERT-style student (cascade_kd/recursive.py): ONE transformer
+    layer applied `recursions` times (which is also its `layers`, the depth layer maps see), with a
+    pair of bottleneck adapters per step; its keys: recursions, embedding_size, adapter_reduction,
+    train_only, and init mean | layer:K | random (default mean), embeddings auto (default) | copy |
+    pca | random.
+
+    kind: bilstm builds an XtremeDistil BiLSTM student (cascade_kd/bilstm.py): word-piece embeddings of
+    width embedding_size (default min(300, the teacher's)), lstm_layers BiLSTM layers of `hidden`
+    units PER DIRECTION (default half the projection width), a GELU projection to projection_size
+    (default: the teacher's hidden width) and the head; one layer to layer maps; embeddings auto
+    (default: copy when the widths match, else pca) | copy | pca | random; no init key.
+    """
+
+    kind: Literal["transformer", "recursive", "bilstm"] = "transformer"
     layers: int = Field(ge=1)
     # which teacher layers initialise the student: bottom-k (LightMBERT), top-k, evenly spread,
-    # an explicit list of teacher layer numbers (1-based), or random
-    init: Union[Literal["bottom", "top", "uniform", "random"], list[int]] = "bottom"
+    # an explicit list of teacher layer numbers (1-based), or random; recursive students: the
+    # element-wise mean of the teacher's layers, one teacher layer (layer:K, 1-based), or random
+    init: Union[Literal["bottom", "top", "uniform", "random", "mean"], list[int],
+                Annotated[str, StringConstraints(pattern=r"^layer:[1-9][0-9]*$")]] = "bottom"
     hidden: Optional[int] = Field(None, ge=1)  # a different width builds a fresh config
     heads: Optional[int] = Field(None, ge=1)
     intermediate: Optional[int] = Field(None, ge=1)
     # copy: the teacher's embeddings (same width); pca: teacher's projected onto its top principal
     # components (other width, XtremeDistil); random
-    embeddings: Literal["copy", "pca", "random"] = "copy"
+    # auto (recursive students only, their default): copy when the widths match, else pca
+    embeddings: Literal["copy", "pca", "random", "auto"] = "copy"
     freeze_embeddings: Union[bool, list[Literal["word", "position", "token_type"]]] = False
+    # recursive students only
+    recursions: Optional[int] = Field(None, ge=1)  # recursion steps of the shared layer (= layers)
+    embedding_size: Optional[int] = Field(None, ge=1)  # embedding width (default: hidden), projected to hidden
+    adapter_reduction: Optional[int] = Field(None, ge=1)  # adapter bottleneck = hidden // this (default 16)
+    train_only: Optional[Literal["adapters"]] = None  # adapters: train only the adapters and the task head
+    # BiLSTM students only (kind: bilstm; `hidden` is then the LSTM's units per direction)
+    lstm_layers: Optional[int] = Field(None, ge=1)
+    projection_size: Optional[int] = Field(None, ge=1)  # width the BiLSTM output is projected to (default: teacher's)
 
     @field_validator("init")
     @classmethod
@@ -78,6 +112,73 @@ class StudentConfig(_Section):
         if isinstance(v, list) and (not v or any(i < 1 for i in v)):
             raise ValueError("an explicit init list holds teacher layer numbers starting at 1")
         return v
+
+    @field_validator("init", mode="before")
+    @classmethod
+    def _layer_k(cls, v):
+        if isinstance(v, str) and v.startswith("layer:") and not re.fullmatch(r"layer:[1-9][0-9]*", v):
+            raise ValueError(f"init {v!r}: layer:K names one teacher layer by its number, starting at 1 (e.g. layer:6)")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recursive_defaults(cls, data):
+        """A recursive student's depth is `recursions` (or `layers`: the same number); a BiLSTM
+        student is one layer to layer maps."""
+        if isinstance(data, dict) and data.get("kind") == "bilstm":
+            data = dict(data)
+            if data.setdefault("layers", 1) != 1:
+                raise ValueError("a BiLSTM student is one layer to layer maps (layers: 1); "
+                                 "its LSTM depth is lstm_layers")
+            if data.get("init", "random") != "random":  # random: as the recipe is written back (dump)
+                raise ValueError("init does not apply to BiLSTM students (their LSTM starts random; "
+                                 "embeddings: copy | pca | random says how the embeddings start)")
+            data["init"] = "random"
+            data.setdefault("embeddings", "auto")
+            data.setdefault("lstm_layers", 1)
+            return data
+        if not isinstance(data, dict) or data.get("kind") != "recursive":
+            return data
+        data = dict(data)
+        if "recursions" in data and "layers" not in data:
+            data["layers"] = data["recursions"]
+        elif "layers" in data and "recursions" not in data:
+            data["recursions"] = data["layers"]
+        elif "layers" not in data:
+            raise ValueError("a recursive student needs recursions (how often its one layer is applied)")
+        data.setdefault("init", "mean")
+        data.setdefault("embeddings", "auto")
+        data.setdefault("adapter_reduction", 16)
+        return data
+
+    @model_validator(mode="after")
+    def _kind_keys(self):
+        if self.kind != "bilstm":
+            for key in ("lstm_layers", "projection_size"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} applies to BiLSTM students only (add kind: bilstm)")
+        else:
+            for key in ("recursions", "heads", "intermediate", "adapter_reduction", "train_only"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} does not apply to BiLSTM students")
+            if isinstance(self.freeze_embeddings, list) and set(self.freeze_embeddings) - {"word"}:
+                raise ValueError("a BiLSTM student has word embeddings only (freeze_embeddings: true or [word])")
+            return self
+        if self.kind == "transformer":
+            for key in ("recursions", "embedding_size", "adapter_reduction", "train_only"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} applies to recursive students only (add kind: recursive)")
+            if self.init == "mean" or (isinstance(self.init, str) and self.init.startswith("layer:")):
+                raise ValueError(f"init {self.init!r} applies to recursive students only (add kind: recursive)")
+            if self.embeddings == "auto":
+                raise ValueError("embeddings: auto applies to recursive students only (use copy, pca or random)")
+        else:
+            if self.recursions != self.layers:
+                raise ValueError(f"a recursive student's layers are its recursions: {self.layers} != {self.recursions}")
+            if self.init in ("bottom", "top", "uniform") or isinstance(self.init, list):
+                raise ValueError(f"init {self.init!r} is for transformer students; a recursive student takes "
+                                 "mean, layer:K (a 1-based teacher layer) or random")
+        return self
 
 
 class StageConfig(_Section):
@@ -94,8 +195,12 @@ class StageConfig(_Section):
     "mean", which averages them so that the weight stays that of a single teacher.
     """
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    student: StudentConfig
+    name: str  # a directory name: see _directory_name
+    # how the student is built from the stage's teacher, or "previous": the previous stage's student
+    # itself, trained further (XtremeDistil's stages: representation, then logits, then labels)
+    student: Union[StudentConfig, Literal["previous"]]
+    # previous: the chain's previous model teaches (the cascade); original: the recipe's teacher does
+    teacher: Literal["previous", "original"] = "previous"
     losses: Optional[dict[str, LossConfig]] = None  # None: the cascade's default losses
     train: Optional[dict[str, Any]] = None  # overrides of the cascade's train settings
     # dense: logit losses from the teacher and every earlier stage's student (DGKD), not only the previous model
@@ -104,6 +209,23 @@ class StageConfig(_Section):
     # dense only. "sum" (the DGKD paper) ADDS the per-guide KD terms, so the effective weight of the
     # logit losses grows with the number of kept guides; "mean" averages them (one teacher's weight)
     guide_reduction: Literal["sum", "mean"] = "sum"
+
+    @field_validator("name")
+    @classmethod
+    def _directory_name(cls, v):
+        # The name is a directory under RUN_DIR/stages/ and RUN_DIR/state/: one plain path component.
+        # ".." or "." would point at RUN_DIR itself (whose state directory is removed when the stage is
+        # saved), and a leading "." collides with the temporary and backup directories of atomic writes.
+        if not _STAGE_NAME.fullmatch(v):
+            raise ValueError(
+                f"stage name {_short(v)} is not a plain directory name (it names RUN_DIR/stages/<name>): "
+                "use letters, digits, '_', '-' and '.', not starting with '.'"
+            )
+        # compared without case: on macOS and Windows, stages/Direct is stages/direct
+        for reserved in ("teacher", "direct"):
+            if v.casefold() == reserved:
+                raise ValueError(f"stage name {v!r} is reserved for the {reserved} model")
+        return v
 
     @field_validator("losses")
     @classmethod
@@ -114,7 +236,7 @@ class StageConfig(_Section):
             if name not in LOSS_NAMES:
                 near = difflib.get_close_matches(name, LOSS_NAMES, n=1)
                 hint = f"did you mean {near[0]!r}?" if near else f"valid losses: {', '.join(LOSS_NAMES)}"
-                raise ValueError(f"unknown loss {name!r} ({hint})")
+                raise ValueError(f"unknown loss {_short(name)} ({hint})")
         if not any(cfg.weight > 0 for cfg in v.values()):
             raise ValueError("every loss has weight 0: give at least one a positive weight")
         return v
@@ -142,13 +264,13 @@ class CascadeConfig(_Section):
 
     @model_validator(mode="after")
     def _unique_names(self):
-        names = [s.name for s in self.stages]
-        for reserved in ("teacher", "direct"):
-            if reserved in names:
-                raise ValueError(f"stage name {reserved!r} is reserved for the {reserved} model")
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        # compared without case: on macOS and Windows, stages/TA3 and stages/ta3 are one directory
+        names = [s.name.casefold() for s in self.stages]
+        dupes = sorted({s.name for s in self.stages if names.count(s.name.casefold()) > 1})
         if dupes:
             raise ValueError(f"stage names must be unique: {', '.join(dupes)} repeated")
+        if self.stages[0].student == "previous":
+            raise ValueError("the first stage has no previous student: give it a student section")
         return self
 
 
@@ -239,7 +361,7 @@ class DataConfig(_Section):
 
 class Recipe(_Section):
     name: str = "cascade"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # torch.manual_seed refuses seeds past 64 bits; 32 is the usual range
     task: TaskConfig
     data: DataConfig
     teacher: TeacherConfig
@@ -259,9 +381,12 @@ class Recipe(_Section):
         """A model/tokenizer reference: a path relative to the recipe if one exists, else a hub name."""
         if name is None:
             return None
-        local = Path(name).expanduser()
-        local = local if local.is_absolute() else self._base_dir / local
-        return str(local) if local.exists() else name
+        try:
+            local = Path(name).expanduser()
+            local = local if local.is_absolute() else self._base_dir / local
+            return str(local) if local.exists() else name
+        except (OSError, RuntimeError, ValueError):  # ~unknown-user, a name too long for a path: not a local file
+            return name
 
     def train_for(self, overrides: dict | None, where: str) -> TrainConfig:
         """The global train settings with a section's overrides applied (and validated)."""
@@ -271,7 +396,8 @@ class Recipe(_Section):
         lines = getattr(self, "_lines", {})
         for key, value in (overrides or {}).items():
             if key not in merged:
-                raise RecipeError(f"unknown key {key!r}", where=_key_where(self, *keys, key), hint=_suggest(key, merged))
+                raise RecipeError(f"unknown key {_short(key)}", where=_key_where(self, *keys, key),
+                                  hint=_suggest(key, merged))
             merged[key] = value
         try:
             return TrainConfig(**merged)
@@ -286,9 +412,20 @@ class Recipe(_Section):
         """The recipe as plain data, without the dense-guidance keys of chain stages: a chain stage
         reads back as written (they are errors there) and hashes as before those keys existed."""
         data = self.model_dump(mode="json")
+        for key, default in (("teacher_cache", "off"), ("unfreeze", "none")):  # keys added later: absent = default
+            if data["train"][key] == default:
+                del data["train"][key]
         for stage in data["cascade"]["stages"]:
             if stage["guides"] == "chain":
                 del stage["guides"], stage["drop_guides"], stage["guide_reduction"]
+            if stage["teacher"] == "previous":  # likewise the stage teacher key
+                del stage["teacher"]
+            if isinstance(stage["student"], dict) and stage["student"]["kind"] != "bilstm":  # and BiLSTM keys
+                for key in ("lstm_layers", "projection_size"):
+                    del stage["student"][key]
+            if isinstance(stage["student"], dict) and stage["student"]["kind"] == "transformer":  # and recursive keys
+                for key in ("kind", "recursions", "embedding_size", "adapter_reduction", "train_only"):
+                    del stage["student"][key]
         return data
 
     def fingerprint(self) -> str:
@@ -320,6 +457,99 @@ def _suggest(key: str, valid) -> str:
     return f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(map(str, valid))}"
 
 
+def _short(value, width: int = 60) -> str:
+    """repr() of a value from the recipe, cut to `width` characters: messages stay one short line."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "..."
+
+
+def _key_text(keys) -> str:
+    """A dotted key path; a key that is not plain printable text (a newline in a quoted key) is shown
+    as its repr, so that the message stays one line."""
+    return ".".join(str(k) if str(k).isprintable() and len(str(k)) <= 60 else _short(str(k)) for k in keys)
+
+
+# Limits on the composed YAML document, checked before anything walks it recursively: recipes nest
+# a few levels and hold hundreds of values, while aliases can expand a short file exponentially
+# ("billion laughs") or point back at their own anchor (an infinite structure).
+MAX_DEPTH = 50
+MAX_VALUES = 100_000
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH from the parser's events, which come without recursion:
+    the composer would overflow Python's stack on thousands of "[" (slowly: seconds)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1
+                raise RecipeError(f"nested more than {MAX_DEPTH} levels deep", where=f"{source}:{line}")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+
+
+def _check_size(node, source: str) -> None:
+    """Refuse a document too deep, too large once aliases are expanded, or with a recursive alias;
+    and, while walking it, a repeated key or a string that is not valid Unicode."""
+    visits = 0
+    stack = [(node, 1, frozenset())]  # node, depth, ids of the collections enclosing it
+    loader = yaml.SafeLoader("")  # to construct tagged scalars one by one
+    while stack:
+        node, depth, enclosing = stack.pop()
+        visits += 1
+        line = node.start_mark.line + 1
+        if id(node) in enclosing:
+            raise RecipeError("a YAML alias refers to a collection that contains it (an infinite structure)",
+                              where=f"{source}:{line}", hint="aliases may only repeat finished sections")
+        if depth > MAX_DEPTH:
+            raise RecipeError(f"nested more than {MAX_DEPTH} levels deep", where=f"{source}:{line}")
+        if visits > MAX_VALUES:
+            raise RecipeError(f"more than {MAX_VALUES:,} values once YAML aliases are expanded", where=source,
+                              hint="a recipe needs far fewer: check anchors (&) and aliases (*)")
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+            _unique_keys(node, source)
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            try:  # a "\ud800" escape is a lone surrogate: no UTF-8 file (metrics.json, recipe.yaml) can hold it
+                node.value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RecipeError(f"{_short(node.value)} is not valid Unicode (a lone surrogate)",
+                                  where=f"{source}:{line}", hint="write the character itself") from None
+            if node.tag != "tag:yaml.org,2002:str":
+                # an explicit tag on a value that does not fit it (`!!int abc`, `!!timestamp x`) makes
+                # safe_load raise ValueError, KeyError or AttributeError, without a line
+                try:
+                    loader.construct_object(node)
+                except yaml.YAMLError:
+                    pass  # an unknown tag: safe_load reports it, with its line
+                except Exception:  # noqa: BLE001 - whatever the constructor raises, the value is at fault
+                    kind = node.tag.rsplit(":", 1)[-1]
+                    raise RecipeError(f"{_short(node.value)} is not a valid {kind}", where=f"{source}:{line}",
+                                      hint=f"remove the !!{kind} tag or fix the value") from None
+            continue
+        inside = enclosing | {id(node)}
+        stack.extend((child, depth + 1, inside) for child in children)
+
+
+def _unique_keys(node: yaml.MappingNode, source: str) -> None:
+    """YAML loaders keep the last of two equal keys without a word: a recipe edited in one place and
+    overridden further down. Refuse the repeat (merge keys `<<` may repeat, as YAML allows)."""
+    seen: dict[tuple, int] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = (key_node.tag, key_node.value)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise RecipeError(f"key {_short(key_node.value)} appears twice in one section",
+                              where=f"{source}:{line}", hint=f"the first is on line {seen[key]}; keep one")
+        seen[key] = line
+
+
 def _line_map(node, path=(), out=None) -> dict[tuple, int]:
     """Map every key path of a composed YAML document to its 1-based line number."""
     out = {} if out is None else out
@@ -330,6 +560,12 @@ def _line_map(node, path=(), out=None) -> dict[tuple, int]:
             out[path + (key,)] = key_node.start_mark.line + 1
             _line_map(value_node, path + (key,), out)
             out[path + (key,)] = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:str":
+                # pydantic names a key such as `7:` or `~:` as 7 or 'None': its line, under those too
+                value = yaml.SafeLoader("").construct_object(key_node)
+                for alias in (value, str(value)):
+                    if isinstance(alias, (str, int, float)):
+                        out.setdefault(path + (alias,), key_node.start_mark.line + 1)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _line_map(item, path + (i,), out)
@@ -365,9 +601,14 @@ def _find_model(annotation) -> Any:
 def _to_recipe_error(err: ValidationError, lines: dict | None, source: str, prefix: str = "") -> RecipeError:
     errors = err.errors()
     # a mistyped key is also reported as a missing one (stagess: -> stages missing): name the typo
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p))  # drop union tags
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    # (invalid_key: a key that is not a string, such as `1:` or `~:`, is just as unknown)
+    first = next((e for e in errors if e["type"] in ("extra_forbidden", "invalid_key")), errors[0])
+    # drop pydantic's union tags ("list[int]", "literal['a']"), but not a key of the file that has a "["
+    loc: tuple = ()
+    for p in first["loc"]:
+        if not (isinstance(p, str) and "[" in p) or (lines is not None and loc + (p,) in lines):
+            loc += (p,)
+    key = _key_text(loc) or "(top level)"
     if prefix:
         key = f"{prefix}.{key}"
     line = None
@@ -378,9 +619,9 @@ def _to_recipe_error(err: ValidationError, lines: dict | None, source: str, pref
                 break
     where = f"{source}:{line}: {key}" if line else f"{source}: {key}"
     hint = None
-    if first["type"] == "extra_forbidden":
+    if first["type"] in ("extra_forbidden", "invalid_key"):
         owner = _model_at(loc)
-        message = f"unknown key {loc[-1]!r}"
+        message = f"unknown key {_short(loc[-1])}"
         if owner is not None:
             hint = _suggest(loc[-1], list(owner.model_fields))
     elif first["type"] == "missing":
@@ -390,45 +631,70 @@ def _to_recipe_error(err: ValidationError, lines: dict | None, source: str, pref
         if isinstance(first.get("input"), dict) and lines:  # e.g. unknown loss 'x': point at the key x
             named = [k for k in first["input"] if isinstance(k, str) and repr(k) in message and loc + (k,) in lines]
             if named:
-                line, key = lines[loc + (named[0],)], f"{key}.{named[0]}"
+                line, key = lines[loc + (named[0],)], f"{key}.{_key_text([named[0]])}"
                 where = f"{source}:{line}: {key}"
         if "input" in first and first["type"] not in ("value_error",) and not isinstance(first["input"], dict):
-            message += f" (got {first['input']!r})"
+            message += f" (got {_short(first['input'])})"
     return RecipeError(message, where=where, hint=hint)
 
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file; every problem becomes a RecipeError with file and line."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except (OSError, ValueError):  # e.g. a name too long for the file system: reading says why
+        found = True
+    if not found:
         raise RecipeError("recipe file not found", where=str(path), hint="check the path")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read the recipe: {exc}", where=str(path)) from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"cannot read the recipe: {exc.strerror or exc}", where=str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RecipeError(f"cannot decode byte(s) {data[exc.start:exc.end][:8]!r} as UTF-8",
+                          where=f"{path}:{line}", hint="save the recipe as UTF-8") from None
+    # the universal newlines of read_text(): a lone "\r" ends a line, as it does for YAML
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     return parse_recipe(text, source=str(path), base_dir=path.resolve().parent)
 
 
 def parse_recipe(text: str, *, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
     try:
+        _check_depth(text, source)  # before compose, which recurses once per level
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _check_size(node, source)  # before safe_load and _line_map walk it
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
+        if mark is None and isinstance(getattr(exc, "position", None), int):  # a ReaderError: a bad character
+            mark = yaml.Mark(source, exc.position, text.count("\n", 0, exc.position), 0, None, None)
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
         hint = None
-        if "<block" in problem:  # e.g. a key indented by one space too many or too few
+        if problem == "second occurrence" and context and start:  # context: "found duplicate anchor 'a'; first ..."
+            problem, hint = context.split(";")[0], f"the first is on line {start.line + 1}"
+        elif "<block" in problem:  # e.g. a key indented by one space too many or too few
             hint = "check the indentation: the keys of one section line up, nested keys are indented more"
         elif context and start and mark and start.line != mark.line:  # e.g. an unclosed [ or " further up
             hint = f"{context} that starts on line {start.line + 1}"
         raise RecipeError(f"not valid YAML: {problem}", where=where, hint=hint) from None
+    except RecursionError:  # the composer recurses per level: hundreds of [ or { in a row
+        raise RecipeError(f"nested more than {MAX_DEPTH} levels deep", where=source) from None
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:  # a constructor's own error
+        raise RecipeError(f"not valid YAML: a value does not fit its tag ({type(exc).__name__}: {exc})",
+                          where=source) from None
     if not isinstance(data, dict):
         raise RecipeError("a recipe is a YAML mapping (key: value lines)", where=source)
     lines = _line_map(node) if node is not None else {}
     try:
-        recipe = Recipe(**data)
+        # not Recipe(**data): a key such as `1:` or `~:` is then an unknown key, not a TypeError
+        recipe = Recipe.model_validate(data)
     except ValidationError as err:
         raise _to_recipe_error(err, lines, source) from None
     except TypeError as exc:  # e.g. non-string keys
@@ -447,7 +713,7 @@ def where(recipe: Recipe, *keys) -> str:
         if tuple(keys[:cut]) in lines:
             line = lines[tuple(keys[:cut])]
             break
-    key = ".".join(str(k) for k in keys)
+    key = _key_text(keys)
     return f"{recipe._source}:{line}: {key}" if line else f"{recipe._source}: {key}"
 
 

@@ -20,7 +20,11 @@ def _pct(x: float | None) -> str:
 def report_table(metrics: dict) -> str:
     """The per-model, per-language table (Markdown)."""
     langs = metrics["languages"]
+    # a recursive student applies its shared layer once per step: show what the forward pass applies too
+    unrolled = any(m.get("params_unrolled", m["params_total"]) != m["params_total"] for m in metrics["models"])
     head = ["model", "role", "layers", "hidden", "params", "emb. params", "avg", "worst", "retention"] + langs
+    if unrolled:
+        head[5:5] = ["unrolled params"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for m in metrics["models"]:
         row = [
@@ -28,6 +32,12 @@ def report_table(metrics: dict) -> str:
             _millions(m["params_embedding"]), _pct(m["average"]), f"{_pct(m['worst'])} ({m['worst_language']})",
             _pct(m["retention"]),
         ] + [_pct(m["per_language"][lang]) for lang in langs]
+        if m.get("kind") == "recursive":
+            row[2] = f"{m['layers']} (1 shared)"
+        elif m.get("kind") == "bilstm":  # one layer to layer maps; hidden is its projection width
+            row[2] = "BiLSTM"
+        if unrolled:
+            row[5:5] = [_millions(m.get("params_unrolled", m["params_total"]))]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -56,13 +66,27 @@ def render_report(metrics: dict) -> str:
         parts += ["", f"Cascade vs direct at equal size: {verdict} by {abs(diff):.1f} points on average "
                   f"(one seed; see benchmarks for spreads over seeds)."]
     if metrics.get("latency"):
-        from cascade_kd.benchmark import bench_table
+        from cascade_kd.benchmark import bench_table, tokenization_line
 
         lat = metrics["latency"]
         parts += ["", "## Latency (`cascade-kd bench`)", "",
                   f"Median forward time in ms on {lat['device']} with {lat['threads']} threads over {lat['repeats']} "
-                  f"repeats ({lat['input']}); in brackets the speed-up against the teacher at the same setting.", "",
-                  bench_table(lat)]
+                  f"repeats ({lat['input']}); in brackets the speed-up against the teacher at the same setting"
+                  + (" and backend" if lat.get("backends") else "") + "."]
+        if lat.get("backends"):
+            note = ("Settings are batch (b) and sequence length (s). seq/s is batch size / median latency; "
+                    f"peak MB: {lat['memory']}; size: the weights that backend loads; agreement: argmax "
+                    "agreement of the ONNX model with PyTorch fp32 on the export check's inputs, and its max "
+                    f"absolute logit difference. {lat['ort_threads']}.")
+            load = lat.get("load_average_1min") or {}
+            if load.get("start") is not None and load.get("end") is not None:
+                note += (f" Load average (1 min) at start and end: {load['start']:.1f}, {load['end']:.1f} (a load "
+                         f"above {lat['threads']} means other processes shared the CPU).")
+            parts += ["", note]
+            parts += [f"Skipped {b}: {why}." for b, why in lat.get("skipped_backends", {}).items()]
+        parts += ["", bench_table(lat)]
+        if tokenization_line(lat):
+            parts += ["", tokenization_line(lat)]
     return "\n".join(parts) + "\n"
 
 

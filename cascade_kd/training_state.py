@@ -37,6 +37,7 @@ class Progress:
     stale: int = 0
     stopped: bool = False  # early stopping fired
     history: list = field(default_factory=list)
+    processes: int = 1  # how many processes wrote this state (a resume may use another number)
 
 
 def save_state(directory: Path, module, optimizer, scheduler, progress: Progress, best: dict | None) -> None:

@@ -6,7 +6,8 @@ full-state checkpoint every 3 steps so that kills often land during checkpoint w
 at a random instant within the uninterrupted run's duration, then runs `--resume` until it
 finishes, and checks that every model's per-language scores equal the uninterrupted run's. A kill
 counts as "during a write" when a temporary file or directory (a name starting with '.') existed
-in RUN_DIR at that instant.
+in RUN_DIR at that instant, and "during a cache build" when a teacher cache directory existed
+without its meta.json (written last).
 
     python scripts/kill_resume_trials.py --trials 20 --out runs/kill-trials
 """
@@ -40,7 +41,8 @@ teacher:
            intermediate_size: 64, max_position_embeddings: 64}
   tokenizer: tokenizer
   train: {epochs: 2, lr: 2.0e-3}
-train: {batch_size: 32, epochs: 2, lr: 2.0e-3, precision: fp32, checkpoint_every: 3}
+# every stage reads its teacher from the on-disk cache, so kills also land in cache builds
+train: {batch_size: 32, epochs: 2, lr: 2.0e-3, precision: fp32, checkpoint_every: 3, teacher_cache: fp32}
 cascade:
   stages:
     - {name: ta3, student: {layers: 3, freeze_embeddings: true}}
@@ -62,6 +64,11 @@ def _scores(run_dir: Path) -> list:
 def _saved_progress(run_dir: Path) -> bool:
     """Whether anything resumable existed: a finished model or a stage's training state."""
     return run_dir.exists() and (any(run_dir.rglob("stage.json")) or any(run_dir.rglob("progress.json")))
+
+
+def _cache_building(run_dir: Path) -> bool:
+    cache = run_dir / "cache"
+    return cache.is_dir() and any(d.is_dir() and not (d / "meta.json").is_file() for d in cache.iterdir())
 
 
 def _temporaries(run_dir: Path) -> bool:
@@ -95,28 +102,29 @@ def run_trials(out: Path, trials: int, seed: int = 0, say=print) -> dict:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         kill_at = rng.uniform(0.3, 0.95) * duration
         time.sleep(kill_at)
-        during_write = _temporaries(run_dir)
+        during_write, during_cache = _temporaries(run_dir), _cache_building(run_dir)
         had_progress = _saved_progress(run_dir)
         finished_first = process.poll() is not None
         process.send_signal(signal.SIGKILL)
         process.wait()
         resumed = subprocess.run(_command(work, run_dir, "--resume"), env=env, capture_output=True, text=True)
         identical = resumed.returncode == 0 and _scores(run_dir) == expected
-        results.append({"trial": trial, "kill_at_s": round(kill_at, 2), "during_write": during_write,
+        results.append({"trial": trial, "kill_at_s": round(kill_at, 2), "during_write": during_write, "during_cache_build": during_cache,
                         "had_progress": had_progress,
                         "finished_before_kill": finished_first, "resume_rc": resumed.returncode,
                         "identical": identical, "error": resumed.stderr[-300:] if resumed.returncode else ""})
         say(f"trial {trial}: killed at {kill_at:.1f} s{' during a write' if during_write else ''}"
-            f"{'' if had_progress else ' (before any checkpoint)'}: "
+            f"{' during a cache build' if during_cache else ''}{'' if had_progress else ' (before any checkpoint)'}: "
             f"{'identical' if identical else 'DIFFERENT'}")
     summary = {"trials": trials, "identical": sum(r["identical"] for r in results),
                "killed_during_write": sum(r["during_write"] for r in results),
+               "killed_during_cache_build": sum(r["during_cache_build"] for r in results),
                "killed_after_a_checkpoint": sum(r["had_progress"] for r in results),
                "reference_seconds": duration, "results": results}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     say(f"{summary['identical']} of {trials} resumed runs identical to the uninterrupted run "
         f"({summary['killed_after_a_checkpoint']} killed after a checkpoint existed, "
-        f"{summary['killed_during_write']} during a checkpoint write)")
+        f"{summary['killed_during_write']} during a write, {summary['killed_during_cache_build']} during a teacher-cache build)")
     return summary
 
 

@@ -147,7 +147,11 @@ def _read_lines(path: str | os.PathLike, encoding: str) -> list[str]:
     except LookupError:
         raise DataError(f"unknown encoding {encoding!r}", where=where, hint="e.g. utf-8 or latin-1") from None
     file = Path(path)
-    if file.is_dir():
+    try:
+        is_dir = file.is_dir()
+    except (OSError, ValueError):  # e.g. a name too long for the file system: read_bytes says why
+        is_dir = False
+    if is_dir:
         raise DataError(
             "is a directory, expected a file", where=where, hint="give the path of the data file inside it"
         )
@@ -163,7 +167,7 @@ def _read_lines(path: str | os.PathLike, encoding: str) -> list[str]:
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as err:
-        lineno = data.count(b"\n", 0, err.start) + 1
+        lineno = _line_at(data, err.start, encoding)
         raise DataError(
             f"cannot decode byte(s) {data[err.start:err.end][:8]!r} as {encoding}",
             where=f"{where}:{lineno}",
@@ -171,9 +175,28 @@ def _read_lines(path: str | os.PathLike, encoding: str) -> list[str]:
         ) from None
     except (UnicodeError, LookupError) as err:  # codecs that are not text encodings, or fail oddly
         raise DataError(f"cannot decode file as {encoding}: {err}", where=where) from None
+    # Some codecs (utf-7, unicode_escape) decode to lone surrogates, which no UTF-8 writer or
+    # tokenizer accepts: refuse them here, with their line, rather than crash later.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(
+            f"the text decoded as {encoding} holds an invalid character {text[err.start]!r} (a lone surrogate)",
+            where=f"{where}:{text.count(chr(10), 0, err.start) + 1}",
+            hint="set encoding: to the file's encoding, e.g. encoding: utf-8",
+        ) from None
     text = text.removeprefix("\ufeff")
     # Split on "\n" only: str.splitlines() would also split inside texts at \x1c, \x85, \u2028...
     return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _line_at(data: bytes, offset: int, encoding: str) -> int:
+    """The 1-based line of byte `offset`: counted on the decoded text before it, since in UTF-16
+    or UTF-32 a 0x0A byte is not always a line break."""
+    try:
+        return data[:offset].decode(encoding, errors="replace").count("\n") + 1
+    except (UnicodeError, LookupError, TypeError):  # a codec that cannot replace: bytes are close enough
+        return data.count(b"\n", 0, offset) + 1
 
 
 # --- tsv ------------------------------------------------------------------------------------
@@ -245,7 +268,8 @@ def _read_tsv(
     needed = max(columns.values()) + 1
 
     def describe(index: int) -> str:
-        return f"column {index + 1} ({names[index]!r})" if index < len(names) else f"column {index + 1}"
+        # the header's name, shortened: a header line can be any length
+        return f"column {index + 1} ({_excerpt(names[index])})" if index < len(names) else f"column {index + 1}"
 
     blank_at = None  # first of a run of blank lines: fine at the end of the file, not before a row
     for lineno, line in enumerate(lines[start:], start + 1):
@@ -405,7 +429,7 @@ def _text(obj: dict, key: str, at: str) -> str:
         raise DataError(f"{key!r} must be a string, found {_json_type(value)}", where=at)
     if not value.strip():
         raise DataError(f"empty {key!r}", where=at)
-    return value
+    return _valid_unicode(value, repr(key), at)
 
 
 def _label(obj: dict, key: str, at: str) -> str:
@@ -418,7 +442,7 @@ def _label(obj: dict, key: str, at: str) -> str:
         raise DataError(f"{key!r} must be a string, an integer or a boolean, found {_json_type(value)}", where=at)
     if not value.strip():
         raise DataError(f"empty {key!r}", where=at)
-    return value.strip()
+    return _valid_unicode(value.strip(), repr(key), at)
 
 
 def _string_list(obj: dict, key: str, at: str) -> list[str]:
@@ -433,8 +457,22 @@ def _string_list(obj: dict, key: str, at: str) -> list[str]:
             raise DataError(f"{key!r}[{i}] must be a string, found {_json_type(item)}", where=at)
         if not item.strip():
             raise DataError(f"empty string at {key!r}[{i}]", where=at)
-        items.append(item.strip())
+        items.append(_valid_unicode(item.strip(), f"{key!r}[{i}]", at))
     return items
+
+
+def _valid_unicode(value: str, what: str, at: str) -> str:
+    """JSON's \\ud800-style escapes can spell lone surrogates, which the tokenizer and every UTF-8
+    write (metrics.json, report.md) reject: refuse them while the line is known."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(
+            f"{what} holds a lone surrogate {value[err.start]!r}, which is not valid Unicode",
+            where=at,
+            hint="a character outside the BMP is written as a \\uD8xx\\uDCxx pair or as itself",
+        ) from None
+    return value
 
 
 # --- messages -------------------------------------------------------------------------------

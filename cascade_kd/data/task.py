@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cascade_kd.data.readers import Example, read_examples, read_label_file
+from cascade_kd.data.readers import Example, _excerpt, read_examples, read_label_file
 from cascade_kd.errors import DataError, RecipeError
 from cascade_kd.recipe import Recipe, where
 
@@ -49,7 +49,14 @@ def _path_for(recipe: Recipe, split: str, lang: str) -> Path | None:
                 hint="write e.g. data/train-{lang}.tsv, or give a mapping lang: path",
             )
         raw = spec.replace("{lang}", lang)
-    path = Path(raw).expanduser()
+    try:
+        path = Path(raw).expanduser()
+    except RuntimeError:  # "~name/..." of a user this machine does not know
+        raise RecipeError(
+            f"the {split} path {raw!r} starts with the home directory of an unknown user",
+            where=where(recipe, "data", split),
+            hint="write the path in full, or relative to the recipe's folder",
+        ) from None
     return path if path.is_absolute() else recipe.base_dir / path
 
 
@@ -57,7 +64,11 @@ def _read_local(recipe: Recipe, split: str, lang: str) -> list[Example] | None:
     path = _path_for(recipe, split, lang)
     if path is None:
         return None
-    if not path.exists():  # the reader's hint speaks of the working directory: the recipe's is what counts
+    try:
+        exists = path.exists()
+    except OSError:  # e.g. a name too long for the file system: the reader says why it cannot read it
+        exists = True
+    if not exists:  # the reader's hint speaks of the working directory: the recipe's is what counts
         raise DataError(
             f"{split} file of {lang!r} not found", where=str(path),
             hint=f"check {where(recipe, 'data', split)}; relative paths start from the recipe's folder",
@@ -185,9 +196,9 @@ def load_task_data(recipe: Recipe) -> TaskData:
         for examples in per_lang.values():
             for ex in examples:
                 for i, label in enumerate(_labels_of(ex)):
-                    if label not in allowed:
+                    if label not in allowed:  # (a label from a data file can be any length: shortened)
                         raise DataError(
-                            f"label {label!r} is not in the label set ({', '.join(labels)})",
+                            f"label {_excerpt(label)} is not in the label set ({', '.join(labels)})",
                             where=_label_at(recipe, ex, i),
                             hint="add it to task.labels, or fix the row",
                         )
