@@ -56,11 +56,10 @@ from transformers import (
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import (
     BaseModelOutput,
-    SequenceClassifierOutput,
-    TokenClassifierOutput,
 )
 
 from cascade_kd.errors import RecipeError
+from cascade_kd.heads import classification_output
 
 MODEL_TYPE = "cascade_kd_bilstm"
 DEFAULT_EMBEDDING_SIZE = 300  # XtremeDistil's d_e (capped at the teacher's embedding width)
@@ -222,11 +221,8 @@ class BiLSTMForTokenClassification(BiLSTMPreTrainedModel):
         out = self.bilstm(input_ids, attention_mask, inputs_embeds, output_attentions=output_attentions,
                           output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(out.last_hidden_state))
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        result = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=None)
-        return result if return_dict is not False else result.to_tuple()
+        return classification_output(logits, labels, self.num_labels, out.hidden_states, None, return_dict,
+                                     token=True)
 
 
 class BiLSTMForSequenceClassification(BiLSTMPreTrainedModel):
@@ -251,14 +247,8 @@ class BiLSTMForSequenceClassification(BiLSTMPreTrainedModel):
             keep = attention_mask.unsqueeze(-1).to(x.dtype)
             pooled = (x * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
         logits = self.classifier(self.dropout(pooled))
-        loss = None
-        if labels is not None:
-            if self.num_labels == 1:
-                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.float())
-            else:
-                loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        result = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=None)
-        return result if return_dict is not False else result.to_tuple()
+        return classification_output(logits, labels, self.num_labels, out.hidden_states, None, return_dict,
+                                     token=False)
 
 
 AutoConfig.register(MODEL_TYPE, BiLSTMConfig, exist_ok=True)

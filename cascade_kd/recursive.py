@@ -51,12 +51,11 @@ from transformers import initialization as hf_init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
-    SequenceClassifierOutput,
-    TokenClassifierOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from cascade_kd.errors import RecipeError
+from cascade_kd.heads import classification_output
 
 MODEL_TYPE = "cascade_kd_recursive"
 DEFAULT_ADAPTER_REDUCTION = 16  # MiniALBERT's reduction factor
@@ -330,14 +329,8 @@ class RecursiveForSequenceClassification(RecursivePreTrainedModel):
         out = self.recursive(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                              output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(out.pooler_output))
-        loss = None
-        if labels is not None:
-            if self.num_labels == 1:
-                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.float())
-            else:
-                loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        result = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
-        return result if return_dict is not False else result.to_tuple()
+        return classification_output(logits, labels, self.num_labels, out.hidden_states, out.attentions, return_dict,
+                                     token=False)
 
 
 class RecursiveForTokenClassification(RecursivePreTrainedModel):
@@ -355,11 +348,8 @@ class RecursiveForTokenClassification(RecursivePreTrainedModel):
         out = self.recursive(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                              output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(out.last_hidden_state))
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        result = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
-        return result if return_dict is not False else result.to_tuple()
+        return classification_output(logits, labels, self.num_labels, out.hidden_states, out.attentions, return_dict,
+                                     token=True)
 
 
 AutoConfig.register(MODEL_TYPE, RecursiveConfig, exist_ok=True)
