@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from cascade_kd.engine import resolve_precision
-from cascade_kd.models import load_checkpoint
+from cascade_kd.models import load_checkpoint, position_offset
 
 
 @torch.inference_mode()
@@ -241,14 +241,15 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
         model = load_checkpoint(directory, metrics["task"])
         names = input_names(model, _tokenizer(directory))
         # no position table (a BiLSTM student): any length
-        limit = getattr(model.config, "max_position_embeddings", None) or max(seq_lens) + 2
+        limit = getattr(model.config, "max_position_embeddings", None) or max(seq_lens)
+        offset = position_offset(model.config) if getattr(model.config, "max_position_embeddings", None) else 0
         size = (directory / "model.safetensors").stat().st_size / 2**20
         entry = {"name": row["name"], "size_mb": size, "latency_ms": {}, "throughput_seq_s": {}, "peak_mem_mb": {},
                  "size_mb_by_backend": {b: size for b in active if b in TORCH_BACKENDS}}
         settings = []
         for batch in batch_sizes:
             for seq in seq_lens:
-                if seq > limit - 2:  # RoBERTa-style models use 2 positions before the first token
+                if seq + offset > limit:  # RoBERTa-style models use positions before the first token
                     entry.setdefault("skipped", []).append(f"s{seq}: only {limit} position embeddings")
                 else:
                     settings.append((batch, seq))

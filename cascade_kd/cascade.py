@@ -55,6 +55,7 @@ from cascade_kd.models import (
     count_parameters,
     create_model,
     freeze_embeddings,
+    position_offset,
     load_checkpoint,
     load_model,
     load_tokenizer,
@@ -149,7 +150,7 @@ def _check_positions(recipe: Recipe, config) -> None:
     limit = getattr(config, "max_position_embeddings", None)
     if limit is None:
         return
-    offset = (config.pad_token_id or 0) + 1 if "roberta" in config.model_type or "camembert" in config.model_type else 0
+    offset = position_offset(config)
     if recipe.task.max_length + offset > limit:
         raise RecipeError(
             f"max_length {recipe.task.max_length} does not fit the teacher's {limit} position embeddings"

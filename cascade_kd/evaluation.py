@@ -86,8 +86,9 @@ def summarise(per_language: dict[str, float], teacher: dict[str, float] | None =
         "worst_language": worst_lang,
     }
     if teacher is not None:
-        ratios = {l: (s / teacher[l] if teacher[l] > 0 else float("nan")) for l, s in per_language.items()}
-        finite = [r for r in ratios.values() if r == r]
+        # undefined (None, JSON null) where the teacher scores 0: NaN is not valid JSON
+        ratios = {l: (s / teacher[l] if teacher[l] > 0 else None) for l, s in per_language.items()}
+        defined = [r for r in ratios.values() if r is not None]
         out["retention_per_language"] = ratios
-        out["retention"] = sum(finite) / len(finite) if finite else float("nan")
+        out["retention"] = sum(defined) / len(defined) if defined else None
     return out

@@ -140,6 +140,11 @@ def _embedding_kind(name: str, param, word) -> str | None:
     return None
 
 
+def position_offset(config) -> int:
+    """Position ids a model uses before its first token (RoBERTa-style models start after padding_idx)."""
+    return (config.pad_token_id or 0) + 1 if any(n in config.model_type for n in ("roberta", "camembert")) else 0
+
+
 def freeze_embeddings(model, which: bool | list[str]) -> list[str]:
     """Freeze word/position/token-type embeddings (True = all three). Returns the frozen names."""
     if not which:
