@@ -38,9 +38,15 @@ the English MiniLM (6 x 384) fine-tuned as the teacher on CoNLL-2002 Spanish and
 testa, test: testb, Latin-1), cascaded 6 -> 4 -> 2 with bottom-layer init, and again with random
 layer init (same teacher), each with its direct baseline.
 
-    nice -n 10 .venv/bin/python benchmarks/real_data.py --quick            # smoke check, < 10 min
-    nice -n 10 .venv/bin/python benchmarks/real_data.py                    # full mode (~60-75 min)
-    nice -n 10 .venv/bin/python benchmarks/real_data.py --tasks minilm     # the MiniLM extra
+    nice -n 10 .venv/bin/python benchmarks/real_data.py --quick        # smoke check (5.7 min measured)
+    nice -n 10 .venv/bin/python benchmarks/real_data.py                # full mode, see benchmarks/RESULTS.md
+    nice -n 10 .venv/bin/python benchmarks/real_data.py --tasks minilm --out runs/real-data-minilm
+
+Work is split into (task, seed) units that `--jobs` worker processes (default 2, one torch thread
+each: on a shared 2-core machine two single-thread processes lose less to waiting than one
+two-thread process) claim one at a time; another worker can join a running job with
+`nice -n 10 .venv/bin/python benchmarks/real_data.py --worker --out OUT`. `--collect-only`
+rebuilds the tables from whatever has finished.
 
 Finished runs are never redone: rerunning the same command resumes (run_recipe with resume=True;
 a run whose recipe changed is refused and reported). Tables go to OUT/real_data.{md,json} and to
@@ -688,7 +694,7 @@ def render_task(r: dict) -> str:
     lines.append("")
     lines.append("avg, worst, retention: mean ± sd over the seeds run (sd only with 2+ seeds); retention = mean over "
                  "languages of model score / the same seed's teacher score; worst retention = the lowest of those "
-                 "ratios. train s: training wall time of that model (evaluations excluded); cumul. s: the teacher "
+                 "ratios (languages in brackets: the first seed's). train s: training wall time of that model (evaluations excluded); cumul. s: the teacher "
                  "plus every stage up to that model (what the cascade costs). Latency: `cascade-kd bench` on the "
                  "seed-0 cascade run, median ms per forward pass (in brackets: speed-up against the teacher, same "
                  "backend and setting); models of the same shape share the figure.")
@@ -784,12 +790,12 @@ def parse_args(argv=None):
     p.add_argument("--collect-only", action="store_true", help="only collect finished runs into the tables")
     p.add_argument("--results-name", help="name of the copy under benchmarks/results (default real_data[_quick])")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    for task in ("panx", "sib200", "minilm"):
-        p.add_argument(f"--{task}-max-train", type=int, dest=f"{task}_max_train", help=argparse.SUPPRESS)
-        p.add_argument(f"--{task}-max-eval", type=int, dest=f"{task}_max_eval", help=argparse.SUPPRESS)
-        p.add_argument(f"--{task}-teacher-epochs", type=float, dest=f"{task}_teacher_epochs", help=argparse.SUPPRESS)
-        p.add_argument(f"--{task}-student-epochs", type=float, dest=f"{task}_student_epochs", help=argparse.SUPPRESS)
-        p.add_argument(f"--{task}-languages", nargs="+", dest=f"{task}_languages", help=argparse.SUPPRESS)
+    for task in ("panx", "sib200", "minilm"):  # size overrides (a changed size is a new recipe: use another --out)
+        p.add_argument(f"--{task}-max-train", type=int, dest=f"{task}_max_train", help="training sentences per language")
+        p.add_argument(f"--{task}-max-eval", type=int, dest=f"{task}_max_eval", help="dev/test sentences per language")
+        p.add_argument(f"--{task}-teacher-epochs", type=float, dest=f"{task}_teacher_epochs")
+        p.add_argument(f"--{task}-student-epochs", type=float, dest=f"{task}_student_epochs")
+        p.add_argument(f"--{task}-languages", nargs="+", dest=f"{task}_languages")
     return p.parse_args(argv)
 
 
