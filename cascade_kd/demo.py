@@ -138,7 +138,13 @@ def _train_tokenizer(corpus: list[str], directory: Path, vocab_size: int = 800) 
     wp.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=2)
     directory.mkdir(parents=True, exist_ok=True)
     wp.save_model(str(directory))
-    vocab = {line: i for i, line in enumerate((directory / "vocab.txt").read_text(encoding="utf-8").splitlines())}
+    # the trainer orders tied pieces by a per-process random hash: sort them so that every
+    # generation gives the same token ids (and so the same demo numbers and test weights)
+    pieces = (directory / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    special = [p for p in pieces if p.startswith("[") and p.endswith("]")]
+    pieces = special + sorted(p for p in pieces if p not in special)
+    (directory / "vocab.txt").write_text("\n".join(pieces) + "\n", encoding="utf-8")
+    vocab = {line: i for i, line in enumerate(pieces)}
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=False, strip_accents=False)
     unknown = sum(tokenizer.tokenize(text).count("[UNK]") for text in corpus[:200])
     if unknown:  # the demo is meaningless if words vanish into [UNK]

@@ -275,7 +275,8 @@ def build_student(teacher, spec: StudentConfig, *, where: str = "student"):
         return build_recursive_student(teacher, spec, where=where)
     config, chosen, same_shape = student_config(teacher.config, spec, where=where)
     student = type(teacher)(config).float()
-    _initialise(student, teacher, chosen, spec.embeddings, copy_rest=same_shape)
+    # init: random starts the head (and pooler) fresh too: only the embeddings may come from the teacher
+    _initialise(student, teacher, chosen, spec.embeddings, copy_rest=same_shape and chosen is not None)
     freeze_embeddings(student, spec.freeze_embeddings)
     return student
 

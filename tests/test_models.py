@@ -45,6 +45,8 @@ def test_random_init_keeps_embeddings_but_not_layers():
     student = build_student(teacher, StudentConfig(layers=2, init="random"))
     assert not _same(_layer_state(student, 0), _layer_state(teacher, 0))
     assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    # the head starts fresh as well: a random-init student of the teacher's width copies no classifier
+    assert not torch.equal(student.classifier.weight, teacher.classifier.weight)
     fresh = build_student(teacher, StudentConfig(layers=2, init="random", embeddings="random"))
     assert not torch.equal(fresh.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
 
