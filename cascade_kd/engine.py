@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cascade_kd.data.encode import IGNORE, Encoded, bucketed_batches, collate
-from cascade_kd.distributed import process_state
+from cascade_kd.data.encode import IGNORE, UNLABELLED, Encoded, bucketed_batches, collate
+from cascade_kd.distributed import is_main, process_state
+from cascade_kd.embedding_rows import merge_seen_rows, restrict_to_seen_rows
 from cascade_kd.errors import UserError
 from cascade_kd.features import Features, extract_features, layer_pairs
 from cascade_kd.losses import LOSSES
@@ -148,8 +149,8 @@ def _stage_loss(terms: list[LossTerm], projected: dict, s: Features, t: Features
     parts = {}
     total = s.logits.new_zeros((), dtype=torch.float32)
     for i, term in enumerate(terms):
-        if term.name == "ce":
-            value = term.module(s.logits, labels)
+        if term.name == "ce":  # unlabelled (transfer) positions have no gold label
+            value = term.module(s.logits, labels.masked_fill(labels == UNLABELLED, IGNORE))
         elif term.name in LOGIT_LOSSES:
             mask = None
             if token_task:
@@ -174,9 +175,11 @@ def _stage_loss(terms: list[LossTerm], projected: dict, s: Features, t: Features
 def term_units(term: LossTerm, batch: dict, token_task: bool) -> torch.Tensor:
     """How many items the term's loss module averages over in `batch` (its denominator, see losses.py)."""
     mask, labels = batch["attention_mask"], batch["labels"]
-    if not token_task and (term.name == "ce" or term.name in LOGIT_LOSSES):
+    if not token_task and term.name in LOGIT_LOSSES:
         return torch.tensor(labels.shape[0], device=mask.device)  # one item per sequence
-    if term.name == "ce" or (term.name in LOGIT_LOSSES and term.positions == "labelled"):
+    if term.name == "ce":  # gold labels only (not unlabelled transfer examples or positions)
+        return ((labels != IGNORE) & (labels != UNLABELLED)).sum()
+    if term.name in LOGIT_LOSSES and term.positions == "labelled":
         return (labels != IGNORE).sum()
     if term.name == "attention_mse":
         return mask.sum(dim=1).pow(2).sum()  # (query, key) pairs of real tokens
@@ -338,7 +341,23 @@ def _log(bar, message: str) -> None:
         (bar.write if bar is not None else tqdm.write)(message, file=sys.stdout)
 
 
-def train(
+def train(student: nn.Module, train_data: list[Encoded], cfg: TrainConfig, **kwargs) -> TrainResult:
+    """Train `student` in place (see `_train`). With `cfg.embedding_rows: seen`, trainable word
+    embeddings are trained only on the rows the training data uses (cascade_kd/embedding_rows.py):
+    the swap is undone when training ends, however it ends, so the student stays a plain model."""
+    restricted = restrict_to_seen_rows(student, [x.input_ids for x in train_data]) if cfg.embedding_rows == "seen" else None
+    if isinstance(restricted, tuple) and is_main():
+        _log(None, f"  {kwargs.get('desc', 'train')}: word embeddings: the {restricted[0]:,} rows the training data uses "
+                   f"are trained, the other {restricted[1] - restricted[0]:,} keep their values (train.embedding_rows)")
+    elif isinstance(restricted, str) and "frozen" not in restricted and is_main():
+        _log(None, f"  {kwargs.get('desc', 'train')}: word embeddings: every row is trained: {restricted}")
+    try:
+        return _train(student, train_data, cfg, **kwargs)
+    finally:
+        merge_seen_rows(student)
+
+
+def _train(
     student: nn.Module,
     train_data: list[Encoded],
     cfg: TrainConfig,

@@ -49,6 +49,9 @@ class TrainConfig(_Section):
     # gradual: top-down unfreezing (XtremeDistil): the first epoch trains the head (and projections),
     # each further epoch also the next layer down, then the embeddings (unless frozen); none: all at once
     unfreeze: Literal["none", "gradual"] = "none"
+    # trainable word embeddings: seen = only the rows of pieces the training data uses get gradients
+    # and optimiser state (cascade_kd/embedding_rows.py; the rest keep their values); all = every row
+    embedding_rows: Literal["seen", "all"] = "seen"
 
 
 class LossConfig(_Section):
@@ -339,6 +342,11 @@ class DataConfig(_Section):
     label_column: Optional[Union[str, int]] = None
     max_train_per_language: Optional[int] = Field(None, ge=1)
     max_eval_per_language: Optional[int] = Field(None, ge=1)
+    # unlabelled text scored by the teacher (XtremeDistil's transfer set), added to the training data
+    # of every stage with a teacher loss: plain text, one example per line; a template with {lang}
+    # (data.languages) or a mapping lang -> path (any languages, labelled or not)
+    transfer: Optional[Union[str, dict[str, str]]] = None
+    max_transfer_per_language: Optional[int] = Field(None, ge=1)
     # no test files (e.g. PAN-X here): hold out this fraction of each language's dev as test
     holdout_from_dev: Optional[float] = Field(None, gt=0, lt=1)
 
@@ -412,9 +420,12 @@ class Recipe(_Section):
         """The recipe as plain data, without the dense-guidance keys of chain stages: a chain stage
         reads back as written (they are errors there) and hashes as before those keys existed."""
         data = self.model_dump(mode="json")
-        for key, default in (("teacher_cache", "off"), ("unfreeze", "none")):  # keys added later: absent = default
+        for key, default in (("teacher_cache", "off"), ("unfreeze", "none"), ("embedding_rows", "seen")):  # keys added later: absent = default
             if data["train"][key] == default:
                 del data["train"][key]
+        for key in ("transfer", "max_transfer_per_language"):
+            if data["data"][key] is None:
+                del data["data"][key]
         for stage in data["cascade"]["stages"]:
             if stage["guides"] == "chain":
                 del stage["guides"], stage["drop_guides"], stage["guide_reduction"]
