@@ -26,7 +26,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -82,6 +82,7 @@ class Job:
     data: TaskData
     encoded: dict  # split -> lang -> (examples, encoded)
     say: callable
+    transfer: dict = field(default_factory=dict)  # lang -> (examples, encoded): unlabelled transfer text
 
     @property
     def pad_id(self) -> int:
@@ -93,6 +94,9 @@ class Job:
 
     def train_set(self):
         return [e for _, enc in self.encoded["train"].values() for e in enc]
+
+    def transfer_set(self):
+        return [e for _, enc in self.transfer.values() for e in enc]
 
     def dev_score(self, model, cfg) -> float:
         scores = evaluate_languages(model, self.encoded["dev"], self.data.task, self.data.labels,
@@ -124,7 +128,12 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
                                     max_length=recipe.task.max_length, label_all_subwords=recipe.task.label_all_subwords))
             for lang, examples in per_lang.items()
         }
-    return Job(recipe, out, tokenizer, data, encoded, say)
+    transfer = {
+        lang: (examples, encode(examples, tokenizer, task=data.task, label2id=data.label2id,
+                                max_length=recipe.task.max_length, label_all_subwords=recipe.task.label_all_subwords))
+        for lang, examples in data.transfer.items()
+    }
+    return Job(recipe, out, tokenizer, data, encoded, say, transfer)
 
 
 def _teacher_config(recipe: Recipe):
@@ -370,6 +379,10 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
                f"{'summed' if stage.guide_reduction == 'sum' else 'averaged'}" if guides else ""))
     dense = {"guides": guides, "drop_guides": stage.drop_guides, "guide_reduction": stage.guide_reduction} if guides else {}
     train_data = job.train_set()
+    if job.transfer and any(t.name != "ce" for t in terms):  # the teacher labels the transfer text
+        train_data = train_data + job.transfer_set()
+        job.say(f"  {name}: + {len(train_data) - len(job.train_set()):,} unlabelled transfer examples "
+                f"({', '.join(job.transfer)}), labelled by the teacher")
     cache = teacher_cache(job, teacher, terms, cfg, train_data) if cfg.teacher_cache != "off" else None
     # a stage with no task-output loss (representation only, XtremeDistil's first stage) leaves the
     # head untrained: its dev score says nothing, so the last epoch is kept instead of the best one

@@ -14,6 +14,9 @@ import torch
 from cascade_kd.data.readers import Example
 
 IGNORE = -100  # label id that no loss and no metric counts
+# the first sub-word of a word with no gold tag (unlabelled transfer text): a position where the
+# teacher's soft labels count ("labelled" positions of the logit losses), never ce or a metric
+UNLABELLED = -1
 
 
 @dataclass
@@ -60,6 +63,8 @@ def encode(
                 for w in word_ids:
                     if w is None:
                         labels.append(IGNORE)
+                    elif ex.tags is None:  # unlabelled (transfer) text
+                        labels.append(UNLABELLED if w != previous or label_all_subwords else IGNORE)
                     elif w != previous:
                         labels.append(label2id[ex.tags[w]])
                     else:  # a continuation sub-word
@@ -67,7 +72,7 @@ def encode(
                     previous = w
                 out.append(Encoded(ids, tt, labels, word_ids=word_ids, num_words=len(ex.tokens)))
             else:
-                out.append(Encoded(ids, tt, label2id[ex.label]))
+                out.append(Encoded(ids, tt, IGNORE if ex.label is None else label2id[ex.label]))
     return out
 
 

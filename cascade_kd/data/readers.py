@@ -114,6 +114,36 @@ def read_examples(
     return result
 
 
+def read_transfer_text(path: str | os.PathLike, *, task: str, lang: str, encoding: str = "utf-8",
+                       limit: int | None = None) -> list[Example]:
+    """Unlabelled transfer text (XtremeDistil): one example per non-blank line, no labels.
+
+    Token tasks: the line's whitespace-separated words; pair tasks: two texts separated by one tab;
+    sequence tasks: the line. The teacher labels these examples (soft targets) during distillation.
+    """
+    where = str(path)
+    out: list[Example] = []
+    for number, line in enumerate(_read_lines(path, encoding), 1):
+        if not line.strip():
+            continue
+        at = f"{where}:{number}"
+        if task == "token":
+            out.append(Example(lang=lang, source=at, tokens=line.split()))
+        elif task == "pair":
+            parts = line.split("\t")
+            if len(parts) != 2 or not all(part.strip() for part in parts):
+                raise DataError(
+                    f"a pair task's transfer line needs two texts separated by one tab, found {len(parts)} field(s)",
+                    where=at, hint="write TEXT<TAB>TEXT_PAIR on each line",
+                )
+            out.append(Example(lang=lang, source=at, text=parts[0], text_pair=parts[1]))
+        else:
+            out.append(Example(lang=lang, source=at, text=line))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
 def read_label_file(path: str | os.PathLike) -> list[str]:
     """Read a label list (e.g. SIB-200's labels.txt): one label per line, blank lines skipped."""
     where = str(path)

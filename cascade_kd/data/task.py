@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cascade_kd.data.readers import Example, _excerpt, read_examples, read_label_file
+from cascade_kd.data.readers import Example, _excerpt, read_examples, read_label_file, read_transfer_text
 from cascade_kd.errors import DataError, RecipeError
 from cascade_kd.recipe import Recipe, where
 
@@ -20,13 +20,17 @@ class TaskData:
     labels: list[str]
     languages: list[str]
     splits: dict[str, dict[str, list[Example]]] = field(default_factory=dict)
+    transfer: dict[str, list[Example]] = field(default_factory=dict)  # lang -> unlabelled examples
 
     @property
     def label2id(self) -> dict[str, int]:
         return {label: i for i, label in enumerate(self.labels)}
 
     def sizes(self) -> dict[str, dict[str, int]]:
-        return {split: {lang: len(ex) for lang, ex in per_lang.items()} for split, per_lang in self.splits.items()}
+        sizes = {split: {lang: len(ex) for lang, ex in per_lang.items()} for split, per_lang in self.splits.items()}
+        if self.transfer:
+            sizes["transfer"] = {lang: len(ex) for lang, ex in self.transfer.items()}
+        return sizes
 
 
 def _path_for(recipe: Recipe, split: str, lang: str) -> Path | None:
@@ -202,7 +206,27 @@ def load_task_data(recipe: Recipe) -> TaskData:
                             where=_label_at(recipe, ex, i),
                             hint="add it to task.labels, or fix the row",
                         )
-    return TaskData(task=recipe.task.type, labels=labels, languages=list(recipe.data.languages), splits=splits)
+    return TaskData(task=recipe.task.type, labels=labels, languages=list(recipe.data.languages), splits=splits,
+                    transfer=_read_transfer(recipe))
+
+
+def _read_transfer(recipe: Recipe) -> dict[str, list[Example]]:
+    """data.transfer: unlabelled text per language (any languages when given as a mapping)."""
+    spec = recipe.data.transfer
+    if spec is None:
+        return {}
+    out = {}
+    for lang in (spec if isinstance(spec, dict) else recipe.data.languages):
+        path = _path_for(recipe, "transfer", lang)
+        if not path.is_file():
+            raise DataError(f"transfer file of {lang!r} not found", where=str(path),
+                            hint=f"check {where(recipe, 'data', 'transfer')}; relative paths start from the recipe's folder")
+        examples = read_transfer_text(path, task=recipe.task.type, lang=lang, encoding=recipe.data.encoding,
+                                      limit=recipe.data.max_transfer_per_language)
+        if not examples:
+            raise DataError(f"the transfer file of {lang!r} has no text", where=str(path))
+        out[lang] = examples
+    return out
 
 
 def _label_set(recipe: Recipe, splits) -> list[str]:
