@@ -119,7 +119,7 @@ def ensure_teacher(settings: dict, say=print) -> Path:
     if (directory / "model.safetensors").is_file():
         say(f"teacher: reusing {directory}")
         return directory
-    recipe = load_recipe(write_recipe(settings))
+    recipe = load_recipe(write_recipe({**settings, "train": settings["teacher_train"]}))
     job = prepare(recipe, Path(settings["work"]) / "teacher-run", say=lambda m: None)
     torch.manual_seed(0)
     teacher = create_model(recipe.teacher.config, "token", job.data.labels, len(job.tokenizer), job.pad_id)
@@ -130,7 +130,8 @@ def ensure_teacher(settings: dict, say=print) -> Path:
                    evaluate=lambda m: job.dev_score(m, cfg), pad_id=job.pad_id, seed=0, desc="teacher")
     say(f"teacher: dev F1 {100 * result.best_score:.1f} (epoch {result.best_epoch}), {result.wall_time_s:.0f} s")
     save_checkpoint(teacher, job.tokenizer, directory)
-    (directory / "teacher.json").write_text(json.dumps({"dev_f1": result.best_score, "wall_time_s": result.wall_time_s}))
+    (directory / "teacher.json").write_text(json.dumps({"dev_f1": result.best_score, "wall_time_s": result.wall_time_s,
+                                                        "sentences": len(job.train_set()), "epochs": cfg.epochs}))
     return directory
 
 
@@ -313,6 +314,8 @@ def main() -> int:
     parser.add_argument("--dev", type=int, default=500, help="dev sentences (over 10 languages)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--teacher-epochs", type=int, default=4)
+    parser.add_argument("--teacher-train", type=int, default=None, help="the teacher's training sentences (default: --train)")
+    parser.add_argument("--teacher-only", action="store_true", help="train (or find) the teacher and stop")
     parser.add_argument("--teacher-lr", type=float, default=1e-4)
     parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     parser.add_argument("--cache", default="bf16", choices=["off", "bf16", "fp16", "fp32"], help="cascade-kd's teacher cache")
@@ -345,17 +348,21 @@ def main() -> int:
     if args.quick:
         args.train, args.dev, args.teacher_epochs = min(args.train, 200), min(args.dev, 100), min(args.teacher_epochs, 2)
     shape = teacher_shape(args.quick)
-    tag = "quick" if args.quick else f"{shape['num_hidden_layers']}x{shape['hidden_size']}-{args.train}"
+    args.teacher_train = args.teacher_train or args.train
+    tag = "quick" if args.quick else f"{shape['num_hidden_layers']}x{shape['hidden_size']}-{args.train}-t{args.teacher_train}"
     work = args.work / tag
     work.mkdir(parents=True, exist_ok=True)
     settings = {"work": str(work), "train": args.train, "dev": args.dev, "epochs": args.epochs,
                 "teacher_epochs": args.teacher_epochs, "teacher_lr": args.teacher_lr, "teacher_shape": shape,
+                "teacher_train": args.teacher_train,
                 "teacher_dir": str(work / "teacher"), "precision": args.precision, "cache": args.cache,
                 "device": args.device}
     import torch
 
     teacher_dir = ensure_teacher(settings)
     teacher_info = json.loads((teacher_dir / "teacher.json").read_text())
+    if args.teacher_only:
+        return 0
     if args.memory:  # same teacher; training inputs packed to 128 tokens, a few dozen steps
         settings.update(train_file=packed_train_file({**settings, "train": 320}), train=320, epochs=1, dev=50)
     rows = []
