@@ -99,7 +99,8 @@ def write_recipe(settings: dict, *, frozen: bool = False, cache: str = "bf16", t
         dev_per_language=-(-settings["dev"] // len(LANGUAGES)), teacher=teacher, epochs=settings["epochs"],
         precision=settings["precision"], cache=cache, temperature=TEMPERATURE,
         student_layers=settings["teacher_shape"]["num_hidden_layers"] // 2, frozen=str(frozen).lower(), rows=rows)
-    path = work / f"recipe-{'frozen' if frozen else 'trainable'}-{cache}-{rows}-{'t' if teacher_dir else 'new'}.yaml"
+    packed = "-packed" if settings.get("train_file") else ""
+    path = work / f"recipe-{'frozen' if frozen else 'trainable'}-{cache}-{rows}-{'t' if teacher_dir else 'new'}{packed}.yaml"
     path.write_text(text)
     return path
 
