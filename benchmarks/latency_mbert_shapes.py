@@ -33,6 +33,8 @@ SHAPES = [  # (name, layers, hidden, heads)
     ("4x312", 4, 312, 12),
     ("2x256", 2, 256, 4),
     ("1x256", 1, 256, 4),
+    ("2x128 (real-data cascade student)", 2, 128, 4),
+    ("1x128", 1, 128, 4),
 ]
 
 
