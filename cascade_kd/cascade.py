@@ -121,19 +121,14 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     _check_processes(recipe)
     say(f"data: {len(data.languages)} languages, labels {len(data.labels)}; "
         + ", ".join(f"{s} {sum(n.values())}" for s, n in data.sizes().items()))
-    encoded = {}
-    for split, per_lang in data.splits.items():
-        encoded[split] = {
-            lang: (examples, encode(examples, tokenizer, task=data.task, label2id=data.label2id,
-                                    max_length=recipe.task.max_length, label_all_subwords=recipe.task.label_all_subwords))
-            for lang, examples in per_lang.items()
-        }
-    transfer = {
-        lang: (examples, encode(examples, tokenizer, task=data.task, label2id=data.label2id,
-                                max_length=recipe.task.max_length, label_all_subwords=recipe.task.label_all_subwords))
-        for lang, examples in data.transfer.items()
-    }
-    return Job(recipe, out, tokenizer, data, encoded, say, transfer)
+
+    def encoded_per_language(per_lang):  # lang -> (examples, encoded)
+        return {lang: (examples, encode(examples, tokenizer, task=data.task, label2id=data.label2id,
+                                        max_length=recipe.task.max_length, label_all_subwords=recipe.task.label_all_subwords))
+                for lang, examples in per_lang.items()}
+
+    encoded = {split: encoded_per_language(per_lang) for split, per_lang in data.splits.items()}
+    return Job(recipe, out, tokenizer, data, encoded, say, encoded_per_language(data.transfer))
 
 
 def _teacher_config(recipe: Recipe):
@@ -380,8 +375,9 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     dense = {"guides": guides, "drop_guides": stage.drop_guides, "guide_reduction": stage.guide_reduction} if guides else {}
     train_data = job.train_set()
     if job.transfer and any(t.name != "ce" for t in terms):  # the teacher labels the transfer text
-        train_data = train_data + job.transfer_set()
-        job.say(f"  {name}: + {len(train_data) - len(job.train_set()):,} unlabelled transfer examples "
+        transfer = job.transfer_set()
+        train_data = train_data + transfer
+        job.say(f"  {name}: + {len(transfer):,} unlabelled transfer examples "
                 f"({', '.join(job.transfer)}), labelled by the teacher")
     cache = teacher_cache(job, teacher, terms, cfg, train_data) if cfg.teacher_cache != "off" else None
     # a stage with no task-output loss (representation only, XtremeDistil's first stage) leaves the

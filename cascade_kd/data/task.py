@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cascade_kd.data.readers import Example, _excerpt, read_examples, read_label_file, read_transfer_text
+from cascade_kd.data.readers import (
+    Example,
+    _excerpt,
+    read_examples,
+    read_label_file,
+    read_transfer_text,
+)
 from cascade_kd.errors import DataError, RecipeError
 from cascade_kd.recipe import Recipe, where
 
@@ -64,19 +70,23 @@ def _path_for(recipe: Recipe, split: str, lang: str) -> Path | None:
     return path if path.is_absolute() else recipe.base_dir / path
 
 
-def _read_local(recipe: Recipe, split: str, lang: str) -> list[Example] | None:
-    path = _path_for(recipe, split, lang)
-    if path is None:
-        return None
+def _require_file(recipe: Recipe, key: str, lang: str, path: Path) -> None:
     try:
         exists = path.exists()
     except OSError:  # e.g. a name too long for the file system: the reader says why it cannot read it
         exists = True
     if not exists:  # the reader's hint speaks of the working directory: the recipe's is what counts
         raise DataError(
-            f"{split} file of {lang!r} not found", where=str(path),
-            hint=f"check {where(recipe, 'data', split)}; relative paths start from the recipe's folder",
+            f"{key} file of {lang!r} not found", where=str(path),
+            hint=f"check {where(recipe, 'data', key)}; relative paths start from the recipe's folder",
         )
+
+
+def _read_local(recipe: Recipe, split: str, lang: str) -> list[Example] | None:
+    path = _path_for(recipe, split, lang)
+    if path is None:
+        return None
+    _require_file(recipe, split, lang, path)
     data = recipe.data
     limit = data.max_train_per_language if split == "train" else data.max_eval_per_language
     if split == "dev" and data.holdout_from_dev:
@@ -218,9 +228,7 @@ def _read_transfer(recipe: Recipe) -> dict[str, list[Example]]:
     out = {}
     for lang in (spec if isinstance(spec, dict) else recipe.data.languages):
         path = _path_for(recipe, "transfer", lang)
-        if not path.is_file():
-            raise DataError(f"transfer file of {lang!r} not found", where=str(path),
-                            hint=f"check {where(recipe, 'data', 'transfer')}; relative paths start from the recipe's folder")
+        _require_file(recipe, "transfer", lang, path)
         examples = read_transfer_text(path, task=recipe.task.type, lang=lang, encoding=recipe.data.encoding,
                                       limit=recipe.data.max_transfer_per_language)
         if not examples:
