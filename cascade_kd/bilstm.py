@@ -307,9 +307,10 @@ def check_loss(name: str, cfg, teacher_config, student_config, *, where: str) ->
     models = [("student", student_config), ("teacher", teacher_config)]
     if cfg.weight == 0 or not any(is_bilstm(c) for _, c in models):
         return
-    if name.startswith("attention"):
+    if name.startswith("attention") or name == "relation_kl":
         side = "student" if is_bilstm(student_config) else "teacher"
-        raise RecipeError(f"{name} compares attention maps, but the {side} is a BiLSTM, which has none",
+        what = "self-attention relations" if name == "relation_kl" else "attention maps"
+        raise RecipeError(f"{name} compares {what}, but the {side} is a BiLSTM, which has none",
                           where=f"{where}.losses.{name}",
                           hint="give the stage its own losses without attention terms (e.g. kl, logit_mse, ce, "
                                "hidden_mse with layer_map top_only)")

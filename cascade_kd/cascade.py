@@ -32,7 +32,9 @@ from pathlib import Path
 import torch
 
 from cascade_kd import __version__
-from cascade_kd.data.encode import encode
+from cascade_kd.data.encode import IGNORE, Encoded, encode
+from cascade_kd.data.masking import Masker, masker_for
+from cascade_kd.data.sampling import epoch_indices
 from cascade_kd.data.task import TaskData, load_task_data
 from cascade_kd.distributed import barrier, is_main, main_say, num_processes, on_main, process_state
 from cascade_kd.engine import (
@@ -83,6 +85,11 @@ class Job:
     encoded: dict  # split -> lang -> (examples, encoded)
     say: callable
     transfer: dict = field(default_factory=dict)  # lang -> (examples, encoded): unlabelled transfer text
+    masker: Masker | None = None  # masked-LM text (task type mlm): draws the masks
+
+    @property
+    def masked_lm(self) -> bool:
+        return self.data.task == "mlm"
 
     @property
     def pad_id(self) -> int:
@@ -97,6 +104,23 @@ class Job:
 
     def transfer_set(self):
         return [e for _, enc in self.transfer.values() for e in enc]
+
+    def training_data(self, with_transfer: bool = False) -> tuple[list, list[tuple[str, int]]]:
+        """The training examples (with the transfer set, for stages that learn from a teacher) and
+        their language blocks [(lang, count), ...] in order, for language sampling."""
+        parts = [self.encoded["train"]] + ([self.transfer] if with_transfer else [])
+        return ([e for part in parts for _, enc in part.values() for e in enc],
+                [(lang, len(enc)) for part in parts for lang, (_, enc) in part.items()])
+
+    def train_options(self, train_data: list, blocks: list[tuple[str, int]], seed: int) -> dict:
+        """What the engine needs beyond the losses: masked-LM mode and dynamic masks; language sampling."""
+        options = {"masked_lm": self.masked_lm}
+        if self.masked_lm and self.recipe.task.masking == "dynamic":
+            options["batch_transform"] = lambda batch, members, epoch: self.masker.mask_batch(batch, train_data, members, epoch)
+        alpha = self.recipe.data.language_alpha
+        if alpha is not None:
+            options["epoch_draw"] = lambda epoch: epoch_indices(blocks, alpha, seed=seed, epoch=epoch)
+        return options
 
     def dev_score(self, model, cfg) -> float:
         scores = evaluate_languages(model, self.encoded["dev"], self.data.task, self.data.labels,
@@ -119,7 +143,7 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     _check_positions(recipe, t_config)
     check_cascade(recipe, t_config)
     _check_processes(recipe)
-    say(f"data: {len(data.languages)} languages, labels {len(data.labels)}; "
+    say(f"data: {len(data.languages)} languages, " + ("masked-LM text" if data.task == "mlm" else f"labels {len(data.labels)}") + "; "
         + ", ".join(f"{s} {sum(n.values())}" for s, n in data.sizes().items()))
 
     def encoded_per_language(per_lang):  # lang -> (examples, encoded)
@@ -128,7 +152,20 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
                 for lang, examples in per_lang.items()}
 
     encoded = {split: encoded_per_language(per_lang) for split, per_lang in data.splits.items()}
-    return Job(recipe, out, tokenizer, data, encoded, say, encoded_per_language(data.transfer))
+    masker = None
+    if data.task == "mlm":
+        if tokenizer.mask_token_id is None:
+            raise RecipeError("the tokenizer has no mask token, which masked-LM inputs need",
+                              where=where(recipe, "teacher", "tokenizer" if teacher_cfg.tokenizer else "model"))
+        masker = masker_for(tokenizer, probability=recipe.task.mask_probability, seed=recipe.seed)
+        # dev and test masks are drawn once, so every model is scored on the same masked pieces; train
+        # masks too with masking: static, else the engine draws them per epoch (Job.train_options)
+        for split, per_lang in encoded.items():
+            for lang, (examples, items) in per_lang.items():
+                per_lang[lang] = (examples, masker.mask_encoded(items, f"{split}:{lang}")
+                                  if split != "train" or recipe.task.masking == "static"
+                                  else [Encoded(x.input_ids, x.token_type_ids, [IGNORE] * len(x)) for x in items])
+    return Job(recipe, out, tokenizer, data, encoded, say, encoded_per_language(data.transfer), masker)
 
 
 def _teacher_config(recipe: Recipe):
@@ -171,6 +208,12 @@ def check_cascade(recipe: Recipe, t_config) -> None:
     for i, stage in enumerate(stages):
         key = ("cascade", "stages", i, "student")
         teacher = t_config if stage.teacher == "original" else config
+        cfg = recipe.train_for(stage.train, f"cascade.stages[{i}].train")
+        if cfg.teacher_cache != "off" and any(n == "relation_kl" and c.weight > 0 for n, c in recipe.stage_losses(stage).items()):
+            raise RecipeError("the teacher cache does not hold the query/key/value states that relation_kl compares",
+                              where=_cache_key_where(recipe, i), hint="use teacher_cache: off for this stage")
+        if recipe.task.type == "mlm":
+            _check_masked_lm_stage(recipe, i, cfg)
         if stage.student == "previous":
             student = config  # the previous stage's student, trained further
         else:
@@ -182,7 +225,6 @@ def check_cascade(recipe: Recipe, t_config) -> None:
             student, _, _ = student_config(teacher, stage.student, where=where(recipe, *key))
         _check_losses(recipe, i, teacher, student, f"stage {stage.name!r}")
         _check_guides(recipe, i)
-        recipe.train_for(stage.train, f"cascade.stages[{i}].train")
         config = student
     if recipe.cascade.direct and len(stages) > 1 and stages[-1].student == "previous":
         raise RecipeError(
@@ -194,6 +236,31 @@ def check_cascade(recipe: Recipe, t_config) -> None:
         direct, _, _ = student_config(t_config, spec, where=where(recipe, "cascade", "direct"))
         _check_losses(recipe, len(stages) - 1, t_config, direct, "the direct baseline")
     recipe.train_for(recipe.teacher.train, "teacher.train")  # else read only when the teacher trains
+
+
+def _cache_key_where(recipe: Recipe, i: int) -> str:
+    """Where stage i's teacher_cache setting comes from: its own train section, or the recipe's."""
+    stage = recipe.cascade.stages[i]
+    own = stage.train and "teacher_cache" in stage.train
+    return where(recipe, "cascade", "stages", i, "train", "teacher_cache") if own else where(recipe, "train", "teacher_cache")
+
+
+def _check_masked_lm_stage(recipe: Recipe, i: int, cfg) -> None:
+    """General distillation (task type mlm): transformer students, and a teacher cache only where it holds."""
+    stage, key = recipe.cascade.stages[i], ("cascade", "stages", i)
+    if stage.student != "previous" and stage.student.kind != "transformer":
+        raise RecipeError(f"general distillation (task type mlm) has transformer students only, not {stage.student.kind}",
+                          where=where(recipe, *key, "student", "kind"),
+                          hint="distil a recursive or BiLSTM student on a task, from a model of this chain")
+    if cfg.teacher_cache == "off":
+        return
+    at = _cache_key_where(recipe, i)
+    if recipe.task.masking == "dynamic":
+        raise RecipeError("the teacher cache holds the teacher's outputs on fixed inputs, but masking: dynamic draws "
+                          "new masks every epoch", where=at, hint="set task.masking: static, or teacher_cache: off")
+    if any(name in LOGIT_LOSSES and c.weight > 0 for name, c in recipe.stage_losses(stage).items()):
+        raise RecipeError("the teacher cache does not hold masked-LM logits (one value per vocabulary piece and "
+                          "masked position)", where=at, hint="use teacher_cache: off for stages with kl or logit_mse")
 
 
 def _check_processes(recipe: Recipe) -> None:
@@ -326,10 +393,13 @@ def get_teacher(job: Job):
         cfg = recipe.train_for(t.train, "teacher.train")
         use_attention_outputs(model, False)
         terms = [LossTerm("ce", 1.0, HardLabelCE())]
+        train_data, blocks = job.training_data()
         job.say(f"teacher: training {model.config.num_hidden_layers} layers x {model.config.hidden_size} "
-                f"for {cfg.epochs:g} epochs on {len(job.train_set())} examples")
-        result = train(model, job.train_set(), cfg, terms=terms, evaluate=lambda m: job.dev_score(m, cfg),
-                       pad_id=job.pad_id, seed=recipe.seed, desc="teacher", state_dir=job.state_dir("teacher"))
+                f"for {cfg.epochs:g} epochs on {len(train_data)} examples"
+                + (" (masked-LM)" if job.masked_lm else ""))
+        result = train(model, train_data, cfg, terms=terms, evaluate=lambda m: job.dev_score(m, cfg),
+                       pad_id=job.pad_id, seed=recipe.seed, desc="teacher", state_dir=job.state_dir("teacher"),
+                       **job.train_options(train_data, blocks, recipe.seed))
         info.update(dev=result.best_score, best_epoch=result.best_epoch, wall_time_s=result.wall_time_s,
                     tokens_per_s=result.tokens_per_s, history=result.history)
     _save_model(job, model, out, info)
@@ -373,11 +443,10 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
             + (f"; dense guidance from {len(guides)} models, {stage.drop_guides} dropped per batch, "
                f"{'summed' if stage.guide_reduction == 'sum' else 'averaged'}" if guides else ""))
     dense = {"guides": guides, "drop_guides": stage.drop_guides, "guide_reduction": stage.guide_reduction} if guides else {}
-    train_data = job.train_set()
-    if job.transfer and any(t.name != "ce" for t in terms):  # the teacher labels the transfer text
-        transfer = job.transfer_set()
-        train_data = train_data + transfer
-        job.say(f"  {name}: + {len(transfer):,} unlabelled transfer examples "
+    with_transfer = bool(job.transfer) and any(t.name != "ce" for t in terms)  # the teacher labels the transfer text
+    train_data, blocks = job.training_data(with_transfer)
+    if with_transfer:
+        job.say(f"  {name}: + {len(job.transfer_set()):,} unlabelled transfer examples "
                 f"({', '.join(job.transfer)}), labelled by the teacher")
     cache = teacher_cache(job, teacher, terms, cfg, train_data) if cfg.teacher_cache != "off" else None
     # a stage with no task-output loss (representation only, XtremeDistil's first stage) leaves the
@@ -387,7 +456,8 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
         job.say(f"  {name}: no logit or label loss: the last epoch's weights are kept (no selection on dev)")
     result = train(student, train_data, cfg, terms=terms, projections=projections, teacher=teacher, **dense,
                    evaluate=(lambda m: job.dev_score(m, cfg)) if selects else None, pad_id=job.pad_id, seed=recipe.seed + index + 1, desc=name,
-                   state_dir=job.state_dir(name), teacher_cache=cache)
+                   state_dir=job.state_dir(name), teacher_cache=cache,
+                   **job.train_options(train_data, blocks, recipe.seed + index + 1))
     use_attention_outputs(student, False)
     use_attention_outputs(teacher, False)
     info = {"recipe": recipe.fingerprint(), "role": "direct" if name == "direct" else "stage",
@@ -573,8 +643,11 @@ def _recipe_text(recipe: Recipe) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Path | None = None, say=print) -> dict:
-    """Re-score every saved model of a finished run on the data `recipe` names, without training."""
+def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Path | None = None, say=print,
+                 parallel: dict | None = None) -> dict:
+    """Re-score every saved model of a finished run on the data `recipe` names, without training.
+    With `parallel` ({lang: (sentences, english sentences)}, see retrieval.py), also measure each
+    model's cross-lingual sentence retrieval and its retention against the teacher."""
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
@@ -597,5 +670,14 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
         info = json.loads(marker.read_text()) if marker.is_file() else {}
         models.append((row["name"], row["role"], load_checkpoint(directory, job.data.task), info, directory))
     metrics = score_models(job, models, split=split)
+    if parallel:
+        from cascade_kd.retrieval import evaluate_retrieval, retention_table
+
+        per_model = {}
+        for name, _, model, _, _ in models:
+            say(f"retrieval: {name} on {len(parallel)} language pair(s)")
+            per_model[name] = evaluate_retrieval(model, job.tokenizer, parallel, max_length=recipe.task.max_length,
+                                                 batch_size=recipe.train.eval_batch_size)
+        metrics["retrieval"] = {"per_model": per_model, "summary": retention_table(per_model, teacher=models[0][0])}
     write_outputs(target, metrics)
     return metrics

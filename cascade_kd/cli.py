@@ -1,4 +1,4 @@
-"""The `cascade-kd` command: run, demo, eval, bench, export, trim.
+"""The `cascade-kd` command: run, demo, eval, bench, export, trim, pretrain.
 
 Any problem with the user's input is printed as one line (what, where, how to fix) and exits
 with code 2, without a traceback.
@@ -33,6 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--recipe", type=Path, help="recipe naming the data (default: RUN_DIR/recipe.yaml)")
     ev.add_argument("--split", choices=["dev", "test"], default="test")
     ev.add_argument("--out", type=Path, help="where to write metrics.json and report.md (default RUN_DIR/eval-SPLIT)")
+    ev.add_argument("--parallel", type=Path, help="also measure cross-lingual sentence retrieval on parallel text: a "
+                    "folder in Tatoeba layout (tatoeba.xxx-eng.xxx / .eng), e.g. ../shared/data/tatoeba")
+    ev.add_argument("--parallel-languages", help="comma-separated codes of that folder (e.g. deu,fra,cmn); default: all")
+    ev.add_argument("--parallel-limit", type=int, help="at most this many sentence pairs per language")
+
+    pre = sub.add_parser("pretrain", help="train a masked-LM encoder from scratch on plain text (a general teacher "
+                         "for machines without pretrained weights); the model lands in OUT/teacher")
+    from cascade_kd.pretrain import add_arguments as pretrain_arguments
+
+    pretrain_arguments(pre)
 
     bench = sub.add_parser("bench", help="latency, throughput, memory and size of every model of a run against its "
                            "teacher (CPU; PyTorch fp32/bf16, onnxruntime fp32/int8)")
@@ -108,8 +118,21 @@ def _cmd_eval(args) -> None:
     recipe_path = args.recipe or args.run_dir / "recipe.yaml"
     recipe = load_recipe(recipe_path)
     out = args.out or args.run_dir / f"eval-{args.split}"
-    metrics = evaluate_run(recipe, args.run_dir, split=args.split, out=out, say=_say)
+    parallel = None
+    if args.parallel is not None:
+        from cascade_kd.retrieval import tatoeba_pairs
+
+        if args.parallel_limit is not None and args.parallel_limit < 1:
+            raise UserError(f"--parallel-limit {args.parallel_limit} is not a positive number of pairs")
+        parallel = tatoeba_pairs(args.parallel, args.parallel_languages, limit=args.parallel_limit)
+    elif args.parallel_languages or args.parallel_limit:
+        raise UserError("--parallel-languages and --parallel-limit need --parallel (the folder of parallel text)")
+    metrics = evaluate_run(recipe, args.run_dir, split=args.split, out=out, say=_say, parallel=parallel)
     print("\n" + report_table(metrics))
+    if parallel:
+        from cascade_kd.retrieval import markdown_table
+
+        print("\n" + markdown_table(metrics["retrieval"]["summary"]))
     print(f"\nwritten: {out}/metrics.json, {out}/report.md")
 
 
@@ -128,6 +151,17 @@ def _cmd_bench(args) -> None:
     metrics["latency"] = result
     write_outputs(args.run_dir, metrics)  # metrics.json and report.md gain the latency table
     print("\n" + bench_table(result))
+
+
+def _cmd_pretrain(args) -> None:
+    from cascade_kd.cascade import run_recipe
+    from cascade_kd.pretrain import recipe_from_args
+    from cascade_kd.report import report_table
+
+    recipe = recipe_from_args(args)
+    metrics = run_recipe(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
+    print("\n" + report_table(metrics))
+    print(f"\nmasked-LM teacher: {args.out / 'teacher'}  (the recipe as run: {args.out / 'recipe.yaml'})")
 
 
 def _cmd_trim(args) -> None:
@@ -159,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # our own progress lines say what is happening
     handler = {"run": _cmd_run, "demo": _cmd_demo, "eval": _cmd_eval, "bench": _cmd_bench, "export": _cmd_export,
-               "trim": _cmd_trim}[args.command]
+               "trim": _cmd_trim, "pretrain": _cmd_pretrain}[args.command]
     try:
         handler(args)
     except UserError as err:

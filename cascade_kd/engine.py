@@ -40,6 +40,7 @@ from cascade_kd.training_state import Progress, has_state, load_state, save_stat
 LOGIT_LOSSES = ("kl", "logit_mse")
 HIDDEN_LOSSES = ("hidden_mse", "hidden_cos")
 ATTENTION_LOSSES = ("attention_mse", "attention_kl")
+RELATION_LOSSES = ("relation_kl",)  # query/key/value states, captured by hooks (no eager attention needed)
 
 
 class TrainingError(UserError):
@@ -81,11 +82,20 @@ def build_loss_terms(
                     where=f"{where}.losses.{name}",
                     hint="set head_reduction: mean to compare head-averaged maps",
                 )
+        elif name in RELATION_LOSSES:
+            heads = cfg.relation_heads or teacher_config.num_attention_heads
+            for who, config in (("teacher", teacher_config), ("student", student_config)):
+                if config.hidden_size % heads:
+                    raise UserError(
+                        f"relation_kl splits each width into {heads} relation heads, but the {who}'s width "
+                        f"{config.hidden_size} is not a multiple of {heads}", where=f"{where}.losses.{name}.relation_heads",
+                        hint="set relation_heads to a common divisor of the teacher's and the student's widths")
+            module = LOSSES[name](relation_heads=heads, relations=tuple(cfg.relations))
         else:
             module = LOSSES[name]()
         pairs = []
-        if name in HIDDEN_LOSSES or name in ATTENTION_LOSSES:
-            feature = "hidden" if name in HIDDEN_LOSSES else "attention"
+        if name in HIDDEN_LOSSES or name in ATTENTION_LOSSES or name in RELATION_LOSSES:
+            feature = "hidden" if name in HIDDEN_LOSSES else "attention"  # relations: layers 1..L, as attention
             pairs = layer_pairs(
                 cfg.layer_map,
                 teacher_config.num_hidden_layers,
@@ -113,10 +123,12 @@ class DistillationModule(nn.Module):
         self.student = student
         self.projections = projections
 
-    def forward(self, batch: dict, hidden: bool, attentions: bool) -> tuple[Features, dict]:
+    def forward(self, batch: dict, hidden: bool, attentions: bool, logits=True, qkv_layers=()) -> tuple[Features, dict]:
         """The student's features, and each projection applied to the hidden state it projects
-        (keyed like the projections): inside forward, so DDP sees every trainable use."""
-        feats = extract_features(self.student, batch, hidden=hidden, attentions=attentions)
+        (keyed like the projections): inside forward, so DDP sees every trainable use. `logits` and
+        `qkv_layers` as in `extract_features`."""
+        feats = extract_features(self.student, batch, hidden=hidden, attentions=attentions, logits=logits,
+                                 qkv_layers=qkv_layers)
         projected = {key: proj(feats.hidden(int(key.rsplit("_", 1)[1]))) for key, proj in self.projections.items()}
         return feats, projected
 
@@ -133,8 +145,23 @@ def kept_guides(n: int, drop: int, seed: int, step: int) -> list[int]:
     return sorted(rng.sample(range(n), n - drop))
 
 
+def relation_layers(terms: list[LossTerm]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The (teacher, student) layers whose query/key/value states the relation terms read."""
+    pairs = [p for t in terms if t.name in RELATION_LOSSES for p in t.pairs]
+    return tuple(sorted({t for t, _ in pairs})), tuple(sorted({s for _, s in pairs}))
+
+
+def logit_positions(terms: list[LossTerm], batch: dict, masked_lm: bool):
+    """What `extract_features` computes logits for: everything, nothing (no term reads them), or,
+    for masked-LM models, only the masked positions (labels != IGNORE), as [masked, vocab]."""
+    if not any(t.name == "ce" or t.name in LOGIT_LOSSES for t in terms):
+        return False
+    return batch["labels"] != IGNORE if masked_lm else True
+
+
 def _stage_loss(terms: list[LossTerm], projected: dict, s: Features, t: Features | None, batch,
-                guides: list[Features] | None = None, guide_reduction: str = "sum", scales=None):
+                guides: list[Features] | None = None, guide_reduction: str = "sum", scales=None,
+                masked_lm: bool = False):
     """Weighted sum of the terms; returns (total, {name: value}) for logging and finiteness checks.
 
     Logit terms compare with each of `guides` (default: the teacher `t` alone) and are reduced by
@@ -142,12 +169,16 @@ def _stage_loss(terms: list[LossTerm], projected: dict, s: Features, t: Features
     `projected` holds the student's projected hidden states (DistillationModule.forward), used by
     hidden-state terms where a projection exists. `scales` (one per term, multi-process only) turns
     this process's means into its share of the global batch's means, see `share_scales`.
+    With `masked_lm`, logits are [masked positions, vocab] (see `logit_positions`) and compared
+    with the labels of those positions.
     """
     projected = projected or {}
-    token_task = s.logits.dim() == 3
     labels = batch["labels"]
+    if masked_lm:
+        labels = labels[labels != IGNORE]
+    token_task = s.logits is not None and s.logits.dim() == 3
     parts = {}
-    total = s.logits.new_zeros((), dtype=torch.float32)
+    total = torch.zeros((), dtype=torch.float32, device=labels.device)
     for i, term in enumerate(terms):
         if term.name == "ce":  # unlabelled (transfer) positions have no gold label
             value = term.module(s.logits, labels.masked_fill(labels == UNLABELLED, IGNORE))
@@ -164,6 +195,8 @@ def _stage_loss(terms: list[LossTerm], projected: dict, s: Features, t: Features
                     key = f"{term.name}_{s_layer}"
                     student_h = projected[key] if key in projected else s.hidden(s_layer)
                     values.append(term.module(student_h, t.hidden(t_layer), s.attention_mask))
+                elif term.name in RELATION_LOSSES:
+                    values.append(term.module(s.relation_states(s_layer), t.relation_states(t_layer), s.attention_mask))
                 else:
                     values.append(term.module(s.attention(s_layer), t.attention(t_layer), s.attention_mask))
             value = torch.stack(values).mean()  # mean over the map's pairs
@@ -212,19 +245,22 @@ def share_scales(accelerator, terms: list[LossTerm], batch: dict, token_task: bo
 
 
 def unreached_parameters(module: DistillationModule, terms: list[LossTerm], teacher, batch: dict,
-                         need_hidden: bool, need_attn: bool) -> list[str]:
+                         need_hidden: bool, need_attn: bool, masked_lm: bool = False) -> list[str]:
     """Names of trainable parameters that get no gradient from the stage's loss (probed on one
     batch, in eval mode so no random numbers are drawn)."""
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     was_training = module.training
     module.eval()
     try:
-        s_feats, projected = module(batch, need_hidden, need_attn)
+        logits = logit_positions(terms, batch, masked_lm)
+        t_qkv, s_qkv = relation_layers(terms)
+        s_feats, projected = module(batch, need_hidden, need_attn, logits, s_qkv)
         t_feats = None
         if any(t.name != "ce" for t in terms):
             with torch.no_grad():
-                t_feats = extract_features(teacher, batch, hidden=need_hidden, attentions=need_attn)
-        loss, _ = _stage_loss(terms, projected, s_feats, t_feats, batch)
+                t_feats = extract_features(teacher, batch, hidden=need_hidden, attentions=need_attn, logits=logits,
+                                           qkv_layers=t_qkv)
+        loss, _ = _stage_loss(terms, projected, s_feats, t_feats, batch, masked_lm=masked_lm)
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
     finally:
         module.train(was_training)
@@ -374,6 +410,9 @@ def _train(
     desc: str = "train",
     state_dir: Path | None = None,
     teacher_cache=None,
+    masked_lm: bool = False,
+    batch_transform=None,
+    epoch_draw=None,
 ) -> TrainResult:
     """Train `student` in place; if `evaluate` is given (a callable model -> dev score), keep the
     weights of the best evaluation (selection on dev, never on test) and stop early on `patience`.
@@ -383,7 +422,11 @@ def _train(
     the last), the logit terms use every guide kept in the batch (`drop_guides` dropped per batch,
     see `kept_guides`), combined by `guide_reduction`; hidden/attention terms use `teacher` only.
     With `teacher_cache` (a TeacherCache of `teacher` on `train_data`), the teacher's features are
-    read from disk instead of computed; other guides still run."""
+    read from disk instead of computed; other guides still run.
+    With `masked_lm`, logits (and ce, kl, logit_mse) are computed at the masked positions only.
+    `batch_transform(batch, members, epoch)` changes a collated batch (dynamic masking);
+    `epoch_draw(epoch)` gives the example indices of an epoch (language sampling; default: each once).
+    Both must be pure functions of their arguments, so that resumed and multi-process runs match."""
     if guides:
         teacher = guides[-1] if teacher is None else teacher
         if not any(g is teacher for g in guides):
@@ -413,6 +456,7 @@ def _train(
     needs_teacher = any(t.name != "ce" for t in terms)
     need_hidden = any(t.name in HIDDEN_LOSSES for t in terms)
     need_attn = any(t.name in ATTENTION_LOSSES for t in terms)
+    t_qkv, s_qkv = relation_layers(terms)
     if needs_teacher:
         if teacher is None:
             raise ValueError("distillation losses need a teacher")
@@ -421,9 +465,11 @@ def _train(
     if n_proc > 1:
         # DDP waits for a gradient of every trainable parameter: those the stage's loss never reaches
         # (the head of a representation-only stage, layers above the mapped ones) are frozen for the stage
-        probe = collate([train_data[i] for i in bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=0)[0]], pad_id)
+        members = bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=0)[0]
+        probe = collate([train_data[i] for i in members], pad_id)
+        probe = batch_transform(probe, members, 0) if batch_transform is not None else probe
         unreached = unreached_parameters(module.to(device), terms, teacher, {k: v.to(device) for k, v in probe.items()},
-                                         need_hidden, need_attn)
+                                         need_hidden, need_attn, masked_lm)
         for name, p in module.named_parameters():
             if name in unreached:
                 p.requires_grad_(False)
@@ -463,7 +509,8 @@ def _train(
     bar = _progress(total_steps, desc, disable=not main)
     bar.update(progress.step)
     while progress.step < total_steps and not progress.stopped:
-        batches = bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=progress.epoch)
+        batches = bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=progress.epoch,
+                                   indices=epoch_draw(progress.epoch) if epoch_draw is not None else None)
         if groups is not None:
             trainable = apply_unfreezing(groups, progress.epoch)
             if main:
@@ -474,23 +521,30 @@ def _train(
             if progress.step >= total_steps:
                 break
             members, real = batch_share(batches[position], rank, n_proc)
-            batch = {k: v.to(device) for k, v in collate([train_data[i] for i in members], pad_id).items()}
-            token_task = batch["labels"].dim() == 2
+            batch = collate([train_data[i] for i in members], pad_id)
+            if batch_transform is not None:
+                batch = batch_transform(batch, members, progress.epoch)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            token_task = batch["labels"].dim() == 2  # masked-LM labels too: their units are masked positions
+            logits = logit_positions(terms, batch, masked_lm)
             scales = share_scales(accelerator, terms, batch, token_task, real) if n_proc > 1 else None
             with accelerator.accumulate(module):
                 with accelerator.autocast():
-                    s_feats, projected = module(batch, need_hidden, need_attn)
+                    s_feats, projected = module(batch, need_hidden, need_attn, logits, s_qkv)
                     t_feats, g_feats = None, None
                     kept = [guides[k] for k in kept_guides(len(guides), drop_guides, seed, progress.step)] if guides else None
                     with torch.no_grad():
                         # the teacher runs unless dense guidance dropped it and no hidden/attention term needs it
-                        if needs_teacher and (need_hidden or need_attn or kept is None or any(g is teacher for g in kept)):
+                        if needs_teacher and (need_hidden or need_attn or t_qkv or kept is None or any(g is teacher for g in kept)):
                             t_feats = (teacher_cache.features(members, batch["attention_mask"]) if teacher_cache is not None
-                                       else extract_features(teacher, batch, hidden=need_hidden, attentions=need_attn))
+                                       else extract_features(teacher, batch, hidden=need_hidden, attentions=need_attn,
+                                                             logits=logits, qkv_layers=t_qkv))
                         if kept is not None:  # the other guides: logits only
-                            g_feats = [t_feats if g is teacher else extract_features(g, batch, hidden=False, attentions=False)
+                            g_feats = [t_feats if g is teacher else extract_features(g, batch, hidden=False, attentions=False,
+                                                                                     logits=logits)
                                        for g in kept]
-                    loss, parts = _stage_loss(terms, projected, s_feats, t_feats, batch, g_feats, guide_reduction, scales)
+                    loss, parts = _stage_loss(terms, projected, s_feats, t_feats, batch, g_feats, guide_reduction, scales,
+                                              masked_lm)
                 # the global batch's loss and token count (what one process would see), on every process
                 stats = torch.stack([loss.detach().float(), batch["attention_mask"].sum().float() * real])
                 if n_proc > 1:

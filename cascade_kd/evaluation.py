@@ -11,12 +11,15 @@ from contextlib import nullcontext
 
 import torch
 
-from cascade_kd.data.encode import Encoded, collate, eval_batches
+from cascade_kd.data.encode import IGNORE, Encoded, collate, eval_batches
 from cascade_kd.data.readers import Example
 
 
 def metric_for(task: str, labels: list[str]) -> str:
-    """f1 for BIO-tagged token tasks (NER); accuracy for classification and plain tagging (POS)."""
+    """f1 for BIO-tagged token tasks (NER); accuracy for classification and plain tagging (POS);
+    mlm_accuracy (masked pieces predicted right) for masked-LM text."""
+    if task == "mlm":
+        return "mlm_accuracy"
     if task == "token" and all(l == "O" or l[:2] in ("B-", "I-") for l in labels):
         return "f1"
     return "accuracy"
@@ -38,6 +41,26 @@ def predict(model, encoded: list[Encoded], *, batch_size: int = 64, pad_id: int 
         for row, i in enumerate(indices):
             out[i] = pred[row, : len(encoded[i])].tolist() if pred.dim() == 2 else int(pred[row])
     return out
+
+
+@torch.no_grad()
+def masked_lm_accuracy(model, encoded: list[Encoded], *, batch_size: int = 64, pad_id: int = 0, bf16: bool = False) -> float:
+    """Share of the masked positions (labels != IGNORE, masks drawn once per split) whose original
+    piece the model ranks first. The vocabulary-wide head runs at those positions only."""
+    from cascade_kd.features import extract_features
+
+    model.eval()
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    right = total = 0
+    for indices in eval_batches([len(x) for x in encoded], batch_size):
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], pad_id).items()}
+        masked = batch["labels"] != IGNORE
+        with autocast:
+            logits = extract_features(model, batch, hidden=False, attentions=False, logits=masked).logits
+        right += int((logits.argmax(-1) == batch["labels"][masked]).sum())
+        total += int(masked.sum())
+    return right / max(1, total)
 
 
 def word_predictions(enc: Encoded, sub_preds: list[int], id2label: list[str]) -> list[str]:
@@ -70,6 +93,8 @@ def evaluate_languages(
     model, split: dict[str, tuple[list[Example], list[Encoded]]], task: str, labels: list[str], **predict_kwargs
 ) -> dict[str, float]:
     """Score the model on every language of one split."""
+    if task == "mlm":
+        return {lang: masked_lm_accuracy(model, encoded, **predict_kwargs) for lang, (_, encoded) in split.items()}
     return {
         lang: score(task, labels, examples, encoded, predict(model, encoded, **predict_kwargs))
         for lang, (examples, encoded) in split.items()

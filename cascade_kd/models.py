@@ -24,8 +24,10 @@ from cascade_kd.recipe import StudentConfig
 
 
 def auto_class(task: str):
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
+    if task == "mlm":  # general distillation / pretraining: the encoder with its masked-LM head
+        return AutoModelForMaskedLM
     return AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
 
 
@@ -68,6 +70,10 @@ def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_
             where="teacher.model",
             hint="give a local directory with config.json and weights, or a hub name when online",
         ) from None
+    if task == "mlm":  # a masked-LM head is there or not: nothing depends on labels
+        has_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in (config.architectures or []))
+        model = auto_class(task).from_pretrained(name_or_path, trust_remote_code=trust_remote_code, dtype=torch.float32)
+        return model, has_head
     head = "ForTokenClassification" if task == "token" else "ForSequenceClassification"
     has_head = any(a.endswith(head) for a in (config.architectures or [])) and config_labels(config) == list(labels)
     model = auto_class(task).from_pretrained(
@@ -87,7 +93,7 @@ def create_model(config_spec: dict, task: str, labels: list[str], vocab_size: in
     if pad_token_id is not None:
         spec.setdefault("pad_token_id", pad_token_id)
     try:
-        config = AutoConfig.for_model(model_type, **spec, **label_config(labels))
+        config = AutoConfig.for_model(model_type, **spec, **(label_config(labels) if task != "mlm" else {}))
     except (ValueError, TypeError) as exc:
         raise RecipeError(f"invalid teacher.config: {exc}", where="teacher.config") from None
     if config.vocab_size < vocab_size:
@@ -96,6 +102,20 @@ def create_model(config_spec: dict, task: str, labels: list[str], vocab_size: in
             where="teacher.config.vocab_size",
         )
     return auto_class(task).from_config(config)
+
+
+def masked_lm_parts(model):
+    """(encoder, head) of a masked-LM model, so that the head (a vocabulary-wide projection: most of
+    the compute with mBERT's 119,547 pieces) runs at the masked positions only; None for a model
+    whose head is not known here (its full logits are computed and then indexed)."""
+    for body, head in (("bert", "cls"), ("roberta", "lm_head")):  # BERT/mBERT; RoBERTa, XLM-R, CamemBERT
+        if hasattr(model, body) and hasattr(model, head):
+            return getattr(model, body), getattr(model, head)
+    if hasattr(model, "distilbert") and hasattr(model, "vocab_projector"):
+        def head(h):
+            return model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
+        return model.distilbert, head
+    return None
 
 
 def use_attention_outputs(model, needed: bool) -> None:

@@ -63,9 +63,13 @@ class LossConfig(_Section):
     head_reduction: Literal["none", "mean"] = "none"  # attention losses: "mean" allows unequal heads
     # token tasks: logits compared at labelled positions only (first sub-words) or at every real token
     positions: Literal["labelled", "tokens"] = "labelled"
+    # relation_kl (MiniLMv2): relation heads each width is split into (default: the teacher's attention
+    # heads; must divide both widths), and which of the q-q, k-k, v-v relations are matched
+    relation_heads: Optional[int] = Field(None, ge=1)
+    relations: list[Literal["query", "key", "value"]] = Field(default_factory=lambda: ["query", "key", "value"], min_length=1)
 
 
-LOSS_NAMES = ("kl", "logit_mse", "ce", "hidden_mse", "hidden_cos", "attention_mse", "attention_kl")
+LOSS_NAMES = ("kl", "logit_mse", "ce", "hidden_mse", "hidden_cos", "attention_mse", "attention_kl", "relation_kl")
 _STAGE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
@@ -255,7 +259,9 @@ def default_losses() -> dict[str, LossConfig]:
 
 
 class CascadeConfig(_Section):
-    stages: list[StageConfig] = Field(min_length=1)
+    # no stages: the recipe only trains (or loads) and scores the teacher, e.g. fine-tuning a model of
+    # an earlier cascade on a task, or pretraining a masked-LM teacher (`cascade-kd pretrain`)
+    stages: list[StageConfig] = Field(default_factory=list)
     losses: dict[str, LossConfig] = Field(default_factory=default_losses)
     # direct baseline: the final student's shape distilled straight from the original teacher
     direct: bool = True
@@ -272,7 +278,7 @@ class CascadeConfig(_Section):
         dupes = sorted({s.name for s in self.stages if names.count(s.name.casefold()) > 1})
         if dupes:
             raise ValueError(f"stage names must be unique: {', '.join(dupes)} repeated")
-        if self.stages[0].student == "previous":
+        if self.stages and self.stages[0].student == "previous":
             raise ValueError("the first stage has no previous student: give it a student section")
         return self
 
@@ -300,12 +306,33 @@ class TeacherConfig(_Section):
 
 
 class TaskConfig(_Section):
-    type: Literal["sequence", "pair", "token"]
+    """What the models learn. `mlm` is general (task-agnostic) distillation or pretraining: plain
+    text (data.format: text), presented as masked-LM inputs to models with a masked-LM head; `ce`
+    is then the masked-LM loss and kl/logit_mse compare the teacher's masked-LM logits, both at the
+    masked positions only (cascade_kd/data/masking.py)."""
+
+    type: Literal["sequence", "pair", "token", "mlm"]
     max_length: int = Field(128, ge=8)
     labels: Optional[list[str]] = None
     labels_file: Optional[str] = None
     # token tasks: label the first sub-word of each word (others ignored) or every sub-word
     label_all_subwords: bool = False
+    # mlm only: the share of real tokens chosen per sequence (80% [MASK], 10% random, 10% kept);
+    # dynamic draws new masks every epoch, static once (needed by train.teacher_cache)
+    mask_probability: float = Field(0.15, gt=0, lt=1)
+    masking: Literal["dynamic", "static"] = "dynamic"
+
+    @model_validator(mode="after")
+    def _mlm_keys(self):
+        if self.type == "mlm":
+            for key in ("labels", "labels_file"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} does not apply to type: mlm (masked-LM labels are the masked pieces)")
+        else:
+            for key in ("mask_probability", "masking"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key} applies to type: mlm only")
+        return self
 
     @field_validator("labels")
     @classmethod
@@ -329,7 +356,8 @@ class HubDataConfig(_Section):
 
 class DataConfig(_Section):
     languages: list[str] = Field(min_length=1)
-    format: Literal["tsv", "conll", "jsonl", "hf"] = "tsv"
+    # text: one example per non-blank line, no labels (task type mlm)
+    format: Literal["tsv", "conll", "jsonl", "hf", "text"] = "tsv"
     # a path template with {lang}, or a mapping lang -> path; relative paths are relative to the recipe
     train: Optional[Union[str, dict[str, str]]] = None
     dev: Optional[Union[str, dict[str, str]]] = None
@@ -349,6 +377,9 @@ class DataConfig(_Section):
     max_transfer_per_language: Optional[int] = Field(None, ge=1)
     # no test files (e.g. PAN-X here): hold out this fraction of each language's dev as test
     holdout_from_dev: Optional[float] = Field(None, gt=0, lt=1)
+    # mix the training languages by temperature: an epoch draws language l in proportion to
+    # n_l^alpha (0.3 in XLM-R, 0.7 in mBERT; 0 = equal shares; None = as the data comes)
+    language_alpha: Optional[float] = Field(None, ge=0, le=1)
 
     @model_validator(mode="after")
     def _sources(self):
@@ -374,7 +405,7 @@ class Recipe(_Section):
     data: DataConfig
     teacher: TeacherConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
-    cascade: CascadeConfig
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
 
     # where the recipe file lives: relative data paths are resolved against it (not a YAML key)
     _base_dir: Path = Path(".")
@@ -423,9 +454,15 @@ class Recipe(_Section):
         for key, default in (("teacher_cache", "off"), ("unfreeze", "none"), ("embedding_rows", "seen")):  # keys added later: absent = default
             if data["train"][key] == default:
                 del data["train"][key]
-        for key in ("transfer", "max_transfer_per_language"):
+        for key in ("transfer", "max_transfer_per_language", "language_alpha"):
             if data["data"][key] is None:
                 del data["data"][key]
+        if data["task"]["type"] != "mlm":
+            del data["task"]["mask_probability"], data["task"]["masking"]
+        for losses in [data["cascade"]["losses"]] + [stage["losses"] or {} for stage in data["cascade"]["stages"]]:
+            for cfg in losses.values():  # relation_kl's keys, absent from every other loss
+                if cfg["relation_heads"] is None and cfg["relations"] == ["query", "key", "value"]:
+                    del cfg["relation_heads"], cfg["relations"]
         for stage in data["cascade"]["stages"]:
             if stage["guides"] == "chain":
                 del stage["guides"], stage["drop_guides"], stage["guide_reduction"]

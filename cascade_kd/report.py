@@ -43,11 +43,12 @@ def report_table(metrics: dict) -> str:
 
 
 def render_report(metrics: dict) -> str:
-    metric = "entity-level F1 (seqeval)" if metrics["metric"] == "f1" else "accuracy"
+    metric = {"f1": "entity-level F1 (seqeval)", "mlm_accuracy": "masked-token accuracy (the masked pieces "
+              "predicted right; masks drawn once per split)"}.get(metrics["metric"], "accuracy")
     parts = [
         f"# {metrics['name']}: cascade report",
         "",
-        f"Task: {metrics['task']} classification; metric: {metric}, in percent, on the "
+        f"Task: {'masked-LM (general distillation)' if metrics['task'] == 'mlm' else metrics['task'] + ' classification'}; metric: {metric}, in percent, on the "
         f"**{metrics['split']}** split (models were selected on dev). Retention is the mean over "
         f"languages of model score / teacher score.",
         "",
@@ -65,6 +66,14 @@ def render_report(metrics: dict) -> str:
             "direct distillation beat the cascade" if diff < 0 else "cascade and direct distillation tied")
         parts += ["", f"Cascade vs direct at equal size: {verdict} by {abs(diff):.1f} points on average "
                   f"(one seed; see benchmarks for spreads over seeds)."]
+    if metrics.get("retrieval"):
+        from cascade_kd.retrieval import markdown_table
+
+        parts += ["", "## Cross-lingual sentence retrieval (`cascade-kd eval --parallel`)", "",
+                  "Each sentence is the mean of the last layer's hidden states over its real tokens; accuracy is the "
+                  "share whose nearest neighbour (cosine) on the other side is its own translation, averaged over "
+                  "both directions (xx to English, English to xx), in percent. Retention is the mean over languages "
+                  "of model accuracy / teacher accuracy.", "", markdown_table(metrics["retrieval"]["summary"])]
     if metrics.get("latency"):
         from cascade_kd.benchmark import bench_table, tokenization_line
 

@@ -165,7 +165,8 @@ def _shard_tensors(teacher, examples: list[Encoded], request: CacheRequest, toke
     for batch_ids in eval_batches([len(x) for x in examples], batch_size):  # by length: least padding
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_ids], pad_id).items()}
         with autocast:
-            out = extract_features(teacher, batch, hidden=bool(request.hidden), attentions=bool(request.attention))
+            out = extract_features(teacher, batch, hidden=bool(request.hidden), attentions=bool(request.attention),
+                                   logits=request.logits)
         for b, i in enumerate(batch_ids):
             t = len(examples[i])
             if request.logits:

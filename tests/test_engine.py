@@ -5,9 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from cascade_kd.data.encode import encode
+from cascade_kd.data.encode import collate, encode
 from cascade_kd.data.readers import read_examples
 from cascade_kd.engine import DistillationModule, LossTerm, TrainingError, build_loss_terms, make_optimizer, train
+from cascade_kd.errors import UserError
+from cascade_kd.features import extract_features
 from cascade_kd.losses import HardLabelCE
 from cascade_kd.models import build_student, use_attention_outputs
 from cascade_kd.recipe import LossConfig, StudentConfig, TrainConfig
@@ -117,3 +119,49 @@ def test_grad_accumulation_ends_on_a_whole_optimiser_step(train_data):
     cfg = CFG.model_copy(update={"grad_accum": 3})  # 4 batches per epoch -> 6 micro-batches, 2 steps
     result = train(tiny_bert(layers=1), train_data, cfg, terms=[LossTerm("ce", 1.0, HardLabelCE())], pad_id=0)
     assert result.steps % 3 == 0
+
+
+def test_epoch_draw_and_batch_transform_see_exactly_the_drawn_examples(train_data):
+    """Language sampling hands the engine each epoch's indices; dynamic masking sees every batch with
+    its members and epoch. Both are called as the docstring says, and steps follow the data size."""
+    seen = []
+
+    def record(batch, members, epoch):
+        seen.append((epoch, list(members)))
+        return batch
+
+    def draw(epoch):  # only the first 16 examples, each 4 times: 64 draws like the 64 examples
+        return [i for i in range(16) for _ in range(4)] if epoch == 0 else list(range(16, 64)) + list(range(16))
+
+    cfg = CFG.model_copy(update={"epochs": 2})
+    result = train(tiny_bert(layers=1), train_data, cfg, terms=[LossTerm("ce", 1.0, HardLabelCE())], pad_id=0,
+                   epoch_draw=draw, batch_transform=record)
+    assert result.steps == 8  # 64 examples / batch 16, twice
+    first = sorted(i for epoch, members in seen if epoch == 0 for i in members)
+    second = sorted(i for epoch, members in seen if epoch == 1 for i in members)
+    assert first == sorted(draw(0)) and second == sorted(draw(1))
+
+
+def test_relation_loss_distils_across_widths_and_head_counts(train_data):
+    """relation_kl (MiniLMv2) needs no projection and no equal heads: a 32-wide 4-head teacher teaches
+    a 16-wide 2-head student through 4 relation heads; only the student trains."""
+    teacher = tiny_bert(layers=2)
+    student = build_student(teacher, StudentConfig(layers=1, hidden=16, heads=2, init="random", embeddings="random"))
+    terms, projections = build_loss_terms({"relation_kl": LossConfig(layer_map=[["last", "last"]])},
+                                          teacher.config, student.config, where="stage")
+    assert not len(projections) and terms[0].module.relation_heads == 4  # default: the teacher's heads
+    before_t = _snapshot(teacher)
+    batch = collate(train_data[:16], 0)
+
+    def relation_loss():
+        with torch.no_grad():
+            s = extract_features(student.eval(), batch, hidden=False, attentions=False, qkv_layers=["last"])
+            t = extract_features(teacher.eval(), batch, hidden=False, attentions=False, qkv_layers=["last"])
+        return float(terms[0].module(s.relation_states("last"), t.relation_states("last"), s.attention_mask))
+
+    start = relation_loss()
+    train(student, train_data, CFG.model_copy(update={"epochs": 3, "lr": 3e-3}), terms=terms, teacher=teacher, pad_id=0)
+    assert relation_loss() < 0.8 * start
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before_t.items())
+    with pytest.raises(UserError, match="not a multiple of 3"):
+        build_loss_terms({"relation_kl": LossConfig(relation_heads=3)}, teacher.config, student.config, where="stage")

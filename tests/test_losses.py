@@ -15,6 +15,7 @@ from cascade_kd.losses import (
     HiddenCosine,
     HiddenMSE,
     LogitMSE,
+    RelationKL,
     SoftLogitKL,
 )
 
@@ -236,6 +237,7 @@ def test_registry_names():
         "hidden_cos": HiddenCosine,
         "attention_mse": AttentionMSE,
         "attention_kl": AttentionKL,
+        "relation_kl": RelationKL,
     }
 
 
@@ -318,3 +320,145 @@ def test_ce_grad_reaches_logits():
     HardLabelCE()(logits, torch.tensor([0, -100, 2])).backward()
     assert logits.grad[1].abs().sum() == 0
     assert logits.grad[0].abs().sum() > 0 and logits.grad[2].abs().sum() > 0
+
+
+# ---------------------------------------------------------------- RelationKL (MiniLMv2)
+
+KINDS = ("query", "key", "value")
+
+
+def relation_row(x, head: int, heads: int, i: int, real: list[int]) -> dict[int, float]:
+    """Plain-math relation row: softmax over the real keys j of <x_i, x_j> / sqrt(d) in one head."""
+    d = len(x[0]) // heads
+    part = lambda tok: x[tok][head * d:(head + 1) * d]
+    scores = {j: sum(a * b for a, b in zip(part(i), part(j))) / math.sqrt(d) for j in real}
+    z = sum(math.exp(v) for v in scores.values())
+    return {j: math.exp(v) / z for j, v in scores.items()}
+
+
+def relation_kl_by_loops(student, teacher, mask, heads: int, kinds=KINDS) -> float:
+    """MiniLMv2's loss with explicit loops: states are nested lists [B][T][D], mask [B][T]."""
+    per_kind = []
+    for kind in kinds:
+        kl_sum, rows = 0.0, 0
+        for b, tokens in enumerate(mask):
+            real = [j for j, keep in enumerate(tokens) if keep]
+            for head in range(heads):
+                for i in real:
+                    p_t = relation_row(teacher[kind][b], head, heads, i, real)
+                    p_s = relation_row(student[kind][b], head, heads, i, real)
+                    kl_sum += sum(p_t[j] * math.log(p_t[j] / p_s[j]) for j in real)
+                    rows += 1
+        per_kind.append(kl_sum / rows)
+    return sum(per_kind) / len(per_kind)
+
+
+# A tiny case: B=1, T=3 (the third token is padding, with garbage in it), R=2 relation heads;
+# teacher D=4 (head width 2), student D=6 (head width 3).
+REL_MASK = [[True, True, False]]
+REL_TEACHER = {
+    "query": [[[1.0, 0.0, 0.5, -1.0], [0.0, 1.0, 1.0, 0.5], [9.0, -9.0, 9.0, 9.0]]],
+    "key": [[[0.5, 0.5, -1.0, 0.0], [1.0, -0.5, 0.0, 2.0], [-7.0, 7.0, 7.0, -7.0]]],
+    "value": [[[2.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0], [5.0, 5.0, -5.0, 5.0]]],
+}
+REL_STUDENT = {
+    "query": [[[0.0, 1.0, 0.0, 1.0, 0.0, -1.0], [1.0, 1.0, 0.0, 0.0, 0.5, 0.5], [8.0, 8.0, 8.0, -8.0, 8.0, 8.0]]],
+    "key": [[[0.2, 0.4, -0.6, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0, 1.0, 0.0], [6.0, -6.0, 6.0, 6.0, 6.0, 6.0]]],
+    "value": [[[1.0, 0.0, 0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0, 0.0, 1.0], [-4.0, 4.0, 4.0, 4.0, 4.0, -4.0]]],
+}
+
+
+def states(values: dict) -> dict[str, torch.Tensor]:
+    return {kind: t(v) for kind, v in values.items()}
+
+
+def test_relation_kl_by_hand_with_unequal_widths_and_padding():
+    mask = torch.tensor(REL_MASK)
+    loss = RelationKL(relation_heads=2)(states(REL_STUDENT), states(REL_TEACHER), mask)
+    close(loss, relation_kl_by_loops(REL_STUDENT, REL_TEACHER, REL_MASK, 2), tol=1e-5)
+    assert loss.item() > 0
+    # one relation type alone, and a pair: the mean over the types used
+    for kinds in (("value",), ("query", "key")):
+        close(RelationKL(2, kinds)(states(REL_STUDENT), states(REL_TEACHER), mask),
+              relation_kl_by_loops(REL_STUDENT, REL_TEACHER, REL_MASK, 2, kinds), tol=1e-5)
+
+
+def test_relation_kl_closed_form():
+    # R=1, value relation only. Teacher (D=1) x = [0, sqrt(ln 3)]: row 0 scores [0, 0] -> [1/2, 1/2],
+    # row 1 scores [0, ln 3] -> [1/4, 3/4]. Student (D=2) all zeros: both rows [1/2, 1/2].
+    teacher = {"value": t([[[0.0], [math.sqrt(LN3)], [4.0]]])}
+    student = {"value": t([[[0.0, 0.0], [0.0, 0.0], [1.0, 2.0]]])}
+    loss = RelationKL(relation_heads=1, relations=("value",))(student, teacher, torch.tensor(REL_MASK))
+    close(loss, (0.0 + KL_QUARTER_VS_HALF) / 2, tol=1e-6)
+
+
+def random_states(width: int, seed: int, b: int = 2, length: int = 4) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {kind: torch.randn(b, length, width, generator=g) for kind in KINDS}
+
+
+REL_PAD = torch.tensor([[True, True, True, False], [True, True, False, False]])
+
+
+def test_relation_kl_identical_is_zero():
+    x = random_states(8, 0)
+    close(RelationKL(relation_heads=4)(x, {k: v.clone() for k, v in x.items()}, REL_PAD), 0.0, tol=1e-6)
+
+
+def test_relation_kl_padding_does_not_change_the_loss_or_get_gradient():
+    loss_fn = RelationKL(relation_heads=2)
+    student, teacher = random_states(6, 1), random_states(4, 2)
+    for x in student.values():
+        x.requires_grad_(True)
+    before = loss_fn(student, teacher, REL_PAD)
+    before.backward()
+    assert before.item() > 0
+    for kind, x in student.items():  # gradient reaches every real token, and no padded one
+        assert x.grad[REL_PAD].abs().sum(-1).min() > 0, kind
+        assert torch.equal(x.grad[~REL_PAD], torch.zeros_like(x.grad[~REL_PAD])), kind
+    garbage = lambda x, v: torch.where(REL_PAD[..., None], x.detach(), torch.full_like(x, v))
+    after = loss_fn({k: garbage(x, 77.0) for k, x in student.items()},
+                    {k: garbage(x, -1e4) for k, x in teacher.items()}, REL_PAD)
+    assert after.item() == pytest.approx(before.item(), rel=1e-6)
+
+
+def test_relation_kl_mask_edges():
+    loss_fn = RelationKL(relation_heads=2)
+    student, teacher = random_states(6, 3), random_states(4, 4)
+    full = torch.ones_like(REL_PAD)
+    assert loss_fn(student, teacher).item() == pytest.approx(loss_fn(student, teacher, full).item(), rel=1e-6)
+    student["key"].requires_grad_(True)
+    loss = loss_fn(student, teacher, torch.zeros_like(REL_PAD))
+    assert loss.item() == 0.0 and loss.grad_fn is not None
+    loss.backward()
+    assert torch.equal(student["key"].grad, torch.zeros_like(student["key"]))
+
+
+def test_relation_kl_bf16_inputs_give_float32():
+    loss_fn = RelationKL(relation_heads=2)
+    student, teacher = random_states(6, 5), random_states(4, 6)
+    ref = loss_fn(student, teacher, REL_PAD)
+    s16 = {k: v.bfloat16() for k, v in student.items()}
+    t16 = {k: v.bfloat16() for k, v in teacher.items()}
+    out = loss_fn(s16, t16, REL_PAD)
+    assert out.dtype == torch.float32 and torch.isfinite(out)
+    rounded = loss_fn({k: v.float() for k, v in s16.items()}, {k: v.float() for k, v in t16.items()}, REL_PAD)
+    assert out.item() == pytest.approx(rounded.item(), rel=1e-6)
+    assert out.item() == pytest.approx(ref.item(), rel=5e-2, abs=1e-3)
+
+
+def test_relation_kl_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="student query width 6 is not divisible by relation_heads=4"):
+        RelationKL(relation_heads=4)(random_states(6, 0), random_states(8, 0))
+    with pytest.raises(ValueError, match="teacher query width 6 is not divisible by relation_heads=4"):
+        RelationKL(relation_heads=4)(random_states(8, 0), random_states(6, 0))
+    with pytest.raises(ValueError, match="share"):
+        RelationKL(relation_heads=2)(random_states(4, 0, length=3), random_states(4, 0, length=4))
+    with pytest.raises(ValueError, match="student states have no 'key'"):
+        RelationKL(relation_heads=2)({"query": torch.zeros(2, 4, 4)}, random_states(4, 0))
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="relation_heads"):
+            RelationKL(relation_heads=bad)
+    for bad in ((), ("query", "attention"), ("key", "key")):
+        with pytest.raises(ValueError, match="relations"):
+            RelationKL(relations=bad)

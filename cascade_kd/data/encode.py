@@ -108,15 +108,17 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def bucketed_batches(lengths: list[int], batch_size: int, *, seed: int, epoch: int, pool: int = 50) -> list[list[int]]:
+def bucketed_batches(lengths: list[int], batch_size: int, *, seed: int, epoch: int, pool: int = 50,
+                     indices: list[int] | None = None) -> list[list[int]]:
     """Training batches of similar length, in a random order that depends only on (seed, epoch).
+    `indices` (default: every example once) is the epoch's draw, e.g. from language sampling.
 
     Indices are shuffled, cut into pools of `pool` batches, sorted by length inside each pool and
     cut into batches; the batches are then shuffled. Randomness comes from a private generator, so
     the order is reproducible and independent of any other RNG use (a resumed run sees the same).
     """
     rng = random.Random(seed * 1_000_003 + epoch)
-    order = list(range(len(lengths)))
+    order = list(range(len(lengths))) if indices is None else list(indices)
     rng.shuffle(order)
     batches = []
     step = batch_size * pool

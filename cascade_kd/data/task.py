@@ -91,6 +91,8 @@ def _read_local(recipe: Recipe, split: str, lang: str) -> list[Example] | None:
     limit = data.max_train_per_language if split == "train" else data.max_eval_per_language
     if split == "dev" and data.holdout_from_dev:
         limit = None  # the cap applies after the split, so the held-out part is always the same
+    if data.format == "text":  # masked-LM text: one example per line, no labels
+        return read_transfer_text(path, task="sequence", lang=lang, encoding=data.encoding, limit=limit)
     return read_examples(
         path,
         fmt=data.format,
@@ -186,6 +188,7 @@ def _label_at(recipe: Recipe, example: Example, i: int) -> str:
 
 def load_task_data(recipe: Recipe) -> TaskData:
     """Read every split and language; check labels and emptiness. Raises UserError on bad input."""
+    _check_format(recipe)
     reader = _read_hub if recipe.data.format == "hf" else _read_local
     splits: dict[str, dict[str, list[Example]]] = {}
     for split in SPLITS:
@@ -204,6 +207,8 @@ def load_task_data(recipe: Recipe) -> TaskData:
     if recipe.data.holdout_from_dev:
         _hold_out(recipe, splits)
 
+    if recipe.task.type == "mlm":  # masked-LM text: the labels are the masked pieces themselves
+        return TaskData(task="mlm", labels=[], languages=list(recipe.data.languages), splits=splits)
     labels = _label_set(recipe, splits)
     allowed = set(labels)
     for per_lang in splits.values():
@@ -218,6 +223,20 @@ def load_task_data(recipe: Recipe) -> TaskData:
                         )
     return TaskData(task=recipe.task.type, labels=labels, languages=list(recipe.data.languages), splits=splits,
                     transfer=_read_transfer(recipe))
+
+
+def _check_format(recipe: Recipe) -> None:
+    """Plain text holds no labels: it is the data of masked-LM (general) distillation, and only that."""
+    mlm, text = recipe.task.type == "mlm", recipe.data.format == "text"
+    if mlm and not text:
+        raise RecipeError("task type mlm reads plain text, one example per line", where=where(recipe, "data", "format"),
+                          hint="set data.format: text")
+    if text and not mlm:
+        raise RecipeError("data.format: text holds no labels: it is for task type mlm (general distillation)",
+                          where=where(recipe, "data", "format"), hint="use tsv, conll or jsonl for a labelled task")
+    if mlm and recipe.data.transfer is not None:
+        raise RecipeError("data.transfer adds unlabelled text to a labelled task; with type: mlm every text is "
+                          "unlabelled", where=where(recipe, "data", "transfer"), hint="give the text as data.train")
 
 
 def _read_transfer(recipe: Recipe) -> dict[str, list[Example]]:

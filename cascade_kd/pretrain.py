@@ -1,0 +1,65 @@
+"""`cascade-kd pretrain`: a masked-LM teacher trained from scratch, for machines with no pretrained weights.
+
+It is not a second pipeline: the flags become a recipe with task type mlm, a teacher built from a
+config and no cascade stages, which `run_recipe` runs like any other (checkpoints, --resume, the
+report with per-language masked-token accuracy). RUN_DIR/recipe.yaml keeps that recipe, so the
+run can be repeated or edited; RUN_DIR/teacher is the model, which general-distillation recipes
+name as `teacher.model`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from cascade_kd.recipe import Recipe, parse_recipe
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text", required=True, help="training text per language: a path template with {lang}, "
+                   "one example per line (e.g. corpus/train-{lang}.txt)")
+    p.add_argument("--dev", required=True, help="dev text per language, same form (masked-token accuracy is scored there)")
+    p.add_argument("--languages", nargs="+", required=True, help="the language codes that fill {lang}")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory or hub name (e.g. ../shared/data/tokenizers/mbert-cased)")
+    p.add_argument("--out", type=Path, required=True, help="RUN_DIR: the model lands in RUN_DIR/teacher")
+    p.add_argument("--model-type", default="bert", help="a transformers model type with a masked-LM head (default bert)")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--intermediate", type=int, help="feed-forward width (default 4 x hidden)")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--mask-probability", type=float, default=0.15)
+    p.add_argument("--language-alpha", type=float, help="temperature sampling of languages (e.g. 0.3); default: as the data comes")
+    p.add_argument("--max-per-language", type=int, help="at most this many training lines per language")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted pretraining run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+
+
+def recipe_text(args) -> str:
+    """The recipe the flags describe (YAML), so that every check and message is the recipe's own."""
+    spec = {
+        "name": "pretrain", "seed": args.seed,
+        "task": {"type": "mlm", "max_length": args.max_length, "mask_probability": args.mask_probability},
+        "data": {"languages": list(args.languages), "format": "text", "train": args.text, "dev": args.dev},
+        "teacher": {"tokenizer": args.tokenizer, "config": {
+            "model_type": args.model_type, "num_hidden_layers": args.layers, "hidden_size": args.hidden,
+            "num_attention_heads": args.heads, "intermediate_size": args.intermediate or 4 * args.hidden,
+            "max_position_embeddings": max(512, args.max_length + 2)}},
+        "train": {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size},
+    }
+    if args.language_alpha is not None:
+        spec["data"]["language_alpha"] = args.language_alpha
+    if args.max_per_language is not None:
+        spec["data"]["max_train_per_language"] = args.max_per_language
+    return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
+
+
+def recipe_from_args(args) -> Recipe:
+    """Validated like a recipe file; errors name the flag's key (e.g. `train.lr`)."""
+    return parse_recipe(recipe_text(args), source="cascade-kd pretrain", base_dir=Path.cwd())
