@@ -116,7 +116,8 @@ class Job:
         """What the engine needs beyond the losses: masked-LM mode and dynamic masks; language sampling."""
         options = {"masked_lm": self.masked_lm}
         if self.masked_lm and self.recipe.task.masking == "dynamic":
-            options["batch_transform"] = lambda batch, members, epoch: self.masker.mask_batch(batch, train_data, members, epoch)
+            options["batch_transform"] = lambda batch, members, epoch, slots: self.masker.mask_batch(
+                batch, train_data, members, epoch, slots)
         alpha = self.recipe.data.language_alpha
         if alpha is not None:
             options["epoch_draw"] = lambda epoch: epoch_indices(blocks, alpha, seed=seed, epoch=epoch)
@@ -151,12 +152,13 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
                                         max_length=recipe.task.max_length, label_all_subwords=recipe.task.label_all_subwords))
                 for lang, examples in per_lang.items()}
 
+    if data.task == "mlm" and tokenizer.mask_token_id is None:  # before the corpus is tokenised
+        raise RecipeError("the tokenizer has no mask token, which masked-LM inputs need",
+                          where=where(recipe, "teacher", "tokenizer" if teacher_cfg.tokenizer else "model"),
+                          hint="use the tokenizer the model was pretrained with (BERT-style tokenizers have [MASK])")
     encoded = {split: encoded_per_language(per_lang) for split, per_lang in data.splits.items()}
     masker = None
     if data.task == "mlm":
-        if tokenizer.mask_token_id is None:
-            raise RecipeError("the tokenizer has no mask token, which masked-LM inputs need",
-                              where=where(recipe, "teacher", "tokenizer" if teacher_cfg.tokenizer else "model"))
         masker = masker_for(tokenizer, probability=recipe.task.mask_probability, seed=recipe.seed)
         # dev and test masks are drawn once, so every model is scored on the same masked pieces; train
         # masks too with masking: static, else the engine draws them per epoch (Job.train_options)
@@ -252,6 +254,12 @@ def _check_masked_lm_stage(recipe: Recipe, i: int, cfg) -> None:
         raise RecipeError(f"general distillation (task type mlm) has transformer students only, not {stage.student.kind}",
                           where=where(recipe, *key, "student", "kind"),
                           hint="distil a recursive or BiLSTM student on a task, from a model of this chain")
+    for name, loss in recipe.stage_losses(stage).items():
+        if name in LOGIT_LOSSES and "positions" in loss.model_fields_set and loss.positions == "tokens":
+            own = stage.losses is not None
+            raise RecipeError("masked-LM logits are compared at the masked positions only",
+                              where=where(recipe, *(key if own else ("cascade",)), "losses", name, "positions"),
+                              hint="remove positions from this loss")
     if cfg.teacher_cache == "off":
         return
     at = _cache_key_where(recipe, i)

@@ -124,6 +124,8 @@ def _cmd_eval(args) -> None:
 
         if args.parallel_limit is not None and args.parallel_limit < 1:
             raise UserError(f"--parallel-limit {args.parallel_limit} is not a positive number of pairs")
+        if args.parallel_languages is not None and not args.parallel_languages.strip(" ,"):
+            raise UserError("--parallel-languages is empty", hint="give codes such as deu,fra, or leave the flag out for all")
         parallel = tatoeba_pairs(args.parallel, args.parallel_languages, limit=args.parallel_limit)
     elif args.parallel_languages or args.parallel_limit:
         raise UserError("--parallel-languages and --parallel-limit need --parallel (the folder of parallel text)")
@@ -158,10 +160,13 @@ def _cmd_pretrain(args) -> None:
     from cascade_kd.pretrain import recipe_from_args
     from cascade_kd.report import report_table
 
+    from cascade_kd.distributed import is_main
+
     recipe = recipe_from_args(args)
     metrics = run_recipe(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
-    print("\n" + report_table(metrics))
-    print(f"\nmasked-LM teacher: {args.out / 'teacher'}  (the recipe as run: {args.out / 'recipe.yaml'})")
+    if is_main():
+        print("\n" + report_table(metrics))
+        print(f"\nmasked-LM teacher: {args.out / 'teacher'}  (the recipe as run: {args.out / 'recipe.yaml'})")
 
 
 def _cmd_trim(args) -> None:

@@ -424,7 +424,8 @@ def _train(
     With `teacher_cache` (a TeacherCache of `teacher` on `train_data`), the teacher's features are
     read from disk instead of computed; other guides still run.
     With `masked_lm`, logits (and ce, kl, logit_mse) are computed at the masked positions only.
-    `batch_transform(batch, members, epoch)` changes a collated batch (dynamic masking);
+    `batch_transform(batch, members, epoch, slots)` changes a collated batch (dynamic masking);
+    `slots` name each member's place in the epoch, the same on any number of processes;
     `epoch_draw(epoch)` gives the example indices of an epoch (language sampling; default: each once).
     Both must be pure functions of their arguments, so that resumed and multi-process runs match."""
     if guides:
@@ -467,7 +468,7 @@ def _train(
         # (the head of a representation-only stage, layers above the mapped ones) are frozen for the stage
         members = bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=0)[0]
         probe = collate([train_data[i] for i in members], pad_id)
-        probe = batch_transform(probe, members, 0) if batch_transform is not None else probe
+        probe = batch_transform(probe, members, 0, [f"0:{j}" for j in range(len(members))]) if batch_transform else probe
         unreached = unreached_parameters(module.to(device), terms, teacher, {k: v.to(device) for k, v in probe.items()},
                                          need_hidden, need_attn, masked_lm)
         for name, p in module.named_parameters():
@@ -522,8 +523,9 @@ def _train(
                 break
             members, real = batch_share(batches[position], rank, n_proc)
             batch = collate([train_data[i] for i in members], pad_id)
-            if batch_transform is not None:
-                batch = batch_transform(batch, members, progress.epoch)
+            if batch_transform is not None:  # slots: (batch, place in the global batch), split like the members
+                slots = [f"{position}:{j}" for j in batch_share(list(range(len(batches[position]))), rank, n_proc)[0]]
+                batch = batch_transform(batch, members, progress.epoch, slots)
             batch = {k: v.to(device) for k, v in batch.items()}
             token_task = batch["labels"].dim() == 2  # masked-LM labels too: their units are masked positions
             logits = logit_positions(terms, batch, masked_lm)

@@ -187,7 +187,8 @@ def extract_features(model, batch: dict, *, hidden: bool, attentions: bool, qkv_
 QKV_KINDS = ("query", "key", "value")
 # The names families give the three projections: BERT / XLM-R / ELECTRA / recursive students,
 # DistilBERT, and the q_proj style of newer encoders.
-QKV_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q_proj", "k_proj", "v_proj"))
+QKV_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q_proj", "k_proj", "v_proj"),
+             ("query_proj", "key_proj", "value_proj"))  # the last: DeBERTa-v2 / mDeBERTa
 
 
 def attention_layers(model) -> list[nn.Module]:

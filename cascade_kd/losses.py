@@ -320,7 +320,8 @@ class RelationKL(nn.Module):
                 "pick a relation head count that divides both the teacher's and the student's width"
             )
         h = x.float().view(b, t, r, width // r).transpose(1, 2)  # [B, R, T, d]
-        scores = h @ h.transpose(-1, -2) / math.sqrt(width // r)
+        with torch.autocast(x.device.type, enabled=False):  # the first loss with a matmul: keep it in fp32
+            scores = h @ h.transpose(-1, -2) / math.sqrt(width // r)
         if key_mask is not None:
             # The most negative finite float, not -inf: a row whose keys are all padding then gets a
             # uniform (ignored) distribution instead of NaN.

@@ -70,10 +70,10 @@ def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_
             where="teacher.model",
             hint="give a local directory with config.json and weights, or a hub name when online",
         ) from None
-    if task == "mlm":  # a masked-LM head is there or not: nothing depends on labels
-        has_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in (config.architectures or []))
-        model = auto_class(task).from_pretrained(name_or_path, trust_remote_code=trust_remote_code, dtype=torch.float32)
-        return model, has_head
+    if task == "mlm":  # a masked-LM head is there when the checkpoint filled every weight of one
+        model, info = auto_class(task).from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
+                                                       dtype=torch.float32, output_loading_info=True)
+        return model, not info.get("missing_keys")
     head = "ForTokenClassification" if task == "token" else "ForSequenceClassification"
     has_head = any(a.endswith(head) for a in (config.architectures or [])) and config_labels(config) == list(labels)
     model = auto_class(task).from_pretrained(
@@ -101,7 +101,10 @@ def create_model(config_spec: dict, task: str, labels: list[str], vocab_size: in
             f"teacher.config.vocab_size {config.vocab_size} is smaller than the tokenizer's {vocab_size}",
             where="teacher.config.vocab_size",
         )
-    return auto_class(task).from_config(config)
+    try:
+        return auto_class(task).from_config(config)
+    except (ValueError, TypeError) as exc:  # e.g. a width that the head count does not divide, no such head
+        raise RecipeError(f"invalid teacher.config: {str(exc).splitlines()[0]}", where="teacher.config") from None
 
 
 def masked_lm_parts(model):

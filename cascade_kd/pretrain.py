@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from cascade_kd.errors import UserError
 from cascade_kd.recipe import Recipe, parse_recipe
 
 
@@ -60,6 +61,18 @@ def recipe_text(args) -> str:
     return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
 
 
+def check_shape(args) -> None:
+    """The model's shape flags, checked before anything runs (the recipe checks everything else)."""
+    for flag in ("layers", "hidden", "heads", "intermediate", "max_length"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} {value} is not a positive number")
+    if args.hidden % args.heads:
+        raise UserError(f"--hidden {args.hidden} is not a multiple of --heads {args.heads}",
+                        hint="each attention head gets hidden / heads dimensions")
+
+
 def recipe_from_args(args) -> Recipe:
-    """Validated like a recipe file; errors name the flag's key (e.g. `train.lr`)."""
-    return parse_recipe(recipe_text(args), source="cascade-kd pretrain", base_dir=Path.cwd())
+    """Validated like a recipe file; errors name the recipe key the flag sets (e.g. `train.lr` for --lr)."""
+    check_shape(args)
+    return parse_recipe(recipe_text(args), source="cascade-kd pretrain (flags)", base_dir=Path.cwd())

@@ -69,6 +69,14 @@ class LossConfig(_Section):
     relations: list[Literal["query", "key", "value"]] = Field(default_factory=lambda: ["query", "key", "value"], min_length=1)
 
 
+    @field_validator("relations")
+    @classmethod
+    def _unique_relations(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("relations lists each of query, key, value at most once")
+        return v
+
+
 LOSS_NAMES = ("kl", "logit_mse", "ce", "hidden_mse", "hidden_cos", "attention_mse", "attention_kl", "relation_kl")
 _STAGE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from cascade_kd.errors import DataError, UserError
 from cascade_kd.evaluation import summarise
+from cascade_kd.models import masked_lm_parts
 
 __all__ = [
     "available_languages",
@@ -131,6 +132,8 @@ def sentence_embeddings(model, tokenizer, texts: list[str], *, batch_size: int =
     order = sorted(range(len(texts)), key=lengths.__getitem__)  # similar lengths together: little padding
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
+    parts = masked_lm_parts(model)  # a masked-LM model: its encoder alone, not the vocabulary-wide head
+    encoder = parts[0] if parts is not None else model
     pooled = []
     was_training = model.training
     model.eval()
@@ -145,7 +148,7 @@ def sentence_embeddings(model, tokenizer, texts: list[str], *, batch_size: int =
                     batch[k][row, : lengths[i]] = torch.tensor(encoded[k][i])
                 batch["attention_mask"][row, : lengths[i]] = 1
             batch = {k: v.to(device) for k, v in batch.items()}
-            hidden_states = model(**batch, output_hidden_states=True, return_dict=True).hidden_states
+            hidden_states = encoder(**batch, output_hidden_states=True, return_dict=True).hidden_states
             if not hidden_states:
                 raise ValueError(f"{type(model).__name__} returned no hidden_states")
             if not -len(hidden_states) <= layer < len(hidden_states):

@@ -126,8 +126,9 @@ def test_epoch_draw_and_batch_transform_see_exactly_the_drawn_examples(train_dat
     its members and epoch. Both are called as the docstring says, and steps follow the data size."""
     seen = []
 
-    def record(batch, members, epoch):
+    def record(batch, members, epoch, slots):
         seen.append((epoch, list(members)))
+        assert len(slots) == len(members) and len(set(slots)) == len(slots)
         return batch
 
     def draw(epoch):  # only the first 16 examples, each 4 times: 64 draws like the 64 examples

@@ -193,13 +193,29 @@ def test_eval_measures_cross_lingual_retrieval_with_retention(general, capsys):
     (("{hidden_mse: {}, attention_mse: {}}", "{hidden_mse: {}, kl: {}}"), "does not hold masked-LM logits"),
     (("student: {layers: 2}", "student: {kind: recursive, recursions: 2}"), "transformer students only"),
     (("relation_heads: 4", "relation_heads: 5"), "not a multiple of 5"),
+    (("kl: {temperature: 1.0}", "kl: {temperature: 1.0, positions: tokens}"), "at the masked positions only"),
+    (("relation_heads: 4}", "relation_heads: 4, relations: [key, key]}"), "at most once"),
 ])
 def test_general_recipe_mistakes_are_refused_before_training(general, change, message):
     root, _, _ = general
-    recipe = parse_recipe(GENERAL.replace(*change), source="general.yaml", base_dir=root)
+    text = GENERAL.replace(*change)
+    assert text != GENERAL
     with pytest.raises(UserError, match=message) as err:
-        prepare(recipe, root / "unused", say=lambda m: None)
+        prepare(parse_recipe(text, source="general.yaml", base_dir=root), root / "unused", say=lambda m: None)
     assert err.value.where.startswith("general.yaml:")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--hidden", "64", "--heads", "3"], "not a multiple of --heads 3"),
+    (["--layers", "0"], "--layers 0 is not a positive number"),
+    (["--lr", "-1"], "train.lr"),
+])
+def test_pretrain_flags_are_checked_before_anything_runs(general, flags, message, capsys):
+    root, _, _ = general
+    base = ["pretrain", "--text", "text/train-{lang}.txt", "--dev", "text/dev-{lang}.txt", "--languages", "en",
+            "--tokenizer", "ws/tokenizer", "--out", "never"]
+    assert main(base + flags) == 2
+    assert message in capsys.readouterr().err and not (root / "never").exists()
 
 
 def test_text_format_needs_task_mlm(general):

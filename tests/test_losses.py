@@ -462,3 +462,18 @@ def test_relation_kl_rejects_bad_arguments():
     for bad in ((), ("query", "attention"), ("key", "key")):
         with pytest.raises(ValueError, match="relations"):
             RelationKL(relations=bad)
+
+
+def test_relation_kl_is_computed_in_float32_under_bf16_autocast():
+    """The relation scores are a matmul: under the engine's bf16 autocast they must not drop to bf16,
+    or rounding noise swamps the loss near convergence."""
+    from cascade_kd.losses import RelationKL
+
+    torch.manual_seed(0)
+    teacher = {k: torch.randn(2, 7, 16) for k in ("query", "key", "value")}
+    student = {k: v + 0.01 * torch.randn_like(v) for k, v in teacher.items()}
+    loss = RelationKL(relation_heads=4)
+    exact = loss(student, teacher)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = loss(student, teacher)
+    torch.testing.assert_close(under, exact, rtol=1e-4, atol=1e-9)

@@ -56,12 +56,15 @@ def test_dynamic_batch_masks_match_per_example_draws_and_change_per_epoch():
     m = _masker(probability=0.3)
     items = [Encoded([CLS] + list(range(100, 100 + n)) + [SEP], None, [IGNORE] * (n + 2)) for n in (5, 12, 8)]
     batch = collate([items[2], items[0]], PAD)
-    out = m.mask_batch(batch, items, [2, 0], epoch=3)
-    for row, index in enumerate([2, 0]):
-        ids, labels = m.mask(items[index].input_ids, f"train:{index}:3")
+    out = m.mask_batch(batch, items, [2, 0], epoch=3, slots=["5:0", "5:1"])
+    for row, (index, slot) in enumerate(zip([2, 0], ["5:0", "5:1"])):
+        ids, labels = m.mask(items[index].input_ids, f"train:{index}:3:{slot}")
         n = len(ids)
         assert out["input_ids"][row, :n].tolist() == ids and out["labels"][row, :n].tolist() == labels
         assert (out["labels"][row, n:] == IGNORE).all() and (out["input_ids"][row, n:] == PAD).all()
     assert torch.equal(batch["labels"], collate([items[2], items[0]], PAD)["labels"])  # the input batch is untouched
-    again = m.mask_batch(batch, items, [2, 0], epoch=4)
+    again = m.mask_batch(batch, items, [2, 0], epoch=4, slots=["5:0", "5:1"])
     assert not torch.equal(again["labels"], out["labels"])
+    # one example drawn twice in an epoch (language sampling) gets two masks
+    twice = m.mask_batch(collate([items[1], items[1]], PAD), items, [1, 1], epoch=3, slots=["0:0", "7:3"])
+    assert not torch.equal(twice["labels"][0], twice["labels"][1])
