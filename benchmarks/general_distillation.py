@@ -35,7 +35,10 @@ Steps (each a `cascade-kd` command, printed before it runs; its output goes to O
 5. Per task: fine-tune the teacher and each general 2-layer student (recipes without a cascade
    section, `teacher.model: RUN/stages/NAME`), and run the task cascade L -> ... -> 2 (+ direct)
    from the fine-tuned teacher (kl + top_only hidden + attention MSE, bottom init, frozen
-   embeddings).
+   embeddings). A capped SIB-200 dev/test is a seeded sample written to OUT/sib200-sample.
+
+Quick mode only checks that every step runs: its teacher sees about 2,500 lines in all and predicts
+the commonest pieces, so its scores sit near chance (the tables say when every model scores alike).
 
 Sizes (each can be changed with a flag, see --help; changed sizes need another --out):
 
@@ -47,15 +50,16 @@ Sizes (each can be changed with a flag, see --help; changed sizes need another -
 | pretraining epochs (lr 1e-3, batch 32) | 2 | 3 |
 | general distillation epochs per stage (lr 5e-4) | 1 | 2 |
 | fine-tuning / task distillation epochs (lr 5e-4) | 2 / 1 | 3 / 2 |
-| SIB-200 train per language (dev, test: all, 99 / 204) | 30 | 100 |
+| SIB-200 per language: train; dev and test (a sample, the same rows in every language) | 30; 40 and 40 | 100; all, 99 and 204 |
 | PAN-X languages; train / dev per language (half of dev is test) | en ru ar zh hi; 100 / 60 | + de fr es el ja; 500 / 200 |
 | Tatoeba pairs per language | 50 | 60 |
-| wall time on the shared 2-core CPU | 7.8 min measured | about 35 min, estimated from the quick run's rates |
+| wall time on the shared 2-core CPU | 4.6 min measured | about 30 min, estimated (not run end to end) |
 
 Few Tatoeba pairs: `cascade-kd eval --parallel` runs each masked-LM model whole, its 119,547-piece
 vocabulary head included, on every token, about 13x the encoder's own cost here; raise
 --parallel-limit (up to 1,000) where time allows. Timings on this machine vary several-fold with
-the other jobs on it (the same pretraining ran at 560 and at 3,700 tokens/s).
+the other jobs on it (the same pretraining ran at 560 and at 3,700 tokens/s; the full estimate
+assumes the faster: its pretraining measured 574 steps, about 150 s, per epoch).
 
     nice -n 10 .venv/bin/python benchmarks/general_distillation.py --quick    # smoke check
     nice -n 10 .venv/bin/python benchmarks/general_distillation.py            # full mode
@@ -77,6 +81,7 @@ import csv
 import json
 import os
 import platform
+import random
 import shlex
 import shutil
 import subprocess
@@ -128,7 +133,8 @@ class Sizes:
     distil_epochs: float  # per general distillation stage
     finetune_epochs: float
     task_distil_epochs: float  # per task cascade stage
-    sib_train: int  # per language; dev and test are whole (test.tsv is sorted by category: its first lines are one class)
+    sib_train: int  # per language
+    sib_eval: int | None  # dev and test sentences per language: a random sample, the same in every language (None: all)
     panx_train: int
     panx_eval: int  # dev sentences per language, half of which are held out as test
     parallel_limit: int | None  # Tatoeba pairs per language (None: all, up to 1,000)
@@ -154,15 +160,17 @@ class Sizes:
 def sizes_for(args) -> Sizes:
     if args.quick:
         s = Sizes([r[0] for r in LANGUAGES[:21]], PANX_QUICK, lines=60, dev_lines=20, pretrain_epochs=2,
-                  distil_epochs=1, finetune_epochs=2, task_distil_epochs=1, sib_train=30, panx_train=100, panx_eval=60,
-                  parallel_limit=50, minilm=True, finetune_students=["s2", "direct", "m2"])
+                  distil_epochs=1, finetune_epochs=2, task_distil_epochs=1, sib_train=30, sib_eval=40,
+                  panx_train=100, panx_eval=60, parallel_limit=50, minilm=True,
+                  finetune_students=["s2", "direct", "m2"])
     else:
-        s = Sizes([r[0] for r in LANGUAGES], PANX_FULL, lines=500, dev_lines=50, pretrain_epochs=3, distil_epochs=2,
-                  finetune_epochs=3, task_distil_epochs=2, sib_train=100, panx_train=500, panx_eval=200,
-                  parallel_limit=60, minilm=True, finetune_students=["s2", "direct", "m2"])
+        s = Sizes([r[0] for r in LANGUAGES], PANX_FULL, lines=500, dev_lines=50, pretrain_epochs=3,
+                  distil_epochs=2, finetune_epochs=3, task_distil_epochs=2, sib_train=100, sib_eval=None,
+                  panx_train=500, panx_eval=200, parallel_limit=60, minilm=True,
+                  finetune_students=["s2", "direct", "m2"])
     for key in ("languages", "panx_languages", "lines", "dev_lines", "layers", "hidden", "heads", "pretrain_epochs",
-                "distil_epochs", "finetune_epochs", "task_distil_epochs", "sib_train", "panx_train", "panx_eval",
-                "parallel_limit", "pretrain_lr", "distil_lr", "finetune_lr", "max_length", "minilm",
+                "distil_epochs", "finetune_epochs", "task_distil_epochs", "sib_train", "sib_eval", "panx_train",
+                "panx_eval", "parallel_limit", "pretrain_lr", "distil_lr", "finetune_lr", "max_length", "minilm",
                 "finetune_students"):
         value = getattr(args, key)
         if value is not None:
@@ -245,6 +253,25 @@ def build_corpus(data: Path, corpus: Path, sizes: Sizes) -> dict:
     return stats
 
 
+def sib_eval_files(data: Path, out: Path, sizes: Sizes) -> Path:
+    """The folder SIB-200's dev and test files are read from. With sizes.sib_eval, OUT/sib200-sample
+    holds a seeded random sample of each, the same rows in every language (the files are parallel,
+    row for row); a plain cap (max_eval_per_language) would keep the first rows, and test.tsv is
+    sorted by category: its first 51 rows are all science/technology."""
+    if sizes.sib_eval is None:
+        return data / "sib200"
+    sample = out / "sib200-sample"
+    for split in ("dev", "test"):
+        n_rows = len((data / "sib200" / "eng_Latn" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()) - 1
+        rows = sorted(random.Random(f"sib200:{split}").sample(range(n_rows), min(sizes.sib_eval, n_rows)))
+        for sib in sizes.languages:
+            lines = (data / "sib200" / sib / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
+            path = sample / sib / f"{split}.tsv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join([lines[0]] + [lines[1 + i] for i in rows]) + "\n", encoding="utf-8")
+    return sample
+
+
 # ---------------------------------------------------------------------------------------------
 # Recipes (written as YAML under OUT/recipes/, absolute paths)
 
@@ -276,31 +303,31 @@ def general_recipe(s: Sizes, corpus: Path, teacher: Path, minilm: bool) -> dict:
     }
 
 
-def task_sections(task: str, s: Sizes, data: Path) -> tuple[dict, dict]:
+def task_sections(task: str, s: Sizes, data: Path, sib_eval: Path) -> tuple[dict, dict]:
+    """(task, data) sections of a task recipe; `sib_eval`: the folder of SIB-200's dev and test files."""
     if task == "sib200":
         return ({"type": "sequence", "max_length": s.max_length, "labels_file": str(data / "sib200" / "labels.txt")},
                 {"format": "tsv", "languages": s.languages, "header": True, "text_column": "text",
-                            "label_column": "category", "train": str(data / "sib200" / "{lang}" / "train.tsv"),
-                            "dev": str(data / "sib200" / "{lang}" / "dev.tsv"),
-                            "test": str(data / "sib200" / "{lang}" / "test.tsv"),
-                            "max_train_per_language": s.sib_train})
+                 "label_column": "category", "train": str(data / "sib200" / "{lang}" / "train.tsv"),
+                 "dev": str(sib_eval / "{lang}" / "dev.tsv"), "test": str(sib_eval / "{lang}" / "test.tsv"),
+                 "max_train_per_language": s.sib_train})
     return ({"type": "token", "max_length": s.max_length, "label_all_subwords": False, "labels": PANX_LABELS},
             {"format": "conll", "languages": s.panx_languages, "train": str(data / "panx" / "train-{lang}.tsv"),
              "dev": str(data / "panx" / "dev-{lang}.tsv"), "holdout_from_dev": 0.5,
              "max_train_per_language": s.panx_train, "max_eval_per_language": s.panx_eval})
 
 
-def finetune_recipe(task: str, s: Sizes, data: Path, model: Path, name: str) -> dict:
+def finetune_recipe(task: str, s: Sizes, data: Path, sib_eval: Path, model: Path, name: str) -> dict:
     """No cascade section: the model (a masked-LM checkpoint, here without a task head) is fine-tuned
     on the task and scored."""
-    task_sec, data_sec = task_sections(task, s, data)
+    task_sec, data_sec = task_sections(task, s, data, sib_eval)
     return {"name": f"{task}-finetune-{name}", "seed": s.seed, "task": task_sec, "data": data_sec,
             "teacher": {"model": str(model), "finetune": "always"},
             "train": {"epochs": s.finetune_epochs, "lr": s.finetune_lr, "batch_size": s.batch_size}}
 
 
-def task_cascade_recipe(task: str, s: Sizes, data: Path, teacher: Path) -> dict:
-    task_sec, data_sec = task_sections(task, s, data)
+def task_cascade_recipe(task: str, s: Sizes, data: Path, sib_eval: Path, teacher: Path) -> dict:
+    task_sec, data_sec = task_sections(task, s, data, sib_eval)
     return {"name": f"{task}-task-cascade", "seed": s.seed, "task": task_sec, "data": data_sec,
             "teacher": {"model": str(teacher), "finetune": "never"},
             "train": {"epochs": s.task_distil_epochs, "lr": s.distil_lr, "batch_size": s.batch_size},
@@ -482,13 +509,13 @@ def collect(out: Path, s: Sizes, steps: Steps) -> dict:
                             {"s2": "general cascade student", "direct": "general direct student",
                              "m2": "general MiniLMv2 student"}[key] + ", fine-tuned on the task", m,
                             _add(general_cost.get(key), _train_s(m))))
-        t_stages = [st["name"] for st in chain(s.layers, "t")]
         cost = ft_teacher_cost
-        for name in t_stages:
-            m = _model(tc, name)
+        for stage in chain(s.layers, "t"):
+            k, m = stage["student"]["layers"], _model(tc, stage["name"])
             cost = _add(cost, _train_s(m))
-            rows.append(Row(f"task-{name}", f"task {name} {m['layers'] if m else '?'}x{s.hidden}",
-                            "task cascade from the fine-tuned teacher", m, cost))
+            rows.append(Row(f"task-{stage['name']}", f"task {stage['name']} {k}x{s.hidden}",
+                            "task cascade " + "->".join(map(str, range(s.layers, k - 1, -1))) + " from the fine-tuned "
+                            "teacher", m, cost))
         m = _model(tc, "direct")
         rows.append(Row("task-direct", f"task direct 2x{s.hidden}", "fine-tuned teacher -> 2 straight", m,
                         _add(ft_teacher_cost, _train_s(m))))
@@ -566,8 +593,11 @@ def render(results: dict) -> str:
             "train s", "cumul. s"]
     same = "Every model scores exactly alike in every language: they predict the same pieces/classes, so this " \
            "table compares nothing (too little training)."
+    steps_s = sum(v.get("wall_s", 0) for v in results["steps"].values())
+    resumed = (f" (resumed: the steps took {steps_s / 60:.1f} min when they ran)"
+               if any(v["status"] == "done before" for v in results["steps"].values()) else "")
     lines = [f"## General distillation ({results['mode']})", "",
-             (f"`{results['command']}`: {results['date']}, wall time {results['wall_time_s'] / 60:.1f} min "
+             (f"`{results['command']}`: {results['date']}, wall time {results['wall_time_s'] / 60:.1f} min{resumed} "
               f"({results['machine']}). {len(s['languages'])} languages in {scripts} scripts, {s['lines']} training "
               f"lines each (corpus {results['corpus_lines']['train']:,} train / {results['corpus_lines']['dev']:,} "
               f"dev lines); teacher {s['layers']}x{s['hidden']} ({s['heads']} heads), mBERT cased vocabulary; max "
@@ -639,6 +669,8 @@ def parse_args(argv=None):
     p.add_argument("--finetune-lr", type=float)
     p.add_argument("--task-distil-epochs", type=float, help="epochs per task cascade stage")
     p.add_argument("--sib-train", type=int, help="SIB-200 training sentences per language")
+    p.add_argument("--sib-eval", type=int, help="SIB-200 dev and test sentences per language, a random sample "
+                   "(default: all with full, 40 with --quick)")
     p.add_argument("--panx-train", type=int, help="PAN-X training sentences per language")
     p.add_argument("--panx-eval", type=int, help="PAN-X dev sentences per language (half become test)")
     p.add_argument("--parallel-limit", type=int, help="Tatoeba pairs per language")
@@ -702,23 +734,25 @@ def main(argv=None) -> int:
         recipe = write_recipe(out, name, general_recipe(s, corpus, teacher, minilm),
                               "MiniLMv2 general distillation" if minilm else "LightMBERT-style general cascade")
         steps.run(name, ["run", recipe, "--out", out / name, "--resume"], out / name / "metrics.json", needs=(teacher,))
-        shutil.rmtree(out / name / "cache", ignore_errors=True)  # the teacher cache, once the run is done
+        if (out / name / "metrics.json").is_file():  # done: its teacher cache is no longer needed
+            shutil.rmtree(out / name / "cache", ignore_errors=True)
         steps.run(f"{name}-retrieval", ["eval", out / name, "--split", "dev", "--parallel", data / "tatoeba",
                                          "--parallel-languages", tatoeba_langs, *limit],
                   out / name / "eval-dev" / "metrics.json", needs=(out / name / "metrics.json",))
 
     # 5. tasks: fine-tune the teacher and the general students; the task cascade from the fine-tuned teacher
+    sib_eval = sib_eval_files(data, out, s)
     students = {"s2": out / "general" / "stages" / "s2", "direct": out / "general" / "stages" / "direct",
                 "m2": out / "general-minilm" / "stages" / "m2"}
     for task in ("sib200", "panx"):
         for key, model in [("teacher", teacher)] + [(k, students[k]) for k in _general_students(s)]:
             name = f"{task}-{key}"
-            recipe = write_recipe(out, f"finetune-{name}", finetune_recipe(task, s, data, model, key),
+            recipe = write_recipe(out, f"finetune-{name}", finetune_recipe(task, s, data, sib_eval, model, key),
                                   f"{key} fine-tuned on {task}")
             steps.run(f"finetune-{name}", ["run", recipe, "--out", out / "finetune" / name, "--resume"],
                       out / "finetune" / name / "metrics.json", needs=(model,))
         ft_teacher = out / "finetune" / f"{task}-teacher" / "teacher"
-        recipe = write_recipe(out, f"task-cascade-{task}", task_cascade_recipe(task, s, data, ft_teacher),
+        recipe = write_recipe(out, f"task-cascade-{task}", task_cascade_recipe(task, s, data, sib_eval, ft_teacher),
                               f"task cascade on {task} from the fine-tuned teacher")
         steps.run(f"task-cascade-{task}", ["run", recipe, "--out", out / "task-cascade" / task, "--resume"],
                   out / "task-cascade" / task / "metrics.json", needs=(ft_teacher,))
@@ -744,4 +778,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume (finished steps are skipped)", file=sys.stderr)
+        sys.exit(130)
