@@ -100,10 +100,7 @@ class Job:
         return self.out / "state" / name
 
     def train_set(self):
-        return [e for _, enc in self.encoded["train"].values() for e in enc]
-
-    def transfer_set(self):
-        return [e for _, enc in self.transfer.values() for e in enc]
+        return self.training_data()[0]
 
     def training_data(self, with_transfer: bool = False) -> tuple[list, list[tuple[str, int]]]:
         """The training examples (with the transfer set, for stages that learn from a teacher) and
@@ -454,7 +451,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     with_transfer = bool(job.transfer) and any(t.name != "ce" for t in terms)  # the teacher labels the transfer text
     train_data, blocks = job.training_data(with_transfer)
     if with_transfer:
-        job.say(f"  {name}: + {len(job.transfer_set()):,} unlabelled transfer examples "
+        job.say(f"  {name}: + {sum(len(enc) for _, enc in job.transfer.values()):,} unlabelled transfer examples "
                 f"({', '.join(job.transfer)}), labelled by the teacher")
     cache = teacher_cache(job, teacher, terms, cfg, train_data) if cfg.teacher_cache != "off" else None
     # a stage with no task-output loss (representation only, XtremeDistil's first stage) leaves the
