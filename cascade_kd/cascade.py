@@ -211,6 +211,12 @@ def check_cascade(recipe: Recipe, t_config) -> None:
         if cfg.teacher_cache != "off" and any(n == "relation_kl" and c.weight > 0 for n, c in recipe.stage_losses(stage).items()):
             raise RecipeError("the teacher cache does not hold the query/key/value states that relation_kl compares",
                               where=_cache_key_where(recipe, i), hint="use teacher_cache: off for this stage")
+        if cfg.teacher_cache != "off" and cfg.teacher_sharding == "fsdp":
+            # a sharded teacher is a collective (every process runs each batch); the cache runs the
+            # teacher on different batches per process
+            raise RecipeError("the teacher cache cannot be built by a sharded teacher (teacher_sharding: fsdp)",
+                              where=_cache_key_where(recipe, i),
+                              hint="use teacher_cache: off with teacher_sharding: fsdp (or teacher_sharding: none)")
         if recipe.task.type == "mlm":
             _check_masked_lm_stage(recipe, i, cfg)
         if stage.student == "previous":

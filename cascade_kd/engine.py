@@ -35,6 +35,7 @@ from cascade_kd.errors import UserError
 from cascade_kd.features import Features, extract_features, layer_pairs
 from cascade_kd.losses import LOSSES
 from cascade_kd.recipe import LossConfig, TrainConfig
+from cascade_kd.sharding import local_parameter_count, shard_frozen
 from cascade_kd.training_state import Progress, has_state, load_state, save_state
 
 LOGIT_LOSSES = ("kl", "logit_mse")
@@ -304,10 +305,12 @@ def make_accelerator(cfg: TrainConfig, find_unused: bool = False):
                               cpu=process.device.type == "cpu", kwargs_handlers=[ddp])
     kind = accelerator.distributed_type.value
     if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        # sharded students need sharded checkpoints and state dicts, which this engine does not write
-        raise UserError(f"accelerate is configured for {kind}, which cascade-kd does not support yet",
+        # sharded students need sharded checkpoints and state dicts, which this engine does not write;
+        # a frozen teacher is sharded by the recipe instead (train.teacher_sharding), under DDP launchers
+        raise UserError(f"accelerate is configured for {kind}, which cascade-kd does not support for the student",
                         where="accelerate config", hint="launch with data parallelism (DDP): accelerate launch "
-                        "--multi_gpu --num_processes N, or torchrun --nproc_per_node N")
+                        "--multi_gpu --num_processes N, or torchrun --nproc_per_node N; for a teacher too large for "
+                        "one device, add train.teacher_sharding: fsdp to the recipe")
     return accelerator
 
 
@@ -461,8 +464,24 @@ def _train(
     if needs_teacher:
         if teacher is None:
             raise ValueError("distillation losses need a teacher")
-        for model in guides or [teacher]:
-            model.to(device).eval().requires_grad_(False)  # frozen, outside DDP
+        frozen = guides or [teacher]
+        if cfg.teacher_sharding == "fsdp" and n_proc > 1:
+            if teacher_cache is not None:
+                raise ValueError("a sharded teacher runs on every process at once; the cache runs it per process")
+            # a sharded copy per frozen model (cascade_kd/sharding.py); the originals stay where they are
+            sharded = {id(m): shard_frozen(m.eval().requires_grad_(False), device) for m in frozen}
+            teacher = sharded[id(teacher)]
+            guides = [sharded[id(g)] for g in guides] if guides else guides
+            if main:
+                held = sum(local_parameter_count(m) for m in sharded.values())
+                total = sum(sum(p.numel() for p in m.parameters()) for m in frozen)
+                _log(None, f"  {desc}: teacher{'s' if len(frozen) > 1 else ''} sharded between {n_proc} processes "
+                           f"(FSDP): {held:,} of {total:,} parameters held by each")
+        else:
+            if cfg.teacher_sharding == "fsdp" and main:
+                _log(None, f"  {desc}: teacher_sharding: fsdp has nothing to split on one process: the teacher is whole")
+            for model in frozen:
+                model.to(device).eval().requires_grad_(False)  # frozen, outside DDP
     if n_proc > 1:
         # DDP waits for a gradient of every trainable parameter: those the stage's loss never reaches
         # (the head of a representation-only stage, layers above the mapped ones) are frozen for the stage

@@ -110,7 +110,13 @@ def create_model(config_spec: dict, task: str, labels: list[str], vocab_size: in
 def masked_lm_parts(model):
     """(encoder, head) of a masked-LM model, so that the head (a vocabulary-wide projection: most of
     the compute with mBERT's 119,547 pieces) runs at the masked positions only; None for a model
-    whose head is not known here (its full logits are computed and then indexed)."""
+    whose head is not known here (its full logits are computed and then indexed), and for a sharded
+    teacher (FSDP gathers the weights that no layer group holds, the embeddings among them, in the
+    forward of the whole model only)."""
+    from cascade_kd.sharding import is_sharded
+
+    if is_sharded(model):
+        return None
     for body, head in (("bert", "cls"), ("roberta", "lm_head")):  # BERT/mBERT; RoBERTa, XLM-R, CamemBERT
         if hasattr(model, body) and hasattr(model, head):
             return getattr(model, body), getattr(model, head)

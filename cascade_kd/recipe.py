@@ -52,6 +52,9 @@ class TrainConfig(_Section):
     # trainable word embeddings: seen = only the rows of pieces the training data uses get gradients
     # and optimiser state (cascade_kd/embedding_rows.py; the rest keep their values); all = every row
     embedding_rows: Literal["seen", "all"] = "seen"
+    # on several processes, the frozen teacher (and dense guides): none = a whole copy on each process;
+    # fsdp = split between them with FSDP, gathered one layer at a time (cascade_kd/sharding.py)
+    teacher_sharding: Literal["none", "fsdp"] = "none"
 
 
 class LossConfig(_Section):
@@ -459,7 +462,8 @@ class Recipe(_Section):
         """The recipe as plain data, without the dense-guidance keys of chain stages: a chain stage
         reads back as written (they are errors there) and hashes as before those keys existed."""
         data = self.model_dump(mode="json")
-        for key, default in (("teacher_cache", "off"), ("unfreeze", "none"), ("embedding_rows", "seen")):  # keys added later: absent = default
+        for key, default in (("teacher_cache", "off"), ("unfreeze", "none"), ("embedding_rows", "seen"),
+                             ("teacher_sharding", "none")):  # keys added later: absent = default
             if data["train"][key] == default:
                 del data["train"][key]
         for key in ("transfer", "max_transfer_per_language", "language_alpha"):

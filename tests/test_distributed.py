@@ -3,7 +3,9 @@
 The engine splits each global batch between processes and weights every loss term by its share
 of the batch's items, so that DDP's gradient average is the one-process gradient. Tested at two
 levels: the weighting itself, by hand, on every loss term; and a whole tiny cascade on 2 processes
-against the same recipe on 1, including a kill of the 2-process run resumed on 1 process.
+against the same recipe on 1, including a kill of the 2-process run resumed on 1 process. Two of
+the stages (and the direct baseline) shard their teachers between the processes (FSDP), the others
+keep a whole copy on each.
 """
 
 from __future__ import annotations
@@ -136,12 +138,14 @@ cascade:
   stages:
     # long enough (128 steps, a checkpoint every 4) for the kill test to land inside it
     - {name: ta, student: {layers: 2, freeze_embeddings: true}, train: {epochs: 8}}
-    - {name: student, student: {layers: 1}, guides: dense, drop_guides: 1}
-    # representation only (the head gets no gradient), narrower (a projection), gradual unfreezing
+    # the two guides (teacher and ta) sharded between the processes (FSDP), the student in DDP
+    - {name: student, student: {layers: 1}, guides: dense, drop_guides: 1, train: {teacher_sharding: fsdp}}
+    # representation only (the head gets no gradient), narrower (a projection), gradual unfreezing;
+    # a sharded teacher again (and for the direct baseline, which trains with the final stage's settings)
     - name: repr
       student: {layers: 1, hidden: 16, heads: 2, intermediate: 32, init: random, embeddings: pca}
       losses: {hidden_mse: {}}
-      train: {unfreeze: gradual}
+      train: {unfreeze: gradual, teacher_sharding: fsdp}
   direct: true
 """
 
@@ -201,6 +205,10 @@ def test_two_processes_end_with_the_weights_of_one_and_write_each_output_once(wo
     log = two.stdout
     assert log.count("data: 2 languages") == 1  # the main process speaks, once
     assert "2 process(es), global batch 15 (about 7 per process) x 2 accumulated = 30 examples per optimiser step" in log
+    # ta: a whole teacher on each process; student: both guides sharded; repr and direct: the teacher sharded
+    sharded = [line for line in log.splitlines() if "sharded between 2 processes (FSDP)" in line]
+    assert [line.split(":")[0].strip() for line in sharded] == ["student", "repr", "direct"], sharded
+    assert "teachers sharded" in sharded[0] and "teacher sharded" in sharded[1]
 
 
 def test_a_killed_two_process_run_resumes_on_one_process(workspace):
