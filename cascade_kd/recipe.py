@@ -376,6 +376,9 @@ class DataConfig(_Section):
     hf: Optional[HubDataConfig] = None
     encoding: str = "utf-8"
     header: Optional[bool] = None
+    # tsv fields: none = taken as they are (quotes are text); csv = a field wrapped in double quotes,
+    # with "" for a quote inside (what Python's csv module and pandas write, e.g. SIB-200), is unquoted
+    quoting: Literal["none", "csv"] = "none"
     text_column: Optional[Union[str, int]] = None
     text_pair_column: Optional[Union[str, int]] = None
     label_column: Optional[Union[str, int]] = None
@@ -406,6 +409,8 @@ class DataConfig(_Section):
                 raise ValueError("data.dev is required: models are selected on dev, never on test")
         if self.holdout_from_dev and (self.test is not None or self.format == "hf"):
             raise ValueError("holdout_from_dev carves a test split out of dev: give it or data.test, not both")
+        if self.quoting == "csv" and self.format != "tsv":
+            raise ValueError(f"data.quoting: csv unquotes tsv fields; format {self.format!r} has none")
         return self
 
 
@@ -469,6 +474,8 @@ class Recipe(_Section):
         for key in ("transfer", "max_transfer_per_language", "language_alpha"):
             if data["data"][key] is None:
                 del data["data"][key]
+        if data["data"]["quoting"] == "none":
+            del data["data"]["quoting"]
         if data["task"]["type"] != "mlm":
             del data["task"]["mask_probability"], data["task"]["masking"]
         for losses in [data["cascade"]["losses"]] + [stage["losses"] or {} for stage in data["cascade"]["stages"]]:

@@ -50,6 +50,7 @@ def read_examples(
     text_pair_column: str | int | None = None,
     label_column: str | int | None = None,
     header: bool | None = None,
+    quoting: str = "none",
     encoding: str = "utf-8",
     limit: int | None = None,
 ) -> list[Example]:
@@ -57,7 +58,8 @@ def read_examples(
 
     `fmt` is "tsv", "conll" or "jsonl"; `task` is "sequence", "pair" or "token". Columns are
     names (tsv with a header, jsonl keys) or 0-based indexes (tsv without a header); see the
-    format readers below for defaults. `limit` keeps only the first `limit` examples. Raises
+    format readers below for defaults. `quoting` ("none" or "csv", tsv only): see `_read_tsv`.
+    `limit` keeps only the first `limit` examples. Raises
     `DataError` for any problem with the arguments or the file.
     """
     where = str(path)
@@ -75,6 +77,9 @@ def read_examples(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DataError(f"limit must be a positive integer, got {limit!r}", where=where)
 
+    if quoting not in ("none", "csv") or (quoting == "csv" and fmt != "tsv"):
+        raise DataError(f"quoting {quoting!r} does not apply to {fmt} files", where=where,
+                        hint="quoting: csv is for tsv files whose fields are quoted as by the csv module; else none")
     lines = _read_lines(path, encoding)
     if fmt == "tsv":
         examples = _read_tsv(
@@ -86,6 +91,7 @@ def read_examples(
             text_pair_column=text_pair_column,
             label_column=label_column,
             header=header,
+            quoting=quoting,
         )
     elif fmt == "conll":
         if any(c is not None for c in (text_column, text_pair_column, label_column)) or header:
@@ -242,8 +248,13 @@ def _read_tsv(
     text_pair_column: str | int | None,
     label_column: str | int | None,
     header: bool | None,
+    quoting: str = "none",
 ) -> Iterator[Example]:
     """Tab-separated rows. Columns are names with a header, 0-based indexes without one.
+
+    `quoting="csv"`: a field that starts and ends with a double quote is CSV-quoted (the csv
+    module's default dialect with a tab delimiter): the outer quotes go and each "" inside becomes ".
+    A quoted field with a lone quote inside is an error (file:line). Fields stay one per line.
 
     Defaults (by position, with or without a header): sequence -> text 0, label 1; pair -> text 0,
     text_pair 1, label 2. `header=None` means: a header if any column is given by name.
@@ -316,6 +327,8 @@ def _read_tsv(
         # A plain split on tabs is what csv does with QUOTE_NONE (quotes in texts stay as they are),
         # without csv's 131,072-character field limit and its errors on a stray "\r".
         fields = line.split("\t")
+        if quoting == "csv":
+            fields = [_unquote(field, at) for field in fields]
         if len(fields) < needed:
             raise DataError(
                 f"expected {needed} tab-separated columns, found {len(fields)}",
@@ -334,6 +347,17 @@ def _read_tsv(
         if not label:
             raise DataError(f"empty label in {describe(label_i)}", where=at)
         yield Example(lang=lang, source=at, text=text, text_pair=text_pair, label=label)
+
+
+def _unquote(field: str, at: str) -> str:
+    """A CSV-quoted field without its quotes ("a ""b"" c" -> a "b" c); other fields as they are."""
+    if len(field) < 2 or field[0] != '"' or field[-1] != '"':
+        return field
+    inner = field[1:-1]
+    if '"' in inner.replace('""', ""):
+        raise DataError(f"a quoted field has a lone double quote inside: {_excerpt(field)}", where=at,
+                        hint='with quoting: csv, quotes inside a quoted field are doubled (""); or use quoting: none')
+    return inner.replace('""', '"')
 
 
 # --- conll ----------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ def _read_local(recipe: Recipe, split: str, lang: str) -> list[Example] | None:
         text_pair_column=data.text_pair_column,
         label_column=data.label_column,
         header=data.header,
+        quoting=data.quoting,
         encoding=data.encoding,
         limit=limit,
     )

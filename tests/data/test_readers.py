@@ -72,6 +72,32 @@ def test_sib200_train_with_header_and_named_columns():
     assert all(e.lang == "eng_Latn" and e.tokens is None for e in examples)
 
 
+def test_sib200_quoted_texts_read_as_the_csv_module_reads_them():
+    # SIB-200's files are written by a csv writer: texts with quotes are wrapped in quotes, inner
+    # quotes doubled. quoting: csv must give exactly what csv.DictReader gives; none keeps them raw.
+    import csv
+
+    path = shared("sib200/afr_Latn/train.tsv")
+    with open(path, encoding="utf-8", newline="") as handle:
+        want = [row["text"] for row in csv.DictReader(handle, delimiter="\t")]
+    columns = {"text_column": "text", "label_column": "category"}
+    quoted = read_examples(path, fmt="tsv", task="sequence", lang="afr_Latn", quoting="csv", **columns)
+    raw = read_examples(path, fmt="tsv", task="sequence", lang="afr_Latn", **columns)
+    assert [e.text for e in quoted] == want
+    changed = [(r.text, q.text) for r, q in zip(raw, quoted) if r.text != q.text]
+    assert changed and all(r.startswith('"') and '""' in r or r == f'"{q}"' for r, q in changed)
+
+
+def test_tsv_csv_quoting_unquotes_and_refuses_a_lone_quote(tmp_path):
+    path = write(tmp_path, "q.tsv", 'text\tlabel\n"say ""hi"" now"\tA\nplain "x" y\tB\n"ab"\t"C"\n')
+    got = read_examples(path, **TSV_SEQ, header=True, quoting="csv")
+    assert [(e.text, e.label) for e in got] == [('say "hi" now', "A"), ('plain "x" y', "B"), ("ab", "C")]
+    bad = write(tmp_path, "bad.tsv", 'text\tlabel\n"fine"\tA\n"a "b" c"\tB\n')
+    err = raises_at(bad, 3, **TSV_SEQ, header=True, quoting="csv")
+    assert "lone double quote" in err.message
+    raises_at(bad, None, fmt="conll", task="token", lang="en", quoting="csv")
+
+
 @pytest.mark.parametrize("lang", ["en", "de", "ru", "zh"])
 def test_panx_dev(lang):
     path = shared(f"panx/dev-{lang}.tsv")
