@@ -143,6 +143,8 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     _check_processes(recipe)
     say(f"data: {len(data.languages)} languages, " + ("masked-LM text" if data.task == "mlm" else f"labels {len(data.labels)}") + "; "
         + ", ".join(f"{s} {sum(n.values())}" for s, n in data.sizes().items()))
+    for warning in data.warnings:
+        say(f"WARNING: {warning}")
 
     def encoded_per_language(per_lang):  # lang -> (examples, encoded)
         return {lang: (examples, encode(examples, tokenizer, task=data.task, label2id=data.label2id,

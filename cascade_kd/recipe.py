@@ -384,6 +384,9 @@ class DataConfig(_Section):
     label_column: Optional[Union[str, int]] = None
     max_train_per_language: Optional[int] = Field(None, ge=1)
     max_eval_per_language: Optional[int] = Field(None, ge=1)
+    # how the max_*_per_language caps choose: first = the file's first N; sample = N drawn at random
+    # (the same on every run and seed), kept in file order: for files sorted by label (SIB-200's test)
+    cap: Literal["first", "sample"] = "first"
     # unlabelled text scored by the teacher (XtremeDistil's transfer set), added to the training data
     # of every stage with a teacher loss: plain text, one example per line; a template with {lang}
     # (data.languages) or a mapping lang -> path (any languages, labelled or not)
@@ -474,8 +477,9 @@ class Recipe(_Section):
         for key in ("transfer", "max_transfer_per_language", "language_alpha"):
             if data["data"][key] is None:
                 del data["data"][key]
-        if data["data"]["quoting"] == "none":
-            del data["data"]["quoting"]
+        for key, default in (("quoting", "none"), ("cap", "first")):
+            if data["data"][key] == default:
+                del data["data"][key]
         if data["task"]["type"] != "mlm":
             del data["task"]["mask_probability"], data["task"]["masking"]
         for losses in [data["cascade"]["losses"]] + [stage["losses"] or {} for stage in data["cascade"]["stages"]]:

@@ -27,6 +27,7 @@ class TaskData:
     languages: list[str]
     splits: dict[str, dict[str, list[Example]]] = field(default_factory=dict)
     transfer: dict[str, list[Example]] = field(default_factory=dict)  # lang -> unlabelled examples
+    warnings: list[str] = field(default_factory=list)  # what the user should know about the data read
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -92,8 +93,9 @@ def _read_local(recipe: Recipe, split: str, lang: str) -> list[Example] | None:
     if split == "dev" and data.holdout_from_dev:
         limit = None  # the cap applies after the split, so the held-out part is always the same
     if data.format == "text":  # masked-LM text: one example per line, no labels
-        return read_transfer_text(path, task="sequence", lang=lang, encoding=data.encoding, limit=limit)
-    return read_examples(
+        return _cap(read_transfer_text(path, task="sequence", lang=lang, encoding=data.encoding,
+                                       limit=limit if data.cap == "first" else None), limit, data.cap, f"{split}-{lang}")
+    return _cap(read_examples(
         path,
         fmt=data.format,
         task=recipe.task.type,
@@ -104,8 +106,34 @@ def _read_local(recipe: Recipe, split: str, lang: str) -> list[Example] | None:
         header=data.header,
         quoting=data.quoting,
         encoding=data.encoding,
-        limit=limit,
-    )
+        limit=limit if data.cap == "first" else None,  # first: reading stops at the cap
+    ), limit, data.cap, f"{split}-{lang}")
+
+
+def _cap(examples: list[Example], limit: int | None, how: str, key: str) -> list[Example]:
+    """At most `limit` examples: the first ones, or (`cap: sample`) a seeded sample in file order.
+    The sample's seed is the split and language, not the run's seed: every run sees the same data."""
+    import random
+
+    if limit is None or len(examples) <= limit:
+        return examples
+    if how == "first":
+        return examples[:limit]
+    return [examples[i] for i in sorted(random.Random(f"cap-{key}").sample(range(len(examples)), limit))]
+
+
+def _dropped_labels(recipe: Recipe, split: str, lang: str, kept: list[Example]) -> list[str]:
+    """Labels of a capped (cap: first) sequence-level split that the cap left out: a file sorted by
+    label loses whole classes to a cap on its first rows."""
+    data = recipe.data
+    if data.cap != "first" or recipe.task.type not in ("sequence", "pair") or data.format == "hf":
+        return []
+    limit = data.max_train_per_language if split == "train" else data.max_eval_per_language
+    if limit is None or len(kept) < limit or (split == "dev" and data.holdout_from_dev):
+        return []  # not cut (held-out dev is cut after a shuffle)
+    full = _read_local(recipe.model_copy(update={"data": data.model_copy(update={"cap": "sample"})}), split, lang)
+    seen = {e.label for e in kept}
+    return sorted({e.label for e in full} - seen)
 
 
 def _read_hub(recipe: Recipe, split: str, lang: str) -> list[Example] | None:
@@ -170,9 +198,12 @@ def _hold_out(recipe: Recipe, splits) -> None:
         if n_test == 0 or n_test == len(examples):
             raise DataError(f"dev of {lang!r} has {len(examples)} examples: too few to hold out {fraction:g} of them",
                             where=where(recipe, "data", "holdout_from_dev"))
-        test, dev = sorted(order[:n_test]), sorted(order[n_test:])
-        splits["test"][lang] = [examples[i] for i in test][:cap]
-        splits["dev"][lang] = [examples[i] for i in dev][:cap]
+        if recipe.data.cap == "sample":  # the cap takes shuffled examples, then file order again
+            test, dev = sorted(order[:n_test][:cap]), sorted(order[n_test:][:cap])
+        else:
+            test, dev = sorted(order[:n_test])[:cap], sorted(order[n_test:])[:cap]
+        splits["test"][lang] = [examples[i] for i in test]
+        splits["dev"][lang] = [examples[i] for i in dev]
 
 
 def _labels_of(example: Example) -> list[str]:
@@ -192,6 +223,7 @@ def load_task_data(recipe: Recipe) -> TaskData:
     _check_format(recipe)
     reader = _read_hub if recipe.data.format == "hf" else _read_local
     splits: dict[str, dict[str, list[Example]]] = {}
+    warnings: list[str] = []
     for split in SPLITS:
         per_lang = {}
         for lang in recipe.data.languages:
@@ -201,6 +233,12 @@ def load_task_data(recipe: Recipe) -> TaskData:
             if not examples:
                 raise DataError(f"the {split} split of {lang!r} is empty", where=where(recipe, "data", split))
             per_lang[lang] = examples
+            dropped = [] if recipe.data.format == "hf" else _dropped_labels(recipe, split, lang, examples)
+            if dropped:
+                cap_key = "max_train_per_language" if split == "train" else "max_eval_per_language"
+                warnings.append(f"{where(recipe, 'data', cap_key)}: the first {len(examples)} {split} examples of "
+                                f"{lang!r} have no {', '.join(map(repr, dropped))} (the file looks sorted by label); "
+                                "set data.cap: sample to draw them at random")
         if per_lang:
             splits[split] = per_lang
     if "train" not in splits:
@@ -223,7 +261,7 @@ def load_task_data(recipe: Recipe) -> TaskData:
                             hint="add it to task.labels, or fix the row",
                         )
     return TaskData(task=recipe.task.type, labels=labels, languages=list(recipe.data.languages), splits=splits,
-                    transfer=_read_transfer(recipe))
+                    transfer=_read_transfer(recipe), warnings=warnings)
 
 
 def _check_format(recipe: Recipe) -> None:
