@@ -255,10 +255,10 @@ def _cache_key_where(recipe: Recipe, i: int) -> str:
 def _check_masked_lm_stage(recipe: Recipe, i: int, cfg) -> None:
     """General distillation (task type mlm): transformer students, and a teacher cache only where it holds."""
     stage, key = recipe.cascade.stages[i], ("cascade", "stages", i)
-    if stage.student != "previous" and stage.student.kind != "transformer":
-        raise RecipeError(f"general distillation (task type mlm) has transformer students only, not {stage.student.kind}",
+    if stage.student != "previous" and stage.student.kind == "bilstm":
+        raise RecipeError("general distillation (task type mlm) has transformer and recursive students, not bilstm",
                           where=where(recipe, *key, "student", "kind"),
-                          hint="distil a recursive or BiLSTM student on a task, from a model of this chain")
+                          hint="distil a BiLSTM student on a task, from a model of this chain")
     for name, loss in recipe.stage_losses(stage).items():
         if name in LOGIT_LOSSES and "positions" in loss.model_fields_set and loss.positions == "tokens":
             own = stage.losses is not None
@@ -449,8 +449,11 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     use_attention_outputs(teacher, needs_attn)
     use_attention_outputs(student, needs_attn)
     params = count_parameters(student)
-    job.say(f"{name}: {student.config.num_hidden_layers} layers x {student.config.hidden_size} from "
-            f"{teacher.config.num_hidden_layers} x {teacher.config.hidden_size}; losses "
+    def shape(config):  # a BiLSTM is one layer to layer maps, but is not a transformer layer
+        return (f"BiLSTM x {config.hidden_size}" if config.model_type == "cascade_kd_bilstm"
+                else f"{config.num_hidden_layers} layers x {config.hidden_size}")
+
+    job.say(f"{name}: {shape(student.config)} from {shape(teacher.config)}; losses "
             + ", ".join(f"{t.name}*{t.weight:g}" for t in terms)
             + f"; {params['params_trainable']:,} of {params['params_total']:,} parameters trainable"
             + (f"; dense guidance from {len(guides)} models, {stage.drop_guides} dropped per batch, "

@@ -117,7 +117,8 @@ def masked_lm_parts(model):
 
     if is_sharded(model):
         return None
-    for body, head in (("bert", "cls"), ("roberta", "lm_head")):  # BERT/mBERT; RoBERTa, XLM-R, CamemBERT
+    # BERT/mBERT; RoBERTa, XLM-R, CamemBERT; recursive (MiniALBERT) students
+    for body, head in (("bert", "cls"), ("roberta", "lm_head"), ("recursive", "lm_head")):
         if hasattr(model, body) and hasattr(model, head):
             return getattr(model, body), getattr(model, head)
     if hasattr(model, "distilbert") and hasattr(model, "vocab_projector"):

@@ -42,6 +42,7 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     PreTrainedConfig,
@@ -51,6 +52,7 @@ from transformers import initialization as hf_init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
+    MaskedLMOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -88,6 +90,7 @@ class RecursiveConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-12
     pad_token_id: int | None = 0
     classifier_dropout: float | int | None = None
+    tie_word_embeddings: bool = True  # the masked-LM decoder is the word-embedding table (as BERT's)
 
     @property
     def adapter_size(self) -> int:
@@ -352,10 +355,60 @@ class RecursiveForTokenClassification(RecursivePreTrainedModel):
                                      token=True)
 
 
+class RecursiveLMHead(nn.Module):
+    """The masked-LM head (BERT's, at the embedding width): dense hidden -> embedding_size, GELU,
+    LayerNorm, then the word-embedding table (tied) and a bias per piece."""
+
+    def __init__(self, config: RecursiveConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.embedding_size, config.vocab_size, bias=True)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.decoder.bias = self.bias
+
+    def forward(self, h):
+        return self.decoder(self.LayerNorm(self.act(self.dense(h))))
+
+
+class RecursiveForMaskedLM(RecursivePreTrainedModel):
+    """A recursive encoder with a masked-LM head (general distillation, MiniALBERT's pretraining
+    objective); the decoder is the word-embedding table."""
+
+    _tied_weights_keys = {"lm_head.decoder.weight": "recursive.embeddings.word_embeddings.weight",  # noqa: RUF012
+                          "lm_head.decoder.bias": "lm_head.bias"}
+
+    def __init__(self, config: RecursiveConfig):
+        super().__init__(config)
+        self.recursive = RecursiveModel(config, add_pooling_layer=False)
+        self.lm_head = RecursiveLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+        self.lm_head.bias = new_embeddings.bias
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        out = self.recursive(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.lm_head(out.last_hidden_state)
+        loss = None
+        if labels is not None:  # the masked pieces (-100 elsewhere)
+            loss = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1))
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return output if return_dict is not False else output.to_tuple()
+
+
 AutoConfig.register(MODEL_TYPE, RecursiveConfig, exist_ok=True)
 AutoModel.register(RecursiveConfig, RecursiveModel, exist_ok=True)
 AutoModelForSequenceClassification.register(RecursiveConfig, RecursiveForSequenceClassification, exist_ok=True)
 AutoModelForTokenClassification.register(RecursiveConfig, RecursiveForTokenClassification, exist_ok=True)
+AutoModelForMaskedLM.register(RecursiveConfig, RecursiveForMaskedLM, exist_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,8 +570,10 @@ def build_recursive_student(teacher, spec, *, where: str = "student"):
     from cascade_kd.models import freeze_embeddings
 
     config, plan, _ = recursive_config(teacher.config, spec, where=where)
-    token = type(teacher).__name__.endswith("ForTokenClassification")
-    student = (RecursiveForTokenClassification if token else RecursiveForSequenceClassification)(config).float()
+    name = type(teacher).__name__
+    cls = (RecursiveForMaskedLM if name.endswith("ForMaskedLM") else RecursiveForTokenClassification
+           if name.endswith("ForTokenClassification") else RecursiveForSequenceClassification)
+    student = cls(config).float()
     initialise_from_teacher(student, teacher, plan, where=where)
     freeze_embeddings(student, spec.freeze_embeddings)
     if spec.train_only == "adapters":
@@ -553,15 +608,36 @@ def initialise_from_teacher(student, teacher, plan: dict, *, where: str = "stude
                     value.copy_(source)
     # the head and the pooler, when they have the teacher's shapes (as for transformer students)
     pooler = {k.rsplit(".pooler.", 1)[1]: v for k, v in t_state.items() if ".pooler." in k}
+    lm_head = _masked_lm_head(t_state)
     for key, value in s_state.items():
         if key.startswith("classifier."):
             source = t_state.get(key)
+        elif key.startswith("lm_head.") and not key.startswith("lm_head.decoder."):  # the decoder is the embeddings
+            source = lm_head.get(key)
         elif ".pooler." in key:
             source = pooler.get(key.rsplit(".pooler.", 1)[1])
         else:
             continue
         if source is not None and source.shape == value.shape:
             value.copy_(source)
+
+
+# A teacher's masked-LM head under the recursive head's names: BERT/mBERT, RoBERTa/XLM-R, DistilBERT
+# and recursive models (whose names are these already)
+_LM_HEAD_NAMES = {
+    "cls.predictions.transform.dense.": "lm_head.dense.", "cls.predictions.transform.LayerNorm.": "lm_head.LayerNorm.",
+    "cls.predictions.bias": "lm_head.bias", "lm_head.layer_norm.": "lm_head.LayerNorm.",
+    "vocab_transform.": "lm_head.dense.", "vocab_layer_norm.": "lm_head.LayerNorm.", "vocab_projector.bias": "lm_head.bias",
+}
+
+
+def _masked_lm_head(t_state: dict) -> dict[str, torch.Tensor]:
+    head = {k: v for k, v in t_state.items() if k.startswith("lm_head.") and not k.startswith("lm_head.decoder.")}
+    for key, value in t_state.items():
+        for prefix, target in _LM_HEAD_NAMES.items():
+            if key.startswith(prefix):
+                head[target + key[len(prefix):]] = value
+    return head
 
 
 def _initialise_embeddings(student, teacher, how: str) -> None:

@@ -309,9 +309,10 @@ def score_with_tokenizer(model, tokenizer, recipe, data, split: str, *, labels: 
 def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Path | None = None,
                    languages: list[str] | None = None, min_count: int = 1,
                    max_unk_increase: float = DEFAULT_MAX_UNK_INCREASE, score: bool = True, strict: bool = False,
-                   overwrite: bool = False, say=print) -> dict:
+                   overwrite: bool = False, with_transfer: bool = True, say=print) -> dict:
     """Trim a saved model of a run (RUN_DIR/teacher or RUN_DIR/stages/NAME) to the word pieces of the
-    chosen languages' training data (default: all the recipe's languages; the recipe defaults to
+    chosen languages' training data, its unlabelled transfer text included unless with_transfer is
+    False (default: all the recipe's languages; the recipe defaults to
     RUN_DIR/recipe.yaml), report coverage on the held-out split (test, else dev) of every language,
     score the original and the trimmed model there (unless score=False), and write model, tokenizer
     and trim.json to `out` (default MODEL_DIR/trimmed), atomically. Returns the report."""
@@ -349,10 +350,17 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load the model's tokenizer: {str(exc).splitlines()[0]}", where=str(model_dir)) from None
     train = {lang: example_items(data.splits["train"][lang]) for lang in chosen}
+    # the unlabelled transfer text (XtremeDistil) trained the student's embeddings too: its pieces stay
+    transfer = {lang: examples for lang, examples in data.transfer.items() if languages is None or lang in chosen}
+    if transfer and with_transfer:
+        for lang, examples in transfer.items():
+            train[lang] = train.get(lang, []) + example_items(examples)
+        say(f"trim: the pieces of the transfer text ({', '.join(transfer)}) are kept too (--no-transfer: labelled text only)")
     heldout = {lang: example_items(examples) for lang, examples in data.splits[split].items()}
     new_model, new_tokenizer, report = trim_vocabulary(model, tokenizer, train, heldout_by_language=heldout,
                                                        min_count=min_count, max_unk_increase=max_unk_increase, say=say)
-    report.update(model_dir=str(model_dir), recipe=str(recipe_path), heldout_split=split)
+    report.update(model_dir=str(model_dir), recipe=str(recipe_path), heldout_split=split,
+                  transfer_included=sorted(transfer) if with_transfer else [])
     if score:
         labels = config_labels(model.config)
         if set(labels) != set(data.labels):
@@ -388,6 +396,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="percentage points of held-out [UNK] a chosen language may gain before a WARNING (default 1)")
     parser.add_argument("--strict", action="store_true", help="fail (exit 2, nothing written) on such a warning")
     parser.add_argument("--no-score", action="store_true", help="skip scoring the original and trimmed model")
+    parser.add_argument("--no-transfer", action="store_true", help="keep the pieces of the labelled training text "
+                        "only, not those of the recipe's data.transfer text")
     parser.add_argument("--out", type=Path, help="output folder (default MODEL_DIR/trimmed)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing trimmed model")
 
@@ -395,7 +405,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args, say=print) -> dict:
     return trim_model_dir(args.model_dir, args.out, recipe_path=args.recipe, languages=args.languages,
                           min_count=args.min_count, max_unk_increase=args.max_unk_increase, score=not args.no_score,
-                          strict=args.strict, overwrite=args.overwrite, say=say)
+                          strict=args.strict, overwrite=args.overwrite, with_transfer=not args.no_transfer, say=say)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -187,11 +187,56 @@ def test_eval_measures_cross_lingual_retrieval_with_retention(general, capsys):
     assert "deu" in capsys.readouterr().err
 
 
+RECURSIVE = """\
+name: general-recursive
+seed: 0
+task: {type: mlm, max_length: 64}
+data:
+  languages: [en, ru, el]
+  format: text
+  train: text/train-{lang}.txt
+  dev: text/dev-{lang}.txt
+teacher: {model: pre/teacher}
+train: {batch_size: 32, epochs: 4, lr: 1.0e-3, precision: fp32}
+cascade:
+  stages:
+    # MiniALBERT in general distillation: one shared layer (the mean of the teacher's 3) applied 3 times
+    - name: rec
+      student: {kind: recursive, recursions: 3, init: mean}
+      losses: {hidden_mse: {layer_map: uniform}, kl: {temperature: 1.0}}
+"""
+
+
+def test_a_recursive_student_is_distilled_on_masked_lm_text_and_fine_tunes_on_a_task(general):
+    from transformers import AutoModelForTokenClassification
+
+    root, _, _ = general
+    (root / "recursive.yaml").write_text(RECURSIVE)
+    assert main(["run", "recursive.yaml", "--out", "gen-rec"]) == 0
+    rows = {m["name"]: m for m in json.loads((root / "gen-rec" / "metrics.json").read_text())["models"]}
+    model = AutoModelForMaskedLM.from_pretrained(root / "gen-rec" / "stages" / "rec")
+    assert type(model).__name__ == "RecursiveForMaskedLM"
+    assert model.lm_head.decoder.weight is model.recursive.embeddings.word_embeddings.weight  # tied, as BERT's
+    teacher = AutoModelForMaskedLM.from_pretrained(root / "pre" / "teacher")
+    # unique parameters: one shared layer (+ adapters) where the teacher has 3 layers
+    assert rows["rec"]["params_total"] < rows["teacher"]["params_total"] < rows["rec"]["params_unrolled"] + rows["rec"]["params_embedding"]
+    # the masked-LM head (transform and per-piece bias) started from the teacher's and kept it useful
+    assert rows["rec"]["average"] > 0.5 * rows["teacher"]["average"], (rows["rec"]["average"], rows["teacher"]["average"])
+    assert teacher.cls.predictions.bias.shape == model.lm_head.bias.shape
+    # then a task: the recursive encoder gets a token-classification head and is fine-tuned
+    (root / "finetune-rec.yaml").write_text(FINETUNE.replace("gen/stages/s1", "gen-rec/stages/rec"))
+    assert main(["run", "finetune-rec.yaml", "--out", "ft-rec"]) == 0
+    (row,) = json.loads((root / "ft-rec" / "metrics.json").read_text())["models"]
+    assert row["average"] > 0.1
+    tuned = AutoModelForTokenClassification.from_pretrained(root / "ft-rec" / "teacher")
+    assert type(tuned).__name__ == "RecursiveForTokenClassification"
+
+
 @pytest.mark.parametrize("change, message", [
     (("format: text", "format: conll"), "task type mlm reads plain text"),
     (("masking: static", "masking: dynamic"), "masking: dynamic draws new masks"),
     (("{hidden_mse: {}, attention_mse: {}}", "{hidden_mse: {}, kl: {}}"), "does not hold masked-LM logits"),
-    (("student: {layers: 2}", "student: {kind: recursive, recursions: 2}"), "transformer students only"),
+    (("student: {layers: 2}", "student: {kind: bilstm}"), "not bilstm"),
     (("relation_heads: 4", "relation_heads: 5"), "not a multiple of 5"),
     (("kl: {temperature: 1.0}", "kl: {temperature: 1.0, positions: tokens}"), "at the masked positions only"),
     (("relation_heads: 4}", "relation_heads: 4, relations: [key, key]}"), "at most once"),

@@ -111,7 +111,7 @@ def test_a_staged_recipe_continues_one_student_through_its_stages(demo_workspace
     lines = []
     metrics = run_recipe(load_recipe(tmp_path / "recipe.yaml"), tmp_path / "run", say=lines.append)
     # stage 2 is taught by the 3-layer original teacher, not by stage 1's 2-layer student
-    assert any(line.startswith("logits: 2 layers x 32 from 3 x 64") for line in lines), lines
+    assert any(line.startswith("logits: 2 layers x 32 from 3 layers x 64") for line in lines), lines
     weights = {name: load_file(str(tmp_path / "run" / "stages" / name / "model.safetensors"))
                for name in ("repr", "logits", "labels")}
     # stage 3 trained only the head (one epoch of gradual unfreezing): the rest is stage 2's model

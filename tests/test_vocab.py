@@ -233,6 +233,44 @@ def test_trim_a_saved_model_of_a_run(demo_workspace, tokenizer, tmp_path, capsys
     assert main([str(tmp_path / "missing")]) == 2 and "no such model directory" in capsys.readouterr().err
 
 
+def test_trim_keeps_the_pieces_of_the_transfer_text_unless_told_not_to(demo_workspace, tokenizer, tmp_path):
+    # XtremeDistil students train their embeddings on the unlabelled transfer text as well: trimming to
+    # the labelled text alone would throw away rows the student learned
+    from cascade_kd.data.task import load_task_data
+    from cascade_kd.models import label_config
+    from cascade_kd.recipe import load_recipe
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ru_words = [line.split("\t")[0] for line in (demo_workspace / "data" / "ru" / "train.conll").read_text().splitlines()
+                if line.strip()]
+    (run / "transfer-en.txt").write_text(" ".join(ru_words[:400]) + "\n")  # en transfer text in other words
+    (run / "recipe.yaml").write_text(RECIPE.format(root=demo_workspace).replace(
+        "  max_eval_per_language: 40\n", "  max_eval_per_language: 40\n  transfer: {en: transfer-en.txt}\n"))
+    (run / "manifest.json").write_text("{}")
+    labels = load_task_data(load_recipe(run / "recipe.yaml")).labels
+    model = tiny_bert(vocab=len(tokenizer), num_labels=len(labels))
+    model.config.update(label_config(labels))
+    save_checkpoint(model, tokenizer, run / "stages" / "s")
+    lines = []
+    both = trim_model_dir(run / "stages" / "s", tmp_path / "both", languages=["en"], score=False, say=lines.append)
+    gold = trim_model_dir(run / "stages" / "s", tmp_path / "gold", languages=["en"], score=False, with_transfer=False,
+                          say=_quiet)
+    assert both["transfer_included"] == ["en"] and gold["transfer_included"] == []
+    assert any("transfer text (en)" in line for line in lines)
+    assert both["vocab_after"] > gold["vocab_after"]
+    from transformers import AutoTokenizer
+
+    text = " ".join(ru_words[:400])
+    original = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for out, unk_free in ((tmp_path / "both", True), (tmp_path / "gold", False)):
+        trimmed = AutoTokenizer.from_pretrained(out)
+        pieces = trimmed(text, add_special_tokens=False)["input_ids"]
+        unknown = pieces.count(trimmed.unk_token_id)
+        # with the transfer pieces kept, the transfer text tokenises as before, [UNK]-free where it was
+        assert (unknown == original.count(tokenizer.unk_token_id)) == unk_free, (out, unknown)
+
+
 def test_the_trim_subcommand_of_the_cli(tmp_path, capsys):
     from cascade_kd.cli import main as cli_main
 
