@@ -89,10 +89,11 @@ class SeenRowsEmbedding(nn.Module):
         return embedding.requires_grad_(True)
 
 
-def restrict_to_seen_rows(model, input_ids: list[list[int]]) -> tuple[int, int] | str:
+def restrict_to_seen_rows(model, input_ids: list[list[int]]) -> tuple[int, int] | str | None:
     """Swap `model`'s trainable word embedding for a SeenRowsEmbedding over the ids in `input_ids`.
 
-    Returns (rows trained, rows in the table), or the reason it does not apply (a string)."""
+    Returns (rows trained, rows in the table); None when the word embeddings are frozen (no row is
+    trained: nothing to restrict); else why every row is trained (a string)."""
     try:
         embedding = model.get_input_embeddings()
     except (AttributeError, NotImplementedError):
@@ -100,7 +101,7 @@ def restrict_to_seen_rows(model, input_ids: list[list[int]]) -> tuple[int, int] 
     if type(embedding) is not nn.Embedding:  # a subclass may change what a row means
         return f"its input embedding is a {type(embedding).__name__}, not a plain nn.Embedding"
     if not embedding.weight.requires_grad:
-        return "the word embeddings are frozen"
+        return None
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if output is not None and getattr(output, "weight", None) is embedding.weight:
         return "the word embeddings are tied to the output layer"

@@ -388,7 +388,7 @@ def train(student: nn.Module, train_data: list[Encoded], cfg: TrainConfig, **kwa
     if isinstance(restricted, tuple) and is_main():
         _log(None, f"  {kwargs.get('desc', 'train')}: word embeddings: the {restricted[0]:,} rows the training data uses "
                    f"are trained, the other {restricted[1] - restricted[0]:,} keep their values (train.embedding_rows)")
-    elif isinstance(restricted, str) and "frozen" not in restricted and is_main():
+    elif isinstance(restricted, str) and is_main():
         _log(None, f"  {kwargs.get('desc', 'train')}: word embeddings: every row is trained: {restricted}")
     try:
         return _train(student, train_data, cfg, **kwargs)
