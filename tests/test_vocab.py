@@ -3,6 +3,7 @@ rebuilt fast tokenizer (read back with the tokenizers library), MLM output layer
 on a constructed case, the loud report, and `trim_model_dir` on a saved model of a run."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,21 +190,27 @@ cascade:
 """
 
 
-def test_trim_a_saved_model_of_a_run(demo_workspace, tokenizer, tmp_path, capsys):
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
-
+def _saved_run(tmp_path: Path, recipe: str, tokenizer) -> Path:
+    """A run directory with `recipe` and a tiny untrained model of its labels at stages/s."""
     from cascade_kd.data.task import load_task_data
     from cascade_kd.models import label_config
     from cascade_kd.recipe import load_recipe
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "recipe.yaml").write_text(RECIPE.format(root=demo_workspace))
+    (run / "recipe.yaml").write_text(recipe)
     (run / "manifest.json").write_text("{}")
     labels = load_task_data(load_recipe(run / "recipe.yaml")).labels
     model = tiny_bert(vocab=len(tokenizer), num_labels=len(labels))
     model.config.update(label_config(labels))
     save_checkpoint(model, tokenizer, run / "stages" / "s")
+    return run
+
+
+def test_trim_a_saved_model_of_a_run(demo_workspace, tokenizer, tmp_path, capsys):
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    run = _saved_run(tmp_path, RECIPE.format(root=demo_workspace), tokenizer)
     lines = []
     report = trim_model_dir(run / "stages" / "s", languages=["en"], say=lines.append)
     out = run / "stages" / "s" / "trimmed"
@@ -236,22 +243,12 @@ def test_trim_a_saved_model_of_a_run(demo_workspace, tokenizer, tmp_path, capsys
 def test_trim_keeps_the_pieces_of_the_transfer_text_unless_told_not_to(demo_workspace, tokenizer, tmp_path):
     # XtremeDistil students train their embeddings on the unlabelled transfer text as well: trimming to
     # the labelled text alone would throw away rows the student learned
-    from cascade_kd.data.task import load_task_data
-    from cascade_kd.models import label_config
-    from cascade_kd.recipe import load_recipe
-
-    run = tmp_path / "run"
-    run.mkdir()
     ru_words = [line.split("\t")[0] for line in (demo_workspace / "data" / "ru" / "train.conll").read_text().splitlines()
                 if line.strip()]
-    (run / "transfer-en.txt").write_text(" ".join(ru_words[:400]) + "\n")  # en transfer text in other words
-    (run / "recipe.yaml").write_text(RECIPE.format(root=demo_workspace).replace(
-        "  max_eval_per_language: 40\n", "  max_eval_per_language: 40\n  transfer: {en: transfer-en.txt}\n"))
-    (run / "manifest.json").write_text("{}")
-    labels = load_task_data(load_recipe(run / "recipe.yaml")).labels
-    model = tiny_bert(vocab=len(tokenizer), num_labels=len(labels))
-    model.config.update(label_config(labels))
-    save_checkpoint(model, tokenizer, run / "stages" / "s")
+    (tmp_path / "transfer-en.txt").write_text(" ".join(ru_words[:400]) + "\n")  # en transfer text in other words
+    recipe = RECIPE.format(root=demo_workspace).replace(
+        "  max_eval_per_language: 40\n", f"  max_eval_per_language: 40\n  transfer: {{en: {tmp_path / 'transfer-en.txt'}}}\n")
+    run = _saved_run(tmp_path, recipe, tokenizer)
     lines = []
     both = trim_model_dir(run / "stages" / "s", tmp_path / "both", languages=["en"], score=False, say=lines.append)
     gold = trim_model_dir(run / "stages" / "s", tmp_path / "gold", languages=["en"], score=False, with_transfer=False,
