@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import random
@@ -89,6 +88,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from common import read_json, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 # the shared data beside the checkout; CASCADE_KD_DATA points elsewhere (e.g. a copy on a GPU machine)
@@ -362,7 +363,7 @@ class Steps:
     def __init__(self, out: Path, env: dict):
         self.out, self.env = out, env
         self.timing_path = out / "timing.json"
-        self.timing = _read_json(self.timing_path) or {}
+        self.timing = read_json(self.timing_path) or {}
         self.failed: dict[str, str] = {}
         self.status: dict[str, str] = {}
 
@@ -396,7 +397,7 @@ class Steps:
             return False
         self.timing[name] = {"wall_s": wall, "command": shlex.join(cmd)}
         self.status[name] = "ran"
-        _write_json(self.timing_path, self.timing)
+        write_json(self.timing_path, self.timing)
         print(f"[{name}] finished in {wall:.0f} s (log: {log.relative_to(REPO) if log.is_relative_to(REPO) else log})",
               flush=True)
         return True
@@ -406,17 +407,6 @@ class Steps:
 # Collecting the results
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    tmp.replace(path)
 
 
 def _model(metrics: dict | None, name: str) -> dict | None:
@@ -458,11 +448,11 @@ def _add(*values) -> float | None:
 
 
 def collect(out: Path, s: Sizes, steps: Steps) -> dict:
-    pre = _read_json(out / "pretrain" / "metrics.json")
-    gen = _read_json(out / "general" / "metrics.json")
-    mini = _read_json(out / "general-minilm" / "metrics.json")
-    gen_eval = _read_json(out / "general" / "eval-dev" / "metrics.json") or {}
-    mini_eval = _read_json(out / "general-minilm" / "eval-dev" / "metrics.json") or {}
+    pre = read_json(out / "pretrain" / "metrics.json")
+    gen = read_json(out / "general" / "metrics.json")
+    mini = read_json(out / "general-minilm" / "metrics.json")
+    gen_eval = read_json(out / "general" / "eval-dev" / "metrics.json") or {}
+    mini_eval = read_json(out / "general-minilm" / "eval-dev" / "metrics.json") or {}
     teacher_cost = _train_s(_model(pre, "teacher"))
 
     # general models: the pretrained teacher, the chain's assistants and student, direct, MiniLMv2
@@ -496,9 +486,9 @@ def collect(out: Path, s: Sizes, steps: Steps) -> dict:
 
     tasks = {}
     for task in ("sib200", "panx"):
-        ft = {key: _read_json(out / "finetune" / f"{task}-{key}" / "metrics.json")
+        ft = {key: read_json(out / "finetune" / f"{task}-{key}" / "metrics.json")
               for key in ["teacher", *_general_students(s)]}
-        tc = _read_json(out / "task-cascade" / task / "metrics.json")
+        tc = read_json(out / "task-cascade" / task / "metrics.json")
         ft_teacher = _model(ft["teacher"], "teacher")
         ft_teacher_cost = _add(teacher_cost, _train_s(ft_teacher))
         rows = [Row("teacher", f"teacher {s.layers}x{s.hidden}", "pretrained, fine-tuned", ft_teacher, ft_teacher_cost)]
@@ -694,13 +684,13 @@ def main(argv=None) -> int:
     out = (args.out or REPO / "runs" / ("general-bench-quick" if args.quick else "general-bench")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     settings = {"sizes": asdict(s), "data": str(data)}
-    previous = _read_json(out / "settings.json")
+    previous = read_json(out / "settings.json")
     if previous is not None and previous != settings:
         changed = sorted(k for k in settings["sizes"] if previous.get("sizes", {}).get(k) != settings["sizes"][k])
         print(f"error: {out} was made with other settings ({', '.join(changed) or 'data'} differ): its finished runs "
               "would be mixed with new ones; give another --out", file=sys.stderr)
         return 2
-    _write_json(out / "settings.json", settings)
+    write_json(out / "settings.json", settings)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CASCADE_KD_QUIET": "1", "TOKENIZERS_PARALLELISM": "false"}
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
@@ -710,7 +700,7 @@ def main(argv=None) -> int:
     # 1. corpus
     corpus = out / "corpus"
     stats = build_corpus(data, corpus, s)
-    _write_json(corpus / "corpus.json", stats)
+    write_json(corpus / "corpus.json", stats)
     dropped = sum(v["dropped_tatoeba_matches"] for v in stats.values())
     total = {k: sum(v[f"{k}_lines"] for v in stats.values()) for k in ("train", "dev")}
     print(f"[corpus] {len(stats)} languages, {total['train']:,} train / {total['dev']:,} dev lines in {corpus}; "
@@ -769,7 +759,7 @@ def main(argv=None) -> int:
         "corpus": stats, "corpus_lines": total,
         **collect(out, s, steps),
     }
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     text = render(results)
     (out / "results.md").write_text(text + "\n")
     print("\n" + text)

@@ -56,7 +56,6 @@ benchmarks/results/real_data[_quick|_<name>].{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -68,6 +67,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import LIGHTMBERT, drop_none, read_json, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -163,17 +164,8 @@ def _data_section(task: str, root: Path, s: Sizes) -> tuple[dict, dict]:
              "max_train_per_language": s.max_train, "max_eval_per_language": s.max_eval})
 
 
-def _drop_none(d):
-    if isinstance(d, dict):
-        return {k: _drop_none(v) for k, v in d.items() if v is not None}
-    if isinstance(d, list):
-        return [_drop_none(v) for v in d]
-    return d
 
 
-LIGHTMBERT = {"kl": {"weight": 1.0, "temperature": 2.0},
-              "hidden_mse": {"weight": 1.0, "layer_map": "top_only"},
-              "attention_mse": {"weight": 1.0, "layer_map": "top_only"}}
 UNIFORM = {"kl": {"weight": 1.0, "temperature": 2.0},
            "hidden_mse": {"weight": 1.0, "layer_map": "uniform"},
            "attention_mse": {"weight": 1.0, "layer_map": "uniform"}}
@@ -215,7 +207,7 @@ def multilingual_runs(task: str, root: Path, out: Path, s: Sizes, seed: int) -> 
     half_student = {"layers": 1, "hidden": half, "heads": s.heads, "intermediate": 4 * half}
 
     def recipe(name, teacher, stages, direct=False, losses=None):
-        return _drop_none({"name": f"{task}-{name}-seed{seed}", "seed": seed, "task": task_sec, "data": data_sec,
+        return drop_none({"name": f"{task}-{name}-seed{seed}", "seed": seed, "task": task_sec, "data": data_sec,
                            "teacher": teacher, "train": train,
                            "cascade": {"losses": losses or LIGHTMBERT, "stages": stages, "direct": direct}})
 
@@ -305,7 +297,7 @@ def minilm_runs(root: Path, out: Path, s: Sizes, seed: int) -> list[Run]:
     train = {"batch_size": s.batch_size, "epochs": s.student_epochs, "lr": s.lr}
 
     def recipe(name, teacher, init):
-        return _drop_none({"name": f"minilm-{name}-seed{seed}", "seed": seed, "task": task_sec, "data": data_sec,
+        return drop_none({"name": f"minilm-{name}-seed{seed}", "seed": seed, "task": task_sec, "data": data_sec,
                            "teacher": teacher, "train": train, "cascade": {"losses": LIGHTMBERT, "direct": True, "stages": [
                                {"name": f"s4{'' if init == 'bottom' else 'r'}",
                                 "student": {"layers": 4, "init": init, "freeze_embeddings": True}},
@@ -374,7 +366,7 @@ def run_unit(task: str, seed: int, out: Path, s: Sizes, root: Path, log) -> None
 
     runs = [r for r in task_plan(task, root, out, s)[0] if r.seed == seed]
     timing_path = out / f"seed{seed}" / "timing.json"
-    timing = _read_json(timing_path) or {}
+    timing = read_json(timing_path) or {}
     timing.setdefault("runs", {})
     timing["failed"] = {}
     for run in sorted(runs, key=lambda r: r.needs_teacher):
@@ -401,9 +393,9 @@ def run_unit(task: str, seed: int, out: Path, s: Sizes, root: Path, log) -> None
             log(f"[{task}] {key}: FAILED:\n{traceback.format_exc()}")
             continue
         finally:
-            _write_json(timing_path, timing)
+            write_json(timing_path, timing)
         timing["runs"][key] = {"wall_s": time.perf_counter() - t0, "run_wall_s": metrics.get("wall_time_s")}
-        _write_json(timing_path, timing)
+        write_json(timing_path, timing)
         log(f"[{task}] {key}: finished in {time.perf_counter() - t0:.0f} s")
 
 
@@ -443,7 +435,7 @@ def bench(task: str, out: Path, s: Sizes, args, log) -> None:
     if not (directory / "metrics.json").is_file():
         log(f"[{task}] bench: no finished cascade run, skipped")
         return
-    current = _read_json(directory / "metrics.json") or {}
+    current = read_json(directory / "metrics.json") or {}
     wanted = {"batch_sizes": [1, 32], "seq_lens": [args.bench_seq], "repeats": args.bench_repeats,
               "threads": args.bench_threads}
     if current.get("latency") and current.get("latency_settings_real_data") == wanted and not args.rebench:
@@ -467,9 +459,9 @@ def bench(task: str, out: Path, s: Sizes, args, log) -> None:
     if result.returncode != 0:
         log(f"[{task}] bench FAILED (exit {result.returncode}): {result.stderr.strip()[-500:]}")
         return
-    metrics = _read_json(directory / "metrics.json")
+    metrics = read_json(directory / "metrics.json")
     metrics["latency_settings_real_data"] = wanted
-    _write_json(directory / "metrics.json", metrics)
+    write_json(directory / "metrics.json", metrics)
     log(f"[{task}] bench: {time.perf_counter() - t0:.0f} s")
 
 
@@ -477,18 +469,6 @@ def bench(task: str, out: Path, s: Sizes, args, log) -> None:
 # Collecting
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
 
 
 def _mean_sd(values):
@@ -503,17 +483,17 @@ def collect_task(task: str, out: Path, s: Sizes, root: Path) -> dict:
     loads = {r.name for r in runs if r.needs_teacher}
     timing = {"runs": {}, "failed": {}}
     for seed in s.seeds:
-        part = _read_json(out / f"seed{seed}" / "timing.json") or {}
+        part = read_json(out / f"seed{seed}" / "timing.json") or {}
         timing["runs"].update(part.get("runs", {}))
         timing["failed"].update(part.get("failed", {}))
     teachers = {}
     for seed in s.seeds:
-        m = _read_json(out / f"seed{seed}" / "cascade" / "metrics.json")
+        m = read_json(out / f"seed{seed}" / "cascade" / "metrics.json")
         if m:
             teachers[seed] = next(r for r in m["models"] if r["role"] == "teacher")
     latency = {}
     bench_meta = None
-    m0 = _read_json(out / f"seed{s.seeds[0]}" / "cascade" / "metrics.json")
+    m0 = read_json(out / f"seed{s.seeds[0]}" / "cascade" / "metrics.json")
     if m0 and m0.get("latency"):
         lat = m0["latency"]
         bench_meta = {k: lat.get(k) for k in ("device", "threads", "repeats", "backends", "skipped_backends",
@@ -530,7 +510,7 @@ def collect_task(task: str, out: Path, s: Sizes, root: Path) -> dict:
     for row in rows:
         per_seed = {}
         for seed in s.seeds:
-            m = _read_json(out / f"seed{seed}" / row.run / "metrics.json")
+            m = read_json(out / f"seed{seed}" / row.run / "metrics.json")
             if not m or seed not in teachers:
                 continue
             metric, languages, split = m["metric"], m["languages"], m["split"]
@@ -862,7 +842,7 @@ def main(argv=None) -> int:
         for task in args.tasks:
             bench(task, out / task, sizes[task], args, log)
     wall = time.perf_counter() - started
-    previous = _read_json(out / "real_data.json") or {}
+    previous = read_json(out / "real_data.json") or {}
     results = {
         "mode": "quick" if args.quick else "full",
         "command": "nice -n 10 .venv/bin/python benchmarks/real_data.py " + " ".join(
@@ -874,7 +854,7 @@ def main(argv=None) -> int:
         "data": str(root),
         "tasks": [collect_task(task, out / task, sizes[task], root) for task in args.tasks],
     }
-    _write_json(out / "real_data.json", results)
+    write_json(out / "real_data.json", results)
     text = render(results)
     (out / "real_data.md").write_text(text)
     name = args.results_name or ("real_data_quick" if args.quick else "real_data")

@@ -62,6 +62,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import LIGHTMBERT, drop_none, read_json, write_json
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TASKS = ("panx", "sib200")
@@ -91,7 +93,7 @@ def task_sections(task: str, teacher: Path, s: Sizes) -> tuple[dict, dict]:
     import yaml
 
     recipe = yaml.safe_load((teacher.parent / "recipe.yaml").read_text())
-    task_sec, data_sec = _drop_none(recipe["task"]), _drop_none(recipe["data"])
+    task_sec, data_sec = drop_none(recipe["task"]), drop_none(recipe["data"])
     if s.quick:
         data_sec["languages"] = QUICK_LANGUAGES[task]
         data_sec["max_train_per_language"] = s.quick_max_train
@@ -99,20 +101,11 @@ def task_sections(task: str, teacher: Path, s: Sizes) -> tuple[dict, dict]:
     return task_sec, data_sec
 
 
-def _drop_none(d):
-    if isinstance(d, dict):
-        return {k: _drop_none(v) for k, v in d.items() if v is not None}
-    if isinstance(d, list):
-        return [_drop_none(v) for v in d]
-    return d
 
 
 # ---------------------------------------------------------------------------------------------
 # Recipes
 
-LIGHTMBERT = {"kl": {"weight": 1.0, "temperature": 2.0},
-              "hidden_mse": {"weight": 1.0, "layer_map": "top_only"},
-              "attention_mse": {"weight": 1.0, "layer_map": "top_only"}}
 LABELS = {"ce": {"weight": 1.0}}
 PLAIN = {"init": "bottom", "freeze_embeddings": True}  # LightMBERT: teacher's bottom layers, frozen copied embeddings
 
@@ -274,7 +267,7 @@ class Book:
 
     def __init__(self, path: Path, log):
         self.path, self.log, self.lock = path, log, threading.Lock()
-        self.data = _read_json(path) or {}
+        self.data = read_json(path) or {}
         self.data.setdefault("runs", {})
         self.data["failed"] = {}
 
@@ -285,7 +278,7 @@ class Book:
             else:
                 self.data["runs"][key] = values
                 self.data["failed"].pop(key, None)
-            _write_json(self.path, self.data)
+            write_json(self.path, self.data)
 
 
 def run_sequence(runs: list[Run], out: Path, threads: int, book: Book) -> None:
@@ -321,7 +314,7 @@ def run_sequence(runs: list[Run], out: Path, threads: int, book: Book) -> None:
 
 def bench(directory: Path, args, log) -> dict | None:
     """`cascade-kd bench` on one finished run (it writes `latency` into the run's metrics.json)."""
-    metrics = _read_json(directory / "metrics.json")
+    metrics = read_json(directory / "metrics.json")
     if not metrics:
         log(f"bench {directory.name}: no finished run, skipped")
         return None
@@ -339,9 +332,9 @@ def bench(directory: Path, args, log) -> dict | None:
     if result.returncode != 0:
         log(f"bench {directory.name}: FAILED (exit {result.returncode}): {result.stderr.strip()[-300:]}")
         return None
-    metrics = _read_json(directory / "metrics.json")
+    metrics = read_json(directory / "metrics.json")
     metrics["latency_settings_recursive_dense"] = wanted
-    _write_json(directory / "metrics.json", metrics)
+    write_json(directory / "metrics.json", metrics)
     log(f"bench {directory.name}: {time.perf_counter() - t0:.0f} s")
     return metrics["latency"]
 
@@ -350,22 +343,10 @@ def bench(directory: Path, args, log) -> dict | None:
 # Collecting
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
 
 
 def collect_task(task: str, out: Path, teacher: Path, s: Sizes, book: Book) -> dict:
-    runs = {name: _read_json(out / task / name / "metrics.json") for name in
+    runs = {name: read_json(out / task / name / "metrics.json") for name in
             ("dense", "chain", "recursive", "ft-adapters", "ft-full", "ft-noemb")}
     base = runs["dense"] or next((m for m in runs.values() if m), None)
     if base is None:
@@ -373,7 +354,7 @@ def collect_task(task: str, out: Path, teacher: Path, s: Sizes, book: Book) -> d
     teacher_row = next(r for r in base["models"] if r["role"] == "teacher")
     t_scores = teacher_row["per_language"]
     # the teacher re-scored here against its score in its own run: the same split gives the same figures
-    reference = _read_json(teacher.parent / "metrics.json")
+    reference = read_json(teacher.parent / "metrics.json")
     ref_row = next((r for r in (reference or {}).get("models", []) if r["role"] == "teacher"), None)
     check = None
     if ref_row and set(ref_row["per_language"]) == set(t_scores):
@@ -438,7 +419,7 @@ def collect_task(task: str, out: Path, teacher: Path, s: Sizes, book: Book) -> d
     return {"task": task, "metric": base["metric"], "split": base["split"], "languages": base["languages"],
             "teacher": str(teacher), "teacher_check_max_diff": check, "teacher_rescored_max_diff": rescored,
             "teacher_reference_average": ref_row["average"] if ref_row else None,
-            "data_sizes": (_read_json(out / task / "dense" / "manifest.json") or {}).get("data_sizes"),
+            "data_sizes": (read_json(out / task / "dense" / "manifest.json") or {}).get("data_sizes"),
             "sizes": s.__dict__, "models": models, "comparisons": comparisons,
             "timing": {k: v for k, v in book.data["runs"].items() if k.startswith(task + "/")},
             "failed": {k: v for k, v in book.data["failed"].items() if k.startswith(task + "/")}}
@@ -661,7 +642,7 @@ def main(argv=None) -> int:
     bench_meta = None
     if not args.no_bench and "panx" in args.tasks:
         lats = {name: bench(out / "panx" / name, args, log) if not args.collect_only
-                else (_read_json(out / "panx" / name / "metrics.json") or {}).get("latency")
+                else (read_json(out / "panx" / name / "metrics.json") or {}).get("latency")
                 for name in ("dense", "recursive")}
         last = lats.get("recursive") or lats.get("dense")
         if last:
@@ -674,7 +655,7 @@ def main(argv=None) -> int:
                           "skipped_backends": last.get("skipped_backends")}
     wall = time.perf_counter() - started
     stop.set()
-    previous = _read_json(out / "recursive_dense.json") or {}
+    previous = read_json(out / "recursive_dense.json") or {}
     results = {
         "mode": "quick" if args.quick else "full",
         "command": previous.get("command") if args.collect_only and previous else
@@ -687,7 +668,7 @@ def main(argv=None) -> int:
                          {"mean": statistics.fmean(loads), "max": max(loads), "samples": len(loads)}),
         "tasks": [collect_task(task, out, teachers[task], s, book) for task in args.tasks],
     }
-    _write_json(out / "recursive_dense.json", results)
+    write_json(out / "recursive_dense.json", results)
     text = render(results)
     (out / "recursive_dense.md").write_text(text)
     name = "recursive_dense_quick" if args.quick else "recursive_dense"

@@ -54,7 +54,6 @@ OUT/xtremedistil_panx.{json,md} and benchmarks/results/xtremedistil_panx[_quick]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -64,6 +63,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from common import read_json, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -118,18 +119,6 @@ def sizes_for(args) -> Sizes:
 # Small helpers
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
 
 
 def _write_recipe(path: Path, recipe: dict, what: str) -> Path:
@@ -317,7 +306,7 @@ def trim(model_dir: Path, out_dir: Path, threads: int, timing: dict, log, with_t
             raise SystemExit(f"trim of {model_dir} failed (exit code {code}); see {log_path}")
     else:
         log(f"trim {out_dir.name}: done before, skipped")
-    return _read_json(info)
+    return read_json(info)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,8 +618,8 @@ def main(argv=None) -> int:
         log_file.write(line + "\n")
         log_file.flush()
 
-    timing = (_read_json(out / "timing.json") or {})
-    previous = _read_json(out / "xtremedistil_panx.json")
+    timing = (read_json(out / "timing.json") or {})
+    previous = read_json(out / "xtremedistil_panx.json")
     runs, recipes = out / "runs", out / "recipes"
 
     # 1. the teacher: the project's trained one, or one trained here with the same settings
@@ -669,7 +658,7 @@ def main(argv=None) -> int:
     else:
         wait_runs([start_run(bl, runs / "bilstm", args.threads, log)], timing, log)
         wait_runs([start_run(tf, runs / "transformer", args.threads, log)], timing, log)
-    _write_json(out / "timing.json", timing)
+    write_json(out / "timing.json", timing)
 
     # 4. vocabulary trimming of each final student, two ways: the pieces of all the text the student
     # trained on (labelled + transfer: `cascade-kd trim`'s default), and of the labelled text only
@@ -681,12 +670,12 @@ def main(argv=None) -> int:
                                             with_transfer=False)
         trims[f"{student}-all"] = trim(model_dir, out / "trimmed" / f"{student}-all", args.threads, timing, log,
                                        with_transfer=True)
-    _write_json(out / "timing.json", timing)
+    write_json(out / "timing.json", timing)
 
     # 5. latency, one process: the mBERT-base-shaped reference, the teacher, the trimmed students
     if args.collect_only and (out / "latency.json").is_file():
         log(f"latency: the figures measured before ({out / 'latency.json'}), not measured again (--collect-only)")
-        latency = _read_json(out / "latency.json")
+        latency = read_json(out / "latency.json")
     else:
         log("latency: measuring (one process, the same threads for every model)")
         t0 = time.perf_counter()
@@ -694,11 +683,11 @@ def main(argv=None) -> int:
             {"key": key, "dir": out / "trimmed" / key, "recipe": runs / key.split("-")[0] / "recipe.yaml", "onnx": True}
             for key in trims], s, args.threads, log)
         timing["latency"] = time.perf_counter() - t0
-        _write_json(out / "latency.json", latency)
-        _write_json(out / "timing.json", timing)
+        write_json(out / "latency.json", latency)
+        write_json(out / "timing.json", timing)
 
     # 6. the table
-    bl_metrics, tf_metrics = _read_json(runs / "bilstm" / "metrics.json"), _read_json(runs / "transformer" / "metrics.json")
+    bl_metrics, tf_metrics = read_json(runs / "bilstm" / "metrics.json"), read_json(runs / "transformer" / "metrics.json")
     by_name = {m["name"]: m for m in bl_metrics["models"]}
     tf_by_name = {m["name"]: m for m in tf_metrics["models"]}
     teacher_row = by_name["teacher"]
@@ -755,11 +744,11 @@ def main(argv=None) -> int:
         results.update({k: previous[k] for k in ("command", "date", "wall_time_s") if k in previous})
         results["collected"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     text = render(results)
-    _write_json(out / "xtremedistil_panx.json", results)
+    write_json(out / "xtremedistil_panx.json", results)
     (out / "xtremedistil_panx.md").write_text(text + "\n")
     name = "xtremedistil_panx_quick" if args.quick else "xtremedistil_panx"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    _write_json(RESULTS_DIR / f"{name}.json", results)
+    write_json(RESULTS_DIR / f"{name}.json", results)
     (RESULTS_DIR / f"{name}.md").write_text(text + "\n")
     print(text)
     log(f"done in {wall / 60:.1f} min; tables: {out / 'xtremedistil_panx.md'}, {RESULTS_DIR / (name + '.md')}")
