@@ -131,9 +131,9 @@ def _dropped_labels(recipe: Recipe, split: str, lang: str, kept: list[Example]) 
     limit = data.max_train_per_language if split == "train" else data.max_eval_per_language
     if limit is None or len(kept) < limit or (split == "dev" and data.holdout_from_dev):
         return []  # not cut (held-out dev is cut after a shuffle)
-    full = _read_local(recipe.model_copy(update={"data": data.model_copy(update={"cap": "sample"})}), split, lang)
-    seen = {e.label for e in kept}
-    return sorted({e.label for e in full} - seen)
+    uncapped = data.model_copy(update={"max_train_per_language": None, "max_eval_per_language": None})
+    full = _read_local(recipe.model_copy(update={"data": uncapped}), split, lang)
+    return sorted({e.label for e in full} - {e.label for e in kept})
 
 
 def _read_hub(recipe: Recipe, split: str, lang: str) -> list[Example] | None:
@@ -233,7 +233,7 @@ def load_task_data(recipe: Recipe) -> TaskData:
             if not examples:
                 raise DataError(f"the {split} split of {lang!r} is empty", where=where(recipe, "data", split))
             per_lang[lang] = examples
-            dropped = [] if recipe.data.format == "hf" else _dropped_labels(recipe, split, lang, examples)
+            dropped = _dropped_labels(recipe, split, lang, examples)
             if dropped:
                 cap_key = "max_train_per_language" if split == "train" else "max_eval_per_language"
                 warnings.append(f"{where(recipe, 'data', cap_key)}: the first {len(examples)} {split} examples of "

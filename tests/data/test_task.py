@@ -58,6 +58,14 @@ def test_cap_sample_draws_a_fixed_sample_in_file_order_with_every_class(tmp_path
     assert len(a.splits["dev"]["xx"]) == 25  # dev (30 rows, unsorted) is capped too, without a warning
 
 
+def test_a_class_with_one_row_at_the_end_is_still_named(tmp_path):
+    path = _write(tmp_path, 25)
+    rows = [f"text {label} {i}\t{label}" for label in "AB" for i in range(200)] + ["text C last\tC"]
+    (tmp_path / "test.tsv").write_text("\n".join(rows) + "\n")
+    (warning,) = load_task_data(load_recipe(path)).warnings
+    assert "'C'" in warning  # the whole file is read for the check, not a sample of it
+
+
 def test_a_cap_that_keeps_every_class_gives_no_warning(tmp_path):
     data = load_task_data(load_recipe(_write(tmp_path, 45)))
     assert len(data.splits["test"]["xx"]) == 45 and not data.warnings
