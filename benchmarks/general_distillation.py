@@ -53,13 +53,13 @@ Sizes (each can be changed with a flag, see --help; changed sizes need another -
 | SIB-200 per language: train; dev and test (a sample, the same rows in every language) | 30; 40 and 40 | 100; all, 99 and 204 |
 | PAN-X languages; train / dev per language (half of dev is test) | en ru ar zh hi; 100 / 60 | + de fr es el ja; 500 / 200 |
 | Tatoeba pairs per language | 50 | 60 |
-| wall time on the shared 2-core CPU | 4.6 min measured | about 30 min, estimated (not run end to end) |
+| wall time on the shared 2-core CPU | 4.6 min measured | 51.1 min measured (2026-11-21, load average about 3) |
 
 Few Tatoeba pairs: `cascade-kd eval --parallel` runs each masked-LM model whole, its 119,547-piece
 vocabulary head included, on every token, about 13x the encoder's own cost here; raise
 --parallel-limit (up to 1,000) where time allows. Timings on this machine vary several-fold with
-the other jobs on it (the same pretraining ran at 560 and at 3,700 tokens/s; the full estimate
-assumes the faster: its pretraining measured 574 steps, about 150 s, per epoch).
+the other jobs on it (the same pretraining ran at 560 and at 3,700 tokens/s; in the measured full
+run pretraining took 1,084 s of the 51.1 min).
 
     nice -n 10 .venv/bin/python benchmarks/general_distillation.py --quick    # smoke check
     nice -n 10 .venv/bin/python benchmarks/general_distillation.py            # full mode
