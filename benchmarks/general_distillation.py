@@ -55,9 +55,9 @@ Sizes (each can be changed with a flag, see --help; changed sizes need another -
 | Tatoeba pairs per language | 50 | 60 |
 | wall time on the shared 2-core CPU | 4.6 min measured | 51.1 min measured (2026-11-21, load average about 3) |
 
-Few Tatoeba pairs: `cascade-kd eval --parallel` runs each masked-LM model whole, its 119,547-piece
-vocabulary head included, on every token, about 13x the encoder's own cost here; raise
---parallel-limit (up to 1,000) where time allows. Timings on this machine vary several-fold with
+Few Tatoeba pairs (60 per language) keep the run short; `cascade-kd eval --parallel` runs each
+masked-LM model's encoder alone (not its 119,547-piece head), so --parallel-limit (up to 1,000) can
+be raised where time allows. Timings on this machine vary several-fold with
 the other jobs on it (the same pretraining ran at 560 and at 3,700 tokens/s; in the measured full
 run pretraining took 1,084 s of the 51.1 min).
 
