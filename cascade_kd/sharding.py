@@ -70,11 +70,11 @@ def shard_frozen(model: nn.Module, device: torch.device) -> nn.Module:
     fully_shard(shell, mesh=mesh)
     shell.to_empty(device=device)
     # each process gives the full state dict and keeps its own slice of every tensor (no traffic)
-    set_model_state_dict(shell, model.state_dict(), options=StateDictOptions(full_state_dict=True, strict=True))
+    state = model.state_dict()
+    set_model_state_dict(shell, state, options=StateDictOptions(full_state_dict=True, strict=True))
     # buffers outside the state dict (position ids) are not sharded: copied as they are
-    persistent = set(model.state_dict())
     for name, buffer in model.named_buffers():
-        if name not in persistent:
+        if name not in state:
             owner, _, leaf = name.rpartition(".")
             shell.get_submodule(owner).register_buffer(leaf, buffer.to(device), persistent=False)
     shell.eval().requires_grad_(False)
