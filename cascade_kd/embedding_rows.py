@@ -34,7 +34,8 @@ class SeenRowsEmbedding(nn.Module):
         super().__init__()
         self._original = [base]  # a list: not a submodule, so its weight is not a second state entry
         self.padding_idx = base.padding_idx
-        self.register_buffer("frozen", base.weight.detach(), persistent=False)
+        # a frozen parameter, not a buffer: a checkpoint of the training state writes it once (training_state.py)
+        self.frozen = nn.Parameter(base.weight.detach(), requires_grad=False)
         self.register_buffer("rows", rows.to(torch.long), persistent=False)
         position = torch.full((base.num_embeddings,), -1, dtype=torch.long, device=rows.device)
         position[self.rows] = torch.arange(len(rows), device=rows.device)

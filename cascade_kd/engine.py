@@ -36,7 +36,16 @@ from cascade_kd.features import Features, extract_features, layer_pairs
 from cascade_kd.losses import LOSSES
 from cascade_kd.recipe import LossConfig, TrainConfig
 from cascade_kd.sharding import local_parameter_count, shard_frozen
-from cascade_kd.training_state import Progress, has_state, load_state, save_state
+from cascade_kd.training_state import (
+    Progress,
+    changing_tensors,
+    frozen_parameters,
+    has_state,
+    load_state,
+    restore,
+    save_state,
+    update_static,
+)
 
 LOGIT_LOSSES = ("kl", "logit_mse")
 HIDDEN_LOSSES = ("hidden_mse", "hidden_cos")
@@ -518,6 +527,8 @@ def _train(
                 # random streams of processes other than the main one (dropout) were not saved
                 _log(None, f"  {desc}: this state was written by {progress.processes} process(es), resumed on {n_proc}: "
                            "same batches and steps; dropout draws differ from an uninterrupted run")
+    else:
+        progress.static = frozen_parameters(unwrapped)  # written once per stage, see training_state.py
     progress.processes = n_proc
 
     def checkpoint():
@@ -533,6 +544,7 @@ def _train(
                                    indices=epoch_draw(progress.epoch) if epoch_draw is not None else None)
         if groups is not None:
             trainable = apply_unfreezing(groups, progress.epoch)
+            update_static(progress, unwrapped, best_state)
             if main:
                 _log(bar, f"  {desc}: epoch {progress.epoch + 1} trains the top {trainable} of {len(groups)} parameter groups")
         module.train()
@@ -613,15 +625,15 @@ def _train(
                           f"loss {progress.running:.4f} dev {score:.4f} ({progress.train_seconds:.0f}s training, ETA {eta:.0f}s)")
             if progress.best_score is None or score > progress.best_score:
                 # the student and its projections together: a stage's saved projections match its student
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
-                progress.best_score, progress.best_epoch, progress.stale = score, frac_epoch, 0
+                best_state = changing_tensors(unwrapped, progress)
+                progress.best_score, progress.best_epoch, progress.best_step, progress.stale = score, frac_epoch, progress.step, 0
             else:
                 progress.stale += 1
                 progress.stopped = bool(cfg.patience and progress.stale >= cfg.patience)
         checkpoint()
     bar.close()
     if best_state is not None:
-        unwrapped.load_state_dict(best_state)
+        restore(unwrapped, best_state)
     accelerator.free_memory()
     seconds = progress.train_seconds
     return TrainResult(progress.best_score, progress.best_epoch, progress.history, progress.step, seconds,

@@ -92,11 +92,14 @@ def score(task: str, labels: list[str], examples: list[Example], encoded: list[E
 def evaluate_languages(
     model, split: dict[str, tuple[list[Example], list[Encoded]]], task: str, labels: list[str], **predict_kwargs
 ) -> dict[str, float]:
-    """Score the model on every language of one split."""
+    """Score the model on every language of one split. The languages are predicted together, so
+    that batches group examples of similar length across languages (less padding than batching
+    each language's few dev sentences on their own), then scored apart."""
     if task == "mlm":
         return {lang: masked_lm_accuracy(model, encoded, **predict_kwargs) for lang, (_, encoded) in split.items()}
+    preds = iter(predict(model, [x for _, encoded in split.values() for x in encoded], **predict_kwargs))
     return {
-        lang: score(task, labels, examples, encoded, predict(model, encoded, **predict_kwargs))
+        lang: score(task, labels, examples, encoded, [next(preds) for _ in encoded])
         for lang, (examples, encoded) in split.items()
     }
 

@@ -1,25 +1,39 @@
 """Full training state of one stage, so an interrupted stage resumes to the same result.
 
 Saved at the configured step interval and after every evaluation, atomically, into
-RUN_DIR/state/<stage>/: the trainable module (student and projections), optimiser, scheduler,
-torch RNG states, the best dev weights so far, and the loop's position (epoch, batch within the
-epoch, step) and bookkeeping. The batch order of an epoch is a pure function of (seed, epoch), so
-resuming skips exactly the batches already done. Nothing is unpickled: tensors are safetensors,
-optimiser and scheduler states are read with `torch.load(weights_only=True)`.
+RUN_DIR/state/<stage>/: the trainable module's tensors (student and projections), optimiser,
+scheduler, torch RNG states, the best dev weights so far, and the loop's position (epoch, batch
+within the epoch, step) and bookkeeping. The batch order of an epoch is a pure function of (seed,
+epoch), so resuming skips exactly the batches already done. Nothing is unpickled: tensors are
+safetensors, optimiser and scheduler states are read with `torch.load(weights_only=True)`.
+
+What a checkpoint writes is kept to what training can have changed, since a distilled student is
+mostly frozen weight (mBERT's 92M-value embedding table against 42M in six layers):
+- parameters frozen since the stage began (`Progress.static`) are written once, to
+  frozen.safetensors, and hard-linked into every later checkpoint; a parameter leaves that set
+  for good when it is unfrozen (gradual unfreezing), and is written every time from then on;
+- the best weights hold the changing tensors only, and are not written at all when they are the
+  current weights (the checkpoint right after an improving evaluation: `Progress.best_step`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
+from cascade_kd.errors import UserError
 from cascade_kd.fileio import atomic_directory
 
 PROGRESS = "progress.json"
+MODULE = "module.safetensors"
+FROZEN = "frozen.safetensors"
+BEST = "best.safetensors"
 
 
 @dataclass
@@ -34,38 +48,115 @@ class Progress:
     train_seconds: float = 0.0
     best_score: float | None = None
     best_epoch: float | None = None
+    best_step: int | None = None  # the step at which the best weights were taken
     stale: int = 0
     stopped: bool = False  # early stopping fired
     history: list = field(default_factory=list)
     processes: int = 1  # how many processes wrote this state (a resume may use another number)
+    static: list = field(default_factory=list)  # parameters frozen, hence unchanged, since the stage began
+
+
+def named_tensors(module) -> dict[str, torch.Tensor]:
+    """Every tensor training can change, by name: the parameters (a tied one once) and the
+    persistent buffers. Non-persistent buffers are rebuilt by the module itself."""
+    tensors = dict(module.named_parameters())
+    for prefix, sub in module.named_modules():
+        for name, buffer in sub.named_buffers(recurse=False):
+            if buffer is not None and name not in sub._non_persistent_buffers_set:
+                tensors[f"{prefix}.{name}" if prefix else name] = buffer
+    return tensors
+
+
+def frozen_parameters(module) -> list[str]:
+    """The parameters that no optimiser step can change now (requires_grad False)."""
+    return sorted(n for n, p in module.named_parameters() if not p.requires_grad)
+
+
+def update_static(progress: Progress, module, best: dict | None) -> None:
+    """Drop from `progress.static` the parameters that are trainable now. Call before they train:
+    a best copy taken while they were frozen gets their (still unchanged) value, so restoring it
+    also undoes what they learn later."""
+    tensors = named_tensors(module)
+    leaving = [k for k in progress.static if tensors[k].requires_grad]
+    if leaving:
+        progress.static = [k for k in progress.static if k not in set(leaving)]
+        if best is not None:
+            best.update({k: tensors[k].detach().to("cpu", copy=True) for k in leaving if k not in best})
+
+
+def changing_tensors(module, progress: Progress) -> dict[str, torch.Tensor]:
+    """Copies (on the CPU) of the tensors outside `progress.static`: what a best-weights copy needs."""
+    static = set(progress.static)
+    return {k: v.detach().to("cpu", copy=True) for k, v in named_tensors(module).items() if k not in static}
+
+
+@torch.no_grad()
+def restore(module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy `tensors` (a subset of named_tensors, by name) into the module's own tensors."""
+    own = named_tensors(module)
+    unknown = sorted(set(tensors) - set(own))
+    if unknown:
+        raise KeyError(f"not tensors of this module: {', '.join(unknown[:3])}")
+    for k, v in tensors.items():
+        own[k].copy_(v)
+
+
+def _keys(path: Path) -> set[str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return set(handle.keys())
 
 
 def save_state(directory: Path, module, optimizer, scheduler, progress: Progress, best: dict | None) -> None:
+    directory = Path(directory)
+    update_static(progress, module, best)
+    tensors = named_tensors(module)
+    static = set(progress.static)
     with atomic_directory(directory) as tmp:
-        save_model(module, str(tmp / "module.safetensors"))
+        save_file({k: v.contiguous() for k, v in tensors.items() if k not in static}, str(tmp / MODULE))
+        if static:
+            # the set only shrinks and its members do not change: the file written first still holds them
+            if (directory / FROZEN).is_file() and static <= _keys(directory / FROZEN):
+                os.link(directory / FROZEN, tmp / FROZEN)
+            else:
+                save_file({k: tensors[k].contiguous() for k in sorted(static)}, str(tmp / FROZEN))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
         save_file(rng, str(tmp / "rng.safetensors"))
-        if best is not None:
-            save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / "best.safetensors"))
+        if best is not None and progress.best_step != progress.step:  # else the best weights are the module's
+            save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / BEST))
         (tmp / PROGRESS).write_text(json.dumps(asdict(progress)))
 
 
 def load_state(directory: Path, module, optimizer, scheduler) -> tuple[Progress, dict | None]:
     """Restore everything save_state wrote; returns the progress and the best weights."""
     directory = Path(directory)
-    load_model(module, str(directory / "module.safetensors"))
+    progress = Progress(**json.loads((directory / PROGRESS).read_text()))
+    saved = load_file(str(directory / MODULE))
+    if progress.static:
+        frozen = load_file(str(directory / FROZEN))
+        saved.update({k: frozen[k] for k in progress.static})
+    own = named_tensors(module)
+    if set(saved) != set(own):
+        differ = sorted(set(saved) ^ set(own))
+        raise UserError(f"the training state in {directory} does not match this stage's model "
+                        f"({len(differ)} tensor(s) differ, e.g. {differ[0]})", where=str(directory),
+                        hint="it was written for another model or by another version: delete the directory to restart the stage")
+    restore(module, saved)
     optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
     rng = load_file(str(directory / "rng.safetensors"))
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available() and "cuda0" in rng:
         torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng])
-    best = load_file(str(directory / "best.safetensors")) if (directory / "best.safetensors").is_file() else None
-    return Progress(**json.loads((directory / PROGRESS).read_text())), best
+    best = None
+    if (directory / BEST).is_file():
+        best = load_file(str(directory / BEST))
+    elif progress.best_step is not None and progress.best_step == progress.step:
+        best = changing_tensors(module, progress)
+    return progress, best
 
 
 def has_state(directory: Path | None) -> bool:
