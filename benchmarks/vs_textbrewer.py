@@ -5,8 +5,8 @@ The teacher is mBERT-base-shaped (12 layers, 768 hidden, 12 heads, the mBERT cas
 can be had offline); it is trained once and reused from WORK/teacher. The student is the teacher's
 bottom 6 layers with its embeddings. Both toolkits distil with the same recipe:
 
-    soft logits (temperature 2, every real token)  + last-layer hidden-state MSE
-                                                   + last-layer attention-probability MSE
+    soft logits (temperature 2, x T^2, every real token)  + last-layer hidden-state MSE
+                                                          + last-layer attention-probability MSE
     AdamW, lr 1e-4, weight decay 0.01, 10% linear warm-up, grad-norm clip 1.0, batch 32, 3 epochs
 
 Configurations, each in its own process (so that peak memory is its own):
@@ -27,6 +27,13 @@ distillation (for cascade-kd: cache build, training, evaluations and saving incl
     python benchmarks/vs_textbrewer.py --train 20000 --device cuda
     python benchmarks/vs_textbrewer.py --memory                # peak memory at batch 32 x 128 tokens
     python benchmarks/vs_textbrewer.py --quick                 # a 2-layer, 256-wide smoke check
+    python benchmarks/vs_textbrewer.py --teacher minilm        # scores with a teacher worth distilling
+
+`--teacher minilm` compares scores where they mean something: the mBERT-shaped teacher trained here
+from scratch reaches only a few points of F1, but the pretrained English MiniLM-L6 (6 x 384),
+fine-tuned on CoNLL-2002 Spanish and Dutch NER by `benchmarks/real_data.py --tasks minilm`, reaches
+about 40. Its bottom 3 layers are distilled on CoNLL-2002 training sentences (teacher outputs only,
+no labels) by the same five configurations.
 
 `--memory` trains each configuration on sentences packed to exactly 128 tokens with trainable
 embeddings, for a few dozen steps, and reports peak resident memory (and peak GPU memory on GPU).
@@ -58,16 +65,8 @@ RECIPE = """\
 name: vs-textbrewer
 seed: 0
 task: {{type: token, max_length: {max_length}}}
-data:
-  languages: {languages}
-  format: conll
-  train: {train}
-  dev: {data}/panx/dev-{{lang}}.tsv
-  max_train_per_language: {per_language}
-  max_eval_per_language: {dev_per_language}
-teacher:
-  tokenizer: {data}/tokenizers/mbert-cased
-  {teacher}
+data: {data}
+teacher: {teacher}
 train: {{batch_size: 32, epochs: {epochs}, lr: 1.0e-4, precision: {precision}, checkpoint_every: null,
         teacher_cache: {cache}, eval_batch_size: 32, embedding_rows: {rows}}}
 cascade:
@@ -78,6 +77,25 @@ cascade:
   stages:
     - {{name: student, student: {{layers: {student_layers}, init: bottom, freeze_embeddings: {frozen}}}}}
 """
+# the score comparison (--teacher minilm): the pretrained English MiniLM-L6 that real_data.py
+# fine-tunes on CoNLL-2002 Spanish and Dutch NER (its minilm task), distilled on those sentences
+MINILM_TEACHER = ROOT / "runs" / "real-data-minilm-v2" / "minilm" / "seed0" / "cascade" / "teacher"
+CONLL_FILES = {"es": "esp", "nl": "ned"}
+
+
+def data_section(settings: dict) -> dict:
+    """The recipe's data section: PAN-X in 10 languages (mBERT-shaped teacher) or CoNLL-2002 es/nl (MiniLM)."""
+    languages = settings["languages"]
+    caps = {"max_train_per_language": -(-settings["train"] // len(languages)),
+            "max_eval_per_language": -(-settings["dev"] // len(languages))}
+    if settings["preset"] == "minilm":
+        conll = DATA / "conll2002"
+        return {"languages": languages, "format": "conll", "encoding": "latin-1",
+                "train": {l: str(conll / f"{CONLL_FILES[l]}.train") for l in languages},
+                "dev": {l: str(conll / f"{CONLL_FILES[l]}.testa") for l in languages}, **caps}
+    return {"languages": languages, "format": "conll",
+            "train": settings.get("train_file") or f"{DATA}/panx/train-{{lang}}.tsv",
+            "dev": f"{DATA}/panx/dev-{{lang}}.tsv", **caps}
 
 
 def teacher_shape(quick: bool) -> dict:
@@ -91,13 +109,12 @@ def teacher_shape(quick: bool) -> dict:
 def write_recipe(settings: dict, *, frozen: bool = False, cache: str = "bf16", teacher_dir: Path | None = None,
                  rows: str = "seen") -> Path:
     work = Path(settings["work"])
-    per_language = -(-settings["train"] // len(LANGUAGES))
-    train = settings.get("train_file") or f"{DATA}/panx/train-{{lang}}.tsv"
-    teacher = (f"model: {teacher_dir}" if teacher_dir else "config: " + json.dumps(settings["teacher_shape"]))
+    teacher = {"model": str(teacher_dir)} if teacher_dir else {"config": settings["teacher_shape"]}
+    if settings["preset"] == "mbert":  # the MiniLM teacher's own tokenizer is saved beside it
+        teacher["tokenizer"] = str(DATA / "tokenizers" / "mbert-cased")
     text = RECIPE.format(
-        max_length=MAX_LENGTH, languages=json.dumps(LANGUAGES), train=train, data=DATA, per_language=per_language,
-        dev_per_language=-(-settings["dev"] // len(LANGUAGES)), teacher=teacher, epochs=settings["epochs"],
-        precision=settings["precision"], cache=cache, temperature=TEMPERATURE,
+        max_length=MAX_LENGTH, data=json.dumps(data_section(settings)), teacher=json.dumps(teacher),
+        epochs=settings["epochs"], precision=settings["precision"], cache=cache, temperature=TEMPERATURE,
         student_layers=settings["teacher_shape"]["num_hidden_layers"] // 2, frozen=str(frozen).lower(), rows=rows)
     packed = "-packed" if settings.get("train_file") else ""
     path = work / f"recipe-{'frozen' if frozen else 'trainable'}-{cache}-{rows}-{'t' if teacher_dir else 'new'}{packed}.yaml"
@@ -117,6 +134,12 @@ def ensure_teacher(settings: dict, say=print) -> Path:
     from cascade_kd.recipe import load_recipe
 
     directory = Path(settings["teacher_dir"])
+    if settings["preset"] == "minilm":
+        if not (directory / "model.safetensors").is_file():
+            raise SystemExit(f"no fine-tuned MiniLM teacher at {directory}: make it with `python benchmarks/real_data.py "
+                             "--tasks minilm --out runs/real-data-minilm-v2 --seeds 0`, or pass --teacher-dir")
+        say(f"teacher: the fine-tuned MiniLM in {directory}")
+        return directory
     if (directory / "model.safetensors").is_file():
         say(f"teacher: reusing {directory}")
         return directory
@@ -134,6 +157,29 @@ def ensure_teacher(settings: dict, say=print) -> Path:
     (directory / "teacher.json").write_text(json.dumps({"dev_f1": result.best_score, "wall_time_s": result.wall_time_s,
                                                         "sentences": len(job.train_set()), "epochs": cfg.epochs}))
     return directory
+
+
+def teacher_score(settings: dict, work: Path) -> dict:
+    """The teacher's dev F1: saved when this script trained it; the MiniLM's is measured once on this
+    run's dev sentences and kept in WORK/teacher.json."""
+    own = Path(settings["teacher_dir"]) / "teacher.json"
+    if own.is_file():
+        return json.loads(own.read_text())
+    path = work / "teacher.json"
+    if not path.is_file():
+        from cascade_kd.cascade import prepare
+        from cascade_kd.evaluation import evaluate_languages
+        from cascade_kd.models import load_checkpoint
+        from cascade_kd.recipe import load_recipe
+
+        recipe = load_recipe(write_recipe(settings, teacher_dir=Path(settings["teacher_dir"])))
+        job = prepare(recipe, Path(tempfile.mkdtemp(prefix="teacher-", dir=work)), say=lambda m: None)
+        teacher = load_checkpoint(Path(settings["teacher_dir"]), "token").to(settings["device"])
+        per_language = evaluate_languages(teacher, job.encoded["dev"], "token", job.data.labels, batch_size=64,
+                                          pad_id=job.pad_id)
+        path.write_text(json.dumps({"dev_f1": sum(per_language.values()) / len(per_language),
+                                    "dev_f1_per_language": per_language}))
+    return json.loads(path.read_text())
 
 
 # --- one configuration per process --------------------------------------------------------------------
@@ -221,7 +267,10 @@ def run_textbrewer(settings: dict, padding: str) -> dict:
 
     layers_t, layers_s = teacher.config.num_hidden_layers, student.config.num_hidden_layers
     distill_config = DistillationConfig(
-        temperature=TEMPERATURE, kd_loss_type="ce", kd_loss_weight=1.0, hard_label_weight=0.0,
+        # TextBrewer's soft cross-entropy is not multiplied by T^2 (cascade-kd's kl is, as in Hinton et
+        # al.): the weight T^2 gives both the same gradient (the two losses differ by the teacher's
+        # entropy, a constant)
+        temperature=TEMPERATURE, kd_loss_type="ce", kd_loss_weight=TEMPERATURE ** 2, hard_label_weight=0.0,
         intermediate_matches=[
             # hidden_states has L+1 entries (embeddings first), attentions L: the last of each
             {"layer_T": layers_t, "layer_S": layers_s, "feature": "hidden", "loss": "hidden_mse", "weight": 1.0},
@@ -293,8 +342,8 @@ def packed_train_file(settings: dict) -> str:
     tokenizer = AutoTokenizer.from_pretrained(str(DATA / "tokenizers" / "mbert-cased"))
     directory = Path(settings["work"]) / "packed"
     directory.mkdir(exist_ok=True)
-    per_language = -(-settings["train"] // len(LANGUAGES))
-    for lang in LANGUAGES:
+    per_language = -(-settings["train"] // len(settings["languages"]))
+    for lang in settings["languages"]:
         sentences, current = [], []
         for block in (DATA / "panx" / f"train-{lang}.tsv").read_text(encoding="utf-8").split("\n\n"):
             rows = [line for line in block.splitlines() if line.strip()]
@@ -311,8 +360,12 @@ def packed_train_file(settings: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train", type=int, default=1000, help="training sentences (over 10 languages)")
-    parser.add_argument("--dev", type=int, default=500, help="dev sentences (over 10 languages)")
+    parser.add_argument("--teacher", default="mbert", choices=["mbert", "minilm"],
+                        help="mbert: an mBERT-base-shaped teacher trained here on PAN-X (speed); minilm: the pretrained "
+                             "MiniLM-L6 fine-tuned on CoNLL-2002 es/nl by real_data.py (a teacher worth distilling: scores)")
+    parser.add_argument("--teacher-dir", type=Path, default=None, help=f"the MiniLM teacher (default {MINILM_TEACHER})")
+    parser.add_argument("--train", type=int, default=None, help="training sentences over the languages (default 1000; minilm 2000)")
+    parser.add_argument("--dev", type=int, default=None, help="dev sentences over the languages (default 500; minilm 600)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--teacher-epochs", type=int, default=4)
     parser.add_argument("--teacher-train", type=int, default=None, help="the teacher's training sentences (default: --train)")
@@ -338,9 +391,16 @@ def main() -> int:
         result = worker(args.worker.split("@", 1)[0], settings)
         Path(settings["result"]).write_text(json.dumps(result))
         return 0
-    if not (DATA / "panx").is_dir():
-        print(f"skipped: PAN-X data not found at {DATA / 'panx'} (see ../shared/data/README.md)")
+    needed = DATA / ("conll2002" if args.teacher == "minilm" else "panx")
+    if not needed.is_dir():
+        print(f"skipped: {needed.name} data not found at {needed} (see ../shared/data/README.md)")
         return 0
+    if args.teacher == "minilm" and (args.memory or args.quick):
+        print("--memory and --quick measure the mBERT-shaped teacher: leave out --teacher minilm", file=sys.stderr)
+        return 2
+    minilm = args.teacher == "minilm"
+    args.train = args.train or (2000 if minilm else 1000)
+    args.dev = args.dev or (600 if minilm else 500)
     try:
         import textbrewer  # noqa: F401
     except ImportError:
@@ -348,20 +408,28 @@ def main() -> int:
         return 2
     if args.quick:
         args.train, args.dev, args.teacher_epochs = min(args.train, 200), min(args.dev, 100), min(args.teacher_epochs, 2)
-    shape = teacher_shape(args.quick)
+    teacher_dir = Path(args.teacher_dir or MINILM_TEACHER) if minilm else None
+    if minilm and (teacher_dir / "config.json").is_file():
+        config = json.loads((teacher_dir / "config.json").read_text())
+        shape = {k: config[k] for k in ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads",
+                                        "intermediate_size", "vocab_size")}
+    else:
+        shape = teacher_shape(args.quick)
     args.teacher_train = args.teacher_train or args.train
-    tag = "quick" if args.quick else f"{shape['num_hidden_layers']}x{shape['hidden_size']}-{args.train}-t{args.teacher_train}"
+    tag = ("quick" if args.quick else f"minilm-{args.train}" if minilm else
+           f"{shape['num_hidden_layers']}x{shape['hidden_size']}-{args.train}-t{args.teacher_train}")
     work = args.work / tag
     work.mkdir(parents=True, exist_ok=True)
     settings = {"work": str(work), "train": args.train, "dev": args.dev, "epochs": args.epochs,
                 "teacher_epochs": args.teacher_epochs, "teacher_lr": args.teacher_lr, "teacher_shape": shape,
-                "teacher_train": args.teacher_train,
-                "teacher_dir": str(work / "teacher"), "precision": args.precision, "cache": args.cache,
+                "teacher_train": args.teacher_train, "preset": args.teacher,
+                "languages": list(CONLL_FILES) if minilm else LANGUAGES,
+                "teacher_dir": str(teacher_dir or work / "teacher"), "precision": args.precision, "cache": args.cache,
                 "device": args.device}
     import torch
 
     teacher_dir = ensure_teacher(settings)
-    teacher_info = json.loads((teacher_dir / "teacher.json").read_text())
+    teacher_info = teacher_score(settings, work)
     if args.teacher_only:
         return 0
     if args.memory:  # same teacher; training inputs packed to 128 tokens, a few dozen steps
@@ -398,7 +466,8 @@ def main() -> int:
     result = {"command": " ".join(["python", *sys.argv]), "machine": platform.processor() or platform.machine(),
               "device": args.device, "threads": torch.get_num_threads(), "teacher": shape, "teacher_dev_f1": teacher_info["dev_f1"],
               "sentences": settings["train"], "epochs": settings["epochs"], "memory_mode": args.memory, "rows": rows}
-    out = args.out or ROOT / "benchmarks" / "results" / f"vs_textbrewer{'_memory' if args.memory else ''}{'_quick' if args.quick else ''}.json"
+    suffix = "_minilm" if minilm else "_memory" if args.memory else "_quick" if args.quick else ""
+    out = args.out or ROOT / "benchmarks" / "results" / f"vs_textbrewer{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"saved {out}")

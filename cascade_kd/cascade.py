@@ -114,7 +114,7 @@ class Job:
         options = {"masked_lm": self.masked_lm}
         if self.masked_lm and self.recipe.task.masking == "dynamic":
             options["batch_transform"] = lambda batch, members, epoch, slots: self.masker.mask_batch(
-                batch, train_data, members, epoch, slots)
+                batch, train_data, members, epoch, slots, stream=seed)
         alpha = self.recipe.data.language_alpha
         if alpha is not None:
             options["epoch_draw"] = lambda epoch: epoch_indices(blocks, alpha, seed=seed, epoch=epoch)

@@ -71,13 +71,15 @@ class Masker:
             out.append(Encoded(ids, item.token_type_ids, labels))
         return out
 
-    def mask_batch(self, batch: dict, originals: list[Encoded], indices: list[int], epoch: int, slots: list) -> dict:
+    def mask_batch(self, batch: dict, originals: list[Encoded], indices: list[int], epoch: int, slots: list,
+                   stream: int = 0) -> dict:
         """Dynamic masking: re-mask a collated batch of unmasked examples for this epoch. `slots` name
         each row's place in the epoch (batch, position in the global batch): an example drawn twice
-        in one epoch (language sampling) gets two different masks, on any number of processes."""
+        in one epoch (language sampling) gets two different masks, on any number of processes.
+        `stream` (a stage's seed) gives each stage of a cascade its own masks."""
         input_ids, labels = batch["input_ids"].clone(), torch.full_like(batch["input_ids"], IGNORE)
         for row, (index, slot) in enumerate(zip(indices, slots)):
-            ids, labs = self.mask(originals[index].input_ids, f"train:{index}:{epoch}:{slot}")
+            ids, labs = self.mask(originals[index].input_ids, f"train:{stream}:{index}:{epoch}:{slot}")
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, : len(labs)] = torch.tensor(labs)
         return {**batch, "input_ids": input_ids, "labels": labels}

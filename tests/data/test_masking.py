@@ -58,7 +58,7 @@ def test_dynamic_batch_masks_match_per_example_draws_and_change_per_epoch():
     batch = collate([items[2], items[0]], PAD)
     out = m.mask_batch(batch, items, [2, 0], epoch=3, slots=["5:0", "5:1"])
     for row, (index, slot) in enumerate(zip([2, 0], ["5:0", "5:1"])):
-        ids, labels = m.mask(items[index].input_ids, f"train:{index}:3:{slot}")
+        ids, labels = m.mask(items[index].input_ids, f"train:0:{index}:3:{slot}")
         n = len(ids)
         assert out["input_ids"][row, :n].tolist() == ids and out["labels"][row, :n].tolist() == labels
         assert (out["labels"][row, n:] == IGNORE).all() and (out["input_ids"][row, n:] == PAD).all()
@@ -68,3 +68,6 @@ def test_dynamic_batch_masks_match_per_example_draws_and_change_per_epoch():
     # one example drawn twice in an epoch (language sampling) gets two masks
     twice = m.mask_batch(collate([items[1], items[1]], PAD), items, [1, 1], epoch=3, slots=["0:0", "7:3"])
     assert not torch.equal(twice["labels"][0], twice["labels"][1])
+    # another stage of the cascade (another stream) draws other masks for the same example and epoch
+    other = m.mask_batch(batch, items, [2, 0], epoch=3, slots=["5:0", "5:1"], stream=7)
+    assert not torch.equal(other["labels"], out["labels"])
