@@ -3,17 +3,18 @@
 import os
 
 import pytest
-from safetensors import safe_open
 import torch
+from conftest import tiny_bert
+from safetensors import safe_open
 
-import cascade_kd.engine as engine
+from cascade_kd import engine
 from cascade_kd.data.encode import encode
 from cascade_kd.data.readers import read_examples
 from cascade_kd.engine import LossTerm, build_loss_terms, train
+from cascade_kd.errors import UserError
 from cascade_kd.losses import HardLabelCE
 from cascade_kd.models import build_student, use_attention_outputs
 from cascade_kd.recipe import LossConfig, StudentConfig, TrainConfig
-from cascade_kd.errors import UserError
 from cascade_kd.training_state import (
     BEST,
     FROZEN,
@@ -27,7 +28,6 @@ from cascade_kd.training_state import (
     save_state,
     update_static,
 )
-from conftest import tiny_bert
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 CFG = TrainConfig(epochs=3, batch_size=16, lr=1e-3, precision="fp32", checkpoint_every=2)
