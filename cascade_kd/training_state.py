@@ -11,7 +11,8 @@ What a checkpoint writes is kept to what training can have changed, since a dist
 mostly frozen weight (mBERT's 92M-value embedding table against 42M in six layers):
 - parameters frozen since the stage began (`Progress.static`) are written once, to
   frozen.safetensors, and hard-linked into every later checkpoint; a parameter leaves that set
-  for good when it is unfrozen (gradual unfreezing), and is written every time from then on;
+  for good when it is unfrozen (the engine calls `update_static` after gradual unfreezing, the one
+  place where requires_grad changes), and is written every time from then on;
 - the best weights hold the changing tensors only, and are not written at all when they are the
   current weights (the checkpoint right after an improving evaluation: `Progress.best_step`).
 """
@@ -77,9 +78,9 @@ def update_static(progress: Progress, module, best: dict | None) -> None:
     a best copy taken while they were frozen gets their (still unchanged) value, so restoring it
     also undoes what they learn later."""
     tensors = named_tensors(module)
-    leaving = [k for k in progress.static if tensors[k].requires_grad]
+    leaving = {k for k in progress.static if tensors[k].requires_grad}
     if leaving:
-        progress.static = [k for k in progress.static if k not in set(leaving)]
+        progress.static = [k for k in progress.static if k not in leaving]
         if best is not None:
             best.update({k: tensors[k].detach().to("cpu", copy=True) for k in leaving if k not in best})
 
@@ -108,7 +109,6 @@ def _keys(path: Path) -> set[str]:
 
 def save_state(directory: Path, module, optimizer, scheduler, progress: Progress, best: dict | None) -> None:
     directory = Path(directory)
-    update_static(progress, module, best)
     tensors = named_tensors(module)
     static = set(progress.static)
     with atomic_directory(directory) as tmp:
