@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Each installs what it needs into
 # .venv. torch is installed first and pinned, so that no CUDA wheels are pulled on a CPU machine.
+# `make docs` builds the documentation site into site/ (strict: a broken link or reference fails it).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ TORCH ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all docs clean
 
 $(BIN)/cascade-kd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,5 +24,14 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# the doc tools (pinned in the `docs` extra) go into the same venv; the build reads the source
+# statically and never imports torch
+$(BIN)/mkdocs: $(BIN)/cascade-kd pyproject.toml
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[docs]"
+	@touch $@
+
+docs: $(BIN)/mkdocs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site
