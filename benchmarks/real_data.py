@@ -3,7 +3,7 @@ against direct distillation, labels-only training and LightMBERT's choices one a
 
 For each task this script writes recipes (YAML, under OUT/<task>/recipes/, pointing at
 ../shared/data by absolute path: nothing is copied into the repository), runs them in-process
-with `cascade_kd.cascade.run_recipe`, measures latency with `cascade-kd bench` (through the CLI,
+with `cascade_kd.cascade.run.run_recipe`, measures latency with `cascade-kd bench` (through the CLI,
 with explicit flags), and collects every run's metrics.json into one table (Markdown + JSON).
 
 Runs, per task and seed (the teacher is trained once per seed, in the `cascade` run, and every
@@ -362,9 +362,9 @@ def write_recipe(out: Path, run: Run) -> Path:
 def run_unit(task: str, seed: int, out: Path, s: Sizes, root: Path, log) -> None:
     """Every run of one task and seed, in order: the cascade run first (it trains the teacher the
     others load), then the others. Finished runs are skipped; a half-finished one is resumed."""
-    from cascade_kd.cascade import run_recipe
+    from cascade_kd.cascade.run import run_recipe
     from cascade_kd.errors import UserError
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.config.schema import load_recipe
 
     runs = [r for r in task_plan(task, root, out, s)[0] if r.seed == seed]
     timing_path = out / f"seed{seed}" / "timing.json"
@@ -814,7 +814,7 @@ def main(argv=None) -> int:
         sizes[task] = s
     started = time.perf_counter()
     if not args.collect_only and not args.worker:
-        from cascade_kd.recipe import load_recipe
+        from cascade_kd.config.schema import load_recipe
 
         for task in args.tasks:  # every recipe written and its schema checked before any training
             for run in task_plan(task, root, out / task, sizes[task])[0]:

@@ -252,7 +252,7 @@ def write_recipe(out: Path, run: Run) -> Path:
 
 def finished(directory: Path, recipe_path: Path) -> bool:
     """A run is done when its metrics.json exists and its manifest holds this very recipe."""
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.config.schema import load_recipe
 
     try:
         manifest = json.loads((directory / "manifest.json").read_text())
@@ -615,7 +615,7 @@ def main(argv=None) -> int:
             log_file.flush()
 
     sequences = [seq for task in args.tasks for seq in plan(task, out / task, teachers[task], s)]
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.config.schema import load_recipe
 
     for seq in sequences:  # every recipe written and checked before any training
         for run in seq:

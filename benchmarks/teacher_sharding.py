@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 from transformers import BertConfig, BertForTokenClassification
 
-from cascade_kd.features import extract_features
-from cascade_kd.sharding import local_parameter_count, shard_frozen
+from cascade_kd.students.features import extract_features
+from cascade_kd.training.sharding import local_parameter_count, shard_frozen
 
 RESULTS = Path(__file__).resolve().parent / "results" / "teacher_sharding.json"
 

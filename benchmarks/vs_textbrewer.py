@@ -127,11 +127,11 @@ def write_recipe(settings: dict, *, frozen: bool = False, cache: str = "bf16", t
 def ensure_teacher(settings: dict, say=print) -> Path:
     import torch
 
-    from cascade_kd.cascade import prepare
-    from cascade_kd.engine import LossTerm, train
-    from cascade_kd.losses import HardLabelCE
-    from cascade_kd.models import create_model, save_checkpoint
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.cascade.run import prepare
+    from cascade_kd.training.loop import LossTerm, train
+    from cascade_kd.losses.functions import HardLabelCE
+    from cascade_kd.students.anatomy import create_model, save_checkpoint
+    from cascade_kd.config.schema import load_recipe
 
     directory = Path(settings["teacher_dir"])
     if settings["preset"] == "minilm":
@@ -167,10 +167,10 @@ def teacher_score(settings: dict, work: Path) -> dict:
         return json.loads(own.read_text())
     path = work / "teacher.json"
     if not path.is_file():
-        from cascade_kd.cascade import prepare
-        from cascade_kd.evaluation import evaluate_languages
-        from cascade_kd.models import load_checkpoint
-        from cascade_kd.recipe import load_recipe
+        from cascade_kd.cascade.run import prepare
+        from cascade_kd.evaluation.scoring import evaluate_languages
+        from cascade_kd.students.anatomy import load_checkpoint
+        from cascade_kd.config.schema import load_recipe
 
         recipe = load_recipe(write_recipe(settings, teacher_dir=Path(settings["teacher_dir"])))
         job = prepare(recipe, Path(tempfile.mkdtemp(prefix="teacher-", dir=work)), say=lambda m: None)
@@ -195,10 +195,10 @@ def _peak_memory() -> dict:
 
 def run_cascade_kd(settings: dict, frozen: bool, rows: str) -> dict:
 
-    from cascade_kd.cascade import distil_stage, prepare
-    from cascade_kd.engine import resolve_precision
-    from cascade_kd.models import count_parameters, load_checkpoint
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.cascade.run import distil_stage, prepare
+    from cascade_kd.training.loop import resolve_precision
+    from cascade_kd.students.anatomy import count_parameters, load_checkpoint
+    from cascade_kd.config.schema import load_recipe
 
     recipe = load_recipe(write_recipe(settings, frozen=frozen, cache=settings["cache"], teacher_dir=Path(settings["teacher_dir"]),
                                       rows=rows))
@@ -225,15 +225,15 @@ def run_textbrewer(settings: dict, padding: str) -> dict:
     from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
     from transformers import get_linear_schedule_with_warmup
 
-    from cascade_kd.cascade import prepare
+    from cascade_kd.cascade.run import prepare
     from cascade_kd.data.encode import collate
-    from cascade_kd.models import (
+    from cascade_kd.students.anatomy import (
         build_student,
         count_parameters,
         load_checkpoint,
         use_attention_outputs,
     )
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.config.schema import load_recipe
 
     recipe = load_recipe(write_recipe(settings, teacher_dir=Path(settings["teacher_dir"])))
     job = prepare(recipe, Path(tempfile.mkdtemp(prefix="tb-", dir=settings["work"])), say=lambda m: None)
@@ -314,7 +314,7 @@ def sync() -> None:
 def worker(name: str, settings: dict) -> dict:
     import torch
 
-    from cascade_kd.evaluation import evaluate_languages
+    from cascade_kd.evaluation.scoring import evaluate_languages
 
     torch.manual_seed(0)
     if name.startswith("textbrewer"):

@@ -13,7 +13,7 @@ What it measures, per model (10 PAN-X languages: en de fr es ru el ar hi zh ja):
   mask, tokenisation excluded), all models in ONE process with the same torch thread count:
   the mBERT-base-shaped model in PyTorch fp32 (and bf16 autocast), and each student in PyTorch fp32,
   bf16 autocast, onnxruntime fp32 and onnxruntime dynamic int8 (export checked against PyTorch by
-  cascade_kd.export). The latency ratio is mBERT-base fp32 / the student's best backend; targets are
+  cascade_kd.deploy.export). The latency ratio is mBERT-base fp32 / the student's best backend; targets are
   judged on the best backend whose numerics are fp32 (PyTorch or onnxruntime fp32: the backends the
   F1 figures hold for), the best of all backends is shown beside it.
 
@@ -319,16 +319,16 @@ def measure_latency(models: list[dict], s: Sizes, threads: int, log) -> dict:
     import torch
     from transformers import BertConfig, BertForTokenClassification
 
-    from cascade_kd.benchmark import forward_latency_ms, random_inputs, timed
-    from cascade_kd.engine import resolve_precision
-    from cascade_kd.export import (
+    from cascade_kd.deploy.bench import forward_latency_ms, random_inputs, timed
+    from cascade_kd.training.loop import resolve_precision
+    from cascade_kd.deploy.export import (
         INT8_NAME,
         ONNX_NAME,
         export_model,
         input_names,
         session,
     )
-    from cascade_kd.models import load_checkpoint
+    from cascade_kd.students.anatomy import load_checkpoint
 
     torch.set_num_threads(threads)
     bf16 = resolve_precision("auto") == "bf16"  # native bf16 (AMX / AVX-512 BF16); emulated bf16 is slower
@@ -379,7 +379,7 @@ def measure_latency(models: list[dict], s: Sizes, threads: int, log) -> dict:
     out["mbert-base"]["latency_ms_again_at_end"] = again
     log("latency mbert-base (again): " + ", ".join(f"{k} {v:.1f} ms" for k, v in again.items()))
     load["end"] = os.getloadavg()[0]
-    from cascade_kd.models import count_parameters
+    from cascade_kd.students.anatomy import count_parameters
 
     return {"models": out, "mbert_params": count_parameters(mbert), "threads": threads, "seq_len": seq,
             "batch_sizes": list(batches), "repeats": s.latency_repeats, "mbert_repeats": s.mbert_repeats,
@@ -649,7 +649,7 @@ def main(argv=None) -> int:
                        "BiLSTM student, XtremeDistil's 3 stages, transfer set")
     tf = _write_recipe(recipes / "transformer.yaml", transformer_recipe(root, out, s, teacher),
                        f"{s.transformer_layers} x 128 transformer student, LightMBERT losses, transfer set")
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.config.schema import load_recipe
 
     load_recipe(bl), load_recipe(tf)  # both checked before any training
     if args.jobs == 2:

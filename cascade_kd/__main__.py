@@ -1,5 +1,5 @@
 import sys
 
-from cascade_kd.cli import main
+from cascade_kd.cli.app import main
 
 sys.exit(main())

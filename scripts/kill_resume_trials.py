@@ -188,7 +188,7 @@ def _freeze_when(process: subprocess.Popen, ready, in_phase) -> bool:
 
 
 def run_trials(out: Path, trials: int, seed: int = 0, say=print, target: str = "mixed") -> dict:
-    from cascade_kd.demo import generate
+    from cascade_kd.cli.demo import generate
 
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"

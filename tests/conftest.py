@@ -29,7 +29,7 @@ def shared_data(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def demo_workspace(tmp_path_factory) -> Path:
     """The demo's generated 4-language NER task and tokenizer (generated once per session)."""
-    from cascade_kd.demo import generate
+    from cascade_kd.cli.demo import generate
 
     root = tmp_path_factory.mktemp("demo")
     generate(root, seed=0)
@@ -105,8 +105,8 @@ def tiny_run(demo_workspace, tmp_path_factory) -> Path:
     export and bench tests: RUN_DIR, with recipe.yaml pointing at the generated dev data."""
     import shutil
 
-    from cascade_kd.cascade import run_recipe
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.cascade.run import run_recipe
+    from cascade_kd.config.schema import load_recipe
 
     root = tmp_path_factory.mktemp("tiny_run")
     for name in ("data", "tokenizer"):

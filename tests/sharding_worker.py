@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 from transformers import BertConfig, BertForMaskedLM, BertForTokenClassification
 
-from cascade_kd.features import extract_features
-from cascade_kd.sharding import local_parameter_count, shard_frozen
+from cascade_kd.students.features import extract_features
+from cascade_kd.training.sharding import local_parameter_count, shard_frozen
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from cascade_kd.benchmark import bench_run, bench_table, memory_baseline, timed
-from cascade_kd.cli import main
+from cascade_kd.deploy.bench import bench_run, bench_table, memory_baseline, timed
+from cascade_kd.cli.app import main
 
 
 @pytest.fixture

@@ -15,18 +15,18 @@ from transformers import (
 )
 
 import cascade_kd  # noqa: F401  (registers the BiLSTM classes with the Auto classes)
-from cascade_kd.bilstm import BiLSTMForTokenClassification, reversal_index
-from cascade_kd.engine import build_loss_terms
+from cascade_kd.students.bilstm import BiLSTMForTokenClassification, reversal_index
+from cascade_kd.training.loop import build_loss_terms
 from cascade_kd.errors import RecipeError
-from cascade_kd.features import extract_features
-from cascade_kd.models import (
+from cascade_kd.students.features import extract_features
+from cascade_kd.students.anatomy import (
     build_student,
     count_parameters,
     load_checkpoint,
     pca_axes,
     save_checkpoint,
 )
-from cascade_kd.recipe import LossConfig, StudentConfig, load_recipe
+from cascade_kd.config.schema import LossConfig, StudentConfig, load_recipe
 
 H = 32  # the teacher's hidden width (tiny_bert)
 
@@ -128,7 +128,7 @@ def test_embeddings_start_from_the_teachers():
 
 
 def test_gradual_unfreezing_sees_head_and_projection_then_each_bilstm_layer_top_down_then_embeddings():
-    from cascade_kd.engine import unfreeze_groups
+    from cascade_kd.training.loop import unfreeze_groups
 
     model = _bilstm()
     module = {id(p): name.rsplit(".", 1)[0].removesuffix(".forward_lstm").removesuffix(".backward_lstm")
@@ -181,8 +181,8 @@ cascade:
 
 
 def _check(text):
-    from cascade_kd.cascade import check_cascade
-    from cascade_kd.recipe import parse_recipe
+    from cascade_kd.cascade.run import check_cascade
+    from cascade_kd.config.schema import parse_recipe
 
     recipe = parse_recipe(text, source="recipe.yaml")
     spec = dict(recipe.teacher.config)
@@ -206,7 +206,7 @@ def test_check_cascade_refuses_what_a_bilstm_cannot_do_before_training(old, new,
 
 @pytest.fixture(scope="module")
 def bilstm_run(demo_workspace, tmp_path_factory):
-    from cascade_kd.cascade import run_recipe
+    from cascade_kd.cascade.run import run_recipe
 
     root = tmp_path_factory.mktemp("bilstm_run")
     for name in ("data", "tokenizer"):
@@ -236,7 +236,7 @@ def test_a_recipe_with_a_bilstm_stage_and_direct_baseline_runs(bilstm_run):
 
 def test_a_saved_bilstm_exports_to_onnx_and_matches_pytorch(bilstm_run, tmp_path):
     pytest.importorskip("onnxruntime")
-    from cascade_kd.export import export_model
+    from cascade_kd.deploy.export import export_model
 
     info = export_model(bilstm_run / "stages" / "lstm", tmp_path / "onnx", int8=True, say=lambda m: None)
     assert info["inputs"] == ["input_ids", "attention_mask"]

@@ -6,9 +6,9 @@ import shutil
 import pytest
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-from cascade_kd.cascade import direct_spec, run_recipe
-from cascade_kd.cli import main
-from cascade_kd.recipe import StudentConfig, load_recipe
+from cascade_kd.cascade.run import direct_spec, run_recipe
+from cascade_kd.cli.app import main
+from cascade_kd.config.schema import StudentConfig, load_recipe
 
 SMALL = """\
 name: tiny
@@ -78,9 +78,9 @@ def test_the_teacher_learned_and_the_student_beats_the_same_student_untrained(fi
     scores = {m["name"]: m["average"] for m in metrics["models"]}
     assert scores["teacher"] > 0.35
     # the same 1-layer shape, built from the teacher but not distilled
-    from cascade_kd.cascade import prepare
-    from cascade_kd.evaluation import evaluate_languages
-    from cascade_kd.models import build_student
+    from cascade_kd.cascade.run import prepare
+    from cascade_kd.evaluation.scoring import evaluate_languages
+    from cascade_kd.students.anatomy import build_student
 
     job = prepare(recipe, root / "unused", say=lambda m: None)
     teacher = AutoModelForTokenClassification.from_pretrained(root / "run" / "teacher")
@@ -92,8 +92,8 @@ def test_the_teacher_learned_and_the_student_beats_the_same_student_untrained(fi
 
 def test_checkpoints_reload_in_plain_transformers_with_the_same_scores(finished_run):
     root, recipe, metrics = finished_run
-    from cascade_kd.cascade import prepare
-    from cascade_kd.evaluation import evaluate_languages
+    from cascade_kd.cascade.run import prepare
+    from cascade_kd.evaluation.scoring import evaluate_languages
 
     job = prepare(recipe, root / "unused", say=lambda m: None)
     for row in metrics["models"]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cascade_kd.cli import main
+from cascade_kd.cli.app import main
 
 DEMO_LABELS = "[O, B-PER, I-PER, B-LOC, I-LOC, B-ORG, I-ORG]"
 
@@ -34,7 +34,7 @@ def ws(demo_workspace, tmp_path) -> Path:
 @pytest.fixture(autouse=True)
 def no_training(monkeypatch):
     """Any case that reaches training has failed: the checks must catch it first."""
-    import cascade_kd.cascade as cascade
+    import cascade_kd.cascade.run as cascade
 
     def refuse(*args, **kwargs):
         raise AssertionError("training started: this input should have been rejected by the checks")

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from cascade_kd.data.encode import IGNORE
-from cascade_kd.engine import LossTerm, _stage_loss, batch_share, share_scales
-from cascade_kd.features import Features
-from cascade_kd.losses import LOSSES
+from cascade_kd.training.loop import LossTerm, _stage_loss, batch_share, share_scales
+from cascade_kd.students.features import Features
+from cascade_kd.losses.functions import LOSSES
 
 # Weights after training on 2 processes differ from 1 process only by the order of float sums;
 # over ~100 optimiser steps that stays far below this (1e-4 observed).
@@ -95,7 +95,7 @@ def test_weighted_shares_reproduce_the_one_process_gradient_for_every_term():
     n = 2
     shares = [batch_share(list(range(B)), r, n)[0] for r in range(n)]
     subs = [loss_on(rows)[1] for rows in shares]
-    from cascade_kd.engine import term_units
+    from cascade_kd.training.loop import term_units
 
     total = sum(torch.stack([term_units(t, sub, True) for t in terms]).float() for sub in subs)
     averaged = [torch.zeros_like(p) for p in params]

@@ -9,15 +9,15 @@ from torch import nn
 
 from cascade_kd.data.encode import encode
 from cascade_kd.data.readers import read_examples
-from cascade_kd.embedding_rows import (
+from cascade_kd.students.embedding_rows import (
     SeenRowsEmbedding,
     merge_seen_rows,
     restrict_to_seen_rows,
 )
-from cascade_kd.engine import LossTerm, TrainingError, train
-from cascade_kd.losses import HardLabelCE
-from cascade_kd.models import build_student
-from cascade_kd.recipe import StudentConfig, TrainConfig
+from cascade_kd.training.loop import LossTerm, TrainingError, train
+from cascade_kd.losses.functions import HardLabelCE
+from cascade_kd.students.anatomy import build_student
+from cascade_kd.config.schema import StudentConfig, TrainConfig
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 CE = [LossTerm("ce", 1.0, HardLabelCE())]

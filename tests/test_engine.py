@@ -7,12 +7,12 @@ from torch import nn
 
 from cascade_kd.data.encode import collate, encode
 from cascade_kd.data.readers import read_examples
-from cascade_kd.engine import DistillationModule, LossTerm, TrainingError, build_loss_terms, make_optimizer, train
+from cascade_kd.training.loop import DistillationModule, LossTerm, TrainingError, build_loss_terms, make_optimizer, train
 from cascade_kd.errors import UserError
-from cascade_kd.features import extract_features
-from cascade_kd.losses import HardLabelCE
-from cascade_kd.models import build_student, use_attention_outputs
-from cascade_kd.recipe import LossConfig, StudentConfig, TrainConfig
+from cascade_kd.students.features import extract_features
+from cascade_kd.losses.functions import HardLabelCE
+from cascade_kd.students.anatomy import build_student, use_attention_outputs
+from cascade_kd.config.schema import LossConfig, StudentConfig, TrainConfig
 from conftest import tiny_bert
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]

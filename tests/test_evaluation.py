@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cascade_kd.evaluation import summarise
+from cascade_kd.evaluation.scoring import summarise
 
 
 def test_retention_is_the_mean_of_per_language_ratios_and_undefined_where_the_teacher_scores_zero():

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cascade_kd.cascade import prepare
-from cascade_kd.recipe import load_recipe
+from cascade_kd.cascade.run import prepare
+from cascade_kd.config.schema import load_recipe
 from conftest import shared_data
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

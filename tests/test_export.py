@@ -9,9 +9,9 @@ import torch
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'cascade-kd[export]')")
 
-from cascade_kd.cli import main
-from cascade_kd.export import FP32_ATOL, INT8_MIN_AGREEMENT, generated_batches, session
-from cascade_kd.models import load_checkpoint
+from cascade_kd.cli.app import main
+from cascade_kd.deploy.export import FP32_ATOL, INT8_MIN_AGREEMENT, generated_batches, session
+from cascade_kd.students.anatomy import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_missing_or_invalid_model_dir_exits_2(tmp_path, capsys):
 
 
 def test_a_mismatch_beyond_tolerance_exits_2_and_writes_nothing(tiny_run, tmp_path, capsys, monkeypatch):
-    from cascade_kd import export
+    from cascade_kd.deploy import export
 
     real_compare = export.compare
     monkeypatch.setattr(export, "compare", lambda *a: {**real_compare(*a), "max_abs_diff": 0.5})

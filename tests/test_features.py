@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_bert
 
 from cascade_kd.errors import RecipeError
-from cascade_kd.features import extract_features, layer_pairs, resolve_layer
+from cascade_kd.students.features import extract_features, layer_pairs, resolve_layer
 
 
 def test_symbolic_names_resolve_in_one_numbering():
@@ -89,7 +89,7 @@ QKV_BATCH = {"input_ids": torch.tensor([[2, 5, 6, 7, 3], [2, 8, 3, 0, 0]]),
 def _no_hooks(model) -> bool:
     """No hook is left on a query/key/value projection. (transformers 5 keeps hooks of its own on
     layers and attention modules, to capture hidden states and attentions; those stay.)"""
-    from cascade_kd.features import attention_layers, qkv_projections
+    from cascade_kd.students.features import attention_layers, qkv_projections
 
     return all(not proj._forward_hooks for layer in attention_layers(model)
                for proj in qkv_projections(layer).values())
@@ -152,8 +152,8 @@ def test_qkv_of_distilbert():
 
 
 def test_qkv_of_a_recursive_student_are_per_step():
-    from cascade_kd.models import build_student
-    from cascade_kd.recipe import StudentConfig
+    from cascade_kd.students.anatomy import build_student
+    from cascade_kd.config.schema import StudentConfig
 
     teacher = tiny_bert(layers=4, hidden=32).eval()
     model = build_student(teacher, StudentConfig(kind="recursive", recursions=3, embedding_size=16, adapter_reduction=4))
@@ -172,7 +172,7 @@ def test_qkv_of_a_recursive_student_are_per_step():
 
 
 def test_a_model_without_qkv_projections_is_a_clear_error():
-    from cascade_kd.features import qkv_projections
+    from cascade_kd.students.features import qkv_projections
 
     with pytest.raises(ValueError, match="Sequential"):
         qkv_projections(torch.nn.Sequential(torch.nn.Linear(2, 2)))

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cascade_kd.errors import RecipeError, UserError
-from cascade_kd.recipe import Recipe, TrainConfig, load_recipe
+from cascade_kd.config.schema import Recipe, TrainConfig, load_recipe
 
 FUZZ_CASES = int(os.environ.get("CASCADE_KD_FUZZ") or 0)
 HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
@@ -427,7 +427,7 @@ def test_recipe_path_too_long_for_the_file_system(tmp_path):
 @pytest.fixture(autouse=False)
 def no_training(monkeypatch):
     """Reaching training means every check passed: the test stops there (nothing is trained)."""
-    import cascade_kd.cascade as cascade
+    import cascade_kd.cascade.run as cascade
 
     class Reached(Exception):
         pass
@@ -441,7 +441,7 @@ def no_training(monkeypatch):
 
 
 def run_cli(capsys, recipe: Path, out: Path) -> tuple[int, str]:
-    from cascade_kd.cli import main
+    from cascade_kd.cli.app import main
 
     rc = main(["run", str(recipe), "--out", str(out)])
     return rc, capsys.readouterr().err

@@ -13,12 +13,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForMaskedLM
 
-from cascade_kd.cascade import prepare, run_recipe
-from cascade_kd.cli import main
+from cascade_kd.cascade.run import prepare, run_recipe
+from cascade_kd.cli.app import main
 from cascade_kd.data.encode import IGNORE
 from cascade_kd.data.sampling import language_quotas
 from cascade_kd.errors import RecipeError, UserError
-from cascade_kd.recipe import parse_recipe
+from cascade_kd.config.schema import parse_recipe
 
 SIZES = {"en": 500, "ru": 200, "el": 100}  # unequal on purpose: language_alpha evens them out
 

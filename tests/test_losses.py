@@ -1,4 +1,4 @@
-"""Tests for cascade_kd.losses: hand-computed values, masking, shapes, dtypes and gradients."""
+"""Tests for cascade_kd.losses.functions: hand-computed values, masking, shapes, dtypes and gradients."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cascade_kd.losses import (
+from cascade_kd.losses.functions import (
     LOSSES,
     AttentionKL,
     AttentionMSE,
@@ -467,7 +467,7 @@ def test_relation_kl_rejects_bad_arguments():
 def test_relation_kl_is_computed_in_float32_under_bf16_autocast():
     """The relation scores are a matmul: under the engine's bf16 autocast they must not drop to bf16,
     or rounding noise swamps the loss near convergence."""
-    from cascade_kd.losses import RelationKL
+    from cascade_kd.losses.functions import RelationKL
 
     torch.manual_seed(0)
     teacher = {k: torch.randn(2, 7, 16) for k in ("query", "key", "value")}

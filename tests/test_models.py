@@ -5,8 +5,8 @@ import torch
 from transformers import AutoModelForTokenClassification
 
 from cascade_kd.errors import RecipeError
-from cascade_kd.models import build_student, count_parameters, embedding_parameters, freeze_embeddings, save_checkpoint
-from cascade_kd.recipe import StudentConfig
+from cascade_kd.students.anatomy import build_student, count_parameters, embedding_parameters, freeze_embeddings, save_checkpoint
+from cascade_kd.config.schema import StudentConfig
 from conftest import tiny_bert
 
 
@@ -123,8 +123,8 @@ def _tiny(model_type):
 
 @pytest.mark.parametrize("model_type", ["bert", "xlm-roberta", "distilbert"])
 def test_other_encoder_families_build_students_and_expose_features(model_type):
-    from cascade_kd.features import extract_features
-    from cascade_kd.models import layer_list, use_attention_outputs
+    from cascade_kd.students.features import extract_features
+    from cascade_kd.students.anatomy import layer_list, use_attention_outputs
 
     teacher = _tiny(model_type)
     student = build_student(teacher, StudentConfig(layers=2, init="top", freeze_embeddings=True)).eval()
@@ -143,7 +143,7 @@ def test_other_encoder_families_build_students_and_expose_features(model_type):
 
 
 def test_a_bf16_checkpoint_loads_as_float32(tmp_path, tokenizer):
-    from cascade_kd.models import load_checkpoint
+    from cascade_kd.students.anatomy import load_checkpoint
 
     model = tiny_bert(layers=1).to(torch.bfloat16)
     save_checkpoint(model, tokenizer, tmp_path / "bf16")

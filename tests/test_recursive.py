@@ -14,10 +14,10 @@ from transformers import (
 )
 
 import cascade_kd  # noqa: F401  (registers the recursive classes with the Auto classes)
-from cascade_kd.engine import build_loss_terms, make_optimizer
+from cascade_kd.training.loop import build_loss_terms, make_optimizer
 from cascade_kd.errors import RecipeError
-from cascade_kd.features import extract_features
-from cascade_kd.models import (
+from cascade_kd.students.features import extract_features
+from cascade_kd.students.anatomy import (
     build_student,
     count_parameters,
     load_checkpoint,
@@ -25,7 +25,7 @@ from cascade_kd.models import (
     save_checkpoint,
     use_attention_outputs,
 )
-from cascade_kd.recipe import LossConfig, StudentConfig, TrainConfig
+from cascade_kd.config.schema import LossConfig, StudentConfig, TrainConfig
 
 H, F = 32, 64  # tiny_bert: hidden 32, feed-forward 2 * hidden
 
@@ -246,8 +246,8 @@ cascade:
 
 
 def test_a_recipe_with_recursive_stages_runs_end_to_end(demo_workspace, tmp_path):
-    from cascade_kd.cascade import run_recipe
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.cascade.run import run_recipe
+    from cascade_kd.config.schema import load_recipe
 
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, tmp_path / name)
@@ -282,8 +282,8 @@ def test_a_recipe_with_recursive_stages_runs_end_to_end(demo_workspace, tmp_path
 def test_check_cascade_refuses_bad_recursive_students_before_training(old, new, message):
     from transformers import AutoConfig
 
-    from cascade_kd.cascade import check_cascade
-    from cascade_kd.recipe import parse_recipe
+    from cascade_kd.cascade.run import check_cascade
+    from cascade_kd.config.schema import parse_recipe
 
     recipe = parse_recipe(TINY.replace(old, new), source="recipe.yaml")
     spec = dict(recipe.teacher.config)

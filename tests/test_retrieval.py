@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cascade_kd.errors import DataError, UserError
-from cascade_kd.retrieval import (
+from cascade_kd.evaluation.retrieval import (
     evaluate_retrieval,
     markdown_table,
     read_parallel,
@@ -105,7 +105,7 @@ def test_heads_and_recursive_models(tiny):
     """Task heads and the package's recursive model return hidden_states too."""
     from transformers import BertConfig, BertForMaskedLM, BertForTokenClassification
 
-    from cascade_kd.recursive import RecursiveConfig, RecursiveForSequenceClassification
+    from cascade_kd.students.recursive import RecursiveConfig, RecursiveForSequenceClassification
 
     _, tokenizer = tiny
     small = {"vocab_size": len(tokenizer), "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,

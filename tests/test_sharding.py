@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from transformers import BertConfig, BertForMaskedLM, BertForTokenClassification
 
-from cascade_kd.sharding import shard_blocks
+from cascade_kd.training.sharding import shard_blocks
 
 WORKER = Path(__file__).with_name("sharding_worker.py")
 
@@ -63,9 +63,9 @@ def test_sharded_teacher_gives_the_teachers_features_and_halves_what_each_proces
 
 
 def test_sharding_with_the_teacher_cache_is_refused_with_the_key(tmp_path, demo_workspace):
-    from cascade_kd.cascade import prepare
+    from cascade_kd.cascade.run import prepare
     from cascade_kd.errors import RecipeError
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.config.schema import load_recipe
 
     text = (demo_workspace / "recipe.yaml").read_text()
     assert "\ntrain:\n" in text

@@ -9,13 +9,13 @@ from collections import namedtuple
 import pytest
 import torch
 
-from cascade_kd import teacher_cache as tc
+from cascade_kd.training import teacher_cache as tc
 from cascade_kd.data.encode import IGNORE, Encoded, collate
-from cascade_kd.engine import LossTerm, train
+from cascade_kd.training.loop import LossTerm, train
 from cascade_kd.errors import UserError
-from cascade_kd.features import extract_features
-from cascade_kd.losses import LOSSES
-from cascade_kd.recipe import TrainConfig
+from cascade_kd.students.features import extract_features
+from cascade_kd.losses.functions import LOSSES
+from cascade_kd.config.schema import TrainConfig
 from tests.conftest import tiny_bert
 
 

@@ -7,15 +7,15 @@ import torch
 from conftest import tiny_bert
 from safetensors import safe_open
 
-from cascade_kd import engine
+from cascade_kd.training import loop as engine
 from cascade_kd.data.encode import encode
 from cascade_kd.data.readers import read_examples
-from cascade_kd.engine import LossTerm, build_loss_terms, train
+from cascade_kd.training.loop import LossTerm, build_loss_terms, train
 from cascade_kd.errors import UserError
-from cascade_kd.losses import HardLabelCE
-from cascade_kd.models import build_student, use_attention_outputs
-from cascade_kd.recipe import LossConfig, StudentConfig, TrainConfig
-from cascade_kd.training_state import (
+from cascade_kd.losses.functions import HardLabelCE
+from cascade_kd.students.anatomy import build_student, use_attention_outputs
+from cascade_kd.config.schema import LossConfig, StudentConfig, TrainConfig
+from cascade_kd.training.state import (
     BEST,
     FROZEN,
     MODULE,
@@ -125,7 +125,7 @@ def _keys(path):
 
 
 def test_frozen_weights_are_written_once_and_the_best_only_when_it_is_not_current(tmp_path, monkeypatch):
-    import cascade_kd.training_state as state
+    import cascade_kd.training.state as state
 
     written = []
     real_save = state.save_file

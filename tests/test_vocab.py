@@ -11,9 +11,9 @@ from conftest import shared_data, tiny_bert
 from tokenizers import Tokenizer
 
 from cascade_kd.errors import UserError
-from cascade_kd.models import build_student, save_checkpoint
-from cascade_kd.recipe import StudentConfig
-from cascade_kd.vocab import coverage, kept_ids, main, trim_model_dir, trim_vocabulary
+from cascade_kd.students.anatomy import build_student, save_checkpoint
+from cascade_kd.config.schema import StudentConfig
+from cascade_kd.deploy.trim import coverage, kept_ids, main, trim_model_dir, trim_vocabulary
 
 
 def _sentences(workspace, lang, split, n=None):
@@ -193,8 +193,8 @@ cascade:
 def _saved_run(tmp_path: Path, recipe: str, tokenizer) -> Path:
     """A run directory with `recipe` and a tiny untrained model of its labels at stages/s."""
     from cascade_kd.data.task import load_task_data
-    from cascade_kd.models import label_config
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.students.anatomy import label_config
+    from cascade_kd.config.schema import load_recipe
 
     run = tmp_path / "run"
     run.mkdir()
@@ -269,7 +269,7 @@ def test_trim_keeps_the_pieces_of_the_transfer_text_unless_told_not_to(demo_work
 
 
 def test_the_trim_subcommand_of_the_cli(tmp_path, capsys):
-    from cascade_kd.cli import main as cli_main
+    from cascade_kd.cli.app import main as cli_main
 
     assert cli_main(["trim", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err

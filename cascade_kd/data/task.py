@@ -13,7 +13,7 @@ from cascade_kd.data.readers import (
     read_transfer_text,
 )
 from cascade_kd.errors import DataError, RecipeError
-from cascade_kd.recipe import Recipe, where
+from cascade_kd.config.schema import Recipe, where
 
 SPLITS = ("train", "dev", "test")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cascade_kd.data.task import load_task_data
-from cascade_kd.recipe import load_recipe
+from cascade_kd.config.schema import load_recipe
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

@@ -9,10 +9,10 @@ import torch
 
 from cascade_kd.data.encode import IGNORE, UNLABELLED, encode
 from cascade_kd.data.readers import read_transfer_text
-from cascade_kd.engine import LossTerm, _stage_loss, term_units
+from cascade_kd.training.loop import LossTerm, _stage_loss, term_units
 from cascade_kd.errors import DataError
-from cascade_kd.features import Features
-from cascade_kd.losses import LOSSES
+from cascade_kd.students.features import Features
+from cascade_kd.losses.functions import LOSSES
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 
@@ -63,8 +63,8 @@ def test_soft_targets_count_at_unlabelled_positions_and_gold_labels_do_not():
 def test_a_stage_trains_on_train_plus_transfer_and_the_teacher_on_train_only(demo_workspace, tmp_path):
     from conftest import TINY_RUN_RECIPE
 
-    from cascade_kd.cascade import MARKER, run_recipe
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.cascade.run import MARKER, run_recipe
+    from cascade_kd.config.schema import load_recipe
 
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, tmp_path / name)
@@ -92,8 +92,8 @@ def test_a_stage_trains_on_train_plus_transfer_and_the_teacher_on_train_only(dem
 def test_a_missing_transfer_file_is_a_clear_error(demo_workspace, tmp_path):
     from conftest import TINY_RUN_RECIPE
 
-    from cascade_kd.cascade import prepare
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.cascade.run import prepare
+    from cascade_kd.config.schema import load_recipe
 
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, tmp_path / name)

@@ -240,7 +240,7 @@ def trim_vocabulary(model, tokenizer, texts_by_language: dict[str, list], *, hel
     the originals are untouched. `heldout_by_language` (any languages, chosen or not) gives the
     coverage report; a chosen language whose held-out [UNK] share rises by more than
     `max_unk_increase` points gets a WARNING line and an entry in report['warnings']."""
-    from cascade_kd.models import count_parameters
+    from cascade_kd.students.anatomy import count_parameters
 
     kept = kept_ids(tokenizer, texts_by_language, min_count=min_count)
     old2new = {old: new for new, old in enumerate(kept)}
@@ -295,7 +295,7 @@ def score_with_tokenizer(model, tokenizer, recipe, data, split: str, *, labels: 
     """Per-language scores of `model` on `split`, its inputs encoded with `tokenizer` (the run's own
     encoding and evaluation code, as `cascade-kd eval` uses, with this model's tokenizer)."""
     from cascade_kd.data.encode import encode
-    from cascade_kd.evaluation import evaluate_languages
+    from cascade_kd.evaluation.scoring import evaluate_languages
 
     label2id = {label: i for i, label in enumerate(labels)}
     encoded = {lang: (examples, encode(examples, tokenizer, task=data.task, label2id=label2id,
@@ -317,9 +317,9 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     score the original and the trimmed model there (unless score=False), and write model, tokenizer
     and trim.json to `out` (default MODEL_DIR/trimmed), atomically. Returns the report."""
     from cascade_kd.data.task import load_task_data
-    from cascade_kd.export import find_run_dir, model_task
-    from cascade_kd.models import config_labels, load_checkpoint, save_checkpoint
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.deploy.export import find_run_dir, model_task
+    from cascade_kd.students.anatomy import config_labels, load_checkpoint, save_checkpoint
+    from cascade_kd.config.schema import load_recipe
 
     model_dir = Path(model_dir)
     task = model_task(model_dir)  # a saved model, or a UserError that says what is missing
@@ -386,7 +386,7 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of `cascade-kd trim` (also `python -m cascade_kd.vocab`)."""
+    """The arguments of `cascade-kd trim` (also `python -m cascade_kd.deploy.trim`)."""
     parser.add_argument("model_dir", type=Path, help="a saved model: RUN_DIR/teacher or RUN_DIR/stages/NAME")
     parser.add_argument("--recipe", type=Path, help="recipe naming the data (default: RUN_DIR/recipe.yaml)")
     parser.add_argument("--languages", nargs="+", help="languages whose training text decides the kept pieces "

@@ -67,7 +67,7 @@ def render_report(metrics: dict) -> str:
         parts += ["", f"Cascade vs direct at equal size: {verdict} by {abs(diff):.1f} points on average "
                   f"(one seed; see benchmarks for spreads over seeds)."]
     if metrics.get("retrieval"):
-        from cascade_kd.retrieval import markdown_table
+        from cascade_kd.evaluation.retrieval import markdown_table
 
         parts += ["", "## Cross-lingual sentence retrieval (`cascade-kd eval --parallel`)", "",
                   "Each sentence is the mean of the last layer's hidden states over its real tokens; accuracy is the "
@@ -75,7 +75,7 @@ def render_report(metrics: dict) -> str:
                   "both directions (xx to English, English to xx), in percent. Retention is the mean over languages "
                   "of model accuracy / teacher accuracy.", "", markdown_table(metrics["retrieval"]["summary"])]
     if metrics.get("latency"):
-        from cascade_kd.benchmark import bench_table, tokenization_line
+        from cascade_kd.deploy.bench import bench_table, tokenization_line
 
         lat = metrics["latency"]
         parts += ["", "## Latency (`cascade-kd bench`)", "",

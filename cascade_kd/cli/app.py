@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pretrain", help="train a masked-LM encoder from scratch on plain text (a general teacher "
                          "for machines without pretrained weights); the model lands in OUT/teacher")
-    from cascade_kd.pretrain import add_arguments as pretrain_arguments
+    from cascade_kd.cli.pretrain import add_arguments as pretrain_arguments
 
     pretrain_arguments(pre)
 
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--int8-min-agreement", type=float, default=None,
                         help="minimum argmax agreement of int8 with PyTorch fp32, 0-1 (default 0.95)")
 
-    from cascade_kd.vocab import add_arguments as trim_arguments
+    from cascade_kd.deploy.trim import add_arguments as trim_arguments
 
     trim = sub.add_parser("trim", help="keep only the word pieces the chosen languages' training data use: a "
                           "standalone smaller model + tokenizer, with a per-language coverage report")
@@ -79,14 +79,14 @@ def _say(message: str) -> None:
 
 
 def _cmd_run(args) -> None:
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.config.schema import load_recipe
 
     recipe = load_recipe(args.recipe)  # before importing torch: a recipe typo is reported at once
 
-    from cascade_kd.cascade import run_recipe
-    from cascade_kd.report import report_table
+    from cascade_kd.cascade.run import run_recipe
+    from cascade_kd.evaluation.report import report_table
 
-    from cascade_kd.distributed import is_main
+    from cascade_kd.training.distributed import is_main
 
     metrics = run_recipe(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
     if is_main():
@@ -95,10 +95,10 @@ def _cmd_run(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    from cascade_kd.cascade import run_recipe
-    from cascade_kd.demo import free_directory, generate
-    from cascade_kd.recipe import load_recipe
-    from cascade_kd.report import report_table
+    from cascade_kd.cascade.run import run_recipe
+    from cascade_kd.cli.demo import free_directory, generate
+    from cascade_kd.config.schema import load_recipe
+    from cascade_kd.evaluation.report import report_table
 
     workspace = free_directory(args.out)
     recipe_path = generate(workspace, seed=args.seed)
@@ -111,16 +111,16 @@ def _cmd_demo(args) -> None:
 
 
 def _cmd_eval(args) -> None:
-    from cascade_kd.cascade import evaluate_run
-    from cascade_kd.recipe import load_recipe
-    from cascade_kd.report import report_table
+    from cascade_kd.cascade.run import evaluate_run
+    from cascade_kd.config.schema import load_recipe
+    from cascade_kd.evaluation.report import report_table
 
     recipe_path = args.recipe or args.run_dir / "recipe.yaml"
     recipe = load_recipe(recipe_path)
     out = args.out or args.run_dir / f"eval-{args.split}"
     parallel = None
     if args.parallel is not None:
-        from cascade_kd.retrieval import tatoeba_pairs
+        from cascade_kd.evaluation.retrieval import tatoeba_pairs
 
         if args.parallel_limit is not None and args.parallel_limit < 1:
             raise UserError(f"--parallel-limit {args.parallel_limit} is not a positive number of pairs")
@@ -132,7 +132,7 @@ def _cmd_eval(args) -> None:
     metrics = evaluate_run(recipe, args.run_dir, split=args.split, out=out, say=_say, parallel=parallel)
     print("\n" + report_table(metrics))
     if parallel:
-        from cascade_kd.retrieval import markdown_table
+        from cascade_kd.evaluation.retrieval import markdown_table
 
         print("\n" + markdown_table(metrics["retrieval"]["summary"]))
     print(f"\nwritten: {out}/metrics.json, {out}/report.md")
@@ -141,8 +141,8 @@ def _cmd_eval(args) -> None:
 def _cmd_bench(args) -> None:
     import json
 
-    from cascade_kd.benchmark import bench_run, bench_table
-    from cascade_kd.report import write_outputs
+    from cascade_kd.deploy.bench import bench_run, bench_table
+    from cascade_kd.evaluation.report import write_outputs
 
     path = args.run_dir / "metrics.json"
     if not path.is_file():
@@ -156,11 +156,11 @@ def _cmd_bench(args) -> None:
 
 
 def _cmd_pretrain(args) -> None:
-    from cascade_kd.cascade import run_recipe
-    from cascade_kd.pretrain import recipe_from_args
-    from cascade_kd.report import report_table
+    from cascade_kd.cascade.run import run_recipe
+    from cascade_kd.cli.pretrain import recipe_from_args
+    from cascade_kd.evaluation.report import report_table
 
-    from cascade_kd.distributed import is_main
+    from cascade_kd.training.distributed import is_main
 
     recipe = recipe_from_args(args)
     metrics = run_recipe(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
@@ -170,7 +170,7 @@ def _cmd_pretrain(args) -> None:
 
 
 def _cmd_trim(args) -> None:
-    from cascade_kd.vocab import run_from_args
+    from cascade_kd.deploy.trim import run_from_args
 
     report = run_from_args(args, say=_say)
     out = args.out or args.model_dir / "trimmed"
@@ -179,7 +179,7 @@ def _cmd_trim(args) -> None:
 
 
 def _cmd_export(args) -> None:
-    from cascade_kd.export import INT8_MIN_AGREEMENT, export_model
+    from cascade_kd.deploy.export import INT8_MIN_AGREEMENT, export_model
 
     minimum = INT8_MIN_AGREEMENT if args.int8_min_agreement is None else args.int8_min_agreement
     if not 0 <= minimum <= 1:

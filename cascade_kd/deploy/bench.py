@@ -2,7 +2,7 @@
 
 For each model and backend (PyTorch fp32; PyTorch bf16 autocast where the hardware runs it natively;
 onnxruntime fp32 and onnxruntime dynamic int8, from an export made and checked on the fly, see
-`cascade_kd.export`), at fixed batch sizes and sequence lengths:
+`cascade_kd.deploy.export`), at fixed batch sizes and sequence lengths:
 - latency: median wall time of one forward pass over `repeats` passes after 2 warm-up passes, on
   random word-piece ids with full attention masks (every position real), so the figure is the
   model's cost alone;
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from cascade_kd.engine import resolve_precision
-from cascade_kd.models import load_checkpoint, position_offset
+from cascade_kd.training.loop import resolve_precision
+from cascade_kd.students.anatomy import load_checkpoint, position_offset
 
 
 @torch.inference_mode()
@@ -151,7 +151,7 @@ def tokenization_ms(run_dir: Path, metrics: dict, batch_sizes, seq_lens, repeats
     """Median time to tokenise a batch (truncated and padded to the length) with the run's tokenizer."""
     from transformers import AutoTokenizer
 
-    from cascade_kd.export import generated_sentences, recipe_items, tokenize
+    from cascade_kd.deploy.export import generated_sentences, recipe_items, tokenize
 
     tokenizer = AutoTokenizer.from_pretrained(run_dir / metrics["models"][0]["path"])
     wanted = max(batch_sizes) * (repeats + 2)
@@ -214,7 +214,7 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
     import json
 
     from cascade_kd.errors import UserError
-    from cascade_kd.export import (
+    from cascade_kd.deploy.export import (
         INT8_NAME,
         ONNX_NAME,
         _tokenizer,

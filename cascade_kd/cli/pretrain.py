@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from cascade_kd.errors import UserError
-from cascade_kd.recipe import Recipe, parse_recipe
+from cascade_kd.config.schema import Recipe, parse_recipe
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -47,7 +47,7 @@ def predict(model, encoded: list[Encoded], *, batch_size: int = 64, pad_id: int 
 def masked_lm_accuracy(model, encoded: list[Encoded], *, batch_size: int = 64, pad_id: int = 0, bf16: bool = False) -> float:
     """Share of the masked positions (labels != IGNORE, masks drawn once per split) whose original
     piece the model ranks first. The vocabulary-wide head runs at those positions only."""
-    from cascade_kd.features import extract_features
+    from cascade_kd.students.features import extract_features
 
     model.eval()
     device = next(model.parameters()).device

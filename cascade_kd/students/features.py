@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from cascade_kd.errors import RecipeError
-from cascade_kd.models import layer_list, masked_lm_parts
-from cascade_kd.recursive import is_recursive
+from cascade_kd.students.anatomy import layer_list, masked_lm_parts
+from cascade_kd.students.recursive import is_recursive
 
 LayerRef = int | str
 

@@ -37,7 +37,7 @@ import torch
 
 from cascade_kd.data.encode import Encoded, collate, eval_batches
 from cascade_kd.errors import UserError
-from cascade_kd.features import Features, extract_features
+from cascade_kd.students.features import Features, extract_features
 from cascade_kd.fileio import atomic_write
 
 SHARD_EXAMPLES = 1024

@@ -29,14 +29,14 @@ import torch
 from torch import nn
 
 from cascade_kd.data.encode import IGNORE, UNLABELLED, Encoded, bucketed_batches, collate
-from cascade_kd.distributed import is_main, process_state
-from cascade_kd.embedding_rows import merge_seen_rows, restrict_to_seen_rows
+from cascade_kd.training.distributed import is_main, process_state
+from cascade_kd.students.embedding_rows import merge_seen_rows, restrict_to_seen_rows
 from cascade_kd.errors import UserError
-from cascade_kd.features import Features, extract_features, layer_pairs
-from cascade_kd.losses import LOSSES
-from cascade_kd.recipe import LossConfig, TrainConfig
-from cascade_kd.sharding import local_parameter_count, shard_frozen
-from cascade_kd.training_state import (
+from cascade_kd.students.features import Features, extract_features, layer_pairs
+from cascade_kd.losses.functions import LOSSES
+from cascade_kd.config.schema import LossConfig, TrainConfig
+from cascade_kd.training.sharding import local_parameter_count, shard_frozen
+from cascade_kd.training.state import (
     Progress,
     changing_tensors,
     frozen_parameters,

@@ -23,7 +23,7 @@ This is MiniALBERT's placement (nlpie-research/MiniALBERT, minialbert_modeling.p
 sit on the input of each sub-block, before the shared weights, and each adapter has its own
 residual and LayerNorm. W2 starts at zero, so a fresh adapter is LayerNorm(x).
 
-Outputs follow the Hugging Face convention that `cascade_kd.features` reads: `hidden_states` has
+Outputs follow the Hugging Face convention that `cascade_kd.students.features` reads: `hidden_states` has
 r + 1 entries (entry 0 the projected embedding output) and `attentions` r entries, so a recursion
 step is "layer i" in every layer map. The shared layer's parameter names are BERT's
 (`attention.self.query`, `attention.output.LayerNorm`, `intermediate.dense`, `output.dense`, ...),
@@ -57,7 +57,7 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from cascade_kd.errors import RecipeError
-from cascade_kd.heads import classification_output
+from cascade_kd.students.heads import classification_output
 
 MODEL_TYPE = "cascade_kd_recursive"
 DEFAULT_ADAPTER_REDUCTION = 16  # MiniALBERT's reduction factor
@@ -485,7 +485,7 @@ def recursive_config(t_config, spec, *, where: str = "student"):
     """The recursive student's config from its teacher's, with every shape check (before training).
     Returns (config, plan, same_shape): plan = {'init', 'layer', 'embeddings'} with the embedding
     choice resolved (auto -> copy or pca); same_shape: the shared layer has the teacher layers' shape."""
-    from cascade_kd.models import ffn_attr
+    from cascade_kd.students.anatomy import ffn_attr
 
     t_hidden, t_heads = t_config.hidden_size, t_config.num_attention_heads
     t_ffn = getattr(t_config, ffn_attr(t_config))
@@ -552,7 +552,7 @@ def recursive_config(t_config, spec, *, where: str = "student"):
 def teacher_layer_states(teacher) -> list[dict[str, torch.Tensor]]:
     """Each teacher layer's tensors under the shared layer's (BERT) names; a recursive teacher's
     layers are its one shared layer, r times."""
-    from cascade_kd.models import layer_list
+    from cascade_kd.students.anatomy import layer_list
 
     t_type = teacher.config.model_type
     if t_type == MODEL_TYPE:
@@ -567,7 +567,7 @@ def teacher_layer_states(teacher) -> list[dict[str, torch.Tensor]]:
 
 def build_recursive_student(teacher, spec, *, where: str = "student"):
     """A recursive student (float32) initialised from `teacher` as `spec` says; the teacher is untouched."""
-    from cascade_kd.models import freeze_embeddings
+    from cascade_kd.students.anatomy import freeze_embeddings
 
     config, plan, _ = recursive_config(teacher.config, spec, where=where)
     name = type(teacher).__name__
@@ -641,7 +641,7 @@ def _masked_lm_head(t_state: dict) -> dict[str, torch.Tensor]:
 
 
 def _initialise_embeddings(student, teacher, how: str) -> None:
-    from cascade_kd.models import _embedding_kind, embedding_parameters, pca_axes
+    from cascade_kd.students.anatomy import _embedding_kind, embedding_parameters, pca_axes
 
     if how == "random":
         return

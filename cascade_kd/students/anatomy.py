@@ -17,7 +17,7 @@ from torch import nn
 
 from cascade_kd.errors import RecipeError
 from cascade_kd.fileio import atomic_directory
-from cascade_kd.recipe import StudentConfig
+from cascade_kd.config.schema import StudentConfig
 
 # ---------------------------------------------------------------------------------------------
 # Loading and creating
@@ -113,7 +113,7 @@ def masked_lm_parts(model):
     whose head is not known here (its full logits are computed and then indexed), and for a sharded
     teacher (FSDP gathers the weights that no layer group holds, the embeddings among them, in the
     forward of the whole model only)."""
-    from cascade_kd.sharding import is_sharded
+    from cascade_kd.training.sharding import is_sharded
 
     if is_sharded(model):
         return None
@@ -193,7 +193,7 @@ def count_parameters(model) -> dict[str, int]:
     """Unique parameters (shared tensors counted once), split into embedding and the rest; trainable
     ones (requires_grad); params_unrolled: what the forward pass applies (a recursive student's
     shared layer once per recursion step; = params_total otherwise); params_adapters."""
-    from cascade_kd.recursive import compute_counts
+    from cascade_kd.students.recursive import compute_counts
 
     seen, total, trainable = set(), 0, 0
     for p in model.parameters():
@@ -239,10 +239,10 @@ def student_config(t_config, spec: StudentConfig, *, where: str = "student"):
     Used both before training (to check a whole cascade from configs alone) and to build the
     student, so a recipe that cannot be built is refused before the teacher trains.
     Returns (config, chosen 0-based teacher layers or None, whether layers have the teacher's shape);
-    for a recursive student (kind: recursive) see cascade_kd.recursive.recursive_config.
+    for a recursive student (kind: recursive) see cascade_kd.students.recursive.recursive_config.
     """
-    from cascade_kd.bilstm import bilstm_config, is_bilstm
-    from cascade_kd.recursive import is_recursive, recursive_config
+    from cascade_kd.students.bilstm import bilstm_config, is_bilstm
+    from cascade_kd.students.recursive import is_recursive, recursive_config
 
     if spec.kind == "bilstm":  # XtremeDistil: cascade_kd/bilstm.py
         return bilstm_config(t_config, spec, where=where)
@@ -296,11 +296,11 @@ def student_config(t_config, spec: StudentConfig, *, where: str = "student"):
 def build_student(teacher, spec: StudentConfig, *, where: str = "student"):
     """A student built from `teacher` as `spec` says (in float32); the teacher is left untouched."""
     if spec.kind == "bilstm":
-        from cascade_kd.bilstm import build_bilstm_student
+        from cascade_kd.students.bilstm import build_bilstm_student
 
         return build_bilstm_student(teacher, spec, where=where)
     if spec.kind == "recursive":
-        from cascade_kd.recursive import build_recursive_student
+        from cascade_kd.students.recursive import build_recursive_student
 
         return build_recursive_student(teacher, spec, where=where)
     config, chosen, same_shape = student_config(teacher.config, spec, where=where)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cascade_kd.errors import DataError, UserError
-from cascade_kd.evaluation import summarise
-from cascade_kd.models import masked_lm_parts
+from cascade_kd.evaluation.scoring import summarise
+from cascade_kd.students.anatomy import masked_lm_parts
 
 __all__ = [
     "available_languages",

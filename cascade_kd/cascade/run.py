@@ -36,8 +36,8 @@ from cascade_kd.data.encode import IGNORE, Encoded, encode
 from cascade_kd.data.masking import Masker, masker_for
 from cascade_kd.data.sampling import epoch_indices
 from cascade_kd.data.task import TaskData, load_task_data
-from cascade_kd.distributed import barrier, is_main, main_say, num_processes, on_main, process_state
-from cascade_kd.engine import (
+from cascade_kd.training.distributed import barrier, is_main, main_say, num_processes, on_main, process_state
+from cascade_kd.training.loop import (
     ATTENTION_LOSSES,
     HIDDEN_LOSSES,
     LOGIT_LOSSES,
@@ -46,12 +46,12 @@ from cascade_kd.engine import (
     resolve_precision,
     train,
 )
-from cascade_kd.bilstm import check_loss as check_bilstm_loss
+from cascade_kd.students.bilstm import check_loss as check_bilstm_loss
 from cascade_kd.errors import RecipeError, UserError
 from cascade_kd.fileio import atomic_write
-from cascade_kd.evaluation import evaluate_languages, metric_for, summarise
-from cascade_kd.losses import HardLabelCE
-from cascade_kd.models import (
+from cascade_kd.evaluation.scoring import evaluate_languages, metric_for, summarise
+from cascade_kd.losses.functions import HardLabelCE
+from cascade_kd.students.anatomy import (
     build_student,
     config_labels,
     count_parameters,
@@ -66,10 +66,10 @@ from cascade_kd.models import (
     student_config,
     use_attention_outputs,
 )
-from cascade_kd.recipe import Recipe, StageConfig, StudentConfig, where
-from cascade_kd.recursive import freeze_all_but_adapters
-from cascade_kd.report import write_outputs
-from cascade_kd.teacher_cache import CacheRequest, TeacherCache, build_shards, cache_key, finish_cache, plan_cache
+from cascade_kd.config.schema import Recipe, StageConfig, StudentConfig, where
+from cascade_kd.students.recursive import freeze_all_but_adapters
+from cascade_kd.evaluation.report import write_outputs
+from cascade_kd.training.teacher_cache import CacheRequest, TeacherCache, build_shards, cache_key, finish_cache, plan_cache
 
 MARKER = "stage.json"
 
@@ -687,7 +687,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
         models.append((row["name"], row["role"], load_checkpoint(directory, job.data.task), info, directory))
     metrics = score_models(job, models, split=split)
     if parallel:
-        from cascade_kd.retrieval import evaluate_retrieval, retention_table
+        from cascade_kd.evaluation.retrieval import evaluate_retrieval, retention_table
 
         per_model = {}
         for name, _, model, _, _ in models:

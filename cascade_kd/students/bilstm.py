@@ -17,7 +17,7 @@ Forward pass (`BiLSTMModel`), as XtremeDistil-v2's `construct_bilstm_student_mod
     logits = C(Dropout(x))               token tasks: every position;
                                          sequence tasks: C(Dropout(mean of x over the real tokens))
 
-Features (what `cascade_kd.features` and the layer maps see): a BiLSTM student is a ONE-layer model,
+Features (what `cascade_kd.students.features` and the layer maps see): a BiLSTM student is a ONE-layer model,
 `hidden_states = (e, x)`: entry 0 is the embedding output (width `embedding_size`), entry 1 ("last")
 the BiLSTM output projected to `hidden_size`. Since `hidden_size` is the teacher's width, a hidden-
 state loss against any teacher layer needs no extra projection in the engine; XtremeDistil's stage 1
@@ -59,7 +59,7 @@ from transformers.modeling_outputs import (
 )
 
 from cascade_kd.errors import RecipeError
-from cascade_kd.heads import classification_output
+from cascade_kd.students.heads import classification_output
 
 MODEL_TYPE = "cascade_kd_bilstm"
 DEFAULT_EMBEDDING_SIZE = 300  # XtremeDistil's d_e (capped at the teacher's embedding width)
@@ -302,7 +302,7 @@ def check_loss(name: str, cfg, teacher_config, student_config, *, where: str) ->
     """Refuse, before training, a loss a BiLSTM (student or teacher) cannot take part in: attention
     losses (no attention maps), and hidden-state losses on a BiLSTM's layer 0 (its embeddings) when
     their width is not its hidden width (the engine projects by the models' hidden widths)."""
-    from cascade_kd.features import layer_pairs
+    from cascade_kd.students.features import layer_pairs
 
     models = [("student", student_config), ("teacher", teacher_config)]
     if cfg.weight == 0 or not any(is_bilstm(c) for _, c in models):
@@ -329,7 +329,7 @@ def check_loss(name: str, cfg, teacher_config, student_config, *, where: str) ->
 
 def build_bilstm_student(teacher, spec, *, where: str = "student"):
     """A BiLSTM student (float32) initialised from `teacher` as `spec` says; the teacher is untouched."""
-    from cascade_kd.models import freeze_embeddings
+    from cascade_kd.students.anatomy import freeze_embeddings
 
     config, plan, _ = bilstm_config(teacher.config, spec, where=where)
     token = type(teacher).__name__.endswith("ForTokenClassification")
@@ -344,7 +344,7 @@ def initialise_from_teacher(student, teacher, embeddings: str) -> None:
     """Word embeddings: the teacher's (copy), their projection onto the top principal axes (pca,
     XtremeDistil's SVD/PCA-compressed mBERT embeddings; the models.py PCA) or random. The head (and,
     from a BiLSTM teacher, every tensor) starts from the teacher's where names and shapes match."""
-    from cascade_kd.models import pca_axes
+    from cascade_kd.students.anatomy import pca_axes
 
     word = student.get_input_embeddings().weight
     t_word = teacher.get_input_embeddings().weight

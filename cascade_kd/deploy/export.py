@@ -92,7 +92,7 @@ def recipe_items(recipe_path: Path, limit: int) -> tuple[str, list]:
     """Up to `limit` examples of a recipe's dev split (else test, else train), spread over its
     languages: word lists (token tasks), texts (sequence) or (text, pair) tuples (pair)."""
     from cascade_kd.data.task import _read_hub, _read_local
-    from cascade_kd.recipe import load_recipe
+    from cascade_kd.config.schema import load_recipe
 
     recipe = load_recipe(recipe_path)
     reader = _read_hub if recipe.data.format == "hf" else _read_local
@@ -328,7 +328,7 @@ def export_model(
     require_onnx()
     import torch
 
-    from cascade_kd.models import load_checkpoint
+    from cascade_kd.students.anatomy import load_checkpoint
 
     started = time.perf_counter()
     try:
