@@ -127,7 +127,7 @@ def write_recipe(settings: dict, *, frozen: bool = False, cache: str = "bf16", t
 def ensure_teacher(settings: dict, say=print) -> Path:
     import torch
 
-    from cascade_kd.cascade.run import prepare
+    from cascade_kd.cascade import prepare
     from cascade_kd.training.loop import LossTerm, train
     from cascade_kd.losses.functions import HardLabelCE
     from cascade_kd.students.anatomy import create_model, save_checkpoint
@@ -167,7 +167,7 @@ def teacher_score(settings: dict, work: Path) -> dict:
         return json.loads(own.read_text())
     path = work / "teacher.json"
     if not path.is_file():
-        from cascade_kd.cascade.run import prepare
+        from cascade_kd.cascade import prepare
         from cascade_kd.evaluation.scoring import evaluate_languages
         from cascade_kd.students.anatomy import load_checkpoint
         from cascade_kd.config.schema import load_recipe
@@ -195,7 +195,7 @@ def _peak_memory() -> dict:
 
 def run_cascade_kd(settings: dict, frozen: bool, rows: str) -> dict:
 
-    from cascade_kd.cascade.run import distil_stage, prepare
+    from cascade_kd.cascade import distil_stage, prepare
     from cascade_kd.training.loop import resolve_precision
     from cascade_kd.students.anatomy import count_parameters, load_checkpoint
     from cascade_kd.config.schema import load_recipe
@@ -225,7 +225,7 @@ def run_textbrewer(settings: dict, padding: str) -> dict:
     from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
     from transformers import get_linear_schedule_with_warmup
 
-    from cascade_kd.cascade.run import prepare
+    from cascade_kd.cascade import prepare
     from cascade_kd.data.encode import collate
     from cascade_kd.students.anatomy import (
         build_student,

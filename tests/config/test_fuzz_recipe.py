@@ -428,6 +428,7 @@ def test_recipe_path_too_long_for_the_file_system(tmp_path):
 def no_training(monkeypatch):
     """Reaching training means every check passed: the test stops there (nothing is trained)."""
     import cascade_kd.cascade.run as cascade
+    import cascade_kd.cascade.stages as stages
 
     class Reached(Exception):
         pass
@@ -435,7 +436,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise Reached
 
-    monkeypatch.setattr(cascade, "train", refuse)
+    monkeypatch.setattr(stages, "train", refuse)
     monkeypatch.setattr(cascade, "get_teacher", refuse)
     return Reached
 

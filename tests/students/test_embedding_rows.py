@@ -4,7 +4,7 @@ and a plain model again after training, however training ends."""
 
 import pytest
 import torch
-from conftest import tiny_bert
+from tests.helpers import tiny_bert
 from torch import nn
 
 from cascade_kd.data.encode import encode

@@ -152,7 +152,7 @@ cascade:
 
 def _env():
     env = dict(os.environ, HF_HUB_OFFLINE="1", CASCADE_KD_QUIET="0", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 

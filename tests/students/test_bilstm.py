@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import tiny_bert
+from tests.helpers import tiny_bert
 from pydantic import ValidationError
 from transformers import (
     AutoConfig,
@@ -181,7 +181,7 @@ cascade:
 
 
 def _check(text):
-    from cascade_kd.cascade.run import check_cascade
+    from cascade_kd.cascade import check_cascade
     from cascade_kd.config.schema import parse_recipe
 
     recipe = parse_recipe(text, source="recipe.yaml")
@@ -206,7 +206,7 @@ def test_check_cascade_refuses_what_a_bilstm_cannot_do_before_training(old, new,
 
 @pytest.fixture(scope="module")
 def bilstm_run(demo_workspace, tmp_path_factory):
-    from cascade_kd.cascade.run import run_recipe
+    from cascade_kd.cascade import run_recipe
 
     root = tmp_path_factory.mktemp("bilstm_run")
     for name in ("data", "tokenizer"):

@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cascade_kd.cascade.run import run_recipe
+from cascade_kd.cascade import run_recipe
 from cascade_kd.data.encode import IGNORE, Encoded
 from cascade_kd.training.loop import LossTerm, train, unfreeze_groups
 from cascade_kd.errors import RecipeError
 from cascade_kd.losses.functions import LOSSES
 from cascade_kd.students.anatomy import freeze_embeddings
 from cascade_kd.config.schema import TrainConfig, load_recipe
-from tests.conftest import tiny_bert
+from tests.helpers import tiny_bert
 
 
 def _student():

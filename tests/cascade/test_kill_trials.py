@@ -5,7 +5,7 @@ run's per-language scores and bit-identical weights."""
 import importlib.util
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "kill_resume_trials.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kill_resume_trials.py"
 
 
 def test_killed_runs_resume_to_identical_metrics(tmp_path):

@@ -127,7 +127,7 @@ def test_a_mismatch_beyond_tolerance_exits_2_and_writes_nothing(tiny_run, tmp_pa
 def test_sequence_models_outside_a_run_use_generated_ids_or_check_data(tmp_path, tokenizer, capsys):
     """A sequence classifier saved by hand (no run around it), a DistilBERT without token types, and
     --check-data with a text file."""
-    from conftest import tiny_bert
+    from tests.helpers import tiny_bert
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
     bert = tiny_bert("sequence", layers=2, num_labels=3).eval()

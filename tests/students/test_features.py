@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_bert
+from tests.helpers import tiny_bert
 
 from cascade_kd.errors import RecipeError
 from cascade_kd.students.features import extract_features, layer_pairs, resolve_layer

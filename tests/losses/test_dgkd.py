@@ -8,14 +8,14 @@ import shutil
 import pytest
 import torch
 
-from cascade_kd.cascade.run import run_recipe
+from cascade_kd.cascade import run_recipe
 from cascade_kd.data.encode import encode
 from cascade_kd.data.readers import read_examples
 from cascade_kd.training.loop import _stage_loss, build_loss_terms, kept_guides, train
 from cascade_kd.students.features import Features
 from cascade_kd.config.schema import LossConfig, TrainConfig, load_recipe
-from conftest import tiny_bert
-from test_cli_errors import edit_recipe, fails, line_of, ws  # noqa: F401, F811 (ws: a fixture used by name)
+from tests.helpers import tiny_bert
+from tests.helpers import edit_recipe, fails, line_of
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 
@@ -92,11 +92,12 @@ def test_summed_kl_is_twice_the_mean_with_two_identical_guides():
 def refuse_training(monkeypatch):
     """As in test_cli_errors: reaching training fails the test (for the recipe-check tests only)."""
     import cascade_kd.cascade.run as cascade
+    import cascade_kd.cascade.stages as stages
 
     def refuse(*args, **kwargs):
         raise AssertionError("training started: this input should have been rejected by the checks")
 
-    monkeypatch.setattr(cascade, "train", refuse)
+    monkeypatch.setattr(stages, "train", refuse)
     monkeypatch.setattr(cascade, "get_teacher", refuse)
 
 
@@ -179,7 +180,7 @@ def test_a_dense_last_stage_runs_end_to_end_and_on_resume(demo_workspace, tmp_pa
 
 
 def test_chain_stages_hash_and_read_back_as_before(demo_workspace):
-    from cascade_kd.cascade.run import _recipe_text
+    from cascade_kd.cascade.rundir import recipe_text as _recipe_text
     from cascade_kd.config.schema import parse_recipe
 
     text = (demo_workspace / "recipe.yaml").read_text()

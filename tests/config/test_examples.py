@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from cascade_kd.cascade.run import prepare
+from cascade_kd.cascade import prepare
 from cascade_kd.config.schema import load_recipe
-from conftest import shared_data
+from tests.helpers import shared_data
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.mark.parametrize("name,languages,scripts", [("panx-ner.yaml", 10, 6), ("sib200-topic.yaml", 41, 13)])

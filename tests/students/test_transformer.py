@@ -7,7 +7,7 @@ from transformers import AutoModelForTokenClassification
 from cascade_kd.errors import RecipeError
 from cascade_kd.students.anatomy import build_student, count_parameters, embedding_parameters, freeze_embeddings, save_checkpoint
 from cascade_kd.config.schema import StudentConfig
-from conftest import tiny_bert
+from tests.helpers import tiny_bert, tiny_encoder
 
 
 def _layer_state(model, i):
@@ -112,21 +112,12 @@ def test_checkpoint_reloads_in_plain_transformers_with_the_same_logits(tmp_path,
     assert not (tmp_path / "ckpt" / "note.txt").exists()
 
 
-def _tiny(model_type):
-    from transformers import AutoConfig, AutoModelForTokenClassification
-
-    extra = {"dim": 32, "n_layers": 4, "n_heads": 4, "hidden_dim": 64} if model_type == "distilbert" else {
-        "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 64}
-    config = AutoConfig.for_model(model_type, vocab_size=100, max_position_embeddings=40, num_labels=3, **extra)
-    return AutoModelForTokenClassification.from_config(config).eval()
-
-
 @pytest.mark.parametrize("model_type", ["bert", "xlm-roberta", "distilbert"])
 def test_other_encoder_families_build_students_and_expose_features(model_type):
     from cascade_kd.students.features import extract_features
     from cascade_kd.students.anatomy import layer_list, use_attention_outputs
 
-    teacher = _tiny(model_type)
+    teacher = tiny_encoder(model_type)
     student = build_student(teacher, StudentConfig(layers=2, init="top", freeze_embeddings=True)).eval()
     t_name, t_layers = layer_list(teacher)
     _, s_layers = layer_list(student)

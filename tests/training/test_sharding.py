@@ -44,7 +44,7 @@ def test_embeddings_tied_to_the_masked_lm_decoder_stay_in_the_root_group():
 
 def test_sharded_teacher_gives_the_teachers_features_and_halves_what_each_process_holds():
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -63,7 +63,7 @@ def test_sharded_teacher_gives_the_teachers_features_and_halves_what_each_proces
 
 
 def test_sharding_with_the_teacher_cache_is_refused_with_the_key(tmp_path, demo_workspace):
-    from cascade_kd.cascade.run import prepare
+    from cascade_kd.cascade import prepare
     from cascade_kd.errors import RecipeError
     from cascade_kd.config.schema import load_recipe
 

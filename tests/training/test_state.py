@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_bert
+from tests.helpers import tiny_bert
 from safetensors import safe_open
 
 from cascade_kd.training import loop as engine

@@ -16,7 +16,7 @@ from cascade_kd.errors import UserError
 from cascade_kd.students.features import extract_features
 from cascade_kd.losses.functions import LOSSES
 from cascade_kd.config.schema import TrainConfig
-from tests.conftest import tiny_bert
+from tests.helpers import tiny_bert
 
 
 def _data(n: int, token: bool, seed: int = 0) -> list[Encoded]:

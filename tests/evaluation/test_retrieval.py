@@ -19,7 +19,7 @@ from cascade_kd.evaluation.retrieval import (
     tatoeba_pairs,
 )
 
-TATOEBA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tatoeba"
+TATOEBA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tatoeba"
 WORDS = ["the", "cat", "dog", "sat", "on", "mat", "le", "chat", "chien", "tapis", "der", "hund", "katze", "a", "b"]
 
 

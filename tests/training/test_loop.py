@@ -13,7 +13,7 @@ from cascade_kd.students.features import extract_features
 from cascade_kd.losses.functions import HardLabelCE
 from cascade_kd.students.anatomy import build_student, use_attention_outputs
 from cascade_kd.config.schema import LossConfig, StudentConfig, TrainConfig
-from conftest import tiny_bert
+from tests.helpers import tiny_bert
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import tiny_bert
+from tests.helpers import tiny_bert
 from pydantic import ValidationError
 from transformers import (
     AutoModelForSequenceClassification,
@@ -195,9 +195,9 @@ def test_initialisation_from_the_teacher():
     with pytest.raises(RecipeError, match="recursive teacher"):
         build_student(mean, StudentConfig(layers=1))
     # DistilBERT names its layer tensors differently: they are mapped onto BERT's
-    from test_models import _tiny
+    from tests.helpers import tiny_encoder
 
-    distil = _tiny("distilbert")
+    distil = tiny_encoder("distilbert")
     from_distil = build_student(distil, StudentConfig(kind="recursive", recursions=2, init="layer:2"))
     d_layer = distil.distilbert.transformer.layer[1]
     shared = from_distil.base_model.shared_layer
@@ -246,7 +246,7 @@ cascade:
 
 
 def test_a_recipe_with_recursive_stages_runs_end_to_end(demo_workspace, tmp_path):
-    from cascade_kd.cascade.run import run_recipe
+    from cascade_kd.cascade import run_recipe
     from cascade_kd.config.schema import load_recipe
 
     for name in ("data", "tokenizer"):
@@ -282,7 +282,7 @@ def test_a_recipe_with_recursive_stages_runs_end_to_end(demo_workspace, tmp_path
 def test_check_cascade_refuses_bad_recursive_students_before_training(old, new, message):
     from transformers import AutoConfig
 
-    from cascade_kd.cascade.run import check_cascade
+    from cascade_kd.cascade import check_cascade
     from cascade_kd.config.schema import parse_recipe
 
     recipe = parse_recipe(TINY.replace(old, new), source="recipe.yaml")

@@ -10,81 +10,27 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from cascade_kd.cli.app import main
+from tests.helpers import edit_data_line, edit_recipe, fails, first_token_line, line_of  # noqa: F401
 
 DEMO_LABELS = "[O, B-PER, I-PER, B-LOC, I-LOC, B-ORG, I-ORG]"
-
-
-@pytest.fixture
-def ws(demo_workspace, tmp_path) -> Path:
-    """A private copy of the demo task, free to break."""
-    for name in ("data", "tokenizer"):
-        shutil.copytree(demo_workspace / name, tmp_path / name)
-    shutil.copy(demo_workspace / "recipe.yaml", tmp_path / "recipe.yaml")
-    return tmp_path
 
 
 @pytest.fixture(autouse=True)
 def no_training(monkeypatch):
     """Any case that reaches training has failed: the checks must catch it first."""
     import cascade_kd.cascade.run as cascade
+    import cascade_kd.cascade.stages as stages
 
     def refuse(*args, **kwargs):
         raise AssertionError("training started: this input should have been rejected by the checks")
 
-    monkeypatch.setattr(cascade, "train", refuse)
+    monkeypatch.setattr(stages, "train", refuse)
     monkeypatch.setattr(cascade, "get_teacher", refuse)
-
-
-def edit_recipe(ws: Path, old: str, new: str) -> Path:
-    path = ws / "recipe.yaml"
-    text = path.read_text(encoding="utf-8")
-    assert text.count(old) == 1, f"{old!r} is not exactly once in the demo recipe"
-    path.write_text(text.replace(old, new), encoding="utf-8")
-    return path
-
-
-def line_of(path: Path, needle: str) -> int:
-    """The 1-based number of the only line of `path` that contains `needle`."""
-    hits = [n for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1) if needle in line]
-    assert len(hits) == 1, f"{needle!r} is on lines {hits} of {path}"
-    return hits[0]
-
-
-def edit_data_line(path: Path, n: int, new: str) -> None:
-    """Replace line n (1-based) of a data file."""
-    lines = path.read_text(encoding="utf-8").split("\n")
-    lines[n - 1] = new
-    path.write_text("\n".join(lines), encoding="utf-8")
-
-
-def first_token_line(path: Path, after: int = 1) -> int:
-    """The number of the first non-blank (token) line at or after line `after`."""
-    lines = path.read_text(encoding="utf-8").split("\n")
-    return next(n for n in range(after, len(lines) + 1) if lines[n - 1].strip())
-
-
-def fails(capsys, ws: Path, *options: str, recipe: Path | None = None, run_dir_untouched: bool = True) -> str:
-    """Run `cascade-kd run`; check exit code 2 and one clean error line; return that line."""
-    recipe = recipe or ws / "recipe.yaml"
-    out = ws / "run"
-    rc = main(["run", str(recipe), "--out", str(out), *options])
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert lines[0].startswith("error: ")
-    if run_dir_untouched:  # every check happens before anything is written
-        assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
-    return lines[0]
 
 
 # --- 1. unknown / mistyped keys -------------------------------------------------------------

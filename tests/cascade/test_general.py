@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForMaskedLM
 
-from cascade_kd.cascade.run import prepare, run_recipe
+from cascade_kd.cascade import prepare, run_recipe
 from cascade_kd.cli.app import main
 from cascade_kd.data.encode import IGNORE
 from cascade_kd.data.sampling import language_quotas

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_data, tiny_bert
+from tests.helpers import shared_data, tiny_bert
 from tokenizers import Tokenizer
 
 from cascade_kd.errors import UserError

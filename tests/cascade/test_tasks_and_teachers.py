@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForTokenClassification, BertModel
 
-from cascade_kd.cascade.run import get_teacher, prepare, run_recipe
+from cascade_kd.cascade import get_teacher, prepare, run_recipe
 from cascade_kd.config.schema import load_recipe
 
 WORDS = "ba be bi bo ka ke ko ri ra ro ta te to na ne no la le lo ma".split()

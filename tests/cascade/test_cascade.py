@@ -6,7 +6,7 @@ import shutil
 import pytest
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-from cascade_kd.cascade.run import direct_spec, run_recipe
+from cascade_kd.cascade import direct_spec, run_recipe
 from cascade_kd.cli.app import main
 from cascade_kd.config.schema import StudentConfig, load_recipe
 
@@ -78,7 +78,7 @@ def test_the_teacher_learned_and_the_student_beats_the_same_student_untrained(fi
     scores = {m["name"]: m["average"] for m in metrics["models"]}
     assert scores["teacher"] > 0.35
     # the same 1-layer shape, built from the teacher but not distilled
-    from cascade_kd.cascade.run import prepare
+    from cascade_kd.cascade import prepare
     from cascade_kd.evaluation.scoring import evaluate_languages
     from cascade_kd.students.anatomy import build_student
 
@@ -92,7 +92,7 @@ def test_the_teacher_learned_and_the_student_beats_the_same_student_untrained(fi
 
 def test_checkpoints_reload_in_plain_transformers_with_the_same_scores(finished_run):
     root, recipe, metrics = finished_run
-    from cascade_kd.cascade.run import prepare
+    from cascade_kd.cascade import prepare
     from cascade_kd.evaluation.scoring import evaluate_languages
 
     job = prepare(recipe, root / "unused", say=lambda m: None)
@@ -128,7 +128,7 @@ def test_eval_command_rescored_without_training(finished_run, capsys):
 
 
 def test_direct_baseline_has_the_final_students_shape():
-    from conftest import tiny_bert
+    from tests.helpers import tiny_bert
 
     teacher = tiny_bert(layers=4, hidden=32).config
     final = tiny_bert(layers=1, hidden=16, heads=2).config
