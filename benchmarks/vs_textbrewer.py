@@ -130,7 +130,7 @@ def ensure_teacher(settings: dict, say=print) -> Path:
     from cascade_kd.cascade import prepare
     from cascade_kd.training.loop import LossTerm, train
     from cascade_kd.losses.functions import HardLabelCE
-    from cascade_kd.students.anatomy import create_model, save_checkpoint
+    from cascade_kd.students.hub import create_model, save_checkpoint
     from cascade_kd.config.schema import load_recipe
 
     directory = Path(settings["teacher_dir"])
@@ -169,7 +169,7 @@ def teacher_score(settings: dict, work: Path) -> dict:
     if not path.is_file():
         from cascade_kd.cascade import prepare
         from cascade_kd.evaluation.scoring import evaluate_languages
-        from cascade_kd.students.anatomy import load_checkpoint
+        from cascade_kd.students.hub import load_checkpoint
         from cascade_kd.config.schema import load_recipe
 
         recipe = load_recipe(write_recipe(settings, teacher_dir=Path(settings["teacher_dir"])))
@@ -197,7 +197,8 @@ def run_cascade_kd(settings: dict, frozen: bool, rows: str) -> dict:
 
     from cascade_kd.cascade import distil_stage, prepare
     from cascade_kd.training.loop import resolve_precision
-    from cascade_kd.students.anatomy import count_parameters, load_checkpoint
+    from cascade_kd.students import count_parameters
+    from cascade_kd.students.hub import load_checkpoint
     from cascade_kd.config.schema import load_recipe
 
     recipe = load_recipe(write_recipe(settings, frozen=frozen, cache=settings["cache"], teacher_dir=Path(settings["teacher_dir"]),
@@ -227,12 +228,8 @@ def run_textbrewer(settings: dict, padding: str) -> dict:
 
     from cascade_kd.cascade import prepare
     from cascade_kd.data.encode import collate
-    from cascade_kd.students.anatomy import (
-        build_student,
-        count_parameters,
-        load_checkpoint,
-        use_attention_outputs,
-    )
+    from cascade_kd.students import build_student, count_parameters
+    from cascade_kd.students.hub import load_checkpoint, use_attention_outputs
     from cascade_kd.config.schema import load_recipe
 
     recipe = load_recipe(write_recipe(settings, teacher_dir=Path(settings["teacher_dir"])))

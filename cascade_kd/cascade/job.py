@@ -13,7 +13,8 @@ from cascade_kd.data.sampling import epoch_indices
 from cascade_kd.data.task import TaskData, load_task_data
 from cascade_kd.errors import RecipeError
 from cascade_kd.evaluation.scoring import evaluate_languages
-from cascade_kd.students.anatomy import config_labels, load_tokenizer, position_offset
+from cascade_kd.students.anatomy import position_offset
+from cascade_kd.students.hub import config_labels, load_tokenizer
 from cascade_kd.training.loop import resolve_precision
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from cascade_kd.config.schema import Recipe, StageConfig, StudentConfig, where
 from cascade_kd.errors import RecipeError, UserError
-from cascade_kd.students.anatomy import ffn_attr, student_config
-from cascade_kd.students.bilstm import check_loss as check_bilstm_loss
+from cascade_kd.students import FAMILIES, family, family_of, student_config
 from cascade_kd.training.distributed import num_processes
 from cascade_kd.training.loop import LOGIT_LOSSES, build_loss_terms
 
@@ -65,8 +64,9 @@ def _cache_key_where(recipe: Recipe, i: int) -> str:
 def _check_masked_lm_stage(recipe: Recipe, i: int, cfg) -> None:
     """General distillation (task type mlm): transformer students, and a teacher cache only where it holds."""
     stage, key = recipe.cascade.stages[i], ("cascade", "stages", i)
-    if stage.student != "previous" and stage.student.kind == "bilstm":
-        raise RecipeError("general distillation (task type mlm) has transformer and recursive students, not bilstm",
+    if stage.student != "previous" and not family(stage.student.kind).masked_lm:
+        able = ", ".join(k for k, f in FAMILIES.items() if f.masked_lm)
+        raise RecipeError(f"general distillation (task type mlm) has {able} students, not {stage.student.kind}",
                           where=where(recipe, *key, "student", "kind"),
                           hint="distil a BiLSTM student on a task, from a model of this chain")
     for name, loss in recipe.stage_losses(stage).items():
@@ -135,7 +135,8 @@ def _check_losses(recipe: Recipe, i: int, teacher, student, what: str) -> None:
         # build_loss_terms appends ".losses.NAME" to `where`: give it the prefix, with the loss's line
         prefix = where(recipe, *section, "losses", name).removesuffix(f".losses.{name}")
         try:
-            check_bilstm_loss(name, cfg, teacher, student, where=prefix)  # no attention maps in a BiLSTM
+            for owner in {family_of(teacher).kind: family_of(teacher), family_of(student).kind: family_of(student)}.values():
+                owner.check_loss(name, cfg, teacher, student, where=prefix)  # e.g. no attention maps in a BiLSTM
             build_loss_terms({name: cfg}, teacher, student, where=prefix)
         except UserError as err:  # say which model, as the cascade's losses serve every stage
             raise type(err)(f"{err.message}, for {what}", where=err.where, hint=err.hint) from None
@@ -147,24 +148,5 @@ def final_spec(stages: list[StageConfig]) -> StudentConfig:
 
 
 def direct_spec(final: StudentConfig, final_config, teacher_config) -> StudentConfig:
-    """The final student's shape, built straight from the original teacher."""
-    if final.kind == "bilstm":  # the same LSTM, embedding and projection widths; embeddings as they fit
-        return final.model_copy(update={
-            "hidden": final_config.lstm_hidden_size, "embedding_size": final_config.embedding_size,
-            "projection_size": final_config.hidden_size,
-            "embeddings": "random" if final.embeddings == "random" else "auto"})
-    spec = final.model_copy(update={
-        "hidden": final_config.hidden_size,
-        "heads": final_config.num_attention_heads,
-        "intermediate": getattr(final_config, ffn_attr(final_config)),
-    })
-    if final.kind == "recursive":  # the same embedding width; embeddings copied or projected as they fit
-        spec = spec.model_copy(update={"embedding_size": final_config.embedding_size,
-                                       "embeddings": "random" if final.embeddings == "random" else "auto"})
-    if final_config.hidden_size != teacher_config.hidden_size:
-        # other width: teacher layers cannot be copied, embeddings are projected instead
-        spec = spec.model_copy(update={"init": "random", "embeddings": "random" if final.embeddings == "random"
-                                       else "auto" if final.kind == "recursive" else "pca"})
-    elif isinstance(final.init, list):
-        spec = spec.model_copy(update={"init": "bottom"})
-    return spec
+    """The final student's shape, built straight from the original teacher (as its family says)."""
+    return family(final.kind).direct_spec(final, final_config, teacher_config)

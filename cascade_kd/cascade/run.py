@@ -27,13 +27,20 @@ from pathlib import Path
 
 from cascade_kd.cascade.job import Job, prepare
 from cascade_kd.cascade.plan import direct_spec, final_spec
-from cascade_kd.cascade.rundir import MARKER, check_resume, prepare_run_dir, write_manifest
+from cascade_kd.cascade.rundir import (
+    MARKER,
+    check_resume,
+    prepare_run_dir,
+    write_manifest,
+)
 from cascade_kd.cascade.stages import distil_stage, get_teacher
 from cascade_kd.config.schema import Recipe, where
 from cascade_kd.errors import RecipeError, UserError
 from cascade_kd.evaluation.report import write_outputs
+from cascade_kd.evaluation.retrieval import evaluate_retrieval, retention_table
 from cascade_kd.evaluation.scoring import evaluate_languages, metric_for, summarise
-from cascade_kd.students.anatomy import count_parameters, load_checkpoint
+from cascade_kd.students import count_parameters, family_of
+from cascade_kd.students.hub import load_checkpoint
 from cascade_kd.training.distributed import barrier, is_main, main_say
 from cascade_kd.training.loop import resolve_precision
 
@@ -96,8 +103,7 @@ def score_models(job: Job, models, split: str | None = None) -> dict:
         summary = summarise(per_lang, teacher_scores)
         rows.append({
             "name": name, "role": role, "path": str(directory.relative_to(job.out)),
-            "kind": {"cascade_kd_recursive": "recursive", "cascade_kd_bilstm": "bilstm"}.get(
-                getattr(model.config, "model_type", ""), "transformer"),
+            "kind": family_of(model).kind, "layers_label": family_of(model).layers_label(model.config),
             "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
             "heads": model.config.num_attention_heads, **{**count_parameters(model), **info.get("params", {})},
             "per_language": per_lang, "average": summary["average"], "worst": summary["worst"],
@@ -140,8 +146,6 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
         models.append((row["name"], row["role"], load_checkpoint(directory, job.data.task), info, directory))
     metrics = score_models(job, models, split=split)
     if parallel:
-        from cascade_kd.evaluation.retrieval import evaluate_retrieval, retention_table
-
         per_model = {}
         for name, _, model, _, _ in models:
             say(f"retrieval: {name} on {len(parallel)} language pair(s)")

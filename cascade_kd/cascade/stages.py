@@ -15,17 +15,8 @@ from cascade_kd.cascade.rundir import MARKER, finished_model
 from cascade_kd.cascade.plan import final_spec
 from cascade_kd.config.schema import StageConfig, StudentConfig, where
 from cascade_kd.losses.functions import HardLabelCE
-from cascade_kd.students.anatomy import (
-    build_student,
-    count_parameters,
-    create_model,
-    freeze_embeddings,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-    use_attention_outputs,
-)
-from cascade_kd.students.recursive import freeze_all_but_adapters
+from cascade_kd.students import build_student, count_parameters, family, family_of
+from cascade_kd.students.hub import create_model, load_checkpoint, load_model, save_checkpoint, use_attention_outputs
 from cascade_kd.training.distributed import barrier, is_main, on_main, process_state
 from cascade_kd.training.loop import ATTENTION_LOSSES, HIDDEN_LOSSES, LOGIT_LOSSES, LossTerm, build_loss_terms, resolve_precision, train
 from cascade_kd.training.teacher_cache import CacheRequest, TeacherCache, build_shards, cache_key, finish_cache, plan_cache
@@ -97,10 +88,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
         # parameters frozen that the spec which built it froze
         student = copy.deepcopy(previous).float().requires_grad_(True)
         built_by = final_spec(recipe.cascade.stages[:index])
-        if built_by.kind == "recursive" and built_by.train_only == "adapters":
-            freeze_all_but_adapters(student)
-        else:
-            freeze_embeddings(student, built_by.freeze_embeddings)
+        family(built_by.kind).refreeze(student, built_by)
     else:
         student = build_student(teacher, spec or stage.student, where=f"{stage_where}.student")
     cfg = recipe.train_for(stage.train, f"cascade.stages[{index}].train")
@@ -109,11 +97,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     use_attention_outputs(teacher, needs_attn)
     use_attention_outputs(student, needs_attn)
     params = count_parameters(student)
-    def shape(config):  # a BiLSTM is one layer to layer maps, but is not a transformer layer
-        return (f"BiLSTM x {config.hidden_size}" if config.model_type == "cascade_kd_bilstm"
-                else f"{config.num_hidden_layers} layers x {config.hidden_size}")
-
-    job.say(f"{name}: {shape(student.config)} from {shape(teacher.config)}; losses "
+    job.say(f"{name}: {family_of(student).shape(student.config)} from {family_of(teacher).shape(teacher.config)}; losses "
             + ", ".join(f"{t.name}*{t.weight:g}" for t in terms)
             + f"; {params['params_trainable']:,} of {params['params_total']:,} parameters trainable"
             + (f"; dense guidance from {len(guides)} models, {stage.drop_guides} dropped per batch, "

@@ -80,7 +80,7 @@ def test_the_teacher_learned_and_the_student_beats_the_same_student_untrained(fi
     # the same 1-layer shape, built from the teacher but not distilled
     from cascade_kd.cascade import prepare
     from cascade_kd.evaluation.scoring import evaluate_languages
-    from cascade_kd.students.anatomy import build_student
+    from cascade_kd.students import build_student
 
     job = prepare(recipe, root / "unused", say=lambda m: None)
     teacher = AutoModelForTokenClassification.from_pretrained(root / "run" / "teacher")

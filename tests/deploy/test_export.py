@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip ins
 
 from cascade_kd.cli.app import main
 from cascade_kd.deploy.export import FP32_ATOL, INT8_MIN_AGREEMENT, generated_batches, session
-from cascade_kd.students.anatomy import load_checkpoint
+from cascade_kd.students.hub import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from tests.helpers import shared_data, tiny_bert
 from tokenizers import Tokenizer
 
 from cascade_kd.errors import UserError
-from cascade_kd.students.anatomy import build_student, save_checkpoint
+from cascade_kd.students import build_student
+from cascade_kd.students.hub import save_checkpoint
 from cascade_kd.config.schema import StudentConfig
 from cascade_kd.deploy.trim import coverage, kept_ids, main, trim_model_dir, trim_vocabulary
 
@@ -193,7 +194,7 @@ cascade:
 def _saved_run(tmp_path: Path, recipe: str, tokenizer) -> Path:
     """A run directory with `recipe` and a tiny untrained model of its labels at stages/s."""
     from cascade_kd.data.task import load_task_data
-    from cascade_kd.students.anatomy import label_config
+    from cascade_kd.students.hub import label_config
     from cascade_kd.config.schema import load_recipe
 
     run = tmp_path / "run"

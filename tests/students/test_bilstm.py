@@ -19,13 +19,9 @@ from cascade_kd.students.bilstm import BiLSTMForTokenClassification, reversal_in
 from cascade_kd.training.loop import build_loss_terms
 from cascade_kd.errors import RecipeError
 from cascade_kd.students.features import extract_features
-from cascade_kd.students.anatomy import (
-    build_student,
-    count_parameters,
-    load_checkpoint,
-    pca_axes,
-    save_checkpoint,
-)
+from cascade_kd.students import build_student, count_parameters
+from cascade_kd.students.anatomy import pca_axes
+from cascade_kd.students.hub import load_checkpoint, save_checkpoint
 from cascade_kd.config.schema import LossConfig, StudentConfig, load_recipe
 
 H = 32  # the teacher's hidden width (tiny_bert)

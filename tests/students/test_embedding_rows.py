@@ -16,7 +16,7 @@ from cascade_kd.students.embedding_rows import (
 )
 from cascade_kd.training.loop import LossTerm, TrainingError, train
 from cascade_kd.losses.functions import HardLabelCE
-from cascade_kd.students.anatomy import build_student
+from cascade_kd.students import build_student
 from cascade_kd.config.schema import StudentConfig, TrainConfig
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]

@@ -5,7 +5,8 @@ import torch
 from tests.helpers import tiny_bert
 
 from cascade_kd.errors import RecipeError
-from cascade_kd.students.features import extract_features, layer_pairs, resolve_layer
+from cascade_kd.losses.layer_maps import layer_pairs, resolve_layer
+from cascade_kd.students.features import extract_features
 
 
 def test_symbolic_names_resolve_in_one_numbering():
@@ -152,7 +153,7 @@ def test_qkv_of_distilbert():
 
 
 def test_qkv_of_a_recursive_student_are_per_step():
-    from cascade_kd.students.anatomy import build_student
+    from cascade_kd.students import build_student
     from cascade_kd.config.schema import StudentConfig
 
     teacher = tiny_bert(layers=4, hidden=32).eval()

@@ -17,14 +17,9 @@ import cascade_kd  # noqa: F401  (registers the recursive classes with the Auto 
 from cascade_kd.training.loop import build_loss_terms, make_optimizer
 from cascade_kd.errors import RecipeError
 from cascade_kd.students.features import extract_features
-from cascade_kd.students.anatomy import (
-    build_student,
-    count_parameters,
-    load_checkpoint,
-    pca_axes,
-    save_checkpoint,
-    use_attention_outputs,
-)
+from cascade_kd.students import build_student, count_parameters
+from cascade_kd.students.anatomy import pca_axes
+from cascade_kd.students.hub import load_checkpoint, save_checkpoint, use_attention_outputs
 from cascade_kd.config.schema import LossConfig, StudentConfig, TrainConfig
 
 H, F = 32, 64  # tiny_bert: hidden 32, feed-forward 2 * hidden

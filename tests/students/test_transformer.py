@@ -5,7 +5,9 @@ import torch
 from transformers import AutoModelForTokenClassification
 
 from cascade_kd.errors import RecipeError
-from cascade_kd.students.anatomy import build_student, count_parameters, embedding_parameters, freeze_embeddings, save_checkpoint
+from cascade_kd.students import build_student, count_parameters
+from cascade_kd.students.anatomy import embedding_parameters, freeze_embeddings
+from cascade_kd.students.hub import save_checkpoint
 from cascade_kd.config.schema import StudentConfig
 from tests.helpers import tiny_bert, tiny_encoder
 
@@ -115,7 +117,8 @@ def test_checkpoint_reloads_in_plain_transformers_with_the_same_logits(tmp_path,
 @pytest.mark.parametrize("model_type", ["bert", "xlm-roberta", "distilbert"])
 def test_other_encoder_families_build_students_and_expose_features(model_type):
     from cascade_kd.students.features import extract_features
-    from cascade_kd.students.anatomy import layer_list, use_attention_outputs
+    from cascade_kd.students.anatomy import layer_list
+    from cascade_kd.students.hub import use_attention_outputs
 
     teacher = tiny_encoder(model_type)
     student = build_student(teacher, StudentConfig(layers=2, init="top", freeze_embeddings=True)).eval()
@@ -134,7 +137,7 @@ def test_other_encoder_families_build_students_and_expose_features(model_type):
 
 
 def test_a_bf16_checkpoint_loads_as_float32(tmp_path, tokenizer):
-    from cascade_kd.students.anatomy import load_checkpoint
+    from cascade_kd.students.hub import load_checkpoint
 
     model = tiny_bert(layers=1).to(torch.bfloat16)
     save_checkpoint(model, tokenizer, tmp_path / "bf16")

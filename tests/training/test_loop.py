@@ -11,7 +11,8 @@ from cascade_kd.training.loop import DistillationModule, LossTerm, TrainingError
 from cascade_kd.errors import UserError
 from cascade_kd.students.features import extract_features
 from cascade_kd.losses.functions import HardLabelCE
-from cascade_kd.students.anatomy import build_student, use_attention_outputs
+from cascade_kd.students import build_student
+from cascade_kd.students.hub import use_attention_outputs
 from cascade_kd.config.schema import LossConfig, StudentConfig, TrainConfig
 from tests.helpers import tiny_bert
 

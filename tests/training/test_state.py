@@ -13,7 +13,8 @@ from cascade_kd.data.readers import read_examples
 from cascade_kd.training.loop import LossTerm, build_loss_terms, train
 from cascade_kd.errors import UserError
 from cascade_kd.losses.functions import HardLabelCE
-from cascade_kd.students.anatomy import build_student, use_attention_outputs
+from cascade_kd.students import build_student
+from cascade_kd.students.hub import use_attention_outputs
 from cascade_kd.config.schema import LossConfig, StudentConfig, TrainConfig
 from cascade_kd.training.state import (
     BEST,
