@@ -66,9 +66,10 @@ def main() -> int:
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("CASCADE_KD_QUIET", "1")
-    from cascade_kd.cascade.run import prepare
+    from cascade_kd.cascade import prepare
     from cascade_kd.training.loop import build_loss_terms, resolve_precision, train
-    from cascade_kd.students.anatomy import build_student, create_model
+    from cascade_kd.students import build_student
+    from cascade_kd.students.hub import create_model
     from cascade_kd.config.schema import load_recipe
     from cascade_kd.training.teacher_cache import CacheRequest, TeacherCache, build_cache
 

@@ -24,7 +24,7 @@ from transformers import BertConfig, BertForTokenClassification
 
 from cascade_kd.deploy.bench import forward_latency_ms
 from cascade_kd.training.loop import resolve_precision
-from cascade_kd.students.anatomy import count_parameters
+from cascade_kd.students import count_parameters
 
 SHAPES = [  # (name, layers, hidden, heads)
     ("teacher 12x768 (mBERT-base)", 12, 768, 12),

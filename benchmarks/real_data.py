@@ -362,7 +362,7 @@ def write_recipe(out: Path, run: Run) -> Path:
 def run_unit(task: str, seed: int, out: Path, s: Sizes, root: Path, log) -> None:
     """Every run of one task and seed, in order: the cascade run first (it trains the teacher the
     others load), then the others. Finished runs are skipped; a half-finished one is resumed."""
-    from cascade_kd.cascade.run import run_recipe
+    from cascade_kd.cascade import run_recipe
     from cascade_kd.errors import UserError
     from cascade_kd.config.schema import load_recipe
 

@@ -127,10 +127,10 @@ def write_recipe(settings: dict, *, frozen: bool = False, cache: str = "bf16", t
 def ensure_teacher(settings: dict, say=print) -> Path:
     import torch
 
-    from cascade_kd.cascade.run import prepare
+    from cascade_kd.cascade import prepare
     from cascade_kd.training.loop import LossTerm, train
     from cascade_kd.losses.functions import HardLabelCE
-    from cascade_kd.students.anatomy import create_model, save_checkpoint
+    from cascade_kd.students.hub import create_model, save_checkpoint
     from cascade_kd.config.schema import load_recipe
 
     directory = Path(settings["teacher_dir"])
@@ -167,9 +167,9 @@ def teacher_score(settings: dict, work: Path) -> dict:
         return json.loads(own.read_text())
     path = work / "teacher.json"
     if not path.is_file():
-        from cascade_kd.cascade.run import prepare
+        from cascade_kd.cascade import prepare
         from cascade_kd.evaluation.scoring import evaluate_languages
-        from cascade_kd.students.anatomy import load_checkpoint
+        from cascade_kd.students.hub import load_checkpoint
         from cascade_kd.config.schema import load_recipe
 
         recipe = load_recipe(write_recipe(settings, teacher_dir=Path(settings["teacher_dir"])))
@@ -195,9 +195,10 @@ def _peak_memory() -> dict:
 
 def run_cascade_kd(settings: dict, frozen: bool, rows: str) -> dict:
 
-    from cascade_kd.cascade.run import distil_stage, prepare
+    from cascade_kd.cascade import distil_stage, prepare
     from cascade_kd.training.loop import resolve_precision
-    from cascade_kd.students.anatomy import count_parameters, load_checkpoint
+    from cascade_kd.students import count_parameters
+    from cascade_kd.students.hub import load_checkpoint
     from cascade_kd.config.schema import load_recipe
 
     recipe = load_recipe(write_recipe(settings, frozen=frozen, cache=settings["cache"], teacher_dir=Path(settings["teacher_dir"]),
@@ -225,14 +226,10 @@ def run_textbrewer(settings: dict, padding: str) -> dict:
     from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
     from transformers import get_linear_schedule_with_warmup
 
-    from cascade_kd.cascade.run import prepare
+    from cascade_kd.cascade import prepare
     from cascade_kd.data.encode import collate
-    from cascade_kd.students.anatomy import (
-        build_student,
-        count_parameters,
-        load_checkpoint,
-        use_attention_outputs,
-    )
+    from cascade_kd.students import build_student, count_parameters
+    from cascade_kd.students.hub import load_checkpoint, use_attention_outputs
     from cascade_kd.config.schema import load_recipe
 
     recipe = load_recipe(write_recipe(settings, teacher_dir=Path(settings["teacher_dir"])))

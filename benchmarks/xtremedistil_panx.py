@@ -328,7 +328,7 @@ def measure_latency(models: list[dict], s: Sizes, threads: int, log) -> dict:
         input_names,
         session,
     )
-    from cascade_kd.students.anatomy import load_checkpoint
+    from cascade_kd.students.hub import load_checkpoint
 
     torch.set_num_threads(threads)
     bf16 = resolve_precision("auto") == "bf16"  # native bf16 (AMX / AVX-512 BF16); emulated bf16 is slower
@@ -379,7 +379,7 @@ def measure_latency(models: list[dict], s: Sizes, threads: int, log) -> dict:
     out["mbert-base"]["latency_ms_again_at_end"] = again
     log("latency mbert-base (again): " + ", ".join(f"{k} {v:.1f} ms" for k, v in again.items()))
     load["end"] = os.getloadavg()[0]
-    from cascade_kd.students.anatomy import count_parameters
+    from cascade_kd.students import count_parameters
 
     return {"models": out, "mbert_params": count_parameters(mbert), "threads": threads, "seq_len": seq,
             "batch_sizes": list(batches), "repeats": s.latency_repeats, "mbert_repeats": s.mbert_repeats,

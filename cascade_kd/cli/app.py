@@ -83,7 +83,7 @@ def _cmd_run(args) -> None:
 
     recipe = load_recipe(args.recipe)  # before importing torch: a recipe typo is reported at once
 
-    from cascade_kd.cascade.run import run_recipe
+    from cascade_kd.cascade import run_recipe
     from cascade_kd.evaluation.report import report_table
 
     from cascade_kd.training.distributed import is_main
@@ -95,7 +95,7 @@ def _cmd_run(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    from cascade_kd.cascade.run import run_recipe
+    from cascade_kd.cascade import run_recipe
     from cascade_kd.cli.demo import free_directory, generate
     from cascade_kd.config.schema import load_recipe
     from cascade_kd.evaluation.report import report_table
@@ -111,7 +111,7 @@ def _cmd_demo(args) -> None:
 
 
 def _cmd_eval(args) -> None:
-    from cascade_kd.cascade.run import evaluate_run
+    from cascade_kd.cascade import evaluate_run
     from cascade_kd.config.schema import load_recipe
     from cascade_kd.evaluation.report import report_table
 
@@ -156,7 +156,7 @@ def _cmd_bench(args) -> None:
 
 
 def _cmd_pretrain(args) -> None:
-    from cascade_kd.cascade.run import run_recipe
+    from cascade_kd.cascade import run_recipe
     from cascade_kd.cli.pretrain import recipe_from_args
     from cascade_kd.evaluation.report import report_table
 

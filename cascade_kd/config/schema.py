@@ -14,9 +14,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
+from cascade_kd.config.messages import short, suggest, to_recipe_error, where
+from cascade_kd.config.yaml_lines import parse_yaml, read_text
 from cascade_kd.errors import RecipeError
 
 
@@ -236,7 +237,7 @@ class StageConfig(_Section):
         # saved), and a leading "." collides with the temporary and backup directories of atomic writes.
         if not _STAGE_NAME.fullmatch(v):
             raise ValueError(
-                f"stage name {_short(v)} is not a plain directory name (it names RUN_DIR/stages/<name>): "
+                f"stage name {short(v)} is not a plain directory name (it names RUN_DIR/stages/<name>): "
                 "use letters, digits, '_', '-' and '.', not starting with '.'"
             )
         # compared without case: on macOS and Windows, stages/Direct is stages/direct
@@ -254,7 +255,7 @@ class StageConfig(_Section):
             if name not in LOSS_NAMES:
                 near = difflib.get_close_matches(name, LOSS_NAMES, n=1)
                 hint = f"did you mean {near[0]!r}?" if near else f"valid losses: {', '.join(LOSS_NAMES)}"
-                raise ValueError(f"unknown loss {_short(name)} ({hint})")
+                raise ValueError(f"unknown loss {short(name)} ({hint})")
         if not any(cfg.weight > 0 for cfg in v.values()):
             raise ValueError("every loss has weight 0: give at least one a positive weight")
         return v
@@ -454,14 +455,14 @@ class Recipe(_Section):
         lines = getattr(self, "_lines", {})
         for key, value in (overrides or {}).items():
             if key not in merged:
-                raise RecipeError(f"unknown key {_short(key)}", where=_key_where(self, *keys, key),
-                                  hint=_suggest(key, merged))
+                raise RecipeError(f"unknown key {short(key)}", where=_key_where(self, *keys, key),
+                                  hint=suggest(key, merged))
             merged[key] = value
         try:
             return TrainConfig(**merged)
         except ValidationError as err:
             sub_lines = {k[len(keys):]: v for k, v in lines.items() if k[:len(keys)] == keys}
-            raise _to_recipe_error(err, sub_lines, self._source, prefix=where) from None
+            raise to_recipe_error(err, sub_lines, self._source, prefix=where, root=TrainConfig) from None
 
     def stage_losses(self, stage: StageConfig) -> dict[str, LossConfig]:
         return stage.losses if stage.losses is not None else self.cascade.losses
@@ -504,288 +505,52 @@ class Recipe(_Section):
         text = json.dumps(self.dump(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    # ------------------------------------------------------------------------------------------
+    # Reading a recipe
 
-# ----------------------------------------------------------------------------------------------
-# Loading with line numbers
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Recipe":
+        """Read and validate a recipe file. Relative paths in it are resolved against its folder.
+        Every problem is a RecipeError naming the file, the line and the key."""
+        path = Path(path)
+        return cls.from_text(read_text(path), source=str(path), base_dir=path.resolve().parent)
 
+    @classmethod
+    def from_text(cls, text: str, *, source: str = "<recipe>", base_dir: str | Path | None = None) -> "Recipe":
+        """A recipe from YAML text; `source` names it in errors, `base_dir` resolves relative paths."""
+        data, lines = parse_yaml(text, source)
+        return cls._validated(data, lines, source, base_dir)
 
-# what other tools (e.g. Hugging Face's TrainingArguments) call a key: suggested when no key is close
-_ALIASES = {
-    "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
-    "train_batch_size": "batch_size", "per_device_train_batch_size": "batch_size",
-    "per_device_eval_batch_size": "eval_batch_size", "gradient_accumulation_steps": "grad_accum",
-    "max_seq_length": "max_length",
-}
+    @classmethod
+    def from_dict(cls, data: dict, *, base_dir: str | Path = ".", source: str = "<dict>") -> "Recipe":
+        """A recipe from plain data (the YAML file's content as a dict); errors name the key path."""
+        return cls._validated(data, {}, source, base_dir)
 
-
-def _suggest(key: str, valid) -> str:
-    valid = [str(v) for v in valid]
-    near = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
-    if not near:  # e.g. lerning_rate -> learning_rate -> lr
-        aliases = {alias: name for alias, name in _ALIASES.items() if name in valid}
-        alias = difflib.get_close_matches(str(key), list(aliases), n=1, cutoff=0.75)
-        near = [aliases[alias[0]]] if alias else []
-    return f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(map(str, valid))}"
-
-
-def _short(value, width: int = 60) -> str:
-    """repr() of a value from the recipe, cut to `width` characters: messages stay one short line."""
-    text = repr(value)
-    return text if len(text) <= width else text[:width] + "..."
-
-
-def _key_text(keys) -> str:
-    """A dotted key path; a key that is not plain printable text (a newline in a quoted key) is shown
-    as its repr, so that the message stays one line."""
-    return ".".join(str(k) if str(k).isprintable() and len(str(k)) <= 60 else _short(str(k)) for k in keys)
-
-
-# Limits on the composed YAML document, checked before anything walks it recursively: recipes nest
-# a few levels and hold hundreds of values, while aliases can expand a short file exponentially
-# ("billion laughs") or point back at their own anchor (an infinite structure).
-MAX_DEPTH = 50
-MAX_VALUES = 100_000
-
-
-def _check_depth(text: str, source: str) -> None:
-    """Refuse nesting deeper than MAX_DEPTH from the parser's events, which come without recursion:
-    the composer would overflow Python's stack on thousands of "[" (slowly: seconds)."""
-    depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
-            depth += 1
-            if depth > MAX_DEPTH:
-                line = event.start_mark.line + 1
-                raise RecipeError(f"nested more than {MAX_DEPTH} levels deep", where=f"{source}:{line}")
-        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
-            depth -= 1
-
-
-def _check_size(node, source: str) -> None:
-    """Refuse a document too deep, too large once aliases are expanded, or with a recursive alias;
-    and, while walking it, a repeated key or a string that is not valid Unicode."""
-    visits = 0
-    stack = [(node, 1, frozenset())]  # node, depth, ids of the collections enclosing it
-    loader = yaml.SafeLoader("")  # to construct tagged scalars one by one
-    while stack:
-        node, depth, enclosing = stack.pop()
-        visits += 1
-        line = node.start_mark.line + 1
-        if id(node) in enclosing:
-            raise RecipeError("a YAML alias refers to a collection that contains it (an infinite structure)",
-                              where=f"{source}:{line}", hint="aliases may only repeat finished sections")
-        if depth > MAX_DEPTH:
-            raise RecipeError(f"nested more than {MAX_DEPTH} levels deep", where=f"{source}:{line}")
-        if visits > MAX_VALUES:
-            raise RecipeError(f"more than {MAX_VALUES:,} values once YAML aliases are expanded", where=source,
-                              hint="a recipe needs far fewer: check anchors (&) and aliases (*)")
-        if isinstance(node, yaml.MappingNode):
-            children = [child for pair in node.value for child in pair]
-            _unique_keys(node, source)
-        elif isinstance(node, yaml.SequenceNode):
-            children = node.value
-        else:
-            try:  # a "\ud800" escape is a lone surrogate: no UTF-8 file (metrics.json, recipe.yaml) can hold it
-                node.value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise RecipeError(f"{_short(node.value)} is not valid Unicode (a lone surrogate)",
-                                  where=f"{source}:{line}", hint="write the character itself") from None
-            if node.tag != "tag:yaml.org,2002:str":
-                # an explicit tag on a value that does not fit it (`!!int abc`, `!!timestamp x`) makes
-                # safe_load raise ValueError, KeyError or AttributeError, without a line
-                try:
-                    loader.construct_object(node)
-                except yaml.YAMLError:
-                    pass  # an unknown tag: safe_load reports it, with its line
-                except Exception:  # noqa: BLE001 - whatever the constructor raises, the value is at fault
-                    kind = node.tag.rsplit(":", 1)[-1]
-                    raise RecipeError(f"{_short(node.value)} is not a valid {kind}", where=f"{source}:{line}",
-                                      hint=f"remove the !!{kind} tag or fix the value") from None
-            continue
-        inside = enclosing | {id(node)}
-        stack.extend((child, depth + 1, inside) for child in children)
-
-
-def _unique_keys(node: yaml.MappingNode, source: str) -> None:
-    """YAML loaders keep the last of two equal keys without a word: a recipe edited in one place and
-    overridden further down. Refuse the repeat (merge keys `<<` may repeat, as YAML allows)."""
-    seen: dict[tuple, int] = {}
-    for key_node, _ in node.value:
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = (key_node.tag, key_node.value)
-        line = key_node.start_mark.line + 1
-        if key in seen:
-            raise RecipeError(f"key {_short(key_node.value)} appears twice in one section",
-                              where=f"{source}:{line}", hint=f"the first is on line {seen[key]}; keep one")
-        seen[key] = line
-
-
-def _line_map(node, path=(), out=None) -> dict[tuple, int]:
-    """Map every key path of a composed YAML document to its 1-based line number."""
-    out = {} if out is None else out
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            out[path + (key,)] = key_node.start_mark.line + 1
-            _line_map(value_node, path + (key,), out)
-            out[path + (key,)] = key_node.start_mark.line + 1
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:str":
-                # pydantic names a key such as `7:` or `~:` as 7 or 'None': its line, under those too
-                value = yaml.SafeLoader("").construct_object(key_node)
-                for alias in (value, str(value)):
-                    if isinstance(alias, (str, int, float)):
-                        out.setdefault(path + (alias,), key_node.start_mark.line + 1)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_map(item, path + (i,), out)
-    return out
-
-
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model that owns the last key of `loc`, for 'did you mean' suggestions."""
-    model: Any = Recipe
-    for part in loc[:-1]:
-        if isinstance(part, int) or model is None:
-            continue
-        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
-        if field is None:
-            if model is LossConfig and part in LOSS_NAMES:  # the name key of a `losses` mapping
-                continue
-            return None
-        ann = field.annotation
-        model = _find_model(ann)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _find_model(annotation) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _find_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _to_recipe_error(err: ValidationError, lines: dict | None, source: str, prefix: str = "") -> RecipeError:
-    errors = err.errors()
-    # a mistyped key is also reported as a missing one (stagess: -> stages missing): name the typo
-    # (invalid_key: a key that is not a string, such as `1:` or `~:`, is just as unknown)
-    first = next((e for e in errors if e["type"] in ("extra_forbidden", "invalid_key")), errors[0])
-    # drop pydantic's union tags ("list[int]", "literal['a']"), but not a key of the file that has a "["
-    loc: tuple = ()
-    for p in first["loc"]:
-        if not (isinstance(p, str) and "[" in p) or (lines is not None and loc + (p,) in lines):
-            loc += (p,)
-    key = _key_text(loc) or "(top level)"
-    if prefix:
-        key = f"{prefix}.{key}"
-    line = None
-    if lines is not None:
-        for cut in range(len(loc), -1, -1):
-            if loc[:cut] in lines:
-                line = lines[loc[:cut]]
-                break
-    where = f"{source}:{line}: {key}" if line else f"{source}: {key}"
-    hint = None
-    if first["type"] in ("extra_forbidden", "invalid_key"):
-        owner = _model_at(loc)
-        message = f"unknown key {_short(loc[-1])}"
-        if owner is not None:
-            hint = _suggest(loc[-1], list(owner.model_fields))
-    elif first["type"] == "missing":
-        message = "required key is missing"
-    else:
-        message = first["msg"].removeprefix("Value error, ")
-        if isinstance(first.get("input"), dict) and lines:  # e.g. unknown loss 'x': point at the key x
-            named = [k for k in first["input"] if isinstance(k, str) and repr(k) in message and loc + (k,) in lines]
-            if named:
-                line, key = lines[loc + (named[0],)], f"{key}.{_key_text([named[0]])}"
-                where = f"{source}:{line}: {key}"
-        if "input" in first and first["type"] not in ("value_error",) and not isinstance(first["input"], dict):
-            message += f" (got {_short(first['input'])})"
-    return RecipeError(message, where=where, hint=hint)
+    @classmethod
+    def _validated(cls, data, lines: dict, source: str, base_dir) -> "Recipe":
+        if not isinstance(data, dict):
+            raise RecipeError("a recipe is a YAML mapping (key: value lines)", where=source)
+        try:
+            # not Recipe(**data): a key such as `1:` or `~:` is then an unknown key, not a TypeError
+            recipe = cls.model_validate(data)
+        except ValidationError as err:
+            raise to_recipe_error(err, lines, source, root=cls) from None
+        except TypeError as exc:  # e.g. non-string keys
+            raise RecipeError(f"malformed recipe: {exc}", where=source) from None
+        recipe._base_dir = Path(base_dir).resolve() if base_dir is not None else Path(".").resolve()
+        recipe._source = source
+        recipe._lines = lines
+        return recipe
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file; every problem becomes a RecipeError with file and line."""
-    path = Path(path)
-    try:
-        found = path.is_file()
-    except (OSError, ValueError):  # e.g. a name too long for the file system: reading says why
-        found = True
-    if not found:
-        raise RecipeError("recipe file not found", where=str(path), hint="check the path")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise RecipeError(f"cannot read the recipe: {exc.strerror or exc}", where=str(path)) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise RecipeError(f"cannot decode byte(s) {data[exc.start:exc.end][:8]!r} as UTF-8",
-                          where=f"{path}:{line}", hint="save the recipe as UTF-8") from None
-    # the universal newlines of read_text(): a lone "\r" ends a line, as it does for YAML
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return parse_recipe(text, source=str(path), base_dir=path.resolve().parent)
+    """Read and validate a recipe file (`Recipe.from_yaml`)."""
+    return Recipe.from_yaml(path)
 
 
 def parse_recipe(text: str, *, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
-    try:
-        _check_depth(text, source)  # before compose, which recurses once per level
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None:
-            _check_size(node, source)  # before safe_load and _line_map walk it
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        if mark is None and isinstance(getattr(exc, "position", None), int):  # a ReaderError: a bad character
-            mark = yaml.Mark(source, exc.position, text.count("\n", 0, exc.position), 0, None, None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-        hint = None
-        if problem == "second occurrence" and context and start:  # context: "found duplicate anchor 'a'; first ..."
-            problem, hint = context.split(";")[0], f"the first is on line {start.line + 1}"
-        elif "<block" in problem:  # e.g. a key indented by one space too many or too few
-            hint = "check the indentation: the keys of one section line up, nested keys are indented more"
-        elif context and start and mark and start.line != mark.line:  # e.g. an unclosed [ or " further up
-            hint = f"{context} that starts on line {start.line + 1}"
-        raise RecipeError(f"not valid YAML: {problem}", where=where, hint=hint) from None
-    except RecursionError:  # the composer recurses per level: hundreds of [ or { in a row
-        raise RecipeError(f"nested more than {MAX_DEPTH} levels deep", where=source) from None
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:  # a constructor's own error
-        raise RecipeError(f"not valid YAML: a value does not fit its tag ({type(exc).__name__}: {exc})",
-                          where=source) from None
-    if not isinstance(data, dict):
-        raise RecipeError("a recipe is a YAML mapping (key: value lines)", where=source)
-    lines = _line_map(node) if node is not None else {}
-    try:
-        # not Recipe(**data): a key such as `1:` or `~:` is then an unknown key, not a TypeError
-        recipe = Recipe.model_validate(data)
-    except ValidationError as err:
-        raise _to_recipe_error(err, lines, source) from None
-    except TypeError as exc:  # e.g. non-string keys
-        raise RecipeError(f"malformed recipe: {exc}", where=source) from None
-    recipe._base_dir = base_dir or Path(".").resolve()
-    recipe._source = source
-    recipe._lines = lines
-    return recipe
-
-
-def where(recipe: Recipe, *keys) -> str:
-    """'file:line: a.b.c' for a key path of a loaded recipe (for errors found after parsing)."""
-    lines = getattr(recipe, "_lines", {})
-    line = None
-    for cut in range(len(keys), -1, -1):
-        if tuple(keys[:cut]) in lines:
-            line = lines[tuple(keys[:cut])]
-            break
-    key = _key_text(keys)
-    return f"{recipe._source}:{line}: {key}" if line else f"{recipe._source}: {key}"
+    """Validate recipe text (`Recipe.from_text`)."""
+    return Recipe.from_text(text, source=source, base_dir=base_dir)
 
 
 _key_where = where  # for methods of Recipe, where a parameter is called `where`

@@ -34,8 +34,21 @@ from pathlib import Path
 
 import torch
 
+from cascade_kd.deploy.export import (
+    INT8_NAME,
+    ONNX_NAME,
+    _tokenizer,
+    export_model,
+    generated_sentences,
+    input_names,
+    recipe_items,
+    session,
+    tokenize,
+)
+from cascade_kd.errors import UserError
+from cascade_kd.students.anatomy import position_offset
+from cascade_kd.students.hub import load_checkpoint
 from cascade_kd.training.loop import resolve_precision
-from cascade_kd.students.anatomy import load_checkpoint, position_offset
 
 
 @torch.inference_mode()
@@ -151,8 +164,6 @@ def tokenization_ms(run_dir: Path, metrics: dict, batch_sizes, seq_lens, repeats
     """Median time to tokenise a batch (truncated and padded to the length) with the run's tokenizer."""
     from transformers import AutoTokenizer
 
-    from cascade_kd.deploy.export import generated_sentences, recipe_items, tokenize
-
     tokenizer = AutoTokenizer.from_pretrained(run_dir / metrics["models"][0]["path"])
     wanted = max(batch_sizes) * (repeats + 2)
     items, source = None, None
@@ -212,16 +223,6 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
     """Latency, throughput, memory and size of every model of a finished run on every backend (CPU),
     with latency ratios against the teacher on the same backend and setting."""
     import json
-
-    from cascade_kd.errors import UserError
-    from cascade_kd.deploy.export import (
-        INT8_NAME,
-        ONNX_NAME,
-        _tokenizer,
-        export_model,
-        input_names,
-        session,
-    )
 
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())

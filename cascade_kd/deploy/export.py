@@ -34,7 +34,11 @@ import time
 import warnings
 from pathlib import Path
 
+from cascade_kd.config.schema import load_recipe
+from cascade_kd.data.task import _read_hub, _read_local
 from cascade_kd.errors import UserError
+from cascade_kd.fileio import atomic_directory
+from cascade_kd.students.hub import load_checkpoint
 
 FP32_ATOL = 1e-3  # max abs logit difference, ONNX fp32 vs PyTorch fp32
 INT8_MIN_AGREEMENT = 0.95  # share of positions where int8 and PyTorch fp32 pick the same label
@@ -91,9 +95,6 @@ def find_run_dir(model_dir: Path) -> Path | None:
 def recipe_items(recipe_path: Path, limit: int) -> tuple[str, list]:
     """Up to `limit` examples of a recipe's dev split (else test, else train), spread over its
     languages: word lists (token tasks), texts (sequence) or (text, pair) tuples (pair)."""
-    from cascade_kd.data.task import _read_hub, _read_local
-    from cascade_kd.config.schema import load_recipe
-
     recipe = load_recipe(recipe_path)
     reader = _read_hub if recipe.data.format == "hf" else _read_local
     langs = recipe.data.languages
@@ -314,8 +315,6 @@ def export_model(
 ) -> dict:
     """Export MODEL_DIR to ONNX (and int8), check against PyTorch, write atomically. Returns the
     export info (also written to OUT/export.json). Raises UserError on bad input or a failed check."""
-    from cascade_kd.fileio import atomic_directory
-
     model_dir = Path(model_dir)
     if check_examples < 1:
         raise UserError(f"--check-examples must be at least 1, not {check_examples}")
@@ -327,8 +326,6 @@ def export_model(
         raise UserError("an export already exists there", where=str(out), hint="give --overwrite to replace it, or another --out")
     require_onnx()
     import torch
-
-    from cascade_kd.students.anatomy import load_checkpoint
 
     started = time.perf_counter()
     try:

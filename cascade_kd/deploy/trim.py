@@ -52,7 +52,15 @@ from pathlib import Path
 
 import torch
 
+from cascade_kd.config.schema import load_recipe
+from cascade_kd.data.encode import encode
+from cascade_kd.data.task import load_task_data
+from cascade_kd.deploy.export import find_run_dir, model_task
 from cascade_kd.errors import UserError
+from cascade_kd.evaluation.scoring import evaluate_languages
+from cascade_kd.fileio import atomic_write
+from cascade_kd.students import count_parameters
+from cascade_kd.students.hub import config_labels, load_checkpoint, save_checkpoint
 
 TRIM_INFO = "trim.json"
 DEFAULT_MAX_UNK_INCREASE = 1.0  # percentage points of held-out pieces that become [UNK]
@@ -240,8 +248,6 @@ def trim_vocabulary(model, tokenizer, texts_by_language: dict[str, list], *, hel
     the originals are untouched. `heldout_by_language` (any languages, chosen or not) gives the
     coverage report; a chosen language whose held-out [UNK] share rises by more than
     `max_unk_increase` points gets a WARNING line and an entry in report['warnings']."""
-    from cascade_kd.students.anatomy import count_parameters
-
     kept = kept_ids(tokenizer, texts_by_language, min_count=min_count)
     old2new = {old: new for new, old in enumerate(kept)}
     new_model = trim_model(model, kept)
@@ -294,9 +300,6 @@ def trim_vocabulary(model, tokenizer, texts_by_language: dict[str, list], *, hel
 def score_with_tokenizer(model, tokenizer, recipe, data, split: str, *, labels: list[str]) -> dict[str, float]:
     """Per-language scores of `model` on `split`, its inputs encoded with `tokenizer` (the run's own
     encoding and evaluation code, as `cascade-kd eval` uses, with this model's tokenizer)."""
-    from cascade_kd.data.encode import encode
-    from cascade_kd.evaluation.scoring import evaluate_languages
-
     label2id = {label: i for i, label in enumerate(labels)}
     encoded = {lang: (examples, encode(examples, tokenizer, task=data.task, label2id=label2id,
                                        max_length=recipe.task.max_length,
@@ -316,11 +319,6 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     RUN_DIR/recipe.yaml), report coverage on the held-out split (test, else dev) of every language,
     score the original and the trimmed model there (unless score=False), and write model, tokenizer
     and trim.json to `out` (default MODEL_DIR/trimmed), atomically. Returns the report."""
-    from cascade_kd.data.task import load_task_data
-    from cascade_kd.deploy.export import find_run_dir, model_task
-    from cascade_kd.students.anatomy import config_labels, load_checkpoint, save_checkpoint
-    from cascade_kd.config.schema import load_recipe
-
     model_dir = Path(model_dir)
     task = model_task(model_dir)  # a saved model, or a UserError that says what is missing
     out = Path(out) if out is not None else model_dir / "trimmed"
@@ -377,8 +375,6 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     before = (model_dir / "model.safetensors").stat().st_size
     after = (out / "model.safetensors").stat().st_size
     report.update(size_mb_before=before / 2**20, size_mb_after=after / 2**20, size_saved_share=1 - after / before)
-    from cascade_kd.fileio import atomic_write
-
     atomic_write(out / TRIM_INFO, json.dumps(report, indent=2, ensure_ascii=False))
     say(f"trim: model.safetensors {before / 2**20:.2f} MB -> {after / 2**20:.2f} MB; written {out}"
         + (f"; {len(report['warnings'])} WARNING(S) above" if report["warnings"] else ""))

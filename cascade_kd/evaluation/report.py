@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cascade_kd.deploy.bench import bench_table, tokenization_line
+from cascade_kd.evaluation.retrieval import markdown_table
 from cascade_kd.fileio import atomic_write
 
 
@@ -28,14 +30,10 @@ def report_table(metrics: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for m in metrics["models"]:
         row = [
-            m["name"], m["role"], str(m["layers"]), str(m["hidden"]), _millions(m["params_total"]),
+            m["name"], m["role"], m.get("layers_label", str(m["layers"])), str(m["hidden"]), _millions(m["params_total"]),
             _millions(m["params_embedding"]), _pct(m["average"]), f"{_pct(m['worst'])} ({m['worst_language']})",
             _pct(m["retention"]),
         ] + [_pct(m["per_language"][lang]) for lang in langs]
-        if m.get("kind") == "recursive":
-            row[2] = f"{m['layers']} (1 shared)"
-        elif m.get("kind") == "bilstm":  # one layer to layer maps; hidden is its projection width
-            row[2] = "BiLSTM"
         if unrolled:
             row[5:5] = [_millions(m.get("params_unrolled", m["params_total"]))]
         lines.append("| " + " | ".join(row) + " |")
@@ -67,16 +65,12 @@ def render_report(metrics: dict) -> str:
         parts += ["", f"Cascade vs direct at equal size: {verdict} by {abs(diff):.1f} points on average "
                   f"(one seed; see benchmarks for spreads over seeds)."]
     if metrics.get("retrieval"):
-        from cascade_kd.evaluation.retrieval import markdown_table
-
         parts += ["", "## Cross-lingual sentence retrieval (`cascade-kd eval --parallel`)", "",
                   "Each sentence is the mean of the last layer's hidden states over its real tokens; accuracy is the "
                   "share whose nearest neighbour (cosine) on the other side is its own translation, averaged over "
                   "both directions (xx to English, English to xx), in percent. Retention is the mean over languages "
                   "of model accuracy / teacher accuracy.", "", markdown_table(metrics["retrieval"]["summary"])]
     if metrics.get("latency"):
-        from cascade_kd.deploy.bench import bench_table, tokenization_line
-
         lat = metrics["latency"]
         parts += ["", "## Latency (`cascade-kd bench`)", "",
                   f"Median forward time in ms on {lat['device']} with {lat['threads']} threads over {lat['repeats']} "

@@ -13,6 +13,7 @@ import torch
 
 from cascade_kd.data.encode import IGNORE, Encoded, collate, eval_batches
 from cascade_kd.data.readers import Example
+from cascade_kd.students.features import extract_features
 
 
 def metric_for(task: str, labels: list[str]) -> str:
@@ -47,8 +48,6 @@ def predict(model, encoded: list[Encoded], *, batch_size: int = 64, pad_id: int 
 def masked_lm_accuracy(model, encoded: list[Encoded], *, batch_size: int = 64, pad_id: int = 0, bf16: bool = False) -> float:
     """Share of the masked positions (labels != IGNORE, masks drawn once per split) whose original
     piece the model ranks first. The vocabulary-wide head runs at those positions only."""
-    from cascade_kd.students.features import extract_features
-
     model.eval()
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()

@@ -59,7 +59,10 @@ from transformers.modeling_outputs import (
 )
 
 from cascade_kd.errors import RecipeError
+from cascade_kd.losses.layer_maps import layer_pairs
+from cascade_kd.students.anatomy import freeze_embeddings, pca_axes
 from cascade_kd.students.heads import classification_output
+from cascade_kd.students.registry import StudentFamily, register
 
 MODEL_TYPE = "cascade_kd_bilstm"
 DEFAULT_EMBEDDING_SIZE = 300  # XtremeDistil's d_e (capped at the teacher's embedding width)
@@ -302,8 +305,6 @@ def check_loss(name: str, cfg, teacher_config, student_config, *, where: str) ->
     """Refuse, before training, a loss a BiLSTM (student or teacher) cannot take part in: attention
     losses (no attention maps), and hidden-state losses on a BiLSTM's layer 0 (its embeddings) when
     their width is not its hidden width (the engine projects by the models' hidden widths)."""
-    from cascade_kd.students.features import layer_pairs
-
     models = [("student", student_config), ("teacher", teacher_config)]
     if cfg.weight == 0 or not any(is_bilstm(c) for _, c in models):
         return
@@ -329,8 +330,6 @@ def check_loss(name: str, cfg, teacher_config, student_config, *, where: str) ->
 
 def build_bilstm_student(teacher, spec, *, where: str = "student"):
     """A BiLSTM student (float32) initialised from `teacher` as `spec` says; the teacher is untouched."""
-    from cascade_kd.students.anatomy import freeze_embeddings
-
     config, plan, _ = bilstm_config(teacher.config, spec, where=where)
     token = type(teacher).__name__.endswith("ForTokenClassification")
     student = (BiLSTMForTokenClassification if token else BiLSTMForSequenceClassification)(config).float()
@@ -344,8 +343,6 @@ def initialise_from_teacher(student, teacher, embeddings: str) -> None:
     """Word embeddings: the teacher's (copy), their projection onto the top principal axes (pca,
     XtremeDistil's SVD/PCA-compressed mBERT embeddings; the models.py PCA) or random. The head (and,
     from a BiLSTM teacher, every tensor) starts from the teacher's where names and shapes match."""
-    from cascade_kd.students.anatomy import pca_axes
-
     word = student.get_input_embeddings().weight
     t_word = teacher.get_input_embeddings().weight
     if embeddings == "copy":
@@ -359,3 +356,42 @@ def initialise_from_teacher(student, teacher, embeddings: str) -> None:
             source = t_state.get(key)
             if source is not None and source.shape == value.shape:
                 value.copy_(source)
+
+
+class BiLSTMFamily(StudentFamily):
+    """XtremeDistil's BiLSTM student: embeddings (copied, PCA-projected or random), BiLSTM layers and a
+    projection to `projection_size`; one layer to layer maps (hidden state 1 is its projected output)."""
+
+    kind = "bilstm"
+    model_type = MODEL_TYPE
+    label = "BiLSTM"
+    masked_lm = False
+    teaches = ("bilstm",)
+
+    def config(self, t_config, spec, *, where: str = "student"):
+        return bilstm_config(t_config, spec, where=where)
+
+    def build(self, teacher, spec, *, where: str = "student"):
+        return build_bilstm_student(teacher, spec, where=where)
+
+    def direct_spec(self, final, final_config, teacher_config):
+        # the same LSTM, embedding and projection widths; embeddings as they fit
+        return final.model_copy(update={
+            "hidden": final_config.lstm_hidden_size, "embedding_size": final_config.embedding_size,
+            "projection_size": final_config.hidden_size,
+            "embeddings": "random" if final.embeddings == "random" else "auto"})
+
+    def check_loss(self, name, cfg, teacher_config, student_config, *, where: str) -> None:
+        check_loss(name, cfg, teacher_config, student_config, where=where)
+
+    def shape(self, config) -> str:
+        return f"BiLSTM x {config.hidden_size}"
+
+    def layers_label(self, config) -> str:
+        return "BiLSTM"  # one layer to layer maps; hidden is its projection width
+
+    def applied_layers(self, model) -> list[nn.Module]:
+        raise ValueError("a BiLSTM has no self-attention, so no query/key/value states")
+
+
+register(BiLSTMFamily())

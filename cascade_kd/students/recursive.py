@@ -57,7 +57,9 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from cascade_kd.errors import RecipeError
+from cascade_kd.students.anatomy import _embedding_kind, embedding_parameters, ffn_attr, freeze_embeddings, layer_list, pca_axes
 from cascade_kd.students.heads import classification_output
+from cascade_kd.students.registry import StudentFamily, register
 
 MODEL_TYPE = "cascade_kd_recursive"
 DEFAULT_ADAPTER_REDUCTION = 16  # MiniALBERT's reduction factor
@@ -424,17 +426,6 @@ def _unique_numel(params) -> int:
     return sum(p.numel() for p in {id(p): p for p in params}.values())
 
 
-def compute_counts(model, total: int) -> dict[str, int]:
-    """params_unrolled: parameters the forward pass applies, the shared layer counted once per
-    recursion step (equal to params_total for an ordinary model); params_adapters: adapter weights."""
-    if not is_recursive(model):
-        return {"params_unrolled": total, "params_adapters": 0}
-    base = model.base_model
-    shared = _unique_numel(base.shared_layer.parameters())
-    adapters = _unique_numel(list(base.attention_adapters.parameters()) + list(base.ffn_adapters.parameters()))
-    return {"params_unrolled": total + (model.config.num_hidden_layers - 1) * shared, "params_adapters": adapters}
-
-
 def freeze_all_but_adapters(model) -> list[str]:
     """Adapter tuning (MiniALBERT's trainAdaptersOnly): freeze everything but the adapters and the task
     head (`classifier`); embeddings, projection, shared layer and pooler stay fixed. Returns the
@@ -485,8 +476,6 @@ def recursive_config(t_config, spec, *, where: str = "student"):
     """The recursive student's config from its teacher's, with every shape check (before training).
     Returns (config, plan, same_shape): plan = {'init', 'layer', 'embeddings'} with the embedding
     choice resolved (auto -> copy or pca); same_shape: the shared layer has the teacher layers' shape."""
-    from cascade_kd.students.anatomy import ffn_attr
-
     t_hidden, t_heads = t_config.hidden_size, t_config.num_attention_heads
     t_ffn = getattr(t_config, ffn_attr(t_config))
     t_layers, t_type = t_config.num_hidden_layers, getattr(t_config, "model_type", "")
@@ -552,8 +541,6 @@ def recursive_config(t_config, spec, *, where: str = "student"):
 def teacher_layer_states(teacher) -> list[dict[str, torch.Tensor]]:
     """Each teacher layer's tensors under the shared layer's (BERT) names; a recursive teacher's
     layers are its one shared layer, r times."""
-    from cascade_kd.students.anatomy import layer_list
-
     t_type = teacher.config.model_type
     if t_type == MODEL_TYPE:
         return [teacher.base_model.shared_layer.state_dict()] * teacher.config.num_hidden_layers
@@ -567,8 +554,6 @@ def teacher_layer_states(teacher) -> list[dict[str, torch.Tensor]]:
 
 def build_recursive_student(teacher, spec, *, where: str = "student"):
     """A recursive student (float32) initialised from `teacher` as `spec` says; the teacher is untouched."""
-    from cascade_kd.students.anatomy import freeze_embeddings
-
     config, plan, _ = recursive_config(teacher.config, spec, where=where)
     name = type(teacher).__name__
     cls = (RecursiveForMaskedLM if name.endswith("ForMaskedLM") else RecursiveForTokenClassification
@@ -641,8 +626,6 @@ def _masked_lm_head(t_state: dict) -> dict[str, torch.Tensor]:
 
 
 def _initialise_embeddings(student, teacher, how: str) -> None:
-    from cascade_kd.students.anatomy import _embedding_kind, embedding_parameters, pca_axes
-
     if how == "random":
         return
     s_emb = student.base_model.embeddings
@@ -670,3 +653,51 @@ def _initialise_embeddings(student, teacher, how: str) -> None:
         target = getattr(s_emb.LayerNorm, suffix)
         if p.shape == target.shape:
             target.copy_(p)
+
+
+class RecursiveFamily(StudentFamily):
+    """MiniALBERT: one shared layer applied `layers` times, with bottleneck adapters per step."""
+
+    kind = "recursive"
+    model_type = MODEL_TYPE
+    label = "recursive"
+    teaches = ("recursive", "bilstm")  # a transformer's layers cannot come from one shared layer
+
+    def config(self, t_config, spec, *, where: str = "student"):
+        return recursive_config(t_config, spec, where=where)
+
+    def build(self, teacher, spec, *, where: str = "student"):
+        return build_recursive_student(teacher, spec, where=where)
+
+    def direct_spec(self, final, final_config, teacher_config):
+        # the same widths and embedding width; embeddings copied or projected as they fit
+        embeddings = "random" if final.embeddings == "random" else "auto"
+        spec = final.model_copy(update={
+            "hidden": final_config.hidden_size, "heads": final_config.num_attention_heads,
+            "intermediate": final_config.intermediate_size, "embedding_size": final_config.embedding_size,
+            "embeddings": embeddings})
+        if final_config.hidden_size != teacher_config.hidden_size:  # teacher layers cannot be copied
+            spec = spec.model_copy(update={"init": "random"})
+        return spec
+
+    def refreeze(self, student, spec) -> None:
+        if spec.train_only == "adapters":
+            freeze_all_but_adapters(student)
+        else:
+            freeze_embeddings(student, spec.freeze_embeddings)
+
+    def layers_label(self, config) -> str:
+        return f"{config.num_hidden_layers} (1 shared)"
+
+    def applied_layers(self, model) -> list[nn.Module]:
+        return [model.base_model.shared_layer] * model.config.num_hidden_layers
+
+    def extra_counts(self, model, total: int) -> dict[str, int]:
+        # the shared layer counted once per recursion step: what the forward pass applies
+        base = model.base_model
+        shared = _unique_numel(base.shared_layer.parameters())
+        adapters = _unique_numel(list(base.attention_adapters.parameters()) + list(base.ffn_adapters.parameters()))
+        return {"params_unrolled": total + (model.config.num_hidden_layers - 1) * shared, "params_adapters": adapters}
+
+
+register(RecursiveFamily())

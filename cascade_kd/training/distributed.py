@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from cascade_kd.errors import UserError
+
 
 @lru_cache(maxsize=1)
 def process_state():
@@ -53,8 +55,6 @@ def on_main(fn):
     if num_processes() == 1:
         return fn()
     from accelerate.utils import broadcast_object_list
-
-    from cascade_kd.errors import UserError
 
     result, error = None, None
     if is_main():

@@ -32,7 +32,8 @@ from cascade_kd.data.encode import IGNORE, UNLABELLED, Encoded, bucketed_batches
 from cascade_kd.training.distributed import is_main, process_state
 from cascade_kd.students.embedding_rows import merge_seen_rows, restrict_to_seen_rows
 from cascade_kd.errors import UserError
-from cascade_kd.students.features import Features, extract_features, layer_pairs
+from cascade_kd.losses.layer_maps import layer_pairs
+from cascade_kd.students.features import Features, extract_features
 from cascade_kd.losses.functions import LOSSES
 from cascade_kd.config.schema import LossConfig, TrainConfig
 from cascade_kd.training.sharding import local_parameter_count, shard_frozen

@@ -61,9 +61,9 @@ def test_soft_targets_count_at_unlabelled_positions_and_gold_labels_do_not():
 
 
 def test_a_stage_trains_on_train_plus_transfer_and_the_teacher_on_train_only(demo_workspace, tmp_path):
-    from conftest import TINY_RUN_RECIPE
+    from tests.helpers import TINY_RUN_RECIPE
 
-    from cascade_kd.cascade.run import MARKER, run_recipe
+    from cascade_kd.cascade import MARKER, run_recipe
     from cascade_kd.config.schema import load_recipe
 
     for name in ("data", "tokenizer"):
@@ -90,9 +90,9 @@ def test_a_stage_trains_on_train_plus_transfer_and_the_teacher_on_train_only(dem
 
 
 def test_a_missing_transfer_file_is_a_clear_error(demo_workspace, tmp_path):
-    from conftest import TINY_RUN_RECIPE
+    from tests.helpers import TINY_RUN_RECIPE
 
-    from cascade_kd.cascade.run import prepare
+    from cascade_kd.cascade import prepare
     from cascade_kd.config.schema import load_recipe
 
     for name in ("data", "tokenizer"):

@@ -1,0 +1,145 @@
+"""A job: the recipe with its tokenizer and encoded data, checked as a whole before any training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cascade_kd.cascade.plan import check_cascade, check_processes
+from cascade_kd.config.schema import Recipe, where
+from cascade_kd.data.encode import IGNORE, Encoded, encode
+from cascade_kd.data.masking import Masker, masker_for
+from cascade_kd.data.sampling import epoch_indices
+from cascade_kd.data.task import TaskData, load_task_data
+from cascade_kd.errors import RecipeError
+from cascade_kd.evaluation.scoring import evaluate_languages
+from cascade_kd.students.anatomy import position_offset
+from cascade_kd.students.hub import config_labels, load_tokenizer
+from cascade_kd.training.loop import resolve_precision
+
+
+@dataclass
+class Job:
+    """Everything the stages share: the recipe, the tokenizer and the encoded splits."""
+
+    recipe: Recipe
+    out: Path
+    tokenizer: object
+    data: TaskData
+    encoded: dict  # split -> lang -> (examples, encoded)
+    say: callable
+    transfer: dict = field(default_factory=dict)  # lang -> (examples, encoded): unlabelled transfer text
+    masker: Masker | None = None  # masked-LM text (task type mlm): draws the masks
+
+    @property
+    def masked_lm(self) -> bool:
+        return self.data.task == "mlm"
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
+
+    def state_dir(self, name: str) -> Path:
+        """Where a model's full training state lives while it trains (removed once it is saved)."""
+        return self.out / "state" / name
+
+    def train_set(self):
+        return self.training_data()[0]
+
+    def training_data(self, with_transfer: bool = False) -> tuple[list, list[tuple[str, int]]]:
+        """The training examples (with the transfer set, for stages that learn from a teacher) and
+        their language blocks [(lang, count), ...] in order, for language sampling."""
+        parts = [self.encoded["train"]] + ([self.transfer] if with_transfer else [])
+        return ([e for part in parts for _, enc in part.values() for e in enc],
+                [(lang, len(enc)) for part in parts for lang, (_, enc) in part.items()])
+
+    def train_options(self, train_data: list, blocks: list[tuple[str, int]], seed: int) -> dict:
+        """What the engine needs beyond the losses: masked-LM mode and dynamic masks; language sampling."""
+        options = {"masked_lm": self.masked_lm}
+        if self.masked_lm and self.recipe.task.masking == "dynamic":
+            options["batch_transform"] = lambda batch, members, epoch, slots: self.masker.mask_batch(
+                batch, train_data, members, epoch, slots, stream=seed)
+        alpha = self.recipe.data.language_alpha
+        if alpha is not None:
+            options["epoch_draw"] = lambda epoch: epoch_indices(blocks, alpha, seed=seed, epoch=epoch)
+        return options
+
+    def dev_score(self, model, cfg) -> float:
+        scores = evaluate_languages(model, self.encoded["dev"], self.data.task, self.data.labels,
+                                    batch_size=cfg.eval_batch_size, pad_id=self.pad_id,
+                                    bf16=resolve_precision(cfg.precision) == "bf16")
+        return sum(scores.values()) / len(scores)  # select on the macro average over languages
+
+
+def prepare(recipe: Recipe, out: Path, say=print) -> Job:
+    """Load tokenizer and data and check the whole cascade; raises UserError on any bad input."""
+    teacher_cfg = recipe.teacher
+    tokenizer = load_tokenizer(recipe.model_path(teacher_cfg.tokenizer or teacher_cfg.model), trust_remote_code=teacher_cfg.trust_remote_code)
+    data = load_task_data(recipe)
+    if "dev" not in data.splits:
+        raise RecipeError("no dev data: models are selected on dev", where=where(recipe, "data", "dev"))
+    t_config = _teacher_config(recipe)
+    checkpoint_labels = config_labels(t_config) if teacher_cfg.model is not None else []
+    if checkpoint_labels and set(checkpoint_labels) == set(data.labels):
+        data.labels = checkpoint_labels  # a fine-tuned teacher's head: keep its label order
+    _check_positions(recipe, t_config)
+    check_cascade(recipe, t_config)
+    check_processes(recipe)
+    say(f"data: {len(data.languages)} languages, " + ("masked-LM text" if data.task == "mlm" else f"labels {len(data.labels)}") + "; "
+        + ", ".join(f"{s} {sum(n.values())}" for s, n in data.sizes().items()))
+    for warning in data.warnings:
+        say(f"WARNING: {warning}")
+
+    def encoded_per_language(per_lang):  # lang -> (examples, encoded)
+        return {lang: (examples, encode(examples, tokenizer, task=data.task, label2id=data.label2id,
+                                        max_length=recipe.task.max_length, label_all_subwords=recipe.task.label_all_subwords))
+                for lang, examples in per_lang.items()}
+
+    if data.task == "mlm" and tokenizer.mask_token_id is None:  # before the corpus is tokenised
+        raise RecipeError("the tokenizer has no mask token, which masked-LM inputs need",
+                          where=where(recipe, "teacher", "tokenizer" if teacher_cfg.tokenizer else "model"),
+                          hint="use the tokenizer the model was pretrained with (BERT-style tokenizers have [MASK])")
+    encoded = {split: encoded_per_language(per_lang) for split, per_lang in data.splits.items()}
+    masker = None
+    if data.task == "mlm":
+        masker = masker_for(tokenizer, probability=recipe.task.mask_probability, seed=recipe.seed)
+        # dev and test masks are drawn once, so every model is scored on the same masked pieces; train
+        # masks too with masking: static, else the engine draws them per epoch (Job.train_options)
+        for split, per_lang in encoded.items():
+            for lang, (examples, items) in per_lang.items():
+                per_lang[lang] = (examples, masker.mask_encoded(items, f"{split}:{lang}")
+                                  if split != "train" or recipe.task.masking == "static"
+                                  else [Encoded(x.input_ids, x.token_type_ids, [IGNORE] * len(x)) for x in items])
+    return Job(recipe, out, tokenizer, data, encoded, say, encoded_per_language(data.transfer), masker)
+
+
+def _teacher_config(recipe: Recipe):
+    """The teacher's config, read without loading weights."""
+    from transformers import AutoConfig
+
+    t = recipe.teacher
+    if t.config is not None:
+        spec = dict(t.config)
+        try:
+            return AutoConfig.for_model(spec.pop("model_type"), **spec)
+        except (ValueError, TypeError) as exc:
+            raise RecipeError(f"invalid teacher.config: {exc}", where=where(recipe, "teacher", "config")) from None
+    try:
+        return AutoConfig.from_pretrained(recipe.model_path(t.model), trust_remote_code=t.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"cannot load the teacher {t.model!r}: {str(exc).splitlines()[0]}",
+                          where=where(recipe, "teacher", "model")) from None
+
+
+def _check_positions(recipe: Recipe, config) -> None:
+    """Sequences must fit the position table (RoBERTa-style models start positions after padding_idx)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return
+    offset = position_offset(config)
+    if recipe.task.max_length + offset > limit:
+        raise RecipeError(
+            f"max_length {recipe.task.max_length} does not fit the teacher's {limit} position embeddings"
+            + (f" (this model type uses {offset} of them before the first token)" if offset else ""),
+            where=where(recipe, "task", "max_length"), hint=f"use max_length <= {limit - offset}",
+        )

@@ -1,0 +1,152 @@
+"""The cascade's plan, checked from configs alone before anything trains: every student's shape,
+every stage's losses, layer maps, guides and cache settings; and the direct baseline's shape."""
+
+from __future__ import annotations
+
+from cascade_kd.config.schema import Recipe, StageConfig, StudentConfig, where
+from cascade_kd.errors import RecipeError, UserError
+from cascade_kd.students import FAMILIES, family, family_of, student_config
+from cascade_kd.training.distributed import num_processes
+from cascade_kd.training.loop import LOGIT_LOSSES, build_loss_terms
+
+
+def check_cascade(recipe: Recipe, t_config) -> None:
+    """Build every student's config from its teacher's (all shape checks of build_student), and
+    every stage's loss terms (layer maps in range, head counts compatible), from configs alone."""
+    config = t_config  # the previous model of the chain
+    stages = recipe.cascade.stages
+    for i, stage in enumerate(stages):
+        key = ("cascade", "stages", i, "student")
+        teacher = t_config if stage.teacher == "original" else config
+        cfg = recipe.train_for(stage.train, f"cascade.stages[{i}].train")
+        if cfg.teacher_cache != "off" and any(n == "relation_kl" and c.weight > 0 for n, c in recipe.stage_losses(stage).items()):
+            raise RecipeError("the teacher cache does not hold the query/key/value states that relation_kl compares",
+                              where=_cache_key_where(recipe, i), hint="use teacher_cache: off for this stage")
+        if cfg.teacher_cache != "off" and cfg.teacher_sharding == "fsdp":
+            # a sharded teacher is a collective (every process runs each batch); the cache runs the
+            # teacher on different batches per process
+            raise RecipeError("the teacher cache cannot be built by a sharded teacher (teacher_sharding: fsdp)",
+                              where=_cache_key_where(recipe, i),
+                              hint="use teacher_cache: off with teacher_sharding: fsdp (or teacher_sharding: none)")
+        if recipe.task.type == "mlm":
+            _check_masked_lm_stage(recipe, i, cfg)
+        if stage.student == "previous":
+            student = config  # the previous stage's student, trained further
+        else:
+            if stage.student.layers > teacher.num_hidden_layers:
+                raise RecipeError(
+                    f"stage {stage.name!r} has {stage.student.layers} layers, more than its teacher's {teacher.num_hidden_layers}",
+                    where=where(recipe, *key, "layers"), hint="each stage's student must be no deeper than its teacher",
+                )
+            student, _, _ = student_config(teacher, stage.student, where=where(recipe, *key))
+        _check_losses(recipe, i, teacher, student, f"stage {stage.name!r}")
+        _check_guides(recipe, i)
+        config = student
+    if recipe.cascade.direct and len(stages) > 1 and stages[-1].student == "previous":
+        raise RecipeError(
+            f"the final stage {stages[-1].name!r} trains the previous stage's student further: a direct baseline "
+            "would have to repeat the whole staged schedule from the original teacher, which it does not do",
+            where=where(recipe, "cascade", "direct"), hint="set direct: false (compare with a separate recipe)")
+    if recipe.cascade.direct and len(stages) > 1:  # the final shape, from the original teacher
+        spec = direct_spec(final_spec(stages), config, t_config)
+        direct, _, _ = student_config(t_config, spec, where=where(recipe, "cascade", "direct"))
+        _check_losses(recipe, len(stages) - 1, t_config, direct, "the direct baseline")
+    recipe.train_for(recipe.teacher.train, "teacher.train")  # else read only when the teacher trains
+
+
+def _cache_key_where(recipe: Recipe, i: int) -> str:
+    """Where stage i's teacher_cache setting comes from: its own train section, or the recipe's."""
+    stage = recipe.cascade.stages[i]
+    own = stage.train and "teacher_cache" in stage.train
+    return where(recipe, "cascade", "stages", i, "train", "teacher_cache") if own else where(recipe, "train", "teacher_cache")
+
+
+def _check_masked_lm_stage(recipe: Recipe, i: int, cfg) -> None:
+    """General distillation (task type mlm): transformer students, and a teacher cache only where it holds."""
+    stage, key = recipe.cascade.stages[i], ("cascade", "stages", i)
+    if stage.student != "previous" and not family(stage.student.kind).masked_lm:
+        able = ", ".join(k for k, f in FAMILIES.items() if f.masked_lm)
+        raise RecipeError(f"general distillation (task type mlm) has {able} students, not {stage.student.kind}",
+                          where=where(recipe, *key, "student", "kind"),
+                          hint="distil a BiLSTM student on a task, from a model of this chain")
+    for name, loss in recipe.stage_losses(stage).items():
+        if name in LOGIT_LOSSES and "positions" in loss.model_fields_set and loss.positions == "tokens":
+            own = stage.losses is not None
+            raise RecipeError("masked-LM logits are compared at the masked positions only",
+                              where=where(recipe, *(key if own else ("cascade",)), "losses", name, "positions"),
+                              hint="remove positions from this loss")
+    if cfg.teacher_cache == "off":
+        return
+    at = _cache_key_where(recipe, i)
+    if recipe.task.masking == "dynamic":
+        raise RecipeError("the teacher cache holds the teacher's outputs on fixed inputs, but masking: dynamic draws "
+                          "new masks every epoch", where=at, hint="set task.masking: static, or teacher_cache: off")
+    if any(name in LOGIT_LOSSES and c.weight > 0 for name, c in recipe.stage_losses(stage).items()):
+        raise RecipeError("the teacher cache does not hold masked-LM logits (one value per vocabulary piece and "
+                          "masked position)", where=at, hint="use teacher_cache: off for stages with kl or logit_mse")
+
+
+def check_processes(recipe: Recipe) -> None:
+    """Under a launcher, every batch_size (the global batch, split between processes) must give
+    each process at least one example."""
+    n = num_processes()
+    if n == 1:
+        return
+    sections = [("teacher.train", ("teacher", "train"), recipe.teacher.train)]
+    sections += [(f"cascade.stages[{i}].train", ("cascade", "stages", i, "train"), stage.train)
+                 for i, stage in enumerate(recipe.cascade.stages)]
+    for dotted, keys, overrides in sections:
+        cfg = recipe.train_for(overrides, dotted)
+        if cfg.batch_size < n:
+            key = (*keys, "batch_size") if overrides and "batch_size" in overrides else ("train", "batch_size")
+            raise RecipeError(f"batch_size {cfg.batch_size} is smaller than the {n} processes launched",
+                              where=where(recipe, *key),
+                              hint=f"batch_size is the global batch, split between processes: use at least {n}")
+
+
+def _check_guides(recipe: Recipe, i: int) -> None:
+    """Dense guidance settings of stage i, which has i+1 possible guides (teacher + i earlier students)."""
+    stage, key = recipe.cascade.stages[i], ("cascade", "stages", i)
+    if stage.guides == "chain":
+        for name in ("drop_guides", "guide_reduction"):
+            if name in stage.model_fields_set and (name == "guide_reduction" or stage.drop_guides > 0):
+                raise RecipeError(f"{name} applies to dense guidance only, but stage {stage.name!r} has guides: chain",
+                                  where=where(recipe, *key, name), hint="add guides: dense to the stage, or remove " + name)
+        return
+    if stage.drop_guides >= i + 1:
+        raise RecipeError(
+            f"stage {stage.name!r} has {i + 1} guide(s) (the teacher and the {i} stage(s) before it): "
+            f"dropping {stage.drop_guides} per batch would leave none",
+            where=where(recipe, *key, "drop_guides"), hint=f"use drop_guides <= {i}",
+        )
+    losses = recipe.stage_losses(stage)
+    if not any(name in ("kl", "logit_mse") and cfg.weight > 0 for name, cfg in losses.items()):
+        raise RecipeError(
+            f"stage {stage.name!r} uses guides: dense, which guides the logit losses, but it has neither kl nor logit_mse",
+            where=where(recipe, *key, "guides"), hint="add a kl (or logit_mse) loss with a positive weight",
+        )
+
+
+def _check_losses(recipe: Recipe, i: int, teacher, student, what: str) -> None:
+    """Build a stage's loss terms; an error names the line of the loss it comes from."""
+    own = recipe.cascade.stages[i].losses is not None
+    section = ("cascade", "stages", i) if own else ("cascade",)  # else the cascade's, shared by the stages
+    for name, cfg in recipe.stage_losses(recipe.cascade.stages[i]).items():
+        # build_loss_terms appends ".losses.NAME" to `where`: give it the prefix, with the loss's line
+        prefix = where(recipe, *section, "losses", name).removesuffix(f".losses.{name}")
+        try:
+            for owner in {family_of(teacher).kind: family_of(teacher), family_of(student).kind: family_of(student)}.values():
+                owner.check_loss(name, cfg, teacher, student, where=prefix)  # e.g. no attention maps in a BiLSTM
+            build_loss_terms({name: cfg}, teacher, student, where=prefix)
+        except UserError as err:  # say which model, as the cascade's losses serve every stage
+            raise type(err)(f"{err.message}, for {what}", where=err.where, hint=err.hint) from None
+
+
+def final_spec(stages: list[StageConfig]) -> StudentConfig:
+    """How the final student was built: the last stage that built one (later ones trained it further)."""
+    return next(s.student for s in reversed(stages) if s.student != "previous")
+
+
+def direct_spec(final: StudentConfig, final_config, teacher_config) -> StudentConfig:
+    """The final student's shape, built straight from the original teacher (as its family says)."""
+    return family(final.kind).direct_spec(final, final_config, teacher_config)

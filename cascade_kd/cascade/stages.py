@@ -1,0 +1,158 @@
+"""The models of a cascade: the teacher (loaded, fine-tuned or trained) and each distilled stage,
+each saved to RUN_DIR with its marker once finished, so a resumed run never recomputes it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from cascade_kd.cascade.job import Job
+from cascade_kd.cascade.rundir import MARKER, finished_model
+from cascade_kd.cascade.plan import final_spec
+from cascade_kd.config.schema import StageConfig, StudentConfig, where
+from cascade_kd.losses.functions import HardLabelCE
+from cascade_kd.students import build_student, count_parameters, family, family_of
+from cascade_kd.students.hub import create_model, load_checkpoint, load_model, save_checkpoint, use_attention_outputs
+from cascade_kd.training.distributed import barrier, is_main, on_main, process_state
+from cascade_kd.training.loop import ATTENTION_LOSSES, HIDDEN_LOSSES, LOGIT_LOSSES, LossTerm, build_loss_terms, resolve_precision, train
+from cascade_kd.training.teacher_cache import CacheRequest, TeacherCache, build_shards, cache_key, finish_cache, plan_cache
+
+
+def _save_model(job: Job, model, directory: Path, info: dict, projections=None) -> None:
+    """Save a finished model (main process only) and drop its training state, which it supersedes."""
+    info["params"] = count_parameters(model)  # now, while requires_grad says what this model trained
+    if not is_main():
+        return
+    extra = {MARKER: json.dumps(info, indent=2).encode()}
+    if projections is not None and len(projections):
+        from safetensors.torch import save
+
+        extra["projections.safetensors"] = save({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()})
+    save_checkpoint(model, job.tokenizer, directory, extra_files=extra)
+    shutil.rmtree(job.state_dir(directory.name), ignore_errors=True)
+
+
+def get_teacher(job: Job):
+    """Load, fine-tune or train the teacher; saved to RUN_DIR/teacher."""
+    recipe, out = job.recipe, job.out / "teacher"
+    fingerprint = recipe.fingerprint()
+    info = finished_model(out, fingerprint)
+    if info is not None:
+        job.say("teacher: already trained, loading it (resume)")
+        return load_checkpoint(out, job.data.task), info
+    t = recipe.teacher
+    torch.manual_seed(recipe.seed)
+    if t.model is not None:
+        model, has_head = load_model(recipe.model_path(t.model), job.data.task, job.data.labels, trust_remote_code=t.trust_remote_code)
+        finetune = t.finetune == "always" or (t.finetune == "auto" and not has_head)
+    else:
+        model = create_model(t.config, job.data.task, job.data.labels, len(job.tokenizer), job.tokenizer.pad_token_id)
+        finetune = t.finetune != "never"
+    info = {"recipe": fingerprint, "role": "teacher", "trained": finetune}
+    if finetune:
+        cfg = recipe.train_for(t.train, "teacher.train")
+        use_attention_outputs(model, False)
+        terms = [LossTerm("ce", 1.0, HardLabelCE())]
+        train_data, blocks = job.training_data()
+        job.say(f"teacher: training {model.config.num_hidden_layers} layers x {model.config.hidden_size} "
+                f"for {cfg.epochs:g} epochs on {len(train_data)} examples"
+                + (" (masked-LM)" if job.masked_lm else ""))
+        result = train(model, train_data, cfg, terms=terms, evaluate=lambda m: job.dev_score(m, cfg),
+                       pad_id=job.pad_id, seed=recipe.seed, desc="teacher", state_dir=job.state_dir("teacher"),
+                       **job.train_options(train_data, blocks, recipe.seed))
+        info.update(dev=result.best_score, best_epoch=result.best_epoch, wall_time_s=result.wall_time_s,
+                    tokens_per_s=result.tokens_per_s, history=result.history)
+    _save_model(job, model, out, info)
+    return model, info
+
+
+def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *, spec: StudentConfig | None = None,
+                 guides: list | None = None, previous=None):
+    """Build the student from `teacher` (or continue `previous`, the chain's previous model, with
+    `student: previous`), distil it, save the best dev checkpoint. With `guides` (a dense stage: the
+    chain's models up to `teacher`), the logit losses learn from all of them."""
+    recipe = job.recipe
+    out = job.out / "stages" / name
+    info = finished_model(out, recipe.fingerprint())
+    if info is not None:
+        job.say(f"{name}: already distilled, loading it (resume)")
+        return load_checkpoint(out, job.data.task), info
+    stage_where = where(recipe, "cascade", "stages", index)
+    torch.manual_seed(recipe.seed + index + 1)
+    if spec is None and stage.student == "previous":
+        # the previous stage's student, trained further (its saved copy stays as it was), with the
+        # parameters frozen that the spec which built it froze
+        student = copy.deepcopy(previous).float().requires_grad_(True)
+        built_by = final_spec(recipe.cascade.stages[:index])
+        family(built_by.kind).refreeze(student, built_by)
+    else:
+        student = build_student(teacher, spec or stage.student, where=f"{stage_where}.student")
+    cfg = recipe.train_for(stage.train, f"cascade.stages[{index}].train")
+    terms, projections = build_loss_terms(recipe.stage_losses(stage), teacher.config, student.config, where=stage_where)
+    needs_attn = any(t.name.startswith("attention") for t in terms)
+    use_attention_outputs(teacher, needs_attn)
+    use_attention_outputs(student, needs_attn)
+    params = count_parameters(student)
+    job.say(f"{name}: {family_of(student).shape(student.config)} from {family_of(teacher).shape(teacher.config)}; losses "
+            + ", ".join(f"{t.name}*{t.weight:g}" for t in terms)
+            + f"; {params['params_trainable']:,} of {params['params_total']:,} parameters trainable"
+            + (f"; dense guidance from {len(guides)} models, {stage.drop_guides} dropped per batch, "
+               f"{'summed' if stage.guide_reduction == 'sum' else 'averaged'}" if guides else ""))
+    dense = {"guides": guides, "drop_guides": stage.drop_guides, "guide_reduction": stage.guide_reduction} if guides else {}
+    with_transfer = bool(job.transfer) and any(t.name != "ce" for t in terms)  # the teacher labels the transfer text
+    train_data, blocks = job.training_data(with_transfer)
+    if with_transfer:
+        job.say(f"  {name}: + {sum(len(enc) for _, enc in job.transfer.values()):,} unlabelled transfer examples "
+                f"({', '.join(job.transfer)}), labelled by the teacher")
+    cache = teacher_cache(job, teacher, terms, cfg, train_data) if cfg.teacher_cache != "off" else None
+    # a stage with no task-output loss (representation only, XtremeDistil's first stage) leaves the
+    # head untrained: its dev score says nothing, so the last epoch is kept instead of the best one
+    selects = any(t.name == "ce" or t.name in LOGIT_LOSSES for t in terms)
+    if not selects:
+        job.say(f"  {name}: no logit or label loss: the last epoch's weights are kept (no selection on dev)")
+    result = train(student, train_data, cfg, terms=terms, projections=projections, teacher=teacher, **dense,
+                   evaluate=(lambda m: job.dev_score(m, cfg)) if selects else None, pad_id=job.pad_id, seed=recipe.seed + index + 1, desc=name,
+                   state_dir=job.state_dir(name), teacher_cache=cache,
+                   **job.train_options(train_data, blocks, recipe.seed + index + 1))
+    use_attention_outputs(student, False)
+    use_attention_outputs(teacher, False)
+    info = {"recipe": recipe.fingerprint(), "role": "direct" if name == "direct" else "stage",
+            "teacher": teacher.config.num_hidden_layers, "dev": result.best_score, "best_epoch": result.best_epoch,
+            "wall_time_s": result.wall_time_s, "tokens_per_s": result.tokens_per_s, "steps": result.steps,
+            "history": result.history}
+    _save_model(job, student, out, info, projections)
+    return student, info
+
+
+def teacher_cache(job: Job, teacher, terms: list[LossTerm], cfg, train_data) -> TeacherCache:
+    """The stage teacher's outputs on `train_data`, built (or completed) in RUN_DIR/cache/<key>.
+
+    The main process computes the key and checks the disk; every process then builds its share of
+    the missing shards; the main process marks the cache complete."""
+    precision = resolve_precision(cfg.precision)
+    request = CacheRequest(
+        logits=any(t.name in LOGIT_LOSSES for t in terms),
+        hidden=tuple(sorted({p for t in terms if t.name in HIDDEN_LOSSES for p, _ in t.pairs})),
+        attention=tuple(sorted({p for t in terms if t.name in ATTENTION_LOSSES for p, _ in t.pairs})),
+        dtype=cfg.teacher_cache, precision={"no": "fp32"}.get(precision, precision),
+    )
+    token_task = job.data.task == "token"
+
+    def plan():
+        directory = job.out / "cache" / cache_key(teacher, train_data, request)
+        return directory, plan_cache(teacher.config, [len(x) for x in train_data], request, directory,
+                                     token_task=token_task, say=job.say)
+
+    directory, missing = on_main(plan)
+    state = process_state()
+    build_shards(teacher, train_data, request, directory, missing[state.process_index :: state.num_processes],
+                 token_task=token_task, pad_id=job.pad_id, batch_size=cfg.eval_batch_size, device=state.device)
+    barrier()  # every process's shards are written
+    if is_main() and not (directory / "meta.json").is_file():
+        finish_cache(directory, request, len(train_data))
+    barrier()
+    return TeacherCache(directory, request, teacher.config, token_task)

@@ -1,0 +1,125 @@
+"""Student families behind one registry: `student.kind` in a recipe names a family, and everything
+that differs between families is a question the family answers.
+
+A family is one module that defines a `StudentFamily` subclass and registers an instance of it
+(`register(MyFamily())`, at import). `cascade_kd/students/__init__.py` imports the built-in ones:
+transformer (any Hugging Face encoder, layer subsets of the teacher), recursive (MiniALBERT) and
+bilstm (XtremeDistil). The engine, the cascade and the reports never branch on a kind.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from cascade_kd.errors import RecipeError
+from cascade_kd.students.anatomy import base_counts, freeze_embeddings, layer_list
+
+
+class StudentFamily:
+    """What the cascade asks of a kind of student. Subclasses override what differs from a plain
+    transformer; `kind` is the recipe's `student.kind`, `model_type` the Hugging Face model type its
+    checkpoints carry (None: the teacher's own architecture, as for transformer students)."""
+
+    kind: str = ""
+    model_type: str | None = None
+    label: str = ""  # how messages name a model of this family ("a BiLSTM teacher")
+    masked_lm: bool = True  # can be a masked-LM student (general distillation)
+    teaches: tuple[str, ...] | None = None  # the student kinds a model of this family can teach (None: all)
+
+    def owns(self, model_or_config) -> bool:
+        """Whether a model (or config) is one of this family's."""
+        config = getattr(model_or_config, "config", model_or_config)
+        return self.model_type is not None and getattr(config, "model_type", None) == self.model_type
+
+    def config(self, t_config, spec, *, where: str):
+        """The student's config from its teacher's, with every shape check, before anything trains.
+        Returns (config, plan, same_shape): the plan is whatever `build` needs to initialise it."""
+        raise NotImplementedError
+
+    def build(self, teacher, spec, *, where: str) -> nn.Module:
+        """The student (float32), initialised from `teacher` as `spec` says; the teacher is untouched."""
+        raise NotImplementedError
+
+    def direct_spec(self, final, final_config, teacher_config):
+        """The spec of the direct baseline: the final student's shape, built from the original teacher."""
+        raise NotImplementedError
+
+    def refreeze(self, student, spec) -> None:
+        """Freeze again what `spec` froze when it built `student` (a stage with `student: previous`
+        trains a copy further, with the same parts fixed)."""
+        freeze_embeddings(student, spec.freeze_embeddings)
+
+    def check_loss(self, name: str, cfg, teacher_config, student_config, *, where: str) -> None:
+        """Refuse, before training, a loss that a model of this family (as teacher or student) cannot
+        take part in. Nothing by default."""
+
+    def shape(self, config) -> str:
+        """The model's shape in log lines and reports ("6 layers x 384")."""
+        return f"{config.num_hidden_layers} layers x {config.hidden_size}"
+
+    def layers_label(self, config) -> str:
+        """The `layers` column of the report."""
+        return str(config.num_hidden_layers)
+
+    def applied_layers(self, model) -> list[nn.Module]:
+        """The module applied as transformer layer k, at index k - 1 (for query/key/value hooks)."""
+        return list(layer_list(model)[1])
+
+    def extra_counts(self, model, total: int) -> dict[str, int]:
+        """params_unrolled: what the forward pass applies (= params_total unless layers are shared);
+        params_adapters: adapter weights."""
+        return {"params_unrolled": total, "params_adapters": 0}
+
+
+FAMILIES: dict[str, StudentFamily] = {}
+
+
+def register(family: StudentFamily) -> StudentFamily:
+    """Add a family under its `kind` (a later registration of the same kind replaces it)."""
+    FAMILIES[family.kind] = family
+    return family
+
+
+def family(kind: str) -> StudentFamily:
+    """The family a recipe's `student.kind` names."""
+    try:
+        return FAMILIES[kind]
+    except KeyError:
+        raise RecipeError(f"unknown student kind {kind!r}", where="student.kind",
+                          hint=f"use one of {', '.join(sorted(FAMILIES))}") from None
+
+
+def family_of(model_or_config) -> StudentFamily:
+    """The family of a model or config: the one that owns its model type, else transformer."""
+    for candidate in FAMILIES.values():
+        if candidate.owns(model_or_config):
+            return candidate
+    return FAMILIES["transformer"]
+
+
+def check_teacher(t_config, spec, *, where: str) -> None:
+    """A student kind that its teacher's family cannot teach (e.g. a transformer from a BiLSTM)."""
+    teacher = family_of(t_config)
+    if teacher.teaches is not None and spec.kind not in teacher.teaches:
+        raise RecipeError(f"a {spec.kind} student cannot be built from a {teacher.label} teacher", where=f"{where}.kind",
+                          hint=f"use kind: {teacher.kind} for every stage after a {teacher.kind} one")
+
+
+def count_parameters(model) -> dict[str, int]:
+    """Unique parameters (shared tensors counted once), split into embedding and the rest; trainable
+    ones (requires_grad); params_unrolled and params_adapters as the model's family counts them."""
+    counts = base_counts(model)
+    return {**counts, **family_of(model).extra_counts(model, counts["params_total"])}
+
+
+def student_config(t_config, spec, *, where: str = "student"):
+    """The student's config from its teacher's, with every shape check of its family, before anything
+    trains (used both to check a whole cascade from configs and to build the student)."""
+    check_teacher(t_config, spec, where=where)
+    return family(spec.kind).config(t_config, spec, where=where)
+
+
+def build_student(teacher, spec, *, where: str = "student") -> nn.Module:
+    """A student built from `teacher` as `spec` says (in float32); the teacher is left untouched."""
+    check_teacher(teacher.config, spec, where=where)
+    return family(spec.kind).build(teacher, spec, where=where)

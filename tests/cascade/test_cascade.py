@@ -1,0 +1,216 @@
+"""End to end on the demo task, shrunk: a two-stage cascade, its outputs, resume and eval."""
+
+import json
+import shutil
+
+import pytest
+from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+from cascade_kd.cascade import direct_spec, run_recipe
+from cascade_kd.cli.app import main
+from cascade_kd.config.schema import StudentConfig, load_recipe
+
+SMALL = """\
+name: tiny
+seed: 0
+task: {type: token, max_length: 48}
+data:
+  languages: [en, ru]
+  format: conll
+  train: data/{lang}/train.conll
+  dev: data/{lang}/dev.conll
+  test: data/{lang}/test.conll
+  max_train_per_language: 500
+  max_eval_per_language: 80
+teacher:
+  config: {model_type: bert, num_hidden_layers: 3, hidden_size: 64, num_attention_heads: 4,
+           intermediate_size: 128, max_position_embeddings: 64}
+  tokenizer: tokenizer
+  train: {epochs: 12, lr: 2.0e-3}
+train: {batch_size: 32, epochs: 3, lr: 2.0e-3, precision: fp32}
+cascade:
+  stages:
+    - {name: ta, student: {layers: 2, freeze_embeddings: true}}
+    - {name: student, student: {layers: 1, freeze_embeddings: true}}
+  direct: true
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_run(demo_workspace, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cascade")
+    for name in ("data", "tokenizer"):
+        shutil.copytree(demo_workspace / name, root / name)
+    (root / "recipe.yaml").write_text(SMALL)
+    recipe = load_recipe(root / "recipe.yaml")
+    metrics = run_recipe(recipe, root / "run", say=lambda m: None)
+    return root, recipe, metrics
+
+
+def test_outputs_and_metrics_schema(finished_run):
+    root, _, metrics = finished_run
+    run = root / "run"
+    assert (run / "report.md").is_file() and (run / "manifest.json").is_file()
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["task"] == "token" and on_disk["metric"] == "f1" and on_disk["languages"] == ["en", "ru"]
+    assert [m["name"] for m in on_disk["models"]] == ["teacher", "ta", "student", "direct"]
+    assert [m["role"] for m in on_disk["models"]] == ["teacher", "assistant", "student", "direct"]
+    for m in on_disk["models"]:
+        assert set(m["per_language"]) == {"en", "ru"}
+        assert m["average"] == pytest.approx(sum(m["per_language"].values()) / 2)
+        assert m["worst"] == min(m["per_language"].values())
+        assert m["params_total"] > m["params_embedding"] > 0
+    layers = [m["layers"] for m in on_disk["models"]]
+    assert layers == [3, 2, 1, 1]
+    teacher = on_disk["models"][0]
+    assert teacher["params_trainable"] == teacher["params_total"]  # the teacher trained everything
+    assert on_disk["models"][1]["params_trainable"] < on_disk["models"][1]["params_total"]  # frozen embeddings
+    assert teacher["retention"] == pytest.approx(1.0)
+    student = on_disk["models"][2]
+    expected = sum(student["per_language"][l] / teacher["per_language"][l] for l in ("en", "ru")) / 2
+    assert student["retention"] == pytest.approx(expected)
+    report = (run / "report.md").read_text()
+    assert "| student | student | 1 |" in report and "test" in report
+
+
+def test_the_teacher_learned_and_the_student_beats_the_same_student_untrained(finished_run):
+    root, recipe, metrics = finished_run
+    scores = {m["name"]: m["average"] for m in metrics["models"]}
+    assert scores["teacher"] > 0.35
+    # the same 1-layer shape, built from the teacher but not distilled
+    from cascade_kd.cascade import prepare
+    from cascade_kd.evaluation.scoring import evaluate_languages
+    from cascade_kd.students import build_student
+
+    job = prepare(recipe, root / "unused", say=lambda m: None)
+    teacher = AutoModelForTokenClassification.from_pretrained(root / "run" / "teacher")
+    untrained = build_student(teacher, StudentConfig(layers=1)).eval()
+    per_lang = evaluate_languages(untrained, job.encoded["test"], "token", job.data.labels, pad_id=0)
+    untrained_avg = sum(per_lang.values()) / len(per_lang)
+    assert scores["student"] > untrained_avg + 0.05  # the untrained copy starts from teacher layers and head
+
+
+def test_checkpoints_reload_in_plain_transformers_with_the_same_scores(finished_run):
+    root, recipe, metrics = finished_run
+    from cascade_kd.cascade import prepare
+    from cascade_kd.evaluation.scoring import evaluate_languages
+
+    job = prepare(recipe, root / "unused", say=lambda m: None)
+    for row in metrics["models"]:
+        directory = root / "run" / row["path"]
+        model = AutoModelForTokenClassification.from_pretrained(directory).eval()  # no cascade_kd classes
+        AutoTokenizer.from_pretrained(directory)
+        assert model.config.num_hidden_layers == row["layers"]
+        per_lang = evaluate_languages(model, job.encoded["test"], "token", job.data.labels, pad_id=0)
+        assert per_lang == pytest.approx(row["per_language"])
+
+
+def test_resume_does_not_redo_finished_models(finished_run, capsys):
+    root, recipe, metrics = finished_run
+    said = []
+    before = (root / "run" / "stages" / "ta" / "model.safetensors").stat().st_mtime_ns
+    again = run_recipe(recipe, root / "run", resume=True, say=said.append)
+    assert sum("already" in s for s in said) == 4  # teacher, ta, student, direct
+    assert (root / "run" / "stages" / "ta" / "model.safetensors").stat().st_mtime_ns == before
+    for new, old in zip(again["models"], metrics["models"]):
+        assert new["per_language"] == pytest.approx(old["per_language"])
+
+
+def test_eval_command_rescored_without_training(finished_run, capsys):
+    root, _, metrics = finished_run
+    # the default recipe is the copy in RUN_DIR, whose paths were made absolute
+    rc = main(["eval", str(root / "run"), "--split", "dev", "--out", str(root / "ev")])
+    assert rc == 0
+    ev = json.loads((root / "ev" / "metrics.json").read_text())
+    assert ev["split"] == "dev"
+    assert [m["name"] for m in ev["models"]] == [m["name"] for m in metrics["models"]]
+    assert [m["average"] for m in ev["models"]] == pytest.approx([m["dev_average"] for m in metrics["models"]])
+
+
+def test_direct_baseline_has_the_final_students_shape():
+    from tests.helpers import tiny_bert
+
+    teacher = tiny_bert(layers=4, hidden=32).config
+    final = tiny_bert(layers=1, hidden=16, heads=2).config
+    spec = direct_spec(StudentConfig(layers=1, init="random", hidden=16, embeddings="pca"), final, teacher)
+    assert (spec.hidden, spec.heads, spec.init, spec.embeddings) == (16, 2, "random", "pca")
+    same = direct_spec(StudentConfig(layers=1, init=[3]), tiny_bert(layers=1, hidden=32).config, teacher)
+    assert same.init == "bottom" and same.hidden == 32
+
+
+def test_holdout_from_dev_is_fixed_disjoint_and_capped(demo_workspace, tmp_path):
+    from cascade_kd.data.task import load_task_data
+
+    text = SMALL.replace("  test: data/{lang}/test.conll\n", "  holdout_from_dev: 0.4\n")
+    for name in ("data", "tokenizer"):
+        (tmp_path / name).symlink_to(demo_workspace / name)
+    (tmp_path / "r.yaml").write_text(text)
+    a = load_task_data(load_recipe(tmp_path / "r.yaml"))
+    b = load_task_data(load_recipe(tmp_path / "r.yaml"))
+    for lang in ("en", "ru"):
+        dev = {e.source for e in a.splits["dev"][lang]}
+        test = {e.source for e in a.splits["test"][lang]}
+        assert dev and test and not dev & test
+        assert len(test) == 60 and len(dev) == 80  # 40% of 150 held out; dev capped at 80
+        assert test == {e.source for e in b.splits["test"][lang]}
+
+
+def test_bench_measures_every_model_against_the_teacher(finished_run, tmp_path, capsys):
+    root, _, metrics = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    rc = main(["bench", str(run), "--batch-sizes", "1", "4", "--seq-lens", "16", "--repeats", "2"])
+    assert rc == 0
+    lat = json.loads((run / "metrics.json").read_text())["latency"]
+    assert [m["name"] for m in lat["models"]] == [m["name"] for m in metrics["models"]]
+    for m in lat["models"]:
+        assert {"fp32/b1/s16", "fp32/b4/s16"} <= set(m["latency_ms"]) and all(v > 0 for v in m["latency_ms"].values())
+        assert m["size_mb"] > 0
+    assert lat["models"][0]["speedup_vs_teacher"]["fp32/b1/s16"] == pytest.approx(1.0)
+    assert "## Latency" in (run / "report.md").read_text()
+
+
+def test_a_run_killed_mid_stage_resumes_to_the_same_metrics(finished_run, tmp_path):
+    """SIGKILL during the first assistant's training, then --resume: same scores as uninterrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, _, metrics = finished_run
+    for name in ("data", "tokenizer"):
+        (tmp_path / name).symlink_to(root / name)
+    (tmp_path / "recipe.yaml").write_text(SMALL)
+    command = [sys.executable, "-m", "cascade_kd", "run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")]
+    env = {**os.environ, "CASCADE_KD_QUIET": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = tmp_path / "run" / "state" / "ta" / "progress.json"
+    deadline = time.time() + 900  # generous: a loaded 2-core machine can take minutes to get there
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert marker.exists(), "the run never reached the first assistant's checkpoint"
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+    loud = {k: v for k, v in env.items() if k != "CASCADE_KD_QUIET"}
+    done = subprocess.run(command + ["--resume"], env=loud, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resuming at step" in done.stdout and "teacher: already trained" in done.stdout
+    resumed = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for new, old in zip(resumed["models"], metrics["models"]):
+        assert new["name"] == old["name"] and new["per_language"] == old["per_language"]
+    assert not (tmp_path / "run" / "state" / "ta").exists()  # training state is removed once the model is saved
+
+
+def test_resume_with_a_changed_recipe_names_the_keys_that_differ(finished_run, tmp_path, capsys):
+    root, _, _ = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    for name in ("data", "tokenizer"):
+        (tmp_path / name).symlink_to(root / name)
+    (tmp_path / "r.yaml").write_text(SMALL.replace("epochs: 3, lr: 2.0e-3", "epochs: 4, lr: 2.0e-3").replace("seed: 0", "seed: 1"))
+    rc = main(["run", str(tmp_path / "r.yaml"), "--out", str(run), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "recipe changed" in err and "seed" in err and "train.epochs" in err

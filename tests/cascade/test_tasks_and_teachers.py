@@ -1,0 +1,125 @@
+"""Every task type and every teacher source through the same pipeline, on tiny generated data."""
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import BertConfig, BertForTokenClassification, BertModel
+
+from cascade_kd.cascade import get_teacher, prepare, run_recipe
+from cascade_kd.config.schema import load_recipe
+
+WORDS = "ba be bi bo ka ke ko ri ra ro ta te to na ne no la le lo ma".split()
+
+
+def _sentence(rng, with_trigger):
+    words = [rng.choice(WORDS) + rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
+    if with_trigger:
+        words.insert(rng.randrange(len(words)), "zuzu")
+    return " ".join(words)
+
+
+def _write_classification(root, fmt):
+    rng = random.Random(0)
+    for lang in ("aa", "bb"):
+        for split, n in (("train", 60), ("dev", 20)):
+            rows = []
+            for _ in range(n):
+                label = rng.random() < 0.5
+                a = _sentence(rng, label)
+                if fmt == "jsonl":
+                    rows.append(json.dumps({"text": a, "label": "yes" if label else "no"}))
+                else:  # pair task, header-less TSV: premise, hypothesis, label
+                    b = _sentence(rng, False)
+                    rows.append(f"{a}\t{b}\t{int(label)}")
+            (root / f"{split}-{lang}.{fmt}").write_text("\n".join(rows) + "\n")
+
+
+RECIPE = """\
+task: {{type: {task}, max_length: 32}}
+data:
+  languages: [aa, bb]
+  format: {fmt}
+  train: train-{{lang}}.{fmt}
+  dev: dev-{{lang}}.{fmt}
+teacher:
+  config: {{model_type: bert, num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 2, intermediate_size: 64,
+           max_position_embeddings: 64}}
+  tokenizer: {tok}
+train: {{epochs: 2, batch_size: 16, precision: fp32}}
+cascade:
+  stages: [{{name: s1, student: {{layers: 1}}}}]
+"""
+
+
+@pytest.mark.parametrize("task,fmt", [("sequence", "jsonl"), ("pair", "tsv")])
+def test_sequence_and_pair_tasks_run_end_to_end(task, fmt, tmp_path, demo_workspace):
+    _write_classification(tmp_path, fmt)
+    (tmp_path / "r.yaml").write_text(RECIPE.format(task=task, fmt=fmt, tok=demo_workspace / "tokenizer"))
+    recipe = load_recipe(tmp_path / "r.yaml")
+    job = prepare(recipe, tmp_path / "run", say=lambda m: None)
+    first = job.encoded["train"]["aa"][1][0]
+    if task == "pair":  # both segments are encoded, the second with token type 1
+        assert first.token_type_ids.count(1) > 1
+    metrics = run_recipe(recipe, tmp_path / "run", say=lambda m: None)
+    assert metrics["metric"] == "accuracy" and metrics["task"] == task and metrics["split"] == "dev"
+    assert [m["role"] for m in metrics["models"]] == ["teacher", "student"]
+    assert sorted(metrics["labels"]) == (["no", "yes"] if task == "sequence" else ["0", "1"])
+
+
+def _token_recipe(tmp_path, demo_workspace, teacher_block):
+    text = (demo_workspace / "recipe.yaml").read_text()
+    start, end = text.index("teacher:"), text.index("train:\n")
+    text = text[:start] + teacher_block + text[end:]
+    for name in ("data", "tokenizer"):
+        (tmp_path / name).symlink_to(demo_workspace / name)
+    (tmp_path / "r.yaml").write_text(text.replace("languages: [en, de, ru, el]", "languages: [en]"))
+    return load_recipe(tmp_path / "r.yaml")
+
+
+LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+
+
+def test_an_already_fine_tuned_teacher_is_not_trained_again(tmp_path, demo_workspace, tokenizer):
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                        intermediate_size=64, num_labels=7, id2label=dict(enumerate(LABELS)))
+    saved = BertForTokenClassification(config)
+    saved.save_pretrained(tmp_path / "ft")
+    tokenizer.save_pretrained(tmp_path / "ft")
+    recipe = _token_recipe(tmp_path, demo_workspace, f"teacher:\n  model: {tmp_path / 'ft'}\n")
+    job = prepare(recipe, tmp_path / "run", say=lambda m: None)
+    job.out.mkdir()
+    teacher, info = get_teacher(job)
+    assert info["trained"] is False
+    assert job.data.labels == LABELS  # the data follow the checkpoint's label order, not the inferred one
+    assert torch.equal(teacher.classifier.weight, saved.classifier.weight)
+
+
+def test_a_pretrained_encoder_gets_a_head_and_is_fine_tuned(tmp_path, demo_workspace, tokenizer):
+    encoder = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4,
+                                   num_attention_heads=2, intermediate_size=64))
+    encoder.save_pretrained(tmp_path / "enc")
+    recipe = _token_recipe(tmp_path, demo_workspace,
+                           f"teacher:\n  model: {tmp_path / 'enc'}\n  tokenizer: tokenizer\n  train: {{epochs: 1}}\n")
+    job = prepare(recipe, tmp_path / "run", say=lambda m: None)
+    job.out.mkdir()
+    teacher, info = get_teacher(job)
+    assert info["trained"] is True and info["dev"] is not None
+    assert teacher.config.num_labels == 7 and (tmp_path / "run" / "teacher" / "model.safetensors").is_file()
+    # the pretrained encoder's layers were the starting point
+    assert teacher.bert.embeddings.word_embeddings.weight.shape == encoder.embeddings.word_embeddings.weight.shape
+
+
+def test_hugging_face_dataset_format(tmp_path, demo_workspace):
+    """format: hf goes through datasets.load_dataset; offline with the json builder."""
+    pytest.importorskip("datasets", reason="the hub extra (datasets) is not installed")
+    _write_classification(tmp_path, "jsonl")
+    (tmp_path / "r.yaml").write_text(
+        RECIPE.format(task="sequence", fmt="jsonl", tok=demo_workspace / "tokenizer")
+        .replace("  format: jsonl\n  train: train-{lang}.jsonl\n  dev: dev-{lang}.jsonl\n",
+                 "  format: hf\n  hf: {path: json, data_files: {train: 'train-{lang}.jsonl', dev: 'dev-{lang}.jsonl'},\n"
+                 "       splits: {train: train, dev: dev}}\n"))
+    job = prepare(load_recipe(tmp_path / "r.yaml"), tmp_path / "run", say=lambda m: None)
+    assert {lang: len(x) for lang, (x, _) in job.encoded["train"].items()} == {"aa": 60, "bb": 60}
+    assert sorted(job.data.labels) == ["no", "yes"]

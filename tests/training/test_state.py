@@ -1,0 +1,189 @@
+"""An interrupted stage resumes to exactly the weights of an uninterrupted one (CPU, fixed seed)."""
+
+import os
+
+import pytest
+import torch
+from tests.helpers import tiny_bert
+from safetensors import safe_open
+
+from cascade_kd.training import loop as engine
+from cascade_kd.data.encode import encode
+from cascade_kd.data.readers import read_examples
+from cascade_kd.training.loop import LossTerm, build_loss_terms, train
+from cascade_kd.errors import UserError
+from cascade_kd.losses.functions import HardLabelCE
+from cascade_kd.students import build_student
+from cascade_kd.students.hub import use_attention_outputs
+from cascade_kd.config.schema import LossConfig, StudentConfig, TrainConfig
+from cascade_kd.training.state import (
+    BEST,
+    FROZEN,
+    MODULE,
+    Progress,
+    changing_tensors,
+    frozen_parameters,
+    has_state,
+    load_state,
+    restore,
+    save_state,
+    update_static,
+)
+
+LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+CFG = TrainConfig(epochs=3, batch_size=16, lr=1e-3, precision="fp32", checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def data(demo_workspace, tokenizer):
+    examples = read_examples(demo_workspace / "data" / "de" / "train.conll", fmt="conll", task="token", lang="de", limit=80)
+    return encode(examples, tokenizer, task="token", label2id={l: i for i, l in enumerate(LABELS)}, max_length=64)
+
+
+def _distil(data, state_dir, teacher, freeze=False):
+    """A width-changing distillation stage (projections, dropout RNG, scheduler all in play)."""
+    torch.manual_seed(1)
+    student = build_student(teacher, StudentConfig(layers=1, init="random", hidden=16, heads=2, embeddings="pca",
+                                                   freeze_embeddings=freeze))
+    losses = {"kl": LossConfig(temperature=2.0), "hidden_mse": LossConfig(), "attention_mse": LossConfig(head_reduction="mean")}
+    terms, projections = build_loss_terms(losses, teacher.config, student.config, where="t")
+    use_attention_outputs(teacher, True)
+    use_attention_outputs(student, True)
+    scores = lambda m: -float(sum(p.detach().float().pow(2).sum() for p in m.parameters()))  # deterministic in the weights
+    result = train(student, data, CFG, terms=terms, projections=projections, teacher=teacher, evaluate=scores,
+                   pad_id=0, seed=5, state_dir=state_dir)
+    return student, projections, result
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("crash_at", "freeze"), [(3, False), (7, False), (12, False), (7, True)])
+# mid-epoch after a checkpoint, right after an epoch end, late; frozen embeddings (written once)
+def test_resume_after_a_crash_gives_identical_weights(data, tmp_path, monkeypatch, crash_at, freeze):
+    teacher = tiny_bert(layers=2, hidden=32).eval()
+    ref_student, ref_proj, ref = _distil(data, tmp_path / "ref", teacher, freeze)
+
+    calls = {"n": 0}
+    real_collate = engine.collate
+
+    def crashing_collate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise _Crash
+        return real_collate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "collate", crashing_collate)
+    with pytest.raises(_Crash):
+        _distil(data, tmp_path / "run", teacher, freeze)
+    assert has_state(tmp_path / "run")
+    # the frozen table is written once, not at every checkpoint: the whole table when the embeddings
+    # are frozen; else the table the rows the data uses are trained over (train.embedding_rows: seen)
+    embedding = "student.bert.embeddings.word_embeddings."
+    frozen, trained = _keys(tmp_path / "run" / FROZEN), _keys(tmp_path / "run" / MODULE)
+    assert embedding + ("weight" if freeze else "frozen") in frozen
+    assert not any(k.startswith(embedding) for k in trained) if freeze else embedding + "trained" in trained
+    monkeypatch.setattr(engine, "collate", real_collate)
+    student, proj, result = _distil(data, tmp_path / "run", teacher, freeze)
+
+    assert result.steps == ref.steps and result.history == ref.history
+    for a, b in ((student, ref_student), (proj, ref_proj)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sb)
+
+
+def test_plain_stage_without_state_dir_writes_nothing(data, tmp_path):
+    train(tiny_bert(layers=1), data, CFG.model_copy(update={"epochs": 1}), terms=[LossTerm("ce", 1.0, HardLabelCE())], pad_id=0)
+    assert not any(tmp_path.iterdir())
+
+
+class _Two(torch.nn.Module):
+    """`a` frozen (like a distilled student's embeddings), `b` trained."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+        self.a.requires_grad_(False)
+        self.register_buffer("counts", torch.zeros(2))  # persistent: saved with the trained tensors
+
+
+def _optimiser(model):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def _step(model, optimizer, progress):
+    model.b(model.a(torch.ones(3, 4))).sum().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    progress.step += 1
+
+
+def _keys(path):
+    with safe_open(str(path), framework="pt") as handle:
+        return set(handle.keys())
+
+
+def test_frozen_weights_are_written_once_and_the_best_only_when_it_is_not_current(tmp_path, monkeypatch):
+    import cascade_kd.training.state as state
+
+    written = []
+    real_save = state.save_file
+    monkeypatch.setattr(state, "save_file", lambda tensors, path: (written.append(os.path.basename(path)),
+                                                                   real_save(tensors, path)))
+    torch.manual_seed(0)
+    model = _Two()
+    optimizer, scheduler = _optimiser(model)
+    progress = Progress(static=frozen_parameters(model))
+    assert progress.static == ["a.bias", "a.weight"]
+    directory = tmp_path / "state"
+
+    _step(model, optimizer, progress)
+    best = changing_tensors(model, progress)  # an improving evaluation at step 1
+    progress.best_step = progress.step
+    assert set(best) == {"b.weight", "b.bias", "counts"}
+    save_state(directory, model, optimizer, scheduler, progress, best)
+    assert _keys(directory / MODULE) == {"b.weight", "b.bias", "counts"}
+    assert _keys(directory / FROZEN) == {"a.weight", "a.bias"}
+    assert not (directory / BEST).exists()  # the best weights are the module's
+    inode = os.stat(directory / FROZEN).st_ino
+
+    fresh = _Two()
+    fresh_opt, fresh_sched = _optimiser(fresh)
+    loaded, loaded_best = load_state(directory, fresh, fresh_opt, fresh_sched)
+    assert loaded.static == progress.static
+    assert all(torch.equal(fresh.state_dict()[k], model.state_dict()[k]) for k in model.state_dict())
+    assert all(torch.equal(loaded_best[k], best[k]) for k in best)
+
+    _step(model, optimizer, progress)  # not an improvement: the best stays at step 1
+    save_state(directory, model, optimizer, scheduler, progress, best)
+    assert os.stat(directory / FROZEN).st_ino == inode  # linked, not written again
+    assert written.count(FROZEN) == 1 and written.count(BEST) == 1
+    loaded, loaded_best = load_state(directory, _Two(), *_optimiser(_Two()))
+    assert all(torch.equal(loaded_best[k], best[k]) for k in best)
+    assert not torch.equal(best["b.weight"], model.b.weight)
+
+
+def test_a_parameter_unfrozen_later_leaves_the_static_set_and_the_best_copy_restores_it():
+    torch.manual_seed(0)
+    model = _Two()
+    progress = Progress(static=frozen_parameters(model))
+    best = changing_tensors(model, progress)  # taken while `a` was frozen
+    a_then = model.a.weight.detach().clone()
+    model.a.requires_grad_(True)  # gradual unfreezing reaches `a`
+    update_static(progress, model, best)
+    assert progress.static == [] and torch.equal(best["a.weight"], a_then)
+    with torch.no_grad():
+        model.a.weight.add_(1.0)  # what training then does to it
+    restore(model, best)
+    assert torch.equal(model.a.weight, a_then)
+
+
+def test_a_state_written_for_another_model_is_refused_with_a_hint(tmp_path):
+    model = _Two()
+    progress = Progress(static=frozen_parameters(model))
+    save_state(tmp_path / "state", model, *_optimiser(model), progress, None)
+    other = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    with pytest.raises(UserError, match="does not match this stage's model.*delete the directory"):
+        load_state(tmp_path / "state", other, *_optimiser(other))
