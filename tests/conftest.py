@@ -16,7 +16,7 @@ from transformers.utils import logging as _hf_logging  # noqa: E402
 
 _hf_logging.disable_progress_bar()
 
-from tests.helpers import SHARED_DATA, TINY_RUN_RECIPE, shared_data, tiny_bert  # noqa: E402,F401  (re-exported for fixtures)
+from tests.helpers import SHARED_DATA, shared_data, tiny_bert, tiny_recipe, write_recipe  # noqa: E402,F401  (re-exported for fixtures)
 
 @pytest.fixture(scope="session")
 def demo_workspace(tmp_path_factory) -> Path:
@@ -77,6 +77,6 @@ def tiny_run(demo_workspace, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_run")
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, root / name)
-    (root / "recipe.yaml").write_text(TINY_RUN_RECIPE)
+    write_recipe(root, tiny_recipe(name="tiny-run", data={"test": None}))
     run_recipe(load_recipe(root / "recipe.yaml"), root / "run", say=lambda m: None)
     return root / "run"

@@ -92,26 +92,63 @@ def tiny_encoder(model_type: str):
     return AutoModelForTokenClassification.from_config(config).eval()
 
 
-# a finished tiny run's recipe (the tiny_run fixture; tests/deploy, tests/data/test_transfer.py)
-TINY_RUN_RECIPE = """\
-name: tiny-run
-seed: 0
-task: {type: token, max_length: 48}
-data:
-  languages: [en, ru]
-  format: conll
-  train: data/{lang}/train.conll
-  dev: data/{lang}/dev.conll
-  max_train_per_language: 200
-  max_eval_per_language: 40
-teacher:
-  config: {model_type: bert, num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 2,
-           intermediate_size: 64, max_position_embeddings: 64}
-  tokenizer: tokenizer
-  train: {epochs: 5, lr: 4.0e-3}
-train: {batch_size: 32, epochs: 1, lr: 3.0e-3, precision: fp32}
-cascade:
-  stages:
-    - {name: student, student: {layers: 1}}
-  direct: false
-"""
+
+# --- tiny recipes --------------------------------------------------------------------------------
+# Every test that runs a recipe starts from this one: the demo task (tests/conftest.py demo_workspace:
+# data/{lang}/*.conll and tokenizer/), a 2-layer 32-wide teacher trained from its config, one
+# 1-layer student, fp32. A test states only what it changes.
+
+TINY_BASE = {
+    "name": "tiny",
+    "seed": 0,
+    "task": {"type": "token", "max_length": 48},
+    "data": {"languages": ["en", "ru"], "format": "conll", "train": "data/{lang}/train.conll",
+             "dev": "data/{lang}/dev.conll", "test": "data/{lang}/test.conll",
+             "max_train_per_language": 200, "max_eval_per_language": 40},
+    "teacher": {"config": {"model_type": "bert", "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+                           "intermediate_size": 64, "max_position_embeddings": 64},
+                "tokenizer": "tokenizer", "train": {"epochs": 5, "lr": 4.0e-3}},
+    "train": {"batch_size": 32, "epochs": 1, "lr": 3.0e-3, "precision": "fp32"},
+    "cascade": {"stages": [{"name": "student", "student": {"layers": 1}}], "direct": False},
+}
+
+
+def merge(base: dict, changes: dict) -> dict:
+    """`base` with `changes` merged in, section by section; a value of None removes the key."""
+    out = dict(base)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def tiny_recipe(root: Path | str | None = None, **changes) -> dict:
+    """The tiny recipe as a dict, with `changes` merged in per section (e.g. `train={"epochs": 2}`,
+    `cascade={"stages": [...]}`; None removes a key). With `root` (a copy of the demo workspace, or
+    the workspace itself), relative data and tokenizer paths are made absolute under it."""
+    import copy
+
+    recipe = merge(copy.deepcopy(TINY_BASE), changes)
+    if root is not None:
+        root = Path(root)
+        data = recipe["data"]
+        for split in ("train", "dev", "test"):
+            if isinstance(data.get(split), str) and not Path(data[split]).is_absolute():
+                data[split] = str(root / data[split])
+        tokenizer = recipe["teacher"].get("tokenizer")
+        if isinstance(tokenizer, str) and not Path(tokenizer).is_absolute():
+            recipe["teacher"]["tokenizer"] = str(root / tokenizer)
+    return recipe
+
+
+def write_recipe(directory: Path, recipe: dict, name: str = "recipe.yaml") -> Path:
+    """Write a recipe dict as YAML (paths in it stay relative to `directory`); returns the file."""
+    import yaml
+
+    path = Path(directory) / name
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path

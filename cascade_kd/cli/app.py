@@ -1,7 +1,9 @@
 """The `cascade-kd` command: run, demo, eval, bench, export, trim, pretrain.
 
-Any problem with the user's input is printed as one line (what, where, how to fix) and exits
-with code 2, without a traceback.
+A thin layer over the Python API (cascade_kd/api.py). Building the parser imports neither torch nor
+transformers, so `--help` and argument errors answer at once; each command imports what it needs.
+Any problem with the user's input is printed as one line (what, where, how to fix) and exits with
+code 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import sys
 from pathlib import Path
 
 from cascade_kd.errors import UserError
+
+BACKENDS = ["fp32", "bf16", "ort-fp32", "ort-int8"]  # as cascade_kd.deploy.bench.BACKENDS (checked by a test)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,9 +44,27 @@ def _parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pretrain", help="train a masked-LM encoder from scratch on plain text (a general teacher "
                          "for machines without pretrained weights); the model lands in OUT/teacher")
-    from cascade_kd.cli.pretrain import add_arguments as pretrain_arguments
-
-    pretrain_arguments(pre)
+    pre.add_argument("--text", required=True, help="training text per language: a path template with {lang}, "
+                     "one example per line (e.g. corpus/train-{lang}.txt)")
+    pre.add_argument("--dev", required=True, help="dev text per language, same form (masked-token accuracy is scored there)")
+    pre.add_argument("--languages", nargs="+", required=True, help="the language codes that fill {lang}")
+    pre.add_argument("--tokenizer", required=True, help="tokenizer directory or hub name (e.g. ../shared/data/tokenizers/mbert-cased)")
+    pre.add_argument("--out", type=Path, required=True, help="RUN_DIR: the model lands in RUN_DIR/teacher")
+    pre.add_argument("--model-type", default="bert", help="a transformers model type with a masked-LM head (default bert)")
+    pre.add_argument("--layers", type=int, default=4)
+    pre.add_argument("--hidden", type=int, default=256)
+    pre.add_argument("--heads", type=int, default=4)
+    pre.add_argument("--intermediate", type=int, help="feed-forward width (default 4 x hidden)")
+    pre.add_argument("--max-length", type=int, default=128)
+    pre.add_argument("--epochs", type=float, default=3)
+    pre.add_argument("--lr", type=float, default=5e-4)
+    pre.add_argument("--batch-size", type=int, default=32)
+    pre.add_argument("--mask-probability", type=float, default=0.15)
+    pre.add_argument("--language-alpha", type=float, help="temperature sampling of languages (e.g. 0.3); default: as the data comes")
+    pre.add_argument("--max-per-language", type=int, help="at most this many training lines per language")
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--resume", action="store_true", help="continue an interrupted pretraining run in --out")
+    pre.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
 
     bench = sub.add_parser("bench", help="latency, throughput, memory and size of every model of a run against its "
                            "teacher (CPU; PyTorch fp32/bf16, onnxruntime fp32/int8)")
@@ -50,8 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     bench.add_argument("--seq-lens", type=int, nargs="+", default=[32, 128])
     bench.add_argument("--repeats", type=int, default=10)
-    bench.add_argument("--backends", nargs="+", choices=["fp32", "bf16", "ort-fp32", "ort-int8"],
-                       default=["fp32", "bf16", "ort-fp32", "ort-int8"],
+    bench.add_argument("--backends", nargs="+", choices=BACKENDS, default=BACKENDS,
                        help="PyTorch fp32, PyTorch bf16 autocast, onnxruntime fp32, onnxruntime dynamic int8 (default: all)")
 
     export = sub.add_parser("export", help="export a saved model to ONNX (and int8), checked against PyTorch")
@@ -66,11 +87,21 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--int8-min-agreement", type=float, default=None,
                         help="minimum argmax agreement of int8 with PyTorch fp32, 0-1 (default 0.95)")
 
-    from cascade_kd.deploy.trim import add_arguments as trim_arguments
-
     trim = sub.add_parser("trim", help="keep only the word pieces the chosen languages' training data use: a "
                           "standalone smaller model + tokenizer, with a per-language coverage report")
-    trim_arguments(trim)
+    trim.add_argument("model_dir", type=Path, help="a saved model: RUN_DIR/teacher or RUN_DIR/stages/NAME")
+    trim.add_argument("--recipe", type=Path, help="recipe naming the data (default: RUN_DIR/recipe.yaml)")
+    trim.add_argument("--languages", nargs="+", help="languages whose training text decides the kept pieces "
+                      "(default: all the recipe's)")
+    trim.add_argument("--min-count", type=int, default=1, help="keep pieces seen at least this often (default 1)")
+    trim.add_argument("--max-unk-increase", type=float, default=None,
+                      help="percentage points of held-out [UNK] a chosen language may gain before a WARNING (default 1)")
+    trim.add_argument("--strict", action="store_true", help="fail (exit 2, nothing written) on such a warning")
+    trim.add_argument("--no-score", action="store_true", help="skip scoring the original and trimmed model")
+    trim.add_argument("--no-transfer", action="store_true", help="keep the pieces of the labelled training text "
+                      "only, not those of the recipe's data.transfer text")
+    trim.add_argument("--out", type=Path, help="output folder (default MODEL_DIR/trimmed)")
+    trim.add_argument("--overwrite", action="store_true", help="replace an existing trimmed model")
     return p
 
 
@@ -79,128 +110,108 @@ def _say(message: str) -> None:
 
 
 def _cmd_run(args) -> None:
-    from cascade_kd.config.schema import load_recipe
+    from cascade_kd.config import Recipe
 
-    recipe = load_recipe(args.recipe)  # before importing torch: a recipe typo is reported at once
+    recipe = Recipe.from_yaml(args.recipe)  # before importing torch: a recipe typo is reported at once
+    _quiet_transformers()
 
-    from cascade_kd.cascade import run_recipe
+    from cascade_kd import api
     from cascade_kd.evaluation.report import report_table
-
     from cascade_kd.training.distributed import is_main
 
-    metrics = run_recipe(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
+    metrics = api.run(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
     if is_main():
         print("\n" + report_table(metrics))
         print(f"\nRUN_DIR: {args.out}  (report.md, metrics.json, teacher/, stages/)")
 
 
 def _cmd_demo(args) -> None:
-    from cascade_kd.cascade import run_recipe
+    from cascade_kd import api
     from cascade_kd.cli.demo import free_directory, generate
-    from cascade_kd.config.schema import load_recipe
     from cascade_kd.evaluation.report import report_table
 
     workspace = free_directory(args.out)
     recipe_path = generate(workspace, seed=args.seed)
     _say(f"demo: generated a 4-language NER task (en, de, ru, el; 3 scripts) in {workspace}")
-    recipe = load_recipe(recipe_path)
     run_dir = workspace / "run"
-    metrics = run_recipe(recipe, run_dir, say=_say)
+    metrics = api.run(recipe_path, run_dir, say=_say)
     print("\n" + report_table(metrics))
     print(f"\nRUN_DIR: {run_dir}  (report.md, metrics.json, teacher/, stages/); recipe: {recipe_path}")
 
 
 def _cmd_eval(args) -> None:
-    from cascade_kd.cascade import evaluate_run
-    from cascade_kd.config.schema import load_recipe
+    from cascade_kd import api
     from cascade_kd.evaluation.report import report_table
+    from cascade_kd.evaluation.retrieval import markdown_table
 
-    recipe_path = args.recipe or args.run_dir / "recipe.yaml"
-    recipe = load_recipe(recipe_path)
     out = args.out or args.run_dir / f"eval-{args.split}"
-    parallel = None
-    if args.parallel is not None:
-        from cascade_kd.evaluation.retrieval import tatoeba_pairs
-
-        if args.parallel_limit is not None and args.parallel_limit < 1:
-            raise UserError(f"--parallel-limit {args.parallel_limit} is not a positive number of pairs")
-        if args.parallel_languages is not None and not args.parallel_languages.strip(" ,"):
-            raise UserError("--parallel-languages is empty", hint="give codes such as deu,fra, or leave the flag out for all")
-        parallel = tatoeba_pairs(args.parallel, args.parallel_languages, limit=args.parallel_limit)
-    elif args.parallel_languages or args.parallel_limit:
-        raise UserError("--parallel-languages and --parallel-limit need --parallel (the folder of parallel text)")
-    metrics = evaluate_run(recipe, args.run_dir, split=args.split, out=out, say=_say, parallel=parallel)
+    metrics = api.evaluate(args.run_dir, recipe=args.recipe, split=args.split, out=out, parallel=args.parallel,
+                           parallel_languages=args.parallel_languages, parallel_limit=args.parallel_limit, say=_say)
     print("\n" + report_table(metrics))
-    if parallel:
-        from cascade_kd.evaluation.retrieval import markdown_table
-
+    if "retrieval" in metrics:
         print("\n" + markdown_table(metrics["retrieval"]["summary"]))
     print(f"\nwritten: {out}/metrics.json, {out}/report.md")
 
 
 def _cmd_bench(args) -> None:
-    import json
+    from cascade_kd import api
+    from cascade_kd.deploy.bench import bench_table
 
-    from cascade_kd.deploy.bench import bench_run, bench_table
-    from cascade_kd.evaluation.report import write_outputs
-
-    path = args.run_dir / "metrics.json"
-    if not path.is_file():
-        raise UserError("no metrics.json: not a finished cascade-kd run", where=str(args.run_dir))
-    result = bench_run(args.run_dir, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens, repeats=args.repeats,
+    result = api.bench(args.run_dir, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens, repeats=args.repeats,
                        backends=args.backends, say=_say)
-    metrics = json.loads(path.read_text())
-    metrics["latency"] = result
-    write_outputs(args.run_dir, metrics)  # metrics.json and report.md gain the latency table
     print("\n" + bench_table(result))
 
 
 def _cmd_pretrain(args) -> None:
-    from cascade_kd.cascade import run_recipe
     from cascade_kd.cli.pretrain import recipe_from_args
-    from cascade_kd.evaluation.report import report_table
-
-    from cascade_kd.training.distributed import is_main
 
     recipe = recipe_from_args(args)
-    metrics = run_recipe(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
+    _quiet_transformers()
+
+    from cascade_kd import api
+    from cascade_kd.evaluation.report import report_table
+    from cascade_kd.training.distributed import is_main
+
+    metrics = api.run(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
     if is_main():
         print("\n" + report_table(metrics))
         print(f"\nmasked-LM teacher: {args.out / 'teacher'}  (the recipe as run: {args.out / 'recipe.yaml'})")
 
 
 def _cmd_trim(args) -> None:
-    from cascade_kd.deploy.trim import run_from_args
+    from cascade_kd import api
 
-    report = run_from_args(args, say=_say)
+    options = {} if args.max_unk_increase is None else {"max_unk_increase": args.max_unk_increase}
+    report = api.trim(args.model_dir, args.out, recipe=args.recipe, languages=args.languages, min_count=args.min_count,
+                      score=not args.no_score, strict=args.strict, overwrite=args.overwrite,
+                      with_transfer=not args.no_transfer, say=_say, **options)
     out = args.out or args.model_dir / "trimmed"
     print(f"written: {out} (vocabulary {report['vocab_before']:,} -> {report['vocab_after']:,} pieces; "
           f"{len(report['warnings'])} warning(s); details in trim.json)")
 
 
 def _cmd_export(args) -> None:
-    from cascade_kd.deploy.export import INT8_MIN_AGREEMENT, export_model
+    from cascade_kd import api
 
-    minimum = INT8_MIN_AGREEMENT if args.int8_min_agreement is None else args.int8_min_agreement
-    if not 0 <= minimum <= 1:
-        raise UserError(f"--int8-min-agreement {minimum} is not a fraction between 0 and 1")
-    info = export_model(args.model_dir, args.out, int8=args.int8, overwrite=args.overwrite, check_data=args.check_data,
-                        check_examples=args.check_examples, int8_min_agreement=minimum, say=_say)
+    options = {} if args.int8_min_agreement is None else {"int8_min_agreement": args.int8_min_agreement}
+    info = api.export_onnx(args.model_dir, args.out, int8=args.int8, overwrite=args.overwrite,
+                           check_data=args.check_data, check_examples=args.check_examples, say=_say, **options)
     out = args.out or args.model_dir / "onnx"
     sizes = ", ".join(f"{name} {info[k]['size_mb']:.2f} MB" for k, name in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")) if k in info)
     print(f"written: {out} ({sizes}; inputs {', '.join(info['inputs'])}; dynamic batch and sequence axes)")
 
 
+COMMANDS = {"run": _cmd_run, "demo": _cmd_demo, "eval": _cmd_eval, "bench": _cmd_bench, "export": _cmd_export,
+            "trim": _cmd_trim, "pretrain": _cmd_pretrain}
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress lines say what is happening
-    handler = {"run": _cmd_run, "demo": _cmd_demo, "eval": _cmd_eval, "bench": _cmd_bench, "export": _cmd_export,
-               "trim": _cmd_trim, "pretrain": _cmd_pretrain}[args.command]
     try:
-        handler(args)
+        if args.command not in ("run", "pretrain"):  # those read the recipe first, before the heavy imports
+            _quiet_transformers()
+        COMMANDS[args.command](args)
     except UserError as err:
         rank = os.environ.get("RANK", "0")  # under a launcher, say which process failed
         print(f"error{'' if rank == '0' else f' (process {rank})'}: {err}", file=sys.stderr)
@@ -209,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished models are kept; continue with --resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress lines say what is happening
 
 
 if __name__ == "__main__":

@@ -9,37 +9,12 @@ name as `teacher.model`.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import yaml
 
 from cascade_kd.errors import UserError
 from cascade_kd.config.schema import Recipe, parse_recipe
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--text", required=True, help="training text per language: a path template with {lang}, "
-                   "one example per line (e.g. corpus/train-{lang}.txt)")
-    p.add_argument("--dev", required=True, help="dev text per language, same form (masked-token accuracy is scored there)")
-    p.add_argument("--languages", nargs="+", required=True, help="the language codes that fill {lang}")
-    p.add_argument("--tokenizer", required=True, help="tokenizer directory or hub name (e.g. ../shared/data/tokenizers/mbert-cased)")
-    p.add_argument("--out", type=Path, required=True, help="RUN_DIR: the model lands in RUN_DIR/teacher")
-    p.add_argument("--model-type", default="bert", help="a transformers model type with a masked-LM head (default bert)")
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--intermediate", type=int, help="feed-forward width (default 4 x hidden)")
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--epochs", type=float, default=3)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--mask-probability", type=float, default=0.15)
-    p.add_argument("--language-alpha", type=float, help="temperature sampling of languages (e.g. 0.3); default: as the data comes")
-    p.add_argument("--max-per-language", type=int, help="at most this many training lines per language")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted pretraining run in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
 
 
 def recipe_text(args) -> str:

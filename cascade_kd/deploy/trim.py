@@ -42,10 +42,8 @@ refused with a clear error.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -379,43 +377,3 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     say(f"trim: model.safetensors {before / 2**20:.2f} MB -> {after / 2**20:.2f} MB; written {out}"
         + (f"; {len(report['warnings'])} WARNING(S) above" if report["warnings"] else ""))
     return report
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of `cascade-kd trim` (also `python -m cascade_kd.deploy.trim`)."""
-    parser.add_argument("model_dir", type=Path, help="a saved model: RUN_DIR/teacher or RUN_DIR/stages/NAME")
-    parser.add_argument("--recipe", type=Path, help="recipe naming the data (default: RUN_DIR/recipe.yaml)")
-    parser.add_argument("--languages", nargs="+", help="languages whose training text decides the kept pieces "
-                        "(default: all the recipe's)")
-    parser.add_argument("--min-count", type=int, default=1, help="keep pieces seen at least this often (default 1)")
-    parser.add_argument("--max-unk-increase", type=float, default=DEFAULT_MAX_UNK_INCREASE,
-                        help="percentage points of held-out [UNK] a chosen language may gain before a WARNING (default 1)")
-    parser.add_argument("--strict", action="store_true", help="fail (exit 2, nothing written) on such a warning")
-    parser.add_argument("--no-score", action="store_true", help="skip scoring the original and trimmed model")
-    parser.add_argument("--no-transfer", action="store_true", help="keep the pieces of the labelled training text "
-                        "only, not those of the recipe's data.transfer text")
-    parser.add_argument("--out", type=Path, help="output folder (default MODEL_DIR/trimmed)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing trimmed model")
-
-
-def run_from_args(args, say=print) -> dict:
-    return trim_model_dir(args.model_dir, args.out, recipe_path=args.recipe, languages=args.languages,
-                          min_count=args.min_count, max_unk_increase=args.max_unk_increase, score=not args.no_score,
-                          strict=args.strict, overwrite=args.overwrite, with_transfer=not args.no_transfer, say=say)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cascade-kd trim", description="Trim a saved model's vocabulary to the word "
-                                     "pieces of chosen languages' training data, with a coverage report.")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run_from_args(args, say=lambda m: print(m, flush=True))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,33 +7,19 @@ import pytest
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from cascade_kd.cascade import direct_spec, run_recipe
+from tests.helpers import merge, tiny_recipe, write_recipe
 from cascade_kd.cli.app import main
 from cascade_kd.config.schema import StudentConfig, load_recipe
 
-SMALL = """\
-name: tiny
-seed: 0
-task: {type: token, max_length: 48}
-data:
-  languages: [en, ru]
-  format: conll
-  train: data/{lang}/train.conll
-  dev: data/{lang}/dev.conll
-  test: data/{lang}/test.conll
-  max_train_per_language: 500
-  max_eval_per_language: 80
-teacher:
-  config: {model_type: bert, num_hidden_layers: 3, hidden_size: 64, num_attention_heads: 4,
-           intermediate_size: 128, max_position_embeddings: 64}
-  tokenizer: tokenizer
-  train: {epochs: 12, lr: 2.0e-3}
-train: {batch_size: 32, epochs: 3, lr: 2.0e-3, precision: fp32}
-cascade:
-  stages:
-    - {name: ta, student: {layers: 2, freeze_embeddings: true}}
-    - {name: student, student: {layers: 1, freeze_embeddings: true}}
-  direct: true
-"""
+# 3-layer teacher, a 2-layer assistant and a 1-layer student (embeddings frozen), and the direct baseline
+SMALL = tiny_recipe(
+    data={"max_train_per_language": 500, "max_eval_per_language": 80},
+    teacher={"config": {"num_hidden_layers": 3, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128},
+             "train": {"epochs": 12, "lr": 2.0e-3}},
+    train={"epochs": 3, "lr": 2.0e-3},
+    cascade={"stages": [{"name": "ta", "student": {"layers": 2, "freeze_embeddings": True}},
+                        {"name": "student", "student": {"layers": 1, "freeze_embeddings": True}}], "direct": True},
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +27,7 @@ def finished_run(demo_workspace, tmp_path_factory):
     root = tmp_path_factory.mktemp("cascade")
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, root / name)
-    (root / "recipe.yaml").write_text(SMALL)
+    write_recipe(root, SMALL)
     recipe = load_recipe(root / "recipe.yaml")
     metrics = run_recipe(recipe, root / "run", say=lambda m: None)
     return root, recipe, metrics
@@ -141,10 +127,9 @@ def test_direct_baseline_has_the_final_students_shape():
 def test_holdout_from_dev_is_fixed_disjoint_and_capped(demo_workspace, tmp_path):
     from cascade_kd.data.task import load_task_data
 
-    text = SMALL.replace("  test: data/{lang}/test.conll\n", "  holdout_from_dev: 0.4\n")
     for name in ("data", "tokenizer"):
         (tmp_path / name).symlink_to(demo_workspace / name)
-    (tmp_path / "r.yaml").write_text(text)
+    write_recipe(tmp_path, merge(SMALL, {"data": {"test": None, "holdout_from_dev": 0.4}}), "r.yaml")
     a = load_task_data(load_recipe(tmp_path / "r.yaml"))
     b = load_task_data(load_recipe(tmp_path / "r.yaml"))
     for lang in ("en", "ru"):
@@ -181,7 +166,7 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_metrics(finished_run, tmp_pa
     root, _, metrics = finished_run
     for name in ("data", "tokenizer"):
         (tmp_path / name).symlink_to(root / name)
-    (tmp_path / "recipe.yaml").write_text(SMALL)
+    write_recipe(tmp_path, SMALL)
     command = [sys.executable, "-m", "cascade_kd", "run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")]
     env = {**os.environ, "CASCADE_KD_QUIET": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -210,7 +195,7 @@ def test_resume_with_a_changed_recipe_names_the_keys_that_differ(finished_run, t
     shutil.copytree(root / "run", run)
     for name in ("data", "tokenizer"):
         (tmp_path / name).symlink_to(root / name)
-    (tmp_path / "r.yaml").write_text(SMALL.replace("epochs: 3, lr: 2.0e-3", "epochs: 4, lr: 2.0e-3").replace("seed: 0", "seed: 1"))
+    write_recipe(tmp_path, merge(SMALL, {"seed": 1, "train": {"epochs": 4}}), "r.yaml")
     rc = main(["run", str(tmp_path / "r.yaml"), "--out", str(run), "--resume"])
     err = capsys.readouterr().err
     assert rc == 2 and "recipe changed" in err and "seed" in err and "train.epochs" in err

@@ -13,6 +13,7 @@ from cascade_kd.training.loop import LossTerm, _stage_loss, term_units
 from cascade_kd.errors import DataError
 from cascade_kd.students.features import Features
 from cascade_kd.losses.functions import LOSSES
+from tests.helpers import tiny_recipe, write_recipe
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 
@@ -61,8 +62,6 @@ def test_soft_targets_count_at_unlabelled_positions_and_gold_labels_do_not():
 
 
 def test_a_stage_trains_on_train_plus_transfer_and_the_teacher_on_train_only(demo_workspace, tmp_path):
-    from tests.helpers import TINY_RUN_RECIPE
-
     from cascade_kd.cascade import MARKER, run_recipe
     from cascade_kd.config.schema import load_recipe
 
@@ -73,9 +72,7 @@ def test_a_stage_trains_on_train_plus_transfer_and_the_teacher_on_train_only(dem
         sentences = (tmp_path / "data" / lang / "test.conll").read_text(encoding="utf-8").strip().split("\n\n")
         lines = [" ".join(row.split("\t")[0] for row in block.splitlines()) for block in sentences[:50]]
         (tmp_path / f"transfer-{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    recipe = TINY_RUN_RECIPE.replace("  max_eval_per_language: 40\n",
-                                     "  max_eval_per_language: 40\n  transfer: transfer-{lang}.txt\n  max_transfer_per_language: 40\n")
-    (tmp_path / "recipe.yaml").write_text(recipe)
+    write_recipe(tmp_path, tiny_recipe(data={"test": None, "transfer": "transfer-{lang}.txt", "max_transfer_per_language": 40}))
     log = []
     run_recipe(load_recipe(tmp_path / "recipe.yaml"), tmp_path / "run", say=log.append)
     text = "\n".join(log)
@@ -90,15 +87,12 @@ def test_a_stage_trains_on_train_plus_transfer_and_the_teacher_on_train_only(dem
 
 
 def test_a_missing_transfer_file_is_a_clear_error(demo_workspace, tmp_path):
-    from tests.helpers import TINY_RUN_RECIPE
-
     from cascade_kd.cascade import prepare
     from cascade_kd.config.schema import load_recipe
 
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, tmp_path / name)
-    (tmp_path / "recipe.yaml").write_text(TINY_RUN_RECIPE.replace("  max_eval_per_language: 40\n",
-                                                                  "  max_eval_per_language: 40\n  transfer: {en: nowhere.txt}\n"))
+    write_recipe(tmp_path, tiny_recipe(data={"test": None, "transfer": {"en": "nowhere.txt"}}))
     with pytest.raises(DataError) as err:
         prepare(load_recipe(tmp_path / "recipe.yaml"), tmp_path / "run", say=lambda m: None)
     assert "transfer file of 'en' not found" in str(err.value) and "nowhere.txt" in str(err.value)

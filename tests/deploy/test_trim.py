@@ -14,7 +14,8 @@ from cascade_kd.errors import UserError
 from cascade_kd.students import build_student
 from cascade_kd.students.hub import save_checkpoint
 from cascade_kd.config.schema import StudentConfig
-from cascade_kd.deploy.trim import coverage, kept_ids, main, trim_model_dir, trim_vocabulary
+from cascade_kd.cli.app import main as cli_main
+from cascade_kd.deploy.trim import coverage, kept_ids, trim_model_dir, trim_vocabulary
 
 
 def _sentences(workspace, lang, split, n=None):
@@ -238,7 +239,7 @@ def test_trim_a_saved_model_of_a_run(demo_workspace, tokenizer, tmp_path, capsys
     assert not (tmp_path / "strict").exists()
     with pytest.raises(UserError, match="no training data for xx"):
         trim_model_dir(run / "stages" / "s", tmp_path / "x", languages=["xx"], say=_quiet)
-    assert main([str(tmp_path / "missing")]) == 2 and "no such model directory" in capsys.readouterr().err
+    assert cli_main(["trim", str(tmp_path / "missing")]) == 2 and "no such model directory" in capsys.readouterr().err
 
 
 def test_trim_keeps_the_pieces_of_the_transfer_text_unless_told_not_to(demo_workspace, tokenizer, tmp_path):
@@ -270,8 +271,6 @@ def test_trim_keeps_the_pieces_of_the_transfer_text_unless_told_not_to(demo_work
 
 
 def test_the_trim_subcommand_of_the_cli(tmp_path, capsys):
-    from cascade_kd.cli.app import main as cli_main
-
     assert cli_main(["trim", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no such model directory" in err and "Traceback" not in err

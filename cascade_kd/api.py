@@ -1,0 +1,126 @@
+"""The Python API: what the `cascade-kd` command does, as functions (the CLI is a thin layer over them).
+
+    import cascade_kd as ckd
+
+    recipe = ckd.Recipe.from_yaml("recipe.yaml")      # or ckd.Recipe.from_dict(d, base_dir=".")
+    result = ckd.run(recipe, "runs/x", resume=True)   # the content of runs/x/metrics.json
+    ckd.evaluate("runs/x", split="test")              # re-score every saved model, no training
+    ckd.export_onnx("runs/x/stages/student", int8=True)
+
+Every problem with the input raises a `UserError` (a `RecipeError` for the recipe, a `DataError` for
+a data file) whose message names the file, line or key and says how to fix it: the same line the
+command prints before exiting with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from cascade_kd.cascade import evaluate_run, run_recipe
+from cascade_kd.config import Recipe
+from cascade_kd.deploy.bench import BACKENDS, bench_run
+from cascade_kd.deploy.export import INT8_MIN_AGREEMENT, export_model
+from cascade_kd.deploy.trim import DEFAULT_MAX_UNK_INCREASE, trim_model_dir
+from cascade_kd.errors import UserError
+from cascade_kd.evaluation.report import write_outputs
+from cascade_kd.evaluation.retrieval import tatoeba_pairs
+from cascade_kd.students.hub import load_checkpoint
+from cascade_kd.deploy.export import model_task
+
+Say = Callable[[str], None]
+
+
+def _recipe(recipe: Recipe | str | Path | dict, base_dir: str | Path = ".") -> Recipe:
+    """A Recipe from a Recipe, a path to a YAML file, or a dict (paths in it relative to `base_dir`)."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe, base_dir=base_dir)
+    if isinstance(recipe, (str, Path)):
+        return Recipe.from_yaml(recipe)
+    raise TypeError(f"a recipe is a Recipe, a path to a YAML file or a dict, not {type(recipe).__name__}")
+
+
+def run(recipe: Recipe | str | Path | dict, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+        say: Say = print) -> dict:
+    """Run a recipe: get the teacher, distil every stage (and the direct baseline), score every model
+    on every language. Writes RUN_DIR (checkpoints, metrics.json, report.md) and returns the metrics.
+
+    `resume=True` continues an interrupted run: finished models are loaded, an interrupted stage goes
+    on from its last checkpoint. `overwrite=True` replaces an earlier run in RUN_DIR. Without either,
+    RUN_DIR must be new or empty."""
+    return run_recipe(_recipe(recipe), Path(run_dir), resume=resume, overwrite=overwrite, say=say)
+
+
+def evaluate(run_dir: str | Path, *, recipe: Recipe | str | Path | dict | None = None, split: str = "test",
+             out: str | Path | None = None, parallel: str | Path | None = None, parallel_languages: str | None = None,
+             parallel_limit: int | None = None, say: Say = print) -> dict:
+    """Re-score every saved model of a finished run on `split` of the data `recipe` names (default:
+    the run's own recipe.yaml), without training; results go to `out` (default RUN_DIR/eval-SPLIT).
+    With `parallel` (a folder of Tatoeba-style parallel text), also measure cross-lingual sentence
+    retrieval and each model's retention of it. Returns the metrics written."""
+    run_dir = Path(run_dir)
+    if parallel_limit is not None and parallel_limit < 1:
+        raise UserError(f"--parallel-limit {parallel_limit} is not a positive number of pairs")
+    if parallel_languages is not None and not parallel_languages.strip(" ,"):
+        raise UserError("--parallel-languages is empty", hint="give codes such as deu,fra, or leave the flag out for all")
+    if parallel is None and (parallel_languages or parallel_limit):
+        raise UserError("--parallel-languages and --parallel-limit need --parallel (the folder of parallel text)")
+    pairs = tatoeba_pairs(parallel, parallel_languages, limit=parallel_limit) if parallel is not None else None
+    recipe = _recipe(recipe if recipe is not None else run_dir / "recipe.yaml")
+    out = Path(out) if out is not None else run_dir / f"eval-{split}"
+    return evaluate_run(recipe, run_dir, split=split, out=out, say=say, parallel=pairs)
+
+
+def bench(run_dir: str | Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats: int = 10, backends=BACKENDS,
+          say: Say = print) -> dict:
+    """Latency, throughput, memory and size of every model of a finished run against its teacher
+    (CPU: PyTorch fp32 and bf16, onnxruntime fp32 and int8). metrics.json and report.md of the run
+    gain the table; returns it."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        raise UserError("no metrics.json: not a finished cascade-kd run", where=str(run_dir))
+    result = bench_run(run_dir, batch_sizes=batch_sizes, seq_lens=seq_lens, repeats=repeats, backends=backends, say=say)
+    metrics = json.loads(path.read_text())
+    metrics["latency"] = result
+    write_outputs(run_dir, metrics)
+    return result
+
+
+def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, int8: bool = False, overwrite: bool = False,
+                check_data: str | Path | None = None, check_examples: int = 256,
+                int8_min_agreement: float = INT8_MIN_AGREEMENT, say: Say = print) -> dict:
+    """Export a saved model (RUN_DIR/teacher or RUN_DIR/stages/NAME) to ONNX, and with `int8` also an
+    onnxruntime dynamic-int8 copy, each checked against PyTorch on real or generated inputs; written
+    to `out` (default MODEL_DIR/onnx) atomically. Returns the export info (also in OUT/export.json)."""
+    if not 0 <= int8_min_agreement <= 1:
+        raise UserError(f"--int8-min-agreement {int8_min_agreement} is not a fraction between 0 and 1")
+    return export_model(Path(model_dir), Path(out) if out is not None else None, int8=int8, overwrite=overwrite,
+                        check_data=Path(check_data) if check_data is not None else None, check_examples=check_examples,
+                        int8_min_agreement=int8_min_agreement, say=say)
+
+
+def trim(model_dir: str | Path, out: str | Path | None = None, *, recipe: str | Path | None = None,
+         languages: list[str] | None = None, min_count: int = 1, max_unk_increase: float = DEFAULT_MAX_UNK_INCREASE,
+         score: bool = True, strict: bool = False, overwrite: bool = False, with_transfer: bool = True,
+         say: Say = print) -> dict:
+    """Keep only the word pieces the chosen languages' training text uses: a standalone smaller model
+    and tokenizer in `out` (default MODEL_DIR/trimmed), with per-language coverage and scores before
+    and after. Returns that report (also in OUT/trim.json)."""
+    return trim_model_dir(Path(model_dir), Path(out) if out is not None else None,
+                          recipe_path=Path(recipe) if recipe is not None else None, languages=languages,
+                          min_count=min_count, max_unk_increase=max_unk_increase, score=score, strict=strict,
+                          overwrite=overwrite, with_transfer=with_transfer, say=say)
+
+
+def load_model(model_dir: str | Path):
+    """A saved model of a run (teacher, assistant, student or direct baseline), in eval mode, with
+    its tokenizer: (model, tokenizer). Plain transformers classes; recursive and BiLSTM students are
+    registered with the Auto classes by this package."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    return load_checkpoint(model_dir, model_task(model_dir)), AutoTokenizer.from_pretrained(model_dir)

@@ -1,0 +1,93 @@
+"""The public Python API: `import cascade_kd as ckd` is light, and each function does what the
+command does, with the same errors (UserError subclasses naming file, line or key)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import cascade_kd as ckd
+from tests.helpers import tiny_recipe, write_recipe
+
+
+def _imports_after(code: str) -> set[str]:
+    """Which of torch / transformers a fresh interpreter has imported after running `code`."""
+    probe = code + "\nimport sys\nprint('LOADED:', *(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return set(out.rsplit("LOADED:", 1)[1].split())
+
+
+def test_importing_the_package_and_reading_a_recipe_load_neither_torch_nor_transformers(tmp_path):
+    assert _imports_after("import cascade_kd") == set()
+    path = write_recipe(tmp_path, tiny_recipe())
+    assert _imports_after(f"import cascade_kd as ckd\nckd.Recipe.from_yaml({str(path)!r})") == set()
+    # whereas running anything with models brings them in
+    assert _imports_after("import cascade_kd as ckd\nckd.run") == {"torch", "transformers"}
+
+
+def test_the_command_line_help_and_a_recipe_error_load_neither_torch_nor_transformers(tmp_path):
+    help_code = ("from cascade_kd.cli import main\n"
+                 "for argv in (['--help'], ['run', '--help'], ['trim', '--help'], ['pretrain', '--help']):\n"
+                 "    try:\n        main(argv)\n    except SystemExit:\n        pass\n")
+    assert _imports_after(help_code) == set()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\n")
+    assert _imports_after(f"from cascade_kd.cli import main\nassert main(['run', {str(bad)!r}, '--out', 'x']) == 2") == set()
+
+
+def test_the_public_names_resolve_and_unknown_ones_fail_as_usual():
+    for name in ckd.__all__:
+        assert getattr(ckd, name) is not None
+    assert set(dir(ckd)) >= set(ckd.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nonesuch'"):
+        ckd.nonesuch  # noqa: B018
+
+
+def test_cli_backend_choices_match_the_bench_module():
+    from cascade_kd.cli.app import BACKENDS
+    from cascade_kd.deploy.bench import BACKENDS as BENCH_BACKENDS
+
+    assert tuple(BACKENDS) == tuple(BENCH_BACKENDS)
+
+
+def test_recipe_errors_from_the_api_name_the_file_line_and_key(tmp_path):
+    path = write_recipe(tmp_path, tiny_recipe(train={"lerning_rate": 1e-3}))
+    with pytest.raises(ckd.RecipeError) as err:
+        ckd.Recipe.from_yaml(path)
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "lerning_rate" in text)
+    assert err.value.where == f"{path}:{line}: train.lerning_rate" and "did you mean 'lr'" in str(err.value)
+    with pytest.raises(ckd.RecipeError) as err:  # from a dict: no lines, still the key
+        ckd.Recipe.from_dict(tiny_recipe(train={"epochs": -1}))
+    assert "train.epochs" in str(err.value)
+    with pytest.raises(TypeError):
+        ckd.run(42, tmp_path / "run")
+
+
+def test_a_recipe_from_a_dict_resolves_paths_against_base_dir(demo_workspace):
+    recipe = ckd.Recipe.from_dict(tiny_recipe(), base_dir=demo_workspace)
+    assert recipe.base_dir == demo_workspace.resolve()
+    assert recipe.model_path("tokenizer") == str(demo_workspace.resolve() / "tokenizer")
+
+
+def test_run_evaluate_and_load_model_through_the_api(demo_workspace, tmp_path):
+    recipe = ckd.Recipe.from_dict(tiny_recipe(teacher={"train": {"epochs": 1}}), base_dir=demo_workspace)
+    result = ckd.run(recipe, tmp_path / "run", say=lambda m: None)
+    assert result == json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [m["name"] for m in result["models"]] == ["teacher", "student"]
+    with pytest.raises(ckd.UserError, match="RUN_DIR is not empty"):  # the same rule as the command
+        ckd.run(recipe, tmp_path / "run", say=lambda m: None)
+    again = ckd.run(recipe, tmp_path / "run", resume=True, say=lambda m: None)  # everything finished: only scoring
+    assert [m["per_language"] for m in again["models"]] == [m["per_language"] for m in result["models"]]
+    scored = ckd.evaluate(tmp_path / "run", split="dev", say=lambda m: None)
+    assert scored["split"] == "dev" and (tmp_path / "run" / "eval-dev" / "metrics.json").is_file()
+    # the run scored test and dev; eval on dev re-scores the saved models to the same dev averages
+    assert result["split"] == "test"
+    for before, after in zip(result["models"], scored["models"]):
+        assert after["average"] == pytest.approx(before["dev_average"])
+    model, tokenizer = ckd.load_model(tmp_path / "run" / "stages" / "student")
+    assert model.config.num_hidden_layers == 1 and not model.training and tokenizer.pad_token_id is not None
+    with pytest.raises(ckd.UserError):
+        ckd.evaluate(tmp_path / "nowhere", recipe=recipe, say=lambda m: None)
