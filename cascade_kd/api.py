@@ -18,16 +18,17 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from transformers import AutoTokenizer
+
 from cascade_kd.cascade import evaluate_run, run_recipe
 from cascade_kd.config import Recipe
 from cascade_kd.deploy.bench import BACKENDS, bench_run
-from cascade_kd.deploy.export import INT8_MIN_AGREEMENT, export_model
+from cascade_kd.deploy.export import INT8_MIN_AGREEMENT, export_model, model_task
 from cascade_kd.deploy.trim import DEFAULT_MAX_UNK_INCREASE, trim_model_dir
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.report import write_outputs
 from cascade_kd.evaluation.retrieval import tatoeba_pairs
 from cascade_kd.students.hub import load_checkpoint
-from cascade_kd.deploy.export import model_task
 
 Say = Callable[[str], None]
 
@@ -120,7 +121,5 @@ def load_model(model_dir: str | Path):
     """A saved model of a run (teacher, assistant, student or direct baseline), in eval mode, with
     its tokenizer: (model, tokenizer). Plain transformers classes; recursive and BiLSTM students are
     registered with the Auto classes by this package."""
-    from transformers import AutoTokenizer
-
     model_dir = Path(model_dir)
     return load_checkpoint(model_dir, model_task(model_dir)), AutoTokenizer.from_pretrained(model_dir)

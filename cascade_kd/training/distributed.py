@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from cascade_kd import errors
 from cascade_kd.errors import UserError
 
 
@@ -64,7 +65,5 @@ def on_main(fn):
             error = (type(err).__name__, err.message, err.where, err.hint)
     result, error = broadcast_object_list([result, error])
     if error is not None:
-        import cascade_kd.errors as errors
-
         raise getattr(errors, error[0], UserError)(error[1], where=error[2], hint=error[3])
     return result
