@@ -13,7 +13,7 @@ def shared_data(*parts: str) -> Path:
     """A path under ../shared/data, or a skip that says why the test cannot run here."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real data not available here: {path} is missing (see README, 'Real data')")
+        pytest.skip(f"real data not available here: {path} is missing (the real-data tests read ../shared/data: see docs/contributing.md)")
     return path
 
 

