@@ -1,0 +1,408 @@
+"""One runner for the benchmark grids: a benchmark is a list of `Job`s (a recipe each, plus what it
+needs) and the tables it builds from their metrics.json files.
+
+    jobs = [Job("panx/seed0/cascade", recipe, seed=0),
+            Job("panx/seed0/direct-2L", recipe_2l, seed=0, depends_on=["panx/seed0/cascade"])]
+    grid = run_grid(jobs, Path("runs/x"), parallel=1)
+
+`run_grid` runs every job's recipe with the Python API (`cascade_kd.run`) into OUT/<job name>:
+- jobs run after the jobs they depend on (a job whose dependency failed is not started, and says why);
+- a job whose RUN_DIR holds a finished run of the very same recipe (metrics.json, and the manifest's
+  fingerprint equal to the recipe's) is skipped; an interrupted one resumes from its checkpoints;
+- before anything trains, every recipe is validated and every RUN_DIR checked: one that holds another
+  recipe's run (or files that are no run) stops the grid with a UserError naming the changed keys;
+- with `parallel` > 1, jobs whose dependencies are done train at once in spawned processes;
+- `after` steps (bench, export, trim, eval on the finished run) run once the training is over, in
+  this process, one at a time (so a latency figure does not share the CPU with the grid's own
+  training), and again only when their job was retrained or the step changed;
+- OUT/grid.json (written atomically after every job) keeps each job's status, fingerprint and wall
+  time, and survives reruns; OUT/grid.log has every line the runs said.
+
+The rest are the small helpers the tables share: metrics.json read back, mean ± sample sd over seeds,
+per-language tables and number formats.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+from cascade_kd.errors import UserError
+from cascade_kd.fileio import atomic_write
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Job:
+    """One run of a grid: `recipe` (a dict, paths relative to `base_dir`, or a Recipe) trained into
+    OUT/`name`. `seed` (when given) replaces the recipe's seed; `config` names what the job measures
+    whatever its seed (default: the name), so tables can average a config over seeds. `depends_on`:
+    names of jobs whose output this one reads (a teacher, a stage's model). `after(run_dir)`: a post
+    step on the finished run; `after_tag` names its settings (default: the callable and its arguments),
+    so that a changed step runs again."""
+
+    name: str
+    recipe: dict | object
+    base_dir: Path | str = "."
+    seed: int | None = None
+    depends_on: list[str] | tuple[str, ...] = ()
+    after: Callable[[Path], object] | None = None
+    after_tag: str | None = None
+    config: str | None = None
+    what: str = ""
+    validated: object = field(default=None, repr=False, compare=False)  # the Recipe, once checked
+
+    def build(self):
+        """The validated Recipe (the seed applied); raises RecipeError naming the key."""
+        if self.validated is None:
+            from cascade_kd.config import Recipe
+
+            if isinstance(self.recipe, Recipe):
+                recipe = self.recipe if self.seed is None else self.recipe.model_copy(update={"seed": self.seed})
+            else:
+                data = dict(self.recipe) if self.seed is None else {**self.recipe, "seed": self.seed}
+                recipe = Recipe.from_dict(data, base_dir=self.base_dir, source=f"job {self.name}")
+            self.validated = recipe
+        return self.validated
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON files
+
+
+def read_json(path: Path):
+    """A JSON file's content, or None when it is absent or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (a killed process never leaves a truncated file)."""
+    atomic_write(Path(path), json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def drop_none(d):
+    """A recipe dict without its None values (absent keys take the recipe's defaults)."""
+    if isinstance(d, dict):
+        return {k: drop_none(v) for k, v in d.items() if v is not None}
+    if isinstance(d, list):
+        return [drop_none(v) for v in d]
+    return d
+
+
+# LightMBERT's distillation losses: soft logits plus top-layer hidden states and attentions
+LIGHTMBERT = {"kl": {"weight": 1.0, "temperature": 2.0},
+              "hidden_mse": {"weight": 1.0, "layer_map": "top_only"},
+              "attention_mse": {"weight": 1.0, "layer_map": "top_only"}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a grid
+
+
+def ordered(jobs: list[Job]) -> list[Job]:
+    """The jobs with every one after those it depends on (otherwise in the order given)."""
+    by_name = {}
+    for job in jobs:
+        if job.name in by_name:
+            raise UserError(f"two jobs are named {job.name!r}", hint="job names are RUN_DIR paths: make them unique")
+        by_name[job.name] = job
+    for job in jobs:
+        for dep in job.depends_on:
+            if dep not in by_name:
+                raise UserError(f"job {job.name!r} depends on {dep!r}, which is not in the grid")
+    done, out, visiting = set(), [], []
+
+    def visit(job: Job) -> None:
+        if job.name in done:
+            return
+        if job.name in visiting:
+            raise UserError("jobs depend on each other in a cycle: " + " -> ".join(visiting + [job.name]))
+        visiting.append(job.name)
+        for dep in job.depends_on:
+            visit(by_name[dep])
+        visiting.pop()
+        done.add(job.name)
+        out.append(job)
+
+    for job in jobs:
+        visit(job)
+    return out
+
+
+def finished(job: Job, run_dir: Path) -> bool:
+    """RUN_DIR holds a finished run of this very recipe."""
+    manifest = read_json(run_dir / "manifest.json") or {}
+    return (run_dir / "metrics.json").is_file() and manifest.get("recipe_fingerprint") == job.build().fingerprint()
+
+
+def check_run_dirs(jobs: list[Job], out_dir: Path) -> None:
+    """Refuse, before anything trains, a RUN_DIR that holds another recipe's run or files that are
+    no cascade-kd run: a grid never resumes or overwrites what it did not write with this recipe."""
+    from cascade_kd.cascade.rundir import changed_keys
+
+    problems = []
+    for job in jobs:
+        run_dir = out_dir / job.name
+        if not run_dir.is_dir() or not any(run_dir.iterdir()):
+            continue
+        manifest = read_json(run_dir / "manifest.json")
+        if manifest is None:
+            problems.append(f"{run_dir}: holds files but no manifest.json (not a cascade-kd run)")
+        elif manifest.get("recipe_fingerprint") != job.build().fingerprint():
+            changed = changed_keys(manifest.get("recipe", {}), job.build().dump())
+            problems.append(f"{run_dir}: holds a run of another recipe"
+                            + (f" ({', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''} differ)" if changed else ""))
+    if problems:
+        raise UserError(f"{len(problems)} job(s) would resume another recipe's run: " + "; ".join(problems),
+                        hint="give another --out, or move those directories away to rerun them with the new recipe")
+
+
+def _say_to(log_path: Path, name: str, say: Say | None) -> Say:
+    """A `say` that prefixes the job's name and appends every line to OUT/grid.log too."""
+    def line(message: str) -> None:
+        text = f"{time.strftime('%H:%M:%S')} [{name}] {message}"
+        (say or functools.partial(print, flush=True))(text)
+        with open(log_path, "a", encoding="utf-8") as handle:  # O_APPEND: lines of parallel jobs do not mix
+            handle.write(text + "\n")
+    return line
+
+
+def _train(job: Job, run_dir: Path, log_path: Path, threads: int | None, say: Say | None = None) -> dict:
+    """Run one job's recipe (resuming whatever it finished before); the job's record, never an exception."""
+    import cascade_kd as ckd
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    log = _say_to(log_path, job.name, say)
+    started = time.perf_counter()
+    try:
+        metrics = ckd.run(job.build(), run_dir, resume=True, say=log)
+    except UserError as err:
+        log(f"FAILED: {err}")
+        return {"status": "failed", "error": str(err), "wall_s": time.perf_counter() - started}
+    except Exception as exc:  # noqa: BLE001 - one job's crash is reported; the others go on
+        log(f"FAILED:\n{traceback.format_exc()}")
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_s": time.perf_counter() - started}
+    wall = time.perf_counter() - started
+    log(f"finished in {wall:.0f} s")
+    return {"status": "done", "wall_s": wall, "run_wall_s": metrics.get("wall_time_s"),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def describe(step: Callable) -> str:
+    """A stable name for a post step and its arguments (functools.partial shows them)."""
+    if isinstance(step, functools.partial):
+        args = [repr(a) for a in step.args] + [f"{k}={v!r}" for k, v in sorted(step.keywords.items())]
+        return f"{describe(step.func)}({', '.join(args)})"
+    return f"{getattr(step, '__module__', '?')}.{getattr(step, '__qualname__', repr(step))}"
+
+
+def run_grid(jobs: list[Job], out_dir: Path, *, parallel: int = 1, quick: bool = False, threads: int | None = None,
+             rerun_after: bool = False, say: Say | None = None) -> dict:
+    """Run the grid's jobs into OUT/<name> (see the module's docstring); returns OUT/grid.json's content:
+    {"jobs": {name: {"status": done | failed | blocked, "wall_s", "fingerprint", "seed", "config", ...}}}.
+    `threads`: torch threads per training process (default: torch's); `rerun_after`: run every post
+    step again, done before or not; `quick` is recorded in grid.json."""
+    from filelock import FileLock, Timeout
+
+    out_dir = Path(out_dir).resolve()
+    jobs = ordered(list(jobs))
+    for job in jobs:  # every recipe checked before anything trains
+        job.build()
+    check_run_dirs(jobs, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out_dir / ".grid.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError("another grid is running in this folder", where=str(out_dir),
+                        hint="wait for it, or give another --out") from None
+    try:
+        return _run_locked(jobs, out_dir, parallel=parallel, quick=quick, threads=threads, rerun_after=rerun_after,
+                           say=say)
+    finally:
+        lock.release()
+
+
+def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, say) -> dict:
+    grid_path, log_path = out_dir / "grid.json", out_dir / "grid.log"
+    grid = read_json(grid_path) or {}
+    grid["mode"] = "quick" if quick else "full"
+    records = grid.setdefault("jobs", {})
+    log = _say_to(log_path, "grid", say)
+
+    def save():
+        grid["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        write_json(grid_path, grid)
+
+    def record(job: Job, **values) -> None:
+        entry = records.get(job.name) or {}
+        if entry.get("fingerprint") != job.build().fingerprint():
+            entry = {}  # a record of another recipe's run says nothing about this one
+        entry.update(fingerprint=job.build().fingerprint(), seed=job.build().seed, config=job.config or job.name,
+                     what=job.what, **values)
+        records[job.name] = entry
+        save()
+
+    trained_now: set[str] = set()
+    pending = []
+    for job in jobs:
+        run_dir = out_dir / job.name
+        if finished(job, run_dir):
+            previous = records.get(job.name) or {}
+            if previous.get("fingerprint") == job.build().fingerprint() and previous.get("wall_s") is not None:
+                record(job, status="done")
+            else:  # finished by an earlier tool: its own training time is what is known
+                record(job, status="done", wall_s=(read_json(run_dir / "metrics.json") or {}).get("wall_time_s"),
+                       wall_s_from="metrics.json")
+            log(f"{job.name}: done before, skipped")
+        else:
+            pending.append(job)
+    started = time.perf_counter()
+
+    def blocked(job: Job) -> str | None:
+        bad = [d for d in job.depends_on if records.get(d, {}).get("status") in ("failed", "blocked")]
+        return f"not started: {', '.join(bad)} did not finish" if bad else None
+
+    def ready(job: Job) -> bool:
+        return all(records.get(d, {}).get("status") == "done" for d in job.depends_on)
+
+    def settle(job: Job, result: dict) -> None:
+        record(job, **result)
+        if result["status"] == "done":
+            trained_now.add(job.name)
+        else:
+            log(f"{job.name}: {result['status'].upper()}: {result['error']}")
+
+    if parallel <= 1:
+        for job in pending:  # ordered: dependencies first
+            reason = blocked(job)
+            if reason:
+                settle(job, {"status": "blocked", "error": reason})
+                continue
+            log(f"{job.name}: starting" + (f" ({job.what})" if job.what else ""))
+            settle(job, _train(job, out_dir / job.name, log_path, threads, say))
+    else:
+        with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
+            running = {}
+            while pending or running:
+                for job in list(pending):
+                    if len(running) >= parallel:
+                        break
+                    reason = blocked(job)
+                    if reason:
+                        pending.remove(job)
+                        settle(job, {"status": "blocked", "error": reason})
+                    elif ready(job):
+                        pending.remove(job)
+                        log(f"{job.name}: starting in a worker process" + (f" ({job.what})" if job.what else ""))
+                        # the post step stays here (it runs in this process, and need not pickle)
+                        task = replace(job, after=None)
+                        running[pool.submit(_train, task, out_dir / job.name, log_path, threads)] = job
+                if not running:
+                    if pending:  # cannot happen for an ordered grid; never wait forever
+                        raise RuntimeError(f"no job can start: {[j.name for j in pending]}")
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    settle(running.pop(future), future.result())
+    grid["wall_time_s"] = time.perf_counter() - started
+    save()
+    for job in jobs:  # post steps: once training is over, one at a time
+        if job.after is None or records[job.name]["status"] != "done":
+            continue
+        tag = job.after_tag or describe(job.after)
+        previous = records[job.name].get("after") or {}
+        if not rerun_after and job.name not in trained_now and previous == {**previous, "tag": tag, "status": "done"}:
+            continue
+        t0 = time.perf_counter()
+        try:
+            job.after(out_dir / job.name)
+            step = {"tag": tag, "status": "done", "wall_s": time.perf_counter() - t0}
+        except Exception as exc:  # noqa: BLE001 - the run is kept; the step is reported as failed
+            log(f"{job.name}: post step FAILED:\n{traceback.format_exc()}")
+            step = {"tag": tag, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        record(job, after=step)
+    return grid
+
+
+def failures(grid: dict) -> dict[str, str]:
+    """{job name: why} for every job (or post step) that did not finish."""
+    out = {name: r.get("error", r["status"]) for name, r in grid.get("jobs", {}).items()
+           if r.get("status") in ("failed", "blocked")}
+    out.update({f"{name} (post step)": r["after"].get("error") for name, r in grid.get("jobs", {}).items()
+                if (r.get("after") or {}).get("status") == "failed"})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables: metrics.json read back, means over seeds, formats
+
+
+def model_row(metrics: dict | None, model: str) -> dict | None:
+    """The row of `model` (a stage name, `teacher` or `direct`) in a run's metrics.json."""
+    return next((r for r in (metrics or {}).get("models", []) if r["name"] == model), None)
+
+
+def mean_sd(values) -> dict:
+    """Mean and sample standard deviation (n - 1; None with fewer than 2 values) of the values
+    given, None and NaN left out: {"mean", "sd", "n"}."""
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return {"mean": statistics.fmean(values) if values else None,
+            "sd": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+
+
+def over_seeds(rows: dict) -> dict:
+    """One model over seeds: {seed: its metrics.json row} -> mean ± sd of the average, the worst
+    language and each language's score ({"average": {...}, "worst": {...}, "per_language": {lang: {...}}})."""
+    rows = [r for r in rows.values() if r]
+    languages = list(rows[0]["per_language"]) if rows else []
+    return {"average": mean_sd(r["average"] for r in rows), "worst": mean_sd(r["worst"] for r in rows),
+            "per_language": {lang: mean_sd(r["per_language"].get(lang) for r in rows) for lang in languages}}
+
+
+def pct(x, digits: int = 1) -> str:
+    """A fraction in percent, or — for none."""
+    return "—" if x is None else f"{100 * x:.{digits}f}"
+
+
+def pm(summary: dict | None, scale: float = 100.0, digits: int = 1) -> str:
+    """`mean ± sd` of a mean_sd summary (the sd only with 2+ values)."""
+    if not summary or summary.get("mean") is None:
+        return "—"
+    text = f"{scale * summary['mean']:.{digits}f}"
+    return text + (f" ± {scale * summary['sd']:.{digits}f}" if summary.get("sd") is not None else "")
+
+
+def count(n) -> str:
+    """A parameter count: 15.63M, 120.4k."""
+    return "—" if n is None else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def md_table(head: list[str], rows: list[list[str]], left: int = 2) -> list[str]:
+    """Markdown table lines; the first `left` columns left-aligned, the others right-aligned."""
+    return (["| " + " | ".join(head) + " |", "|" + "---|" * left + "---:|" * (len(head) - left)]
+            + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def language_table(columns: dict[str, dict], languages: list[str], digits: int = 1) -> list[str]:
+    """Languages as rows, one column per model: {label: over_seeds(...)["per_language"]} -> Markdown
+    (score in percent, mean ± sd over seeds)."""
+    return md_table(["language", *columns],
+                    [[lang, *(pm(col.get(lang), digits=digits) for col in columns.values())] for lang in languages],
+                    left=1)

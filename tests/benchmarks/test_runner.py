@@ -1,0 +1,165 @@
+"""benchmarks/runner.py: grids of tiny recipes run in dependency order, skipped when finished with the
+same recipe, refused when RUN_DIR holds another recipe's run, post steps run once; and the mean ± sd
+over seeds that the benchmark tables print, against values worked out by hand."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import cascade_kd
+from cascade_kd.errors import UserError
+from tests.helpers import merge, tiny_recipe
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import runner
+from runner import Job, run_grid
+
+FAST = {"teacher": {"train": {"epochs": 1}},
+        "data": {"languages": ["en"], "max_train_per_language": 32, "max_eval_per_language": 8}}
+
+
+def fast_recipe(root: Path, **changes) -> dict:
+    """The tiny recipe on one language, 32 sentences, one teacher epoch: a run in a few seconds."""
+    return merge(tiny_recipe(root, **FAST), changes)
+
+
+def loaded_teacher(out: Path, job: str) -> dict:
+    return {"teacher": {"model": str(out / job / "teacher"), "finetune": "never", "config": None, "tokenizer": None,
+                        "train": None}}
+
+
+def note(path: Path, run_dir: Path, tag: str = "") -> None:
+    """A post step that only says it ran (a module-level function: pickles, and describes itself)."""
+    with open(path, "a") as handle:
+        handle.write(f"{run_dir.name} {tag}\n")
+
+
+@pytest.fixture(scope="module")
+def finished_grid(demo_workspace, tmp_path_factory):
+    """A two-job grid, run once: `teacher` trains the teacher, `student` loads it (listed first, so
+    the runner must reorder them)."""
+    out = tmp_path_factory.mktemp("grid")
+    notes = out.parent / f"{out.name}-notes.txt"
+    jobs = [Job("seed0/student", fast_recipe(demo_workspace, **loaded_teacher(out, "seed0/teacher")), seed=0,
+                depends_on=["seed0/teacher"], config="student"),
+            Job("seed0/teacher", fast_recipe(demo_workspace), seed=0, config="teacher",
+                after=functools.partial(note, notes, tag="v1"))]
+    lines = []
+    grid = run_grid(jobs, out, say=lines.append)
+    return out, jobs, grid, lines, notes
+
+
+def test_jobs_run_after_the_jobs_they_depend_on(finished_grid):
+    out, _, grid, lines, _ = finished_grid
+    starts = [line for line in lines if "[grid]" in line and "starting" in line]
+    assert [s.split("] ")[1].split(":")[0] for s in starts] == ["seed0/teacher", "seed0/student"]
+    assert {name: r["status"] for name, r in grid["jobs"].items()} == {"seed0/teacher": "done", "seed0/student": "done"}
+    for name in ("seed0/teacher", "seed0/student"):
+        assert (out / name / "metrics.json").is_file()
+        assert grid["jobs"][name]["wall_s"] > 0
+    # every line the runs said is in grid.log, with the job's name
+    log = (out / "grid.log").read_text()
+    assert "[seed0/student] " in log and "[seed0/teacher] " in log
+    assert json.loads((out / "grid.json").read_text())["jobs"] == grid["jobs"]
+
+
+def test_a_finished_job_is_skipped_by_its_recipe_fingerprint(finished_grid, monkeypatch):
+    out, jobs, first, _, notes = finished_grid
+    calls = []
+    monkeypatch.setattr(cascade_kd, "run", lambda *a, **k: calls.append(a) or {}, raising=False)
+    lines = []
+    grid = run_grid(jobs, out, say=lines.append)
+    assert calls == []
+    assert sum("done before, skipped" in line for line in lines) == 2
+    # the wall times measured when they ran are kept, not replaced
+    assert {k: v["wall_s"] for k, v in grid["jobs"].items()} == {k: v["wall_s"] for k, v in first["jobs"].items()}
+    # the post step ran once, with the first grid; a changed step runs again, an unchanged one does not
+    assert notes.read_text() == "teacher v1\n"
+    jobs[1].after = functools.partial(note, notes, tag="v2")
+    run_grid(jobs, out, say=lines.append)
+    run_grid(jobs, out, say=lines.append)
+    assert notes.read_text() == "teacher v1\nteacher v2\n"
+    run_grid(jobs, out, say=lines.append, rerun_after=True)
+    assert notes.read_text() == "teacher v1\nteacher v2\nteacher v2\n"
+    assert calls == []
+
+
+def test_a_changed_recipe_in_the_same_run_dir_is_refused_before_anything_trains(finished_grid, demo_workspace,
+                                                                                 monkeypatch):
+    out = finished_grid[0]
+    calls = []
+    monkeypatch.setattr(cascade_kd, "run", lambda *a, **k: calls.append(a) or {}, raising=False)
+    changed = [Job("seed0/new", fast_recipe(demo_workspace), seed=0),  # would be trainable: it must not start
+               Job("seed0/teacher", fast_recipe(demo_workspace, train={"lr": 1e-3}), seed=0)]
+    with pytest.raises(UserError, match=r"another recipe.*seed0/teacher.*train\.lr.*differ"):
+        run_grid(changed, out, say=lambda m: None)
+    assert calls == [] and not (out / "seed0/new").exists()
+    # a folder with files that are no run is refused too
+    (out / "stray").mkdir()
+    (out / "stray" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="no manifest.json"):
+        run_grid([Job("stray", fast_recipe(demo_workspace))], out, say=lambda m: None)
+    assert (out / "stray" / "notes.txt").read_text() == "mine"
+
+
+def test_a_failed_job_blocks_the_jobs_that_need_it_and_is_reported(demo_workspace, tmp_path):
+    broken = fast_recipe(demo_workspace, data={"train": str(tmp_path / "missing" / "{lang}.conll")})
+    jobs = [Job("bad", broken), Job("needs-bad", fast_recipe(demo_workspace), depends_on=["bad"])]
+    grid = run_grid(jobs, tmp_path / "out", say=lambda m: None)
+    assert grid["jobs"]["bad"]["status"] == "failed" and "missing" in grid["jobs"]["bad"]["error"]
+    assert grid["jobs"]["needs-bad"] == {**grid["jobs"]["needs-bad"], "status": "blocked",
+                                         "error": "not started: bad did not finish"}
+    assert set(runner.failures(grid)) == {"bad", "needs-bad"}
+    assert not (tmp_path / "out" / "needs-bad").exists()
+
+
+def test_parallel_jobs_train_in_spawned_processes_after_their_dependencies(demo_workspace, tmp_path):
+    out = tmp_path / "out"
+    broken = fast_recipe(demo_workspace, data={"train": str(tmp_path / "missing" / "{lang}.conll")})
+    jobs = [Job("needs-bad", fast_recipe(demo_workspace), depends_on=["bad"]),
+            Job("ok", fast_recipe(demo_workspace), seed=3),
+            Job("bad", broken)]
+    grid = run_grid(jobs, out, parallel=2, say=lambda m: None)
+    assert {k: v["status"] for k, v in grid["jobs"].items()} == {"ok": "done", "bad": "failed", "needs-bad": "blocked"}
+    metrics = json.loads((out / "ok" / "metrics.json").read_text())
+    assert json.loads((out / "ok" / "manifest.json").read_text())["seed"] == 3 and metrics["models"]
+    # the worker process wrote its lines to grid.log
+    assert "[ok] finished in" in (out / "grid.log").read_text()
+
+
+def test_bad_grids_are_refused_with_a_clear_error(demo_workspace, tmp_path):
+    recipe, out = fast_recipe(demo_workspace), tmp_path / "out"
+    with pytest.raises(UserError, match="'a' depends on 'nope', which is not in the grid"):
+        run_grid([Job("a", recipe, depends_on=["nope"])], out)
+    with pytest.raises(UserError, match="cycle: a -> b -> a"):
+        run_grid([Job("a", recipe, depends_on=["b"]), Job("b", recipe, depends_on=["a"])], out)
+    with pytest.raises(UserError, match="two jobs are named 'a'"):
+        run_grid([Job("a", recipe), Job("a", recipe)], out)
+    with pytest.raises(cascade_kd.RecipeError, match="job a.*lerning_rate"):
+        run_grid([Job("ok", recipe), Job("a", merge(recipe, {"train": {"lerning_rate": 1}}))], out)
+    assert not out.exists()  # nothing written for a grid that cannot run
+
+
+def test_mean_and_sample_sd_over_seeds_per_model_and_language():
+    rows = {0: {"average": 0.50, "worst": 0.40, "per_language": {"en": 0.60, "ru": 0.40}},
+            1: {"average": 0.60, "worst": 0.50, "per_language": {"en": 0.70, "ru": 0.50}},
+            2: {"average": 0.70, "worst": 0.30, "per_language": {"en": 0.80, "ru": 0.30}}}
+    summary = runner.over_seeds(rows)
+    # average: mean 0.6; deviations -0.1, 0, 0.1 -> sample variance 0.02 / 2 = 0.01 -> sd 0.1
+    assert summary["average"]["mean"] == pytest.approx(0.6) and summary["average"]["sd"] == pytest.approx(0.1)
+    assert summary["average"]["n"] == 3
+    # ru: 0.4, 0.5, 0.3 -> mean 0.4, sd 0.1; worst: 0.4, 0.5, 0.3 likewise
+    assert summary["per_language"]["ru"]["mean"] == pytest.approx(0.4)
+    assert summary["per_language"]["ru"]["sd"] == pytest.approx(0.1)
+    assert summary["worst"]["sd"] == pytest.approx(0.1)
+    table = runner.language_table({"student": summary["per_language"]}, ["en", "ru"])
+    assert table == ["| language | student |", "|---|---:|", "| en | 70.0 ± 10.0 |", "| ru | 40.0 ± 10.0 |"]
+    # one seed: no sd; None and NaN are left out
+    assert runner.mean_sd([0.25, None, float("nan")]) == {"mean": 0.25, "sd": None, "n": 1}
+    assert runner.pm(runner.mean_sd([0.25])) == "25.0"
+    assert runner.mean_sd([]) == {"mean": None, "sd": None, "n": 0} and runner.pm(runner.mean_sd([])) == "—"
