@@ -10,7 +10,7 @@ trained from scratch with the mBERT vocabulary; it is loaded, never retrained):
    step i <-> teacher layer i) against a plain 1 x 128 transformer distilled straight from the teacher
    (LightMBERT defaults: bottom-layer init, frozen embeddings, top_only maps). Both have one layer's
    worth of unique weights (+ the recursive student's adapters); the recursive one applies its layer
-   4 times, so `params_unrolled` and `cascade-kd bench` latency show what that costs.
+   4 times, so `params_unrolled` and `cascade_kd.bench` latency show what that costs.
 2. Adapter-only against full fine-tuning: after the recursive distillation stage, the same shape is
    fine-tuned on the gold labels (`ce`) with `train_only: adapters` (adapters + head train), with
    every parameter trainable, and with everything but the (frozen) embedding tables trainable. All
@@ -24,13 +24,14 @@ trained from scratch with the mBERT vocabulary; it is loaded, never retrained):
    final stage is a one-stage recipe whose teacher is that run's 2-layer model, so both final
    stages learn from the very same assistants.
 
-Everything is a recipe run: the script writes recipes to OUT/<task>/recipes/ (absolute paths to
-../shared/data; nothing is copied into the repository) and runs `cascade-kd run RECIPE --out DIR
---resume` for each, then `cascade-kd bench` (PAN-X runs only: latency depends on the shape, not the
-task). The data sections are copied from the teacher's own run (TEACHER/../recipe.yaml), so the
-splits are the teacher's: the teacher is re-scored in every run and compared with its score in its
-own run. Scores are on the test split (SIB-200's test files; PAN-X: half of each language's dev set
-held out, as in real_data.py); every model is selected on dev by the engine.
+Everything is a recipe run: the script is a grid of recipes (benchmarks/runner.py runs them with
+the Python API into OUT/<task>/<run>/, each with its recipe.yaml as run; absolute paths to
+../shared/data, nothing is copied into the repository), with `cascade_kd.bench` as a post step on
+the PAN-X dense and recursive runs (latency depends on the shape, not the task). The data sections
+are copied from the teacher's own run (TEACHER/../recipe.yaml), so the splits are the teacher's:
+the teacher is re-scored in every run and compared with its score in its own run. Scores are on
+the test split (SIB-200's test files; PAN-X: half of each language's dev set held out, as in
+real_data.py); every model is selected on dev by the engine.
 
 Per model: unique / unrolled / trainable parameters, per-language test score, average, worst
 language, retention against the teacher per language and averaged, training wall time.
@@ -40,7 +41,7 @@ language, retention against the teacher per language and averaged, training wall
 
 Flags: --panx-teacher, --sib-teacher (default: runs/real-data/<task>/seed0/cascade/teacher; a
 missing one is an error, exit code 2: train it with benchmarks/real_data.py first), --out (default
-runs/recursive-dense[-quick]), --jobs (parallel run sequences, default 2, one torch thread each),
+runs/recursive-dense[-quick]), --jobs (runs trained at once, default 2, one torch thread each),
 --no-bench. Rerunning the same command skips finished runs and resumes unfinished ones. Tables go
 to OUT/recursive_dense.{md,json} and benchmarks/results/recursive_dense[_quick].{md,json}.
 """
@@ -48,63 +49,56 @@ to OUT/recursive_dense.{md,json} and benchmarks/results/recursive_dense[_quick].
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import math
 import os
 import platform
 import shutil
-import statistics
-import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import LIGHTMBERT, drop_none, read_json, write_json
+from runner import (
+    LIGHTMBERT,
+    Job,
+    count,
+    drop_none,
+    failures,
+    mean_sd,
+    model_row,
+    pct,
+    read_json,
+    run_grid,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TASKS = ("panx", "sib200")
 TITLES = {"panx": "PAN-X NER", "sib200": "SIB-200 topic classification"}
 QUICK_LANGUAGES = {"panx": ["en", "ru", "ar", "zh"], "sib200": ["eng_Latn", "rus_Cyrl", "arb_Arab", "zho_Hans"]}
+# every student and fine-tuning stage as real_data.py's students; recursions: the teacher's depth (step i <->
+# teacher layer i); adapter_reduction: MiniALBERT's (128 / 16 = 8-wide adapters)
+SIZES = {"epochs": 2, "lr": 5e-4, "batch_size": 32, "recursions": 4, "adapter_reduction": 16, "quick_max_train": 120,
+         "quick_max_eval": 60}
 
 
-# ---------------------------------------------------------------------------------------------
-# Settings per mode
-
-
-@dataclass
-class Sizes:
-    quick: bool
-    epochs: float = 2  # every student and fine-tuning stage, as real_data.py's students
-    lr: float = 5e-4
-    batch_size: int = 32
-    recursions: int = 4  # the teacher's depth: step i <-> teacher layer i
-    adapter_reduction: int = 16  # MiniALBERT's: 128 / 16 = 8-wide adapters
-    quick_max_train: int = 120
-    quick_max_eval: int = 60
-
-
-def task_sections(task: str, teacher: Path, s: Sizes) -> tuple[dict, dict]:
+def task_sections(task: str, teacher: Path, s: dict) -> tuple[dict, dict]:
     """(task, data) sections of the teacher's own recipe, as run: the same files, caps and dev/test
     split (the quick mode takes a few languages and tiny caps, so its splits are not the teacher's)."""
     import yaml
 
     recipe = yaml.safe_load((teacher.parent / "recipe.yaml").read_text())
     task_sec, data_sec = drop_none(recipe["task"]), drop_none(recipe["data"])
-    if s.quick:
-        data_sec["languages"] = QUICK_LANGUAGES[task]
-        data_sec["max_train_per_language"] = s.quick_max_train
-        data_sec["max_eval_per_language"] = s.quick_max_eval
+    if s["quick"]:
+        data_sec.update(languages=QUICK_LANGUAGES[task], max_train_per_language=s["quick_max_train"],
+                        max_eval_per_language=s["quick_max_eval"])
     return task_sec, data_sec
 
 
-
-
 # ---------------------------------------------------------------------------------------------
-# Recipes
+# The grid
 
 LABELS = {"ce": {"weight": 1.0}}
 PLAIN = {"init": "bottom", "freeze_embeddings": True}  # LightMBERT: teacher's bottom layers, frozen copied embeddings
@@ -113,7 +107,7 @@ PLAIN = {"init": "bottom", "freeze_embeddings": True}  # LightMBERT: teacher's b
 def recursive_losses(steps: int) -> dict:
     """kl + hidden/attention MSE with step i <-> teacher layer i (the teacher has as many layers as
     the student has steps; `uniform` would add the embedding output, which is frozen and equal)."""
-    def step_map():  # a fresh list each time: the YAML then has no anchors
+    def step_map():  # a fresh list each time
         return [[i, i] for i in range(1, steps + 1)]
 
     return {"kl": {"weight": 1.0, "temperature": 2.0},
@@ -121,60 +115,65 @@ def recursive_losses(steps: int) -> dict:
             "attention_mse": {"weight": 1.0, "layer_map": step_map()}}
 
 
-@dataclass
-class Run:
-    """One `cascade-kd run`: OUT/<task>/<name>/, with its recipe under OUT/<task>/recipes/."""
-
-    task: str
-    name: str
-    recipe: dict
-    what: str
-    after: str | None = None  # a run of the same task whose saved model this run's recipe names
-
-
-def plan(task: str, out: Path, teacher: Path, s: Sizes) -> list[list[Run]]:
-    """The runs of one task, as sequences: a run after the one whose model it loads. Sequences are
-    independent of each other (the --jobs workers take them one at a time)."""
+def task_jobs(task: str, out: Path, teacher: Path, s: dict) -> list[Job]:
+    """The runs of one task; a run that loads another's saved model depends on it."""
     task_sec, data_sec = task_sections(task, teacher, s)
-    train = {"batch_size": s.batch_size, "epochs": s.epochs, "lr": s.lr}
-    rec = {"kind": "recursive", "recursions": s.recursions, "adapter_reduction": s.adapter_reduction}
+    rec = {"kind": "recursive", "recursions": s["recursions"], "adapter_reduction": s["adapter_reduction"]}
 
-    def recipe(name, teacher_model, stages, losses=None, direct=False):
-        return {"name": f"{task}-{name}", "seed": 0, "task": task_sec, "data": data_sec,
-                "teacher": {"model": str(teacher_model), "finetune": "never"}, "train": train,
-                "cascade": {"losses": losses or LIGHTMBERT, "stages": stages, "direct": direct}}
+    def job(name, teacher_model, stages, what, losses=None, direct=False, needs=None):
+        recipe = {"name": f"{task}-{name}", "seed": 0, "task": task_sec, "data": data_sec,
+                  "teacher": {"model": str(teacher_model), "finetune": "never"},
+                  "train": {"batch_size": s["batch_size"], "epochs": s["epochs"], "lr": s["lr"]},
+                  "cascade": {"losses": losses or LIGHTMBERT, "stages": stages, "direct": direct}}
+        return Job(f"{task}/{name}", recipe, what=what, depends_on=[f"{task}/{needs}"] if needs else [])
 
-    # chain vs dense: the assistants are trained once, in the dense run; its direct baseline is the
-    # plain 1 x 128 student straight from the teacher (never dense), the equal-unique-parameter match
-    dense = Run(task, "dense", recipe("dense", teacher, [
-        {"name": "ta3", "student": {"layers": 3, **PLAIN}},
-        {"name": "s2", "student": {"layers": 2, **PLAIN}},
-        {"name": "s1-dense", "student": {"layers": 1, **PLAIN},
-         "guides": "dense", "drop_guides": 1, "guide_reduction": "sum"},
-    ], direct=True), "teacher -> 3 -> 2 -> 1 (dense final stage), + plain 1 layer straight from the teacher")
-    chain = Run(task, "chain", recipe("chain", out / "dense" / "stages" / "s2", [
-        {"name": "s1-chain", "student": {"layers": 1, **PLAIN}}]),
-        "final stage of the chain: 1 layer taught by the dense run's 2-layer model only", after="dense")
-    # MiniALBERT, then three fine-tunings of it on the labels (its recipe teacher is the recursive
-    # student, which a recursive student of the same shape copies whole: shared layer, adapters, head)
-    recursive = Run(task, "recursive", recipe("recursive", teacher, [
-        {"name": "rec", "student": {**rec, "init": "mean", "freeze_embeddings": True},
-         "losses": recursive_losses(s.recursions)}]),
-        f"MiniALBERT: 1 shared layer x {s.recursions} steps, adapters, straight from the teacher")
-    rec_model = out / "recursive" / "stages" / "rec"
-    finetune = [
-        Run(task, "ft-adapters", recipe("ft-adapters", rec_model, [
-            {"name": "ft-adapters", "student": {**rec, "freeze_embeddings": True, "train_only": "adapters"},
-             "losses": LABELS}]), "recursive student fine-tuned on the labels, adapters and head only",
-            after="recursive"),
-        Run(task, "ft-full", recipe("ft-full", rec_model, [
-            {"name": "ft-full", "student": {**rec, "freeze_embeddings": False}, "losses": LABELS}]),
-            "recursive student fine-tuned on the labels, every parameter", after="recursive"),
-        Run(task, "ft-noemb", recipe("ft-noemb", rec_model, [
-            {"name": "ft-noemb", "student": {**rec, "freeze_embeddings": True}, "losses": LABELS}]),
-            "recursive student fine-tuned on the labels, all but the embedding tables", after="recursive"),
+    def finetune(name, student, what):  # the recursive student, fine-tuned on the labels (its recipe teacher
+        # is the recursive student, which a recursive student of the same shape copies whole)
+        return job(name, out / task / "recursive" / "stages" / "rec",
+                   [{"name": name, "student": {**rec, **student}, "losses": LABELS}], what, needs="recursive")
+
+    return [
+        # chain vs dense: the assistants are trained once, in the dense run; its direct baseline is the
+        # plain 1 x 128 student straight from the teacher (never dense), the equal-unique-parameter match
+        job("dense", teacher, [{"name": "ta3", "student": {"layers": 3, **PLAIN}},
+                               {"name": "s2", "student": {"layers": 2, **PLAIN}},
+                               {"name": "s1-dense", "student": {"layers": 1, **PLAIN},
+                                "guides": "dense", "drop_guides": 1, "guide_reduction": "sum"}],
+            "teacher -> 3 -> 2 -> 1 (dense final stage), + plain 1 layer straight from the teacher", direct=True),
+        job("chain", out / task / "dense" / "stages" / "s2", [{"name": "s1-chain", "student": {"layers": 1, **PLAIN}}],
+            "final stage of the chain: 1 layer taught by the dense run's 2-layer model only", needs="dense"),
+        job("recursive", teacher, [{"name": "rec", "student": {**rec, "init": "mean", "freeze_embeddings": True},
+                                    "losses": recursive_losses(s["recursions"])}],
+            f"MiniALBERT: 1 shared layer x {s['recursions']} steps, adapters, straight from the teacher"),
+        finetune("ft-adapters", {"freeze_embeddings": True, "train_only": "adapters"},
+                 "recursive student fine-tuned on the labels, adapters and head only"),
+        finetune("ft-full", {"freeze_embeddings": False}, "recursive student fine-tuned on the labels, every parameter"),
+        finetune("ft-noemb", {"freeze_embeddings": True},
+                 "recursive student fine-tuned on the labels, all but the embedding tables"),
     ]
-    return [[dense, chain], [recursive, *finetune]]
+
+
+def bench_step(run_dir: Path, *, seq: int, repeats: int, backends: tuple) -> None:
+    """`cascade_kd.bench` on a finished run, one torch thread; the settings kept in its metrics.json."""
+    import torch
+
+    import cascade_kd as ckd
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ckd.bench(run_dir, batch_sizes=(1, 32), seq_lens=(seq,), repeats=repeats, backends=tuple(backends),
+                  say=lambda m: print(f"{time.strftime('%H:%M:%S')} [bench {run_dir.name}] {m}", flush=True))
+    finally:
+        torch.set_num_threads(before)
+    metrics = read_json(run_dir / "metrics.json")
+    metrics["latency_settings_recursive_dense"] = {"batch_sizes": [1, 32], "seq_lens": [seq], "repeats": repeats,
+                                                   "backends": list(backends), "threads": 1}
+    write_json(run_dir / "metrics.json", metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
 
 
 @dataclass
@@ -189,26 +188,21 @@ class Row:
     needs: tuple = ()  # other rows whose training this model needs (cumulative training time)
 
 
-def rows() -> list[Row]:
-    return [
-        Row("teacher", "teacher 4x128", "dense", "teacher", "real_data.py's teacher, loaded (finetune: never)"),
-        Row("ta3", "chain 3x128", "dense", "ta3", "4->3 (assistant)"),
-        Row("s2", "chain 2x128", "dense", "s2", "4->3->2 (assistant)", ("ta3",)),
-        Row("chain-1L", "chain 1x128", "chain", "s1-chain", "4->3->2->1, last stage from the 2-layer model",
-            ("ta3", "s2")),
-        Row("dense-1L", "dense 1x128", "dense", "s1-dense",
-            "4->3->2->1, last stage from teacher+3L+2L (drop 1, sum)", ("ta3", "s2")),
-        Row("direct-1L", "plain 1x128", "dense", "direct", "1 layer straight from the teacher"),
-        Row("rec", "MiniALBERT 4x(1x128)", "recursive", "rec", "1 shared layer x 4 steps + adapters, from the teacher"),
-        Row("rec-adapters", "MiniALBERT + adapter FT", "ft-adapters", "ft-adapters",
-            "rec, then ce on labels: adapters + head", ("rec",)),
-        Row("rec-full", "MiniALBERT + full FT", "ft-full", "ft-full", "rec, then ce on labels: every parameter",
-            ("rec",)),
-        Row("rec-noemb", "MiniALBERT + FT w/o emb.", "ft-noemb", "ft-noemb",
-            "rec, then ce on labels: all but embedding tables", ("rec",)),
-    ]
-
-
+ROWS = [
+    Row("teacher", "teacher 4x128", "dense", "teacher", "real_data.py's teacher, loaded (finetune: never)"),
+    Row("ta3", "chain 3x128", "dense", "ta3", "4->3 (assistant)"),
+    Row("s2", "chain 2x128", "dense", "s2", "4->3->2 (assistant)", ("ta3",)),
+    Row("chain-1L", "chain 1x128", "chain", "s1-chain", "4->3->2->1, last stage from the 2-layer model", ("ta3", "s2")),
+    Row("dense-1L", "dense 1x128", "dense", "s1-dense", "4->3->2->1, last stage from teacher+3L+2L (drop 1, sum)",
+        ("ta3", "s2")),
+    Row("direct-1L", "plain 1x128", "dense", "direct", "1 layer straight from the teacher"),
+    Row("rec", "MiniALBERT 4x(1x128)", "recursive", "rec", "1 shared layer x 4 steps + adapters, from the teacher"),
+    Row("rec-adapters", "MiniALBERT + adapter FT", "ft-adapters", "ft-adapters", "rec, then ce on labels: adapters + head",
+        ("rec",)),
+    Row("rec-full", "MiniALBERT + full FT", "ft-full", "ft-full", "rec, then ce on labels: every parameter", ("rec",)),
+    Row("rec-noemb", "MiniALBERT + FT w/o emb.", "ft-noemb", "ft-noemb", "rec, then ce on labels: all but embedding tables",
+        ("rec",)),
+]
 COMPARISONS = [
     ("MiniALBERT vs plain 1 layer, equal unique params, both from the teacher", "rec", "direct-1L"),
     ("MiniALBERT vs chain 1 layer", "rec", "chain-1L"),
@@ -223,158 +217,34 @@ COMPARISONS = [
 ]
 
 
-# ---------------------------------------------------------------------------------------------
-# Running
-
-
-def cli() -> list[str]:
-    exe = REPO / ".venv" / "bin" / "cascade-kd"
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "cascade_kd"]
-
-
-def child_env(threads: int) -> dict:
-    # one torch thread per process (OMP_NUM_THREADS is read when torch starts); no hub; no live bars
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CASCADE_KD_QUIET": "1"}
-
-
-def write_recipe(out: Path, run: Run) -> Path:
-    import yaml
-
-    path = out / run.task / "recipes" / f"{run.name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = f"# generated by benchmarks/recursive_dense.py: {run.what}\n" + yaml.safe_dump(
-        run.recipe, sort_keys=False, allow_unicode=True)
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
-    return path
-
-
-def finished(directory: Path, recipe_path: Path) -> bool:
-    """A run is done when its metrics.json exists and its manifest holds this very recipe."""
-    from cascade_kd.config.schema import load_recipe
-
-    try:
-        manifest = json.loads((directory / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (directory / "metrics.json").is_file() and \
-        manifest.get("recipe_fingerprint") == load_recipe(recipe_path).fingerprint()
-
-
-class Book:
-    """Wall times and failures of the runs, kept in OUT/timing.json (shared by the worker threads)."""
-
-    def __init__(self, path: Path, log):
-        self.path, self.log, self.lock = path, log, threading.Lock()
-        self.data = read_json(path) or {}
-        self.data.setdefault("runs", {})
-        self.data["failed"] = {}
-
-    def record(self, key: str, **values) -> None:
-        with self.lock:
-            if "error" in values:
-                self.data["failed"][key] = values["error"]
-            else:
-                self.data["runs"][key] = values
-                self.data["failed"].pop(key, None)
-            write_json(self.path, self.data)
-
-
-def run_sequence(runs: list[Run], out: Path, threads: int, book: Book) -> None:
-    """Run one sequence in order; a run whose prerequisite failed is skipped (and said so)."""
-    failed: set[str] = set()
-    for run in runs:
-        key = f"{run.task}/{run.name}"
-        directory = out / run.task / run.name
-        recipe_path = write_recipe(out, run)
-        if run.after in failed:
-            book.record(key, error=f"skipped: {run.task}/{run.after} failed")
-            book.log(f"{key}: skipped, {run.after} failed")
-            failed.add(run.name)
-            continue
-        if finished(directory, recipe_path):
-            book.log(f"{key}: done before, skipped")
-            continue
-        command = cli() + ["run", str(recipe_path), "--out", str(directory), "--resume"]
-        book.log(f"{key}: {run.what}\n    $ OMP_NUM_THREADS={threads} {' '.join(command)}")
-        t0 = time.perf_counter()
-        with open(out / run.task / f"{run.name}.log", "a") as handle:
-            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env(threads)).returncode
-        wall = time.perf_counter() - t0
-        if code != 0:
-            tail = (out / run.task / f"{run.name}.log").read_text().strip().splitlines()[-3:]
-            book.record(key, error=f"exit code {code}: {' | '.join(tail)}")
-            book.log(f"{key}: FAILED (exit {code}) after {wall:.0f} s: {' | '.join(tail)}")
-            failed.add(run.name)
-            continue
-        book.record(key, wall_s=wall, command=" ".join(command), finished=time.strftime("%H:%M:%S"))
-        book.log(f"{key}: finished in {wall:.0f} s")
-
-
-def bench(directory: Path, args, log) -> dict | None:
-    """`cascade-kd bench` on one finished run (it writes `latency` into the run's metrics.json)."""
-    metrics = read_json(directory / "metrics.json")
-    if not metrics:
-        log(f"bench {directory.name}: no finished run, skipped")
-        return None
-    wanted = {"batch_sizes": [1, 32], "seq_lens": [args.bench_seq], "repeats": args.bench_repeats,
-              "backends": args.bench_backends, "threads": 1}
-    if metrics.get("latency") and metrics.get("latency_settings_recursive_dense") == wanted:
-        log(f"bench {directory.name}: done before, skipped")
-        return metrics["latency"]
-    command = cli() + ["bench", str(directory), "--batch-sizes", "1", "32", "--seq-lens", str(args.bench_seq),
-                       "--repeats", str(args.bench_repeats), "--backends", *args.bench_backends]
-    log(f"bench {directory.name}: $ OMP_NUM_THREADS=1 {' '.join(command)}")
-    t0 = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=child_env(1), check=False)
-    (directory.parent / f"bench-{directory.name}.log").write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        log(f"bench {directory.name}: FAILED (exit {result.returncode}): {result.stderr.strip()[-300:]}")
-        return None
-    metrics = read_json(directory / "metrics.json")
-    metrics["latency_settings_recursive_dense"] = wanted
-    write_json(directory / "metrics.json", metrics)
-    log(f"bench {directory.name}: {time.perf_counter() - t0:.0f} s")
-    return metrics["latency"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Collecting
-
-
-
-
-def collect_task(task: str, out: Path, teacher: Path, s: Sizes, book: Book) -> dict:
-    runs = {name: read_json(out / task / name / "metrics.json") for name in
-            ("dense", "chain", "recursive", "ft-adapters", "ft-full", "ft-noemb")}
+def collect_task(task: str, out: Path, teacher: Path, s: dict, grid_jobs: dict) -> dict:
+    timing = {k: {"wall_s": v["wall_s"], "finished": v.get("finished")} for k, v in grid_jobs.items()
+              if k.startswith(task + "/") and v.get("status") == "done"}
+    failed = {k: v for k, v in failures({"jobs": grid_jobs}).items() if k.startswith(task + "/")}
+    runs = {row.run: read_json(out / task / row.run / "metrics.json") for row in ROWS}
     base = runs["dense"] or next((m for m in runs.values() if m), None)
     if base is None:
-        return {"task": task, "models": [], "comparisons": [], "failed": book.data["failed"]}
-    teacher_row = next(r for r in base["models"] if r["role"] == "teacher")
-    t_scores = teacher_row["per_language"]
+        return {"task": task, "models": [], "comparisons": [], "failed": failed}
+    t_scores = model_row(base, "teacher")["per_language"]
     # the teacher re-scored here against its score in its own run: the same split gives the same figures
-    reference = read_json(teacher.parent / "metrics.json")
-    ref_row = next((r for r in (reference or {}).get("models", []) if r["role"] == "teacher"), None)
+    ref_row = model_row(read_json(teacher.parent / "metrics.json"), "teacher")
     check = None
     if ref_row and set(ref_row["per_language"]) == set(t_scores):
         check = max(abs(ref_row["per_language"][lang] - t_scores[lang]) for lang in t_scores)
     # the recursive run loads the same teacher: it must score it exactly as the dense run does
     rescored = None
     if runs["recursive"] and runs["dense"]:
-        other = next(r for r in runs["recursive"]["models"] if r["role"] == "teacher")["per_language"]
+        other = model_row(runs["recursive"], "teacher")["per_language"]
         rescored = max(abs(other[lang] - t_scores[lang]) for lang in t_scores)
     models, by_key = [], {}
-    for row in rows():
-        m = runs.get(row.run)
-        entry = next((r for r in (m or {}).get("models", []) if r["name"] == row.model), None)
+    for row in ROWS:
+        entry = model_row(runs.get(row.run), row.model)
         if entry is None:
             models.append({"key": row.key, "label": row.label, "how": row.how, "missing": True})
             continue
         ratios = {lang: entry["per_language"][lang] / t_scores[lang] if t_scores[lang] > 0 else None for lang in t_scores}
         finite = {lang: r for lang, r in ratios.items() if r is not None}
         worst_ret = min(finite, key=finite.get) if finite else None
-        latency = _latency_for(runs.get(row.run), row.model)
         model = {
             "key": row.key, "label": row.label, "how": row.how, "run": row.run, "model": row.model,
             "kind": entry.get("kind", "transformer"), "layers": entry["layers"], "hidden": entry["hidden"],
@@ -384,45 +254,43 @@ def collect_task(task: str, out: Path, teacher: Path, s: Sizes, book: Book) -> d
             "params_adapters": entry.get("params_adapters", 0),
             "per_language": entry["per_language"], "average": entry["average"], "worst": entry["worst"],
             "worst_language": entry["worst_language"], "dev_average": entry.get("dev_average"),
-            "retention_per_language": ratios,
-            "retention": statistics.fmean(finite.values()) if finite else None,
+            "retention_per_language": ratios, "retention": mean_sd(finite.values())["mean"],
             "worst_retention": finite.get(worst_ret), "worst_retention_language": worst_ret,
             "wall_time_s": entry.get("wall_time_s") if row.key != "teacher" else None,
-            "train_tokens_per_s": entry.get("train_tokens_per_s"), "needs": list(row.needs), "latency": latency,
+            "train_tokens_per_s": entry.get("train_tokens_per_s"), "needs": list(row.needs),
+            "latency": latency_of(runs.get(row.run), row.model),
         }
         models.append(model)
         by_key[row.key] = model
-    for model in models:  # latency depends on the shape only: fine-tuned and chain models share their twin's
-        if not model.get("missing") and model["latency"] is None:
-            twin = next((m for m in models if not m.get("missing") and m["latency"] is not None
-                         and (m["kind"], m["layers"], m["hidden"]) == (model["kind"], model["layers"], model["hidden"])), None)
+    found = [m for m in models if not m.get("missing")]
+    for model in found:  # latency depends on the shape only: fine-tuned and chain models share their twin's
+        if model["latency"] is None:
+            twin = next((m for m in found if m["latency"] is not None and
+                         (m["kind"], m["layers"], m["hidden"]) == (model["kind"], model["layers"], model["hidden"])), None)
             model["latency"] = twin["latency"] if twin else None
-    for model in models:  # training time of everything this model needs, the (shared) teacher excluded
-        if model.get("missing") or model["key"] == "teacher":
-            continue
-        parts = [by_key.get(k, {}).get("wall_time_s") for k in model["needs"]] + [model["wall_time_s"]]
-        model["cumulative_wall_time_s"] = sum(parts) if all(p is not None for p in parts) else None
-    comparisons = []
-    for what, a, b in COMPARISONS:
-        ma, mb = by_key.get(a), by_key.get(b)
-        if not ma or not mb:
-            continue
-        diffs = [ma["per_language"][lang] - mb["per_language"][lang] for lang in t_scores]
-        comparisons.append({
-            "what": what, "a": a, "b": b, "diff_points": 100 * (ma["average"] - mb["average"]),
-            "retention_diff_points": 100 * (ma["retention"] - mb["retention"]),
-            "worst_retention_diff_points": 100 * (ma["worst_retention"] - mb["worst_retention"]),
-            "a_better_languages": sum(d > 0 for d in diffs), "b_better_languages": sum(d < 0 for d in diffs),
-            "ties": sum(d == 0 for d in diffs),
-            "sign_test_p": sign_test(sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)),
-        })
+    for model in found:  # training time of everything this model needs, the (shared) teacher excluded
+        if model["key"] != "teacher":
+            parts = [by_key.get(k, {}).get("wall_time_s") for k in model["needs"]] + [model["wall_time_s"]]
+            model["cumulative_wall_time_s"] = sum(parts) if all(p is not None for p in parts) else None
     return {"task": task, "metric": base["metric"], "split": base["split"], "languages": base["languages"],
             "teacher": str(teacher), "teacher_check_max_diff": check, "teacher_rescored_max_diff": rescored,
             "teacher_reference_average": ref_row["average"] if ref_row else None,
             "data_sizes": (read_json(out / task / "dense" / "manifest.json") or {}).get("data_sizes"),
-            "sizes": s.__dict__, "models": models, "comparisons": comparisons,
-            "timing": {k: v for k, v in book.data["runs"].items() if k.startswith(task + "/")},
-            "failed": {k: v for k, v in book.data["failed"].items() if k.startswith(task + "/")}}
+            "sizes": s, "models": models,
+            "comparisons": [compare(what, by_key[a], by_key[b], t_scores) for what, a, b in COMPARISONS
+                            if a in by_key and b in by_key],
+            "timing": timing, "failed": failed}
+
+
+def compare(what: str, ma: dict, mb: dict, t_scores: dict) -> dict:
+    """A minus B in points, and over how many languages A scores higher (with a sign test)."""
+    diffs = [ma["per_language"][lang] - mb["per_language"][lang] for lang in t_scores]
+    wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    return {"what": what, "a": ma["key"], "b": mb["key"], "diff_points": 100 * (ma["average"] - mb["average"]),
+            "retention_diff_points": 100 * (ma["retention"] - mb["retention"]),
+            "worst_retention_diff_points": 100 * (ma["worst_retention"] - mb["worst_retention"]),
+            "a_better_languages": wins, "b_better_languages": losses, "ties": sum(d == 0 for d in diffs),
+            "sign_test_p": sign_test(wins, losses)}
 
 
 def sign_test(wins: int, losses: int) -> float | None:
@@ -435,7 +303,7 @@ def sign_test(wins: int, losses: int) -> float | None:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
-def _latency_for(metrics: dict | None, name: str) -> dict | None:
+def latency_of(metrics: dict | None, name: str) -> dict | None:
     lat = (metrics or {}).get("latency")
     entry = next((m for m in (lat or {}).get("models", []) if m.get("name") == name), None)
     if entry is None:
@@ -448,19 +316,8 @@ def _latency_for(metrics: dict | None, name: str) -> dict | None:
 # Markdown
 
 
-def _pct(x, digits=1):
-    return "—" if x is None else f"{100 * x:.{digits}f}"
-
-
-def _n(n):
-    if n is None:
-        return "—"
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
-
-
 def _s(x):
     return "—" if x is None else f"{x:.0f}"
-
 
 def render_task(r: dict, lat_keys: list[str]) -> str:
     if not r["models"]:
@@ -472,7 +329,7 @@ def render_task(r: dict, lat_keys: list[str]) -> str:
              f"{len(langs)} languages; {metric} in percent on the **{r['split']}** split (models selected on dev); "
              f"examples per language: " + ", ".join(f"{split} {sorted(set(n.values()))}" for split, n in sizes.items())
              + f". Teacher: `{r['teacher']}` (test average in its own run "
-             f"{_pct(r['teacher_reference_average'])}; re-scored here, largest per-language difference "
+             f"{pct(r['teacher_reference_average'])}; re-scored here, largest per-language difference "
              + ("—" if r["teacher_check_max_diff"] is None else f"{100 * r['teacher_check_max_diff']:.2f} points")
              + ("" if r.get("teacher_rescored_max_diff") is None else
                 f"; the recursive run, which loads it too, scores it within {100 * r['teacher_rescored_max_diff']:.2f} "
@@ -487,10 +344,10 @@ def render_task(r: dict, lat_keys: list[str]) -> str:
             lines.append(f"| {m['label']} | {m['how']} | " + " | ".join(["—"] * (len(head) - 2)) + " |")
             continue
         emb = m["params_embedding"]
-        cells = [m["label"], m["how"], _n(m["params_total"]), _n(m["params_total"] - emb),
-                 _n(m["params_unrolled"] - emb), _n(m["params_trainable"]), _pct(m["average"]),
-                 f"{_pct(m['worst'])} ({m['worst_language']})", _pct(m["retention"]),
-                 "100.0" if m["key"] == "teacher" else f"{_pct(m['worst_retention'])} ({m['worst_retention_language']})",
+        cells = [m["label"], m["how"], count(m["params_total"], 1e6), count(m["params_total"] - emb, 1e6),
+                 count(m["params_unrolled"] - emb, 1e6), count(m["params_trainable"], 1e6), pct(m["average"]),
+                 f"{pct(m['worst'])} ({m['worst_language']})", pct(m["retention"]),
+                 "100.0" if m["key"] == "teacher" else f"{pct(m['worst_retention'])} ({m['worst_retention_language']})",
                  _s(m["wall_time_s"]), _s(m.get("cumulative_wall_time_s"))]
         for k in lat_keys:
             lat = m.get("latency") or {}
@@ -500,17 +357,17 @@ def render_task(r: dict, lat_keys: list[str]) -> str:
             size = (m.get("latency") or {}).get("size_mb")
             cells.append("—" if size is None else f"{size:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Parameters: unique = every tensor once (`params_total`, the shared layer once); embeddings "
-              f"(word, position, type tables and their norm) are {_n(r['models'][0]['params_embedding'])} of every "
+    lines += ["", ("Parameters: unique = every tensor once (`params_total`, the shared layer once); embeddings "
+              f"(word, position, type tables and their norm) are {count(r['models'][0]['params_embedding'], 1e6)} of every "
               "model's, frozen in every stage but 'full FT'; unrolled = what the forward pass applies "
               "(`params_unrolled`: the shared layer once per step); trainable = what the stage trained. Retention = "
               "mean over languages of model score / teacher score; worst retention = the lowest of those ratios. "
               "train s: that model's training wall time (evaluations excluded); cumul. s: with the stages it needs "
-              "(the teacher excluded: it is shared).", "",
-              "Differences, A − B (points of the average; retention and worst-language retention in points; "
-              "languages where A / B scores higher):", "",
-              "| comparison | A | B | avg A − B | retention A − B | worst retention A − B | languages A > B / A < B / = "
-              "| sign test p |",
+              "(the teacher excluded: it is shared)."), "",
+              ("Differences, A − B (points of the average; retention and worst-language retention in points; "
+              "languages where A / B scores higher):"), "",
+              ("| comparison | A | B | avg A − B | retention A − B | worst retention A − B | languages A > B / A < B / = "
+              "| sign test p |"),
               "|---|---|---|---:|---:|---:|---:|---:|"]
     for c in r["comparisons"]:
         lines.append(f"| {c['what']} | {c['a']} | {c['b']} | {c['diff_points']:+.2f} | "
@@ -521,8 +378,8 @@ def render_task(r: dict, lat_keys: list[str]) -> str:
     lines += ["", "Per language (score; in brackets retention against the teacher, %):", "",
               "| language | " + " | ".join(m["label"] for m in keys) + " |", "|---|" + "---:|" * len(keys)]
     for lang in langs:
-        cells = [_pct(m["per_language"][lang]) + ("" if m["key"] == "teacher" or m["retention_per_language"][lang] is None
-                                                   else f" ({_pct(m['retention_per_language'][lang], 0)})")
+        cells = [pct(m["per_language"][lang]) + ("" if m["key"] == "teacher" or m["retention_per_language"][lang] is None
+                                                   else f" ({pct(m['retention_per_language'][lang], 0)})")
                  for m in keys]
         lines.append(f"| {lang} | " + " | ".join(cells) + " |")
     if r["timing"]:
@@ -566,6 +423,8 @@ def render(results: dict) -> str:
     return "\n".join(parts)
 
 
+
+
 # ---------------------------------------------------------------------------------------------
 # Main
 
@@ -577,7 +436,7 @@ def parse_args(argv=None):
     p.add_argument("--panx-teacher", type=Path, default=REPO / "runs/real-data/panx/seed0/cascade/teacher")
     p.add_argument("--sib-teacher", type=Path, default=REPO / "runs/real-data/sib200/seed0/cascade/teacher")
     p.add_argument("--out", type=Path, help="where runs go (default runs/recursive-dense[-quick], ignored by git)")
-    p.add_argument("--jobs", type=int, default=2, help="run sequences trained in parallel (default 2)")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained in parallel processes (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--no-bench", action="store_true")
     p.add_argument("--bench-seq", type=int, default=64)
@@ -589,10 +448,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    s = Sizes(quick=args.quick)
-    if args.quick:
-        s.epochs = 1
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("OMP_NUM_THREADS", str(args.threads)),
+                       ("TOKENIZERS_PARALLELISM", "false"), ("CASCADE_KD_QUIET", "1")):
+        os.environ.setdefault(key, value)
+    s = {"quick": args.quick, **SIZES, **({"epochs": 1} if args.quick else {})}
     teachers = {"panx": args.panx_teacher.resolve(), "sib200": args.sib_teacher.resolve()}
     for task in args.tasks:  # the teachers are reused, never retrained here
         t = teachers[task]
@@ -603,70 +462,48 @@ def main(argv=None) -> int:
                   f"--{'panx' if task == 'panx' else 'sib'}-teacher DIR", file=sys.stderr)
             return 2
     out = (args.out or REPO / "runs" / ("recursive-dense-quick" if args.quick else "recursive-dense")).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "main.log", "a")  # noqa: SIM115 - open for the whole run
-    lock = threading.Lock()
-
-    def log(message: str) -> None:
-        line = f"{time.strftime('%H:%M:%S')} {message}"
-        with lock:
-            print(line, flush=True)
-            log_file.write(line + "\n")
-            log_file.flush()
-
-    sequences = [seq for task in args.tasks for seq in plan(task, out / task, teachers[task], s)]
-    from cascade_kd.config.schema import load_recipe
-
-    for seq in sequences:  # every recipe written and checked before any training
-        for run in seq:
-            load_recipe(write_recipe(out, run))
-    book = Book(out / "timing.json", log)
+    # SIB-200 (41 languages) first: the longest runs start first
+    jobs = [job for task in sorted(args.tasks, key=lambda t: t != "sib200") for job in task_jobs(task, out, teachers[task], s)]
+    bench_runs = [f"panx/{name}" for name in ("dense", "recursive")] if "panx" in args.tasks and not args.no_bench else []
+    for job in jobs:
+        if job.name in bench_runs:
+            job.after = functools.partial(bench_step, seq=args.bench_seq, repeats=args.bench_repeats,
+                                          backends=tuple(args.bench_backends))
     started = time.perf_counter()
-    # the machine is shared: sample its load while the runs go, to say how contended the timings are
-    loads, stop = [], threading.Event()
+    if args.collect_only:
+        state = read_json(out / "grid.json") or {}
+    else:
+        from cascade_kd.errors import UserError
 
-    def sample_load():
-        while True:
-            loads.append(os.getloadavg()[0])
-            if stop.wait(60):
-                return
-
-    sampler = threading.Thread(target=sample_load, daemon=True)
-    sampler.start()
-    if not args.collect_only:
-        # SIB-200 (41 languages) first: the longest sequences are started first
-        sequences.sort(key=lambda seq: seq[0].task != "sib200")
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            for future in [pool.submit(run_sequence, seq, out, args.threads, book) for seq in sequences]:
-                future.result()
-    bench_meta = None
-    if not args.no_bench and "panx" in args.tasks:
-        lats = {name: bench(out / "panx" / name, args, log) if not args.collect_only
-                else (read_json(out / "panx" / name / "metrics.json") or {}).get("latency")
-                for name in ("dense", "recursive")}
-        last = lats.get("recursive") or lats.get("dense")
-        if last:
-            # each call times the teacher again: speed-ups are against that call's own teacher figure
-            teacher_ms = {name: next((m["latency_ms"] for m in lat["models"] if m["name"] == "teacher"), None)
-                          for name, lat in lats.items() if lat}
-            bench_meta = {"runs": [k for k, v in lats.items() if v], "seq": args.bench_seq, "teacher_ms": teacher_ms,
-                          "repeats": args.bench_repeats, "backends": last.get("backends"),
-                          "threads": last.get("threads"), "load_average_1min": last.get("load_average_1min"),
-                          "skipped_backends": last.get("skipped_backends")}
+        try:
+            state = run_grid(jobs, out, parallel=args.jobs, quick=args.quick, threads=args.threads)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     wall = time.perf_counter() - started
-    stop.set()
+    bench_meta = None
+    lats = {name.split("/")[1]: (read_json(out / name / "metrics.json") or {}).get("latency") for name in bench_runs}
+    last = lats.get("recursive") or lats.get("dense")
+    if last:
+        # each call times the teacher again: speed-ups are against that call's own teacher figure
+        teacher_ms = {name: next((m["latency_ms"] for m in lat["models"] if m["name"] == "teacher"), None)
+                      for name, lat in lats.items() if lat}
+        bench_meta = {"runs": [k for k, v in lats.items() if v], "seq": args.bench_seq, "teacher_ms": teacher_ms,
+                      "repeats": args.bench_repeats, "backends": last.get("backends"),
+                      "threads": last.get("threads"), "load_average_1min": last.get("load_average_1min"),
+                      "skipped_backends": last.get("skipped_backends")}
     previous = read_json(out / "recursive_dense.json") or {}
+    collect_only = args.collect_only and previous
     results = {
         "mode": "quick" if args.quick else "full",
-        "command": previous.get("command") if args.collect_only and previous else
+        "command": previous.get("command") if collect_only else
         " ".join(["nice -n 10 .venv/bin/python benchmarks/recursive_dense.py", *(argv if argv is not None else sys.argv[1:])]),
-        "date": previous.get("date") if args.collect_only and previous else time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "wall_time_s": previous.get("wall_time_s", wall) if args.collect_only else wall,
+        "date": previous.get("date") if collect_only else time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "wall_time_s": previous.get("wall_time_s", wall) if collect_only else wall,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared", "jobs": args.jobs,
-        "sizes": s.__dict__, "bench": bench_meta,
-        "load_average": (previous.get("load_average") if args.collect_only else
-                         {"mean": statistics.fmean(loads), "max": max(loads), "samples": len(loads)}),
-        "tasks": [collect_task(task, out, teachers[task], s, book) for task in args.tasks],
+        "sizes": s, "bench": bench_meta,
+        "load_average": previous.get("load_average") if collect_only else state.get("load_average"),
+        "tasks": [collect_task(task, out, teachers[task], s, state.get("jobs", {})) for task in args.tasks],
     }
     write_json(out / "recursive_dense.json", results)
     text = render(results)
@@ -676,7 +513,7 @@ def main(argv=None) -> int:
     shutil.copyfile(out / "recursive_dense.json", RESULTS_DIR / f"{name}.json")
     shutil.copyfile(out / "recursive_dense.md", RESULTS_DIR / f"{name}.md")
     print(text)
-    log(f"done in {wall / 60:.1f} min; tables: {out / 'recursive_dense.md'}, {RESULTS_DIR / (name + '.md')}")
+    print(f"done in {wall / 60:.1f} min; tables: {out / 'recursive_dense.md'}, {RESULTS_DIR / (name + '.md')}")
     return 1 if any(r.get("failed") for r in results["tasks"]) else 0
 
 

@@ -16,7 +16,8 @@ needs) and the tables it builds from their metrics.json files.
   this process, one at a time (so a latency figure does not share the CPU with the grid's own
   training), and again only when their job was retrained or the step changed;
 - OUT/grid.json (written atomically after every job) keeps each job's status, fingerprint and wall
-  time, and survives reruns; OUT/grid.log has every line the runs said.
+  time, and survives reruns, with the load average while the grid trained (the machine may be
+  shared); OUT/grid.log has every line the runs said.
 
 The rest are the small helpers the tables share: metrics.json read back, mean ± sample sd over seeds,
 per-language tables and number formats.
@@ -27,7 +28,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import statistics
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -182,8 +185,11 @@ def _say_to(log_path: Path, name: str, say: Say | None) -> Say:
 
 def _train(job: Job, run_dir: Path, log_path: Path, threads: int | None, say: Say | None = None) -> dict:
     """Run one job's recipe (resuming whatever it finished before); the job's record, never an exception."""
+    from transformers.utils import logging as hf_logging
+
     import cascade_kd as ckd
 
+    hf_logging.disable_progress_bar()  # the grid's output is a log: no live bars from saving models
     if threads is not None:
         import torch
 
@@ -202,6 +208,19 @@ def _train(job: Job, run_dir: Path, log_path: Path, threads: int | None, say: Sa
     log(f"finished in {wall:.0f} s")
     return {"status": "done", "wall_s": wall, "run_wall_s": metrics.get("wall_time_s"),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _sample_load(every_s: float = 60.0):
+    """Sample the 1-minute load average now and every minute until stopped: on a shared machine it
+    says how contended the grid's timings are. Returns (samples, stop)."""
+    samples, done = [os.getloadavg()[0]], threading.Event()
+
+    def sample():
+        while not done.wait(every_s):
+            samples.append(os.getloadavg()[0])
+
+    threading.Thread(target=sample, daemon=True).start()
+    return samples, done.set
 
 
 def describe(step: Callable) -> str:
@@ -274,6 +293,7 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, s
         else:
             pending.append(job)
     started = time.perf_counter()
+    loads, stop = _sample_load()
 
     def blocked(job: Job) -> str | None:
         bad = [d for d in job.depends_on if records.get(d, {}).get("status") in ("failed", "blocked")]
@@ -321,7 +341,9 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, s
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     settle(running.pop(future), future.result())
+    stop()
     grid["wall_time_s"] = time.perf_counter() - started
+    grid["load_average"] = {"mean": statistics.fmean(loads), "max": max(loads), "samples": len(loads)}
     save()
     for job in jobs:  # post steps: once training is over, one at a time
         if job.after is None or records[job.name]["status"] != "done":
@@ -389,9 +411,9 @@ def pm(summary: dict | None, scale: float = 100.0, digits: int = 1) -> str:
     return text + (f" ± {scale * summary['sd']:.{digits}f}" if summary.get("sd") is not None else "")
 
 
-def count(n) -> str:
-    """A parameter count: 15.63M, 120.4k."""
-    return "—" if n is None else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+def count(n, millions_from: float = 1e5) -> str:
+    """A parameter count: 15.63M, 120.4k (in millions from `millions_from` on)."""
+    return "—" if n is None else f"{n / 1e6:.2f}M" if n >= millions_from else f"{n / 1e3:.1f}k"
 
 
 def md_table(head: list[str], rows: list[list[str]], left: int = 2) -> list[str]:
