@@ -51,8 +51,8 @@ class Job:
     OUT/`name`. `seed` (when given) replaces the recipe's seed; `config` names what the job measures
     whatever its seed (default: the name), so tables can average a config over seeds. `depends_on`:
     names of jobs whose output this one reads (a teacher, a stage's model). `after(run_dir)`: a post
-    step on the finished run; `after_tag` names its settings (default: the callable and its arguments),
-    so that a changed step runs again."""
+    step on the finished run (a dict it returns is kept in grid.json); `after_tag` names its settings
+    (default: the callable and its arguments), so that a changed step runs again."""
 
     name: str
     recipe: dict | object
@@ -354,8 +354,9 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, s
             continue
         t0 = time.perf_counter()
         try:
-            job.after(out_dir / job.name)
-            step = {"tag": tag, "status": "done", "wall_s": time.perf_counter() - t0}
+            result = job.after(out_dir / job.name)
+            step = {"tag": tag, "status": "done", "wall_s": time.perf_counter() - t0,
+                    **({"result": result} if isinstance(result, dict) else {})}
         except Exception as exc:  # noqa: BLE001 - the run is kept; the step is reported as failed
             log(f"{job.name}: post step FAILED:\n{traceback.format_exc()}")
             step = {"tag": tag, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}

@@ -17,7 +17,8 @@ What it measures, per model (10 PAN-X languages: en de fr es ru el ar hi zh ja):
   judged on the best backend whose numerics are fp32 (PyTorch or onnxruntime fp32: the backends the
   F1 figures hold for), the best of all backends is shown beside it.
 
-How the students are made (recipes only, through `cascade-kd run`, one engine):
+How the students are made (recipes only, one engine: a grid of recipes that benchmarks/runner.py
+runs with the Python API into OUT/runs/<name>/):
 - transfer set (XtremeDistil's unlabelled data): PAN-X training sentences of each language that come
   AFTER the labelled ones (the reader's `max_train_per_language` keeps the first N sentences; we
   skip at least as many as the teacher's own run used), with duplicates and any sentence that also
@@ -31,9 +32,10 @@ How the students are made (recipes only, through `cascade-kd run`, one engine):
   gradual unfreezing;
 - transformer: 2 x 128 from the teacher's bottom layers with frozen embeddings (LightMBERT), `kl` +
   top-layer `hidden_mse` + `attention_mse`, with the same transfer set;
-- then `cascade-kd trim` on each final student, two ways: its default (the word pieces of the run's
-  labelled training text and the transfer text: every piece the student was trained on), and with
-  `--no-transfer` (the pieces of the labelled training text only).
+- then `cascade_kd.trim` on each final student (a post step of its run), two ways: its default (the
+  word pieces of the run's labelled training text and the transfer text: every piece the student
+  was trained on), and with `with_transfer=False` (`cascade-kd trim --no-transfer`: the pieces of
+  the labelled training text only).
   Parameters and F1 are given before and after trimming; ratios and retention use the trimmed
   model (both trims are shown).
 
@@ -44,9 +46,9 @@ trained here with real_data.py's recipe settings (OUT/runs/teacher). The output 
     nice -n 10 .venv/bin/python benchmarks/xtremedistil_panx.py --quick   # pipeline check (4 languages, tiny)
     nice -n 10 .venv/bin/python benchmarks/xtremedistil_panx.py           # full mode (see benchmarks/RESULTS.md)
 
-Rerunning the same command skips finished runs and trims (a half-finished run is resumed with
-`cascade-kd run --resume`) and measures latency again; `--collect-only` rebuilds the tables from
-the finished runs, trims and OUT/latency.json without measuring anything. Training processes get
+Rerunning the same command skips finished runs and trims (a half-finished run resumes from its
+checkpoints) and measures latency again; `--collect-only` rebuilds the tables from the finished
+runs, trims and OUT/latency.json without training or measuring anything. Training processes get
 one torch thread each (`--threads`); the two students train in parallel (`--jobs 2`). Results:
 OUT/xtremedistil_panx.{json,md} and benchmarks/results/xtremedistil_panx[_quick].{json,md}.
 """
@@ -54,17 +56,16 @@ OUT/xtremedistil_panx.{json,md} and benchmarks/results/xtremedistil_panx[_quick]
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common import read_json, write_json
+from runner import Job, count, failures, pct, read_json, run_grid, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -81,63 +82,31 @@ TARGETS = {"params_ratio": 35.0, "latency_ratio_b32": 100.0, "retention": 0.95}
 # ---------------------------------------------------------------------------------------------
 # Sizes per mode
 
-
-@dataclass
-class Sizes:
-    languages: list[str]
-    max_train: int  # labelled sentences per language (the teacher of real_data.py saw the first 1000)
-    max_eval: int
-    transfer: int  # unlabelled transfer sentences per language (at most)
-    bilstm_epochs: tuple[float, float, float]  # stage 1 (hidden_mse), 2 (kl, gradual), 3 (ce, gradual)
-    transformer_epochs: float
-    teacher_epochs: float  # only when a teacher has to be trained here
-    bilstm_embedding: int = 96  # PCA of the teacher's 128-wide word embeddings
-    bilstm_hidden: int = 128  # LSTM units per direction
-    bilstm_teacher_layer: int = 2  # the teacher's middle layer (XtremeDistil: 6 of 12)
-    bilstm_lr: float = 1e-3
-    transformer_layers: int = 2
-    lr: float = 5e-4
-    batch_size: int = 32
-    max_length: int = 128
-    latency_seq: int = 64
-    latency_repeats: int = 20
-    mbert_repeats: int = 10  # one fp32 pass of the 12 x 768 model at batch 32 takes seconds on one thread
+SIZES = {
+    # max_train: labelled sentences per language (the teacher of real_data.py saw the first 1000); transfer:
+    # unlabelled transfer sentences per language (at most); bilstm_epochs: stage 1 (hidden_mse), 2 (kl,
+    # gradual), 3 (ce, gradual); teacher_epochs: only when a teacher has to be trained here
+    "quick": {"languages": QUICK_LANGUAGES, "max_train": 200, "max_eval": 100, "transfer": 200,
+              "bilstm_epochs": (1, 1, 1), "transformer_epochs": 1, "teacher_epochs": 2},
+    "full": {"languages": LANGUAGES, "max_train": 1000, "max_eval": 500, "transfer": 6000,
+             "bilstm_epochs": (2, 4, 3), "transformer_epochs": 2, "teacher_epochs": 8},
+}
+COMMON = {
+    "bilstm_embedding": 96,  # PCA of the teacher's 128-wide word embeddings
+    "bilstm_hidden": 128,  # LSTM units per direction
+    "bilstm_teacher_layer": 2,  # the teacher's middle layer (XtremeDistil: 6 of 12)
+    "bilstm_lr": 1e-3, "transformer_layers": 2, "lr": 5e-4, "batch_size": 32, "max_length": 128,
+    "latency_seq": 64, "latency_repeats": 20,
+    "mbert_repeats": 10,  # one fp32 pass of the 12 x 768 model at batch 32 takes seconds on one thread
+}
 
 
-def sizes_for(args) -> Sizes:
-    if args.quick:
-        s = Sizes(QUICK_LANGUAGES, 200, 100, transfer=200, bilstm_epochs=(1, 1, 1), transformer_epochs=1,
-                  teacher_epochs=2, latency_repeats=5, mbert_repeats=3)
-    else:
-        s = Sizes(LANGUAGES, 1000, 500, transfer=6000, bilstm_epochs=(2, 4, 3), transformer_epochs=2, teacher_epochs=8)
+def sizes_for(args) -> dict:
+    s = {**SIZES["quick" if args.quick else "full"], **COMMON}
+    s.update({"latency_repeats": 5, "mbert_repeats": 3} if args.quick else {})
     if args.transfer is not None:
-        s.transfer = args.transfer
+        s["transfer"] = args.transfer
     return s
-
-
-# ---------------------------------------------------------------------------------------------
-# Small helpers
-
-
-
-
-def _write_recipe(path: Path, recipe: dict, what: str) -> Path:
-    import yaml
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = f"# generated by benchmarks/xtremedistil_panx.py: {what}\n" + yaml.safe_dump(recipe, sort_keys=False,
-                                                                                        allow_unicode=True)
-    if not path.is_file() or path.read_text() != text:  # an unchanged recipe keeps its file (and --resume works)
-        path.write_text(text)
-    return path
-
-
-def _child_env(threads: int) -> dict:
-    """Training children: one torch/OMP thread each (the machine is shared), offline, no tokenizer threads."""
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1")
-    return env
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,22 +126,22 @@ def teacher_train_cap(teacher: Path) -> int | None:
     return None
 
 
-def write_transfer(root: Path, out: Path, s: Sizes, skip: int, log) -> dict:
-    """OUT/transfer/{lang}.txt: up to s.transfer sentences from train-{lang}.tsv after the first
+def write_transfer(root: Path, out: Path, s: dict, skip: int, log) -> dict:
+    """OUT/transfer/{lang}.txt: up to s["transfer"] sentences from train-{lang}.tsv after the first
     `skip` sentences, read with the project's own CoNLL reader (so sentence boundaries are the ones
     `max_train_per_language` counts), minus duplicates and minus any sentence that also occurs among
     the first `skip` training sentences or anywhere in dev (dev is where the test split is carved)."""
     from cascade_kd.data.readers import read_examples
 
     stats = {}
-    for lang in s.languages:
+    for lang in s["languages"]:
         path = out / "transfer" / f"{lang}.txt"
         train = read_examples(root / "panx" / f"train-{lang}.tsv", fmt="conll", task="token", lang=lang)
         dev = read_examples(root / "panx" / f"dev-{lang}.tsv", fmt="conll", task="token", lang=lang)
         seen = {tuple(ex.tokens) for ex in train[:skip]} | {tuple(ex.tokens) for ex in dev}
         lines, dropped = [], {"duplicate_or_labelled_or_dev": 0, "whitespace_in_token": 0}
         for ex in train[skip:]:
-            if len(lines) >= s.transfer:
+            if len(lines) >= s["transfer"]:
                 break
             key = tuple(ex.tokens)
             if key in seen:
@@ -197,130 +166,102 @@ def write_transfer(root: Path, out: Path, s: Sizes, skip: int, log) -> dict:
 # Recipes
 
 
-def data_section(root: Path, out: Path, s: Sizes, transfer: bool = True) -> dict:
-    data = {"languages": s.languages, "format": "conll",
+def data_section(root: Path, out: Path, s: dict, transfer: bool = True) -> dict:
+    data = {"languages": s["languages"], "format": "conll",
             "train": str(root / "panx" / "train-{lang}.tsv"), "dev": str(root / "panx" / "dev-{lang}.tsv"),
-            "holdout_from_dev": 0.5, "max_train_per_language": s.max_train, "max_eval_per_language": s.max_eval}
+            "holdout_from_dev": 0.5, "max_train_per_language": s["max_train"], "max_eval_per_language": s["max_eval"]}
     if transfer:
-        data.update(transfer=str(out / "transfer" / "{lang}.txt"), max_transfer_per_language=s.transfer)
+        data.update(transfer=str(out / "transfer" / "{lang}.txt"), max_transfer_per_language=s["transfer"])
     return data
 
 
-def task_section(s: Sizes) -> dict:
-    return {"type": "token", "max_length": s.max_length, "label_all_subwords": False, "labels": PANX_LABELS}
+def task_section(s: dict) -> dict:
+    return {"type": "token", "max_length": s["max_length"], "label_all_subwords": False, "labels": PANX_LABELS}
 
 
-def teacher_recipe(root: Path, out: Path, s: Sizes) -> dict:
+def teacher_recipe(root: Path, out: Path, s: dict) -> dict:
     """real_data.py's PAN-X teacher: 4 x 128 BERT from scratch with the mBERT cased vocabulary."""
     config = {"model_type": "bert", "num_hidden_layers": 4, "hidden_size": 128, "num_attention_heads": 4,
               "intermediate_size": 512, "max_position_embeddings": 128}
     return {"name": "panx-xtremedistil-teacher", "seed": 0, "task": task_section(s),
             "data": data_section(root, out, s, transfer=False),
             "teacher": {"config": config, "tokenizer": str(root / "tokenizers" / "mbert-cased"),
-                        "train": {"epochs": s.teacher_epochs, "lr": 1e-3, "batch_size": 64}}}
+                        "train": {"epochs": s["teacher_epochs"], "lr": 1e-3, "batch_size": 64}}}
 
 
-def bilstm_recipe(root: Path, out: Path, s: Sizes, teacher: Path) -> dict:
-    e1, e2, e3 = s.bilstm_epochs
-    student = {"kind": "bilstm", "hidden": s.bilstm_hidden, "lstm_layers": 1, "embedding_size": s.bilstm_embedding,
+def bilstm_recipe(root: Path, out: Path, s: dict, teacher: Path) -> dict:
+    e1, e2, e3 = s["bilstm_epochs"]
+    student = {"kind": "bilstm", "hidden": s["bilstm_hidden"], "lstm_layers": 1, "embedding_size": s["bilstm_embedding"],
                "embeddings": "pca", "freeze_embeddings": False}
     return {"name": "panx-xtremedistil-bilstm", "seed": 0, "task": task_section(s), "data": data_section(root, out, s),
             "teacher": {"model": str(teacher), "finetune": "never"},
-            "train": {"batch_size": s.batch_size, "lr": s.bilstm_lr},
+            "train": {"batch_size": s["batch_size"], "lr": s["bilstm_lr"]},
             "cascade": {"direct": False, "losses": {"kl": {"temperature": 2.0}}, "stages": [
                 {"name": "bilstm-repr", "student": student, "teacher": "original",
-                 "losses": {"hidden_mse": {"layer_map": [[s.bilstm_teacher_layer, "last"]]}}, "train": {"epochs": e1}},
+                 "losses": {"hidden_mse": {"layer_map": [[s["bilstm_teacher_layer"], "last"]]}}, "train": {"epochs": e1}},
                 {"name": "bilstm-kl", "student": "previous", "teacher": "original",
                  "losses": {"kl": {"temperature": 2.0}}, "train": {"epochs": e2, "unfreeze": "gradual"}},
                 {"name": "bilstm-ce", "student": "previous", "teacher": "original",
                  "losses": {"ce": {}}, "train": {"epochs": e3, "unfreeze": "gradual"}}]}}
 
 
-def transformer_recipe(root: Path, out: Path, s: Sizes, teacher: Path) -> dict:
+def transformer_recipe(root: Path, out: Path, s: dict, teacher: Path) -> dict:
     lightmbert = {"kl": {"temperature": 2.0}, "hidden_mse": {"layer_map": "top_only"},
                   "attention_mse": {"layer_map": "top_only"}}
     return {"name": "panx-xtremedistil-transformer", "seed": 0, "task": task_section(s),
             "data": data_section(root, out, s), "teacher": {"model": str(teacher), "finetune": "never"},
-            "train": {"batch_size": s.batch_size, "lr": s.lr, "epochs": s.transformer_epochs},
+            "train": {"batch_size": s["batch_size"], "lr": s["lr"], "epochs": s["transformer_epochs"]},
             "cascade": {"direct": False, "losses": lightmbert, "stages": [
-                {"name": f"tf{s.transformer_layers}",
-                 "student": {"layers": s.transformer_layers, "init": "bottom", "freeze_embeddings": True}}]}}
+                {"name": f"tf{s['transformer_layers']}",
+                 "student": {"layers": s["transformer_layers"], "init": "bottom", "freeze_embeddings": True}}]}}
 
 
 # ---------------------------------------------------------------------------------------------
-# Running recipes and trims (CLI children, one thread each)
+# The grid: the two students (and the teacher when none is given), each trimmed two ways after training
 
 
-def start_run(recipe: Path, run_dir: Path, threads: int, log) -> subprocess.Popen | None:
-    """`cascade-kd run RECIPE --out RUN_DIR` (with --resume when RUN_DIR has a half-finished run);
-    None when the run finished before."""
-    if (run_dir / "metrics.json").is_file():
-        log(f"{run_dir.name}: finished before, skipped")
-        return None
-    cmd = [sys.executable, "-m", "cascade_kd", "run", str(recipe), "--out", str(run_dir)]
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        cmd.append("--resume")
-    log_path = run_dir.parent.parent / "logs" / f"{run_dir.name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log(f"{run_dir.name}: {' '.join(cmd)} (log: {log_path})")
-    handle = open(log_path, "a")  # noqa: SIM115 - closed by wait_runs
-    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=_child_env(threads))
-    proc.log_handle, proc.started, proc.name = handle, time.perf_counter(), run_dir.name
-    return proc
+def trim_step(run_dir: Path, *, model: str, student: str, out: Path) -> dict:
+    """`cascade_kd.trim` of the run's final model two ways (coverage report and test scores before and
+    after, in OUT/trimmed/<student>-<labelled|all>/trim.json): the pieces of the run's labelled training
+    text only, and of that and its transfer text (trim's default). Returns each trim's wall time."""
+    import cascade_kd as ckd
 
-
-def wait_runs(procs: list, timing: dict, log) -> None:
-    """Wait for every run; each one's wall time is taken when it ends (polled, so a run that ends
-    first is not timed until the other ends)."""
-    pending = [proc for proc in procs if proc is not None]
-    while pending:
-        for proc in list(pending):
-            if proc.poll() is None:
-                continue
-            pending.remove(proc)
-            proc.log_handle.close()
-            wall = time.perf_counter() - proc.started
-            timing[proc.name] = wall
-            log(f"{proc.name}: exit code {proc.returncode} after {wall:.0f} s")
-            if proc.returncode != 0:
-                raise SystemExit(f"{proc.name} failed (exit code {proc.returncode}); see its log under OUT/logs")
-        time.sleep(2)
-
-
-def trim(model_dir: Path, out_dir: Path, threads: int, timing: dict, log, with_transfer: bool) -> dict:
-    """`cascade-kd trim MODEL_DIR --out OUT_DIR [--no-transfer]` (coverage report and test scores
-    before/after): the pieces of the run's labelled training text and transfer text, or with
-    --no-transfer of the labelled text only."""
-    info = out_dir / "trim.json"
-    if not info.is_file():
-        cmd = [sys.executable, "-m", "cascade_kd", "trim", str(model_dir), "--out", str(out_dir)]
-        cmd += [] if with_transfer else ["--no-transfer"]
-        log_path = out_dir.parent.parent / "logs" / f"trim-{out_dir.name}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log(f"trim {out_dir.name}: {' '.join(cmd)} (log: {log_path})")
+    timing = {}
+    for variant, with_transfer in (("labelled", False), ("all", True)):
         started = time.perf_counter()
-        with open(log_path, "a") as handle:
-            code = subprocess.call(cmd, stdout=handle, stderr=subprocess.STDOUT, env=_child_env(threads))
-        timing[f"trim-{out_dir.name}"] = time.perf_counter() - started
-        if code != 0:
-            raise SystemExit(f"trim of {model_dir} failed (exit code {code}); see {log_path}")
-    else:
-        log(f"trim {out_dir.name}: done before, skipped")
-    return read_json(info)
+        ckd.trim(run_dir / "stages" / model, out / "trimmed" / f"{student}-{variant}", with_transfer=with_transfer,
+                 overwrite=True, say=lambda m: print(f"{time.strftime('%H:%M:%S')} [trim {student}] {m}", flush=True))
+        timing[f"trim-{student}-{variant}"] = time.perf_counter() - started
+    return timing
+
+
+def grid(root: Path, out: Path, s: dict, teacher: Path | None) -> list[Job]:
+    """runs/bilstm and runs/transformer (after runs/teacher when the teacher is trained here), each
+    with its two trims as a post step."""
+    jobs = [] if teacher else [Job("runs/teacher", teacher_recipe(root, out, s), what="real_data.py's PAN-X teacher")]
+    teacher = teacher or out / "runs" / "teacher" / "teacher"
+    needs = [job.name for job in jobs]
+    for student, recipe, model, what in (
+            ("bilstm", bilstm_recipe(root, out, s, teacher), "bilstm-ce",
+             "BiLSTM student, XtremeDistil's 3 stages, transfer set"),
+            ("transformer", transformer_recipe(root, out, s, teacher), f"tf{s['transformer_layers']}",
+             f"{s['transformer_layers']} x 128 transformer student, LightMBERT losses, transfer set")):
+        jobs.append(Job(f"runs/{student}", recipe, what=what, depends_on=needs,
+                        after=functools.partial(trim_step, model=model, student=student, out=out)))
+    return jobs
 
 
 # ---------------------------------------------------------------------------------------------
 # Latency: every model in this one process, same threads, same inputs
 
 
-def measure_latency(models: list[dict], s: Sizes, threads: int, log) -> dict:
+def measure_latency(models: list[dict], s: dict, threads: int, log) -> dict:
     """models: [{key, dir (a saved model) or None for the mBERT-base-shaped one, recipe (for the ONNX
     check), onnx: bool}]. Returns per key {latency_ms: {backend/bB: ms}, onnx_check}."""
     import torch
     from transformers import BertConfig, BertForTokenClassification
 
     from cascade_kd.deploy.bench import forward_latency_ms, random_inputs, timed
-    from cascade_kd.training.loop import resolve_precision
     from cascade_kd.deploy.export import (
         INT8_NAME,
         ONNX_NAME,
@@ -329,10 +270,11 @@ def measure_latency(models: list[dict], s: Sizes, threads: int, log) -> dict:
         session,
     )
     from cascade_kd.students.hub import load_checkpoint
+    from cascade_kd.training.loop import resolve_precision
 
     torch.set_num_threads(threads)
     bf16 = resolve_precision("auto") == "bf16"  # native bf16 (AMX / AVX-512 BF16); emulated bf16 is slower
-    seq, batches = s.latency_seq, (32, 1)
+    seq, batches = s["latency_seq"], (32, 1)
     load = {"start": os.getloadavg()[0]}
     out = {}
 
@@ -345,11 +287,11 @@ def measure_latency(models: list[dict], s: Sizes, threads: int, log) -> dict:
         return figures
 
     mbert = BertForTokenClassification(BertConfig(**MBERT_BASE)).eval()
-    out["mbert-base"] = {"latency_ms": torch_figures(mbert, s.mbert_repeats)}
+    out["mbert-base"] = {"latency_ms": torch_figures(mbert, s["mbert_repeats"])}
     log("latency mbert-base: " + ", ".join(f"{k} {v:.1f} ms" for k, v in out["mbert-base"]["latency_ms"].items()))
     for m in models:
         model = load_checkpoint(m["dir"], "token").eval()
-        entry = {"latency_ms": torch_figures(model, s.latency_repeats)}
+        entry = {"latency_ms": torch_figures(model, s["latency_repeats"])}
         if m.get("onnx"):
             with tempfile.TemporaryDirectory(prefix="xtremedistil-onnx-") as tmp:
                 try:
@@ -369,20 +311,20 @@ def measure_latency(models: list[dict], s: Sizes, threads: int, log) -> dict:
                             feed = {k: v for k, v in random_inputs(model.config, names, batch, seq).items()
                                     if k in feed_names}
                             entry["latency_ms"][f"{backend}/b{batch}"] = timed(
-                                lambda sess=sess, feed=feed: sess.run(None, feed), repeats=s.latency_repeats)[0]
+                                lambda sess=sess, feed=feed: sess.run(None, feed), repeats=s["latency_repeats"])[0]
                         del sess
         out[m["key"]] = entry
         log(f"latency {m['key']}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in entry["latency_ms"].items()))
         del model
     # the reference again at the end: the machine is shared, so its load may have changed meanwhile
-    again = {f"fp32/b{b}": forward_latency_ms(mbert, b, seq, bf16=False, repeats=s.mbert_repeats) for b in batches}
+    again = {f"fp32/b{b}": forward_latency_ms(mbert, b, seq, bf16=False, repeats=s["mbert_repeats"]) for b in batches}
     out["mbert-base"]["latency_ms_again_at_end"] = again
     log("latency mbert-base (again): " + ", ".join(f"{k} {v:.1f} ms" for k, v in again.items()))
     load["end"] = os.getloadavg()[0]
     from cascade_kd.students import count_parameters
 
     return {"models": out, "mbert_params": count_parameters(mbert), "threads": threads, "seq_len": seq,
-            "batch_sizes": list(batches), "repeats": s.latency_repeats, "mbert_repeats": s.mbert_repeats,
+            "batch_sizes": list(batches), "repeats": s["latency_repeats"], "mbert_repeats": s["mbert_repeats"],
             "bf16": bf16, "load_average_1min": load, "torch": torch.__version__,
             "input": "random word-piece ids, full attention mask; tokenisation excluded"}
 
@@ -451,14 +393,6 @@ def targets(row: dict) -> dict:
 # Markdown
 
 
-def _m(n):
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
-
-
-def _pct(x, digits=1):
-    return "—" if x is None else f"{100 * x:.{digits}f}"
-
-
 BACKEND_NAMES = {"fp32": "PyTorch fp32", "bf16": "PyTorch bf16", "ort-fp32": "ORT fp32", "ort-int8": "ORT int8"}
 
 
@@ -483,11 +417,11 @@ def render(r: dict) -> str:
             "x b1"]
     lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for row in r["models"]:
-        cells = [row["label"], _m(row["params_total"]), _m(row["params_embedding"]),
-                 _m(row["params_total_untrimmed"]), f"{row['params_ratio_vs_mbert_base']:.1f}x",
-                 _pct(row["average"]), _pct(row["retention"]),
-                 f"{_pct(row['retention_per_language'][row['worst_retention_language']])} ({row['worst_retention_language']})",
-                 _pct(row["average_untrimmed"]), _pct(row["retention_untrimmed"])]
+        cells = [row["label"], count(row["params_total"]), count(row["params_embedding"]),
+                 count(row["params_total_untrimmed"]), f"{row['params_ratio_vs_mbert_base']:.1f}x",
+                 pct(row["average"]), pct(row["retention"]),
+                 f"{pct(row['retention_per_language'][row['worst_retention_language']])} ({row['worst_retention_language']})",
+                 pct(row["average_untrimmed"]), pct(row["retention_untrimmed"])]
         if "best_exact_b32" in row:
             e32, a32, e1 = row["best_exact_b32"], row["best_any_b32"], row["best_exact_b1"]
             cells += [f"{e32['ms']:.2f} ({BACKEND_NAMES[e32['backend']]})", f"{e32['ratio']:.0f}x",
@@ -531,9 +465,9 @@ def render(r: dict) -> str:
     for lang in langs:
         cells = []
         for row in r["models"]:
-            cell = _pct(row["per_language"][lang])
+            cell = pct(row["per_language"][lang])
             if row["key"] != "teacher":
-                cell += f" ({_pct(row['retention_per_language'][lang], 0)}) / {_pct(row['per_language_untrimmed'][lang])}"
+                cell += f" ({pct(row['retention_per_language'][lang], 0)}) / {pct(row['per_language_untrimmed'][lang])}"
             cells.append(cell)
         lines.append(f"| {lang} | " + " | ".join(cells) + " |")
     lines += ["", (f"Targets: >= {TARGETS['params_ratio']:.0f}x fewer parameters than mBERT-base (trimmed model), "
@@ -547,7 +481,7 @@ def render(r: dict) -> str:
         lines.append(f"- {row['label']}: params {row['params_ratio_vs_mbert_base']:.1f}x {yes(t['params_ratio'])}; "
                      + (f"latency b32 {row['best_exact_b32']['ratio']:.0f}x {yes(t['latency_ratio_b32'])} "
                         f"(any backend {row['best_any_b32']['ratio']:.0f}x); " if "latency_ratio_b32" in t else "")
-                     + f"retention {_pct(row['retention'])}% {yes(t['retention'])}"
+                     + f"retention {pct(row['retention'])}% {yes(t['retention'])}"
                      + f" -> {'all three met' if t['all'] else 'not all met'}.")
     trimmed = [row for row in r["models"] if row.get("trim")]
     if trimmed:
@@ -567,7 +501,7 @@ def render(r: dict) -> str:
     stages = r.get("bilstm_stages")
     if stages:
         lines += ["", "BiLSTM stages (untrimmed, test F1 average / retention): " + "; ".join(
-            f"{k} {_pct(v['average'])} / {_pct(v['retention'])}" for k, v in stages.items())
+            f"{k} {pct(v['average'])} / {pct(v['retention'])}" for k, v in stages.items())
             + " (the representation stage's head is untrained, so its score means nothing)."]
     t = r["timing"]
     lines += ["", "Wall time (s), this script's clock: " + ", ".join(f"{k} {v:.0f}" for k, v in t.items())
@@ -593,15 +527,15 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process and for latency")
     p.add_argument("--jobs", type=int, default=2, choices=[1, 2], help="train the two students in parallel (2) or not")
     p.add_argument("--collect-only", action="store_true", help="rebuild the tables from finished runs, trims and "
-                   "OUT/latency.json; nothing is trained or measured (a missing run or trim is still made)")
+                   "OUT/latency.json; nothing is trained or measured")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for key, value in (("OMP_NUM_THREADS", str(args.threads)), ("TOKENIZERS_PARALLELISM", "false"),
+                       ("HF_HUB_OFFLINE", "1"), ("CASCADE_KD_QUIET", "1")):
+        os.environ.setdefault(key, value)
     started = time.perf_counter()
     s = sizes_for(args)
     root = args.data.resolve()
@@ -609,20 +543,12 @@ def main(argv=None) -> int:
         print(f"no PAN-X data at {root / 'panx'} (give --data)", file=sys.stderr)
         return 2
     out = (args.out or REPO / "runs" / ("xtremedistil-panx-quick" if args.quick else "xtremedistil-panx")).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "main.log", "a")  # noqa: SIM115
+    previous = read_json(out / "xtremedistil_panx.json")
 
     def log(message: str) -> None:
-        line = f"{time.strftime('%H:%M:%S')} {message}"
-        print(line, flush=True)
-        log_file.write(line + "\n")
-        log_file.flush()
+        print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
-    timing = (read_json(out / "timing.json") or {})
-    previous = read_json(out / "xtremedistil_panx.json")
-    runs, recipes = out / "runs", out / "recipes"
-
-    # 1. the teacher: the project's trained one, or one trained here with the same settings
+    # 1. the teacher: the project's trained one, or one trained here (first job of the grid) with the same settings
     teacher = args.teacher or (REAL_DATA_TEACHER if (REAL_DATA_TEACHER / "stage.json").is_file() else None)
     if teacher is not None:
         teacher = teacher.resolve()
@@ -631,51 +557,47 @@ def main(argv=None) -> int:
             return 2
         what = ("the 4 x 128 teacher trained by benchmarks/real_data.py (seed 0, from scratch, mBERT vocabulary)"
                 if teacher == REAL_DATA_TEACHER.resolve() else "given with --teacher")
+        cap = teacher_train_cap(teacher)
     else:
-        recipe = _write_recipe(recipes / "teacher.yaml", teacher_recipe(root, out, s), "real_data.py's PAN-X teacher")
-        wait_runs([start_run(recipe, runs / "teacher", args.threads, log)], timing, log)
-        teacher, what = runs / "teacher" / "teacher", "trained here: 4 x 128 from scratch with real_data.py's settings"
+        what, cap = "trained here: 4 x 128 from scratch with real_data.py's settings", s["max_train"]
+    jobs = grid(root, out, s, teacher)
+    teacher = teacher or out / "runs" / "teacher" / "teacher"
     log(f"teacher: {teacher} ({what})")
 
     # 2. the transfer set, after every sentence the teacher or the students saw with labels
-    cap = teacher_train_cap(teacher)
-    skip = max(s.max_train, cap or 0)
+    skip = max(s["max_train"], cap or 0)
     if cap is None:
         log(f"note: the teacher's training cap is unknown; the transfer set starts after sentence {skip}")
     transfer = write_transfer(root, out, s, skip, log)
 
-    # 3. the two students, in parallel (one thread each)
-    bl = _write_recipe(recipes / "bilstm.yaml", bilstm_recipe(root, out, s, teacher),
-                       "BiLSTM student, XtremeDistil's 3 stages, transfer set")
-    tf = _write_recipe(recipes / "transformer.yaml", transformer_recipe(root, out, s, teacher),
-                       f"{s.transformer_layers} x 128 transformer student, LightMBERT losses, transfer set")
-    from cascade_kd.config.schema import load_recipe
-
-    load_recipe(bl), load_recipe(tf)  # both checked before any training
-    if args.jobs == 2:
-        wait_runs([start_run(bl, runs / "bilstm", args.threads, log), start_run(tf, runs / "transformer", args.threads, log)],
-                  timing, log)
+    # 3. the grid: the teacher if trained here, the two students (in parallel with --jobs 2), their trims
+    if args.collect_only:
+        state = read_json(out / "grid.json") or {}
     else:
-        wait_runs([start_run(bl, runs / "bilstm", args.threads, log)], timing, log)
-        wait_runs([start_run(tf, runs / "transformer", args.threads, log)], timing, log)
-    write_json(out / "timing.json", timing)
+        from cascade_kd.errors import UserError
 
-    # 4. vocabulary trimming of each final student, two ways: the pieces of all the text the student
-    # trained on (labelled + transfer: `cascade-kd trim`'s default), and of the labelled text only
-    tf_name = f"tf{s.transformer_layers}"
-    finals = {"bilstm": runs / "bilstm" / "stages" / "bilstm-ce", "transformer": runs / "transformer" / "stages" / tf_name}
-    trims = {}
-    for student, model_dir in finals.items():
-        trims[f"{student}-labelled"] = trim(model_dir, out / "trimmed" / f"{student}-labelled", args.threads, timing, log,
-                                            with_transfer=False)
-        trims[f"{student}-all"] = trim(model_dir, out / "trimmed" / f"{student}-all", args.threads, timing, log,
-                                       with_transfer=True)
-    write_json(out / "timing.json", timing)
+        try:
+            state = run_grid(jobs, out, parallel=args.jobs, quick=args.quick, threads=args.threads)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    if failures(state):
+        for name, why in failures(state).items():
+            print(f"error: {name}: {why}", file=sys.stderr)
+        return 1
+    runs = out / "runs"
+    trims = {f"{student}-{variant}": read_json(out / "trimmed" / f"{student}-{variant}" / "trim.json")
+             for student in ("bilstm", "transformer") for variant in ("labelled", "all")}
+    timing = {k: v for name in ("runs/bilstm", "runs/transformer")
+              for k, v in ((state.get("jobs", {}).get(name) or {}).get("after") or {}).get("result", {}).items()}
+    if "runs/teacher" in state.get("jobs", {}):
+        timing["teacher"] = state["jobs"]["runs/teacher"]["wall_s"]
 
-    # 5. latency, one process: the mBERT-base-shaped reference, the teacher, the trimmed students
+    # 4. latency, one process: the mBERT-base-shaped reference, the teacher, the trimmed students
     if args.collect_only and (out / "latency.json").is_file():
         log(f"latency: the figures measured before ({out / 'latency.json'}), not measured again (--collect-only)")
         latency = read_json(out / "latency.json")
+        timing["latency"] = ((previous or {}).get("timing") or {}).get("latency")
     else:
         log("latency: measuring (one process, the same threads for every model)")
         t0 = time.perf_counter()
@@ -684,15 +606,14 @@ def main(argv=None) -> int:
             for key in trims], s, args.threads, log)
         timing["latency"] = time.perf_counter() - t0
         write_json(out / "latency.json", latency)
-        write_json(out / "timing.json", timing)
 
-    # 6. the table
+    # 5. the table
     bl_metrics, tf_metrics = read_json(runs / "bilstm" / "metrics.json"), read_json(runs / "transformer" / "metrics.json")
     by_name = {m["name"]: m for m in bl_metrics["models"]}
     tf_by_name = {m["name"]: m for m in tf_metrics["models"]}
     teacher_row = by_name["teacher"]
-    teacher_scores = {lang: teacher_row["per_language"][lang] for lang in s.languages}
-    if any(abs(tf_by_name["teacher"]["per_language"][lang] - teacher_scores[lang]) > 1e-9 for lang in s.languages):
+    teacher_scores = {lang: teacher_row["per_language"][lang] for lang in s["languages"]}
+    if any(abs(tf_by_name["teacher"]["per_language"][lang] - teacher_scores[lang]) > 1e-9 for lang in s["languages"]):
         log("WARNING: the teacher scores differently in the two runs (they should share data and split)")
     ref = latency["models"]["mbert-base"]
     first = {f"b{b}": ref["latency_ms"][f"fp32/b{b}"] for b in (32, 1)}
@@ -703,9 +624,9 @@ def main(argv=None) -> int:
              # the lower of the two: the ratios are then the smaller, never flattered by a slow reference
              "latency_fp32": {b: min(first[b], again[b]) for b in first}}
     lat = latency["models"]
-    bl_label = f"BiLSTM (emb. {s.bilstm_embedding}, {s.bilstm_hidden}x2)"
+    bl_label = f"BiLSTM (emb. {s['bilstm_embedding']}, {s['bilstm_hidden']}x2)"
     bl_how = "XtremeDistil: hidden_mse -> kl (gradual) -> ce (gradual), transfer set"
-    tf_label = f"transformer {s.transformer_layers}x128"
+    tf_label = f"transformer {s['transformer_layers']}x128"
     tf_how = "bottom layers, frozen emb., kl + hidden + attention (top_only), transfer set"
     vocab = {"all": "trim: labelled + transfer text", "labelled": "trim: labelled text"}
     rows = [model_row("teacher", "teacher 4x128 (project's own)", "trained from scratch on the labels", teacher_row,
@@ -713,7 +634,7 @@ def main(argv=None) -> int:
     for key in ("bilstm-all", "bilstm-labelled", "transformer-all", "transformer-labelled"):
         student, variant = key.split("-")
         label, how, metrics_row = ((bl_label, bl_how, by_name["bilstm-ce"]) if student == "bilstm"
-                                   else (tf_label, tf_how, tf_by_name[tf_name]))
+                                   else (tf_label, tf_how, tf_by_name[f"tf{s['transformer_layers']}"]))
         rows.append(model_row(key, f"{label}, {vocab[variant]}", how, metrics_row, teacher_scores, trims[key],
                               lat[key], mbert))
     for row in rows:
@@ -725,7 +646,7 @@ def main(argv=None) -> int:
             argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "wall_time_s": wall,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared", "threads": args.threads, "jobs": args.jobs,
-        "teacher": {"dir": str(teacher), "what": what}, "sizes": asdict(s), "transfer_skip": skip, "transfer": transfer,
+        "teacher": {"dir": str(teacher), "what": what}, "sizes": s, "transfer_skip": skip, "transfer": transfer,
         "targets_wanted": TARGETS, "mbert_base": mbert, "latency": {k: v for k, v in latency.items() if k != "models"},
         "latency_keys": [k for k in ("fp32/b32", "bf16/b32", "ort-fp32/b32", "ort-int8/b32",
                                      "fp32/b1", "bf16/b1", "ort-fp32/b1", "ort-int8/b1")
@@ -735,7 +656,7 @@ def main(argv=None) -> int:
                           for name in ("bilstm-repr", "bilstm-kl", "bilstm-ce")},
         "models": rows,
         # this script's clock for trims and latency (the runs' own wall times come from their metrics.json)
-        "timing": {k: v for k, v in timing.items() if k not in ("bilstm", "transformer")},
+        "timing": timing,
         "run_wall_time_s": {"bilstm": bl_metrics.get("wall_time_s"), "transformer": tf_metrics.get("wall_time_s")},
         "train_wall_time_s": {m["name"]: m["wall_time_s"] for m in bl_metrics["models"] + tf_metrics["models"]
                               if m.get("wall_time_s") is not None},
@@ -751,7 +672,7 @@ def main(argv=None) -> int:
     write_json(RESULTS_DIR / f"{name}.json", results)
     (RESULTS_DIR / f"{name}.md").write_text(text + "\n")
     print(text)
-    log(f"done in {wall / 60:.1f} min; tables: {out / 'xtremedistil_panx.md'}, {RESULTS_DIR / (name + '.md')}")
+    print(f"done in {wall / 60:.1f} min; tables: {out / 'xtremedistil_panx.md'}, {RESULTS_DIR / (name + '.md')}")
     return 0
 
 
