@@ -89,7 +89,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from common import read_json, write_json
+from runner import read_json, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 # the shared data beside the checkout; CASCADE_KD_DATA points elsewhere (e.g. a copy on a GPU machine)
