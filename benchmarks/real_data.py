@@ -617,6 +617,7 @@ def parse_args(argv=None):
     p.add_argument("--rebench", action="store_true", help="measure latency again even where it was measured")
     p.add_argument("--collect-only", action="store_true", help="only collect finished runs into the tables")
     p.add_argument("--results-name", help="name of the copy under benchmarks/results (default real_data[_quick])")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # the old way to add a process: see main
     for task in ("panx", "sib200", "minilm"):  # size overrides (a changed size is a new recipe: use another --out)
         p.add_argument(f"--{task}-max-train", type=int, dest=f"{task}_max_train", help="training sentences per language")
         p.add_argument(f"--{task}-max-eval", type=int, dest=f"{task}_max_eval", help="dev/test sentences per language")
@@ -628,6 +629,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.worker:  # workers used to claim (task, seed) units of a running command; the runner has no claims
+        print("error: --worker is gone: a running command cannot be joined. Stop it and run it again with a larger "
+              "--jobs (finished runs are skipped, an interrupted one resumes)", file=sys.stderr)
+        return 2
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("CASCADE_KD_QUIET", "1")  # no live progress bars in the logs

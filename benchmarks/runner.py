@@ -228,7 +228,7 @@ def describe(step: Callable) -> str:
     if isinstance(step, functools.partial):
         args = [repr(a) for a in step.args] + [f"{k}={v!r}" for k, v in sorted(step.keywords.items())]
         return f"{describe(step.func)}({', '.join(args)})"
-    return f"{getattr(step, '__module__', '?')}.{getattr(step, '__qualname__', repr(step))}"
+    return getattr(step, "__qualname__", repr(step))  # not the module: a script may run as __main__ or be imported
 
 
 def run_grid(jobs: list[Job], out_dir: Path, *, parallel: int = 1, quick: bool = False, threads: int | None = None,
@@ -273,6 +273,8 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, s
         entry = records.get(job.name) or {}
         if entry.get("fingerprint") != job.build().fingerprint():
             entry = {}  # a record of another recipe's run says nothing about this one
+        if "status" in values and "error" not in values:
+            entry.pop("error", None)  # an earlier failure, now done
         entry.update(fingerprint=job.build().fingerprint(), seed=job.build().seed, config=job.config or job.name,
                      what=job.what, **values)
         records[job.name] = entry
