@@ -189,7 +189,7 @@ def _train(job: Job, run_dir: Path, log_path: Path, threads: int | None, say: Sa
 
     import cascade_kd as ckd
 
-    hf_logging.disable_progress_bar()  # the grid's output is a log: no live bars from saving models
+    hf_logging.disable_progress_bar()  # in a worker process too
     if threads is not None:
         import torch
 
@@ -239,6 +239,9 @@ def run_grid(jobs: list[Job], out_dir: Path, *, parallel: int = 1, quick: bool =
     step again, done before or not; `quick` is recorded in grid.json."""
     from filelock import FileLock, Timeout
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the grid's output is a log: no live bars from saving models
     out_dir = Path(out_dir).resolve()
     jobs = ordered(list(jobs))
     for job in jobs:  # every recipe checked before anything trains

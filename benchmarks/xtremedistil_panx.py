@@ -65,7 +65,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner import Job, count, failures, pct, read_json, run_grid, write_json
+from runner import Job, count, failures, mean_sd, pct, read_json, run_grid, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -346,7 +346,6 @@ def model_row(key: str, label: str, how: str, metrics_row: dict, teacher_scores:
     params = trim_info["params_after"] if trim_info else metrics_row["params_total"]
     emb = trim_info["params_embedding_after"] if trim_info else metrics_row["params_embedding"]
     retention = {lang: scores[lang] / teacher_scores[lang] if teacher_scores[lang] else None for lang in langs}
-    valid = [r for r in retention.values() if r is not None]
     row = {"key": key, "label": label, "how": how,
            "params_total": params, "params_embedding": emb,
            "params_total_untrimmed": metrics_row["params_total"],
@@ -355,9 +354,11 @@ def model_row(key: str, label: str, how: str, metrics_row: dict, teacher_scores:
            "params_ratio_vs_mbert_base_untrimmed": mbert["params"] / metrics_row["params_total"],
            "per_language": scores, "average": statistics.fmean(scores.values()),
            "per_language_untrimmed": untrimmed, "average_untrimmed": statistics.fmean(untrimmed.values()),
-           "retention_per_language": retention, "retention": statistics.fmean(valid) if valid else None,
-           "retention_untrimmed": statistics.fmean(untrimmed[l] / teacher_scores[l] for l in langs if teacher_scores[l]),
-           "worst_retention_language": min((l for l in langs if retention[l] is not None), key=retention.get),
+           "retention_per_language": retention, "retention": mean_sd(retention.values())["mean"],
+           # None where the teacher scores 0 in every language (a quick check's teacher may): no ratio exists
+           "retention_untrimmed": mean_sd(untrimmed[l] / teacher_scores[l] for l in langs if teacher_scores[l])["mean"],
+           "worst_retention_language": min((l for l in langs if retention[l] is not None), key=retention.get,
+                                           default=None),
            "train_wall_time_s": metrics_row.get("wall_time_s")}
     if trim_info:
         row["trim"] = {k: trim_info[k] for k in ("vocab_before", "vocab_after", "params_before", "params_after",
@@ -420,7 +421,8 @@ def render(r: dict) -> str:
         cells = [row["label"], count(row["params_total"]), count(row["params_embedding"]),
                  count(row["params_total_untrimmed"]), f"{row['params_ratio_vs_mbert_base']:.1f}x",
                  pct(row["average"]), pct(row["retention"]),
-                 f"{pct(row['retention_per_language'][row['worst_retention_language']])} ({row['worst_retention_language']})",
+                 (f"{pct(row['retention_per_language'].get(row['worst_retention_language']))} "
+                 f"({row['worst_retention_language'] or '—'})"),
                  pct(row["average_untrimmed"]), pct(row["retention_untrimmed"])]
         if "best_exact_b32" in row:
             e32, a32, e1 = row["best_exact_b32"], row["best_any_b32"], row["best_exact_b1"]
@@ -597,7 +599,8 @@ def main(argv=None) -> int:
     if args.collect_only and (out / "latency.json").is_file():
         log(f"latency: the figures measured before ({out / 'latency.json'}), not measured again (--collect-only)")
         latency = read_json(out / "latency.json")
-        timing["latency"] = ((previous or {}).get("timing") or {}).get("latency")
+        if ((previous or {}).get("timing") or {}).get("latency") is not None:  # the measuring run's figure
+            timing["latency"] = previous["timing"]["latency"]
     else:
         log("latency: measuring (one process, the same threads for every model)")
         t0 = time.perf_counter()
