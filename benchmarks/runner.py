@@ -238,7 +238,6 @@ def run_grid(jobs: list[Job], out_dir: Path, *, parallel: int = 1, quick: bool =
     `threads`: torch threads per training process (default: torch's); `rerun_after`: run every post
     step again, done before or not; `quick` is recorded in grid.json."""
     from filelock import FileLock, Timeout
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the grid's output is a log: no live bars from saving models
