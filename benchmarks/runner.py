@@ -234,7 +234,8 @@ def describe(step: Callable) -> str:
 def run_grid(jobs: list[Job], out_dir: Path, *, parallel: int = 1, quick: bool = False, threads: int | None = None,
              rerun_after: bool = False, say: Say | None = None) -> dict:
     """Run the grid's jobs into OUT/<name> (see the module's docstring); returns OUT/grid.json's content:
-    {"jobs": {name: {"status": done | failed | blocked, "wall_s", "fingerprint", "seed", "config", ...}}}.
+    {"jobs": {name: {"status": done | failed | blocked, "wall_s", "fingerprint", "seed", "config", ...}}}
+    (while it runs, grid.json also shows jobs `pending` and `running`).
     `threads`: torch threads per training process (default: torch's); `rerun_after`: run every post
     step again, done before or not; `quick` is recorded in grid.json."""
     from filelock import FileLock, Timeout
@@ -294,8 +295,9 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, s
                 record(job, status="done", wall_s=(read_json(run_dir / "metrics.json") or {}).get("wall_time_s"),
                        wall_s_from="metrics.json")
             log(f"{job.name}: done before, skipped")
-        else:
+        else:  # what an earlier call recorded (failed, blocked) is no longer this job's state
             pending.append(job)
+            record(job, status="pending")
     started = time.perf_counter()
     loads, stop = _sample_load()
 
@@ -320,6 +322,7 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, s
                 settle(job, {"status": "blocked", "error": reason})
                 continue
             log(f"{job.name}: starting" + (f" ({job.what})" if job.what else ""))
+            record(job, status="running")
             settle(job, _train(job, out_dir / job.name, log_path, threads, say))
     else:
         with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
@@ -335,6 +338,7 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, s
                     elif ready(job):
                         pending.remove(job)
                         log(f"{job.name}: starting in a worker process" + (f" ({job.what})" if job.what else ""))
+                        record(job, status="running")
                         # the post step stays here (it runs in this process, and need not pickle)
                         task = replace(job, after=None)
                         running[pool.submit(_train, task, out_dir / job.name, log_path, threads)] = job

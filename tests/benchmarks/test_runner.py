@@ -118,18 +118,25 @@ def test_a_failed_job_blocks_the_jobs_that_need_it_and_is_reported(demo_workspac
     assert not (tmp_path / "out" / "needs-bad").exists()
 
 
-def test_parallel_jobs_train_in_spawned_processes_after_their_dependencies(demo_workspace, tmp_path):
-    out = tmp_path / "out"
-    broken = fast_recipe(demo_workspace, data={"train": str(tmp_path / "missing" / "{lang}.conll")})
-    jobs = [Job("needs-bad", fast_recipe(demo_workspace), depends_on=["bad"]),
+@pytest.mark.slow  # four tiny runs, in spawned processes that import torch each
+def test_parallel_jobs_train_in_spawned_processes_and_a_fixed_failure_runs_on_the_next_call(demo_workspace, tmp_path):
+    out, data = tmp_path / "out", tmp_path / "data-later"
+    jobs = [Job("needs-bad", fast_recipe(demo_workspace, **loaded_teacher(out, "bad")), depends_on=["bad"]),
             Job("ok", fast_recipe(demo_workspace), seed=3),
-            Job("bad", broken)]
+            Job("bad", fast_recipe(demo_workspace, data={"train": str(data / "{lang}.conll")}))]
     grid = run_grid(jobs, out, parallel=2, say=lambda m: None)
     assert {k: v["status"] for k, v in grid["jobs"].items()} == {"ok": "done", "bad": "failed", "needs-bad": "blocked"}
     metrics = json.loads((out / "ok" / "metrics.json").read_text())
     assert json.loads((out / "ok" / "manifest.json").read_text())["seed"] == 3 and metrics["models"]
-    # the worker process wrote its lines to grid.log
-    assert "[ok] finished in" in (out / "grid.log").read_text()
+    assert "[ok] finished in" in (out / "grid.log").read_text()  # the worker process's lines are in grid.log
+    # the data appears: the same command runs the failed job and the one it blocked, and skips the finished one
+    data.mkdir()
+    (data / "en.conll").write_text((demo_workspace / "data" / "en" / "train.conll").read_text())
+    lines = []
+    again = run_grid(jobs, out, parallel=2, say=lines.append)
+    assert {k: v["status"] for k, v in again["jobs"].items()} == {"ok": "done", "bad": "done", "needs-bad": "done"}
+    assert "error" not in again["jobs"]["bad"] and again["jobs"]["ok"]["wall_s"] == grid["jobs"]["ok"]["wall_s"]
+    assert sum("done before, skipped" in line for line in lines) == 1
 
 
 def test_bad_grids_are_refused_with_a_clear_error(demo_workspace, tmp_path):
