@@ -169,7 +169,8 @@ def check_run_dirs(jobs: list[Job], out_dir: Path) -> None:
             problems.append(f"{run_dir}: holds a run of another recipe"
                             + (f" ({', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''} differ)" if changed else ""))
     if problems:
-        raise UserError(f"{len(problems)} job(s) would resume another recipe's run: " + "; ".join(problems),
+        more = f"; and {len(problems) - 4} more" if len(problems) > 4 else ""
+        raise UserError(f"{len(problems)} job(s) would resume another recipe's run: " + "; ".join(problems[:4]) + more,
                         hint="give another --out, or move those directories away to rerun them with the new recipe")
 
 
