@@ -64,11 +64,17 @@ class Job:
             options["epoch_draw"] = lambda epoch: epoch_indices(blocks, alpha, seed=seed, epoch=epoch)
         return options
 
+    @property
+    def selection_dev(self) -> dict:
+        """The dev sets that select models: those of the training languages (data.select_on:
+        train_languages, the XTREME protocol) or of every evaluation language (select_on: all)."""
+        return {lang: self.encoded["dev"][lang] for lang in self.recipe.data.selection_languages}
+
     def dev_score(self, model, cfg) -> float:
-        scores = evaluate_languages(model, self.encoded["dev"], self.data.task, self.data.labels,
+        scores = evaluate_languages(model, self.selection_dev, self.data.task, self.data.labels,
                                     batch_size=cfg.eval_batch_size, pad_id=self.pad_id,
                                     bf16=resolve_precision(cfg.precision) == "bf16")
-        return sum(scores.values()) / len(scores)  # select on the macro average over languages
+        return sum(scores.values()) / len(scores)  # select on the macro average over those languages
 
 
 def prepare(recipe: Recipe, out: Path, say=print) -> Job:
@@ -87,6 +93,12 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     check_processes(recipe)
     say(f"data: {len(data.languages)} languages, " + ("masked-LM text" if data.task == "mlm" else f"labels {len(data.labels)}") + "; "
         + ", ".join(f"{s} {sum(n.values())}" for s, n in data.sizes().items()))
+    if data.zero_shot_languages:
+        zero_shot = data.zero_shot_languages
+        say(f"data: labelled training data in {', '.join(data.train_languages)}; {len(zero_shot)} zero-shot "
+            f"language(s) ({', '.join(zero_shot[:12])}{' ...' if len(zero_shot) > 12 else ''}); models selected on the "
+            + ("dev sets of the training languages" if recipe.data.select_on == "train_languages"
+               else "dev sets of every language, zero-shot ones included (data.select_on: all)"))
     for warning in data.warnings:
         say(f"WARNING: {warning}")
 

@@ -38,7 +38,7 @@ from cascade_kd.config.schema import Recipe, where
 from cascade_kd.errors import RecipeError, UserError
 from cascade_kd.evaluation.report import write_outputs
 from cascade_kd.evaluation.retrieval import evaluate_retrieval, retention_table
-from cascade_kd.evaluation.scoring import evaluate_languages, metric_for, summarise
+from cascade_kd.evaluation.scoring import evaluate_languages, metric_for, summarise, summarise_groups
 from cascade_kd.students import count_parameters, family_of
 from cascade_kd.students.hub import load_checkpoint
 from cascade_kd.training.distributed import barrier, is_main, main_say
@@ -87,20 +87,24 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bo
 
 
 def score_models(job: Job, models, split: str | None = None) -> dict:
-    """Score every model on the report split (default: test if present, else dev) and on dev."""
+    """Score every model on the report split (default: test if present, else dev) and on the dev
+    sets that selected it (those of data.recipe's selection languages)."""
     data = job.data
     split = split or ("test" if "test" in job.encoded else "dev")
     bf16 = resolve_precision(job.recipe.train.precision) == "bf16"
+    seen, zero_shot = data.train_languages, data.zero_shot_languages
+    selection = job.recipe.data.selection_languages
     rows, teacher_scores = [], None
     for name, role, model, info, directory in models:
         per_lang = evaluate_languages(model, job.encoded[split], data.task, data.labels,
                                       batch_size=job.recipe.train.eval_batch_size, pad_id=job.pad_id, bf16=bf16)
-        dev = per_lang if split == "dev" else evaluate_languages(
-            model, job.encoded["dev"], data.task, data.labels, batch_size=job.recipe.train.eval_batch_size,
+        dev = {lang: per_lang[lang] for lang in selection} if split == "dev" else evaluate_languages(
+            model, job.selection_dev, data.task, data.labels, batch_size=job.recipe.train.eval_batch_size,
             pad_id=job.pad_id, bf16=bf16)
         if role == "teacher":
             teacher_scores = per_lang
         summary = summarise(per_lang, teacher_scores)
+        groups = summarise_groups(per_lang, teacher_scores, seen, zero_shot)
         rows.append({
             "name": name, "role": role, "path": str(directory.relative_to(job.out)),
             "kind": family_of(model).kind, "layers_label": family_of(model).layers_label(model.config),
@@ -108,13 +112,15 @@ def score_models(job: Job, models, split: str | None = None) -> dict:
             "heads": model.config.num_attention_heads, **{**count_parameters(model), **info.get("params", {})},
             "per_language": per_lang, "average": summary["average"], "worst": summary["worst"],
             "worst_language": summary["worst_language"], "retention": summary["retention"],
-            "retention_per_language": summary["retention_per_language"],
+            "retention_per_language": summary["retention_per_language"], **groups,
             "dev_average": sum(dev.values()) / len(dev),
             "wall_time_s": info.get("wall_time_s"), "train_tokens_per_s": info.get("tokens_per_s"),
         })
     return {
         "name": job.recipe.name, "task": data.task, "metric": metric_for(data.task, data.labels),
-        "split": split, "languages": data.languages, "labels": data.labels, "models": rows,
+        "split": split, "languages": data.languages, "train_languages": seen, "zero_shot_languages": zero_shot,
+        "select_on": job.recipe.data.select_on, "selection_languages": selection,
+        "labels": data.labels, "models": rows,
     }
 
 

@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     trim.add_argument("model_dir", type=Path, help="a saved model: RUN_DIR/teacher or RUN_DIR/stages/NAME")
     trim.add_argument("--recipe", type=Path, help="recipe naming the data (default: RUN_DIR/recipe.yaml)")
     trim.add_argument("--languages", nargs="+", help="languages whose training text decides the kept pieces "
-                      "(default: all the recipe's)")
+                      "(default: the recipe's training languages)")
     trim.add_argument("--min-count", type=int, default=1, help="keep pieces seen at least this often (default 1)")
     trim.add_argument("--max-unk-increase", type=float, default=None,
                       help="percentage points of held-out [UNK] a chosen language may gain before a WARNING (default 1)")

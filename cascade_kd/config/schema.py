@@ -367,7 +367,15 @@ class HubDataConfig(_Section):
 
 
 class DataConfig(_Section):
+    # the evaluation languages: every model is scored on each of them
     languages: list[str] = Field(min_length=1)
+    # the languages with labelled training data (default: all of `languages`); the other evaluation
+    # languages are zero-shot: the models see no labelled example of them (fine-tune on English,
+    # use in 40 languages); only these need data.train files (docs/cross-lingual.md)
+    train_languages: Optional[list[str]] = Field(None, min_length=1)
+    # whose dev sets select models: train_languages (the XTREME protocol: no dev data of a zero-shot
+    # language is used) or all (every evaluation language's dev set, zero-shot ones included)
+    select_on: Literal["train_languages", "all"] = "train_languages"
     # text: one example per non-blank line, no labels (task type mlm)
     format: Literal["tsv", "conll", "jsonl", "hf", "text"] = "tsv"
     # a path template with {lang}, or a mapping lang -> path; relative paths are relative to the recipe
@@ -398,6 +406,38 @@ class DataConfig(_Section):
     # mix the training languages by temperature: an epoch draws language l in proportion to
     # n_l^alpha (0.3 in XLM-R, 0.7 in mBERT; 0 = equal shares; None = as the data comes)
     language_alpha: Optional[float] = Field(None, ge=0, le=1)
+
+    @field_validator("train_languages")
+    @classmethod
+    def _trained_languages_are_evaluated(cls, v, info):
+        if v is None:
+            return v
+        if len(set(v)) != len(v):
+            raise ValueError("data.train_languages has duplicates")
+        evaluated = info.data.get("languages")  # absent when data.languages itself was invalid
+        missing = [lang for lang in v if evaluated is not None and lang not in evaluated]
+        if missing:
+            raise ValueError(f"{', '.join(map(repr, missing))} {'is' if len(missing) == 1 else 'are'} not among "
+                             "data.languages (the evaluation languages): add "
+                             f"{'it' if len(missing) == 1 else 'them'} there, every training language is evaluated too")
+        return v
+
+    @property
+    def training_languages(self) -> list[str]:
+        """The languages with labelled training data, in the order of `languages`."""
+        trained = set(self.train_languages or self.languages)
+        return [lang for lang in self.languages if lang in trained]
+
+    @property
+    def zero_shot_languages(self) -> list[str]:
+        """The evaluation languages without labelled training data (empty unless train_languages is given)."""
+        trained = set(self.training_languages)
+        return [lang for lang in self.languages if lang not in trained]
+
+    @property
+    def selection_languages(self) -> list[str]:
+        """The languages whose dev sets select models (the best epoch of each training)."""
+        return self.training_languages if self.select_on == "train_languages" else list(self.languages)
 
     @model_validator(mode="after")
     def _sources(self):
@@ -475,10 +515,10 @@ class Recipe(_Section):
                              ("teacher_sharding", "none")):  # keys added later: absent = default
             if data["train"][key] == default:
                 del data["train"][key]
-        for key in ("transfer", "max_transfer_per_language", "language_alpha"):
+        for key in ("train_languages", "transfer", "max_transfer_per_language", "language_alpha"):
             if data["data"][key] is None:
                 del data["data"][key]
-        for key, default in (("quoting", "none"), ("cap", "first")):
+        for key, default in (("quoting", "none"), ("cap", "first"), ("select_on", "train_languages")):
             if data["data"][key] == default:
                 del data["data"][key]
         if data["task"]["type"] != "mlm":

@@ -24,10 +24,20 @@ class TaskData:
 
     task: str
     labels: list[str]
-    languages: list[str]
+    languages: list[str]  # the evaluation languages (data.languages)
     splits: dict[str, dict[str, list[Example]]] = field(default_factory=dict)
     transfer: dict[str, list[Example]] = field(default_factory=dict)  # lang -> unlabelled examples
     warnings: list[str] = field(default_factory=list)  # what the user should know about the data read
+
+    @property
+    def train_languages(self) -> list[str]:
+        """The languages with labelled training data (data.train_languages, default: all)."""
+        return list(self.splits.get("train", {}))
+
+    @property
+    def zero_shot_languages(self) -> list[str]:
+        """The evaluation languages without labelled training data."""
+        return [lang for lang in self.languages if lang not in self.splits.get("train", {})]
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -40,6 +50,19 @@ class TaskData:
         return sizes
 
 
+def split_languages(recipe: Recipe, split: str) -> list[str]:
+    """The languages a split is read for: train only for the training languages (data.train_languages),
+    dev and test for every evaluation language (data.languages)."""
+    return recipe.data.training_languages if split == "train" else list(recipe.data.languages)
+
+
+def _zero_shot_hint(recipe: Recipe, split: str, lang: str) -> str:
+    """For a training file that is missing: the language may be meant to be evaluated zero-shot."""
+    if split != "train" or recipe.data.train_languages is not None:
+        return ""
+    return f"; or, if {lang!r} has no labelled training data, list the languages that do in data.train_languages"
+
+
 def _path_for(recipe: Recipe, split: str, lang: str) -> Path | None:
     spec = getattr(recipe.data, split)
     if spec is None:
@@ -49,13 +72,14 @@ def _path_for(recipe: Recipe, split: str, lang: str) -> Path | None:
             raise RecipeError(
                 f"no {split} file for language {lang!r}",
                 where=where(recipe, "data", split),
-                hint=f"add '{lang}: PATH' or use a template with {{lang}}",
+                hint=f"add '{lang}: PATH' or use a template with {{lang}}" + _zero_shot_hint(recipe, split, lang),
             )
         raw = spec[lang]
     else:
-        if "{lang}" not in spec and len(recipe.data.languages) > 1:
+        n_languages = len(split_languages(recipe, split)) if split in SPLITS else len(recipe.data.languages)
+        if "{lang}" not in spec and n_languages > 1:
             raise RecipeError(
-                f"the {split} path has no {{lang}} placeholder but {len(recipe.data.languages)} languages are listed",
+                f"the {split} path has no {{lang}} placeholder but {n_languages} languages are listed",
                 where=where(recipe, "data", split),
                 hint="write e.g. data/train-{lang}.tsv, or give a mapping lang: path",
             )
@@ -79,7 +103,8 @@ def _require_file(recipe: Recipe, key: str, lang: str, path: Path) -> None:
     if not exists:  # the reader's hint speaks of the working directory: the recipe's is what counts
         raise DataError(
             f"{key} file of {lang!r} not found", where=str(path),
-            hint=f"check {where(recipe, 'data', key)}; relative paths start from the recipe's folder",
+            hint=f"check {where(recipe, 'data', key)}; relative paths start from the recipe's folder"
+            + _zero_shot_hint(recipe, key, lang),
         )
 
 
@@ -226,7 +251,7 @@ def load_task_data(recipe: Recipe) -> TaskData:
     warnings: list[str] = []
     for split in SPLITS:
         per_lang = {}
-        for lang in recipe.data.languages:
+        for lang in split_languages(recipe, split):  # train: only the training languages
             examples = reader(recipe, split, lang)
             if examples is None:
                 continue

@@ -313,7 +313,7 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
                    overwrite: bool = False, with_transfer: bool = True, say=print) -> dict:
     """Trim a saved model of a run (RUN_DIR/teacher or RUN_DIR/stages/NAME) to the word pieces of the
     chosen languages' training data, its unlabelled transfer text included unless with_transfer is
-    False (default: all the recipe's languages; the recipe defaults to
+    False (default: all the recipe's training languages, data.train_languages; the recipe defaults to
     RUN_DIR/recipe.yaml), report coverage on the held-out split (test, else dev) of every language,
     score the original and the trimmed model there (unless score=False), and write model, tokenizer
     and trim.json to `out` (default MODEL_DIR/trimmed), atomically. Returns the report."""
@@ -332,7 +332,7 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
         recipe_path = run_dir / "recipe.yaml"
     recipe = load_recipe(recipe_path)
     data = load_task_data(recipe)
-    chosen = list(languages or data.languages)
+    chosen = list(languages or data.train_languages)  # default: every language with training text
     unknown = [lang for lang in chosen if lang not in data.splits["train"]]
     if unknown:
         raise UserError(f"no training data for {', '.join(unknown)} in the recipe", where=str(recipe_path),
@@ -352,6 +352,11 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
         for lang, examples in transfer.items():
             train[lang] = train.get(lang, []) + example_items(examples)
         say(f"trim: the pieces of the transfer text ({', '.join(transfer)}) are kept too (--no-transfer: labelled text only)")
+    uncovered = [lang for lang in data.zero_shot_languages if lang not in train]
+    if uncovered:  # the pieces only a zero-shot language uses go: its [UNK] share below says how much that costs
+        say(f"trim: {len(uncovered)} zero-shot language(s) of the recipe ({', '.join(uncovered[:8])}"
+            f"{' ...' if len(uncovered) > 8 else ''}) have no text here: pieces only they use are dropped "
+            "(give their unlabelled text as data.transfer to keep them)")
     heldout = {lang: example_items(examples) for lang, examples in data.splits[split].items()}
     new_model, new_tokenizer, report = trim_vocabulary(model, tokenizer, train, heldout_by_language=heldout,
                                                        min_count=min_count, max_unk_increase=max_unk_increase, say=say)

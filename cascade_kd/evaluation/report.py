@@ -19,12 +19,22 @@ def _pct(x: float | None) -> str:
     return "—" if x is None or x != x else f"{100 * x:.1f}"
 
 
+ZERO_SHOT_MARK = "†"  # after a zero-shot language's column name: no labelled training data in it
+_GROUP_COLUMNS = (("avg seen", "average_seen"), ("avg zero-shot", "average_zero_shot"),
+                  ("retention seen", "retention_seen"), ("retention zero-shot", "retention_zero_shot"))
+
+
 def report_table(metrics: dict) -> str:
-    """The per-model, per-language table (Markdown)."""
+    """The per-model, per-language table (Markdown). In a cross-lingual run, zero-shot languages'
+    columns are marked with ZERO_SHOT_MARK and the averages and retentions of the seen (training)
+    and zero-shot languages get columns of their own."""
     langs = metrics["languages"]
+    zero_shot = set(metrics.get("zero_shot_languages") or ())  # absent from metrics of older runs
     # a recursive student applies its shared layer once per step: show what the forward pass applies too
     unrolled = any(m.get("params_unrolled", m["params_total"]) != m["params_total"] for m in metrics["models"])
-    head = ["model", "role", "layers", "hidden", "params", "emb. params", "avg", "worst", "retention"] + langs
+    groups = _GROUP_COLUMNS if zero_shot else ()
+    head = (["model", "role", "layers", "hidden", "params", "emb. params", "avg", "worst", "retention"]
+            + [title for title, _ in groups] + [lang + (ZERO_SHOT_MARK if lang in zero_shot else "") for lang in langs])
     if unrolled:
         head[5:5] = ["unrolled params"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
@@ -33,11 +43,31 @@ def report_table(metrics: dict) -> str:
             m["name"], m["role"], m.get("layers_label", str(m["layers"])), str(m["hidden"]), _millions(m["params_total"]),
             _millions(m["params_embedding"]), _pct(m["average"]), f"{_pct(m['worst'])} ({m['worst_language']})",
             _pct(m["retention"]),
-        ] + [_pct(m["per_language"][lang]) for lang in langs]
+        ] + [_pct(m.get(key)) for _, key in groups] + [_pct(m["per_language"][lang]) for lang in langs]
         if unrolled:
             row[5:5] = [_millions(m.get("params_unrolled", m["params_total"]))]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def selection_text(metrics: dict) -> str:
+    """Which languages had labelled training data, and whose dev sets selected the models."""
+    selection = metrics.get("selection_languages")
+    if selection is None:  # metrics.json of a run from before cross-lingual recipes: every language
+        return f"Models were selected on the macro average over the dev sets of all {len(metrics['languages'])} languages."
+    zero_shot = metrics.get("zero_shot_languages") or []
+    if not zero_shot:
+        return f"Models were selected on the macro average over the dev sets of all {len(selection)} languages."
+    seen = metrics["train_languages"]
+    text = (f"Cross-lingual transfer: labelled training data in {', '.join(seen)} only; the {len(zero_shot)} "
+            f"languages marked {ZERO_SHOT_MARK} are zero-shot (the models saw no labelled example of them). "
+            f"'avg seen' and 'avg zero-shot' average over each group (retention likewise). ")
+    if metrics.get("select_on") == "all":
+        return text + ("Models were selected on the dev sets of every language, zero-shot ones included "
+                       "(data.select_on: all): the zero-shot scores are not strictly zero-shot, since target-language "
+                       "dev data chose the checkpoints.")
+    return text + (f"Models were selected on the dev sets of {', '.join(selection)} only: no dev data of a zero-shot "
+                   "language was used (the XTREME protocol).")
 
 
 def render_report(metrics: dict) -> str:
@@ -49,6 +79,8 @@ def render_report(metrics: dict) -> str:
         f"Task: {'masked-LM (general distillation)' if metrics['task'] == 'mlm' else metrics['task'] + ' classification'}; metric: {metric}, in percent, on the "
         f"**{metrics['split']}** split (models were selected on dev). Retention is the mean over "
         f"languages of model score / teacher score.",
+        "",
+        selection_text(metrics),
         "",
         report_table(metrics),
         "",

