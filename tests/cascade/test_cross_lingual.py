@@ -10,15 +10,13 @@ import shutil
 import pytest
 
 from cascade_kd.config.schema import Recipe, load_recipe
-from tests.helpers import TINY_RUN_RECIPE, shared_data
+from tests.helpers import merge, shared_data, tiny_recipe, write_recipe
 
 # the tiny run's recipe, trained on English only and evaluated on English, Russian and "xx": the demo's
 # languages share no words, so a zero-shot score is 0 in each of them; xx's dev set is English test
 # data (other sentences of English's distribution), so that zero-shot scores are not all 0 either
-ZERO_SHOT_RECIPE = TINY_RUN_RECIPE.replace(
-    "  languages: [en, ru]\n", "  languages: [en, ru, xx]\n  train_languages: [en]\n").replace(
-    "name: tiny-run", "name: tiny-zero-shot")
-assert ZERO_SHOT_RECIPE.count("train_languages") == 1
+PLAIN = tiny_recipe(name="tiny-run", data={"test": None})
+ZERO_SHOT = merge(PLAIN, {"name": "tiny-zero-shot", "data": {"languages": ["en", "ru", "xx"], "train_languages": ["en"]}})
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +32,7 @@ def zero_shot_run(demo_workspace, tmp_path_factory):
     (root / "data" / "ru" / "train.conll").unlink()  # a zero-shot language needs no training file
     (root / "data" / "xx").mkdir()
     shutil.copy(root / "data" / "en" / "test.conll", root / "data" / "xx" / "dev.conll")
-    (root / "recipe.yaml").write_text(ZERO_SHOT_RECIPE)
+    write_recipe(root, ZERO_SHOT)
 
     trainings, selections = [], []
     real_train, real_evaluate = stages.train, job_module.evaluate_languages
@@ -165,20 +163,20 @@ def test_dev_score_averages_the_selection_languages(ws, monkeypatch, select_on, 
 
 
 def test_new_keys_at_their_defaults_leave_the_fingerprint_alone():
-    plain = Recipe.from_text(TINY_RUN_RECIPE)
+    plain = Recipe.from_dict(PLAIN)
     assert "train_languages" not in plain.dump()["data"] and "select_on" not in plain.dump()["data"]
-    explicit = Recipe.from_text(TINY_RUN_RECIPE.replace("  format: conll\n", "  format: conll\n  select_on: train_languages\n"))
+    explicit = Recipe.from_dict(merge(PLAIN, {"data": {"select_on": "train_languages"}}))
     assert explicit.fingerprint() == plain.fingerprint()
     assert plain.data.training_languages == plain.data.selection_languages == ["en", "ru"]
     assert plain.data.zero_shot_languages == []
-    zero_shot = Recipe.from_text(ZERO_SHOT_RECIPE)
+    zero_shot = Recipe.from_dict(ZERO_SHOT)
     assert zero_shot.dump()["data"]["train_languages"] == ["en"] and zero_shot.fingerprint() != plain.fingerprint()
-    every = Recipe.from_text(ZERO_SHOT_RECIPE.replace("  format: conll\n", "  format: conll\n  select_on: all\n"))
+    every = Recipe.from_dict(merge(ZERO_SHOT, {"data": {"select_on": "all"}}))
     assert every.dump()["data"]["select_on"] == "all" and every.data.selection_languages == ["en", "ru", "xx"]
 
 
 def test_training_languages_follow_the_order_of_data_languages():
-    recipe = Recipe.from_text(ZERO_SHOT_RECIPE.replace("train_languages: [en]", "train_languages: [xx, en]"))
+    recipe = Recipe.from_dict(merge(ZERO_SHOT, {"data": {"train_languages": ["xx", "en"]}}))
     assert recipe.data.training_languages == ["en", "xx"] and recipe.data.zero_shot_languages == ["ru"]
 
 
