@@ -134,7 +134,7 @@ def bench_step(run_dir: Path, repeats: int) -> dict:
 
 
 def grid(args, s: dict) -> list[Job]:
-    out, teacher = args.out / "runs", str(args.teacher)
+    out, teacher = args.out, str(args.teacher)  # run_grid writes job NAME to OUT/NAME
     token = {"type": "token", "max_length": 128, "label_all_subwords": False}
     jobs = setting_jobs("panx-zs", token, panx_data(PANX_QUICK if args.quick else PANX_LANGUAGES, ["en"], s),
                         teacher, out, s, args.quick)
@@ -157,7 +157,7 @@ def collect(jobs: list[Job], out: Path) -> dict:
     """Per setting and model: over seeds, the scores and summaries of metrics.json."""
     settings = {}
     for j in jobs:
-        metrics = read_json(out / "runs" / j.name / "metrics.json")
+        metrics = read_json(out / j.name / "metrics.json")
         if metrics is None:
             continue
         setting = j.name.split("/")[0]
