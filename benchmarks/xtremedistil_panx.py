@@ -320,7 +320,7 @@ def measure_latency(models: list[dict], s: Sizes, threads: int, log) -> dict:
     from transformers import BertConfig, BertForTokenClassification
 
     from cascade_kd.deploy.bench import forward_latency_ms, random_inputs, timed
-    from cascade_kd.training.loop import resolve_precision
+    from cascade_kd.training.setup import resolve_precision
     from cascade_kd.deploy.export import (
         INT8_NAME,
         ONNX_NAME,
