@@ -3,7 +3,7 @@
 A stage is a task (training/task.py: the student, the losses and the frozen side that feeds them),
 its data (training/data.py: epochs, batches, dynamic masking, language sampling) and its train
 settings (training/setup.py: accelerator, optimiser, schedule, gradual unfreezing). The loop runs
-on accelerate's `Accelerator` (device placement, mixed precision, gradient accumulation); only the
+on accelerate's `Accelerator` (device placement, mixed precision, data parallelism); only the
 task is prepared, so under DDP the frozen side is never wrapped and never synchronised. It
 checkpoints and resumes exactly (training/state.py), selects the best dev weights and stops early.
 Nothing in it depends on which losses, students or teachers a method uses.
@@ -11,6 +11,7 @@ Nothing in it depends on which losses, students or teachers a method uses.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -123,17 +124,19 @@ def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, 
                 break
             batch, members, real = data.batch(batches[position], position, progress.epoch, rank, n_proc, device)
             scales = share_scales(accelerator, unwrapped, batch, real) if n_proc > 1 else None
-            with accelerator.accumulate(task):
+            optimiser_step = schedule.is_optimiser_step(progress.step + 1)  # this micro-batch completes one
+            # gradients of the micro-batches before an optimiser step are only accumulated, not exchanged
+            with contextlib.nullcontext() if optimiser_step else accelerator.no_sync(task):
                 with accelerator.autocast():
                     losses = task(batch, members, progress.step, scales)
                 value, tokens = _global_loss_and_tokens(accelerator, losses["loss"], batch, real)
                 if not math.isfinite(value):  # every process sees the reduced value: all stop together
                     raise _non_finite(losses, progress, desc)
-                accelerator.backward(losses["loss"])
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(task.parameters(), cfg.max_grad_norm)
+                accelerator.backward(losses["loss"] / schedule.accumulated(progress.step))
+            if optimiser_step:
+                accelerator.clip_grad_norm_(task.parameters(), cfg.max_grad_norm)
                 optimizer.step()
-                if accelerator.sync_gradients and not optimizer.step_was_skipped:
+                if not optimizer.step_was_skipped:
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             progress.step += 1

@@ -49,7 +49,8 @@ def make_accelerator(cfg: TrainConfig, find_unused: bool = False):
     # parameters that get no gradient in a step (gradual unfreezing, a stage whose losses never
     # reach the head): DDP must look for them, at the cost of a graph traversal per step
     ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused)
-    accelerator = Accelerator(mixed_precision=resolve_precision(cfg.precision), gradient_accumulation_steps=cfg.grad_accum,
+    # gradient accumulation is the loop's (Schedule): a run's last optimiser step may gather fewer micro-batches
+    accelerator = Accelerator(mixed_precision=resolve_precision(cfg.precision),
                               cpu=process.device.type == "cpu", kwargs_handlers=[ddp])
     kind = accelerator.distributed_type.value
     if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
@@ -107,7 +108,9 @@ def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 class Schedule:
     """The steps of a stage. `batch_size` is the global batch: the same batches, in the same order,
     on any number of processes, so the schedule does not depend on the process count. A step is one
-    micro-batch; every `grad_accum` of them make an optimiser step."""
+    micro-batch; every `grad_accum` of them make an optimiser step, and the last optimiser step
+    takes the micro-batches left (fewer when `grad_accum` does not divide them): a stage trains the
+    epochs asked for, never more."""
 
     per_epoch: int  # batches per epoch
     total_steps: int  # micro-batches in all
@@ -117,8 +120,7 @@ class Schedule:
     @classmethod
     def of(cls, cfg: TrainConfig, examples: int, module: nn.Module) -> Schedule:
         per_epoch = math.ceil(examples / cfg.batch_size)
-        # whole optimiser steps: a trailing partial accumulation would never reach the optimiser
-        total_steps = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum)) * cfg.grad_accum
+        total_steps = max(1, math.ceil(cfg.epochs * per_epoch))
         unfreezing = GradualUnfreezing(module) if cfg.unfreeze == "gradual" else None
         return cls(per_epoch, total_steps, cfg.grad_accum, unfreezing)
 
@@ -138,7 +140,12 @@ class Schedule:
 
     def is_optimiser_step(self, step: int) -> bool:
         """Whether `step` micro-batches end an optimiser step (checkpoints are written only there)."""
-        return step % self.grad_accum == 0
+        return step % self.grad_accum == 0 or step == self.total_steps
+
+    def accumulated(self, step: int) -> int:
+        """How many micro-batches the optimiser step of micro-batch `step` (from 0) gathers: its
+        gradient is their mean."""
+        return min(self.grad_accum, self.total_steps - (step - step % self.grad_accum))
 
 
 class GradualUnfreezing:

@@ -141,13 +141,69 @@ def test_stages_may_use_different_precisions(train_data):
     assert not all(torch.equal(alone[k], in_bf16[k]) for k in alone)
 
 
-def test_grad_accumulation_ends_on_a_whole_optimiser_step(train_data, monkeypatch):
-    optimiser_steps = []
-    step = torch.optim.AdamW.step
-    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (optimiser_steps.append(1), step(self, *a, **k))[1])
-    cfg = CFG.model_copy(update={"grad_accum": 3})  # 4 batches per epoch -> 6 micro-batches, 2 steps
+def _count_optimiser_steps(monkeypatch) -> list:
+    steps, step = [], torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (steps.append(1), step(self, *a, **k))[1])
+    return steps
+
+
+def test_grad_accumulation_steps_the_optimiser_every_grad_accum_batches_and_at_the_end(train_data, monkeypatch):
+    optimiser_steps = _count_optimiser_steps(monkeypatch)
+    cfg = CFG.model_copy(update={"grad_accum": 3})  # 4 batches: an optimiser step after 3, the last after 1
     result = train(_ce(tiny_bert(layers=1)), StageData(train_data), cfg)
-    assert result.steps == 6 and len(optimiser_steps) == 2
+    assert result.steps == 4 and len(optimiser_steps) == 2
+
+
+def test_grad_accumulation_beyond_the_run_trains_the_epochs_asked_for(train_data, monkeypatch):
+    """grad_accum larger than the run's batches: 2 epochs of 4 batches are 8 micro-batches and one
+    optimiser step on their mean gradient, exactly what grad_accum 8 gives (the loop used to run on
+    to 64 micro-batches, "epoch 16/2")."""
+    optimiser_steps = _count_optimiser_steps(monkeypatch)
+
+    def run(grad_accum):
+        torch.manual_seed(0)
+        student = tiny_bert(layers=1)
+        torch.manual_seed(1)  # the same dropout draws in both runs
+        result = train(_ce(student), StageData(train_data), CFG.model_copy(update={"grad_accum": grad_accum, "epochs": 2}))
+        return result, student.state_dict()
+
+    (beyond, weights), (exact, expected) = run(64), run(8)
+    assert beyond.steps == exact.steps == 8 and len(optimiser_steps) == 2  # one per run
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
+def test_a_stage_resumed_inside_its_last_partial_step_ends_like_an_uninterrupted_one(train_data, tmp_path):
+    """5 batches with grad_accum 2: checkpoints after micro-batches 2 and 4 (optimiser steps), the
+    last step takes the fifth batch alone. A crash after the second checkpoint resumes to the same weights."""
+    cfg = CFG.model_copy(update={"grad_accum": 2, "checkpoint_every": 2, "batch_size": 13})  # 64 / 13: 5 batches
+
+    def run(state_dir, crash_at=None):
+        import cascade_kd.training.data as stage_data
+
+        torch.manual_seed(0)
+        student = tiny_bert(layers=1)
+        torch.manual_seed(1)
+        calls, collate_ = [0], stage_data.collate
+
+        def counting(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == crash_at:
+                raise KeyboardInterrupt
+            return collate_(*args, **kwargs)
+
+        stage_data.collate = counting
+        try:
+            result = train(_ce(student), StageData(train_data), cfg, state_dir=state_dir)
+        finally:
+            stage_data.collate = collate_
+        return result, student.state_dict()
+
+    reference, expected = run(tmp_path / "ref")
+    assert reference.steps == 5
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run", crash_at=5)
+    resumed, weights = run(tmp_path / "run")
+    assert resumed.steps == 5 and all(torch.equal(weights[k], expected[k]) for k in expected)
 
 
 def test_epoch_draw_and_batch_transform_see_exactly_the_drawn_examples(train_data):
