@@ -165,20 +165,35 @@ def test_the_toy_loss_by_hand():
     assert loss.item() == pytest.approx(2 / 3)
 
 
+TOY_RECIPE = """\
+name: toy-loss
+seed: 0
+task: {type: token, max_length: 48}
+data: {languages: [en, ru], format: conll, train: "data/{lang}/train.conll", dev: "data/{lang}/dev.conll",
+       max_train_per_language: 100, max_eval_per_language: 40}
+teacher:
+  config: {model_type: bert, num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 2, intermediate_size: 64,
+           max_position_embeddings: 64}
+  tokenizer: tokenizer
+  train: {epochs: 1, lr: 4.0e-3}
+train: {batch_size: 32, epochs: 1, lr: 3.0e-3, precision: fp32}
+cascade:
+  stages:
+    - {name: student, student: {layers: 1}, losses: {centred_mse: {weight: 2.0}}}
+  direct: false
+"""
+
+
 def test_a_new_loss_registered_in_a_test_runs_through_a_recipe_stage(demo_workspace, tmp_path, monkeypatch):
     from cascade_kd.cascade import run_recipe
     from cascade_kd.config.schema import parse_recipe
-    from tests.helpers import TINY_RUN_RECIPE
 
     monkeypatch.setitem(LOSSES, CentredLogitMSE.name, CentredLogitMSE)  # what `register` does, undone after the test
     monkeypatch.setattr(CentredLogitMSE, "calls", 0)
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, tmp_path / name)
-    text = TINY_RUN_RECIPE.replace("train: {epochs: 5, lr: 4.0e-3}", "train: {epochs: 1, lr: 4.0e-3}").replace(
-        "student: {layers: 1}}", "student: {layers: 1}, losses: {centred_mse: {weight: 2.0}}}")
-    assert "centred_mse" in text
     said = []
-    run_recipe(parse_recipe(text, base_dir=tmp_path), tmp_path / "run", say=said.append)
+    run_recipe(parse_recipe(TOY_RECIPE, base_dir=tmp_path), tmp_path / "run", say=said.append)
     assert any(line.startswith("student:") and "losses centred_mse*2" in line for line in said), said
     stage = json.loads((tmp_path / "run" / "stages" / "student" / "stage.json").read_text())
     assert CentredLogitMSE.calls == stage["steps"] > 0  # once per batch: the loop ran it, nothing else did
