@@ -251,3 +251,12 @@ def test_relation_loss_distils_across_widths_and_head_counts(train_data):
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before_t.items())
     with pytest.raises(UserError, match="not a multiple of 3"):
         build_terms({"relation_kl": LossConfig(relation_heads=3)}, teacher.config, student.config, where="stage")
+
+
+def test_the_teacher_is_a_frozen_side_never_a_submodule():
+    teacher, student = tiny_bert(layers=2), tiny_bert(layers=1)
+    terms = build_terms({"kl": LossConfig()}, teacher.config, student.config, where="s")
+    with pytest.raises(TypeError, match="LiveTeacher"):  # as a module it would be trained, synchronised, saved
+        DistillationTask(student, terms, teacher)
+    with pytest.raises(ValueError, match="need a teacher"):
+        DistillationTask(student, terms)

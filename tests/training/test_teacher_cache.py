@@ -168,3 +168,17 @@ def test_a_stage_trained_on_the_fp32_cache_matches_the_live_teacher(tmp_path):
     train(DistillationTask(cached, terms(), CachedTeacher(cache, teacher)), StageData(data, seed=1), cfg)
     for (name, a), (_, b) in zip(live.state_dict().items(), cached.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_cached_teacher_refuses_features_its_cache_does_not_hold():
+    from types import SimpleNamespace
+
+    from cascade_kd.losses.base import Reads
+
+    held = tc.CacheRequest(logits=True, hidden=(3,), attention=())
+    cached = CachedTeacher(SimpleNamespace(request=held, features=lambda members, mask: "read"))
+    batch = {"attention_mask": torch.ones(1, 2)}
+    assert cached.run(batch, [0], Reads(logits=True, hidden=(3,)), True) == "read"
+    for reads in (Reads(hidden=(2,)), Reads(attention=(3,)), Reads(qkv=(3,))):
+        with pytest.raises(ValueError, match="the teacher cache holds"):
+            cached.run(batch, [0], reads, True)
