@@ -67,7 +67,12 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("CASCADE_KD_QUIET", "1")
     from cascade_kd.cascade import prepare
-    from cascade_kd.training.loop import build_loss_terms, resolve_precision, train
+    from cascade_kd.losses.registry import build_terms
+    from cascade_kd.training.data import StageData
+    from cascade_kd.training.loop import train
+    from cascade_kd.training.setup import resolve_precision
+    from cascade_kd.training.task import DistillationTask
+    from cascade_kd.training.teacher import CachedTeacher, LiveTeacher
     from cascade_kd.students import build_student
     from cascade_kd.students.hub import create_model
     from cascade_kd.config.schema import load_recipe
@@ -88,14 +93,16 @@ def main() -> int:
     base_student = build_student(teacher, recipe.cascade.stages[0].student, where="student")
     cfg = recipe.train_for(None, "train")
     precision = resolve_precision(cfg.precision)
-    terms, projections = build_loss_terms(recipe.cascade.losses, teacher.config, base_student.config, where="cascade")
+    terms = build_terms(recipe.cascade.losses, teacher.config, base_student.config, where="cascade")
+
+    def task(side):  # a fresh copy of the same student and projections for every run
+        return DistillationTask(copy.deepcopy(base_student), copy.deepcopy(terms), side)
     request = CacheRequest(logits=True, hidden=(teacher.config.num_hidden_layers,), attention=(), dtype=args.dtype,
                            precision={"no": "fp32"}.get(precision, precision))
 
     # warm-up: the first bf16 steps pay one-off kernel selection, which would land on the first size
     warm = everything[:96]
-    train(copy.deepcopy(base_student), warm, cfg, terms=terms, projections=copy.deepcopy(projections), teacher=teacher,
-          pad_id=job.pad_id, seed=0)
+    train(task(LiveTeacher(teacher)), StageData(warm, pad_id=job.pad_id), cfg)
     rows = []
     print(f"teacher {args.teacher_layers}x{args.hidden}, student 1x{args.hidden} (frozen embeddings), "
           f"batch 32, precision {precision}, cache {args.dtype}, {torch.get_num_threads()} threads")
@@ -106,16 +113,14 @@ def main() -> int:
         if len(data) < n:
             print(f"only {len(data)} sentences available, stopping")
             break
-        live = train(copy.deepcopy(base_student), data, cfg, terms=terms, projections=copy.deepcopy(projections),
-                     teacher=teacher, pad_id=job.pad_id, seed=0)
+        live = train(task(LiveTeacher(teacher)), StageData(data, pad_id=job.pad_id), cfg)
         directory = work / f"cache-{n}"
         started = time.perf_counter()
         build_cache(teacher, data, request, directory, token_task=True, pad_id=job.pad_id, batch_size=64,
                     device="cpu", say=lambda m: None)
         build_s = time.perf_counter() - started
         cache = TeacherCache(directory, request, teacher.config, True)
-        cached = train(copy.deepcopy(base_student), data, cfg, terms=terms, projections=copy.deepcopy(projections),
-                       teacher=teacher, pad_id=job.pad_id, seed=0, teacher_cache=cache)
+        cached = train(task(CachedTeacher(cache, teacher)), StageData(data, pad_id=job.pad_id), cfg)
         size = sum(p.stat().st_size for p in directory.iterdir())
         row = {"sentences": n, "tokens": sum(len(x) for x in data), "live_epoch_s": live.wall_time_s,
                "cache_build_s": build_s, "cached_epoch_s": cached.wall_time_s,

@@ -23,7 +23,7 @@ import torch
 from transformers import BertConfig, BertForTokenClassification
 
 from cascade_kd.deploy.bench import forward_latency_ms
-from cascade_kd.training.loop import resolve_precision
+from cascade_kd.training.setup import resolve_precision
 from cascade_kd.students import count_parameters
 
 SHAPES = [  # (name, layers, hidden, heads)

@@ -128,8 +128,11 @@ def ensure_teacher(settings: dict, say=print) -> Path:
     import torch
 
     from cascade_kd.cascade import prepare
-    from cascade_kd.training.loop import LossTerm, train
-    from cascade_kd.losses.functions import HardLabelCE
+    from cascade_kd.losses.base import LossTerm
+    from cascade_kd.losses.logits import HardLabelCE
+    from cascade_kd.training.data import StageData
+    from cascade_kd.training.loop import train
+    from cascade_kd.training.task import DistillationTask
     from cascade_kd.students.hub import create_model, save_checkpoint
     from cascade_kd.config.schema import load_recipe
 
@@ -150,8 +153,8 @@ def ensure_teacher(settings: dict, say=print) -> Path:
     cfg = recipe.train.model_copy(update={"epochs": settings["teacher_epochs"], "lr": settings["teacher_lr"]})
     say(f"teacher: training {settings['teacher_shape']['num_hidden_layers']} x {settings['teacher_shape']['hidden_size']} "
         f"for {cfg.epochs} epochs on {len(job.train_set())} sentences (not part of any timing)")
-    result = train(teacher, job.train_set(), cfg, terms=[LossTerm("ce", 1.0, HardLabelCE())],
-                   evaluate=lambda m: job.dev_score(m, cfg), pad_id=job.pad_id, seed=0, desc="teacher")
+    result = train(DistillationTask(teacher, [LossTerm(1.0, HardLabelCE())]), StageData(job.train_set(), pad_id=job.pad_id),
+                   cfg, evaluate=lambda m: job.dev_score(m, cfg), desc="teacher")
     say(f"teacher: dev F1 {100 * result.best_score:.1f} (epoch {result.best_epoch}), {result.wall_time_s:.0f} s")
     save_checkpoint(teacher, job.tokenizer, directory)
     (directory / "teacher.json").write_text(json.dumps({"dev_f1": result.best_score, "wall_time_s": result.wall_time_s,
@@ -196,7 +199,7 @@ def _peak_memory() -> dict:
 def run_cascade_kd(settings: dict, frozen: bool, rows: str) -> dict:
 
     from cascade_kd.cascade import distil_stage, prepare
-    from cascade_kd.training.loop import resolve_precision
+    from cascade_kd.training.setup import resolve_precision
     from cascade_kd.students import count_parameters
     from cascade_kd.students.hub import load_checkpoint
     from cascade_kd.config.schema import load_recipe

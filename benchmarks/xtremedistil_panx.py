@@ -270,7 +270,7 @@ def measure_latency(models: list[dict], s: dict, threads: int, log) -> dict:
         session,
     )
     from cascade_kd.students.hub import load_checkpoint
-    from cascade_kd.training.loop import resolve_precision
+    from cascade_kd.training.setup import resolve_precision
 
     torch.set_num_threads(threads)
     bf16 = resolve_precision("auto") == "bf16"  # native bf16 (AMX / AVX-512 BF16); emulated bf16 is slower

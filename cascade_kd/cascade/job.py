@@ -15,7 +15,8 @@ from cascade_kd.errors import RecipeError
 from cascade_kd.evaluation.scoring import evaluate_languages
 from cascade_kd.students.anatomy import position_offset
 from cascade_kd.students.hub import config_labels, load_tokenizer
-from cascade_kd.training.loop import resolve_precision
+from cascade_kd.training.data import StageData
+from cascade_kd.training.setup import resolve_precision
 
 
 @dataclass
@@ -53,16 +54,17 @@ class Job:
         return ([e for part in parts for _, enc in part.values() for e in enc],
                 [(lang, len(enc)) for part in parts for lang, (_, enc) in part.items()])
 
-    def train_options(self, train_data: list, blocks: list[tuple[str, int]], seed: int) -> dict:
-        """What the engine needs beyond the losses: masked-LM mode and dynamic masks; language sampling."""
-        options = {"masked_lm": self.masked_lm}
+    def stage_data(self, train_data: list, blocks: list[tuple[str, int]], seed: int) -> StageData:
+        """A stage's training data, with its epochs' draws (language sampling) and, for masked-LM
+        text with masking: dynamic, each batch's fresh masks."""
+        transform = draw = None
         if self.masked_lm and self.recipe.task.masking == "dynamic":
-            options["batch_transform"] = lambda batch, members, epoch, slots: self.masker.mask_batch(
+            transform = lambda batch, members, epoch, slots: self.masker.mask_batch(  # noqa: E731
                 batch, train_data, members, epoch, slots, stream=seed)
         alpha = self.recipe.data.language_alpha
         if alpha is not None:
-            options["epoch_draw"] = lambda epoch: epoch_indices(blocks, alpha, seed=seed, epoch=epoch)
-        return options
+            draw = lambda epoch: epoch_indices(blocks, alpha, seed=seed, epoch=epoch)  # noqa: E731
+        return StageData(train_data, pad_id=self.pad_id, seed=seed, epoch_draw=draw, batch_transform=transform)
 
     @property
     def selection_dev(self) -> dict:
@@ -116,7 +118,7 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     if data.task == "mlm":
         masker = masker_for(tokenizer, probability=recipe.task.mask_probability, seed=recipe.seed)
         # dev and test masks are drawn once, so every model is scored on the same masked pieces; train
-        # masks too with masking: static, else the engine draws them per epoch (Job.train_options)
+        # masks too with masking: static, else the engine draws them per epoch (Job.stage_data)
         for split, per_lang in encoded.items():
             for lang, (examples, items) in per_lang.items():
                 per_lang[lang] = (examples, masker.mask_encoded(items, f"{split}:{lang}")

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from cascade_kd.config.schema import Recipe, StageConfig, StudentConfig, where
 from cascade_kd.errors import RecipeError, UserError
-from cascade_kd.students import FAMILIES, family, family_of, student_config
+from cascade_kd.students import FAMILIES, family, student_config
 from cascade_kd.training.distributed import num_processes
-from cascade_kd.training.loop import LOGIT_LOSSES, build_loss_terms
+from cascade_kd.losses.registry import LOSSES, build_terms, teacher_logit_losses
+from cascade_kd.training.teacher_cache import CACHED_FEATURES
+
+# how messages name what a loss compares, where the feature's name is not enough
+FEATURE_WORDS = {"qkv": "query/key/value states"}
 
 
 def check_cascade(recipe: Recipe, t_config) -> None:
@@ -19,9 +23,13 @@ def check_cascade(recipe: Recipe, t_config) -> None:
         key = ("cascade", "stages", i, "student")
         teacher = t_config if stage.teacher == "original" else config
         cfg = recipe.train_for(stage.train, f"cascade.stages[{i}].train")
-        if cfg.teacher_cache != "off" and any(n == "relation_kl" and c.weight > 0 for n, c in recipe.stage_losses(stage).items()):
-            raise RecipeError("the teacher cache does not hold the query/key/value states that relation_kl compares",
-                              where=_cache_key_where(recipe, i), hint="use teacher_cache: off for this stage")
+        uncached = [n for n, c in recipe.stage_losses(stage).items()
+                    if c.weight > 0 and LOSSES[n].reads_teacher and LOSSES[n].feature not in CACHED_FEATURES]
+        if cfg.teacher_cache != "off" and uncached:
+            feature = LOSSES[uncached[0]].feature
+            raise RecipeError(f"the teacher cache does not hold the {FEATURE_WORDS.get(feature, feature)} that "
+                              f"{uncached[0]} compares", where=_cache_key_where(recipe, i),
+                              hint="use teacher_cache: off for this stage")
         if cfg.teacher_cache != "off" and cfg.teacher_sharding == "fsdp":
             # a sharded teacher is a collective (every process runs each batch); the cache runs the
             # teacher on different batches per process
@@ -70,7 +78,7 @@ def _check_masked_lm_stage(recipe: Recipe, i: int, cfg) -> None:
                           where=where(recipe, *key, "student", "kind"),
                           hint="distil a BiLSTM student on a task, from a model of this chain")
     for name, loss in recipe.stage_losses(stage).items():
-        if name in LOGIT_LOSSES and "positions" in loss.model_fields_set and loss.positions == "tokens":
+        if name in teacher_logit_losses() and "positions" in loss.model_fields_set and loss.positions == "tokens":
             own = stage.losses is not None
             raise RecipeError("masked-LM logits are compared at the masked positions only",
                               where=where(recipe, *(key if own else ("cascade",)), "losses", name, "positions"),
@@ -81,9 +89,10 @@ def _check_masked_lm_stage(recipe: Recipe, i: int, cfg) -> None:
     if recipe.task.masking == "dynamic":
         raise RecipeError("the teacher cache holds the teacher's outputs on fixed inputs, but masking: dynamic draws "
                           "new masks every epoch", where=at, hint="set task.masking: static, or teacher_cache: off")
-    if any(name in LOGIT_LOSSES and c.weight > 0 for name, c in recipe.stage_losses(stage).items()):
+    logit_losses = teacher_logit_losses()
+    if any(name in logit_losses and c.weight > 0 for name, c in recipe.stage_losses(stage).items()):
         raise RecipeError("the teacher cache does not hold masked-LM logits (one value per vocabulary piece and "
-                          "masked position)", where=at, hint="use teacher_cache: off for stages with kl or logit_mse")
+                          "masked position)", where=at, hint=f"use teacher_cache: off for stages with {' or '.join(logit_losses)}")
 
 
 def check_processes(recipe: Recipe) -> None:
@@ -119,25 +128,25 @@ def _check_guides(recipe: Recipe, i: int) -> None:
             f"dropping {stage.drop_guides} per batch would leave none",
             where=where(recipe, *key, "drop_guides"), hint=f"use drop_guides <= {i}",
         )
-    losses = recipe.stage_losses(stage)
-    if not any(name in ("kl", "logit_mse") and cfg.weight > 0 for name, cfg in losses.items()):
+    losses, logit_losses = recipe.stage_losses(stage), teacher_logit_losses()
+    if not any(name in logit_losses and cfg.weight > 0 for name, cfg in losses.items()):
         raise RecipeError(
-            f"stage {stage.name!r} uses guides: dense, which guides the logit losses, but it has neither kl nor logit_mse",
-            where=where(recipe, *key, "guides"), hint="add a kl (or logit_mse) loss with a positive weight",
+            f"stage {stage.name!r} uses guides: dense, which guides the logit losses, but it has neither "
+            + " nor ".join(logit_losses), where=where(recipe, *key, "guides"),
+            hint=f"add a {logit_losses[0]} (or {', '.join(logit_losses[1:])}) loss with a positive weight",
         )
 
 
 def _check_losses(recipe: Recipe, i: int, teacher, student, what: str) -> None:
-    """Build a stage's loss terms; an error names the line of the loss it comes from."""
+    """Build a stage's loss terms, each checked against both models' configs (losses/base.py:
+    `Loss.check`); an error names the line of the loss it comes from."""
     own = recipe.cascade.stages[i].losses is not None
     section = ("cascade", "stages", i) if own else ("cascade",)  # else the cascade's, shared by the stages
     for name, cfg in recipe.stage_losses(recipe.cascade.stages[i]).items():
-        # build_loss_terms appends ".losses.NAME" to `where`: give it the prefix, with the loss's line
+        # build_terms appends ".losses.NAME" to `where`: give it the prefix, with the loss's line
         prefix = where(recipe, *section, "losses", name).removesuffix(f".losses.{name}")
         try:
-            for owner in {family_of(teacher).kind: family_of(teacher), family_of(student).kind: family_of(student)}.values():
-                owner.check_loss(name, cfg, teacher, student, where=prefix)  # e.g. no attention maps in a BiLSTM
-            build_loss_terms({name: cfg}, teacher, student, where=prefix)
+            build_terms({name: cfg}, teacher, student, where=prefix)
         except UserError as err:  # say which model, as the cascade's losses serve every stage
             raise type(err)(f"{err.message}, for {what}", where=err.where, hint=err.hint) from None
 

@@ -42,7 +42,7 @@ from cascade_kd.evaluation.scoring import evaluate_languages, metric_for, summar
 from cascade_kd.students import count_parameters, family_of
 from cascade_kd.students.hub import load_checkpoint
 from cascade_kd.training.distributed import barrier, is_main, main_say
-from cascade_kd.training.loop import resolve_precision
+from cascade_kd.training.setup import resolve_precision
 
 
 def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = False, say=print) -> dict:

@@ -14,11 +14,17 @@ from cascade_kd.cascade.job import Job
 from cascade_kd.cascade.rundir import MARKER, finished_model
 from cascade_kd.cascade.plan import final_spec
 from cascade_kd.config.schema import StageConfig, StudentConfig, where
-from cascade_kd.losses.functions import HardLabelCE
+from cascade_kd.losses.base import LossTerm, Reads
+from cascade_kd.losses.guides import guided
+from cascade_kd.losses.logits import HardLabelCE
+from cascade_kd.losses.registry import build_terms
 from cascade_kd.students import build_student, count_parameters, family, family_of
 from cascade_kd.students.hub import create_model, load_checkpoint, load_model, save_checkpoint, use_attention_outputs
 from cascade_kd.training.distributed import barrier, is_main, on_main, process_state
-from cascade_kd.training.loop import ATTENTION_LOSSES, HIDDEN_LOSSES, LOGIT_LOSSES, LossTerm, build_loss_terms, resolve_precision, train
+from cascade_kd.training.loop import train
+from cascade_kd.training.setup import resolve_precision
+from cascade_kd.training.task import DistillationTask, reads_of
+from cascade_kd.training.teacher import CachedTeacher, DenseGuides, LiveTeacher
 from cascade_kd.training.teacher_cache import CacheRequest, TeacherCache, build_shards, cache_key, finish_cache, plan_cache
 
 
@@ -56,14 +62,13 @@ def get_teacher(job: Job):
     if finetune:
         cfg = recipe.train_for(t.train, "teacher.train")
         use_attention_outputs(model, False)
-        terms = [LossTerm("ce", 1.0, HardLabelCE())]
+        task = DistillationTask(model, [LossTerm(1.0, HardLabelCE())], logits_at_labels=job.masked_lm)
         train_data, blocks = job.training_data()
         job.say(f"teacher: training {model.config.num_hidden_layers} layers x {model.config.hidden_size} "
                 f"for {cfg.epochs:g} epochs on {len(train_data)} examples"
                 + (" (masked-LM)" if job.masked_lm else ""))
-        result = train(model, train_data, cfg, terms=terms, evaluate=lambda m: job.dev_score(m, cfg),
-                       pad_id=job.pad_id, seed=recipe.seed, desc="teacher", state_dir=job.state_dir("teacher"),
-                       **job.train_options(train_data, blocks, recipe.seed))
+        result = train(task, job.stage_data(train_data, blocks, recipe.seed), cfg, evaluate=lambda m: job.dev_score(m, cfg),
+                       desc="teacher", state_dir=job.state_dir("teacher"))
         info.update(dev=result.best_score, best_epoch=result.best_epoch, wall_time_s=result.wall_time_s,
                     tokens_per_s=result.tokens_per_s, history=result.history)
     _save_model(job, model, out, info)
@@ -92,8 +97,11 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     else:
         student = build_student(teacher, spec or stage.student, where=f"{stage_where}.student")
     cfg = recipe.train_for(stage.train, f"cascade.stages[{index}].train")
-    terms, projections = build_loss_terms(recipe.stage_losses(stage), teacher.config, student.config, where=stage_where)
-    needs_attn = any(t.name.startswith("attention") for t in terms)
+    terms = build_terms(recipe.stage_losses(stage), teacher.config, student.config, where=stage_where)
+    if guides:  # dense guidance: the losses on the teacher's logits learn from every guide
+        terms = guided(terms, stage.guide_reduction)
+    student_reads, teacher_reads = reads_of(terms)
+    needs_attn = bool(student_reads.attention or teacher_reads.attention)
     use_attention_outputs(teacher, needs_attn)
     use_attention_outputs(student, needs_attn)
     params = count_parameters(student)
@@ -102,42 +110,45 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
             + f"; {params['params_trainable']:,} of {params['params_total']:,} parameters trainable"
             + (f"; dense guidance from {len(guides)} models, {stage.drop_guides} dropped per batch, "
                f"{'summed' if stage.guide_reduction == 'sum' else 'averaged'}" if guides else ""))
-    dense = {"guides": guides, "drop_guides": stage.drop_guides, "guide_reduction": stage.guide_reduction} if guides else {}
-    with_transfer = bool(job.transfer) and any(t.name != "ce" for t in terms)  # the teacher labels the transfer text
+    with_transfer = bool(job.transfer) and bool(teacher_reads)  # the teacher labels the transfer text
     train_data, blocks = job.training_data(with_transfer)
     if with_transfer:
         job.say(f"  {name}: + {sum(len(enc) for _, enc in job.transfer.values()):,} unlabelled transfer examples "
                 f"({', '.join(job.transfer)}), labelled by the teacher")
-    cache = teacher_cache(job, teacher, terms, cfg, train_data) if cfg.teacher_cache != "off" else None
+    seed = recipe.seed + index + 1
+    frozen = LiveTeacher(teacher)
+    if cfg.teacher_cache != "off" and teacher_reads:
+        frozen = CachedTeacher(teacher_cache(job, teacher, teacher_reads, cfg, train_data), teacher)
+    if guides:
+        frozen = DenseGuides([frozen if g is teacher else LiveTeacher(g) for g in guides],
+                             teacher=next(k for k, g in enumerate(guides) if g is teacher), drop=stage.drop_guides, seed=seed)
+    task = DistillationTask(student, terms, frozen, logits_at_labels=job.masked_lm)
     # a stage with no task-output loss (representation only, XtremeDistil's first stage) leaves the
     # head untrained: its dev score says nothing, so the last epoch is kept instead of the best one
-    selects = any(t.name == "ce" or t.name in LOGIT_LOSSES for t in terms)
+    selects = student_reads.logits
     if not selects:
         job.say(f"  {name}: no logit or label loss: the last epoch's weights are kept (no selection on dev)")
-    result = train(student, train_data, cfg, terms=terms, projections=projections, teacher=teacher, **dense,
-                   evaluate=(lambda m: job.dev_score(m, cfg)) if selects else None, pad_id=job.pad_id, seed=recipe.seed + index + 1, desc=name,
-                   state_dir=job.state_dir(name), teacher_cache=cache,
-                   **job.train_options(train_data, blocks, recipe.seed + index + 1))
+    result = train(task, job.stage_data(train_data, blocks, seed), cfg,
+                   evaluate=(lambda m: job.dev_score(m, cfg)) if selects else None, desc=name, state_dir=job.state_dir(name))
     use_attention_outputs(student, False)
     use_attention_outputs(teacher, False)
     info = {"recipe": recipe.fingerprint(), "role": "direct" if name == "direct" else "stage",
             "teacher": teacher.config.num_hidden_layers, "dev": result.best_score, "best_epoch": result.best_epoch,
             "wall_time_s": result.wall_time_s, "tokens_per_s": result.tokens_per_s, "steps": result.steps,
             "history": result.history}
-    _save_model(job, student, out, info, projections)
+    _save_model(job, student, out, info, task.projections)
     return student, info
 
 
-def teacher_cache(job: Job, teacher, terms: list[LossTerm], cfg, train_data) -> TeacherCache:
-    """The stage teacher's outputs on `train_data`, built (or completed) in RUN_DIR/cache/<key>.
+def teacher_cache(job: Job, teacher, reads: Reads, cfg, train_data) -> TeacherCache:
+    """The stage teacher's outputs on `train_data` (what the losses `reads` of it), built (or
+    completed) in RUN_DIR/cache/<key>.
 
     The main process computes the key and checks the disk; every process then builds its share of
     the missing shards; the main process marks the cache complete."""
     precision = resolve_precision(cfg.precision)
     request = CacheRequest(
-        logits=any(t.name in LOGIT_LOSSES for t in terms),
-        hidden=tuple(sorted({p for t in terms if t.name in HIDDEN_LOSSES for p, _ in t.pairs})),
-        attention=tuple(sorted({p for t in terms if t.name in ATTENTION_LOSSES for p, _ in t.pairs})),
+        logits=reads.logits, hidden=reads.hidden, attention=reads.attention,
         dtype=cfg.teacher_cache, precision={"no": "fp32"}.get(precision, precision),
     )
     token_task = job.data.task == "token"

@@ -48,7 +48,7 @@ from cascade_kd.deploy.export import (
 from cascade_kd.errors import UserError
 from cascade_kd.students.anatomy import position_offset
 from cascade_kd.students.hub import load_checkpoint
-from cascade_kd.training.loop import resolve_precision
+from cascade_kd.training.setup import resolve_precision
 
 
 @torch.inference_mode()

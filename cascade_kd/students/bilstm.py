@@ -23,8 +23,9 @@ the BiLSTM output projected to `hidden_size`. Since `hidden_size` is the teacher
 state loss against any teacher layer needs no extra projection in the engine; XtremeDistil's stage 1
 is `hidden_mse: {layer_map: [[6, last]]}` (teacher layer 6 against the projected BiLSTM states).
 A BiLSTM has no attention maps: `output_attentions=True` is an error, and attention losses with a
-BiLSTM student or teacher are refused when the recipe is checked (`check_loss`), as is a hidden-
-state loss on a BiLSTM's layer 0 when its embedding width differs from its hidden width.
+BiLSTM student or teacher are refused when the recipe is checked (the family says `has_attention =
+False`), as is a hidden-state loss on a BiLSTM's layer 0 when its embedding width differs from its
+hidden width (`hidden_width`).
 
 Padding: the LSTM runs on the padded batch (no packing, so the model traces to ONNX with dynamic
 batch and sequence axes). Inputs are right-padded (the attention mask is 1 for a prefix of each
@@ -59,7 +60,6 @@ from transformers.modeling_outputs import (
 )
 
 from cascade_kd.errors import RecipeError
-from cascade_kd.losses.layer_maps import layer_pairs
 from cascade_kd.students.anatomy import freeze_embeddings, pca_axes
 from cascade_kd.students.heads import classification_output
 from cascade_kd.students.registry import StudentFamily, register
@@ -301,33 +301,6 @@ def bilstm_config(t_config, spec, *, where: str = "student"):
     return config, {"embeddings": embeddings}, False
 
 
-def check_loss(name: str, cfg, teacher_config, student_config, *, where: str) -> None:
-    """Refuse, before training, a loss a BiLSTM (student or teacher) cannot take part in: attention
-    losses (no attention maps), and hidden-state losses on a BiLSTM's layer 0 (its embeddings) when
-    their width is not its hidden width (the engine projects by the models' hidden widths)."""
-    models = [("student", student_config), ("teacher", teacher_config)]
-    if cfg.weight == 0 or not any(is_bilstm(c) for _, c in models):
-        return
-    if name.startswith("attention") or name == "relation_kl":
-        side = "student" if is_bilstm(student_config) else "teacher"
-        what = "self-attention relations" if name == "relation_kl" else "attention maps"
-        raise RecipeError(f"{name} compares {what}, but the {side} is a BiLSTM, which has none",
-                          where=f"{where}.losses.{name}",
-                          hint="give the stage its own losses without attention terms (e.g. kl, logit_mse, ce, "
-                               "hidden_mse with layer_map top_only)")
-    if name.startswith("hidden"):
-        pairs = layer_pairs(cfg.layer_map, teacher_config.num_hidden_layers, student_config.num_hidden_layers,
-                            feature="hidden", where=f"{where}.losses.{name}.layer_map")
-        for side, config in models:
-            used = {t if side == "teacher" else s for t, s in pairs}
-            if is_bilstm(config) and 0 in used and config.embedding_size != config.hidden_size:
-                raise RecipeError(
-                    f"{name}'s layer map uses the {side}'s layer 0, the embeddings of a BiLSTM, which are "
-                    f"{config.embedding_size} wide, not its hidden width {config.hidden_size}",
-                    where=f"{where}.losses.{name}.layer_map",
-                    hint="match the BiLSTM's projected output: layer_map top_only, or e.g. [[6, last]]")
-
-
 def build_bilstm_student(teacher, spec, *, where: str = "student"):
     """A BiLSTM student (float32) initialised from `teacher` as `spec` says; the teacher is untouched."""
     config, plan, _ = bilstm_config(teacher.config, spec, where=where)
@@ -367,6 +340,7 @@ class BiLSTMFamily(StudentFamily):
     label = "BiLSTM"
     masked_lm = False
     teaches = ("bilstm",)
+    has_attention = False
 
     def config(self, t_config, spec, *, where: str = "student"):
         return bilstm_config(t_config, spec, where=where)
@@ -381,8 +355,8 @@ class BiLSTMFamily(StudentFamily):
             "projection_size": final_config.hidden_size,
             "embeddings": "random" if final.embeddings == "random" else "auto"})
 
-    def check_loss(self, name, cfg, teacher_config, student_config, *, where: str) -> None:
-        check_loss(name, cfg, teacher_config, student_config, where=where)
+    def hidden_width(self, config, layer: int) -> int:
+        return config.embedding_size if layer == 0 else config.hidden_size  # layer 0: the word embeddings
 
     def shape(self, config) -> str:
         return f"BiLSTM x {config.hidden_size}"

@@ -25,6 +25,7 @@ class StudentFamily:
     label: str = ""  # how messages name a model of this family ("a BiLSTM teacher")
     masked_lm: bool = True  # can be a masked-LM student (general distillation)
     teaches: tuple[str, ...] | None = None  # the student kinds a model of this family can teach (None: all)
+    has_attention: bool = True  # attention maps and query/key/value states, which attention losses read
 
     def owns(self, model_or_config) -> bool:
         """Whether a model (or config) is one of this family's."""
@@ -49,9 +50,10 @@ class StudentFamily:
         trains a copy further, with the same parts fixed)."""
         freeze_embeddings(student, spec.freeze_embeddings)
 
-    def check_loss(self, name: str, cfg, teacher_config, student_config, *, where: str) -> None:
-        """Refuse, before training, a loss that a model of this family (as teacher or student) cannot
-        take part in. Nothing by default."""
+    def hidden_width(self, config, layer: int) -> int:
+        """The width of hidden state `layer` (0: the embedding output); losses project by
+        `config.hidden_size`, so a layer of another width cannot be matched."""
+        return config.hidden_size
 
     def shape(self, config) -> str:
         """The model's shape in log lines and reports ("6 layers x 384")."""

@@ -3,7 +3,7 @@
 `accelerate launch -m cascade_kd run ...` or `torchrun --nproc_per_node N -m cascade_kd run ...`
 starts N copies of the same command; accelerate's `PartialState` reads the launcher's environment
 and joins the process group (gloo on CPU, NCCL on GPUs). Every process reads the data and runs
-the same cascade; the engine splits each global batch between them (see `engine.py`). Only the
+the same cascade; the loop splits each global batch between them (training/data.py, training/task.py). Only the
 main process writes (RUN_DIR, checkpoints, metrics, report) and prints; the others wait at a
 barrier where they would otherwise read what it has not finished writing.
 """

@@ -44,6 +44,7 @@ SHARD_EXAMPLES = 1024
 FORMAT = 1  # bumped whenever the layout changes: part of the key, so old caches are never misread
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 META = "meta.json"
+CACHED_FEATURES = ("logits", "hidden", "attention")  # what a cache holds (CacheRequest); not query/key/value states
 
 
 @dataclass(frozen=True)

@@ -136,9 +136,9 @@ def test_dev_masks_are_drawn_once_and_train_masks_follow_the_masking_key(general
     job = prepare(dynamic, root / "unused", say=lambda m: None)
     assert all(l == IGNORE for x in job.encoded["train"]["en"][1] for l in x.label)  # masked per batch instead
     data, blocks = job.training_data()
-    options = job.train_options(data, blocks, seed=1)
-    assert options["masked_lm"] and "batch_transform" in options and "epoch_draw" in options
-    draw = options["epoch_draw"](0)  # blocks in order: en 0-499, ru 500-699, el 700-799
+    stage_data = job.stage_data(data, blocks, seed=1)
+    assert job.masked_lm and stage_data.batch_transform is not None and stage_data.epoch_draw is not None
+    draw = stage_data.epoch_draw(0)  # blocks in order: en 0-499, ru 500-699, el 700-799
     counts = {"en": sum(i < 500 for i in draw), "ru": sum(500 <= i < 700 for i in draw), "el": sum(i >= 700 for i in draw)}
     assert counts == language_quotas(SIZES, 0.5) and counts["el"] > SIZES["el"]  # el drawn more often than it occurs
 

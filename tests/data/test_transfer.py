@@ -9,10 +9,11 @@ import torch
 
 from cascade_kd.data.encode import IGNORE, UNLABELLED, encode
 from cascade_kd.data.readers import read_transfer_text
-from cascade_kd.training.loop import LossTerm, _stage_loss, term_units
 from cascade_kd.errors import DataError
+from cascade_kd.losses.base import LossTerm, TeacherFeatures
+from cascade_kd.losses.logits import HardLabelCE, SoftLogitKL
 from cascade_kd.students.features import Features
-from cascade_kd.losses.functions import LOSSES
+from cascade_kd.training.task import weighted_losses
 from tests.helpers import tiny_recipe, write_recipe
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
@@ -51,14 +52,14 @@ def test_soft_targets_count_at_unlabelled_positions_and_gold_labels_do_not():
     s = Features(logits=torch.randn(2, 4, 7), hidden_states=None, attentions=None, attention_mask=mask)
     t = Features(logits=torch.randn(2, 4, 7), hidden_states=None, attentions=None, attention_mask=mask)
     batch = {"labels": labels, "attention_mask": mask.long()}
-    kl = LossTerm("kl", 1.0, LOSSES["kl"](), positions="labelled")
-    ce = LossTerm("ce", 1.0, LOSSES["ce"]())
-    _, parts = _stage_loss([kl, ce], {}, s, t, batch)
+    kl = LossTerm(1.0, SoftLogitKL(positions="labelled"))
+    ce = LossTerm(1.0, HardLabelCE())
+    parts = weighted_losses([kl, ce], s, TeacherFeatures(t), batch)
     at = labels != IGNORE  # both gold and unlabelled first sub-words
-    torch.testing.assert_close(parts["kl"], LOSSES["kl"]()(s.logits, t.logits, at))
+    torch.testing.assert_close(parts["kl"], SoftLogitKL()(s.logits, t.logits, at))
     gold = labels.masked_fill(labels == UNLABELLED, IGNORE)
     torch.testing.assert_close(parts["ce"], torch.nn.functional.cross_entropy(s.logits.reshape(-1, 7), gold.reshape(-1)))
-    assert term_units(kl, batch, True).item() == 4 and term_units(ce, batch, True).item() == 2
+    assert kl.loss.units(batch).item() == 4 and ce.loss.units(batch).item() == 2
 
 
 def test_a_stage_trains_on_train_plus_transfer_and_the_teacher_on_train_only(demo_workspace, tmp_path):

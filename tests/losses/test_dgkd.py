@@ -11,8 +11,14 @@ import torch
 from cascade_kd.cascade import run_recipe
 from cascade_kd.data.encode import encode
 from cascade_kd.data.readers import read_examples
-from cascade_kd.training.loop import _stage_loss, build_loss_terms, kept_guides, train
+from cascade_kd.losses.base import Reads, TeacherFeatures
+from cascade_kd.losses.guides import DenseGuidance, guided
+from cascade_kd.losses.registry import build_terms
 from cascade_kd.students.features import Features
+from cascade_kd.training.data import StageData
+from cascade_kd.training.loop import train
+from cascade_kd.training.task import DistillationTask, weighted_losses
+from cascade_kd.training.teacher import DenseGuides, LiveTeacher, kept_guides
 from cascade_kd.config.schema import LossConfig, TrainConfig, load_recipe
 from tests.helpers import tiny_bert
 from tests.helpers import edit_recipe, fails, line_of
@@ -58,9 +64,10 @@ def test_train_runs_exactly_the_kept_guides_in_every_batch(train_data):
     student.register_forward_hook(lambda *_: calls.append([]))  # the student runs first in each batch
     for k, guide in enumerate(guides):
         guide.register_forward_hook(lambda *_, k=k: calls[-1].append(k))
-    terms, _ = build_loss_terms({"kl": LossConfig(temperature=2.0)}, guides[-1].config, student.config, where="t")
+    terms = guided(build_terms({"kl": LossConfig(temperature=2.0)}, guides[-1].config, student.config, where="t"))
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, precision="fp32", warmup_ratio=0.0, checkpoint_every=None)
-    result = train(student, train_data, cfg, terms=terms, teacher=guides[-1], guides=guides, drop_guides=1, seed=5)
+    frozen = DenseGuides([LiveTeacher(g) for g in guides], teacher=2, drop=1, seed=5)
+    result = train(DistillationTask(student, terms, frozen), StageData(train_data, seed=5), cfg)
     assert result.steps == len(calls) == 8
     for step, called in enumerate(calls):
         assert sorted(called) == kept_guides(3, 1, seed=5, step=step) and len(called) == 2  # each kept guide once
@@ -72,18 +79,50 @@ def test_train_runs_exactly_the_kept_guides_in_every_batch(train_data):
 
 
 def test_summed_kl_is_twice_the_mean_with_two_identical_guides():
-    terms, _ = build_loss_terms({"kl": LossConfig(temperature=1.0)}, tiny_bert("seq").config, tiny_bert("seq").config, where="t")
+    terms = build_terms({"kl": LossConfig(temperature=1.0)}, tiny_bert("seq").config, tiny_bert("seq").config, where="t")
     mask = torch.ones(1, 1, dtype=torch.bool)
     student = Features(torch.tensor([[0.0, 0.0]]), None, None, mask)
     guide = Features(torch.tensor([[0.0, math.log(3.0)]]), None, None, mask)  # p = (1/4, 3/4) against (1/2, 1/2)
     by_hand = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
     batch = {"labels": torch.tensor([0])}
-    one, _ = _stage_loss(terms, None, student, guide, batch)
-    summed, _ = _stage_loss(terms, None, student, guide, batch, [guide, guide], "sum")
-    mean, _ = _stage_loss(terms, None, student, guide, batch, [guide, guide], "mean")
-    assert float(one) == pytest.approx(by_hand)
+    one = weighted_losses(terms, student, TeacherFeatures(guide), batch)["loss"]
+    two = TeacherFeatures(guide, [guide, guide])
+    summed = weighted_losses(guided(terms, "sum"), student, two, batch)["loss"]
+    mean = weighted_losses(guided(terms, "mean"), student, two, batch)["loss"]
+    alone = weighted_losses(guided(terms), student, TeacherFeatures(guide), batch)["loss"]  # no guides: the teacher
+    assert float(one) == pytest.approx(by_hand) and float(alone) == float(one)
     assert float(summed) == pytest.approx(2 * by_hand) and float(mean) == pytest.approx(by_hand)
     assert float(summed) == pytest.approx(2 * float(mean))
+
+
+def test_dense_guidance_wraps_the_losses_on_teacher_logits_and_nothing_else():
+    config = tiny_bert(layers=2).config
+    losses = {name: LossConfig() for name in ("kl", "ce", "logit_mse", "hidden_mse")}
+    terms = guided(build_terms(losses, config, config, where="t"), "mean")
+    assert [type(t.loss).__name__ for t in terms] == ["DenseGuidance", "HardLabelCE", "DenseGuidance", "HiddenMSE"]
+    assert [t.name for t in terms] == list(losses)
+    for term in (terms[0], terms[2]):  # every guide's logits; of the teacher as such, nothing
+        assert term.loss.guide_reads == Reads(logits=True) and term.loss.teacher_reads is None
+    with pytest.raises(ValueError, match="logits only"):
+        DenseGuidance(terms[3].loss)
+
+
+def test_a_dropped_teacher_runs_only_for_the_losses_that_read_more_than_its_logits(train_data):
+    from cascade_kd.data.encode import collate
+
+    guides = [tiny_bert(layers=n) for n in (3, 2)]
+    ran = []
+    for k, guide in enumerate(guides):
+        guide.register_forward_hook(lambda *_, k=k: ran.append(k))
+    batch = collate(train_data[:4], 0)
+    dropped = next(step for step in range(50) if kept_guides(2, 1, seed=0, step=step) == [1])  # the teacher (0) dropped
+    frozen = DenseGuides([LiveTeacher(g) for g in guides], teacher=0, drop=1, seed=0)
+    logits_only = frozen.features(batch, None, dropped, Reads(), Reads(logits=True), True)
+    assert ran == [1] and logits_only.teacher is None and len(logits_only.guides) == 1
+    ran.clear()
+    with_hidden = frozen.features(batch, None, dropped, Reads(hidden=(3,)), Reads(logits=True), True)
+    assert ran == [0, 1] and with_hidden.teacher.hidden_states is not None
+    assert with_hidden.guides == [with_hidden.guides[0]] and with_hidden.guides[0].hidden_states is None
 
 
 # --- recipe checks, through the CLI, before any training ------------------------------------

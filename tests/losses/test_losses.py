@@ -1,4 +1,5 @@
-"""Tests for cascade_kd.losses.functions: hand-computed values, masking, shapes, dtypes and gradients."""
+"""The loss formulas (cascade_kd/losses/{logits,hidden,attention,relations}.py): hand-computed values,
+masking, shapes, dtypes and gradients."""
 
 from __future__ import annotations
 
@@ -7,17 +8,11 @@ import math
 import pytest
 import torch
 
-from cascade_kd.losses.functions import (
-    LOSSES,
-    AttentionKL,
-    AttentionMSE,
-    HardLabelCE,
-    HiddenCosine,
-    HiddenMSE,
-    LogitMSE,
-    RelationKL,
-    SoftLogitKL,
-)
+from cascade_kd.losses.attention import AttentionKL, AttentionMSE
+from cascade_kd.losses.hidden import HiddenCosine, HiddenMSE
+from cascade_kd.losses.logits import HardLabelCE, LogitMSE, SoftLogitKL
+from cascade_kd.losses.registry import LOSSES
+from cascade_kd.losses.relations import RelationKL
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
@@ -229,6 +224,9 @@ MASKED_NAMES = ["kl", "logit_mse", "hidden_mse", "hidden_cos", "attention_mse", 
 
 
 def test_registry_names():
+    from cascade_kd.config.schema import LOSS_NAMES, loss_names
+
+    assert set(LOSS_NAMES) == set(LOSSES) and set(loss_names()) == set(LOSSES)  # what recipes may name
     assert LOSSES == {
         "kl": SoftLogitKL,
         "logit_mse": LogitMSE,
@@ -467,8 +465,6 @@ def test_relation_kl_rejects_bad_arguments():
 def test_relation_kl_is_computed_in_float32_under_bf16_autocast():
     """The relation scores are a matmul: under the engine's bf16 autocast they must not drop to bf16,
     or rounding noise swamps the loss near convergence."""
-    from cascade_kd.losses.functions import RelationKL
-
     torch.manual_seed(0)
     teacher = {k: torch.randn(2, 7, 16) for k in ("query", "key", "value")}
     student = {k: v + 0.01 * torch.randn_like(v) for k, v in teacher.items()}

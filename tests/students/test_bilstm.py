@@ -16,7 +16,7 @@ from transformers import (
 
 import cascade_kd  # noqa: F401  (registers the BiLSTM classes with the Auto classes)
 from cascade_kd.students.bilstm import BiLSTMForTokenClassification, reversal_index
-from cascade_kd.training.loop import build_loss_terms
+from cascade_kd.losses.registry import build_terms
 from cascade_kd.errors import RecipeError
 from cascade_kd.students.features import extract_features
 from cascade_kd.students import build_student, count_parameters
@@ -71,9 +71,8 @@ def test_parameters_are_counted_and_the_hidden_loss_needs_no_projection():
     assert counts["params_total"] == v * e + lstm + (2 * u * H + H) + (H * 7 + 7)
     assert counts["params_embedding"] == v * e and counts["params_unrolled"] == counts["params_total"]
     teacher = tiny_bert(layers=4, hidden=H)
-    terms, projections = build_loss_terms({"hidden_mse": LossConfig(layer_map=[[2, "last"]])}, teacher.config,
-                                          model.config, where="stage")
-    assert terms[0].pairs == [(2, 1)] and len(projections) == 0
+    terms = build_terms({"hidden_mse": LossConfig(layer_map=[[2, "last"]])}, teacher.config, model.config, where="stage")
+    assert terms[0].loss.pairs == [(2, 1)] and terms[0].loss.projections() == {}
 
 
 @pytest.mark.parametrize("task", ["token", "sequence"])
@@ -124,7 +123,7 @@ def test_embeddings_start_from_the_teachers():
 
 
 def test_gradual_unfreezing_sees_head_and_projection_then_each_bilstm_layer_top_down_then_embeddings():
-    from cascade_kd.training.loop import unfreeze_groups
+    from cascade_kd.training.setup import unfreeze_groups
 
     model = _bilstm()
     module = {id(p): name.rsplit(".", 1)[0].removesuffix(".forward_lstm").removesuffix(".backward_lstm")

@@ -14,13 +14,16 @@ from cascade_kd.students.embedding_rows import (
     merge_seen_rows,
     restrict_to_seen_rows,
 )
-from cascade_kd.training.loop import LossTerm, TrainingError, train
-from cascade_kd.losses.functions import HardLabelCE
+from cascade_kd.losses.base import LossTerm
+from cascade_kd.losses.logits import HardLabelCE
+from cascade_kd.training.data import StageData
+from cascade_kd.training.loop import TrainingError, train
+from cascade_kd.training.task import DistillationTask
 from cascade_kd.students import build_student
 from cascade_kd.config.schema import StudentConfig, TrainConfig
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
-CE = [LossTerm("ce", 1.0, HardLabelCE())]
+CE = [LossTerm(1.0, HardLabelCE())]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,7 @@ def test_seen_rows_train_to_the_dense_weights_without_weight_decay(train_data):
     sparse = build_student(teacher, StudentConfig(layers=2))
     for model, rows in ((dense, "all"), (sparse, "seen")):
         torch.manual_seed(0)  # the same dropout draws (the engine leaves the global RNG to its caller)
-        train(model, train_data, _cfg(weight_decay=0.0, embedding_rows=rows), terms=CE, pad_id=0)
+        train(DistillationTask(model, CE), StageData(train_data), _cfg(weight_decay=0.0, embedding_rows=rows))
     assert type(sparse.get_input_embeddings()) is nn.Embedding  # merged back: a plain model
     before = teacher.bert.embeddings.word_embeddings.weight
     assert not torch.equal(dense.bert.embeddings.word_embeddings.weight, before)  # the rows did train
@@ -66,7 +69,7 @@ def test_unused_rows_keep_their_values_exactly_where_dense_training_decays_them(
     before = teacher.bert.embeddings.word_embeddings.weight.detach().clone()
     for rows, unchanged in (("seen", True), ("all", False)):
         student = build_student(teacher, StudentConfig(layers=2))
-        train(student, train_data, _cfg(weight_decay=0.1, embedding_rows=rows), terms=CE, pad_id=0)
+        train(DistillationTask(student, CE), StageData(train_data), _cfg(weight_decay=0.1, embedding_rows=rows))
         after = student.bert.embeddings.word_embeddings.weight.detach()
         assert torch.equal(after[unused], before[unused]) is unchanged, rows
         assert not torch.equal(after[used], before[used])
@@ -85,12 +88,12 @@ def test_frozen_or_tied_embeddings_are_left_alone():
 
 
 def test_a_failed_stage_still_leaves_a_plain_model(train_data):
-    class Exploding(nn.Module):
+    class Exploding(HardLabelCE):
         def forward(self, logits, labels):
             return logits.sum() * float("inf")
 
     student = build_student(tiny_bert(layers=2), StudentConfig(layers=1))
     with pytest.raises(TrainingError):
-        train(student, train_data, _cfg(), terms=[LossTerm("ce", 1.0, Exploding())], pad_id=0)
+        train(DistillationTask(student, [LossTerm(1.0, Exploding())]), StageData(train_data), _cfg())
     assert type(student.get_input_embeddings()) is nn.Embedding
     assert student.bert.embeddings.word_embeddings.weight.requires_grad

@@ -14,7 +14,8 @@ from transformers import (
 )
 
 import cascade_kd  # noqa: F401  (registers the recursive classes with the Auto classes)
-from cascade_kd.training.loop import build_loss_terms, make_optimizer
+from cascade_kd.losses.registry import build_terms
+from cascade_kd.training.setup import make_optimizer
 from cascade_kd.errors import RecipeError
 from cascade_kd.students.features import extract_features
 from cascade_kd.students import build_student, count_parameters
@@ -149,9 +150,9 @@ def test_features_have_r_plus_1_hidden_states_and_r_attentions():
         assert torch.allclose(model(**_batch()).logits, f.logits, atol=1e-5)
     # layer maps see the recursion steps as layers: skip2 pairs step k with teacher layer 2k (MiniALBERT)
     teacher = tiny_bert(layers=6, hidden=H)
-    terms, _ = build_loss_terms({"hidden_mse": LossConfig(layer_map="skip2"), "attention_mse": LossConfig(layer_map="skip2")},
-                                teacher.config, model.config, where="stage")
-    assert terms[0].pairs == [(0, 0), (2, 1), (4, 2), (6, 3)] and terms[1].pairs == [(2, 1), (4, 2), (6, 3)]
+    terms = build_terms({"hidden_mse": LossConfig(layer_map="skip2"), "attention_mse": LossConfig(layer_map="skip2")},
+                        teacher.config, model.config, where="stage")
+    assert terms[0].loss.pairs == [(0, 0), (2, 1), (4, 2), (6, 3)] and terms[1].loss.pairs == [(2, 1), (4, 2), (6, 3)]
 
 
 def test_initialisation_from_the_teacher():

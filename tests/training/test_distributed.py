@@ -21,9 +21,13 @@ import pytest
 import torch
 
 from cascade_kd.data.encode import IGNORE
-from cascade_kd.training.loop import LossTerm, _stage_loss, batch_share, share_scales
+from cascade_kd.losses.attention import AttentionKL, AttentionMSE
+from cascade_kd.losses.base import LossTerm, TeacherFeatures
+from cascade_kd.losses.hidden import HiddenMSE
+from cascade_kd.losses.logits import HardLabelCE, LogitMSE, SoftLogitKL
 from cascade_kd.students.features import Features
-from cascade_kd.losses.functions import LOSSES
+from cascade_kd.training.data import batch_share
+from cascade_kd.training.task import share_scales, weighted_losses
 
 # Weights after training on 2 processes differ from 1 process only by the order of float sums;
 # over ~100 optimiser steps that stays far below this (1e-4 observed).
@@ -37,6 +41,16 @@ def test_batch_share_splits_every_member_once_and_pads_short_batches():
     assert all(real for _, real in shares)
     share, real = batch_share([5], 1, 2)  # fewer members than processes: a weight-0 stand-in
     assert share == [5] and not real
+
+
+class _Terms:
+    """What share_scales needs of the task: its terms' units."""
+
+    def __init__(self, terms):
+        self.terms = terms
+
+    def units(self, batch):
+        return torch.stack([t.loss.units(batch) for t in self.terms])
 
 
 class _FakeAccelerator:
@@ -73,12 +87,12 @@ def test_weighted_shares_reproduce_the_one_process_gradient_for_every_term():
     s_attn_raw = torch.randn(B, H, T, T, requires_grad=True)
     t_logits, t_hidden, t_attn = torch.randn(B, T, C), torch.randn(B, T, D), attn()
     terms = [
-        LossTerm("ce", 0.5, LOSSES["ce"]()),
-        LossTerm("kl", 1.0, LOSSES["kl"](temperature=2.0), positions="labelled"),
-        LossTerm("logit_mse", 0.3, LOSSES["logit_mse"](), positions="tokens"),
-        LossTerm("hidden_mse", 1.0, LOSSES["hidden_mse"](), pairs=[(1, 1)]),
-        LossTerm("attention_mse", 2.0, LOSSES["attention_mse"](head_reduction="none"), pairs=[(1, 1)]),
-        LossTerm("attention_kl", 1.5, LOSSES["attention_kl"](head_reduction="none"), pairs=[(1, 1)]),
+        LossTerm(0.5, HardLabelCE()),
+        LossTerm(1.0, SoftLogitKL(temperature=2.0, positions="labelled")),
+        LossTerm(0.3, LogitMSE(positions="tokens")),
+        LossTerm(1.0, HiddenMSE(pairs=[(1, 1)])),
+        LossTerm(2.0, AttentionMSE(head_reduction="none", pairs=[(1, 1)])),
+        LossTerm(1.5, AttentionKL(head_reduction="none", pairs=[(1, 1)])),
     ]
 
     def loss_on(rows, scales=None):
@@ -86,7 +100,7 @@ def test_weighted_shares_reproduce_the_one_process_gradient_for_every_term():
         s = _features(s_logits[rows], (s_hidden[rows], s_hidden[rows]), (s_attn,), mask[rows])
         t = _features(t_logits[rows], (t_hidden[rows], t_hidden[rows]), (t_attn[rows],), mask[rows])
         sub = {k: v[rows] for k, v in batch.items()}
-        return _stage_loss(terms, {}, s, t, sub, scales=scales)[0], sub
+        return weighted_losses(terms, s, TeacherFeatures(t), sub, scales)["loss"], sub
 
     params = (s_logits, s_hidden, s_attn_raw)
     full, _ = loss_on(list(range(B)))
@@ -95,12 +109,10 @@ def test_weighted_shares_reproduce_the_one_process_gradient_for_every_term():
     n = 2
     shares = [batch_share(list(range(B)), r, n)[0] for r in range(n)]
     subs = [loss_on(rows)[1] for rows in shares]
-    from cascade_kd.training.loop import term_units
-
-    total = sum(torch.stack([term_units(t, sub, True) for t in terms]).float() for sub in subs)
+    total = sum(_Terms(terms).units(sub).float() for sub in subs)
     averaged = [torch.zeros_like(p) for p in params]
     for rows, sub in zip(shares, subs):
-        scales = share_scales(_FakeAccelerator(n, total), terms, sub, True, real=True)
+        scales = share_scales(_FakeAccelerator(n, total), _Terms(terms), sub, real=True)
         loss, _ = loss_on(rows, scales)
         for acc, g in zip(averaged, torch.autograd.grad(loss, params)):
             acc += g / n  # what DDP does: the mean of the processes' gradients

@@ -14,9 +14,13 @@ from safetensors.torch import load_file
 
 from cascade_kd.cascade import run_recipe
 from cascade_kd.data.encode import IGNORE, Encoded
-from cascade_kd.training.loop import LossTerm, train, unfreeze_groups
 from cascade_kd.errors import RecipeError
-from cascade_kd.losses.functions import LOSSES
+from cascade_kd.losses.base import LossTerm
+from cascade_kd.losses.logits import HardLabelCE
+from cascade_kd.training.data import StageData
+from cascade_kd.training.loop import train
+from cascade_kd.training.setup import unfreeze_groups
+from cascade_kd.training.task import DistillationTask
 from cascade_kd.students.anatomy import freeze_embeddings
 from cascade_kd.config.schema import TrainConfig, load_recipe
 from tests.helpers import tiny_bert
@@ -56,7 +60,7 @@ def test_gradual_unfreezing_trains_exactly_the_scheduled_groups(epochs, changed_
     model = _student()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = TrainConfig(epochs=epochs, batch_size=8, lr=1e-2, precision="fp32", unfreeze="gradual", checkpoint_every=None)
-    train(model, _data(), cfg, terms=[LossTerm("ce", 1.0, LOSSES["ce"]())], seed=0)
+    train(DistillationTask(model, [LossTerm(1.0, HardLabelCE())]), StageData(_data()), cfg)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert {k for k in changed if k.startswith("classifier")} == {"classifier.weight", "classifier.bias"}

@@ -7,12 +7,17 @@ import torch
 from tests.helpers import tiny_bert
 from safetensors import safe_open
 
-from cascade_kd.training import loop as engine
+from cascade_kd.training import data as stage_data
 from cascade_kd.data.encode import encode
 from cascade_kd.data.readers import read_examples
-from cascade_kd.training.loop import LossTerm, build_loss_terms, train
 from cascade_kd.errors import UserError
-from cascade_kd.losses.functions import HardLabelCE
+from cascade_kd.losses.base import LossTerm
+from cascade_kd.losses.logits import HardLabelCE
+from cascade_kd.losses.registry import build_terms
+from cascade_kd.training.data import StageData
+from cascade_kd.training.loop import train
+from cascade_kd.training.task import DistillationTask
+from cascade_kd.training.teacher import LiveTeacher
 from cascade_kd.students import build_student
 from cascade_kd.students.hub import use_attention_outputs
 from cascade_kd.config.schema import LossConfig, StudentConfig, TrainConfig
@@ -46,13 +51,12 @@ def _distil(data, state_dir, teacher, freeze=False):
     student = build_student(teacher, StudentConfig(layers=1, init="random", hidden=16, heads=2, embeddings="pca",
                                                    freeze_embeddings=freeze))
     losses = {"kl": LossConfig(temperature=2.0), "hidden_mse": LossConfig(), "attention_mse": LossConfig(head_reduction="mean")}
-    terms, projections = build_loss_terms(losses, teacher.config, student.config, where="t")
+    task = DistillationTask(student, build_terms(losses, teacher.config, student.config, where="t"), LiveTeacher(teacher))
     use_attention_outputs(teacher, True)
     use_attention_outputs(student, True)
     scores = lambda m: -float(sum(p.detach().float().pow(2).sum() for p in m.parameters()))  # deterministic in the weights
-    result = train(student, data, CFG, terms=terms, projections=projections, teacher=teacher, evaluate=scores,
-                   pad_id=0, seed=5, state_dir=state_dir)
-    return student, projections, result
+    result = train(task, StageData(data, seed=5), CFG, evaluate=scores, state_dir=state_dir)
+    return student, task.projections, result
 
 
 class _Crash(Exception):
@@ -66,7 +70,7 @@ def test_resume_after_a_crash_gives_identical_weights(data, tmp_path, monkeypatc
     ref_student, ref_proj, ref = _distil(data, tmp_path / "ref", teacher, freeze)
 
     calls = {"n": 0}
-    real_collate = engine.collate
+    real_collate = stage_data.collate
 
     def crashing_collate(*args, **kwargs):
         calls["n"] += 1
@@ -74,7 +78,7 @@ def test_resume_after_a_crash_gives_identical_weights(data, tmp_path, monkeypatc
             raise _Crash
         return real_collate(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "collate", crashing_collate)
+    monkeypatch.setattr(stage_data, "collate", crashing_collate)
     with pytest.raises(_Crash):
         _distil(data, tmp_path / "run", teacher, freeze)
     assert has_state(tmp_path / "run")
@@ -84,7 +88,7 @@ def test_resume_after_a_crash_gives_identical_weights(data, tmp_path, monkeypatc
     frozen, trained = _keys(tmp_path / "run" / FROZEN), _keys(tmp_path / "run" / MODULE)
     assert embedding + ("weight" if freeze else "frozen") in frozen
     assert not any(k.startswith(embedding) for k in trained) if freeze else embedding + "trained" in trained
-    monkeypatch.setattr(engine, "collate", real_collate)
+    monkeypatch.setattr(stage_data, "collate", real_collate)
     student, proj, result = _distil(data, tmp_path / "run", teacher, freeze)
 
     assert result.steps == ref.steps and result.history == ref.history
@@ -94,7 +98,7 @@ def test_resume_after_a_crash_gives_identical_weights(data, tmp_path, monkeypatc
 
 
 def test_plain_stage_without_state_dir_writes_nothing(data, tmp_path):
-    train(tiny_bert(layers=1), data, CFG.model_copy(update={"epochs": 1}), terms=[LossTerm("ce", 1.0, HardLabelCE())], pad_id=0)
+    train(DistillationTask(tiny_bert(layers=1), [LossTerm(1.0, HardLabelCE())]), StageData(data), CFG.model_copy(update={"epochs": 1}))
     assert not any(tmp_path.iterdir())
 
 

@@ -11,10 +11,16 @@ import torch
 
 from cascade_kd.training import teacher_cache as tc
 from cascade_kd.data.encode import IGNORE, Encoded, collate
-from cascade_kd.training.loop import LossTerm, train
 from cascade_kd.errors import UserError
+from cascade_kd.losses.attention import AttentionMSE
+from cascade_kd.losses.base import LossTerm
+from cascade_kd.losses.hidden import HiddenMSE
+from cascade_kd.losses.logits import SoftLogitKL
 from cascade_kd.students.features import extract_features
-from cascade_kd.losses.functions import LOSSES
+from cascade_kd.training.data import StageData
+from cascade_kd.training.loop import train
+from cascade_kd.training.task import DistillationTask
+from cascade_kd.training.teacher import CachedTeacher, LiveTeacher
 from cascade_kd.config.schema import TrainConfig
 from tests.helpers import tiny_bert
 
@@ -145,9 +151,8 @@ def test_a_stage_trained_on_the_fp32_cache_matches_the_live_teacher(tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, precision="fp32", checkpoint_every=None)
 
     def terms():
-        return [LossTerm("kl", 1.0, LOSSES["kl"](temperature=2.0)),
-                LossTerm("hidden_mse", 1.0, LOSSES["hidden_mse"](), pairs=[(3, 2)]),
-                LossTerm("attention_mse", 1.0, LOSSES["attention_mse"](), pairs=[(3, 2)])]
+        return [LossTerm(1.0, SoftLogitKL(temperature=2.0)), LossTerm(1.0, HiddenMSE(pairs=[(3, 2)])),
+                LossTerm(1.0, AttentionMSE(pairs=[(3, 2)]))]
 
     def student():
         model = tiny_bert("token", layers=2)
@@ -156,10 +161,24 @@ def test_a_stage_trained_on_the_fp32_cache_matches_the_live_teacher(tmp_path):
 
     live, cached = student(), student()
     torch.manual_seed(5)  # the same dropout draws in both runs
-    train(live, data, cfg, terms=terms(), teacher=teacher, seed=1)
+    train(DistillationTask(live, terms(), LiveTeacher(teacher)), StageData(data, seed=1), cfg)
     request = tc.CacheRequest(logits=True, hidden=(3,), attention=(3,), dtype="fp32")
     _, cache = _build(tmp_path, teacher, data, request)
     torch.manual_seed(5)
-    train(cached, data, cfg, terms=terms(), teacher=teacher, seed=1, teacher_cache=cache)
+    train(DistillationTask(cached, terms(), CachedTeacher(cache, teacher)), StageData(data, seed=1), cfg)
     for (name, a), (_, b) in zip(live.state_dict().items(), cached.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_cached_teacher_refuses_features_its_cache_does_not_hold():
+    from types import SimpleNamespace
+
+    from cascade_kd.losses.base import Reads
+
+    held = tc.CacheRequest(logits=True, hidden=(3,), attention=())
+    cached = CachedTeacher(SimpleNamespace(request=held, features=lambda members, mask: "read"))
+    batch = {"attention_mask": torch.ones(1, 2)}
+    assert cached.run(batch, [0], Reads(logits=True, hidden=(3,)), True) == "read"
+    for reads in (Reads(hidden=(2,)), Reads(attention=(3,)), Reads(qkv=(3,))):
+        with pytest.raises(ValueError, match="the teacher cache holds"):
+            cached.run(batch, [0], reads, True)

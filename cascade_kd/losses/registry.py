@@ -1,0 +1,43 @@
+"""The losses recipes can name: `LOSSES` maps each name to its class, and `build_terms` turns a
+stage's `losses:` section into weighted, checked loss terms.
+
+A new loss is one `Loss` subclass (losses/base.py says what it declares) passed to `register`;
+config/schema.py accepts the names registered here (it reads them without importing torch, and
+lists the built-in ones for recipes read before this module is imported: a test pins the two).
+"""
+
+from __future__ import annotations
+
+from cascade_kd.losses.attention import AttentionKL, AttentionMSE
+from cascade_kd.losses.base import Loss, LossTerm
+from cascade_kd.losses.hidden import HiddenCosine, HiddenMSE
+from cascade_kd.losses.logits import HardLabelCE, LogitMSE, SoftLogitKL
+from cascade_kd.losses.relations import RelationKL
+
+LOSSES: dict[str, type[Loss]] = {}
+
+
+def register(cls: type[Loss]) -> type[Loss]:
+    """Add a loss class under its `name` (usable as a decorator)."""
+    if not cls.name or cls.name == "loss":  # "loss" is the total in DistillationTask's output
+        raise ValueError(f"{cls.__name__} needs a name other than {cls.name!r}")
+    LOSSES[cls.name] = cls
+    return cls
+
+
+for _cls in (SoftLogitKL, LogitMSE, HardLabelCE, HiddenMSE, HiddenCosine, AttentionMSE, AttentionKL, RelationKL):
+    register(_cls)
+
+
+def build_terms(losses: dict, teacher_config, student_config, *, where: str) -> list[LossTerm]:
+    """The weighted loss terms of a stage's `losses:` section (name -> LossConfig) between two
+    models, each checked against both configs; weight-0 losses are left out. Errors point at
+    `where`.losses.NAME."""
+    return [LossTerm(cfg.weight, LOSSES[name].from_config(cfg, teacher_config, student_config, where=where))
+            for name, cfg in losses.items() if cfg.weight != 0]
+
+
+def teacher_logit_losses() -> list[str]:
+    """The names of the losses between the student's and the teacher's logits (those dense
+    guidance applies to every guide)."""
+    return [name for name, cls in LOSSES.items() if cls.feature == "logits" and cls.reads_teacher]
