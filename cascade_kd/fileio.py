@@ -66,6 +66,9 @@ def atomic_directory(directory: Path):
             if f.is_file():
                 with open(f, "rb") as handle:
                     os.fsync(handle.fileno())
+        for f in tmp.rglob("*"):  # some writers create private files (safetensors: 0600)
+            if f.is_file() and not f.is_symlink():
+                shared_mode(f)
         old = None
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")

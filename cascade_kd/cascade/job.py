@@ -16,6 +16,7 @@ from cascade_kd.evaluation.scoring import evaluate_languages
 from cascade_kd.students.anatomy import position_offset
 from cascade_kd.students.hub import config_labels, load_tokenizer
 from cascade_kd.training.loop import resolve_precision
+from cascade_kd.training.progress import RunProgress, StageMonitor
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Job:
     say: callable
     transfer: dict = field(default_factory=dict)  # lang -> (examples, encoded): unlabelled transfer text
     masker: Masker | None = None  # masked-LM text (task type mlm): draws the masks
+    progress: RunProgress | None = None  # the whole run's position and time left (run_recipe sets it)
 
     @property
     def masked_lm(self) -> bool:
@@ -63,6 +65,21 @@ class Job:
         if alpha is not None:
             options["epoch_draw"] = lambda epoch: epoch_indices(blocks, alpha, seed=seed, epoch=epoch)
         return options
+
+    def monitor(self, name: str, cfg) -> StageMonitor:
+        """What watches model `name` train: the run's progress, and the trackers of cfg.report_to
+        (on the main process, logging into RUN_DIR/logs)."""
+        from cascade_kd.training.distributed import is_main
+
+        trackers = None
+        if cfg.report_to and is_main():
+            from cascade_kd.training.trackers import Trackers
+
+            config = {"model": name, "seed": self.recipe.seed, "recipe": self.recipe.fingerprint(),
+                      "train": cfg.model_dump(exclude={"report_to"})}
+            trackers = Trackers(cfg.report_to, logs_dir=self.out / "logs", project=self.recipe.name, run_name=name,
+                                config=config)
+        return StageMonitor(name, run=self.progress, trackers=trackers)
 
     def dev_score(self, model, cfg) -> float:
         scores = evaluate_languages(model, self.encoded["dev"], self.data.task, self.data.labels,

@@ -61,11 +61,13 @@ def get_teacher(job: Job):
         job.say(f"teacher: training {model.config.num_hidden_layers} layers x {model.config.hidden_size} "
                 f"for {cfg.epochs:g} epochs on {len(train_data)} examples"
                 + (" (masked-LM)" if job.masked_lm else ""))
-        result = train(model, train_data, cfg, terms=terms, evaluate=lambda m: job.dev_score(m, cfg),
-                       pad_id=job.pad_id, seed=recipe.seed, desc="teacher", state_dir=job.state_dir("teacher"),
-                       **job.train_options(train_data, blocks, recipe.seed))
+        with job.monitor("teacher", cfg) as monitor:
+            result = train(model, train_data, cfg, terms=terms, evaluate=lambda m: job.dev_score(m, cfg),
+                           pad_id=job.pad_id, seed=recipe.seed, desc="teacher", state_dir=job.state_dir("teacher"),
+                           monitor=monitor, **job.train_options(train_data, blocks, recipe.seed))
         info.update(dev=result.best_score, best_epoch=result.best_epoch, wall_time_s=result.wall_time_s,
-                    tokens_per_s=result.tokens_per_s, history=result.history)
+                    tokens_per_s=result.tokens_per_s, steps=result.steps, epochs=cfg.epochs, seed=recipe.seed, examples=len(train_data),
+                    history=result.history, curve=result.curve)
     _save_model(job, model, out, info)
     return model, info
 
@@ -114,16 +116,19 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     selects = any(t.name == "ce" or t.name in LOGIT_LOSSES for t in terms)
     if not selects:
         job.say(f"  {name}: no logit or label loss: the last epoch's weights are kept (no selection on dev)")
-    result = train(student, train_data, cfg, terms=terms, projections=projections, teacher=teacher, **dense,
-                   evaluate=(lambda m: job.dev_score(m, cfg)) if selects else None, pad_id=job.pad_id, seed=recipe.seed + index + 1, desc=name,
-                   state_dir=job.state_dir(name), teacher_cache=cache,
-                   **job.train_options(train_data, blocks, recipe.seed + index + 1))
+    with job.monitor(name, cfg) as monitor:
+        result = train(student, train_data, cfg, terms=terms, projections=projections, teacher=teacher, **dense,
+                       evaluate=(lambda m: job.dev_score(m, cfg)) if selects else None, pad_id=job.pad_id,
+                       seed=recipe.seed + index + 1, desc=name, state_dir=job.state_dir(name), teacher_cache=cache,
+                       monitor=monitor, **job.train_options(train_data, blocks, recipe.seed + index + 1))
     use_attention_outputs(student, False)
     use_attention_outputs(teacher, False)
     info = {"recipe": recipe.fingerprint(), "role": "direct" if name == "direct" else "stage",
             "teacher": teacher.config.num_hidden_layers, "dev": result.best_score, "best_epoch": result.best_epoch,
             "wall_time_s": result.wall_time_s, "tokens_per_s": result.tokens_per_s, "steps": result.steps,
-            "history": result.history}
+            "epochs": cfg.epochs, "seed": recipe.seed + index + 1, "examples": len(train_data),
+            "losses": [{"name": t.name, "weight": t.weight, "pairs": [list(p) for p in t.pairs]} for t in terms],
+            "history": result.history, "curve": result.curve}
     _save_model(job, student, out, info, projections)
     return student, info
 

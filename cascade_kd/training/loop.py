@@ -30,6 +30,7 @@ from torch import nn
 
 from cascade_kd.data.encode import IGNORE, UNLABELLED, Encoded, bucketed_batches, collate
 from cascade_kd.training.distributed import is_main, process_state
+from cascade_kd.training.progress import StageMonitor, precision_name
 from cascade_kd.students.embedding_rows import merge_seen_rows, restrict_to_seen_rows
 from cascade_kd.errors import UserError
 from cascade_kd.losses.layer_maps import layer_pairs
@@ -373,6 +374,7 @@ class TrainResult:
     steps: int
     wall_time_s: float  # training time, evaluations excluded, summed over resumed segments
     tokens_per_s: float
+    curve: list[dict] = field(default_factory=list)  # loss parts and lr against the step (progress.py)
 
 
 def _progress(total: int, desc: str, disable: bool = False):
@@ -426,6 +428,7 @@ def _train(
     masked_lm: bool = False,
     batch_transform=None,
     epoch_draw=None,
+    monitor: StageMonitor | None = None,
 ) -> TrainResult:
     """Train `student` in place; if `evaluate` is given (a callable model -> dev score), keep the
     weights of the best evaluation (selection on dev, never on test) and stop early on `patience`.
@@ -440,7 +443,8 @@ def _train(
     `batch_transform(batch, members, epoch, slots)` changes a collated batch (dynamic masking);
     `slots` name each member's place in the epoch, the same on any number of processes;
     `epoch_draw(epoch)` gives the example indices of an epoch (language sampling; default: each once).
-    Both must be pure functions of their arguments, so that resumed and multi-process runs match."""
+    Both must be pure functions of their arguments, so that resumed and multi-process runs match.
+    `monitor` (progress.py) records the loss curve, prints the run's progress and feeds the trackers."""
     if guides:
         teacher = guides[-1] if teacher is None else teacher
         if not any(g is teacher for g in guides):
@@ -518,7 +522,8 @@ def _train(
         _log(None, f"  {desc}: {n_proc} process(es), global batch {cfg.batch_size}"
                    + (f" (about {cfg.batch_size // n_proc} per process)" if n_proc > 1 else "")
                    + f" x {cfg.grad_accum} accumulated = {cfg.batch_size * cfg.grad_accum} examples per optimiser step, "
-                   f"precision {cfg.precision if cfg.precision != 'auto' else accelerator.mixed_precision}, {total_steps} steps")
+                   f"precision {precision_name(accelerator.mixed_precision)}"
+                   + (" (auto)" if cfg.precision == "auto" else "") + f", {total_steps} steps")
     if has_state(state_dir):  # an interrupted stage: continue exactly where it stopped
         progress, best_state = load_state(state_dir, unwrapped, optimizer, scheduler)
         if main:
@@ -540,6 +545,9 @@ def _train(
     token_task = None
     bar = _progress(total_steps, desc, disable=not main)
     bar.update(progress.step)
+    monitor = monitor or StageMonitor(desc)
+    monitor.start(progress, total_steps=total_steps, examples_per_step=cfg.batch_size, steps_per_epoch=per_epoch,
+                  precision=precision_name(accelerator.mixed_precision), live=not bar.disable, active=main, bar=bar)
     while progress.step < total_steps and not progress.stopped:
         batches = bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=progress.epoch,
                                    indices=epoch_draw(progress.epoch) if epoch_draw is not None else None)
@@ -605,6 +613,7 @@ def _train(
             progress.running = 0.9 * progress.running + 0.1 * value if progress.step > 1 else value
             bar.update(1)
             bar.set_postfix(epoch=f"{progress.epoch + 1}/{math.ceil(cfg.epochs)}", loss=f"{progress.running:.4f}")
+            monitor.step(progress, value, parts, scheduler.get_last_lr()[0])
             if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and progress.step % cfg.grad_accum == 0:
                 progress.train_seconds += time.perf_counter() - segment_started
                 segment_started = time.perf_counter()
@@ -620,6 +629,7 @@ def _train(
                 score = broadcast_object_list([score])[0]
             frac_epoch = round(progress.step / per_epoch, 3)
             progress.history.append({"epoch": frac_epoch, "step": progress.step, "loss": progress.running, "dev": score})
+            monitor.evaluated(progress, score)
             eta = progress.train_seconds / progress.step * (total_steps - progress.step)
             if main:
                 _log(bar, f"  {desc}: epoch {frac_epoch:g}/{cfg.epochs:g} step {progress.step}/{total_steps} "
@@ -638,4 +648,4 @@ def _train(
     accelerator.free_memory()
     seconds = progress.train_seconds
     return TrainResult(progress.best_score, progress.best_epoch, progress.history, progress.step, seconds,
-                       progress.tokens / seconds if seconds > 0 else 0.0)
+                       progress.tokens / seconds if seconds > 0 else 0.0, progress.curve)
