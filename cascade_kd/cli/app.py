@@ -1,4 +1,4 @@
-"""The `cascade-kd` command: run, demo, eval, bench, export, trim, pretrain.
+"""The `cascade-kd` command: run, demo, eval, bench, export, trim, pretrain, report, compare.
 
 Any problem with the user's input is printed as one line (what, where, how to fix) and exits
 with code 2, without a traceback.
@@ -23,6 +23,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True, help="RUN_DIR for checkpoints, metrics.json and report.md")
     run.add_argument("--resume", action="store_true", help="continue a run in RUN_DIR; finished models are not redone")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty RUN_DIR")
+    run.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                     help="run the recipe once per seed, each in OUT/seed<S>, and write the aggregate (mean ± sd, "
+                     "cascade against direct seed by seed) to OUT/report.html, report.md and aggregate.json")
+
+    rep = sub.add_parser("report", help="rebuild RUN_DIR/report.html and the model cards (README.md) of a finished "
+                         "run, or the report of a comparison directory")
+    rep.add_argument("run_dir", type=Path)
+
+    cmp = sub.add_parser("compare", help="compare finished runs: seeds of one recipe (mean ± sd) or recipes that "
+                         "differ in a choice (differences matched by seed, seeds won)")
+    cmp.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    cmp.add_argument("--out", type=Path, required=True, help="where to write aggregate.json, report.md, report.html")
 
     demo = sub.add_parser("demo", help="the whole job offline on a generated 4-language NER task (a few minutes)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="workspace (a free name is chosen if taken)")
@@ -88,10 +100,20 @@ def _cmd_run(args) -> None:
 
     from cascade_kd.training.distributed import is_main
 
+    if args.seeds is not None:
+        from cascade_kd.cascade.seeds import run_seeds
+        from cascade_kd.evaluation.compare_report import pairs_table
+
+        aggregate = run_seeds(recipe, args.out, args.seeds, resume=args.resume, overwrite=args.overwrite, say=_say)
+        if is_main():
+            if aggregate["pairs"]:
+                print("\n" + pairs_table(aggregate["pairs"]))
+            print(f"\nOUT: {args.out}  (report.html, report.md, aggregate.json; one RUN_DIR per seed: seed<S>/)")
+        return
     metrics = run_recipe(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
     if is_main():
         print("\n" + report_table(metrics))
-        print(f"\nRUN_DIR: {args.out}  (report.md, metrics.json, teacher/, stages/)")
+        print(f"\nRUN_DIR: {args.out}  (report.html, report.md, metrics.json, teacher/, stages/)")
 
 
 def _cmd_demo(args) -> None:
@@ -152,6 +174,9 @@ def _cmd_bench(args) -> None:
     metrics = json.loads(path.read_text())
     metrics["latency"] = result
     write_outputs(args.run_dir, metrics)  # metrics.json and report.md gain the latency table
+    from cascade_kd.cascade.run import publish_run
+
+    publish_run(args.run_dir, say=_say)  # and report.html and the model cards
     print("\n" + bench_table(result))
 
 
@@ -187,8 +212,41 @@ def _cmd_export(args) -> None:
     info = export_model(args.model_dir, args.out, int8=args.int8, overwrite=args.overwrite, check_data=args.check_data,
                         check_examples=args.check_examples, int8_min_agreement=minimum, say=_say)
     out = args.out or args.model_dir / "onnx"
+    from cascade_kd.deploy.export import find_run_dir
+
+    run_dir = find_run_dir(args.model_dir)
+    if out == args.model_dir / "onnx" and run_dir is not None and (run_dir / "metrics.json").is_file():
+        from cascade_kd.cascade.run import publish_run
+
+        publish_run(run_dir, say=_say)  # the model card now says how to load the ONNX files
     sizes = ", ".join(f"{name} {info[k]['size_mb']:.2f} MB" for k, name in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")) if k in info)
     print(f"written: {out} ({sizes}; inputs {', '.join(info['inputs'])}; dynamic batch and sequence axes)")
+
+
+def _cmd_report(args) -> None:
+    if (args.run_dir / "metrics.json").is_file() or not (args.run_dir / "aggregate.json").is_file():
+        from cascade_kd.evaluation.html_report import write_html_report
+        from cascade_kd.evaluation.model_card import write_model_cards
+
+        cards = write_model_cards(args.run_dir)  # reads the run first: a missing or broken run is one line
+        path = write_html_report(args.run_dir)
+        print(f"written: {path} and {len(cards)} model card(s) (README.md in each model directory)")
+    else:
+        from cascade_kd.evaluation.compare import rebuild_comparison
+
+        rebuild_comparison(args.run_dir)
+        print(f"written: {args.run_dir / 'report.html'}, report.md, aggregate.json")
+
+
+def _cmd_compare(args) -> None:
+    from cascade_kd.evaluation.compare import check_output_dir, compare_runs
+    from cascade_kd.evaluation.compare_report import pairs_table
+
+    check_output_dir(args.out)  # before reading anything: never a run's own directory
+    aggregate = compare_runs(args.run_dirs, args.out)
+    if aggregate["pairs"]:
+        print(pairs_table(aggregate["pairs"]))
+    print(f"\nwritten: {args.out / 'report.html'}, report.md, aggregate.json ({len(aggregate['variants'])} variant(s))")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # our own progress lines say what is happening
     handler = {"run": _cmd_run, "demo": _cmd_demo, "eval": _cmd_eval, "bench": _cmd_bench, "export": _cmd_export,
-               "trim": _cmd_trim, "pretrain": _cmd_pretrain}[args.command]
+               "trim": _cmd_trim, "pretrain": _cmd_pretrain, "report": _cmd_report, "compare": _cmd_compare}[args.command]
     try:
         handler(args)
     except UserError as err:
