@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -231,7 +232,8 @@ def check_output_dir(out: Path) -> None:
 
 
 def write_comparison(aggregate: dict, out: str | Path) -> None:
-    """aggregate.json, report.md and report.html in `out` (run paths stored relative to it where they can be)."""
+    """aggregate.json, report.md and report.html in `out` (run paths stored relative to it, so the
+    folder and its runs can move together)."""
     from cascade_kd.evaluation.compare_report import render_comparison_html, render_comparison_md
 
     out = Path(out)
@@ -240,10 +242,7 @@ def write_comparison(aggregate: dict, out: str | Path) -> None:
     stored = json.loads(json.dumps(aggregate))
     for variant in stored["variants"]:
         for run in variant["runs"]:
-            try:
-                run["path"] = str(Path(run["path"]).resolve().relative_to(out.resolve()))
-            except ValueError:
-                run["path"] = str(Path(run["path"]).resolve())
+            run["path"] = os.path.relpath(Path(run["path"]).resolve(), out.resolve())
     atomic_write(out / AGGREGATE, json.dumps(stored, indent=2, ensure_ascii=False))
     atomic_write(out / "report.md", render_comparison_md(aggregate))
     atomic_write(out / "report.html", render_comparison_html(aggregate))

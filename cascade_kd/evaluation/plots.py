@@ -56,8 +56,7 @@ def retention_heatmap(models: list[str], languages: list[str], values: list[list
     ax = fig.subplots()
     import matplotlib
 
-    cmap = matplotlib.colormaps["RdYlGn"].copy()
-    cmap.set_bad("#dddddd")
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#dddddd")
     image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=low, vmax=high, aspect="auto")
     ax.set_xticks(range(len(languages)), labels=languages, rotation=60 if len(languages) > 12 else 0,
                   ha="right" if len(languages) > 12 else "center")
