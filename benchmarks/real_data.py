@@ -56,7 +56,6 @@ benchmarks/results/real_data[_quick|_<name>].{md,json}.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import shutil
@@ -474,10 +473,29 @@ def bench(task: str, out: Path, s: Sizes, args, log) -> None:
 
 
 def _mean_sd(values):
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return None, None, 0
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
+    """(mean, sd, n) of the finite values, by the product's aggregation (cascade_kd.evaluation.compare)."""
+    from cascade_kd.evaluation.compare import spread
+
+    stats = spread([v for v in values if v is not None])
+    return stats["mean"], stats["sd"], stats["n"]
+
+
+def compare_task(task: str, out: Path, s: Sizes, root: Path, rows: list, pairs: list) -> dict | None:
+    """The task's pairs, compared by the product (`cascade_kd.evaluation.compare.compare_runs`: per-seed
+    differences matched by seed, mean ± sd, seeds won), with its tables and figures in OUT/comparison/."""
+    from cascade_kd.evaluation.compare import compare_runs
+
+    runs = task_plan(task, root, out, s)[0]
+    groups = {}
+    for run in runs:
+        if (run_dir(out, run) / "metrics.json").is_file():
+            groups.setdefault(run.name, []).append(run_dir(out, run))
+    by_key = {row.key: row for row in rows}
+    named = [(label, f"{by_key[a].run}/{by_key[a].model}", f"{by_key[b].run}/{by_key[b].model}") for label, a, b in pairs
+             if by_key[a].run in groups and by_key[b].run in groups]
+    if not groups:
+        return None
+    return compare_runs(groups, out / "comparison", pairs=named)
 
 
 def collect_task(task: str, out: Path, s: Sizes, root: Path) -> dict:
@@ -565,23 +583,18 @@ def collect_task(task: str, out: Path, s: Sizes, root: Path) -> dict:
             "latency": latency.get(shape), "summary": summary, "seeds": {str(k): v for k, v in per_seed.items()},
         })
     by_key = {m["key"]: m for m in models}
+    compared = {p["what"]: p for p in (compare_task(task, out, s, root, rows, pairs) or {}).get("pairs", [])}
     comparisons = []
     for label, a, b in pairs:
-        ma, mb = by_key.get(a), by_key.get(b)
-        if not ma or not mb:
+        pair = compared.get(label)
+        if pair is None:
             continue
-        seeds = [k for k in ma["seeds"] if k in mb["seeds"]]
-        diffs = [100 * (ma["seeds"][k]["average"] - mb["seeds"][k]["average"]) for k in seeds]
-        rdiffs = [100 * (ma["seeds"][k]["retention"] - mb["seeds"][k]["retention"]) for k in seeds
-                  if ma["seeds"][k]["retention"] is not None and mb["seeds"][k]["retention"] is not None]
-        wdiffs = [100 * (ma["seeds"][k]["worst_retention"] - mb["seeds"][k]["worst_retention"]) for k in seeds
-                  if ma["seeds"][k]["worst_retention"] is not None and mb["seeds"][k]["worst_retention"] is not None]
-        mean, sd, n = _mean_sd(diffs)
-        comparisons.append({"what": label, "a": a, "b": b, "seeds": seeds, "diff_points_per_seed": diffs,
-                            "diff_points_mean": mean, "diff_points_sd": sd, "n": n,
-                            "a_wins": sum(d > 0 for d in diffs), "b_wins": sum(d < 0 for d in diffs),
-                            "retention_diff_points_mean": _mean_sd(rdiffs)[0],
-                            "worst_retention_diff_points_mean": _mean_sd(wdiffs)[0]})
+        d = pair["average"]
+        comparisons.append({"what": label, "a": a, "b": b, "seeds": [str(k) for k in pair["seeds"]],
+                            "diff_points_per_seed": list(d["per_seed"].values()), "diff_points_mean": d["mean"],
+                            "diff_points_sd": d["sd"], "n": d["n"], "a_wins": d["a_wins"], "b_wins": d["b_wins"],
+                            "retention_diff_points_mean": pair["retention"]["mean"],
+                            "worst_retention_diff_points_mean": pair["worst_retention"]["mean"]})
     targets = []
     for key in ("cascade-2L", "direct-2L"):
         m = by_key.get(key)

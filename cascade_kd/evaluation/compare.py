@@ -126,22 +126,24 @@ def _pair(what: str, a: tuple[dict, dict], b: tuple[dict, dict], languages: list
         i = model["seeds"].index(seed)
         return (model["per_language"][lang] if lang else model[key])["values"][i]
 
-    def difference(lang=None):
+    def difference(lang=None, key="average"):
         if common:
-            diffs = [100 * (value(ma, "average", s, lang) - value(mb, "average", s, lang)) for s in common]
+            diffs = [100 * (value(ma, key, s, lang) - value(mb, key, s, lang)) for s in common]
             diffs = [d if _finite(d) else None for d in diffs]
             stats = spread([d for d in diffs if d is not None])
             return {**stats, "per_seed": dict(zip(map(str, common), diffs)), "paired": True,
                     "a_wins": sum(d is not None and d > 0 for d in diffs), "b_wins": sum(d is not None and d < 0 for d in diffs),
                     "ties": sum(d == 0 for d in diffs)}
         # no seed in common: the difference of the means, without a spread or wins
-        ka, kb = (ma["per_language"][lang], mb["per_language"][lang]) if lang else (ma["average"], mb["average"])
+        ka, kb = (ma["per_language"][lang], mb["per_language"][lang]) if lang else (ma[key], mb[key])
         mean = 100 * (ka["mean"] - kb["mean"]) if _finite(ka["mean"]) and _finite(kb["mean"]) else None
         return {"mean": mean, "sd": None, "n": 0, "values": [], "per_seed": {}, "paired": False,
                 "a_wins": None, "b_wins": None, "ties": None}
 
     return {"what": what, "a": f"{va['label']}/{ma['name']}", "b": f"{vb['label']}/{mb['name']}", "seeds": common,
-            "average": difference(), "per_language": {lang: difference(lang) for lang in languages}}
+            "average": difference(), "retention": difference(key="retention"),
+            "worst_retention": difference(key="worst_retention"),
+            "per_language": {lang: difference(lang) for lang in languages}}
 
 
 def _pairs(variants: list[dict], languages: list[str]) -> list[dict]:
@@ -183,9 +185,23 @@ def _differences_from(reference: RunFiles, run: RunFiles) -> list[str]:
     return [k for k in changed_keys(reference.recipe, run.recipe) if k not in ("seed", "name")]
 
 
-def compare_runs(run_dirs, out: str | Path | None = None) -> dict:
+def _named_pairs(variants: list[dict], pairs, languages: list[str]) -> list[dict]:
+    """The pairs the caller names: (what, 'variant/model', 'variant/model')."""
+    def find(ref: str):
+        label, _, name = ref.rpartition("/")
+        variant = next((v for v in variants if v["label"] == label), None)
+        model = next((m for m in variant["models"] if m["name"] == name), None) if variant else None
+        if model is None:
+            raise UserError(f"no model {ref!r} to compare", hint="name a pair's sides as VARIANT/MODEL")
+        return variant, model
+
+    return [_pair(what, find(a), find(b), languages) for what, a, b in pairs]
+
+
+def compare_runs(run_dirs, out: str | Path | None = None, *, pairs=None) -> dict:
     """Compare finished runs (see the module docstring). `run_dirs`: run directories (grouped into
-    variants by recipe), or {label: [run directories]} to give the variants yourself. With `out`,
+    variants by recipe), or {label: [run directories]} to give the variants yourself. `pairs`:
+    [(what, 'variant/model', 'variant/model'), ...] instead of the default pairs. With `out`,
     writes aggregate.json, report.md and report.html there. UserError for a missing or broken run,
     or runs that share no language, task, metric or split."""
     if isinstance(run_dirs, dict):
@@ -211,7 +227,8 @@ def compare_runs(run_dirs, out: str | Path | None = None) -> dict:
     aggregate = {
         "task": first["task"], "metric": first["metric"], "split": first["split"], "languages": languages,
         "languages_left_out": sorted({l for run in runs for l in run.languages} - set(languages)),
-        "variants": variants, "pairs": _pairs(variants, languages),
+        "variants": variants,
+        "pairs": _pairs(variants, languages) if pairs is None else _named_pairs(variants, pairs, languages),
     }
     if out is not None:
         write_comparison(aggregate, out)
@@ -234,7 +251,10 @@ def check_output_dir(out: Path) -> None:
 def write_comparison(aggregate: dict, out: str | Path) -> None:
     """aggregate.json, report.md and report.html in `out` (run paths stored relative to it, so the
     folder and its runs can move together)."""
-    from cascade_kd.evaluation.compare_report import render_comparison_html, render_comparison_md
+    from cascade_kd.evaluation.compare_report import (
+        render_comparison_html,
+        render_comparison_md,
+    )
 
     out = Path(out)
     check_output_dir(out)

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import math
 
-from cascade_kd.evaluation.html_report import METRIC_NAMES, esc, figure, markdown_table, page
+from cascade_kd.evaluation.html_report import (
+    METRIC_NAMES,
+    esc,
+    figure,
+    markdown_table,
+    page,
+)
 
 
 def _finite(x) -> bool:
@@ -86,7 +92,11 @@ def render_comparison_md(aggregate: dict) -> str:
 
 
 def render_comparison_html(aggregate: dict) -> str:
-    from cascade_kd.evaluation.plots import differences, grouped_scores, retention_heatmap
+    from cascade_kd.evaluation.plots import (
+        differences,
+        grouped_scores,
+        retention_heatmap,
+    )
 
     langs = aggregate["languages"]
     metric = METRIC_NAMES.get(aggregate["metric"], aggregate["metric"])

@@ -16,7 +16,11 @@ import html
 import math
 from pathlib import Path
 
-from cascade_kd.evaluation.findings import embedding_notes, embedding_sentence, worst_languages
+from cascade_kd.evaluation.findings import (
+    embedding_notes,
+    embedding_sentence,
+    worst_languages,
+)
 from cascade_kd.evaluation.run_files import RunFiles, read_run
 from cascade_kd.fileio import atomic_write
 
@@ -63,7 +67,7 @@ def markdown_table(md: str) -> str:
     lines = [line.strip() for line in md.strip().splitlines() if line.strip().startswith("|")]
     if len(lines) < 2:
         return ""
-    cells = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    cells = lambda line: [c.strip() for c in line.strip("|").split("|")]
     head, align = cells(lines[0]), cells(lines[1])
     numeric = [a.endswith(":") for a in align]
     rows = ["<tr>" + "".join(f"<th>{_inline_code(h)}</th>" for h in head) + "</tr>"]

@@ -15,7 +15,11 @@ import math
 import re
 from pathlib import Path
 
-from cascade_kd.evaluation.findings import embedding_notes, embedding_sentence, worst_languages
+from cascade_kd.evaluation.findings import (
+    embedding_notes,
+    embedding_sentence,
+    worst_languages,
+)
 from cascade_kd.evaluation.run_files import RunFiles, read_run
 from cascade_kd.fileio import atomic_write
 
@@ -267,7 +271,7 @@ def _usage(run: RunFiles, row: dict) -> list[str]:
         except (OSError, ValueError):
             pass
         int8 = (onnx / "model.int8.onnx").is_file()
-        lines += ["", f"ONNX (exported and checked against PyTorch by `cascade-kd export`): `onnx/model.onnx`"
+        lines += ["", "ONNX (exported and checked against PyTorch by `cascade-kd export`): `onnx/model.onnx`"
                   + (" and the int8 `onnx/model.int8.onnx`" if int8 else "") + ".", "", "```python",
                   "import onnxruntime as ort", "from transformers import AutoTokenizer", "",
                   'tokenizer = AutoTokenizer.from_pretrained("onnx")',
@@ -284,7 +288,7 @@ def render_model_card(run: RunFiles, row: dict) -> str:
     metrics, manifest = run.metrics, run.manifest
     marker = run.markers.get(row["name"], {})
     licence = run.recipe.get("license")
-    iso, other = iso_languages(metrics["languages"])
+    _, other = iso_languages(metrics["languages"])
     role = {"teacher": "the teacher", "student": "the cascade's final student", "direct": "the direct baseline",
             "assistant": "a teacher assistant"}.get(row["role"], row["role"])
     body = [f"# {metrics['name']}: {row['name']}", "",

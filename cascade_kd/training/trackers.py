@@ -22,7 +22,12 @@ TRACKERS = ("tensorboard", "trackio", "wandb", "mlflow")
 
 
 def _available(name: str) -> bool:
-    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_trackio_available, is_wandb_available
+    from accelerate.utils import (
+        is_mlflow_available,
+        is_tensorboard_available,
+        is_trackio_available,
+        is_wandb_available,
+    )
 
     return {"tensorboard": is_tensorboard_available, "trackio": is_trackio_available, "wandb": is_wandb_available,
             "mlflow": is_mlflow_available}[name]()
@@ -61,7 +66,12 @@ class Trackers:
         self.trackers = []
 
     def _make(self, name: str):
-        from accelerate.tracking import MLflowTracker, TensorBoardTracker, TrackioTracker, WandBTracker
+        from accelerate.tracking import (
+            MLflowTracker,
+            TensorBoardTracker,
+            TrackioTracker,
+            WandBTracker,
+        )
 
         if name == "tensorboard":
             return TensorBoardTracker(self.run_name, self.logs_dir)

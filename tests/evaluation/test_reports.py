@@ -64,9 +64,9 @@ def test_model_cards_parse_as_the_hub_reads_them_and_match_metrics(cascade_run):
         assert json.loads((cascade_run / "manifest.json").read_text())["recipe_fingerprint"] in text
         if row["role"] != "teacher":
             # the lowest retention; the lowest score where the teacher scored 0 (no retention)
-            kept = row["retention_per_language"]
-            key = (lambda l: kept[l]) if all(kept[l] is not None for l in kept) else (lambda l: row["per_language"][l])
-            assert f"**Weakest languages:** {min(metrics['languages'], key=key)} " in text
+            kept, scores = row["retention_per_language"], row["per_language"]
+            by = kept if all(kept[lang] is not None for lang in kept) else scores
+            assert f"**Weakest languages:** {min(metrics['languages'], key=by.__getitem__)} " in text
     student = (cascade_run / "stages" / "student" / "README.md").read_text()
     assert "teacher -> ta2 -> student" in student and "`kl` x 1" in student
 

@@ -110,11 +110,10 @@ def test_only_the_main_process_prints_and_logs(printed):
 
 
 def test_the_loop_records_every_loss_part_and_names_the_precision(capsys, monkeypatch):
-    from cascade_kd.config.schema import TrainConfig
+    from cascade_kd.config.schema import LossConfig, TrainConfig
     from cascade_kd.data.encode import Encoded
     from cascade_kd.losses.functions import HardLabelCE
     from cascade_kd.training.loop import LossTerm, build_loss_terms, train
-    from cascade_kd.config.schema import LossConfig
     from tests.helpers import tiny_bert
 
     monkeypatch.delenv("CASCADE_KD_QUIET", raising=False)
