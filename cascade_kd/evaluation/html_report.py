@@ -175,9 +175,9 @@ def _tradeoffs(metrics: dict) -> list[str]:
 
     label = f"average {metric_label(metrics)} (%)"
     out = ["<h2>Size, speed and score</h2>"]
-    points = [{"name": m["name"], "role": m["role"], "x": m["params_total"] / 1e6, "y": 100 * m["average"]}
+    points = [{"name": m["name"], "role": m["role"], "x": m["params_total"], "y": 100 * m["average"]}
               for m in metrics["models"] if _finite(m.get("average"))]
-    out.append(figure(tradeoff(points, "parameters (millions, log scale)", label, "Score against size"),
+    out.append(figure(tradeoff(points, "parameters (log scale)", label, "Score against size"),
                       "Each model's average score over languages against its parameter count; the dashed line is the "
                       "Pareto front (no other model is both smaller and better).", "score against size"))
     latency = metrics.get("latency") or {}
@@ -187,9 +187,9 @@ def _tradeoffs(metrics: dict) -> list[str]:
         points = [dict(p, x=by_name[p["name"]]) for p in points if _finite(by_name.get(p["name"]))]
         backend, batch, seq = key.split("/")
         out.append(figure(tradeoff(points, f"median latency, ms ({backend}, batch {batch[1:]}, sequence {seq[1:]}; "
-                                           "log scale)", label, "Score against latency"),
+                                           "log scale)", label, "Score against latency", x_unit="ms"),
                           f"Latency measured by `cascade-kd bench` on {latency.get('device', 'cpu')} with "
-                          f"{latency.get('threads', '?')} threads; the dashed line is the Pareto front.",
+                          f"{latency.get('threads', '?')} thread(s); the dashed line is the Pareto front.",
                           "score against latency"))
     else:
         out.append("<p>No latency yet: <code>cascade-kd bench RUN_DIR</code> measures it and adds the score against "

@@ -88,9 +88,10 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def tradeoff(points: list[dict], xlabel: str, ylabel: str, title: str, log_x: bool = True) -> str:
+def tradeoff(points: list[dict], xlabel: str, ylabel: str, title: str, log_x: bool = True, x_unit: str = "count") -> str:
     """Score against cost (size, latency): one marker per model (by role), labelled; the Pareto
-    front as a dashed step line. `points`: dicts with name, role, x, y and optional y_err."""
+    front as a dashed step line. `points`: dicts with name, role, x, y and optional y_err; `x_unit`
+    "count" labels the axis 40k, 1.2M; anything else plainly."""
     fig = _figure(7.0, 4.4)
     ax = fig.subplots()
     shown = set()
@@ -107,6 +108,12 @@ def tradeoff(points: list[dict], xlabel: str, ylabel: str, title: str, log_x: bo
         ax.step(xs, ys, where="post", linestyle="--", color="#444444", linewidth=1, label="Pareto front", zorder=0)
     if log_x and all(p["x"] > 0 for p in points):
         ax.set_xscale("log")
+    from matplotlib.ticker import EngFormatter, FuncFormatter
+
+    # plain labels (40k, 1.2M; 0.3, 2) on the major and minor ticks of narrow log ranges, not 4x10^-2
+    formatter = EngFormatter(sep="") if x_unit == "count" else FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(formatter)
+    ax.xaxis.set_minor_formatter(formatter)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
