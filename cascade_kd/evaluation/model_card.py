@@ -153,6 +153,21 @@ def _losses_text(run: RunFiles, row: dict, marker: dict) -> str:
                      ("kl", "ce", "logit_mse") and cfg.get("layer_map") else "") for name, cfg in losses.items())
 
 
+def _num(x) -> str:
+    return f"{x:g}" if isinstance(x, (int, float)) else "?"
+
+
+def _init_text(student: dict) -> str:
+    init = student.get("init", "bottom")
+    if isinstance(init, list):
+        return f"from its teacher's layers {', '.join(map(str, init))}"
+    if str(init).startswith("layer:"):
+        return f"from its teacher's layer {init.split(':', 1)[1]}"
+    return {"bottom": "its teacher's bottom layers", "top": "its teacher's top layers",
+            "uniform": "its teacher's layers, evenly spread", "random": "random layers",
+            "mean": "the mean of its teacher's layers"}.get(init, str(init)) + f" (init: {init})"
+
+
 def _how_made(run: RunFiles, row: dict, marker: dict) -> list[str]:
     recipe = run.recipe
     teacher_cfg = recipe.get("teacher") or {}
@@ -163,7 +178,8 @@ def _how_made(run: RunFiles, row: dict, marker: dict) -> list[str]:
                   f"({(teacher_cfg.get('config') or {}).get('model_type', '?')})")
         if marker.get("trained"):
             lines.append(f"- Method: the teacher of this run ({shape}), trained on the task from {source} "
-                         f"for {marker.get('epochs', '?')} epochs (best dev checkpoint, epoch {marker.get('best_epoch')}).")
+                         f"for {_num(marker.get('epochs'))} epochs, seed {marker.get('seed', '?')} (best dev checkpoint, epoch "
+                         f"{marker.get('best_epoch')}).")
         else:
             lines.append(f"- Method: the teacher of this run ({shape}), {source} as loaded (it already had a head "
                          "for these labels; not trained further).")
@@ -176,9 +192,8 @@ def _how_made(run: RunFiles, row: dict, marker: dict) -> list[str]:
         lines.append(f"- Losses: {_losses_text(run, row, marker) or 'as the recipe says'}.")
         student = _stage(run, row).get("student")
         if isinstance(student, dict):
-            init = student.get("init", "bottom")
-            lines.append(f"- Initialisation: layers {init if not isinstance(init, list) else 'from teacher layers ' + str(init)}"
-                         f" of its teacher; embeddings {student.get('embeddings', 'copy')}.")
+            lines.append(f"- Initialisation: {_init_text(student)}; embeddings: {student.get('embeddings', 'copy')} "
+                         "(`copy`: the teacher's, `pca`: the teacher's projected to the student's width).")
             frozen = student.get("freeze_embeddings")
             if frozen:
                 lines.append(f"- Frozen: {'the embeddings' if frozen is True else ', '.join(frozen) + ' embeddings'}"
@@ -188,7 +203,7 @@ def _how_made(run: RunFiles, row: dict, marker: dict) -> list[str]:
         if _stage(run, row).get("guides") == "dense":
             lines.append("- Guides: dense (the logit losses learn from the teacher and every earlier student).")
         if marker:
-            lines.append(f"- Training: {marker.get('epochs', '?')} epochs, {marker.get('steps', '?')} steps, seed "
+            lines.append(f"- Training: {_num(marker.get('epochs'))} epochs, {marker.get('steps', '?')} steps, seed "
                          f"{marker.get('seed', '?')}; best dev checkpoint at epoch {marker.get('best_epoch')}.")
     sizes = (run.manifest.get("data_sizes") or {}).get("train") or {}
     if sizes:
@@ -238,7 +253,7 @@ def _cost(run: RunFiles, row: dict) -> list[str]:
                             for k, v in entry["latency_ms"].items() if k.startswith("fp32/")) or ", ".join(
             f"{k} {v:.2f} ms" for k, v in entry["latency_ms"].items())
         lines.append(f"- Median latency (`cascade-kd bench`, {latency.get('device', 'cpu')}, {latency.get('threads', '?')} "
-                     f"threads; backend/batch/sequence length): {figures}.")
+                     f"thread(s); backend/batch/sequence length): {figures}.")
     else:
         lines.append("- Latency: not measured (`cascade-kd bench RUN_DIR` measures it and updates this card).")
     for note in embedding_notes(run.directory, {"models": [m for m in run.models if m["role"] == "teacher"] + [row]}):
