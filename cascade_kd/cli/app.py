@@ -129,7 +129,7 @@ def _cmd_demo(args) -> None:
     run_dir = workspace / "run"
     metrics = run_recipe(recipe, run_dir, say=_say)
     print("\n" + report_table(metrics))
-    print(f"\nRUN_DIR: {run_dir}  (report.md, metrics.json, teacher/, stages/); recipe: {recipe_path}")
+    print(f"\nRUN_DIR: {run_dir}  (report.html, report.md, metrics.json, teacher/, stages/); recipe: {recipe_path}")
 
 
 def _cmd_eval(args) -> None:

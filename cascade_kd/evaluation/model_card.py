@@ -327,6 +327,21 @@ def render_model_card(run: RunFiles, row: dict) -> str:
     return str(card)
 
 
+def write_model_card(run_dir: str | Path, model: str) -> Path:
+    """Write README.md into the directory of one saved model of a finished run (by its name in
+    metrics.json: teacher, a stage's name, direct); returns its path."""
+    from cascade_kd.errors import UserError
+
+    run = read_run(run_dir)
+    row = run.model(model)
+    if row is None or not run.model_dir(row).is_dir():
+        raise UserError(f"no saved model {model!r} in this run (models: {', '.join(m['name'] for m in run.models)})",
+                        where=str(run_dir))
+    path = run.model_dir(row) / "README.md"
+    atomic_write(path, render_model_card(run, row))
+    return path
+
+
 def write_model_cards(run_dir: str | Path) -> list[Path]:
     """Write README.md into every saved model directory of a finished run; returns their paths."""
     run = read_run(run_dir)

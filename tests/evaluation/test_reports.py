@@ -81,7 +81,13 @@ def test_cascade_kd_report_rebuilds_html_and_cards(cascade_run, tmp_path):
     (copy / "stages" / "ta2" / "README.md").unlink()
     assert main(["report", str(copy)]) == 0
     assert (copy / "report.html").read_text() == before.replace(str(cascade_run), str(copy))  # same data, same page
-    assert (copy / "stages" / "ta2" / "README.md").is_file()
+    card = (copy / "stages" / "ta2" / "README.md").read_text()
+    from cascade_kd.errors import UserError
+    from cascade_kd.evaluation.model_card import write_model_card
+
+    assert write_model_card(copy, "ta2").read_text() == card
+    with pytest.raises(UserError, match="no saved model 'ta9'"):
+        write_model_card(copy, "ta9")
 
 
 def test_latency_and_onnx_reach_the_report_and_the_card(cascade_run, tmp_path):
