@@ -203,7 +203,10 @@ def _how_made(run: RunFiles, row: dict, marker: dict) -> list[str]:
         if _stage(run, row).get("guides") == "dense":
             lines.append("- Guides: dense (the logit losses learn from the teacher and every earlier student).")
         if marker:
-            lines.append(f"- Training: {_num(marker.get('epochs'))} epochs, {marker.get('steps', '?')} steps, seed "
+            # runs from before the markers held epochs and seed: the recipe's (a stage's own, else the run's)
+            stage = _stage(run, row)
+            epochs = marker.get("epochs", (stage.get("train") or {}).get("epochs", (recipe.get("train") or {}).get("epochs")))
+            lines.append(f"- Training: {_num(epochs)} epochs, {marker.get('steps', '?')} steps, seed "
                          f"{marker.get('seed', '?')}; best dev checkpoint at epoch {marker.get('best_epoch')}.")
     sizes = (run.manifest.get("data_sizes") or {}).get("train") or {}
     if sizes:
