@@ -121,15 +121,15 @@ def _pair(what: str, a: tuple[dict, dict], b: tuple[dict, dict], languages: list
     (va, ma), (vb, mb) = a, b
     common = [s for s in ma["seeds"] if s in mb["seeds"]]
 
-    def value(variant_model, key, seed, lang=None):
-        model = variant_model
-        i = model["seeds"].index(seed)
-        return (model["per_language"][lang] if lang else model[key])["values"][i]
+    def value(model, key, seed, lang=None):
+        return (model["per_language"][lang] if lang else model[key])["values"][model["seeds"].index(seed)]
+
+    def minus(x, y):  # None where either side has no value (e.g. no retention: the teacher scored 0)
+        return 100 * (x - y) if _finite(x) and _finite(y) else None
 
     def difference(lang=None, key="average"):
         if common:
-            diffs = [100 * (value(ma, key, s, lang) - value(mb, key, s, lang)) for s in common]
-            diffs = [d if _finite(d) else None for d in diffs]
+            diffs = [minus(value(ma, key, s, lang), value(mb, key, s, lang)) for s in common]
             stats = spread([d for d in diffs if d is not None])
             return {**stats, "per_seed": dict(zip(map(str, common), diffs)), "paired": True,
                     "a_wins": sum(d is not None and d > 0 for d in diffs), "b_wins": sum(d is not None and d < 0 for d in diffs),

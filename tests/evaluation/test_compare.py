@@ -71,6 +71,18 @@ def test_two_recipes_that_differ_in_one_choice_are_compared_seed_by_seed(tmp_pat
     assert across["average"]["n"] == 1 and across["average"]["sd"] is None
 
 
+def test_a_pair_without_retention_has_no_retention_difference(tmp_path):
+    runs = [fake_run(tmp_path, s) for s in (0, 1)]
+    for run in runs:  # a teacher that scored 0: no retention anywhere
+        metrics = json.loads((run / "metrics.json").read_text())
+        for row in metrics["models"]:
+            row["retention_per_language"] = {lang: None for lang in LANGS}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    (pair,) = compare_runs(runs)["pairs"]
+    assert pair["retention"]["mean"] is None and pair["retention"]["per_seed"] == {"0": None, "1": None}
+    assert pair["average"]["n"] == 2 and pair["retention"]["a_wins"] == 0
+
+
 def test_only_shared_languages_are_compared_and_bad_input_is_one_line(tmp_path, capsys):
     from cascade_kd.cli.app import main
 
