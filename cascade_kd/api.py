@@ -21,11 +21,16 @@ from typing import Callable
 from transformers import AutoTokenizer
 
 from cascade_kd.cascade import evaluate_run, run_recipe
+from cascade_kd.cascade.run import publish_run
+from cascade_kd.cascade.seeds import run_seeds as _run_seeds
 from cascade_kd.config import Recipe
 from cascade_kd.deploy.bench import BACKENDS, bench_run
-from cascade_kd.deploy.export import INT8_MIN_AGREEMENT, export_model, model_task
+from cascade_kd.deploy.export import INT8_MIN_AGREEMENT, export_model, find_run_dir, model_task
 from cascade_kd.deploy.trim import DEFAULT_MAX_UNK_INCREASE, trim_model_dir
 from cascade_kd.errors import UserError
+from cascade_kd.evaluation.compare import check_output_dir, compare_runs, rebuild_comparison
+from cascade_kd.evaluation.html_report import write_html_report
+from cascade_kd.evaluation.model_card import write_model_cards
 from cascade_kd.evaluation.report import write_outputs
 from cascade_kd.evaluation.retrieval import tatoeba_pairs
 from cascade_kd.students.hub import load_checkpoint
@@ -87,7 +92,8 @@ def bench(run_dir: str | Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repea
     result = bench_run(run_dir, batch_sizes=batch_sizes, seq_lens=seq_lens, repeats=repeats, backends=backends, say=say)
     metrics = json.loads(path.read_text())
     metrics["latency"] = result
-    write_outputs(run_dir, metrics)
+    write_outputs(run_dir, metrics)  # metrics.json and report.md gain the latency table
+    publish_run(run_dir, say=say)  # and report.html and the model cards
     return result
 
 
@@ -99,9 +105,13 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, int8: b
     to `out` (default MODEL_DIR/onnx) atomically. Returns the export info (also in OUT/export.json)."""
     if not 0 <= int8_min_agreement <= 1:
         raise UserError(f"--int8-min-agreement {int8_min_agreement} is not a fraction between 0 and 1")
-    return export_model(Path(model_dir), Path(out) if out is not None else None, int8=int8, overwrite=overwrite,
+    info = export_model(Path(model_dir), Path(out) if out is not None else None, int8=int8, overwrite=overwrite,
                         check_data=Path(check_data) if check_data is not None else None, check_examples=check_examples,
                         int8_min_agreement=int8_min_agreement, say=say)
+    run_dir = find_run_dir(Path(model_dir))
+    if out is None and run_dir is not None and (run_dir / "metrics.json").is_file():
+        publish_run(run_dir, say=say)  # the model card now says how to load the ONNX files
+    return info
 
 
 def trim(model_dir: str | Path, out: str | Path | None = None, *, recipe: str | Path | None = None,
@@ -123,3 +133,33 @@ def load_model(model_dir: str | Path):
     registered with the Auto classes by this package."""
     model_dir = Path(model_dir)
     return load_checkpoint(model_dir, model_task(model_dir)), AutoTokenizer.from_pretrained(model_dir)
+
+
+def run_seeds(recipe: Recipe | str | Path | dict, out: str | Path, seeds: list[int], *, resume: bool = False,
+              overwrite: bool = False, say: Say = print) -> dict:
+    """Run a recipe once per seed, each in OUT/seed<S> (resumable), then compare them: mean ± sd per
+    model and language, cascade against direct with the per-seed differences and the seeds each
+    won (OUT/aggregate.json, report.md, report.html). Returns the aggregate."""
+    return _run_seeds(_recipe(recipe), Path(out), list(seeds), resume=resume, overwrite=overwrite, say=say)
+
+
+def compare(run_dirs, out: str | Path | None = None, *, pairs=None) -> dict:
+    """Compare finished runs: seeds of one recipe (mean ± sd), or recipes that differ in one choice
+    (differences matched by seed, seeds won). `run_dirs`: run directories, grouped into variants by
+    recipe, or {label: [run directories]}. With `out`, writes aggregate.json, report.md and
+    report.html there (never into a run's own directory). Returns the aggregate."""
+    if out is not None:
+        check_output_dir(Path(out))
+    return compare_runs(run_dirs, out, pairs=pairs)
+
+
+def report(run_dir: str | Path) -> list[Path]:
+    """Rebuild what a finished run shows: RUN_DIR/report.html and a model card (README.md) in each
+    saved model's directory; or, for a folder of `run_seeds` / `compare`, the comparison. Returns
+    the files written."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").is_file() or not (run_dir / "aggregate.json").is_file():
+        cards = write_model_cards(run_dir)  # reads the run first: a missing or broken run is one UserError
+        return [write_html_report(run_dir), *cards]
+    rebuild_comparison(run_dir)
+    return [run_dir / name for name in ("report.html", "report.md", "aggregate.json")]

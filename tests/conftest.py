@@ -80,3 +80,47 @@ def tiny_run(demo_workspace, tmp_path_factory) -> Path:
     write_recipe(root, tiny_recipe(name="tiny-run", data={"test": None}))
     run_recipe(load_recipe(root / "recipe.yaml"), root / "run", say=lambda m: None)
     return root / "run"
+
+
+# --- a finished cascade with a direct baseline and TensorBoard curves (tests/evaluation) -------
+
+CASCADE_RUN_RECIPE = """\
+name: tiny-cascade
+seed: 0
+task: {type: token, max_length: 48}
+data:
+  languages: [en, ru]
+  format: conll
+  train: data/{lang}/train.conll
+  dev: data/{lang}/dev.conll
+  test: data/{lang}/test.conll
+  max_train_per_language: 96
+  max_eval_per_language: 32
+teacher:
+  config: {model_type: bert, num_hidden_layers: 3, hidden_size: 32, num_attention_heads: 2,
+           intermediate_size: 64, max_position_embeddings: 64}
+  tokenizer: tokenizer
+  train: {epochs: 3, lr: 4.0e-3}
+train: {batch_size: 16, epochs: 1, lr: 3.0e-3, precision: fp32, report_to: [tensorboard]}
+cascade:
+  stages:
+    - {name: ta2, student: {layers: 2, freeze_embeddings: true}}
+    - {name: student, student: {layers: 1}}
+  direct: true
+"""
+
+
+@pytest.fixture(scope="session")
+def cascade_run(demo_workspace, tmp_path_factory) -> Path:
+    """A finished run with teacher, assistant, student and direct model (report.html, model cards,
+    TensorBoard logs), for the report and card tests. Skips where tensorboard is not installed."""
+    pytest.importorskip("tensorboard", reason="train.report_to: [tensorboard] needs tensorboard (pip install tensorboard)")
+    from cascade_kd.cascade import run_recipe
+    from cascade_kd.config.schema import load_recipe
+
+    root = tmp_path_factory.mktemp("cascade_run")
+    for name in ("data", "tokenizer"):
+        shutil.copytree(demo_workspace / name, root / name)
+    (root / "recipe.yaml").write_text(CASCADE_RUN_RECIPE)
+    run_recipe(load_recipe(root / "recipe.yaml"), root / "run", say=lambda m: None)
+    return root / "run"

@@ -16,7 +16,10 @@ from cascade_kd.evaluation.scoring import evaluate_languages
 from cascade_kd.students.anatomy import position_offset
 from cascade_kd.students.hub import config_labels, load_tokenizer
 from cascade_kd.training.data import StageData
+from cascade_kd.training.distributed import is_main
+from cascade_kd.training.progress import RunProgress, StageMonitor
 from cascade_kd.training.setup import resolve_precision
+from cascade_kd.training.trackers import Trackers
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Job:
     say: callable
     transfer: dict = field(default_factory=dict)  # lang -> (examples, encoded): unlabelled transfer text
     masker: Masker | None = None  # masked-LM text (task type mlm): draws the masks
+    progress: RunProgress | None = None  # the whole run's position and time left (run_recipe sets it)
 
     @property
     def masked_lm(self) -> bool:
@@ -71,6 +75,17 @@ class Job:
         """The dev sets that select models: those of the training languages (data.select_on:
         train_languages, the XTREME protocol) or of every evaluation language (select_on: all)."""
         return {lang: self.encoded["dev"][lang] for lang in self.recipe.data.selection_languages}
+
+    def monitor(self, name: str, cfg) -> StageMonitor:
+        """What watches model `name` train: the run's progress, and the trackers of cfg.report_to
+        (on the main process, logging into RUN_DIR/logs)."""
+        trackers = None
+        if cfg.report_to and is_main():
+            config = {"model": name, "seed": self.recipe.seed, "recipe": self.recipe.fingerprint(),
+                      "train": cfg.model_dump(exclude={"report_to"})}
+            trackers = Trackers(cfg.report_to, logs_dir=self.out / "logs", project=self.recipe.name, run_name=name,
+                                config=config)
+        return StageMonitor(name, run=self.progress, trackers=trackers)
 
     def dev_score(self, model, cfg) -> float:
         scores = evaluate_languages(model, self.selection_dev, self.data.task, self.data.labels,

@@ -60,6 +60,22 @@ def check_cascade(recipe: Recipe, t_config) -> None:
         direct, _, _ = student_config(t_config, spec, where=where(recipe, "cascade", "direct"))
         _check_losses(recipe, len(stages) - 1, t_config, direct, "the direct baseline")
     recipe.train_for(recipe.teacher.train, "teacher.train")  # else read only when the teacher trains
+    check_trackers(recipe)
+
+
+def check_trackers(recipe: Recipe) -> None:
+    """Every tracker that a train section names (train.report_to) is installed."""
+    from cascade_kd.training.trackers import missing_tracker
+
+    sections = [(("train",), recipe.train.model_dump())]
+    sections += [(("teacher", "train"), recipe.teacher.train or {})]
+    sections += [(("cascade", "stages", i, "train"), s.train or {}) for i, s in enumerate(recipe.cascade.stages)]
+    for keys, section in sections:
+        for name in section.get("report_to") or []:
+            problem = missing_tracker(name)
+            if problem:
+                raise RecipeError(f"train.report_to names {name}, but {problem}", where=where(recipe, *keys, "report_to"),
+                                  hint=f"pip install {name}, or remove it from report_to")
 
 
 def _cache_key_where(recipe: Recipe, i: int) -> str:

@@ -42,6 +42,9 @@ from cascade_kd.evaluation.scoring import evaluate_languages, metric_for, summar
 from cascade_kd.students import count_parameters, family_of
 from cascade_kd.students.hub import load_checkpoint
 from cascade_kd.training.distributed import barrier, is_main, main_say
+from cascade_kd.evaluation.html_report import write_html_report
+from cascade_kd.evaluation.model_card import write_model_cards
+from cascade_kd.training.progress import RunProgress
 from cascade_kd.training.setup import resolve_precision
 
 
@@ -57,6 +60,7 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bo
         write_manifest(job)
     barrier()  # the others read RUN_DIR (finished stages, training state) only once it is ready
     started = time.perf_counter()
+    job.progress = RunProgress(training_plan(job))
 
     teacher, teacher_info = get_teacher(job)
     models = [("teacher", "teacher", teacher, teacher_info, out / "teacher")]
@@ -80,10 +84,37 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bo
     metrics["wall_time_s"] = time.perf_counter() - started
     if is_main():
         write_outputs(out, metrics)
+        publish_run(out, say=say)
         if (out / "state").is_dir() and not any((out / "state").iterdir()):
             (out / "state").rmdir()  # every model finished: no training state is left to resume from
     barrier()
     return metrics
+
+
+def training_plan(job: Job) -> list[tuple[str, float]]:
+    """The run's models in training order, each with its work: training examples x epochs (the
+    teacher's counts even where it turns out to need no training; it is then finished at once)."""
+    recipe = job.recipe
+    plan = [("teacher", len(job.train_set()) * recipe.train_for(recipe.teacher.train, "teacher.train").epochs)]
+    stages = recipe.cascade.stages
+    for i, stage in enumerate(stages):
+        with_transfer = bool(job.transfer) and any(n != "ce" and c.weight > 0 for n, c in recipe.stage_losses(stage).items())
+        epochs = recipe.train_for(stage.train, f"cascade.stages[{i}].train").epochs
+        plan.append((stage.name, len(job.training_data(with_transfer)[0]) * epochs))
+    if recipe.cascade.direct and len(stages) > 1:
+        plan.append(("direct", plan[-1][1]))
+    return plan
+
+
+def publish_run(run_dir: Path, say=print) -> None:
+    """RUN_DIR/report.html and a model card (README.md) in every saved model's directory, from the
+    run's metrics.json, manifest.json and markers. A failure here never costs the run: it is said
+    and the run's results stay (`cascade-kd report RUN_DIR` builds them again)."""
+    try:
+        write_model_cards(run_dir)
+        write_html_report(run_dir)
+    except UserError as err:
+        say(f"WARNING: no HTML report or model cards: {err}")
 
 
 def score_models(job: Job, models, split: str | None = None) -> dict:
@@ -113,7 +144,7 @@ def score_models(job: Job, models, split: str | None = None) -> dict:
             "per_language": per_lang, "average": summary["average"], "worst": summary["worst"],
             "worst_language": summary["worst_language"], "retention": summary["retention"],
             "retention_per_language": summary["retention_per_language"], **groups,
-            "dev_average": sum(dev.values()) / len(dev),
+            "dev_average": sum(dev.values()) / len(dev), "dev_per_language": dev,
             "wall_time_s": info.get("wall_time_s"), "train_tokens_per_s": info.get("tokens_per_s"),
         })
     return {

@@ -67,10 +67,13 @@ def get_teacher(job: Job):
         job.say(f"teacher: training {model.config.num_hidden_layers} layers x {model.config.hidden_size} "
                 f"for {cfg.epochs:g} epochs on {len(train_data)} examples"
                 + (" (masked-LM)" if job.masked_lm else ""))
-        result = train(task, job.stage_data(train_data, blocks, recipe.seed), cfg, evaluate=lambda m: job.dev_score(m, cfg),
-                       desc="teacher", state_dir=job.state_dir("teacher"))
+        with job.monitor("teacher", cfg) as monitor:
+            result = train(task, job.stage_data(train_data, blocks, recipe.seed), cfg,
+                           evaluate=lambda m: job.dev_score(m, cfg), desc="teacher", state_dir=job.state_dir("teacher"),
+                           monitor=monitor)
         info.update(dev=result.best_score, best_epoch=result.best_epoch, wall_time_s=result.wall_time_s,
-                    tokens_per_s=result.tokens_per_s, history=result.history)
+                    tokens_per_s=result.tokens_per_s, steps=result.steps, epochs=cfg.epochs, seed=recipe.seed, examples=len(train_data),
+                    history=result.history, curve=result.curve)
     _save_model(job, model, out, info)
     return model, info
 
@@ -128,14 +131,19 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     selects = student_reads.logits
     if not selects:
         job.say(f"  {name}: no logit or label loss: the last epoch's weights are kept (no selection on dev)")
-    result = train(task, job.stage_data(train_data, blocks, seed), cfg,
-                   evaluate=(lambda m: job.dev_score(m, cfg)) if selects else None, desc=name, state_dir=job.state_dir(name))
+    with job.monitor(name, cfg) as monitor:
+        result = train(task, job.stage_data(train_data, blocks, seed), cfg,
+                       evaluate=(lambda m: job.dev_score(m, cfg)) if selects else None, desc=name,
+                       state_dir=job.state_dir(name), monitor=monitor)
     use_attention_outputs(student, False)
     use_attention_outputs(teacher, False)
     info = {"recipe": recipe.fingerprint(), "role": "direct" if name == "direct" else "stage",
             "teacher": teacher.config.num_hidden_layers, "dev": result.best_score, "best_epoch": result.best_epoch,
             "wall_time_s": result.wall_time_s, "tokens_per_s": result.tokens_per_s, "steps": result.steps,
-            "history": result.history}
+            "epochs": cfg.epochs, "seed": seed, "examples": len(train_data),
+            "losses": [{"name": t.name, "weight": t.weight, "pairs": [list(p) for p in getattr(t.loss, "pairs", [])]}
+                       for t in terms],
+            "history": result.history, "curve": result.curve}
     _save_model(job, student, out, info, task.projections)
     return student, info
 

@@ -1,4 +1,4 @@
-"""The `cascade-kd` command: run, demo, eval, bench, export, trim, pretrain.
+"""The `cascade-kd` command: run, demo, eval, bench, export, trim, pretrain, report, compare.
 
 A thin layer over the Python API (cascade_kd/api.py). Building the parser imports neither torch nor
 transformers, so `--help` and argument errors answer at once; each command imports what it needs.
@@ -27,6 +27,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True, help="RUN_DIR for checkpoints, metrics.json and report.md")
     run.add_argument("--resume", action="store_true", help="continue a run in RUN_DIR; finished models are not redone")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty RUN_DIR")
+    run.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                     help="run the recipe once per seed, each in OUT/seed<S>, and write the aggregate (mean ± sd, "
+                     "cascade against direct seed by seed) to OUT/report.html, report.md and aggregate.json")
+
+    rep = sub.add_parser("report", help="rebuild RUN_DIR/report.html and the model cards (README.md) of a finished "
+                         "run, or the report of a comparison directory")
+    rep.add_argument("run_dir", type=Path)
+
+    cmp = sub.add_parser("compare", help="compare finished runs: seeds of one recipe (mean ± sd) or recipes that "
+                         "differ in a choice (differences matched by seed, seeds won)")
+    cmp.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    cmp.add_argument("--out", type=Path, required=True, help="where to write aggregate.json, report.md, report.html")
 
     demo = sub.add_parser("demo", help="the whole job offline on a generated 4-language NER task (a few minutes)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="workspace (a free name is chosen if taken)")
@@ -119,10 +131,19 @@ def _cmd_run(args) -> None:
     from cascade_kd.evaluation.report import report_table
     from cascade_kd.training.distributed import is_main
 
+    if args.seeds is not None:
+        from cascade_kd.evaluation.compare_report import pairs_table
+
+        aggregate = api.run_seeds(recipe, args.out, args.seeds, resume=args.resume, overwrite=args.overwrite, say=_say)
+        if is_main():
+            if aggregate["pairs"]:
+                print("\n" + pairs_table(aggregate["pairs"]))
+            print(f"\nOUT: {args.out}  (report.html, report.md, aggregate.json; one RUN_DIR per seed: seed<S>/)")
+        return
     metrics = api.run(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
     if is_main():
         print("\n" + report_table(metrics))
-        print(f"\nRUN_DIR: {args.out}  (report.md, metrics.json, teacher/, stages/)")
+        print(f"\nRUN_DIR: {args.out}  (report.html, report.md, metrics.json, teacher/, stages/)")
 
 
 def _cmd_demo(args) -> None:
@@ -136,7 +157,7 @@ def _cmd_demo(args) -> None:
     run_dir = workspace / "run"
     metrics = api.run(recipe_path, run_dir, say=_say)
     print("\n" + report_table(metrics))
-    print(f"\nRUN_DIR: {run_dir}  (report.md, metrics.json, teacher/, stages/); recipe: {recipe_path}")
+    print(f"\nRUN_DIR: {run_dir}  (report.html, report.md, metrics.json, teacher/, stages/); recipe: {recipe_path}")
 
 
 def _cmd_eval(args) -> None:
@@ -201,8 +222,25 @@ def _cmd_export(args) -> None:
     print(f"written: {out} ({sizes}; inputs {', '.join(info['inputs'])}; dynamic batch and sequence axes)")
 
 
+def _cmd_report(args) -> None:
+    from cascade_kd import api
+
+    written = api.report(args.run_dir)
+    print(f"written: {', '.join(str(p) for p in written)}")
+
+
+def _cmd_compare(args) -> None:
+    from cascade_kd import api
+    from cascade_kd.evaluation.compare_report import pairs_table
+
+    aggregate = api.compare(args.run_dirs, args.out)
+    if aggregate["pairs"]:
+        print(pairs_table(aggregate["pairs"]))
+    print(f"\nwritten: {args.out / 'report.html'}, report.md, aggregate.json ({len(aggregate['variants'])} variant(s))")
+
+
 COMMANDS = {"run": _cmd_run, "demo": _cmd_demo, "eval": _cmd_eval, "bench": _cmd_bench, "export": _cmd_export,
-            "trim": _cmd_trim, "pretrain": _cmd_pretrain}
+            "trim": _cmd_trim, "pretrain": _cmd_pretrain, "report": _cmd_report, "compare": _cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,17 @@ class TrainConfig(_Section):
     # on several processes, the frozen teacher (and dense guides): none = a whole copy on each process;
     # fsdp = split between them with FSDP, gathered one layer at a time (cascade_kd/sharding.py)
     teacher_sharding: Literal["none", "fsdp"] = "none"
+    # training curves (each loss part, learning rate, dev score) to these trackers as well, through
+    # accelerate's tracker integration, into RUN_DIR/logs/ where the tracker writes files; none by
+    # default (the curves are always in each model's stage.json and the HTML report)
+    report_to: list[Literal["tensorboard", "trackio", "wandb", "mlflow"]] = Field(default_factory=list)
+
+    @field_validator("report_to")
+    @classmethod
+    def _unique_trackers(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("report_to lists each tracker at most once")
+        return v
 
 
 class LossConfig(_Section):
@@ -469,9 +480,16 @@ class DataConfig(_Section):
         return self
 
 
+# keys that say how results are shown or published, not what is computed: a resumed run may change them
+PRESENTATION_KEYS = ("license", "train.report_to")
+
+
 class Recipe(_Section):
     name: str = "cascade"
     seed: int = Field(0, ge=0, lt=2**32)  # torch.manual_seed refuses seeds past 64 bits; 32 is the usual range
+    # the saved models' licence, written into their model cards (README.md); None: "unknown", said so there.
+    # An SPDX-style identifier as the Hugging Face Hub lists them (apache-2.0, mit, cc-by-4.0, other, ...)
+    license: Optional[str] = Field(None, min_length=1)
     task: TaskConfig
     data: DataConfig
     teacher: TeacherConfig
@@ -523,9 +541,11 @@ class Recipe(_Section):
         reads back as written (they are errors there) and hashes as before those keys existed."""
         data = self.model_dump(mode="json")
         for key, default in (("teacher_cache", "off"), ("unfreeze", "none"), ("embedding_rows", "seen"),
-                             ("teacher_sharding", "none")):  # keys added later: absent = default
+                             ("teacher_sharding", "none"), ("report_to", [])):  # keys added later: absent = default
             if data["train"][key] == default:
                 del data["train"][key]
+        if data["license"] is None:
+            del data["license"]
         for key in ("train_languages", "transfer", "max_transfer_per_language", "language_alpha"):
             if data["data"][key] is None:
                 del data["data"][key]
@@ -552,8 +572,10 @@ class Recipe(_Section):
         return data
 
     def fingerprint(self) -> str:
-        """A hash of the recipe's content: a resumed run must use the same recipe."""
-        text = json.dumps(self.dump(), sort_keys=True)
+        """A hash of what the recipe computes: a resumed run must use the same recipe. The
+        presentation keys (PRESENTATION_KEYS: the licence, the trackers) are left out, so adding a
+        tracker or a licence to a run's recipe neither blocks its resume nor redoes a model."""
+        text = json.dumps(computing_part(self.dump()), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------------------------------
@@ -602,6 +624,18 @@ def load_recipe(path: str | Path) -> Recipe:
 def parse_recipe(text: str, *, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
     """Validate recipe text (`Recipe.from_text`)."""
     return Recipe.from_text(text, source=source, base_dir=base_dir)
+
+
+def computing_part(dump: dict) -> dict:
+    """A recipe dump without its presentation keys (in every train section and override)."""
+    data = json.loads(json.dumps(dump))
+    data.pop("license", None)
+    sections = [data.get("train"), (data.get("teacher") or {}).get("train")]
+    sections += [stage.get("train") for stage in (data.get("cascade") or {}).get("stages", [])]
+    for section in sections:
+        if isinstance(section, dict):
+            section.pop("report_to", None)
+    return data
 
 
 _key_where = where  # for methods of Recipe, where a parameter is called `where`

@@ -70,7 +70,8 @@ def selection_text(metrics: dict) -> str:
                    "language was used (the XTREME protocol).")
 
 
-def render_report(metrics: dict) -> str:
+def render_report(metrics: dict, run_dir: Path | None = None) -> str:
+    """report.md; with `run_dir`, also the findings that need the saved models (embedding tables)."""
     metric = {"f1": "entity-level F1 (seqeval)", "mlm_accuracy": "masked-token accuracy (the masked pieces "
               "predicted right; masks drawn once per split)"}.get(metrics["metric"], "accuracy")
     parts = [
@@ -85,6 +86,10 @@ def render_report(metrics: dict) -> str:
         report_table(metrics),
         "",
     ]
+    if run_dir is not None:
+        from cascade_kd.evaluation.findings import embedding_notes, embedding_sentence
+
+        parts += [embedding_sentence(note) + "\n" for note in embedding_notes(run_dir, metrics)]
     timed = [m for m in metrics["models"] if m.get("wall_time_s")]
     if timed:
         parts += ["Training wall time: " + ", ".join(f"{m['name']} {m['wall_time_s']:.0f} s" for m in timed) + "."]
@@ -95,7 +100,7 @@ def render_report(metrics: dict) -> str:
         verdict = "the cascade beat direct distillation" if diff > 0 else (
             "direct distillation beat the cascade" if diff < 0 else "cascade and direct distillation tied")
         parts += ["", f"Cascade vs direct at equal size: {verdict} by {abs(diff):.1f} points on average "
-                  f"(one seed; see benchmarks for spreads over seeds)."]
+                  f"(one seed; `cascade-kd run RECIPE --seeds 0 1 2` gives the spread over seeds)."]
     if metrics.get("retrieval"):
         parts += ["", "## Cross-lingual sentence retrieval (`cascade-kd eval --parallel`)", "",
                   "Each sentence is the mean of the last layer's hidden states over its real tokens; accuracy is the "
@@ -127,4 +132,4 @@ def render_report(metrics: dict) -> str:
 
 def write_outputs(out: Path, metrics: dict) -> None:
     atomic_write(Path(out) / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False))
-    atomic_write(Path(out) / "report.md", render_report(metrics))
+    atomic_write(Path(out) / "report.md", render_report(metrics, Path(out)))

@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from cascade_kd.errors import UserError
 from cascade_kd.students.embedding_rows import merge_seen_rows, restrict_to_seen_rows
 from cascade_kd.training.data import StageData
 from cascade_kd.training.distributed import is_main
+from cascade_kd.training.progress import StageMonitor, precision_name
 from cascade_kd.training.setup import Schedule, make_accelerator, make_optimizer
 from cascade_kd.training.state import (
     Progress,
@@ -53,10 +54,11 @@ class TrainResult:
     steps: int
     wall_time_s: float  # training time, evaluations excluded, summed over resumed segments
     tokens_per_s: float
+    curve: list[dict] = field(default_factory=list)  # loss parts and lr against the step (progress.py)
 
 
 def train(task: DistillationTask, data: StageData, cfg: TrainConfig, *, evaluate=None, desc: str = "train",
-          state_dir: Path | None = None) -> TrainResult:
+          state_dir: Path | None = None, monitor: StageMonitor | None = None) -> TrainResult:
     """Train `task.student` (and the projections its losses own) in place on `data`.
 
     If `evaluate` is given (a callable model -> dev score), the weights of the best evaluation are
@@ -65,7 +67,8 @@ def train(task: DistillationTask, data: StageData, cfg: TrainConfig, *, evaluate
     after each evaluation) and an existing state is resumed from. With `cfg.embedding_rows: seen`,
     trainable word embeddings are trained only on the rows the training data uses
     (students/embedding_rows.py): the swap is undone when training ends, however it ends, so the
-    student stays a plain model."""
+    student stays a plain model. `monitor` (progress.py) records the loss curve, prints the run's
+    progress and feeds the trackers."""
     student = task.student
     restricted = restrict_to_seen_rows(student, [x.input_ids for x in data.examples]) if cfg.embedding_rows == "seen" else None
     if isinstance(restricted, tuple) and is_main():
@@ -74,12 +77,13 @@ def train(task: DistillationTask, data: StageData, cfg: TrainConfig, *, evaluate
     elif isinstance(restricted, str) and is_main():
         _log(None, f"  {desc}: word embeddings: every row is trained: {restricted}")
     try:
-        return _train(task, data, cfg, evaluate, desc, state_dir)
+        return _train(task, data, cfg, evaluate, desc, state_dir, monitor or StageMonitor(desc))
     finally:
         merge_seen_rows(student)
 
 
-def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, desc: str, state_dir) -> TrainResult:
+def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, desc: str, state_dir,
+           monitor: StageMonitor) -> TrainResult:
     # parameters that get no gradient in some step (gradual unfreezing; a stage whose losses never
     # reach the head, as the logits depend on everything): DDP must look for them
     accelerator = make_accelerator(cfg, find_unused=cfg.unfreeze == "gradual" or not task.student_reads.logits)
@@ -101,7 +105,8 @@ def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, 
     say(f"{n_proc} process(es), global batch {cfg.batch_size}"
         + (f" (about {cfg.batch_size // n_proc} per process)" if n_proc > 1 else "")
         + f" x {cfg.grad_accum} accumulated = {cfg.batch_size * cfg.grad_accum} examples per optimiser step, "
-        f"precision {cfg.precision if cfg.precision != 'auto' else accelerator.mixed_precision}, {schedule.total_steps} steps")
+        f"precision {precision_name(accelerator.mixed_precision)}" + (" (auto)" if cfg.precision == "auto" else "")
+        + f", {schedule.total_steps} steps")
     progress, best = _start(state_dir, unwrapped, optimizer, scheduler, schedule, n_proc, say)
 
     def checkpoint():
@@ -111,6 +116,9 @@ def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, 
 
     bar = _progress(schedule.total_steps, desc, disable=not main)
     bar.update(progress.step)
+    monitor.start(progress, total_steps=schedule.total_steps, examples_per_step=cfg.batch_size,
+                  steps_per_epoch=schedule.per_epoch, precision=precision_name(accelerator.mixed_precision),
+                  live=not bar.disable, active=main, bar=bar)
     while progress.step < schedule.total_steps and not progress.stopped:
         batches = data.epoch(progress.epoch, cfg.batch_size)
         unfrozen = schedule.begin_epoch(progress.epoch)  # gradual unfreezing: the parameters this epoch trains
@@ -145,6 +153,7 @@ def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, 
             progress.running = 0.9 * progress.running + 0.1 * value if progress.step > 1 else value
             bar.update(1)
             bar.set_postfix(epoch=f"{progress.epoch + 1}/{math.ceil(cfg.epochs)}", loss=f"{progress.running:.4f}")
+            monitor.step(progress, value, {k: v for k, v in losses.items() if k != "loss"}, scheduler.get_last_lr()[0])
             if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and schedule.is_optimiser_step(progress.step):
                 progress.train_seconds += time.perf_counter() - segment_started
                 segment_started = time.perf_counter()
@@ -154,6 +163,7 @@ def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, 
         progress.batch = 0
         if evaluate is not None and (cfg.eval_every_epoch or progress.step >= schedule.total_steps):
             best = _evaluate(evaluate, unwrapped, progress, best, schedule, cfg, accelerator, say, bar)
+            monitor.evaluated(progress, progress.history[-1]["dev"])
         checkpoint()
     bar.close()
     if best is not None:
@@ -161,7 +171,7 @@ def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, 
     accelerator.free_memory()
     seconds = progress.train_seconds
     return TrainResult(progress.best_score, progress.best_epoch, progress.history, progress.step, seconds,
-                       progress.tokens / seconds if seconds > 0 else 0.0)
+                       progress.tokens / seconds if seconds > 0 else 0.0, progress.curve)
 
 
 def _place_teacher(task: DistillationTask, cfg: TrainConfig, device, n_proc: int, say) -> None:

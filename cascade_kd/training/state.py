@@ -53,6 +53,7 @@ class Progress:
     stale: int = 0
     stopped: bool = False  # early stopping fired
     history: list = field(default_factory=list)
+    curve: list = field(default_factory=list)  # loss parts against the step (training/progress.py)
     processes: int = 1  # how many processes wrote this state (a resume may use another number)
     static: list = field(default_factory=list)  # parameters frozen, hence unchanged, since the stage began
 

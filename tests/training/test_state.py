@@ -92,6 +92,8 @@ def test_resume_after_a_crash_gives_identical_weights(data, tmp_path, monkeypatc
     student, proj, result = _distil(data, tmp_path / "run", teacher, freeze)
 
     assert result.steps == ref.steps and result.history == ref.history
+    # the loss curve too: under 200 steps each point is one step's values, saved with the state
+    assert result.curve == ref.curve and len(result.curve) == result.steps
     for a, b in ((student, ref_student), (proj, ref_proj)):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sb)

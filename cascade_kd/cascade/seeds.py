@@ -1,0 +1,91 @@
+"""One recipe, several seeds: `cascade-kd run RECIPE --seeds 0 1 2 --out OUT`.
+
+Each seed runs the whole recipe (teacher, stages, direct baseline) with `seed` set, in OUT/seed<S>/,
+a RUN_DIR like any other (resumable, with its own report). A seed whose run finished with this
+recipe is not run again; an interrupted one is resumed with --resume. OUT/seeds.json says what the
+directory is (so --overwrite may replace it); the aggregate (evaluation/compare.py) is written to
+OUT: aggregate.json, report.md and report.html, with mean ± sd per model and language, and the
+cascade against the direct baseline seed by seed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from cascade_kd.config.schema import Recipe
+from cascade_kd.errors import UserError
+from cascade_kd.fileio import atomic_write
+
+SEEDS_FILE = "seeds.json"
+
+
+def seed_dir(out: Path, seed: int) -> Path:
+    return Path(out) / f"seed{seed}"
+
+
+def recipe_with_seed(recipe: Recipe, seed: int) -> Recipe:
+    """A copy of `recipe` with `seed` (validated as the recipe key is); file and line info kept."""
+    copy = recipe.model_copy(deep=True)
+    try:
+        copy.seed = seed
+    except ValueError as exc:
+        raise UserError(f"--seeds {seed}: not a valid seed ({str(exc).splitlines()[-1].strip()})",
+                        hint="seeds are whole numbers from 0 to 2**32 - 1") from None
+    return copy
+
+
+def _finished(directory: Path, recipe: Recipe) -> bool:
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (directory / "metrics.json").is_file() and manifest.get("recipe_fingerprint") == recipe.fingerprint()
+
+
+def _prepare(out: Path, recipe: Recipe, seeds: list[int], *, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError("the --out path exists and is not a directory", where=str(out))
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / SEEDS_FILE).is_file():
+            raise UserError("--out is not empty and holds no seeds.json (not a multi-seed run)", where=str(out),
+                            hint="choose an empty or new --out")
+        if not (resume or overwrite):
+            raise UserError("--out holds a multi-seed run", where=str(out),
+                            hint="pass --resume to continue it, --overwrite to replace it, or choose another --out")
+        if overwrite and not resume:
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / SEEDS_FILE, json.dumps({"recipe": recipe.name, "seeds": seeds,
+                                               "runs": {str(s): seed_dir(out, s).name for s in seeds}}, indent=2))
+
+
+def run_seeds(recipe: Recipe, out: str | Path, seeds: list[int], *, resume: bool = False, overwrite: bool = False,
+              say=print) -> dict:
+    """Run `recipe` once per seed, each in OUT/seed<S>, then compare them (OUT/aggregate.json,
+    report.md, report.html); returns the aggregate."""
+    from cascade_kd.cascade.run import run_recipe
+    from cascade_kd.evaluation.compare import compare_runs
+    from cascade_kd.training.distributed import barrier, is_main
+
+    out = Path(out)
+    if not seeds:
+        raise UserError("--seeds needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds lists a seed twice: {' '.join(map(str, seeds))}")
+    recipes = [recipe_with_seed(recipe, seed) for seed in seeds]  # every seed checked before anything runs
+    if is_main():
+        _prepare(out, recipe, list(seeds), resume=resume, overwrite=overwrite)
+    barrier()
+    for k, (seed, seeded) in enumerate(zip(seeds, recipes), 1):
+        directory = seed_dir(out, seed)
+        if _finished(directory, seeded):
+            say(f"seed {seed} ({k} of {len(seeds)}): already finished in {directory}")
+            continue
+        say(f"seed {seed} ({k} of {len(seeds)}): {directory}")
+        started = directory.is_dir() and any(directory.iterdir())
+        run_recipe(seeded, directory, resume=started, say=say)
+    aggregate = compare_runs([seed_dir(out, s) for s in seeds], out if is_main() else None)
+    barrier()
+    return aggregate

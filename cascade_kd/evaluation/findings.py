@@ -1,0 +1,70 @@
+"""Findings a report states in words, shared by report.md, report.html and the model cards: the
+languages a model does worst on, and students that still carry the teacher's whole vocabulary."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from pathlib import Path
+
+EMBEDDING_SHARE = 0.5  # above this share of embedding parameters, trimming the vocabulary pays
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def worst_languages(row: dict, n: int = 3) -> list[tuple[str, float, float | None]]:
+    """The model's `n` lowest-retention languages (lowest scores when there is no retention):
+    [(language, score, retention or None)], worst first."""
+    scores = row.get("per_language") or {}
+    retention = row.get("retention_per_language") or {}
+    key = (lambda lang: retention[lang]) if retention and all(_finite(retention.get(l)) for l in scores) else (
+        lambda lang: scores[lang])
+    ranked = sorted((lang for lang in scores if _finite(scores[lang])), key=key)
+    return [(lang, scores[lang], retention.get(lang) if _finite(retention.get(lang)) else None) for lang in ranked[:n]]
+
+
+def _vocab_size(directory: Path) -> int | None:
+    try:
+        return int(json.loads((directory / "config.json").read_text(encoding="utf-8"))["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def embedding_notes(run_dir: Path, metrics: dict) -> list[dict]:
+    """Distilled models that keep the teacher's whole word-piece vocabulary although embeddings are
+    most of their parameters: {model, share, vocab, params_total, params_embedding, command}, the
+    command being the `cascade-kd trim` call that keeps only the pieces the run's languages use."""
+    run_dir = Path(run_dir)
+    rows = metrics.get("models") or []
+    teacher = next((r for r in rows if r.get("role") == "teacher"), None)
+    teacher_vocab = _vocab_size(run_dir / teacher["path"]) if teacher else None
+    notes = []
+    for row in rows:
+        if row.get("role") == "teacher" or not row.get("params_total"):
+            continue
+        share = row.get("params_embedding", 0) / row["params_total"]
+        vocab = _vocab_size(run_dir / row["path"])
+        if share > EMBEDDING_SHARE and vocab is not None and vocab == teacher_vocab:
+            directory = run_dir / row["path"]
+            trimmed = (directory / "trimmed" / "config.json").is_file()
+            notes.append({"model": row["name"], "share": share, "vocab": vocab, "params_total": row["params_total"],
+                          "params_embedding": row.get("params_embedding", 0), "trimmed": trimmed,
+                          "command": f"cascade-kd trim {shlex.quote(str(directory))}"})
+    return notes
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def embedding_sentence(note: dict) -> str:
+    """The note in words (Markdown)."""
+    text = (f"**{note['model']}** still carries the teacher's whole vocabulary ({note['vocab']:,} word pieces): "
+            f"{100 * note['share']:.0f}% of its {_count(note['params_total'])} parameters are embeddings. ")
+    if note["trimmed"]:
+        return text + "A trimmed copy is already in its `trimmed/` folder."
+    return text + (f"`{note['command']}` keeps only the pieces that the run's languages use (default: all the "
+                   "recipe's languages; `--languages` to choose) and reports the coverage per language.")

@@ -1,0 +1,89 @@
+"""A finished run read back from RUN_DIR: metrics.json (the scores), manifest.json (recipe, data
+sizes, versions) and each saved model's stage.json marker (how it was trained, its curves).
+
+Reports, model cards and comparisons are all built from these files, so each can be rebuilt from
+a finished run at any time (`cascade-kd report RUN_DIR`, `cascade-kd compare RUN_DIR...`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cascade_kd.errors import UserError
+
+MARKER = "stage.json"  # as cascade/rundir.py (not imported: that module pulls in torch)
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from `path`; a clear UserError when it is missing or broken."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"no {Path(path).name}: {what}", where=str(path)) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"cannot read {Path(path).name} ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+                        where=str(path), hint="the file is damaged: rerun the run (or `cascade-kd eval`)") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{Path(path).name} does not hold a JSON object", where=str(path))
+    return data
+
+
+@dataclass
+class RunFiles:
+    """What a finished RUN_DIR holds, read once."""
+
+    directory: Path
+    metrics: dict
+    manifest: dict = field(default_factory=dict)
+    markers: dict = field(default_factory=dict)  # model name -> its stage.json (when readable)
+
+    @property
+    def models(self) -> list[dict]:
+        return self.metrics["models"]
+
+    @property
+    def languages(self) -> list[str]:
+        return self.metrics["languages"]
+
+    @property
+    def recipe(self) -> dict:
+        return self.manifest.get("recipe") or {}
+
+    def model(self, name: str) -> dict | None:
+        return next((m for m in self.models if m["name"] == name), None)
+
+    def model_dir(self, row: dict) -> Path:
+        return self.directory / row["path"]
+
+
+REQUIRED = ("name", "task", "metric", "split", "languages", "models")
+ROW_REQUIRED = ("name", "role", "path", "per_language", "average", "params_total")
+
+
+def read_run(run_dir: str | Path) -> RunFiles:
+    """Read a finished run; UserError (one line) for a missing directory, a missing or broken
+    metrics.json or one without the keys a report needs."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError("no such run directory" if not run_dir.exists() else "not a directory", where=str(run_dir),
+                        hint="give the --out directory of a finished `cascade-kd run`")
+    metrics = read_json(run_dir / "metrics.json", "not a finished cascade-kd run")
+    missing = [k for k in REQUIRED if k not in metrics]
+    rows = metrics.get("models")
+    if not missing and (not isinstance(rows, list) or not rows
+                        or any(not isinstance(r, dict) or any(k not in r for k in ROW_REQUIRED) for r in rows)):
+        missing = ["models"]
+    if missing:
+        raise UserError(f"metrics.json lacks {', '.join(missing)}: not the metrics of a cascade-kd run",
+                        where=str(run_dir / "metrics.json"))
+    manifest = read_json(run_dir / "manifest.json", "no run manifest") if (run_dir / "manifest.json").exists() else {}
+    markers = {}
+    for row in rows:
+        path = run_dir / row["path"] / MARKER
+        if path.is_file():
+            try:
+                markers[row["name"]] = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError):
+                pass  # a damaged marker costs only that model's curves and training details
+    return RunFiles(run_dir, metrics, manifest, markers)

@@ -1,0 +1,225 @@
+"""Progress of one trained model and of the whole run, the training curves, and the trackers.
+
+The training loop calls a `StageMonitor` at three points: `start` (before the first step),
+`step` (after each step) and `evaluated` (after each dev evaluation). The monitor
+- records the curve: every loss part, the total and the learning rate, averaged over windows of
+  steps (about `CURVE_POINTS` points per model), into `Progress.curve` (saved with the training
+  state, so a resumed model keeps the points it had; the window a resume cuts short is averaged over
+  the steps it had after the resume), plus the dev scores the loop keeps in `Progress.history`;
+- sends the same values to the trackers of `train.report_to` (trackers.py);
+- prints the run's position ("model 2 of 4") and an estimate of the time left for the whole run
+  when a model starts, and, when the output is not a terminal (a log file, a pipe, CI) and the live
+  bar is therefore off, a progress line every `CASCADE_KD_PROGRESS_SECONDS` seconds (default 60).
+
+The run's estimate: the work left is, per model, its examples times its epochs (`RunProgress.plan`),
+less what is done; the current model's remainder goes at its own measured speed, the later models'
+work at the speed measured over the run so far (training and evaluation time together). It is an
+estimate: later models may be faster or slower per example than those measured, and early stopping
+(`patience`) ends a model sooner.
+
+Multi-process runs: only the main process prints and logs; a loss part is the main process's value
+on its share of the batch (the total is the global batch's).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+CURVE_POINTS = 200
+HEARTBEAT_SECONDS = 60.0
+
+
+def log_line(message: str, bar=None) -> None:
+    """Print a line above the live bar (if any), unless CASCADE_KD_QUIET=1."""
+    if os.environ.get("CASCADE_KD_QUIET") == "1":
+        return
+    from tqdm.auto import tqdm
+
+    (bar.write if bar is not None else tqdm.write)(message, file=sys.stdout)
+
+
+def heartbeat_seconds() -> float:
+    value = os.environ.get("CASCADE_KD_PROGRESS_SECONDS")
+    try:
+        return max(0.0, float(value)) if value else HEARTBEAT_SECONDS
+    except ValueError:
+        return HEARTBEAT_SECONDS
+
+
+def duration(seconds: float) -> str:
+    """'2h05m', '6m10s', '42s'."""
+    seconds = max(0, int(round(seconds)))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def precision_name(mixed_precision: str) -> str:
+    """accelerate's mixed_precision ('no', 'bf16', 'fp16') as the precision trained in."""
+    return {"no": "fp32"}.get(mixed_precision, mixed_precision)
+
+
+class RunProgress:
+    """Where a whole run stands: the models to train in order, each with its work (examples x
+    epochs), and the speed measured so far. A model counts as finished once a later one starts
+    (models loaded on a resume, or a teacher that needs no training, never start)."""
+
+    def __init__(self, plan: list[tuple[str, float]]):
+        self.plan = [(name, float(work)) for name, work in plan]
+        self.finished: set[str] = set()
+        self.examples = 0.0  # measured in this session, over finished models
+        self.seconds = 0.0
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.plan]
+
+    def begin(self, name: str) -> tuple[int, int]:
+        """Model `name` starts: every model before it is finished. Returns (k, n), k from 1."""
+        names = self.names()
+        k = names.index(name) if name in names else len(names) - 1
+        self.finished.update(names[:k])
+        return k + 1, len(names)
+
+    def end(self, name: str, examples: float, seconds: float) -> None:
+        self.finished.add(name)
+        self.examples += examples
+        self.seconds += seconds
+
+    def work_after(self, name: str) -> float:
+        """Examples x epochs of the models after `name` that are not finished."""
+        names = self.names()
+        start = names.index(name) + 1 if name in names else len(names)
+        return sum(work for n, work in self.plan[start:] if n not in self.finished)
+
+
+class StageMonitor:
+    """Progress, curve and trackers of one trained model (see the module docstring). Use it as a
+    context manager around `train(..., monitor=...)`: leaving it closes the trackers."""
+
+    def __init__(self, name: str, *, run: RunProgress | None = None, trackers=None, clock=time.monotonic,
+                 curve_points: int = CURVE_POINTS):
+        self.name = name
+        self.run = run
+        self.trackers = trackers
+        self.clock = clock
+        self.curve_points = curve_points
+        self.active = False
+
+    # --- the loop's three calls ---------------------------------------------------------------
+
+    def start(self, progress, *, total_steps: int, examples_per_step: int, steps_per_epoch: int, precision: str,
+              live: bool, active: bool = True, bar=None) -> None:
+        """Before the first step (or the first after a resume). `live`: a progress bar is shown, so
+        no periodic lines are needed; `active`: this process prints and logs (the main one)."""
+        self.active = active
+        if not active:
+            return
+        self.total_steps, self.examples_per_step, self.steps_per_epoch = total_steps, examples_per_step, steps_per_epoch
+        self.bar = bar
+        self.started, self.first_step, self.step_now = self.clock(), progress.step, progress.step
+        self.every = max(1, math.ceil(total_steps / self.curve_points))
+        self.sums, self.count = {}, 0
+        interval = heartbeat_seconds()
+        self.heartbeat = None if live or interval <= 0 else interval
+        self.next_beat = self.started + (self.heartbeat or 0)
+        if self.trackers is not None:
+            self.trackers.start()
+        line = f"  {self.name}: {total_steps} steps of {examples_per_step} examples, precision {precision}"
+        if self.run is not None:
+            k, n = self.run.begin(self.name)
+            line = f"[model {k} of {n}] {line.strip()}"
+            left = self._run_left()
+            line += f"; about {duration(left)} left for the run" if left is not None else ""
+        log_line(line, bar)
+
+    def step(self, progress, loss: float, parts: dict, lr: float) -> None:
+        """After each step: accumulate the window, record a curve point at its end, print a line
+        when one is due."""
+        if not self.active:
+            return
+        self.step_now = progress.step
+        for key, value in parts.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value.detach().float()
+        self.sums["loss"] = self.sums.get("loss", 0.0) + loss
+        self.count += 1
+        if progress.step % self.every == 0 or progress.step >= self.total_steps:
+            point = {key: float(value) / self.count for key, value in self.sums.items()}
+            record = {"step": progress.step, "epoch": round(progress.step / self.steps_per_epoch, 3),
+                      "loss": point.pop("loss"), "parts": point, "lr": float(lr)}
+            progress.curve.append(record)
+            self.sums, self.count = {}, 0
+            if self.trackers is not None:
+                values = {"train/loss": record["loss"], "train/lr": record["lr"], "train/epoch": record["epoch"]}
+                values.update({f"train/{key}": value for key, value in record["parts"].items()})
+                self.trackers.log(values, step=progress.step)
+        if self.heartbeat is not None and self.clock() >= self.next_beat:
+            self.next_beat = self.clock() + self.heartbeat
+            log_line(self.status(progress), self.bar)
+
+    def evaluated(self, progress, score: float) -> None:
+        if self.active and self.trackers is not None:
+            self.trackers.log({"dev/score": float(score)}, step=progress.step)
+
+    # --- what is printed ----------------------------------------------------------------------
+
+    def _steps_per_second(self) -> float | None:
+        seconds, done = self.clock() - self.started, self.step_now - self.first_step
+        return done / seconds if done > 0 and seconds > 0 else None
+
+    def _model_left(self) -> float | None:
+        speed = self._steps_per_second()
+        return (self.total_steps - self.step_now) / speed if speed else None
+
+    def _run_left(self) -> float | None:
+        """Seconds left for the run: this model's remainder at its own speed (at the run's before it
+        has one), plus the later models' work at the run's speed; None while nothing is measured."""
+        model_left = self._model_left()
+        if self.run is None:
+            return model_left
+        examples = self.run.examples + (self.step_now - self.first_step) * self.examples_per_step
+        seconds = self.run.seconds + (self.clock() - self.started)
+        run_speed = examples / seconds if examples > 0 and seconds > 0 else None
+        if model_left is None and run_speed:
+            model_left = (self.total_steps - self.step_now) * self.examples_per_step / run_speed
+        later = self.run.work_after(self.name)
+        if later == 0:
+            return model_left
+        return None if not run_speed else (model_left or 0.0) + later / run_speed
+
+    def status(self, progress) -> str:
+        """One line: where this model is and how long it and the run have left."""
+        step = progress.step
+        line = (f"  {self.name}: step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%), "
+                f"epoch {step / self.steps_per_epoch:.2f}, loss {progress.running:.4f}")
+        speed = self._steps_per_second()
+        if speed:
+            line += f", {speed:.2f} steps/s, about {duration(self._model_left())} left for this model"
+        if self.run is not None:
+            names = self.run.names()
+            k = names.index(self.name) + 1 if self.name in names else len(names)
+            left = self._run_left()
+            line += f"; model {k} of {len(names)}" + (f", about {duration(left)} left for the run" if left is not None else "")
+        return line
+
+    # --- the model's end ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """The model is done (or failed): close the trackers, add what was measured to the run."""
+        if self.trackers is not None:
+            self.trackers.finish()
+        if self.active and self.run is not None:
+            self.run.end(self.name, (self.step_now - self.first_step) * self.examples_per_step,
+                         self.clock() - self.started)
+        self.active = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

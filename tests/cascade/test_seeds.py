@@ -1,0 +1,47 @@
+"""`cascade-kd run RECIPE --seeds ...` (cascade/seeds.py): one RUN_DIR per seed, resumable, and the
+aggregate report; an occupied --out is refused as for a single run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from tests.helpers import TINY_RUN_RECIPE
+
+SEEDS_RECIPE = TINY_RUN_RECIPE.replace("max_train_per_language: 200", "max_train_per_language: 48").replace(
+    "max_eval_per_language: 40", "max_eval_per_language: 16").replace("train: {epochs: 5, lr: 4.0e-3}", "train: {epochs: 1, lr: 4.0e-3}").replace(
+    "    - {name: student, student: {layers: 1}}\n  direct: false",
+    "    - {name: ta, student: {layers: 2}}\n    - {name: student, student: {layers: 1}}\n  direct: true").replace(
+    "num_hidden_layers: 2", "num_hidden_layers: 3")
+
+
+def test_seeds_run_once_each_resume_and_aggregate(demo_workspace, tmp_path, capsys):
+    from cascade_kd.cli.app import main
+
+    for name in ("data", "tokenizer"):
+        shutil.copytree(demo_workspace / name, tmp_path / name)
+    assert SEEDS_RECIPE.count("direct: true") == 1 and "max_train_per_language: 48" in SEEDS_RECIPE
+    (tmp_path / "recipe.yaml").write_text(SEEDS_RECIPE)
+    out = tmp_path / "seeds"
+    args = ["run", str(tmp_path / "recipe.yaml"), "--out", str(out), "--seeds", "3", "7"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "seed 3 (1 of 2)" in printed and "seed 7 (2 of 2)" in printed
+    for seed in (3, 7):
+        manifest = json.loads((out / f"seed{seed}" / "manifest.json").read_text())
+        assert manifest["seed"] == seed and (out / f"seed{seed}" / "report.html").is_file()
+    aggregate = json.loads((out / "aggregate.json").read_text())
+    assert aggregate["variants"][0]["seeds"] == [3, 7] and aggregate["variants"][0]["runs"][0]["path"] == "seed3"
+    (pair,) = aggregate["pairs"]
+    assert pair["what"].startswith("cascade against direct") and list(pair["average"]["per_seed"]) == ["3", "7"]
+    assert (out / "report.html").is_file() and "mean ± sample standard deviation" in (out / "report.md").read_text()
+
+    assert main(args) == 2  # an occupied --out, as for a single run
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0  # both seeds finished: nothing is trained again
+    printed = capsys.readouterr().out
+    assert "seed 3 (1 of 2): already finished" in printed and "seed 7 (2 of 2): already finished" in printed
+    assert main(["run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "data"), "--seeds", "0"]) == 2
+    assert "not a multi-seed run" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "x"), "--seeds", "1", "1"]) == 2
+    assert "twice" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""Comparisons of finished runs (evaluation/compare.py, `cascade-kd compare`, `cascade-kd report`):
+seeds of one recipe become one variant with mean ± sd, pairs are matched by seed and count wins;
+bad input is one line and exit code 2. Runs are written by hand here (metrics.json, manifest.json):
+what is compared is the arithmetic, not training."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from pathlib import Path
+
+import pytest
+
+from cascade_kd.errors import UserError
+from cascade_kd.evaluation.compare import compare_runs
+
+LANGS = ["en", "de", "ar"]
+
+
+def fake_run(root: Path, seed: int, *, lr: float = 1e-3, languages=LANGS, metric="f1", name="demo", rng=None) -> Path:
+    """A finished run's files with random scores: teacher, student, direct."""
+    rng = rng or random.Random(f"{seed}-{lr}")
+    run = root / f"{name}-lr{lr}-seed{seed}"
+    teacher = {lang: 0.8 + 0.1 * rng.random() for lang in languages}
+    rows = []
+    for model, role in (("teacher", "teacher"), ("student", "student"), ("direct", "direct")):
+        scores = teacher if role == "teacher" else {lang: teacher[lang] - 0.2 * rng.random() for lang in languages}
+        rows.append({"name": model, "role": role, "path": "teacher" if role == "teacher" else f"stages/{model}",
+                     "per_language": scores, "average": sum(scores.values()) / len(scores),
+                     "retention_per_language": {l: scores[l] / teacher[l] for l in languages},
+                     "params_total": 1000 if role == "teacher" else 400, "params_embedding": 100})
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"name": name, "task": "token", "metric": metric, "split": "test",
+                                                  "languages": languages, "models": rows}))
+    recipe = {"name": name, "seed": seed, "train": {"lr": lr}, "cascade": {"stages": [{"name": "student"}]}}
+    (run / "manifest.json").write_text(json.dumps({"seed": seed, "recipe": recipe, "recipe_fingerprint": "x"}))
+    return run
+
+
+def test_seeds_of_one_recipe_are_one_variant_with_mean_sd_and_seed_matched_wins(tmp_path):
+    runs = [fake_run(tmp_path, s) for s in (0, 1, 2)]
+    agg = compare_runs(runs, tmp_path / "out")
+    assert len(agg["variants"]) == 1 and agg["variants"][0]["seeds"] == [0, 1, 2]
+    metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    student = next(m for m in agg["variants"][0]["models"] if m["name"] == "student")
+    for lang in LANGS:
+        values = [next(r for r in m["models"] if r["name"] == "student")["per_language"][lang] for m in metrics]
+        assert student["per_language"][lang]["mean"] == pytest.approx(statistics.fmean(values))
+        assert student["per_language"][lang]["sd"] == pytest.approx(statistics.stdev(values))
+    (pair,) = agg["pairs"]
+    diffs = [100 * (next(r for r in m["models"] if r["role"] == "student")["average"]
+                    - next(r for r in m["models"] if r["role"] == "direct")["average"]) for m in metrics]
+    assert list(pair["average"]["per_seed"].values()) == pytest.approx(diffs)
+    assert pair["average"]["mean"] == pytest.approx(statistics.fmean(diffs))
+    assert pair["average"]["a_wins"] == sum(d > 0 for d in diffs) and pair["average"]["b_wins"] == sum(d < 0 for d in diffs)
+    written = json.loads((tmp_path / "out" / "aggregate.json").read_text())
+    assert written["pairs"][0]["average"]["per_seed"] == pytest.approx(pair["average"]["per_seed"])
+    assert "± " in (tmp_path / "out" / "report.md").read_text()
+    assert (tmp_path / "out" / "report.html").read_text().count("data:image/svg+xml;base64,") >= 3
+
+
+def test_two_recipes_that_differ_in_one_choice_are_compared_seed_by_seed(tmp_path):
+    a = [fake_run(tmp_path, s, lr=1e-3) for s in (0, 1)]
+    b = [fake_run(tmp_path, s, lr=5e-4) for s in (1, 2)]
+    agg = compare_runs(a + b)
+    assert [len(v["runs"]) for v in agg["variants"]] == [2, 2]
+    assert agg["variants"][1]["differs_from_first_in"] == ["train.lr"]
+    across = next(p for p in agg["pairs"] if p["what"].endswith(": student") and "against" in p["what"])
+    assert across["seeds"] == [1]  # matched by seed: only seed 1 is in both
+    assert across["average"]["n"] == 1 and across["average"]["sd"] is None
+
+
+def test_a_pair_without_retention_has_no_retention_difference(tmp_path):
+    runs = [fake_run(tmp_path, s) for s in (0, 1)]
+    for run in runs:  # a teacher that scored 0: no retention anywhere
+        metrics = json.loads((run / "metrics.json").read_text())
+        for row in metrics["models"]:
+            row["retention_per_language"] = {lang: None for lang in LANGS}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    (pair,) = compare_runs(runs)["pairs"]
+    assert pair["retention"]["mean"] is None and pair["retention"]["per_seed"] == {"0": None, "1": None}
+    assert pair["average"]["n"] == 2 and pair["retention"]["a_wins"] == 0
+
+
+def test_only_shared_languages_are_compared_and_bad_input_is_one_line(tmp_path, capsys):
+    from cascade_kd.cli.app import main
+
+    wide = fake_run(tmp_path, 0, languages=["en", "de", "ar", "sw"])
+    narrow = fake_run(tmp_path, 1, languages=["en", "de", "ar"])
+    agg = compare_runs([wide, narrow])
+    assert agg["languages"] == LANGS and agg["languages_left_out"] == ["sw"]
+
+    def one_line(*argv):
+        rc = main(list(argv))
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        return err
+
+    other = fake_run(tmp_path, 2, languages=["fi"], name="other")
+    assert "share no language" in one_line("compare", str(wide), str(other), "--out", str(tmp_path / "o1"))
+    acc = fake_run(tmp_path, 3, metric="accuracy", name="acc")
+    assert "do not share a metric" in one_line("compare", str(wide), str(acc), "--out", str(tmp_path / "o2"))
+    assert "no such run directory" in one_line("compare", str(wide), str(tmp_path / "nope"), "--out", str(tmp_path / "o3"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metrics.json").write_text("{not json")
+    assert "cannot read metrics.json" in one_line("compare", str(wide), str(tmp_path / "broken"), "--out", str(tmp_path / "o4"))
+    assert "run directory" in one_line("compare", str(wide), str(narrow), "--out", str(wide))  # never over a run's report
+    assert "no such run directory" in one_line("report", str(tmp_path / "nope"))
+    assert "cannot read metrics.json" in one_line("report", str(tmp_path / "broken"))
+    with pytest.raises(UserError):
+        compare_runs([])
+
+
+def test_report_rebuilds_a_comparison_from_its_directory(tmp_path, capsys):
+    from cascade_kd.cli.app import main
+
+    runs = [fake_run(tmp_path, s) for s in (0, 1)]
+    assert main(["compare", *map(str, runs), "--out", str(tmp_path / "cmp")]) == 0
+    before = json.loads((tmp_path / "cmp" / "aggregate.json").read_text())
+    assert before["variants"][0]["runs"][0]["path"].startswith("..")  # relative: the folder can move with its runs
+    (tmp_path / "cmp" / "report.html").unlink()
+    assert main(["report", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "report.html").is_file()
+    assert json.loads((tmp_path / "cmp" / "aggregate.json").read_text()) == before

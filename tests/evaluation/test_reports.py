@@ -1,0 +1,128 @@
+"""report.html and the model cards of a finished run (evaluation/html_report.py, model_card.py):
+self-contained, built from metrics.json, rebuilt by `cascade-kd report`; card metadata that the
+Hugging Face Hub's own parser reads and that matches metrics.json."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from cascade_kd.evaluation.model_card import iso_languages, render_model_card
+from cascade_kd.evaluation.run_files import read_run
+
+
+def _images(page: str) -> list[str]:
+    return re.findall(r'<img src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', page)
+
+
+def test_the_run_writes_a_self_contained_report_with_every_figure(cascade_run):
+    page = (cascade_run / "report.html").read_text(encoding="utf-8")
+    # nothing to fetch: every src is a data: URI, no stylesheet, script or font from elsewhere
+    assert all(src.startswith("data:") for src in re.findall(r'src="([^"]*)"', page))
+    assert not re.search(r"<script|<link|@import|url\(|https?://", page)
+    images = _images(page)
+    assert len(images) == 4  # cascade vs direct, retention heatmap, score vs size, training curves (no latency yet)
+    for data in images:
+        svg = ET.fromstring(base64.b64decode(data))
+        assert svg.tag.endswith("svg")
+    metrics = json.loads((cascade_run / "metrics.json").read_text())
+    for m in metrics["models"]:
+        assert f"<td>{m['name']}</td>" in page and f"{100 * m['average']:.1f}" in page
+    assert "No latency yet" in page and "cascade-kd bench" in page
+    assert "cascade-kd trim" in page  # 800-piece vocabulary, embeddings over half of each student
+    assert "cascade-kd trim" in (cascade_run / "report.md").read_text()
+    for model in ("teacher", "ta2", "student", "direct"):  # curves came with the markers and went to TensorBoard
+        marker = json.loads((cascade_run / read_run(cascade_run).model(model)["path"] / "stage.json").read_text())
+        assert marker["curve"] and marker["curve"][-1]["step"] == marker["steps"]
+        assert list((cascade_run / "logs" / model).glob("events.out.tfevents.*"))
+
+
+def test_model_cards_parse_as_the_hub_reads_them_and_match_metrics(cascade_run):
+    from huggingface_hub import ModelCard
+
+    metrics = json.loads((cascade_run / "metrics.json").read_text())
+    assert metrics["split"] == "test"
+    for row in metrics["models"]:
+        card = ModelCard.load(cascade_run / row["path"] / "README.md")
+        data = card.data
+        assert data.language == ["en", "ru"] and data.license == "unknown" and data.library_name == "transformers"
+        assert data.pipeline_tag == "token-classification" and "distillation" in data.tags
+        assert data.base_model is None  # a teacher trained from a config has no hub name
+        results = {(r.dataset_config, r.dataset_split): r for r in data.eval_results}
+        assert len(results) == 2 * len(metrics["languages"])  # one per language and split
+        for lang in metrics["languages"]:
+            assert results[(lang, "test")].metric_value == pytest.approx(100 * row["per_language"][lang], abs=0.006)
+            assert results[(lang, "dev")].metric_value == pytest.approx(100 * row["dev_per_language"][lang], abs=0.006)
+            assert results[(lang, "test")].metric_type == "f1"
+        text = card.text
+        assert "**Licence: unknown.**" in text and "## How to use" in text and "AutoModelForTokenClassification" in text
+        assert json.loads((cascade_run / "manifest.json").read_text())["recipe_fingerprint"] in text
+        if row["role"] != "teacher":
+            # the lowest retention; the lowest score where the teacher scored 0 (no retention)
+            kept, scores = row["retention_per_language"], row["per_language"]
+            by = kept if all(kept[lang] is not None for lang in kept) else scores
+            assert f"**Weakest languages:** {min(metrics['languages'], key=by.__getitem__)} " in text
+    student = (cascade_run / "stages" / "student" / "README.md").read_text()
+    assert "teacher -> ta2 -> student" in student and "`kl` x 1" in student
+
+
+def test_cascade_kd_report_rebuilds_html_and_cards(cascade_run, tmp_path):
+    from cascade_kd.cli.app import main
+
+    copy = tmp_path / "run"
+    shutil.copytree(cascade_run, copy)
+    before = (copy / "report.html").read_text()
+    (copy / "report.html").unlink()
+    (copy / "stages" / "ta2" / "README.md").unlink()
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "report.html").read_text() == before.replace(str(cascade_run), str(copy))  # same data, same page
+    card = (copy / "stages" / "ta2" / "README.md").read_text()
+    from cascade_kd.errors import UserError
+    from cascade_kd.evaluation.model_card import write_model_card
+
+    assert write_model_card(copy, "ta2").read_text() == card
+    with pytest.raises(UserError, match="no saved model 'ta9'"):
+        write_model_card(copy, "ta9")
+
+
+def test_latency_and_onnx_reach_the_report_and_the_card(cascade_run, tmp_path):
+    from cascade_kd.cli.app import main
+
+    copy = tmp_path / "run"
+    shutil.copytree(cascade_run, copy)
+    metrics = json.loads((copy / "metrics.json").read_text())
+    base = {"teacher": 4.0, "ta2": 3.0, "student": 2.0, "direct": 2.1}
+    metrics["latency"] = {"device": "cpu", "threads": 1, "repeats": 3, "input": "x", "models": [
+        {"name": n, "size_mb": 1.0, "latency_ms": {"fp32/b1/s32": v, "fp32/b1/s128": 2 * v},
+         "speedup_vs_teacher": {"fp32/b1/s32": 4.0 / v, "fp32/b1/s128": 4.0 / v}} for n, v in base.items()]}
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    (copy / "stages" / "student" / "onnx").mkdir()
+    (copy / "stages" / "student" / "onnx" / "model.onnx").write_bytes(b"")
+    assert main(["report", str(copy)]) == 0
+    page = (copy / "report.html").read_text()
+    assert len(_images(page)) == 5 and "No latency yet" not in page and "Latency table" in page
+    card = (copy / "stages" / "student" / "README.md").read_text()
+    assert "fp32/b1/s128 4.00 ms (2.0x the teacher's speed)" in card and "onnx/model.onnx" in card
+
+
+def test_card_metadata_of_a_hub_teacher_hub_data_and_flores_codes(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from tests.evaluation.test_compare import fake_run
+
+    run = fake_run(tmp_path, 0, languages=["eng_Latn", "zho_Hans", "zho_Hant", "x-klingon"])
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["recipe"].update(license="apache-2.0", teacher={"model": "bert-base-multilingual-cased"},
+                              data={"format": "hf", "hf": {"path": "Davlan/sib200"}})
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    files = read_run(run)
+    card = ModelCard(render_model_card(files, files.model("student")))
+    assert card.data.language == ["eng", "zho"] and card.data.license == "apache-2.0"
+    assert card.data.base_model == "bert-base-multilingual-cased" and card.data.datasets == ["Davlan/sib200"]
+    assert "x-klingon" in card.text and "Licence: apache-2.0" in card.text
+    assert iso_languages(["en", "deu", "zho_Hans"]) == (["en", "deu", "zho"], [])
