@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from cascade_kd.config.schema import Recipe, StageConfig, StudentConfig, where
 from cascade_kd.errors import RecipeError, UserError
+from cascade_kd.losses.registry import LOSSES, build_terms, teacher_logit_losses
 from cascade_kd.students import FAMILIES, family, student_config
 from cascade_kd.training.distributed import num_processes
-from cascade_kd.losses.registry import LOSSES, build_terms, teacher_logit_losses
 from cascade_kd.training.teacher_cache import CACHED_FEATURES
+from cascade_kd.training.trackers import missing_tracker
 
 # how messages name what a loss compares, where the feature's name is not enough
 FEATURE_WORDS = {"qkv": "query/key/value states"}
@@ -65,8 +66,6 @@ def check_cascade(recipe: Recipe, t_config) -> None:
 
 def check_trackers(recipe: Recipe) -> None:
     """Every tracker that a train section names (train.report_to) is installed."""
-    from cascade_kd.training.trackers import missing_tracker
-
     sections = [(("train",), recipe.train.model_dump())]
     sections += [(("teacher", "train"), recipe.teacher.train or {})]
     sections += [(("cascade", "stages", i, "train"), s.train or {}) for i, s in enumerate(recipe.cascade.stages)]

@@ -14,9 +14,12 @@ import json
 import shutil
 from pathlib import Path
 
+from cascade_kd.cascade.run import run_recipe
 from cascade_kd.config.schema import Recipe
 from cascade_kd.errors import UserError
+from cascade_kd.evaluation.compare import compare_runs
 from cascade_kd.fileio import atomic_write
+from cascade_kd.training.distributed import barrier, is_main
 
 SEEDS_FILE = "seeds.json"
 
@@ -65,10 +68,6 @@ def run_seeds(recipe: Recipe, out: str | Path, seeds: list[int], *, resume: bool
               say=print) -> dict:
     """Run `recipe` once per seed, each in OUT/seed<S>, then compare them (OUT/aggregate.json,
     report.md, report.html); returns the aggregate."""
-    from cascade_kd.cascade.run import run_recipe
-    from cascade_kd.evaluation.compare import compare_runs
-    from cascade_kd.training.distributed import barrier, is_main
-
     out = Path(out)
     if not seeds:
         raise UserError("--seeds needs at least one seed")

@@ -25,7 +25,13 @@ import os
 import statistics
 from pathlib import Path
 
+from cascade_kd.cascade.rundir import changed_keys
+from cascade_kd.config.schema import computing_part
 from cascade_kd.errors import UserError
+from cascade_kd.evaluation.compare_report import (
+    render_comparison_html,
+    render_comparison_md,
+)
 from cascade_kd.evaluation.run_files import RunFiles, read_json, read_run
 from cascade_kd.fileio import atomic_write
 
@@ -48,8 +54,6 @@ def _variant_key(run: RunFiles) -> str:
     name (and the presentation keys). A run without a manifest is a variant of its own."""
     if not run.recipe:
         return f"dir:{run.directory.resolve()}"
-    from cascade_kd.config.schema import computing_part
-
     data = computing_part(run.recipe)
     data.pop("seed", None)
     data.pop("name", None)
@@ -178,8 +182,6 @@ def group_dir(group: list[RunFiles]) -> str:
 
 
 def _differences_from(reference: RunFiles, run: RunFiles) -> list[str]:
-    from cascade_kd.cascade.rundir import changed_keys
-
     if not reference.recipe or not run.recipe:
         return []
     return [k for k in changed_keys(reference.recipe, run.recipe) if k not in ("seed", "name")]
@@ -251,11 +253,6 @@ def check_output_dir(out: Path) -> None:
 def write_comparison(aggregate: dict, out: str | Path) -> None:
     """aggregate.json, report.md and report.html in `out` (run paths stored relative to it, so the
     folder and its runs can move together)."""
-    from cascade_kd.evaluation.compare_report import (
-        render_comparison_html,
-        render_comparison_md,
-    )
-
     out = Path(out)
     check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,11 +7,13 @@ import math
 
 from cascade_kd.evaluation.html_report import (
     METRIC_NAMES,
+    _inline_code,
     esc,
     figure,
     markdown_table,
     page,
 )
+from cascade_kd.evaluation.plots import differences, grouped_scores, retention_heatmap
 
 
 def _finite(x) -> bool:
@@ -92,12 +94,6 @@ def render_comparison_md(aggregate: dict) -> str:
 
 
 def render_comparison_html(aggregate: dict) -> str:
-    from cascade_kd.evaluation.plots import (
-        differences,
-        grouped_scores,
-        retention_heatmap,
-    )
-
     langs = aggregate["languages"]
     metric = METRIC_NAMES.get(aggregate["metric"], aggregate["metric"])
     body = ["<h1>Comparison</h1>"]
@@ -146,6 +142,4 @@ def render_comparison_html(aggregate: dict) -> str:
 
 
 def _md_inline(text: str) -> str:
-    from cascade_kd.evaluation.html_report import _inline_code
-
     return _inline_code(text.removeprefix("- "))

@@ -16,11 +16,19 @@ import html
 import math
 from pathlib import Path
 
+from cascade_kd.deploy.bench import bench_table
 from cascade_kd.evaluation.findings import (
     embedding_notes,
     embedding_sentence,
     worst_languages,
 )
+from cascade_kd.evaluation.plots import (
+    differences,
+    retention_heatmap,
+    tradeoff,
+    training_curves,
+)
+from cascade_kd.evaluation.report import report_table
 from cascade_kd.evaluation.run_files import RunFiles, read_run
 from cascade_kd.fileio import atomic_write
 
@@ -144,8 +152,6 @@ def _provenance(run: RunFiles) -> list[str]:
 
 
 def _heatmap(metrics: dict) -> list[str]:
-    from cascade_kd.evaluation.plots import retention_heatmap
-
     rows = [m for m in metrics["models"] if m["role"] != "teacher" and m.get("retention_per_language")]
     if not rows:
         return []
@@ -171,8 +177,6 @@ def _latency_key(latency: dict) -> str | None:
 
 
 def _tradeoffs(metrics: dict) -> list[str]:
-    from cascade_kd.evaluation.plots import tradeoff
-
     label = f"average {metric_label(metrics)} (%)"
     out = ["<h2>Size, speed and score</h2>"]
     points = [{"name": m["name"], "role": m["role"], "x": m["params_total"], "y": 100 * m["average"]}
@@ -198,8 +202,6 @@ def _tradeoffs(metrics: dict) -> list[str]:
 
 
 def _cascade_vs_direct(metrics: dict) -> list[str]:
-    from cascade_kd.evaluation.plots import differences
-
     student = next((m for m in metrics["models"] if m["role"] == "student"), None)
     direct = next((m for m in metrics["models"] if m["role"] == "direct"), None)
     if not (student and direct):
@@ -219,8 +221,6 @@ def _cascade_vs_direct(metrics: dict) -> list[str]:
 
 
 def _curves(run: RunFiles) -> list[str]:
-    from cascade_kd.evaluation.plots import training_curves
-
     trained = [{"name": m["name"], "curve": run.markers.get(m["name"], {}).get("curve"),
                 "history": run.markers.get(m["name"], {}).get("history")} for m in run.models]
     trained = [t for t in trained if t["curve"] or t["history"]]
@@ -246,8 +246,6 @@ def _worst_languages(metrics: dict) -> list[str]:
 
 def render_run_html(run: RunFiles) -> str:
     """The page of one finished run."""
-    from cascade_kd.evaluation.report import report_table
-
     metrics = run.metrics
     body = [f"<h1>{esc(metrics['name'])}: cascade report</h1>",
             f"<p class=sub>{esc(metrics['task'])} task, {len(metrics['languages'])} languages, "
@@ -262,8 +260,6 @@ def render_run_html(run: RunFiles) -> str:
                                                     for m in cards) + ".</p>")
     body += _cascade_vs_direct(metrics) + _heatmap(metrics) + _worst_languages(metrics) + _tradeoffs(metrics)
     if metrics.get("latency"):
-        from cascade_kd.deploy.bench import bench_table
-
         body += ["<h3>Latency table</h3>", markdown_table(bench_table(metrics["latency"]))]
     body += _curves(run) + _provenance(run)
     return page(f"{metrics['name']}: cascade report", body)

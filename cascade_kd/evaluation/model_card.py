@@ -15,6 +15,7 @@ import math
 import re
 from pathlib import Path
 
+from cascade_kd.errors import UserError
 from cascade_kd.evaluation.findings import (
     embedding_notes,
     embedding_sentence,
@@ -333,8 +334,6 @@ def render_model_card(run: RunFiles, row: dict) -> str:
 def write_model_card(run_dir: str | Path, model: str) -> Path:
     """Write README.md into the directory of one saved model of a finished run (by its name in
     metrics.json: teacher, a stage's name, direct); returns its path."""
-    from cascade_kd.errors import UserError
-
     run = read_run(run_dir)
     row = run.model(model)
     if row is None or not run.model_dir(row).is_dir():

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from cascade_kd.deploy.bench import bench_table, tokenization_line
+from cascade_kd.evaluation.findings import embedding_notes, embedding_sentence
 from cascade_kd.evaluation.retrieval import markdown_table
 from cascade_kd.fileio import atomic_write
 
@@ -87,8 +88,6 @@ def render_report(metrics: dict, run_dir: Path | None = None) -> str:
         "",
     ]
     if run_dir is not None:
-        from cascade_kd.evaluation.findings import embedding_notes, embedding_sentence
-
         parts += [embedding_sentence(note) + "\n" for note in embedding_notes(run_dir, metrics)]
     timed = [m for m in metrics["models"] if m.get("wall_time_s")]
     if timed:
