@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import shutil
 
-from tests.helpers import TINY_RUN_RECIPE
+import yaml
 
-SEEDS_RECIPE = TINY_RUN_RECIPE.replace("max_train_per_language: 200", "max_train_per_language: 48").replace(
-    "max_eval_per_language: 40", "max_eval_per_language: 16").replace("train: {epochs: 5, lr: 4.0e-3}", "train: {epochs: 1, lr: 4.0e-3}").replace(
-    "    - {name: student, student: {layers: 1}}\n  direct: false",
-    "    - {name: ta, student: {layers: 2}}\n    - {name: student, student: {layers: 1}}\n  direct: true").replace(
-    "num_hidden_layers: 2", "num_hidden_layers: 3")
+from tests.helpers import tiny_recipe
+
+# a 3-layer teacher, a 2-layer assistant, a 1-layer student and the direct baseline, small and quick
+SEEDS_RECIPE = yaml.safe_dump(tiny_recipe(
+    name="tiny-run", data={"test": None, "max_train_per_language": 48, "max_eval_per_language": 16},
+    teacher={"config": {"num_hidden_layers": 3}, "train": {"epochs": 1}},
+    cascade={"stages": [{"name": "ta", "student": {"layers": 2}}, {"name": "student", "student": {"layers": 1}}],
+             "direct": True}), sort_keys=False)
 
 
 def test_seeds_run_once_each_resume_and_aggregate(demo_workspace, tmp_path, capsys):
