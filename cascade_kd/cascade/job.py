@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cascade_kd.cascade.plan import check_cascade, check_processes
+from cascade_kd.cascade.plan import check_cascade, check_processes, check_teacher
 from cascade_kd.config.schema import Recipe, where
 from cascade_kd.data.encode import IGNORE, Encoded, encode
 from cascade_kd.data.masking import Masker, masker_for
@@ -14,7 +15,7 @@ from cascade_kd.data.task import TaskData, load_task_data
 from cascade_kd.errors import RecipeError
 from cascade_kd.evaluation.scoring import evaluate_languages
 from cascade_kd.students.anatomy import position_offset
-from cascade_kd.students.hub import config_labels, load_tokenizer
+from cascade_kd.students.hub import config_from_spec, config_labels, first_line, load_tokenizer
 from cascade_kd.training.loop import resolve_precision
 
 
@@ -78,10 +79,11 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     data = load_task_data(recipe)
     if "dev" not in data.splits:
         raise RecipeError("no dev data: models are selected on dev", where=where(recipe, "data", "dev"))
-    t_config = _teacher_config(recipe)
+    t_config = _teacher_config(recipe, data, tokenizer)
     checkpoint_labels = config_labels(t_config) if teacher_cfg.model is not None else []
     if checkpoint_labels and set(checkpoint_labels) == set(data.labels):
         data.labels = checkpoint_labels  # a fine-tuned teacher's head: keep its label order
+    check_teacher(recipe, t_config, data.task)  # builds on the meta device, fits in memory
     _check_positions(recipe, t_config)
     check_cascade(recipe, t_config)
     check_processes(recipe)
@@ -110,25 +112,49 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
                 per_lang[lang] = (examples, masker.mask_encoded(items, f"{split}:{lang}")
                                   if split != "train" or recipe.task.masking == "static"
                                   else [Encoded(x.input_ids, x.token_type_ids, [IGNORE] * len(x)) for x in items])
-    return Job(recipe, out, tokenizer, data, encoded, say, encoded_per_language(data.transfer), masker)
+    job = Job(recipe, out, tokenizer, data, encoded, say, encoded_per_language(data.transfer), masker)
+    check_batches(job, t_config)
+    return job
 
 
-def _teacher_config(recipe: Recipe):
-    """The teacher's config, read without loading weights."""
+def _teacher_config(recipe: Recipe, data: TaskData, tokenizer):
+    """The teacher's config, read without loading weights: from teacher.config (with the
+    tokenizer's vocabulary and the task's labels), or from the checkpoint's config.json."""
     from transformers import AutoConfig
 
     t = recipe.teacher
     if t.config is not None:
-        spec = dict(t.config)
-        try:
-            return AutoConfig.for_model(spec.pop("model_type"), **spec)
-        except (ValueError, TypeError) as exc:
-            raise RecipeError(f"invalid teacher.config: {exc}", where=where(recipe, "teacher", "config")) from None
+        return config_from_spec(t.config, data.task, data.labels, len(tokenizer), tokenizer.pad_token_id,
+                                where=lambda key=None: where(recipe, "teacher", "config", *([key] if key else [])))
     try:
         return AutoConfig.from_pretrained(recipe.model_path(t.model), trust_remote_code=t.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise RecipeError(f"cannot load the teacher {t.model!r}: {str(exc).splitlines()[0]}",
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, a strict config field: the checkpoint's config
+        raise RecipeError(f"cannot load the teacher {t.model!r}: {first_line(exc)}",
                           where=where(recipe, "teacher", "model")) from None
+
+
+def check_batches(job: Job, t_config) -> None:
+    """Every model that trains takes at least one optimiser step: grad_accum accumulates no more
+    batches than its whole training has (the engine would otherwise have nothing to step on)."""
+    recipe = job.recipe
+    t = recipe.teacher
+    sections = []
+    if (t.config is not None and t.finetune != "never") or (t.model is not None and t.finetune == "always"):
+        sections.append(("teacher.train", ("teacher", "train"), t.train, False))
+    for i, stage in enumerate(recipe.cascade.stages):
+        transfer = bool(job.transfer) and any(n != "ce" and c.weight > 0 for n, c in recipe.stage_losses(stage).items())
+        sections.append((f"cascade.stages[{i}].train", ("cascade", "stages", i, "train"), stage.train, transfer))
+    for dotted, keys, overrides, transfer in sections:
+        cfg = recipe.train_for(overrides, dotted)
+        examples = len(job.training_data(transfer)[0])
+        batches = math.ceil(cfg.epochs * math.ceil(examples / cfg.batch_size))
+        if cfg.grad_accum > batches:
+            own = overrides and "grad_accum" in overrides
+            raise RecipeError(
+                f"grad_accum {cfg.grad_accum} accumulates more batches than the whole training has ({cfg.epochs:g} "
+                f"epoch(s) of {math.ceil(examples / cfg.batch_size)} batch(es) of {cfg.batch_size}, {examples} examples): "
+                "no optimiser step would be taken", where=where(recipe, *(keys if own else ("train",)), "grad_accum"),
+                hint=f"use grad_accum <= {batches}, or a smaller batch_size")
 
 
 def _check_positions(recipe: Recipe, config) -> None:

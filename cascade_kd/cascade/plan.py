@@ -5,14 +5,20 @@ from __future__ import annotations
 
 from cascade_kd.config.schema import Recipe, StageConfig, StudentConfig, where
 from cascade_kd.errors import RecipeError, UserError
+from cascade_kd.losses.layer_maps import check_layer_names
 from cascade_kd.students import FAMILIES, family, family_of, student_config
+from cascade_kd.students.anatomy import ffn_attr
+from cascade_kd.students.hub import device_memory, model_on_meta, training_bytes
 from cascade_kd.training.distributed import num_processes
-from cascade_kd.training.loop import LOGIT_LOSSES, build_loss_terms
+from cascade_kd.training.loop import ATTENTION_LOSSES, HIDDEN_LOSSES, LOGIT_LOSSES, RELATION_LOSSES, build_loss_terms
+
+LAYER_LOSSES = set(HIDDEN_LOSSES) | set(ATTENTION_LOSSES) | set(RELATION_LOSSES)
 
 
 def check_cascade(recipe: Recipe, t_config) -> None:
     """Build every student's config from its teacher's (all shape checks of build_student), and
     every stage's loss terms (layer maps in range, head counts compatible), from configs alone."""
+    _check_layer_maps(recipe)
     config = t_config  # the previous model of the chain
     stages = recipe.cascade.stages
     for i, stage in enumerate(stages):
@@ -52,6 +58,52 @@ def check_cascade(recipe: Recipe, t_config) -> None:
         direct, _, _ = student_config(t_config, spec, where=where(recipe, "cascade", "direct"))
         _check_losses(recipe, len(stages) - 1, t_config, direct, "the direct baseline")
     recipe.train_for(recipe.teacher.train, "teacher.train")  # else read only when the teacher trains
+
+
+def check_teacher(recipe: Recipe, t_config, task: str) -> None:
+    """The teacher's config builds a model for this task, and that model fits in memory: built on
+    the meta device (structure and parameter count, no weights), after a rough count from the
+    config's sizes so that absurd sizes are refused before anything is built."""
+    t = recipe.teacher
+    at = where(recipe, "teacher", "config" if t.config is not None else "model")
+    trains = t.finetune != "never"
+    have, memory = device_memory()
+
+    def refuse(parameters: int, about: str = "") -> None:
+        need = training_bytes(parameters, trains=trains)
+        if need > have:
+            raise RecipeError(
+                f"the teacher has {about}{parameters / 1e6:,.0f}M parameters: "
+                + ("training it needs" if trains else "holding it needs")
+                + f" {about}{need / 2**30:,.0f} GiB ({'weights, gradients and two AdamW moments' if trains else 'weights'}"
+                f" in fp32, before activations), more than this machine's {have / 2**30:,.0f} GiB of {memory}",
+                where=at, hint="use smaller sizes (num_hidden_layers, hidden_size, intermediate_size, vocab_size)")
+
+    sizes = [getattr(t_config, k, None) for k in ("num_hidden_layers", "hidden_size", "vocab_size")]
+    if all(isinstance(v, int) and v > 0 for v in sizes):
+        layers, hidden, vocab = sizes
+        ffn = getattr(t_config, ffn_attr(t_config), None)
+        ffn = ffn if isinstance(ffn, int) and ffn > 0 else 4 * hidden
+        refuse(vocab * hidden + layers * (4 * hidden * hidden + 2 * hidden * ffn), "about ")
+    model = model_on_meta(t_config, task, where=at)
+    refuse(sum(p.numel() for p in model.parameters()))
+
+
+def _check_layer_maps(recipe: Recipe) -> None:
+    """A layer map belongs to a loss that compares layers, and names layers the numbering knows,
+    in every loss section (also one no stage uses, and a loss of weight 0)."""
+    sections = [(("cascade",), recipe.cascade.losses)]
+    sections += [(("cascade", "stages", i), stage.losses) for i, stage in enumerate(recipe.cascade.stages) if stage.losses]
+    for section, losses in sections:
+        for name, cfg in (losses or {}).items():
+            if "layer_map" not in cfg.model_fields_set:
+                continue
+            at = where(recipe, *section, "losses", name, "layer_map")
+            if name not in LAYER_LOSSES:
+                raise RecipeError(f"{name} compares {'labels' if name == 'ce' else 'logits'}, not layers: a layer_map "
+                                  "does not apply to it", where=at,
+                                  hint="remove layer_map here, or put it on a hidden-state, attention or relation loss")
+            check_layer_names(cfg.layer_map, where=at)
 
 
 def _cache_key_where(recipe: Recipe, i: int) -> str:

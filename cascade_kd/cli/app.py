@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -144,9 +145,13 @@ def _cmd_bench(args) -> None:
     from cascade_kd.deploy.bench import bench_run, bench_table
     from cascade_kd.evaluation.report import write_outputs
 
+    from cascade_kd.cascade.rundir import is_run
+    from cascade_kd.cascade.run import read_metrics
+
     path = args.run_dir / "metrics.json"
-    if not path.is_file():
+    if not path.is_file() or not is_run(args.run_dir):  # bench adds its table to the run's own report
         raise UserError("no metrics.json: not a finished cascade-kd run", where=str(args.run_dir))
+    read_metrics(path)  # a damaged metrics.json: one line, before any timing
     result = bench_run(args.run_dir, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens, repeats=args.repeats,
                        backends=args.backends, say=_say)
     metrics = json.loads(path.read_text())
@@ -199,16 +204,48 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # our own progress lines say what is happening
     handler = {"run": _cmd_run, "demo": _cmd_demo, "eval": _cmd_eval, "bench": _cmd_bench, "export": _cmd_export,
                "trim": _cmd_trim, "pretrain": _cmd_pretrain}[args.command]
+    previous = _terminate_as_interrupt()
     try:
         handler(args)
     except UserError as err:
         rank = os.environ.get("RANK", "0")  # under a launcher, say which process failed
         print(f"error{'' if rank == '0' else f' (process {rank})'}: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished models are kept; continue with --resume", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        print(f"{'terminated' if isinstance(stop, Terminated) else 'interrupted'}: finished models are kept; "
+              "continue with --resume", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
+    except OSError as exc:  # a write that no check could foresee: the disk filled, the location went read-only
+        from cascade_kd.fileio import output_problem
+
+        if output_problem(exc) is None:
+            raise
+        print(f"error: {output_problem(exc)}{f': {exc.filename}' if exc.filename else ''} (free some space or choose "
+              "another location, then run the command again; a run continues with --resume)", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is (like KeyboardInterrupt for SIGINT), so that every
+    atomic write in progress cleans up and the same 'continue with --resume' line is printed."""
+
+
+def _terminate_as_interrupt():
+    """Turn SIGTERM into `Terminated` (in the main thread, when nobody else handles it); returns
+    the handler to restore, or None."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 if __name__ == "__main__":

@@ -58,9 +58,10 @@ from cascade_kd.data.task import load_task_data
 from cascade_kd.deploy.export import find_run_dir, model_task
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.scoring import evaluate_languages
-from cascade_kd.fileio import atomic_write
+from cascade_kd.fileio import atomic_directory
+from cascade_kd.outdir import MARKER, check_output, foreign_entries, make_marker
 from cascade_kd.students import count_parameters
-from cascade_kd.students.hub import config_labels, load_checkpoint, save_checkpoint
+from cascade_kd.students.hub import CHECKPOINT_FILE, config_labels, load_checkpoint
 
 TRIM_INFO = "trim.json"
 DEFAULT_MAX_UNK_INCREASE = 1.0  # percentage points of held-out pieces that become [UNK]
@@ -322,8 +323,10 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     model_dir = Path(model_dir)
     task = model_task(model_dir)  # a saved model, or a UserError that says what is missing
     out = Path(out) if out is not None else model_dir / "trimmed"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError("a trimmed model already exists there", where=str(out), hint="give --overwrite, or another --out")
+    # a new or empty folder, or an earlier trim (replaced with --overwrite, its own files only)
+    found = check_output(out, "trim", overwrite=overwrite, inputs={"model directory": model_dir},
+                         legacy=_legacy_trim, exists_message="a trimmed model already exists there")
+    out = found.path
     if min_count < 1:
         raise UserError(f"--min-count must be at least 1, not {min_count}")
     if recipe_path is None:
@@ -371,14 +374,32 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     if strict and report["warnings"]:
         raise UserError(f"trimming hurts {len(report['warnings'])} chosen language(s): {report['warnings'][0]}; "
                         "nothing written", where=str(model_dir), hint="choose more languages, or drop --strict")
-    save_checkpoint(new_model, new_tokenizer, out)
     before = (model_dir / "model.safetensors").stat().st_size
-    after = (out / "model.safetensors").stat().st_size
-    report.update(size_mb_before=before / 2**20, size_mb_after=after / 2**20, size_saved_share=1 - after / before)
-    atomic_write(out / TRIM_INFO, json.dumps(report, indent=2, ensure_ascii=False))
+    # model, tokenizer, trim.json and the marker in one atomic directory: all or nothing is written
+    with atomic_directory(out, keep=foreign_entries(found, _trim_file) if found.ours else ()) as tmp:
+        new_model.config.architectures = [type(new_model).__name__]
+        new_model.save_pretrained(tmp, safe_serialization=True)
+        new_tokenizer.save_pretrained(tmp)
+        after = (tmp / "model.safetensors").stat().st_size
+        report.update(size_mb_before=before / 2**20, size_mb_after=after / 2**20, size_saved_share=1 - after / before)
+        (tmp / TRIM_INFO).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        (tmp / MARKER).write_text(json.dumps(make_marker("trim", [p.name for p in tmp.iterdir()]), indent=2))
     say(f"trim: model.safetensors {before / 2**20:.2f} MB -> {after / 2**20:.2f} MB; written {out}"
         + (f"; {len(report['warnings'])} WARNING(S) above" if report["warnings"] else ""))
     return report
+
+
+def _trim_file(name: str) -> bool:
+    """A file a trim writes (to recognise a trim made before markers)."""
+    return name == TRIM_INFO or bool(CHECKPOINT_FILE.match(name))
+
+
+def _legacy_trim(path: Path) -> bool:
+    """A trimmed model written before markers: its trim.json (with the vocabulary sizes) is there."""
+    try:
+        return "vocab_after" in json.loads((path / TRIM_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, TypeError):
+        return False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

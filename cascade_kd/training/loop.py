@@ -20,6 +20,7 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from cascade_kd.training.state import (
     Progress,
     changing_tensors,
     frozen_parameters,
+    DamagedState,
     has_state,
     load_state,
     restore,
@@ -459,8 +461,14 @@ def _train(
     # batch_size is the global batch: the same batches, in the same order, on any number of processes,
     # each split between the processes (see batch_share), so steps, schedule and checkpoints match
     per_epoch = math.ceil(len(train_data) / cfg.batch_size)
-    # whole optimiser steps: a trailing partial accumulation would never reach the optimiser
-    total_steps = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum)) * cfg.grad_accum
+    # whole optimiser steps within the epochs asked for: a trailing partial accumulation (fewer than
+    # grad_accum batches) would never reach the optimiser, and rounding up would train past the end
+    batches = math.ceil(cfg.epochs * per_epoch)
+    total_steps = batches // cfg.grad_accum * cfg.grad_accum
+    if total_steps == 0:
+        raise UserError(f"grad_accum {cfg.grad_accum} accumulates more batches than the whole training has "
+                        f"({cfg.epochs:g} epoch(s) of {per_epoch} batch(es) of {cfg.batch_size}): no optimiser step "
+                        "would be taken", where=desc, hint=f"use grad_accum <= {batches}, or a smaller batch_size")
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(
@@ -518,9 +526,20 @@ def _train(
         _log(None, f"  {desc}: {n_proc} process(es), global batch {cfg.batch_size}"
                    + (f" (about {cfg.batch_size // n_proc} per process)" if n_proc > 1 else "")
                    + f" x {cfg.grad_accum} accumulated = {cfg.batch_size * cfg.grad_accum} examples per optimiser step, "
-                   f"precision {cfg.precision if cfg.precision != 'auto' else accelerator.mixed_precision}, {total_steps} steps")
+                   f"precision {cfg.precision if cfg.precision != 'auto' else accelerator.mixed_precision}, {total_steps} steps"
+                   + (f" (the last {batches - total_steps} batch(es) would not complete an optimiser step: left out)"
+                      if batches > total_steps else ""))
+    resumed = False
     if has_state(state_dir):  # an interrupted stage: continue exactly where it stopped
-        progress, best_state = load_state(state_dir, unwrapped, optimizer, scheduler)
+        try:
+            progress, best_state = load_state(state_dir, unwrapped, optimizer, scheduler)
+            resumed = True
+        except DamagedState as err:  # nothing was restored: the stage starts afresh
+            accelerator.wait_for_everyone()  # every process has read it before it goes
+            if main:
+                _log(None, f"  {desc}: WARNING: the training state is damaged ({err}): the stage starts again")
+                shutil.rmtree(state_dir, ignore_errors=True)  # RUN_DIR/state/<stage>: the run's own working files
+    if resumed:
         if main:
             _log(None, f"  {desc}: resuming at step {progress.step}/{total_steps} (epoch {progress.epoch + 1})")
             if progress.processes != n_proc:
