@@ -27,12 +27,13 @@ import os
 import re
 import stat
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cascade_kd import __version__
 from cascade_kd.errors import OutputError, UserError
-from cascade_kd.fileio import atomic_write, read_input
+from cascade_kd.fileio import atomic_directory, atomic_write, read_input
 
 MARKER = ".cascade-kd.json"
 LOCK = ".cascade-kd.lock"
@@ -287,3 +288,14 @@ def _remove_tree(directory: Path, owns) -> list[Path]:
     if not any(directory.iterdir()):
         directory.rmdir()
     return kept
+
+
+@contextmanager
+def replace_output(found: Found, command: str, owned: Callable[[str], bool]):
+    """Write a command's output directory whole: yield a temporary directory to fill; on success
+    the command's marker (listing what was written) is added and the directory swapped in at once.
+    An earlier output's entries that its command did not write (`foreign_entries`) are carried over."""
+    keep = foreign_entries(found, owned) if found.ours else ()
+    with atomic_directory(found.path, keep=keep) as tmp:
+        yield tmp
+        (tmp / MARKER).write_text(json.dumps(make_marker(command, [p.name for p in tmp.iterdir()]), indent=2))

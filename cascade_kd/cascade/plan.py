@@ -96,8 +96,8 @@ def _check_layer_maps(recipe: Recipe) -> None:
     sections += [(("cascade", "stages", i), stage.losses) for i, stage in enumerate(recipe.cascade.stages) if stage.losses]
     for section, losses in sections:
         for name, cfg in (losses or {}).items():
-            if "layer_map" not in cfg.model_fields_set:
-                continue
+            if "layer_map" not in cfg.model_fields_set or cfg.layer_map == "top_only":
+                continue  # the default (a recipe as run, RUN_DIR/recipe.yaml, spells every default out)
             at = where(recipe, *section, "losses", name, "layer_map")
             if name not in LAYER_LOSSES:
                 raise RecipeError(f"{name} compares {'labels' if name == 'ce' else 'logits'}, not layers: a layer_map "

@@ -19,9 +19,11 @@ real position (every example for sequence tasks, every non-padding token for tok
   difference is reported, not bounded.
 A failed check is an error (exit code 2) and nothing is written.
 
-Output folder (default MODEL_DIR/onnx, written atomically; an existing one is replaced only with
-overwrite): model.onnx, model.int8.onnx (with int8), config.json and the tokenizer files (so the
-folder serves on its own), export.json (inputs, opset, check figures and tolerances).
+Output folder (default MODEL_DIR/onnx, written atomically; new or empty, or an earlier export, which
+is replaced only with overwrite and only in the files that export wrote, see cascade_kd/outdir.py;
+never the model directory itself): model.onnx, model.int8.onnx (with int8), config.json and the tokenizer files (so the
+folder serves on its own), export.json (inputs, opset, check figures and tolerances), .cascade-kd.json
+(the marker that proves cascade-kd wrote the folder).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from pathlib import Path
 from cascade_kd.config.schema import load_recipe
 from cascade_kd.data.task import _read_hub, _read_local
 from cascade_kd.errors import UserError
-from cascade_kd.fileio import atomic_directory, read_input
-from cascade_kd.outdir import MARKER, check_output, foreign_entries, make_marker
+from cascade_kd.fileio import read_input
+from cascade_kd.outdir import check_output, replace_output
 from cascade_kd.students.hub import CHECKPOINT_FILE, load_checkpoint
 
 FP32_ATOL = 1e-3  # max abs logit difference, ONNX fp32 vs PyTorch fp32
@@ -354,7 +356,7 @@ def export_model(
             "tolerance": {"fp32_max_abs_diff": FP32_ATOL, "fp32_near_tie_margin": 2 * FP32_ATOL,
                           "int8_min_agreement": int8_min_agreement}}
     references = reference_logits(model, batches)
-    with atomic_directory(out, keep=foreign_entries(found, _export_file) if found.ours else ()) as tmp:
+    with replace_output(found, "export", _export_file) as tmp:
         try:
             export_onnx(model, tmp / ONNX_NAME, names, task, example)
             fp32_session = session(tmp / ONNX_NAME)
@@ -388,7 +390,6 @@ def export_model(
             tokenizer.save_pretrained(tmp)
         info["seconds"] = time.perf_counter() - started
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=2), encoding="utf-8")
-        (tmp / MARKER).write_text(json.dumps(make_marker("export", [p.name for p in tmp.iterdir()]), indent=2))
     return info
 
 

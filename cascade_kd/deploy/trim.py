@@ -58,8 +58,7 @@ from cascade_kd.data.task import load_task_data
 from cascade_kd.deploy.export import find_run_dir, model_task
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.scoring import evaluate_languages
-from cascade_kd.fileio import atomic_directory
-from cascade_kd.outdir import MARKER, check_output, foreign_entries, make_marker
+from cascade_kd.outdir import check_output, replace_output
 from cascade_kd.students import count_parameters
 from cascade_kd.students.hub import CHECKPOINT_FILE, config_labels, load_checkpoint
 
@@ -376,14 +375,13 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
                         "nothing written", where=str(model_dir), hint="choose more languages, or drop --strict")
     before = (model_dir / "model.safetensors").stat().st_size
     # model, tokenizer, trim.json and the marker in one atomic directory: all or nothing is written
-    with atomic_directory(out, keep=foreign_entries(found, _trim_file) if found.ours else ()) as tmp:
+    with replace_output(found, "trim", _trim_file) as tmp:
         new_model.config.architectures = [type(new_model).__name__]
         new_model.save_pretrained(tmp, safe_serialization=True)
         new_tokenizer.save_pretrained(tmp)
         after = (tmp / "model.safetensors").stat().st_size
         report.update(size_mb_before=before / 2**20, size_mb_after=after / 2**20, size_saved_share=1 - after / before)
         (tmp / TRIM_INFO).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-        (tmp / MARKER).write_text(json.dumps(make_marker("trim", [p.name for p in tmp.iterdir()]), indent=2))
     say(f"trim: model.safetensors {before / 2**20:.2f} MB -> {after / 2**20:.2f} MB; written {out}"
         + (f"; {len(report['warnings'])} WARNING(S) above" if report["warnings"] else ""))
     return report
