@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from cascade_kd.data.task import TaskData, load_task_data
 from cascade_kd.errors import RecipeError
 from cascade_kd.evaluation.scoring import evaluate_languages
 from cascade_kd.students.anatomy import position_offset
-from cascade_kd.students.hub import config_from_spec, config_labels, first_line, load_tokenizer
+from cascade_kd.students.hub import config_from_spec, config_labels, first_line, load_tokenizer, refuse_damaged
 from cascade_kd.training.loop import resolve_precision
 
 
@@ -126,6 +127,8 @@ def _teacher_config(recipe: Recipe, data: TaskData, tokenizer):
     if t.config is not None:
         return config_from_spec(t.config, data.task, data.labels, len(tokenizer), tokenizer.pad_token_id,
                                 where=lambda key=None: where(recipe, "teacher", "config", *([key] if key else [])))
+    if os.path.isdir(recipe.model_path(t.model)):  # damaged or pickled weights: said now, not after RUN_DIR is made
+        refuse_damaged(Path(recipe.model_path(t.model)), where(recipe, "teacher", "model"), RecipeError)
     try:
         return AutoConfig.from_pretrained(recipe.model_path(t.model), trust_remote_code=t.trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, a strict config field: the checkpoint's config

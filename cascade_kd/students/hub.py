@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -63,7 +64,9 @@ def safetensors_problem(path: Path) -> str | None:
         size = path.stat().st_size
         with open(path, "rb") as handle:
             head = handle.read(8)
-            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if len(head) < 8:
+                return f"{size} bytes: too short for a safetensors file (empty or truncated)"
+            length = int.from_bytes(head, "little")
             if length < 2 or length > min(size - 8, 100 * 2**20):
                 return (f"not a safetensors file, or truncated: its header length field says {length:,} bytes, "
                         f"the file has {size:,}")
@@ -116,7 +119,7 @@ def checkpoint_problem(directory: Path) -> tuple[Path, str] | None:
     return None
 
 
-def _refuse_damaged(directory: Path, where_key: str | None = None, error=UserError) -> None:
+def refuse_damaged(directory: Path, where_key: str | None = None, error=UserError) -> None:
     problem = checkpoint_problem(directory)
     if problem is None:
         return
@@ -140,7 +143,7 @@ def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_
     from transformers import AutoConfig
 
     if os.path.isdir(name_or_path):
-        _refuse_damaged(Path(name_or_path), "teacher.model", RecipeError)
+        refuse_damaged(Path(name_or_path), "teacher.model", RecipeError)
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, a strict config field: the user's model
@@ -149,24 +152,55 @@ def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_
             where="teacher.model",
             hint="give a local directory with config.json and weights, or a hub name when online",
         ) from None
+    hint = "the directory needs model.safetensors matching its config.json, as save_pretrained writes them"
     try:
         if task == "mlm":  # a masked-LM head is there when the checkpoint filled every weight of one
-            model, info = auto_class(task).from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
-                                                           dtype=torch.float32, output_loading_info=True,
-                                                           use_safetensors=True)
-            return model, not info.get("missing_keys")
-        head = "ForTokenClassification" if task == "token" else "ForSequenceClassification"
-        has_head = any(a.endswith(head) for a in (config.architectures or [])) and config_labels(config) == list(labels)
-        model = auto_class(task).from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, dtype=torch.float32, use_safetensors=True,
-            ignore_mismatched_sizes=not has_head, **label_config(labels)
-        )
+            with quiet_loading():
+                model, info = auto_class(task).from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
+                                                               dtype=torch.float32, output_loading_info=True,
+                                                               use_safetensors=True, ignore_mismatched_sizes=True)
+            has_head = not _unloaded(info)
+        else:
+            head = "ForTokenClassification" if task == "token" else "ForSequenceClassification"
+            has_head = any(a.endswith(head) for a in (config.architectures or [])) and config_labels(config) == list(labels)
+            with quiet_loading():  # a new head is expected; encoder weights that do not fit are refused below
+                model, info = auto_class(task).from_pretrained(
+                    name_or_path, trust_remote_code=trust_remote_code, dtype=torch.float32, use_safetensors=True,
+                    ignore_mismatched_sizes=True, output_loading_info=True, **label_config(labels)
+                )
+            if has_head and _unloaded(info):
+                has_head = False  # the head did not load after all: it is trained
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - weights that do not fit the config, a hub repo without safetensors
         raise RecipeError(f"cannot load the weights of {name_or_path!r}: {first_line(exc)}", where="teacher.model",
-                          hint="the directory needs model.safetensors matching its config.json") from None
+                          hint=hint) from None
+    # a new task head is initialised at random (it is trained); an encoder weight never may be
+    body = [k for k in _unloaded(info) if k.startswith(f"{model.base_model_prefix}.")]
+    if body:
+        raise RecipeError(f"the weights of {name_or_path!r} do not fit its config.json: {len(body)} encoder weight(s) "
+                          f"missing or of another shape (e.g. {min(body)})", where="teacher.model", hint=hint)
     return model, has_head
+
+
+@contextmanager
+def quiet_loading():
+    """transformers' loading report (a table of missing and mismatched weights) is not printed: the
+    caller says what matters in one line."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _unloaded(info: dict) -> list[str]:
+    """The weights that from_pretrained did not fill from the file (missing, or of another shape)."""
+    return list(info.get("missing_keys") or []) + [str(k[0] if isinstance(k, tuple) else k)
+                                                    for k in info.get("mismatched_keys") or []]
 
 
 def first_line(exc: BaseException) -> str:
@@ -296,16 +330,16 @@ def load_checkpoint(directory: Path, task: str):
     """Reload a saved model (safetensors only) with the plain Auto classes; a damaged or foreign
     directory is a UserError that names the file."""
     directory = Path(directory)
-    _refuse_damaged(directory)
+    refuse_damaged(directory)
     hint = "the directory needs model.safetensors matching its config.json, as save_pretrained writes them"
     try:
-        model, info = auto_class(task).from_pretrained(directory, use_safetensors=True, dtype=torch.float32,
-                                                       output_loading_info=True)
+        with quiet_loading():  # mismatches are reported below, in one line, not as transformers' table
+            model, info = auto_class(task).from_pretrained(directory, use_safetensors=True, dtype=torch.float32,
+                                                           output_loading_info=True, ignore_mismatched_sizes=True)
     except Exception as exc:  # noqa: BLE001 - weights that do not fit config.json, an unknown model type
         raise UserError(f"cannot load the model: {first_line(exc)}", where=str(directory), hint=hint) from None
     # transformers fills missing weights at random with a warning: a saved model must have them all
-    missing = list(info.get("missing_keys") or []) + [str(k[0] if isinstance(k, tuple) else k)
-                                                      for k in info.get("mismatched_keys") or []]
+    missing = _unloaded(info)
     if missing:
         raise UserError(f"model.safetensors does not match config.json: {len(missing)} weight(s) missing or of "
                         f"another shape (e.g. {min(missing)})", where=str(directory), hint=hint)
