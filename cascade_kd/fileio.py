@@ -42,12 +42,15 @@ def output_problem(exc: BaseException) -> str | None:
 
 
 def raise_output_error(exc: BaseException, path: Path) -> None:
-    """Re-raise a disk-full or read-only failure of a write to `path` as an OutputError."""
+    """Re-raise the failure of a write to `path` as an OutputError: a full disk, a read-only
+    location, or any other OSError (a directory where the file goes, a name too long...)."""
     problem = output_problem(exc)
     if problem is not None:
         hint = ("free some space and run the command again (a run continues with --resume; finished "
                 "models are kept)" if "space" in problem else "choose a location you can write to")
         raise OutputError(f"{problem} while writing", where=str(path), hint=hint) from None
+    if isinstance(exc, OSError):
+        raise OutputError(f"cannot write: {exc.strerror or exc}", where=str(path)) from None
 
 
 def fsync_directory(path: Path) -> None:
@@ -85,8 +88,8 @@ def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
 
     `keep`: names of entries of the existing `directory` that are not the writer's (a user's file,
     another command's output): they are moved into the new directory just before the swap, and
-    moved back if the swap fails, so replacing a directory never deletes them. A name the writer
-    has written itself is the writer's (the new file wins)."""
+    moved back if the swap fails, so replacing a directory never deletes them. A kept name that the
+    writer writes too is an OutputError, and nothing is written."""
     directory = Path(directory)
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -104,8 +107,13 @@ def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
                 with open(f, "rb") as handle:
                     os.fsync(handle.fileno())
         if directory.exists():
+            clash = sorted(name for name in keep if os.path.lexists(directory / name) and os.path.lexists(tmp / name))
+            if clash:  # a file the writer did not write before, but writes now: it is not the writer's to replace
+                raise OutputError(f"{directory} holds {', '.join(clash[:3])}, which cascade-kd did not write there "
+                                  "and would now replace: nothing was written", where=str(directory / clash[0]),
+                                  hint="move it away, or choose another output folder")
             for name in keep:
-                if os.path.lexists(directory / name) and not os.path.lexists(tmp / name):
+                if os.path.lexists(directory / name):
                     os.rename(directory / name, tmp / name)
                     moved.append(name)
             old = directory.with_name(f".{directory.name}.old")

@@ -191,8 +191,8 @@ def inspect(path: Path, command: str, *, legacy: Callable[[Path], bool] | None =
     holds content only `command` writes (then it is ours, as written by an earlier version)."""
     if not os.path.lexists(path):
         return Found(path, "new")
-    try:
-        entries = sorted(e for e in os.listdir(path) if e != LOCK)
+    try:  # the empty lock file a run leaves is no content (anything else of that name is)
+        entries = sorted(e for e in os.listdir(path) if e != LOCK or not _lock_file(path / e))
     except OSError as exc:
         raise OutputError(f"cannot list the directory: {exc.strerror or exc}", where=str(path)) from None
     if not entries:
@@ -243,10 +243,26 @@ def check_output(path, command: str, *, overwrite: bool = False, rewrite: bool =
 
 def foreign_entries(found: Found, owned: Callable[[str], bool]) -> list[str]:
     """The entries of an (our) output directory that its command did not write: kept on replacing it."""
-    if found.state == "own":
+    path = found.path
+    if found.state == "own":  # what its marker lists; these outputs are flat, so a directory is never theirs
         listed = set(found.marker["entries"])
-        return [e for e in found.entries if e not in listed and e != LOCK]
-    return [e for e in found.entries if not owned(e)]
+        ours = [e for e in found.entries if e in listed and not _real_dir(path / e)]
+    else:
+        ours = [e for e in found.entries if owned(e) and not _real_dir(path / e)]
+    return [e for e in found.entries if e not in ours]
+
+
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _lock_file(path: Path) -> bool:
+    """Whether `path` is what a run's lock leaves: an empty regular file (not a link, not a folder)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size == 0
 
 
 # ---------------------------------------------------------------------------------------------

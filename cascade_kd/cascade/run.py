@@ -22,6 +22,7 @@ baseline is never dense: it learns from the original teacher alone.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from cascade_kd.cascade.plan import direct_spec, final_spec
 from cascade_kd.cascade.rundir import open_run_dir, read_stage_info, write_manifest
 from cascade_kd.cascade.stages import distil_stage, get_teacher
 from cascade_kd.config.schema import Recipe, where
-from cascade_kd.errors import RecipeError, UserError
+from cascade_kd.errors import OutputError, RecipeError, UserError
 from cascade_kd.outdir import check_output, make_directory, output_path, write_marker
 from cascade_kd.evaluation.report import write_outputs
 from cascade_kd.evaluation.retrieval import evaluate_retrieval, retention_table
@@ -130,13 +131,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
     if split not in job.encoded:
         raise RecipeError(f"the recipe names no {split} data", where=where(recipe, "data", split))
     job.encoded = {s: job.encoded[s] for s in ("dev", split)}
-    target = Path(out) if out else run_dir / f"eval-{split}"
-    if Path(target).resolve() == run_dir.resolve():
-        raise UserError("eval would overwrite the run's own metrics.json and report.md", where=str(target),
-                        hint="give another --out (default RUN_DIR/eval-SPLIT)")
-    # a new or empty --out, or an earlier eval's (whose two files it replaces); never the run's own files
-    target = check_output(target, "eval", rewrite=True, inputs={"run directory": run_dir},
-                          legacy=_legacy_eval).path
+    target = claim_eval_dir(run_dir, Path(out) if out else run_dir / f"eval-{split}")
     previous = read_metrics(metrics_path)
     models = []
     for row in previous["models"]:
@@ -153,13 +148,34 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
             per_model[name] = evaluate_retrieval(model, job.tokenizer, parallel, max_length=recipe.task.max_length,
                                                  batch_size=recipe.train.eval_batch_size)
         metrics["retrieval"] = {"per_model": per_model, "summary": retention_table(per_model, teacher=models[0][0])}
-    make_directory(target)
-    write_marker(target, "eval", EVAL_FILES)
-    write_outputs(target, metrics)
+    write_eval(target, metrics)
     return metrics
 
 
 EVAL_FILES = ("metrics.json", "report.md")
+
+
+def claim_eval_dir(run_dir: Path, target: Path) -> Path:
+    """Where eval may write: a new or empty folder, or an earlier eval's (whose two files it replaces);
+    never the run itself or a folder holding it. Returns the checked path."""
+    if Path(target).resolve() == Path(run_dir).resolve():
+        raise UserError("eval would overwrite the run's own metrics.json and report.md", where=str(target),
+                        hint="give another --out (default RUN_DIR/eval-SPLIT)")
+    found = check_output(target, "eval", rewrite=True, inputs={"run directory": Path(run_dir)}, legacy=_legacy_eval)
+    listed = found.marker["entries"] if found.state == "own" else EVAL_FILES
+    for name in EVAL_FILES:  # replaced by a rename: only what an earlier eval wrote there
+        path = found.path / name
+        if os.path.lexists(path) and (name not in listed or (path.is_dir() and not path.is_symlink())):
+            raise OutputError(f"{name} there is not one an earlier eval wrote, and eval would replace it",
+                              where=str(path), hint="move it away, or choose another --out")
+    return found.path
+
+
+def write_eval(target: Path, metrics: dict) -> None:
+    """The marker first (so an interrupted write leaves a folder eval may write again), then the files."""
+    make_directory(target)
+    write_marker(target, "eval", EVAL_FILES)
+    write_outputs(target, metrics)
 
 
 def _legacy_eval(path: Path) -> bool:

@@ -36,6 +36,7 @@ from cascade_kd.outdir import (
     Found,
     inspect,
     make_directory,
+    output_path,
     remove_written,
     write_marker,
 )
@@ -201,6 +202,11 @@ def check_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, s
                               "there is replaced", where=where, hint="choose a new or empty --out")
         raise OutputError(f"RUN_DIR is not empty and holds no cascade-kd run ({what})", where=where,
                           hint="choose a new or empty --out (--resume and --overwrite apply to a cascade-kd run only)")
+    if found.state == "own":  # a run's marker lists all it writes: anything else of those names is not its own
+        unlisted = [e for e in RUN_ENTRIES if e not in found.marker["entries"] and e in found.entries]
+        if unlisted:
+            raise OutputError(f"RUN_DIR holds {', '.join(unlisted[:3])}, which its {DIR_MARKER} does not list as the "
+                              "run's: a run would replace it", where=where, hint="move it away, or choose another --out")
     if not (resume or overwrite):
         raise OutputError("RUN_DIR is not empty", where=where,
                           hint="pass --resume to continue that run, --overwrite to replace it, or choose another --out")
@@ -242,6 +248,7 @@ def open_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, sa
     """Check RUN_DIR on every process, then let the main one lock it, replace an earlier run's files
     (--overwrite) and mark it; the lock is held until the block ends. Every process checks the
     directory as the user left it (so all fail alike), none sees it half-changed."""
+    out = output_path(out)  # a symbolic link stands for its target (idempotent: run_recipe checked it already)
     check_run_dir(recipe, out, resume=resume, overwrite=overwrite, say=say)
     lock = None
 

@@ -127,11 +127,11 @@ def read_text(path: str | Path) -> str:
     not found, not a regular file (a FIFO would block), more than MAX_RECIPE_BYTES."""
     path = Path(path)
     try:
-        found = os.path.lexists(path)
+        os.lstat(path)
+    except FileNotFoundError:
+        raise RecipeError("recipe file not found", where=str(path), hint="check the path") from None
     except (OSError, ValueError):  # e.g. a name too long for the file system: reading says why
-        found = True
-    if not found:
-        raise RecipeError("recipe file not found", where=str(path), hint="check the path")
+        pass
     data = read_input(path, limit=MAX_RECIPE_BYTES, error=RecipeError, what="recipe")
     try:
         text = data.decode("utf-8")

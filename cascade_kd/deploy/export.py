@@ -328,11 +328,7 @@ def export_model(
     task = model_task(model_dir)
     if not (model_dir / "model.safetensors").is_file():
         raise UserError("no model.safetensors (weights are read from safetensors only)", where=str(model_dir))
-    out = Path(out) if out is not None else model_dir / "onnx"
-    # a new or empty folder, or an earlier export (replaced with --overwrite, its own files only)
-    found = check_output(out, "export", overwrite=overwrite, inputs={"model directory": model_dir},
-                         legacy=_legacy_export, exists_message="an export already exists there")
-    out = found.path
+    found = claim_export_dir(model_dir, out, overwrite=overwrite)
     require_onnx()
     import torch
 
@@ -393,6 +389,14 @@ def export_model(
     return info
 
 
+def claim_export_dir(model_dir: Path, out: Path | None, *, overwrite: bool):
+    """Where an export may go: a new or empty folder (default MODEL_DIR/onnx), or an earlier export
+    (replaced with --overwrite, its own files only); never the model directory itself."""
+    out = Path(out) if out is not None else Path(model_dir) / "onnx"
+    return check_output(out, "export", overwrite=overwrite, inputs={"model directory": Path(model_dir)},
+                        legacy=_legacy_export, exists_message="an export already exists there")
+
+
 def _export_file(name: str) -> bool:
     """A file an export writes (to recognise an export made before markers)."""
     return name in (ONNX_NAME, INT8_NAME, INFO_NAME) or bool(CHECKPOINT_FILE.match(name))
@@ -401,7 +405,8 @@ def _export_file(name: str) -> bool:
 def _legacy_export(path: Path) -> bool:
     """An export written before markers: its export.json (with the opset) is there."""
     try:
-        return "opset" in json.loads((path / INFO_NAME).read_text(encoding="utf-8"))
+        info = json.loads((path / INFO_NAME).read_text(encoding="utf-8"))
+        return isinstance(info, dict) and "opset" in info
     except (OSError, ValueError, UnicodeDecodeError, TypeError):
         return False
 

@@ -321,10 +321,7 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     and trim.json to `out` (default MODEL_DIR/trimmed), atomically. Returns the report."""
     model_dir = Path(model_dir)
     task = model_task(model_dir)  # a saved model, or a UserError that says what is missing
-    out = Path(out) if out is not None else model_dir / "trimmed"
-    # a new or empty folder, or an earlier trim (replaced with --overwrite, its own files only)
-    found = check_output(out, "trim", overwrite=overwrite, inputs={"model directory": model_dir},
-                         legacy=_legacy_trim, exists_message="a trimmed model already exists there")
+    found = claim_trim_dir(model_dir, out, overwrite=overwrite)
     out = found.path
     if min_count < 1:
         raise UserError(f"--min-count must be at least 1, not {min_count}")
@@ -387,6 +384,14 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     return report
 
 
+def claim_trim_dir(model_dir: Path, out: Path | None, *, overwrite: bool):
+    """Where a trimmed model may go: a new or empty folder (default MODEL_DIR/trimmed), or an earlier
+    trim (replaced with --overwrite, its own files only); never the model directory itself."""
+    out = Path(out) if out is not None else Path(model_dir) / "trimmed"
+    return check_output(out, "trim", overwrite=overwrite, inputs={"model directory": Path(model_dir)},
+                        legacy=_legacy_trim, exists_message="a trimmed model already exists there")
+
+
 def _trim_file(name: str) -> bool:
     """A file a trim writes (to recognise a trim made before markers)."""
     return name == TRIM_INFO or bool(CHECKPOINT_FILE.match(name))
@@ -395,7 +400,8 @@ def _trim_file(name: str) -> bool:
 def _legacy_trim(path: Path) -> bool:
     """A trimmed model written before markers: its trim.json (with the vocabulary sizes) is there."""
     try:
-        return "vocab_after" in json.loads((path / TRIM_INFO).read_text(encoding="utf-8"))
+        info = json.loads((path / TRIM_INFO).read_text(encoding="utf-8"))
+        return isinstance(info, dict) and "vocab_after" in info
     except (OSError, ValueError, UnicodeDecodeError, TypeError):
         return False
 
