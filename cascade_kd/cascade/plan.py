@@ -7,8 +7,8 @@ from cascade_kd.config.schema import Recipe, StageConfig, StudentConfig, where
 from cascade_kd.errors import RecipeError, UserError
 from cascade_kd.losses.layer_maps import check_layer_names
 from cascade_kd.students import FAMILIES, family, family_of, student_config
-from cascade_kd.students.anatomy import ffn_attr
-from cascade_kd.students.hub import device_memory, model_on_meta, training_bytes
+from cascade_kd.students.anatomy import layer_list
+from cascade_kd.students.hub import check_fits
 from cascade_kd.training.distributed import num_processes
 from cascade_kd.training.loop import ATTENTION_LOSSES, HIDDEN_LOSSES, LOGIT_LOSSES, RELATION_LOSSES, build_loss_terms
 
@@ -61,32 +61,18 @@ def check_cascade(recipe: Recipe, t_config) -> None:
 
 
 def check_teacher(recipe: Recipe, t_config, task: str) -> None:
-    """The teacher's config builds a model for this task, and that model fits in memory: built on
-    the meta device (structure and parameter count, no weights), after a rough count from the
-    config's sizes so that absurd sizes are refused before anything is built."""
+    """The teacher's config builds a model for this task, and that model fits in memory (see
+    students.hub.check_fits): before any weight is allocated."""
     t = recipe.teacher
     at = where(recipe, "teacher", "config" if t.config is not None else "model")
-    trains = t.finetune != "never"
-    have, memory = device_memory()
-
-    def refuse(parameters: int, about: str = "") -> None:
-        need = training_bytes(parameters, trains=trains)
-        if need > have:
-            raise RecipeError(
-                f"the teacher has {about}{parameters / 1e6:,.0f}M parameters: "
-                + ("training it needs" if trains else "holding it needs")
-                + f" {about}{need / 2**30:,.0f} GiB ({'weights, gradients and two AdamW moments' if trains else 'weights'}"
-                f" in fp32, before activations), more than this machine's {have / 2**30:,.0f} GiB of {memory}",
-                where=at, hint="use smaller sizes (num_hidden_layers, hidden_size, intermediate_size, vocab_size)")
-
-    sizes = [getattr(t_config, k, None) for k in ("num_hidden_layers", "hidden_size", "vocab_size")]
-    if all(isinstance(v, int) and v > 0 for v in sizes):
-        layers, hidden, vocab = sizes
-        ffn = getattr(t_config, ffn_attr(t_config), None)
-        ffn = ffn if isinstance(ffn, int) and ffn > 0 else 4 * hidden
-        refuse(vocab * hidden + layers * (4 * hidden * hidden + 2 * hidden * ffn), "about ")
-    model = model_on_meta(t_config, task, where=at)
-    refuse(sum(p.numel() for p in model.parameters()))
+    model = check_fits(t_config, task, trains=t.finetune != "never", where=at, what="the teacher")
+    if recipe.cascade.stages and family_of(t_config).kind == "transformer":
+        try:  # students are built from the teacher's layers (and layer maps read them): they must be found
+            layer_list(model)
+        except ValueError as exc:
+            raise RecipeError(f"{exc}: students are built from the teacher's own layers", where=at,
+                              hint="use a teacher whose layers are a list of separate modules (BERT, XLM-R, "
+                                   "DistilBERT...); ALBERT shares one layer") from None
 
 
 def _check_layer_maps(recipe: Recipe) -> None:

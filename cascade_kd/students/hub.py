@@ -265,19 +265,49 @@ def _is_size_key(key: str) -> bool:
     return bool(_SIZE_KEYS.match(key)) and key not in _NOT_SIZES and not key.endswith(("_id", "_ids"))
 
 
-def model_on_meta(config, task: str, *, where: str = "teacher.config"):
+def model_on_meta(config, task: str, *, where: str = "teacher.config", error=RecipeError):
     """The model a config builds, on the meta device (no memory for weights): its structure and its
-    parameter count, or a RecipeError saying why the config builds no model for this task."""
+    parameter count, or `error` saying why the config builds no model for this task."""
     cls = auto_class(task)
     try:
         with torch.device("meta"):
             return cls.from_config(config)
     except Exception as exc:  # noqa: BLE001 - zero heads, an unknown activation, no such head...
         if isinstance(exc, ValueError) and "Unrecognized configuration class" in str(exc):
-            raise RecipeError(f"model type {config.model_type!r} has no {cls.__name__.removeprefix('AutoModelFor')} "
-                              "head: it is not a text encoder that this task can use", where=where,
-                              hint="use an encoder such as bert, xlm-roberta, distilbert") from None
-        raise RecipeError(f"invalid teacher.config: it builds no model ({first_line(exc)})", where=where) from None
+            raise error(f"model type {config.model_type!r} has no {cls.__name__.removeprefix('AutoModelFor')} "
+                        "head: it is not a text encoder that this task can use", where=where,
+                        hint="use an encoder such as bert, xlm-roberta, distilbert") from None
+        raise error(f"the config builds no model ({first_line(exc)})", where=where) from None
+
+
+def check_fits(config, task: str, *, trains: bool, where: str, what: str = "the model", error=RecipeError):
+    """Refuse (`error`) a config that builds no model for `task`, or one whose model does not fit in
+    memory: a rough count from the config's sizes first (absurd sizes are refused before anything
+    is built), then the exact count of the model built on the meta device (no weights). Returns the
+    meta model."""
+    from cascade_kd.students.anatomy import ffn_attr
+
+    have, memory = device_memory()
+
+    def refuse(parameters: int, about: str = "") -> None:
+        need = training_bytes(parameters, trains=trains)
+        if need > have:
+            raise error(
+                f"{what} has {about}{parameters / 1e6:,.0f}M parameters: "
+                + ("training it needs" if trains else "holding it needs")
+                + f" {about}{need / 2**30:,.0f} GiB ({'weights, gradients and two AdamW moments' if trains else 'weights'}"
+                f" in fp32, before activations), more than this machine's {have / 2**30:,.0f} GiB of {memory}",
+                where=where, hint="use smaller sizes (num_hidden_layers, hidden_size, intermediate_size, vocab_size)")
+
+    sizes = [getattr(config, k, None) for k in ("num_hidden_layers", "hidden_size", "vocab_size")]
+    if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        layers, hidden, vocab = sizes
+        ffn = getattr(config, ffn_attr(config), None)
+        ffn = ffn if isinstance(ffn, int) and ffn > 0 else 4 * hidden
+        refuse(vocab * hidden + layers * (4 * hidden * hidden + 2 * hidden * ffn), "about ")
+    model = model_on_meta(config, task, where=where, error=error)
+    refuse(sum(p.numel() for p in model.parameters()))
+    return model
 
 
 def training_bytes(parameters: int, *, trains: bool) -> int:
@@ -332,10 +362,19 @@ def load_checkpoint(directory: Path, task: str):
     directory = Path(directory)
     refuse_damaged(directory)
     hint = "the directory needs model.safetensors matching its config.json, as save_pretrained writes them"
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except Exception as exc:  # noqa: BLE001 - a field of the wrong type, an unknown model type
+        raise UserError(f"config.json cannot be read as a model config: {first_line(exc)}",
+                        where=str(directory / "config.json")) from None
+    check_fits(config, task, trains=False, where=str(directory / "config.json"), error=UserError)  # nothing allocated yet
     try:
         with quiet_loading():  # mismatches are reported below, in one line, not as transformers' table
-            model, info = auto_class(task).from_pretrained(directory, use_safetensors=True, dtype=torch.float32,
-                                                           output_loading_info=True, ignore_mismatched_sizes=True)
+            model, info = auto_class(task).from_pretrained(directory, config=config, use_safetensors=True,
+                                                           dtype=torch.float32, output_loading_info=True,
+                                                           ignore_mismatched_sizes=True)
     except Exception as exc:  # noqa: BLE001 - weights that do not fit config.json, an unknown model type
         raise UserError(f"cannot load the model: {first_line(exc)}", where=str(directory), hint=hint) from None
     # transformers fills missing weights at random with a warning: a saved model must have them all
