@@ -135,10 +135,26 @@ def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
             raise_output_error(exc, directory)
         if output_problem(exc) is not None and not isinstance(exc, UserError):  # e.g. safetensors' own error
             raise_output_error(exc, directory)
+        if isinstance(exc, Exception) and not isinstance(exc, UserError) and _nearly_full(tmp):
+            # torch.save's writer reports a full disk as "unexpected pos ..." or "iostream error", no errno
+            raise OutputError(f"no space left on the device while writing ({type(exc).__name__}: "
+                              f"{(str(exc).strip().splitlines() or [''])[0][:100]})", where=str(directory),
+                              hint="free some space and run the command again (a run continues with --resume; "
+                                   "finished models are kept)") from None
         raise
     finally:
         if not swapped:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _nearly_full(path: Path, margin: int = 1 << 20) -> bool:
+    """Whether the file system of `path` has less than `margin` bytes left (for this user)."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return False
+    blocks = info.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else info.f_bavail
+    return blocks * info.f_frsize < margin
 
 
 # ---------------------------------------------------------------------------------------------

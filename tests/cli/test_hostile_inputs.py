@@ -219,3 +219,24 @@ def test_sigterm_prints_the_resume_line(ws):
     assert proc.returncode == 143, err[-2000:]
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "terminated: finished models are kept; continue with --resume"
+
+
+def test_torch_save_on_a_full_disk_is_an_output_error(tmp_path, monkeypatch):
+    """torch.save's writer reports a full disk without an errno ("unexpected pos 162304 vs 162196",
+    measured on a full 400 KiB tmpfs): a write that fails while the file system is (nearly) full is
+    reported as a full disk; on a disk with room, the error is left as it is."""
+    import cascade_kd.fileio as fileio
+    from cascade_kd.errors import OutputError
+
+    def torch_save_on_full_disk(tmp):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 162304 vs 162196")
+
+    monkeypatch.setattr(fileio, "_nearly_full", lambda path, margin=1 << 20: True)
+    with pytest.raises(OutputError, match="no space left on the device"):
+        with fileio.atomic_directory(tmp_path / "state") as tmp:
+            torch_save_on_full_disk(tmp)
+    monkeypatch.setattr(fileio, "_nearly_full", lambda path, margin=1 << 20: False)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        with fileio.atomic_directory(tmp_path / "state") as tmp:
+            torch_save_on_full_disk(tmp)
+    assert list(tmp_path.iterdir()) == []

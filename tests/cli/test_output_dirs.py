@@ -397,3 +397,38 @@ def test_finished_models_list_their_files(run_copy):
 
 def test_output_errors_are_user_errors():
     assert issubclass(OutputError, UserError)
+
+
+# --- pretrain, bench, demo ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags", [[], ["--resume"], ["--overwrite"]], ids=["plain", "resume", "overwrite"])
+def test_pretrain_never_writes_into_a_users_folder(capsys, ws, no_training, flags):
+    for split in ("train", "dev"):
+        (ws / f"{split}-en.txt").write_text("a few words\nof plain text\n" * 4)
+    out = ws / "mine"
+    before = user_files(out)
+    (out / "manifest.json").write_text("{}")
+    before = snapshot(out)
+    refused(capsys, ["pretrain", "--text", str(ws / "train-{lang}.txt"), "--dev", str(ws / "dev-{lang}.txt"),
+                     "--languages", "en", "--tokenizer", str(ws / "tokenizer"), "--layers", "1", "--hidden", "16",
+                     "--heads", "2", "--max-length", "16", "--out", str(out), *flags], str(out))
+    kept(before, out)
+
+
+def test_bench_writes_only_into_a_run(capsys, tmp_path):
+    mine = tmp_path / "mine"
+    before = user_files(mine)
+    (mine / "metrics.json").write_text('{"models": []}')
+    before = snapshot(mine)
+    refused(capsys, ["bench", str(mine), "--backends", "fp32"], "not a finished cascade-kd run")
+    kept(before, mine)
+
+
+def test_demo_picks_a_free_folder_next_to_a_users_one(tmp_path):
+    from cascade_kd.cli.demo import free_directory
+
+    user_files(tmp_path / "demo")
+    (tmp_path / "demo-2").write_text("a file where a folder would go")
+    assert free_directory(tmp_path / "demo") == tmp_path / "demo-3"
+    assert free_directory(tmp_path / "fresh") == tmp_path / "fresh"
