@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,9 +112,7 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
                 per_lang[lang] = (examples, masker.mask_encoded(items, f"{split}:{lang}")
                                   if split != "train" or recipe.task.masking == "static"
                                   else [Encoded(x.input_ids, x.token_type_ids, [IGNORE] * len(x)) for x in items])
-    job = Job(recipe, out, tokenizer, data, encoded, say, encoded_per_language(data.transfer), masker)
-    check_batches(job, t_config)
-    return job
+    return Job(recipe, out, tokenizer, data, encoded, say, encoded_per_language(data.transfer), masker)
 
 
 def _teacher_config(recipe: Recipe, data: TaskData, tokenizer):
@@ -134,30 +131,6 @@ def _teacher_config(recipe: Recipe, data: TaskData, tokenizer):
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, a strict config field: the checkpoint's config
         raise RecipeError(f"cannot load the teacher {t.model!r}: {first_line(exc)}",
                           where=where(recipe, "teacher", "model")) from None
-
-
-def check_batches(job: Job, t_config) -> None:
-    """Every model that trains takes at least one optimiser step: grad_accum accumulates no more
-    batches than its whole training has (the engine would otherwise have nothing to step on)."""
-    recipe = job.recipe
-    t = recipe.teacher
-    sections = []
-    if (t.config is not None and t.finetune != "never") or (t.model is not None and t.finetune == "always"):
-        sections.append(("teacher.train", ("teacher", "train"), t.train, False))
-    for i, stage in enumerate(recipe.cascade.stages):
-        transfer = bool(job.transfer) and any(n != "ce" and c.weight > 0 for n, c in recipe.stage_losses(stage).items())
-        sections.append((f"cascade.stages[{i}].train", ("cascade", "stages", i, "train"), stage.train, transfer))
-    for dotted, keys, overrides, transfer in sections:
-        cfg = recipe.train_for(overrides, dotted)
-        examples = len(job.training_data(transfer)[0])
-        batches = math.ceil(cfg.epochs * math.ceil(examples / cfg.batch_size))
-        if cfg.grad_accum > batches:
-            own = overrides and "grad_accum" in overrides
-            raise RecipeError(
-                f"grad_accum {cfg.grad_accum} accumulates more batches than the whole training has ({cfg.epochs:g} "
-                f"epoch(s) of {math.ceil(examples / cfg.batch_size)} batch(es) of {cfg.batch_size}, {examples} examples): "
-                "no optimiser step would be taken", where=where(recipe, *(keys if own else ("train",)), "grad_accum"),
-                hint=f"use grad_accum <= {batches}, or a smaller batch_size")
 
 
 def _check_positions(recipe: Recipe, config) -> None:

@@ -461,14 +461,8 @@ def _train(
     # batch_size is the global batch: the same batches, in the same order, on any number of processes,
     # each split between the processes (see batch_share), so steps, schedule and checkpoints match
     per_epoch = math.ceil(len(train_data) / cfg.batch_size)
-    # whole optimiser steps within the epochs asked for: a trailing partial accumulation (fewer than
-    # grad_accum batches) would never reach the optimiser, and rounding up would train past the end
-    batches = math.ceil(cfg.epochs * per_epoch)
-    total_steps = batches // cfg.grad_accum * cfg.grad_accum
-    if total_steps == 0:
-        raise UserError(f"grad_accum {cfg.grad_accum} accumulates more batches than the whole training has "
-                        f"({cfg.epochs:g} epoch(s) of {per_epoch} batch(es) of {cfg.batch_size}): no optimiser step "
-                        "would be taken", where=desc, hint=f"use grad_accum <= {batches}, or a smaller batch_size")
+    # whole optimiser steps: a trailing partial accumulation would never reach the optimiser
+    total_steps = max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum)) * cfg.grad_accum
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(
@@ -526,9 +520,7 @@ def _train(
         _log(None, f"  {desc}: {n_proc} process(es), global batch {cfg.batch_size}"
                    + (f" (about {cfg.batch_size // n_proc} per process)" if n_proc > 1 else "")
                    + f" x {cfg.grad_accum} accumulated = {cfg.batch_size * cfg.grad_accum} examples per optimiser step, "
-                   f"precision {cfg.precision if cfg.precision != 'auto' else accelerator.mixed_precision}, {total_steps} steps"
-                   + (f" (the last {batches - total_steps} batch(es) would not complete an optimiser step: left out)"
-                      if batches > total_steps else ""))
+                   f"precision {cfg.precision if cfg.precision != 'auto' else accelerator.mixed_precision}, {total_steps} steps")
     resumed = False
     if has_state(state_dir):  # an interrupted stage: continue exactly where it stopped
         try:
