@@ -7,8 +7,8 @@ from cascade_kd.config.schema import Recipe, StageConfig, StudentConfig, where
 from cascade_kd.errors import RecipeError, UserError
 from cascade_kd.losses.layer_maps import check_layer_names
 from cascade_kd.students import FAMILIES, family, family_of, student_config
-from cascade_kd.students.anatomy import layer_list
-from cascade_kd.students.hub import check_fits
+from cascade_kd.students.anatomy import ffn_attr, layer_list
+from cascade_kd.students.hub import check_fits, model_on_meta
 from cascade_kd.training.distributed import num_processes
 from cascade_kd.training.loop import ATTENTION_LOSSES, HIDDEN_LOSSES, LOGIT_LOSSES, RELATION_LOSSES, build_loss_terms
 
@@ -45,6 +45,8 @@ def check_cascade(recipe: Recipe, t_config) -> None:
                     where=where(recipe, *key, "layers"), hint="each stage's student must be no deeper than its teacher",
                 )
             student, _, _ = student_config(teacher, stage.student, where=where(recipe, *key))
+            if stage.student.kind == "transformer":
+                _check_layers_found(student, recipe.task.type, where(recipe, *key))
         _check_losses(recipe, i, teacher, student, f"stage {stage.name!r}")
         _check_guides(recipe, i)
         config = student
@@ -67,12 +69,30 @@ def check_teacher(recipe: Recipe, t_config, task: str) -> None:
     at = where(recipe, "teacher", "config" if t.config is not None else "model")
     model = check_fits(t_config, task, trains=t.finetune != "never", where=at, what="the teacher")
     if recipe.cascade.stages and family_of(t_config).kind == "transformer":
+        for name in ("num_hidden_layers", "hidden_size", "num_attention_heads", ffn_attr(t_config)):
+            try:  # what a student's config is made from (T5's config, for one, has no intermediate_size)
+                getattr(t_config, name)
+            except AttributeError:
+                raise RecipeError(f"model type {t_config.model_type!r} has no {name} in its config, which students are "
+                                  "built from", where=at, hint="use an encoder such as bert, xlm-roberta, distilbert"
+                                  ) from None
         try:  # students are built from the teacher's layers (and layer maps read them): they must be found
             layer_list(model)
         except ValueError as exc:
             raise RecipeError(f"{exc}: students are built from the teacher's own layers", where=at,
                               hint="use a teacher whose layers are a list of separate modules (BERT, XLM-R, "
                                    "DistilBERT...); ALBERT shares one layer") from None
+
+
+def _check_layers_found(config, task: str, at: str) -> None:
+    """A transformer student is built by copying teacher layers into its own layer list: that list
+    must be found in the model its config builds (on the meta device: no weights)."""
+    try:
+        layer_list(model_on_meta(config, task, where=at))
+    except ValueError as exc:
+        raise RecipeError(f"{exc}: a transformer student is built from its teacher's layers", where=at,
+                          hint="use a teacher whose layers are a list of separate modules (BERT, XLM-R, DistilBERT...)"
+                          ) from None
 
 
 def _check_layer_maps(recipe: Recipe) -> None:

@@ -235,6 +235,9 @@ def config_from_spec(config_spec: dict, task: str, labels: list[str], vocab_size
     for key, value in spec.items():  # a string or a float here ends in a traceback deep inside transformers
         if _is_size_key(key) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise RecipeError(f"{key} must be a positive integer, not {value!r}", where=at(key))
+        problem = _float_problem(key, value)
+        if problem:
+            raise RecipeError(f"{key} {problem}, not {value!r}", where=at(key))
         if key in ("hidden_act", "activation", "hidden_activation") and isinstance(value, str) and value not in ACT2FN:
             raise RecipeError(f"unknown activation {value!r}", where=at(key),
                               hint="use one of " + ", ".join(a for a in ("gelu", "relu", "silu", "gelu_new", "tanh") if a in ACT2FN))
@@ -255,6 +258,22 @@ def config_from_spec(config_spec: dict, task: str, labels: list[str], vocab_size
             where=at("vocab_size"),
         )
     return config
+
+
+def _float_problem(key: str, value) -> str | None:
+    """What a probability, a standard deviation or an epsilon must be (None when `value` is one, or
+    `key` is none of these): the model would build on the meta device and fail at initialisation."""
+    import math
+
+    kind = ("a probability between 0 and 1" if key.endswith(("dropout_prob", "dropout")) else
+            "a positive number" if key in ("initializer_range", "layer_norm_eps", "layer_norm_epsilon") else None)
+    if kind is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"must be {kind}"
+    if (kind.startswith("a probability") and not 0 <= value <= 1) or (kind == "a positive number" and value <= 0):
+        return f"must be {kind}"
+    return None
 
 
 _SIZE_KEYS = re.compile(r"^(num_\w+|n_\w+|\w+_size|\w+_layers|\w+_heads|dim|hidden_dim|max_position_embeddings|vocab_size)$")
@@ -331,7 +350,7 @@ def create_model(config_spec: dict, task: str, labels: list[str], vocab_size: in
     config = config_from_spec(config_spec, task, labels, vocab_size, pad_token_id)
     try:
         return auto_class(task).from_config(config)
-    except (ValueError, TypeError, KeyError, ZeroDivisionError) as exc:  # checked on meta first (plan.py)
+    except Exception as exc:  # noqa: BLE001 - checked on the meta device first (plan.py); initialisation may still refuse
         raise RecipeError(f"invalid teacher.config: {first_line(exc)}", where="teacher.config") from None
 
 def use_attention_outputs(model, needed: bool) -> None:
