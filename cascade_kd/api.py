@@ -21,7 +21,8 @@ from typing import Callable
 from transformers import AutoTokenizer
 
 from cascade_kd.cascade import evaluate_run, run_recipe
-from cascade_kd.cascade.run import publish_run
+from cascade_kd.cascade.run import publish_run, read_metrics
+from cascade_kd.cascade.rundir import is_run
 from cascade_kd.cascade.seeds import run_seeds as _run_seeds
 from cascade_kd.config import Recipe
 from cascade_kd.deploy.bench import BACKENDS, bench_run
@@ -87,10 +88,11 @@ def bench(run_dir: str | Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repea
     gain the table; returns it."""
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
-    if not path.is_file():
+    if not path.is_file() or not is_run(run_dir):  # bench adds its table to the run's own report
         raise UserError("no metrics.json: not a finished cascade-kd run", where=str(run_dir))
+    read_metrics(path)  # a damaged metrics.json: one line, before any timing
     result = bench_run(run_dir, batch_sizes=batch_sizes, seq_lens=seq_lens, repeats=repeats, backends=backends, say=say)
-    metrics = json.loads(path.read_text())
+    metrics = read_metrics(path)
     metrics["latency"] = result
     write_outputs(run_dir, metrics)  # metrics.json and report.md gain the latency table
     publish_run(run_dir, say=say)  # and report.html and the model cards

@@ -31,3 +31,7 @@ class RecipeError(UserError):
 
 class DataError(UserError):
     """A data file is missing, empty or has a malformed row."""
+
+
+class OutputError(UserError):
+    """An output path cannot be written: not a directory, not ours to replace, read-only, full."""

@@ -1,18 +1,59 @@
-"""Atomic writes: a crash at any instant leaves either the old or the new file or directory,
-never a half-written one (temporary sibling, fsync, rename, fsync of the parent).
+"""Files in and out.
 
-The temporary siblings come from `tempfile`, which creates files 0600 and directories 0700 (private,
-as a temporary file should be). What is renamed into place is a run's output, to be shared like any
-file the user writes: it gets the permissions `open()` and `mkdir()` would give (0666 and 0777 less
-the umask)."""
+Writes are atomic: a crash at any instant leaves either the old or the new file or directory,
+never a half-written one (temporary sibling, fsync, rename, fsync of the parent). A directory that
+is replaced keeps the entries the caller names (`keep`): what cascade-kd did not write there is
+carried into the new directory, never deleted. A full disk or a read-only location is an
+`OutputError` (one line, exit code 2), not a traceback. The temporary siblings come from `tempfile`,
+which creates files 0600 and directories 0700; what is renamed into place is a run's output, to be
+shared like any file the user writes: it gets the permissions `open()` and `mkdir()` would give
+(0666 and 0777 less the umask).
+
+Reads of user files go through `read_input`: only regular files are read (a FIFO would block for
+ever, a character device such as /dev/zero never ends), and at most `limit` bytes.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import tempfile
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
+
+from cascade_kd.errors import OutputError, UserError
+
+# errno values that mean "this location cannot take the write", whatever the file
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_REFUSED = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def output_problem(exc: BaseException) -> str | None:
+    """What an exception raised by a write says about the location (disk full, read-only), or
+    None when it says something else. Libraries that write in native code (safetensors) report
+    the OS error in their message only."""
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code in _FULL or "No space left on device" in text or "StorageFull" in text or "Disk quota exceeded" in text:
+        return "no space left on the device"
+    if code in _REFUSED or "Read-only file system" in text:
+        return f"cannot write there ({os.strerror(code) if code in _REFUSED else 'read-only file system'})"
+    return None
+
+
+def raise_output_error(exc: BaseException, path: Path) -> None:
+    """Re-raise the failure of a write to `path` as an OutputError: a full disk, a read-only
+    location, or any other OSError (a directory where the file goes, a name too long...)."""
+    problem = output_problem(exc)
+    if problem is not None:
+        hint = ("free some space and run the command again (a run continues with --resume; finished "
+                "models are kept)" if "space" in problem else "choose a location you can write to")
+        raise OutputError(f"{problem} while writing", where=str(path), hint=hint) from None
+    if isinstance(exc, OSError):
+        raise OutputError(f"cannot write: {exc.strerror or exc}", where=str(path)) from None
 
 
 def fsync_directory(path: Path) -> None:
@@ -38,9 +79,10 @@ def shared_mode(path: Path, *, directory: bool = False) -> None:
 def atomic_write(path: Path, text: str | bytes) -> None:
     """Write text (or bytes) to a temporary file in the same directory, fsync, then rename over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         shared_mode(Path(tmp))
         with os.fdopen(fd, "wb") as handle:
             handle.write(text.encode("utf-8") if isinstance(text, str) else text)
@@ -48,17 +90,32 @@ def atomic_write(path: Path, text: str | bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         fsync_directory(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise_output_error(exc, path)
         raise
 
 
 @contextmanager
-def atomic_directory(directory: Path):
-    """Yield a temporary directory to fill; on success it replaces `directory` in one rename."""
+def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
+    """Yield a temporary directory to fill; on success it replaces `directory` in one rename.
+
+    `keep`: names of entries of the existing `directory` that are not the writer's (a user's file,
+    another command's output): they are moved into the new directory just before the swap, and
+    moved back if the swap fails, so replacing a directory never deletes them. A kept name that the
+    writer writes too is an OutputError, and nothing is written."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    except OSError as exc:
+        raise_output_error(exc, directory)
+        raise
+    moved: list[str] = []
+    old = None
+    swapped = False
     try:
         shared_mode(tmp, directory=True)
         yield tmp
@@ -69,14 +126,87 @@ def atomic_directory(directory: Path):
         for f in tmp.rglob("*"):  # some writers create private files (safetensors: 0600)
             if f.is_file() and not f.is_symlink():
                 shared_mode(f)
-        old = None
         if directory.exists():
+            clash = sorted(name for name in keep if os.path.lexists(directory / name) and os.path.lexists(tmp / name))
+            if clash:  # a file the writer did not write before, but writes now: it is not the writer's to replace
+                raise OutputError(f"{directory} holds {', '.join(clash[:3])}, which cascade-kd did not write there "
+                                  "and would now replace: nothing was written", where=str(directory / clash[0]),
+                                  hint="move it away, or choose another output folder")
+            for name in keep:
+                if os.path.lexists(directory / name):
+                    os.rename(directory / name, tmp / name)
+                    moved.append(name)
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             directory.rename(old)
         tmp.rename(directory)
+        swapped = True
         fsync_directory(directory.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        if not swapped:
+            if old is not None and old.exists() and not directory.exists():
+                old.rename(directory)  # the swap failed half-way: the old directory goes back first
+            for name in moved:  # then what was carried over
+                if directory.exists() and not os.path.lexists(directory / name):
+                    os.rename(tmp / name, directory / name)
+        if isinstance(exc, OSError):
+            raise_output_error(exc, directory)
+        if output_problem(exc) is not None and not isinstance(exc, UserError):  # e.g. safetensors' own error
+            raise_output_error(exc, directory)
+        if isinstance(exc, Exception) and not isinstance(exc, UserError) and _nearly_full(tmp):
+            # torch.save's writer reports a full disk as "unexpected pos ..." or "iostream error", no errno
+            raise OutputError(f"no space left on the device while writing ({type(exc).__name__}: "
+                              f"{(str(exc).strip().splitlines() or [''])[0][:100]})", where=str(directory),
+                              hint="free some space and run the command again (a run continues with --resume; "
+                                   "finished models are kept)") from None
+        raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not swapped:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _nearly_full(path: Path, margin: int = 1 << 20) -> bool:
+    """Whether the file system of `path` has less than `margin` bytes left (for this user)."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return False
+    blocks = info.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else info.f_bavail
+    return blocks * info.f_frsize < margin
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading user files
+
+
+def read_input(path: str | os.PathLike, *, limit: int | None = None, error: type[UserError] = UserError,
+               what: str = "file") -> bytes:
+    """The bytes of a regular file, or `error` (a UserError subclass) naming the path: not found,
+    a directory, not a regular file (FIFO, device, socket), larger than `limit` bytes, unreadable."""
+    where = str(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{what} not found", where=where, hint="check the path") from None
+    except (OSError, ValueError) as exc:  # a name too long, a symlink loop, a NUL in the path
+        raise error(f"cannot read the {what}: {getattr(exc, 'strerror', None) or exc}", where=where) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise error(f"is a directory, expected a {what}", where=where, hint=f"give the path of the {what} inside it")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(info.st_mode) else "a character device" if stat.S_ISCHR(info.st_mode)
+                else "a block device" if stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode)
+                else "not a regular file")
+        raise error(f"is {kind}, not a regular file", where=where, hint=f"give a regular {what} (a pipe or device is not read)")
+    if limit is not None and info.st_size > limit:
+        raise error(f"the {what} is {info.st_size:,} bytes, more than the {limit:,} a {what} may have", where=where,
+                    hint=f"is this the right {what}?")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read() if limit is None else handle.read(limit + 1)
+    except OSError as exc:
+        raise error(f"cannot read the {what}: {exc.strerror or exc}", where=where) from None
+    if limit is not None and len(data) > limit:  # it grew while being read
+        raise error(f"the {what} is more than {limit:,} bytes", where=where)
+    return data

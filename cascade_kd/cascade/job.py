@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cascade_kd.cascade.plan import check_cascade, check_processes
+from cascade_kd.cascade.plan import check_cascade, check_processes, check_teacher
 from cascade_kd.config.schema import Recipe, where
 from cascade_kd.data.encode import IGNORE, Encoded, encode
 from cascade_kd.data.masking import Masker, masker_for
@@ -14,7 +15,7 @@ from cascade_kd.data.task import TaskData, load_task_data
 from cascade_kd.errors import RecipeError
 from cascade_kd.evaluation.scoring import evaluate_languages
 from cascade_kd.students.anatomy import position_offset
-from cascade_kd.students.hub import config_labels, load_tokenizer
+from cascade_kd.students.hub import config_from_spec, config_labels, first_line, load_tokenizer, refuse_damaged
 from cascade_kd.training.data import StageData
 from cascade_kd.training.distributed import is_main
 from cascade_kd.training.progress import RunProgress, StageMonitor
@@ -101,10 +102,11 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     data = load_task_data(recipe)
     if "dev" not in data.splits:
         raise RecipeError("no dev data: models are selected on dev", where=where(recipe, "data", "dev"))
-    t_config = _teacher_config(recipe)
+    t_config = _teacher_config(recipe, data, tokenizer)
     checkpoint_labels = config_labels(t_config) if teacher_cfg.model is not None else []
     if checkpoint_labels and set(checkpoint_labels) == set(data.labels):
         data.labels = checkpoint_labels  # a fine-tuned teacher's head: keep its label order
+    check_teacher(recipe, t_config, data.task)  # builds on the meta device, fits in memory
     _check_positions(recipe, t_config)
     check_cascade(recipe, t_config)
     check_processes(recipe)
@@ -142,21 +144,21 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     return Job(recipe, out, tokenizer, data, encoded, say, encoded_per_language(data.transfer), masker)
 
 
-def _teacher_config(recipe: Recipe):
-    """The teacher's config, read without loading weights."""
+def _teacher_config(recipe: Recipe, data: TaskData, tokenizer):
+    """The teacher's config, read without loading weights: from teacher.config (with the
+    tokenizer's vocabulary and the task's labels), or from the checkpoint's config.json."""
     from transformers import AutoConfig
 
     t = recipe.teacher
     if t.config is not None:
-        spec = dict(t.config)
-        try:
-            return AutoConfig.for_model(spec.pop("model_type"), **spec)
-        except (ValueError, TypeError) as exc:
-            raise RecipeError(f"invalid teacher.config: {exc}", where=where(recipe, "teacher", "config")) from None
+        return config_from_spec(t.config, data.task, data.labels, len(tokenizer), tokenizer.pad_token_id,
+                                where=lambda key=None: where(recipe, "teacher", "config", *([key] if key else [])))
+    if os.path.isdir(recipe.model_path(t.model)):  # damaged or pickled weights: said now, not after RUN_DIR is made
+        refuse_damaged(Path(recipe.model_path(t.model)), where(recipe, "teacher", "model"), RecipeError)
     try:
         return AutoConfig.from_pretrained(recipe.model_path(t.model), trust_remote_code=t.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise RecipeError(f"cannot load the teacher {t.model!r}: {str(exc).splitlines()[0]}",
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, a strict config field: the checkpoint's config
+        raise RecipeError(f"cannot load the teacher {t.model!r}: {first_line(exc)}",
                           where=where(recipe, "teacher", "model")) from None
 
 

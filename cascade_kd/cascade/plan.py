@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from cascade_kd.config.schema import Recipe, StageConfig, StudentConfig, where
 from cascade_kd.errors import RecipeError, UserError
+from cascade_kd.losses.layer_maps import check_layer_names
 from cascade_kd.losses.registry import LOSSES, build_terms, teacher_logit_losses
-from cascade_kd.students import FAMILIES, family, student_config
+from cascade_kd.students import FAMILIES, family, family_of, student_config
+from cascade_kd.students.anatomy import ffn_attr, layer_list
+from cascade_kd.students.hub import check_fits, model_on_meta
 from cascade_kd.training.distributed import num_processes
 from cascade_kd.training.teacher_cache import CACHED_FEATURES
 from cascade_kd.training.trackers import missing_tracker
@@ -18,6 +21,7 @@ FEATURE_WORDS = {"qkv": "query/key/value states"}
 def check_cascade(recipe: Recipe, t_config) -> None:
     """Build every student's config from its teacher's (all shape checks of build_student), and
     every stage's loss terms (layer maps in range, head counts compatible), from configs alone."""
+    _check_layer_maps(recipe)
     config = t_config  # the previous model of the chain
     stages = recipe.cascade.stages
     for i, stage in enumerate(stages):
@@ -48,6 +52,8 @@ def check_cascade(recipe: Recipe, t_config) -> None:
                     where=where(recipe, *key, "layers"), hint="each stage's student must be no deeper than its teacher",
                 )
             student, _, _ = student_config(teacher, stage.student, where=where(recipe, *key))
+            if stage.student.kind == "transformer":
+                _check_layers_found(student, recipe.task.type, where(recipe, *key))
         _check_losses(recipe, i, teacher, student, f"stage {stage.name!r}")
         _check_guides(recipe, i)
         config = student
@@ -75,6 +81,56 @@ def check_trackers(recipe: Recipe) -> None:
             if problem:
                 raise RecipeError(f"train.report_to names {name}, but {problem}", where=where(recipe, *keys, "report_to"),
                                   hint=f"pip install {name}, or remove it from report_to")
+
+
+def check_teacher(recipe: Recipe, t_config, task: str) -> None:
+    """The teacher's config builds a model for this task, and that model fits in memory (see
+    students.hub.check_fits): before any weight is allocated."""
+    t = recipe.teacher
+    at = where(recipe, "teacher", "config" if t.config is not None else "model")
+    model = check_fits(t_config, task, trains=t.finetune != "never", where=at, what="the teacher")
+    if recipe.cascade.stages and family_of(t_config).kind == "transformer":
+        for name in ("num_hidden_layers", "hidden_size", "num_attention_heads", ffn_attr(t_config)):
+            try:  # what a student's config is made from (T5's config, for one, has no intermediate_size)
+                getattr(t_config, name)
+            except AttributeError:
+                raise RecipeError(f"model type {t_config.model_type!r} has no {name} in its config, which students are "
+                                  "built from", where=at, hint="use an encoder such as bert, xlm-roberta, distilbert"
+                                  ) from None
+        try:  # students are built from the teacher's layers (and layer maps read them): they must be found
+            layer_list(model)
+        except ValueError as exc:
+            raise RecipeError(f"{exc}: students are built from the teacher's own layers", where=at,
+                              hint="use a teacher whose layers are a list of separate modules (BERT, XLM-R, "
+                                   "DistilBERT...); ALBERT shares one layer") from None
+
+
+def _check_layers_found(config, task: str, at: str) -> None:
+    """A transformer student is built by copying teacher layers into its own layer list: that list
+    must be found in the model its config builds (on the meta device: no weights)."""
+    try:
+        layer_list(model_on_meta(config, task, where=at))
+    except ValueError as exc:
+        raise RecipeError(f"{exc}: a transformer student is built from its teacher's layers", where=at,
+                          hint="use a teacher whose layers are a list of separate modules (BERT, XLM-R, DistilBERT...)"
+                          ) from None
+
+
+def _check_layer_maps(recipe: Recipe) -> None:
+    """A layer map belongs to a loss that compares layers, and names layers the numbering knows,
+    in every loss section (also one no stage uses, and a loss of weight 0)."""
+    sections = [(("cascade",), recipe.cascade.losses)]
+    sections += [(("cascade", "stages", i), stage.losses) for i, stage in enumerate(recipe.cascade.stages) if stage.losses]
+    for section, losses in sections:
+        for name, cfg in (losses or {}).items():
+            if "layer_map" not in cfg.model_fields_set or cfg.layer_map == "top_only":
+                continue  # the default (a recipe as run, RUN_DIR/recipe.yaml, spells every default out)
+            at = where(recipe, *section, "losses", name, "layer_map")
+            if name in LOSSES and LOSSES[name].feature == "logits":  # a loss that compares no layers
+                raise RecipeError(f"{name} compares {'labels' if name == 'ce' else 'logits'}, not layers: a layer_map "
+                                  "does not apply to it", where=at,
+                                  hint="remove layer_map here, or put it on a hidden-state, attention or relation loss")
+            check_layer_names(cfg.layer_map, where=at)
 
 
 def _cache_key_where(recipe: Recipe, i: int) -> str:

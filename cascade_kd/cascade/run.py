@@ -22,20 +22,17 @@ baseline is never dense: it learns from the original teacher alone.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 from cascade_kd.cascade.job import Job, prepare
 from cascade_kd.cascade.plan import direct_spec, final_spec
-from cascade_kd.cascade.rundir import (
-    MARKER,
-    check_resume,
-    prepare_run_dir,
-    write_manifest,
-)
+from cascade_kd.cascade.rundir import open_run_dir, read_stage_info, write_manifest
 from cascade_kd.cascade.stages import distil_stage, get_teacher
 from cascade_kd.config.schema import Recipe, where
-from cascade_kd.errors import RecipeError, UserError
+from cascade_kd.errors import OutputError, RecipeError, UserError
+from cascade_kd.outdir import check_output, make_directory, output_path, write_marker
 from cascade_kd.evaluation.report import write_outputs
 from cascade_kd.evaluation.retrieval import evaluate_retrieval, retention_table
 from cascade_kd.evaluation.scoring import evaluate_languages, metric_for, summarise, summarise_groups
@@ -50,15 +47,18 @@ from cascade_kd.training.setup import resolve_precision
 
 def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = False, say=print) -> dict:
     """Run a whole recipe; returns the metrics written to RUN_DIR/metrics.json."""
-    out = Path(out)
+    out = output_path(out)  # a path that cannot be a directory is reported before any work
     say = main_say(say)
     job = prepare(recipe, out, say)  # every input check happens before RUN_DIR is touched
-    if resume:
-        check_resume(recipe, out)
-    prepare_run_dir(out, resume=resume, overwrite=overwrite)
-    if is_main():
-        write_manifest(job)
-    barrier()  # the others read RUN_DIR (finished stages, training state) only once it is ready
+    with open_run_dir(recipe, out, resume=resume, overwrite=overwrite, say=say):  # locked until the run ends
+        if is_main():
+            write_manifest(job)
+        barrier()  # the others read RUN_DIR (finished stages, training state) only once it is ready
+        return _run(job)
+
+
+def _run(job: Job) -> dict:
+    recipe, out = job.recipe, job.out
     started = time.perf_counter()
     job.progress = RunProgress(training_plan(job))
 
@@ -168,18 +168,14 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
     if split not in job.encoded:
         raise RecipeError(f"the recipe names no {split} data", where=where(recipe, "data", split))
     job.encoded = {s: job.encoded[s] for s in ("dev", split)}
-    target = Path(out) if out else run_dir / f"eval-{split}"
-    if target.resolve() == run_dir.resolve():
-        raise UserError("eval would overwrite the run's own metrics.json and report.md", where=str(target),
-                        hint="give another --out (default RUN_DIR/eval-SPLIT)")
-    previous = json.loads(metrics_path.read_text())
+    target = claim_eval_dir(run_dir, Path(out) if out else run_dir / f"eval-{split}")
+    previous = read_metrics(metrics_path)
     models = []
     for row in previous["models"]:
         directory = run_dir / row["path"]
         if not (directory / "config.json").is_file():
             raise UserError(f"model {row['name']!r} is missing", where=str(directory))
-        marker = directory / MARKER
-        info = json.loads(marker.read_text()) if marker.is_file() else {}
+        info = read_stage_info(directory)[0] or {}
         models.append((row["name"], row["role"], load_checkpoint(directory, job.data.task), info, directory))
     metrics = score_models(job, models, split=split)
     if parallel:
@@ -189,5 +185,57 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
             per_model[name] = evaluate_retrieval(model, job.tokenizer, parallel, max_length=recipe.task.max_length,
                                                  batch_size=recipe.train.eval_batch_size)
         metrics["retrieval"] = {"per_model": per_model, "summary": retention_table(per_model, teacher=models[0][0])}
-    write_outputs(target, metrics)
+    write_eval(target, metrics)
     return metrics
+
+
+EVAL_FILES = ("metrics.json", "report.md")
+
+
+def claim_eval_dir(run_dir: Path, target: Path) -> Path:
+    """Where eval may write: a new or empty folder, or an earlier eval's (whose two files it replaces);
+    never the run itself or a folder holding it. Returns the checked path."""
+    if Path(target).resolve() == Path(run_dir).resolve():
+        raise UserError("eval would overwrite the run's own metrics.json and report.md", where=str(target),
+                        hint="give another --out (default RUN_DIR/eval-SPLIT)")
+    found = check_output(target, "eval", rewrite=True, inputs={"run directory": Path(run_dir)}, legacy=_legacy_eval)
+    listed = found.marker["entries"] if found.state == "own" else EVAL_FILES
+    for name in EVAL_FILES:  # replaced by a rename: only what an earlier eval wrote there
+        path = found.path / name
+        if os.path.lexists(path) and (name not in listed or (path.is_dir() and not path.is_symlink())):
+            raise OutputError(f"{name} there is not one an earlier eval wrote, and eval would replace it",
+                              where=str(path), hint="move it away, or choose another --out")
+    return found.path
+
+
+def write_eval(target: Path, metrics: dict) -> None:
+    """The marker first (so an interrupted write leaves a folder eval may write again), then the files."""
+    make_directory(target)
+    write_marker(target, "eval", EVAL_FILES)
+    write_outputs(target, metrics)
+
+
+def _legacy_eval(path: Path) -> bool:
+    """An eval output written before markers: nothing but metrics.json (a run's metrics) and report.md."""
+    entries = {p.name for p in path.iterdir()}
+    return entries <= set(EVAL_FILES) and "metrics.json" in entries and read_metrics(path / "metrics.json", quiet=True) is not None
+
+
+def read_metrics(path: Path, quiet: bool = False) -> dict | None:
+    """A run's metrics.json (a JSON object with a list of models), else a UserError (None if quiet)."""
+    from cascade_kd.fileio import read_input
+
+    try:
+        data = json.loads(read_input(path, limit=256 << 20, what="metrics.json").decode("utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("models"), list) and all(
+                isinstance(r, dict) and {"name", "role", "path"} <= set(r) for r in data["models"]):
+            return data
+        problem = "not a cascade-kd metrics.json (no list of models)"
+    except UserError as err:
+        problem = err.message
+    except (ValueError, UnicodeDecodeError) as exc:
+        problem = f"not valid JSON ({type(exc).__name__})"
+    if quiet:
+        return None
+    raise UserError(f"metrics.json cannot be read: {problem}", where=str(path),
+                    hint="it is written at the end of a run: finish the run with --resume")

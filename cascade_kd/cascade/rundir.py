@@ -1,11 +1,27 @@
-"""RUN_DIR: what a run writes (manifest, recipe as run, a marker per finished model) and the
-rules for starting, resuming and replacing a run there."""
+"""RUN_DIR: what a run writes (marker, manifest, recipe as run, a stage.json per finished model),
+and the rules for starting, resuming and replacing a run there (the output rule of
+cascade_kd/outdir.py, applied to runs).
+
+- A run starts in a new or empty directory; `--resume` continues, and `--overwrite` replaces, a
+  directory that holds a cascade-kd run: one with the run's `.cascade-kd.json` marker, or, for runs
+  written before markers, a `manifest.json` that parses as a run's manifest (or, when that file is
+  damaged, a finished model whose stage.json names this very recipe).
+- `--overwrite` deletes only what the run wrote: the entries its marker lists, and inside a model
+  directory only the files its stage.json lists. What else is there (a user's file, an export or an
+  eval output with its own marker) is kept and named. An old run without a marker is replaced only
+  when it holds nothing but what runs write.
+- While a run works in RUN_DIR it holds an advisory lock on RUN_DIR/.cascade-kd.lock: a second
+  `run` (or `--resume`) on the same directory is refused at once.
+- On `--resume`, a damaged manifest.json is written again; a finished model whose stage.json or
+  weights are damaged is named and made again, the others are kept.
+"""
 
 from __future__ import annotations
 
 import json
 import platform
-import shutil
+import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,23 +29,132 @@ import torch
 
 from cascade_kd import __version__
 from cascade_kd.config.schema import Recipe
-from cascade_kd.errors import UserError
-from cascade_kd.fileio import atomic_write
-from cascade_kd.training.distributed import barrier, is_main
+from cascade_kd.errors import OutputError, UserError
+from cascade_kd.fileio import atomic_write, read_input
+from cascade_kd.outdir import (
+    LOCK,
+    Found,
+    inspect,
+    make_directory,
+    output_path,
+    remove_written,
+    write_marker,
+)
+from cascade_kd.outdir import (
+    MARKER as DIR_MARKER,
+)
+from cascade_kd.students.hub import CHECKPOINT_FILE, checkpoint_problem
+from cascade_kd.training.distributed import on_main
 
 if TYPE_CHECKING:  # a type only: job.py imports this module's neighbours, not the reverse
     from cascade_kd.cascade.job import Job
 
 
-MARKER = "stage.json"
+MARKER = "stage.json"  # in each finished model's directory, written last
+COMMAND = "run"  # the marker's command for `run` and `pretrain` (the same RUN_DIR layout)
+RUN_ENTRIES = ("manifest.json", "recipe.yaml", "teacher", "stages", "state", "cache", "metrics.json", "report.md",
+               LOCK, DIR_MARKER)
+# what an interrupted atomic write of a run leaves next to its target (fileio.py)
+_RUN_LEFTOVER = re.compile(r"^\.(manifest\.json|recipe\.yaml|metrics\.json|report\.md|teacher|stages|state)\..+$")
 
 
-def finished_model(directory: Path, fingerprint: str) -> dict | None:
-    marker = directory / MARKER
-    if not marker.is_file():
+# ---------------------------------------------------------------------------------------------
+# Finished models
+
+
+def read_stage_info(directory: Path) -> tuple[dict | None, str | None]:
+    """(stage.json's content, None); (None, None) when there is none; (None, why) when damaged."""
+    path = Path(directory) / MARKER
+    if not path.is_file():
+        return None, None
+    try:
+        info = json.loads(read_input(path, limit=64 << 20, what="stage.json").decode("utf-8"))
+    except UserError as err:
+        return None, err.message
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, f"not valid JSON ({type(exc).__name__})"
+    return (info, None) if isinstance(info, dict) else (None, "not a JSON object")
+
+
+def finished_model(directory: Path, fingerprint: str, say=None) -> dict | None:
+    """stage.json of a model this recipe finished, when the model can be loaded as saved; None when
+    it must be made (again). A damaged stage.json or weights file is named (`say`)."""
+    info, damaged = read_stage_info(directory)
+    name = Path(directory).name
+    if damaged:
+        if say:
+            say(f"WARNING: {Path(directory) / MARKER} is damaged ({damaged}): {name} is made again")
         return None
-    info = json.loads(marker.read_text())
-    return info if info.get("recipe") == fingerprint else None
+    if info is None or info.get("recipe") != fingerprint:
+        return None
+    problem = checkpoint_problem(directory)
+    if problem is not None:
+        path, what = problem
+        if say:
+            say(f"WARNING: {path} of the finished model {name} is damaged ({what}): {name} is made again")
+        return None
+    return info
+
+
+def model_files(directory: Path):
+    """Which names in a model directory the run wrote: those its stage.json lists; for a model saved
+    before stage.json listed them, the names save_pretrained gives a model and its tokenizer."""
+    info, _ = read_stage_info(directory)
+    files = info.get("files") if info else None
+    if isinstance(files, list) and all(isinstance(f, str) for f in files):
+        listed = set(files)
+        return lambda name: name in listed
+    return lambda name: bool(CHECKPOINT_FILE.match(name))
+
+
+def foreign_in_model_dir(directory: Path) -> list[str]:
+    """Entries of an existing model directory that are not the model's: kept when it is saved again."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    ours = model_files(directory)
+    return [p.name for p in directory.iterdir() if not ours(p.name)]
+
+
+def _owner(run_dir: Path):
+    """For remove_written: which names inside a RUN_DIR entry the run wrote."""
+    run_dir = Path(run_dir)
+
+    def owns(directory: Path):
+        if directory == run_dir / "teacher" or directory.parent == run_dir / "stages":
+            return model_files(directory)
+        if directory == run_dir / "stages":  # model directories, and leftovers of interrupted saves
+            return lambda name: (directory / name).is_dir() or name.startswith(".")
+        return None  # state/ and cache/: the run's working files, written and replaced whole
+
+    return owns
+
+
+# ---------------------------------------------------------------------------------------------
+# Is it a run, and this recipe's?
+
+
+def read_manifest(out: Path) -> tuple[dict | None, str | None]:
+    """(manifest, None) when RUN_DIR/manifest.json is a run's manifest; (None, None) when absent;
+    (None, why) when it is there but is not one (damaged, or some other file of that name)."""
+    path = Path(out) / "manifest.json"
+    if not path.exists():
+        return None, None
+    try:
+        data = json.loads(read_input(path, limit=64 << 20, what="manifest.json").decode("utf-8"))
+    except UserError as err:
+        return None, err.message
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, f"not valid JSON ({type(exc).__name__})"
+    if not isinstance(data, dict) or not isinstance(data.get("recipe_fingerprint"), str):
+        return None, "not a cascade-kd manifest (no recipe_fingerprint)"
+    return data, None
+
+
+def _models_of(out: Path, fingerprint: str) -> bool:
+    """Whether a finished model in RUN_DIR names this recipe (proof of a run whose manifest is damaged)."""
+    dirs = [out / "teacher"] + (sorted((out / "stages").iterdir()) if (out / "stages").is_dir() else [])
+    return any((read_stage_info(d)[0] or {}).get("recipe") == fingerprint for d in dirs if d.is_dir())
 
 
 def changed_keys(old, new, prefix: str = "") -> list[str]:
@@ -42,41 +167,117 @@ def changed_keys(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def check_resume(recipe: Recipe, out: Path) -> None:
-    """A run is resumed with the recipe it started with: name the keys that changed otherwise."""
-    if not (out / "manifest.json").is_file():
-        return
-    manifest = json.loads((out / "manifest.json").read_text())
-    if manifest.get("recipe_fingerprint") != recipe.fingerprint():
-        changed = changed_keys(manifest.get("recipe", {}), recipe.dump())
-        raise UserError(
-            "the recipe changed since this run started"
-            + (f": {', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''} differ" if changed else ""),
-            where=str(out / "manifest.json"), hint="resume with the original recipe, or start a new --out",
-        )
+def _recipe_changed(out: Path, recipe: Recipe, manifest: dict | None) -> UserError:
+    changed = changed_keys(manifest.get("recipe", {}), recipe.dump()) if manifest else []
+    return UserError(
+        "the recipe changed since this run started"
+        + (f": {', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''} differ" if changed else ""),
+        where=str(out / "manifest.json"), hint="resume with the original recipe, or start a new --out",
+    )
 
 
-def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Check RUN_DIR on every process, then let the main one change it: every process checks the
+def check_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, say=None) -> Found:
+    """Decide, without changing anything, whether this run may use RUN_DIR; an OutputError (or a
+    UserError for a changed recipe) says why not. Returns what was found."""
+    fingerprint = recipe.fingerprint()
+    manifest, manifest_damage = read_manifest(out)
+
+    def legacy(path: Path) -> bool:  # a run written before markers
+        return manifest is not None or (resume and manifest_damage is not None and _models_of(path, fingerprint))
+
+    found = inspect(out, COMMAND, legacy=legacy)
+    where = str(out)
+    if found.state in ("new", "empty"):
+        return found
+    if found.state == "other":
+        raise OutputError(f"RUN_DIR holds the output of `cascade-kd {found.marker['command']}`, not a run: nothing "
+                          "there is replaced", where=where, hint="choose a new or empty --out")
+    if not found.ours:
+        what = (f"its {DIR_MARKER} cannot be trusted ({found.why})" if found.state == "damaged"
+                else f"its manifest.json is damaged ({manifest_damage})" if manifest_damage
+                else f"no {DIR_MARKER} or manifest.json")
+        if resume or overwrite:
+            flag = "--resume" if resume else "--overwrite"
+            raise OutputError(f"{flag} needs a cascade-kd run in RUN_DIR, and this is not one ({what}): nothing "
+                              "there is replaced", where=where, hint="choose a new or empty --out")
+        raise OutputError(f"RUN_DIR is not empty and holds no cascade-kd run ({what})", where=where,
+                          hint="choose a new or empty --out (--resume and --overwrite apply to a cascade-kd run only)")
+    if found.state == "own":  # a run's marker lists all it writes: anything else of those names is not its own
+        unlisted = [e for e in RUN_ENTRIES if e not in found.marker["entries"] and e in found.entries]
+        if unlisted:
+            raise OutputError(f"RUN_DIR holds {', '.join(unlisted[:3])}, which its {DIR_MARKER} does not list as the "
+                              "run's: a run would replace it", where=where, hint="move it away, or choose another --out")
+    if not (resume or overwrite):
+        raise OutputError("RUN_DIR is not empty", where=where,
+                          hint="pass --resume to continue that run, --overwrite to replace it, or choose another --out")
+    if resume:
+        started_with = found.marker.get("recipe_fingerprint") if found.state == "own" else (
+            manifest["recipe_fingerprint"] if manifest else fingerprint)  # else proven by a finished model
+        if started_with != fingerprint:
+            raise _recipe_changed(out, recipe, manifest)
+        if manifest_damage and say:
+            say(f"WARNING: {out / 'manifest.json'} is damaged ({manifest_damage}): it is written again")
+        return found
+    if found.state == "legacy":  # --overwrite of a run without a marker: only if nothing else is there
+        unknown = [e for e in found.entries if e not in RUN_ENTRIES and not _RUN_LEFTOVER.match(e)]
+        if unknown:
+            shown = ", ".join(unknown[:4]) + (", ..." if len(unknown) > 4 else "")
+            raise OutputError(
+                f"RUN_DIR holds a run written before {DIR_MARKER} markers, and also {shown}, which a run does not "
+                "write: --overwrite deletes nothing it cannot prove it wrote", where=where,
+                hint="move those out of RUN_DIR, or choose another --out")
+    return found
+
+
+def _lock(out: Path):
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputError("another cascade-kd process is working in RUN_DIR (it holds RUN_DIR/.cascade-kd.lock)",
+                          where=str(out), hint="wait for it to finish, or choose another --out") from None
+    except OSError as exc:
+        raise OutputError(f"cannot lock RUN_DIR: {exc.strerror or exc}", where=str(out)) from None
+    return lock
+
+
+@contextmanager
+def open_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, say=print):
+    """Check RUN_DIR on every process, then let the main one lock it, replace an earlier run's files
+    (--overwrite) and mark it; the lock is held until the block ends. Every process checks the
     directory as the user left it (so all fail alike), none sees it half-changed."""
-    if out.exists() and not out.is_dir():
-        raise UserError("RUN_DIR exists and is not a directory", where=str(out))
-    if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
-        raise UserError(
-            "RUN_DIR is not empty", where=str(out),
-            hint="pass --resume to continue that run, --overwrite to replace it, or choose another --out",
-        )
-    if overwrite and out.is_dir() and any(out.iterdir()) and not resume:
-        if not (out / "manifest.json").is_file():  # never delete a directory that is not a run
-            raise UserError(
-                "--overwrite replaces an earlier cascade-kd run, but this directory holds no manifest.json",
-                where=str(out), hint="choose an empty or new --out",
-            )
-    barrier()
-    if is_main():
-        if overwrite and out.is_dir() and not resume:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
+    out = output_path(out)  # a symbolic link stands for its target (idempotent: run_recipe checked it already)
+    check_run_dir(recipe, out, resume=resume, overwrite=overwrite, say=say)
+    lock = None
+
+    def claim():
+        nonlocal lock
+        make_directory(out)
+        lock = _lock(out)
+        try:  # again, under the lock: another process may have started a run here since
+            found = check_run_dir(recipe, out, resume=resume, overwrite=overwrite)
+            if overwrite and not resume and found.ours:
+                entries = found.marker["entries"] if found.state == "own" else [
+                    e for e in found.entries if e in RUN_ENTRIES or _RUN_LEFTOVER.match(e)]
+                kept = remove_written(out, entries, _owner(out))
+                if kept:
+                    shown = ", ".join(str(p.relative_to(out)) for p in kept[:4]) + (", ..." if len(kept) > 4 else "")
+                    say(f"--overwrite: the earlier run's files are deleted; kept {len(kept)} entr"
+                        f"{'y' if len(kept) == 1 else 'ies'} it did not write ({shown})")
+            if not (found.state == "own" and found.marker.get("recipe_fingerprint") == recipe.fingerprint()):
+                write_marker(out, COMMAND, RUN_ENTRIES, recipe_fingerprint=recipe.fingerprint())
+        except BaseException:
+            lock.release()
+            raise
+
+    on_main(claim)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def write_manifest(job: Job) -> None:
@@ -108,3 +309,9 @@ def recipe_text(recipe: Recipe) -> str:
     for key in ("model", "tokenizer"):
         data["teacher"][key] = recipe.model_path(data["teacher"][key])
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def is_run(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a cascade-kd run (its marker, or an earlier version's manifest)."""
+    found = inspect(Path(run_dir), COMMAND, legacy=lambda p: read_manifest(p)[0] is not None)
+    return found.ours

@@ -4,14 +4,13 @@ each saved to RUN_DIR with its marker once finished, so a resumed run never reco
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
 from cascade_kd.cascade.job import Job
-from cascade_kd.cascade.rundir import MARKER, finished_model
+from cascade_kd.cascade.rundir import MARKER, finished_model, foreign_in_model_dir
 from cascade_kd.cascade.plan import final_spec
 from cascade_kd.config.schema import StageConfig, StudentConfig, where
 from cascade_kd.losses.base import LossTerm, Reads
@@ -33,12 +32,14 @@ def _save_model(job: Job, model, directory: Path, info: dict, projections=None) 
     info["params"] = count_parameters(model)  # now, while requires_grad says what this model trained
     if not is_main():
         return
-    extra = {MARKER: json.dumps(info, indent=2).encode()}
+    extra = {}
     if projections is not None and len(projections):
         from safetensors.torch import save
 
         extra["projections.safetensors"] = save({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()})
-    save_checkpoint(model, job.tokenizer, directory, extra_files=extra)
+    # stage.json last, listing the files; what else is in an earlier copy of the directory is kept
+    save_checkpoint(model, job.tokenizer, directory, extra_files=extra, record=(MARKER, info),
+                    keep=foreign_in_model_dir(directory))
     shutil.rmtree(job.state_dir(directory.name), ignore_errors=True)
 
 
@@ -46,7 +47,7 @@ def get_teacher(job: Job):
     """Load, fine-tune or train the teacher; saved to RUN_DIR/teacher."""
     recipe, out = job.recipe, job.out / "teacher"
     fingerprint = recipe.fingerprint()
-    info = finished_model(out, fingerprint)
+    info = finished_model(out, fingerprint, job.say)
     if info is not None:
         job.say("teacher: already trained, loading it (resume)")
         return load_checkpoint(out, job.data.task), info
@@ -85,7 +86,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     chain's models up to `teacher`), the logit losses learn from all of them."""
     recipe = job.recipe
     out = job.out / "stages" / name
-    info = finished_model(out, recipe.fingerprint())
+    info = finished_model(out, recipe.fingerprint(), job.say)
     if info is not None:
         job.say(f"{name}: already distilled, loading it (resume)")
         return load_checkpoint(out, job.data.task), info

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -246,6 +247,7 @@ COMMANDS = {"run": _cmd_run, "demo": _cmd_demo, "eval": _cmd_eval, "bench": _cmd
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
+    previous = _terminate_as_interrupt()
     try:
         if args.command not in ("run", "pretrain"):  # those read the recipe first, before the heavy imports
             _quiet_transformers()
@@ -254,9 +256,21 @@ def main(argv: list[str] | None = None) -> int:
         rank = os.environ.get("RANK", "0")  # under a launcher, say which process failed
         print(f"error{'' if rank == '0' else f' (process {rank})'}: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished models are kept; continue with --resume", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        print(f"{'terminated' if isinstance(stop, Terminated) else 'interrupted'}: finished models are kept; "
+              "continue with --resume", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
+    except OSError as exc:  # a write that no check could foresee: the disk filled, the location went read-only
+        from cascade_kd.fileio import output_problem
+
+        if output_problem(exc) is None:
+            raise
+        print(f"error: {output_problem(exc)}{f': {exc.filename}' if exc.filename else ''} (free some space or choose "
+              "another location, then run the command again; a run continues with --resume)", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -264,6 +278,25 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress lines say what is happening
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is (like KeyboardInterrupt for SIGINT), so that every
+    atomic write in progress cleans up and the same 'continue with --resume' line is printed."""
+
+
+def _terminate_as_interrupt():
+    """Turn SIGTERM into `Terminated` (in the main thread, when nobody else handles it); returns
+    the handler to restore, or None."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ first-sub-word alignment is exercised as with mBERT.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def _train_tokenizer(corpus: list[str], directory: Path, vocab_size: int = 800) 
 def free_directory(base: Path) -> Path:
     """`base` if it is free, else base-2, base-3, ...: a demo never overwrites an earlier one."""
     candidate, n = base, 1
-    while candidate.exists() and any(candidate.iterdir()):
+    while os.path.lexists(candidate) and (not candidate.is_dir() or any(candidate.iterdir())):
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate

@@ -85,6 +85,18 @@ class LossConfig(_Section):
     relations: list[Literal["query", "key", "value"]] = Field(default_factory=lambda: ["query", "key", "value"], min_length=1)
 
 
+    @field_validator("layer_map", mode="before")
+    @classmethod
+    def _no_boolean_layers(cls, v):
+        # YAML reads yes/no/on/off/true/false as booleans, which would otherwise pass for layers 1 and 0
+        if isinstance(v, list):
+            for pair in v:
+                for ref in pair if isinstance(pair, list) else []:
+                    if isinstance(ref, bool):
+                        raise ValueError(f"layer reference {ref!r} is a boolean (YAML reads yes, no, on, off, true "
+                                         "and false so), not a layer: write a layer number, 'embeddings' or 'last'")
+        return v
+
     @field_validator("relations")
     @classmethod
     def _unique_relations(cls, v):

@@ -3,13 +3,14 @@ path mapped to its line, so that errors can say `recipe.yaml:12: cascade.stages.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
 
 from cascade_kd.config.messages import short
 from cascade_kd.errors import RecipeError
-
+from cascade_kd.fileio import read_input
 
 # Limits on the composed YAML document, checked before anything walks it recursively: recipes nest
 # a few levels and hold hundreds of values, while aliases can expand a short file exponentially
@@ -118,19 +119,20 @@ def _line_map(node, path=(), out=None) -> dict[tuple, int]:
 
 
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page or two: a larger file is not one (and YAML parsing is slow)
+
+
 def read_text(path: str | Path) -> str:
-    """A recipe file's text (UTF-8; any line ends), or a RecipeError that says why it cannot be read."""
+    """A recipe file's text (UTF-8; any line ends), or a RecipeError that says why it cannot be read:
+    not found, not a regular file (a FIFO would block), more than MAX_RECIPE_BYTES."""
     path = Path(path)
     try:
-        found = path.is_file()
+        os.lstat(path)
+    except FileNotFoundError:
+        raise RecipeError("recipe file not found", where=str(path), hint="check the path") from None
     except (OSError, ValueError):  # e.g. a name too long for the file system: reading says why
-        found = True
-    if not found:
-        raise RecipeError("recipe file not found", where=str(path), hint="check the path")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise RecipeError(f"cannot read the recipe: {exc.strerror or exc}", where=str(path)) from None
+        pass
+    data = read_input(path, limit=MAX_RECIPE_BYTES, error=RecipeError, what="recipe")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

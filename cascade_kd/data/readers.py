@@ -16,12 +16,13 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 
 from cascade_kd.errors import DataError
+from cascade_kd.fileio import read_input
 
 FORMATS = ("tsv", "conll", "jsonl")
 TASKS = ("sequence", "pair", "token")
@@ -182,23 +183,8 @@ def _read_lines(path: str | os.PathLike, encoding: str) -> list[str]:
         codecs.lookup(encoding)
     except LookupError:
         raise DataError(f"unknown encoding {encoding!r}", where=where, hint="e.g. utf-8 or latin-1") from None
-    file = Path(path)
-    try:
-        is_dir = file.is_dir()
-    except (OSError, ValueError):  # e.g. a name too long for the file system: read_bytes says why
-        is_dir = False
-    if is_dir:
-        raise DataError(
-            "is a directory, expected a file", where=where, hint="give the path of the data file inside it"
-        )
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise DataError(
-            "file not found", where=where, hint=f"check the path; relative paths start from {os.getcwd()}"
-        ) from None
-    except (OSError, ValueError) as err:  # ValueError: a NUL character in the path
-        raise DataError(f"cannot read file: {getattr(err, 'strerror', None) or err}", where=where) from None
+    # a regular file only: a FIFO would block for ever, a character device (/dev/zero) never ends
+    data = read_input(path, error=DataError, what="file")
     # Decode the whole file at once, so a bad byte's offset gives its line number.
     try:
         text = data.decode(encoding)
@@ -218,21 +204,30 @@ def _read_lines(path: str | os.PathLike, encoding: str) -> list[str]:
     except UnicodeEncodeError as err:
         raise DataError(
             f"the text decoded as {encoding} holds an invalid character {text[err.start]!r} (a lone surrogate)",
-            where=f"{where}:{text.count(chr(10), 0, err.start) + 1}",
+            where=f"{where}:{_lines_before(text[:err.start])}",
             hint="set encoding: to the file's encoding, e.g. encoding: utf-8",
         ) from None
     text = text.removeprefix("\ufeff")
-    # Split on "\n" only: str.splitlines() would also split inside texts at \x1c, \x85, \u2028...
-    return [line.removesuffix("\r") for line in text.split("\n")]
+    # Universal line ends ("\r\n", "\n", and a lone "\r" as old Mac and some spreadsheet exports
+    # write), and only those: str.splitlines() would also split inside texts at \x1c, \x85, \u2028...
+    return _LINE_END.split(text)
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def _line_at(data: bytes, offset: int, encoding: str) -> int:
     """The 1-based line of byte `offset`: counted on the decoded text before it, since in UTF-16
     or UTF-32 a 0x0A byte is not always a line break."""
     try:
-        return data[:offset].decode(encoding, errors="replace").count("\n") + 1
+        return _lines_before(data[:offset].decode(encoding, errors="replace"))
     except (UnicodeError, LookupError, TypeError):  # a codec that cannot replace: bytes are close enough
-        return data.count(b"\n", 0, offset) + 1
+        return len(re.split(rb"\r\n|\r|\n", data[:offset]))
+
+
+def _lines_before(text: str) -> int:
+    """The 1-based line on which the end of `text` lies (line ends as `_read_lines` splits them)."""
+    return len(_LINE_END.split(text))
 
 
 # --- tsv ------------------------------------------------------------------------------------

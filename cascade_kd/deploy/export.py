@@ -19,9 +19,11 @@ real position (every example for sequence tasks, every non-padding token for tok
   difference is reported, not bounded.
 A failed check is an error (exit code 2) and nothing is written.
 
-Output folder (default MODEL_DIR/onnx, written atomically; an existing one is replaced only with
-overwrite): model.onnx, model.int8.onnx (with int8), config.json and the tokenizer files (so the
-folder serves on its own), export.json (inputs, opset, check figures and tolerances).
+Output folder (default MODEL_DIR/onnx, written atomically; new or empty, or an earlier export, which
+is replaced only with overwrite and only in the files that export wrote, see cascade_kd/outdir.py;
+never the model directory itself): model.onnx, model.int8.onnx (with int8), config.json and the tokenizer files (so the
+folder serves on its own), export.json (inputs, opset, check figures and tolerances), .cascade-kd.json
+(the marker that proves cascade-kd wrote the folder).
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ from pathlib import Path
 from cascade_kd.config.schema import load_recipe
 from cascade_kd.data.task import _read_hub, _read_local
 from cascade_kd.errors import UserError
-from cascade_kd.fileio import atomic_directory
-from cascade_kd.students.hub import load_checkpoint
+from cascade_kd.fileio import read_input
+from cascade_kd.outdir import check_output, replace_output
+from cascade_kd.students.hub import CHECKPOINT_FILE, load_checkpoint
 
 FP32_ATOL = 1e-3  # max abs logit difference, ONNX fp32 vs PyTorch fp32
 INT8_MIN_AGREEMENT = 0.95  # share of positions where int8 and PyTorch fp32 pick the same label
@@ -72,9 +75,12 @@ def model_task(model_dir: Path) -> str:
         raise UserError("not a saved model: no config.json", where=str(model_dir),
                         hint="give a saved model: RUN_DIR/teacher or RUN_DIR/stages/NAME")
     try:
-        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+        data = json.loads(read_input(config, limit=64 << 20, what="config.json").decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"config.json is not valid JSON: {exc}", where=str(config)) from None
+    architectures = (data.get("architectures") if isinstance(data, dict) else None) or []
+    if not isinstance(architectures, list):
+        architectures = [architectures]
     for arch in architectures:
         for head, task in TASK_OF_HEAD.items():
             if str(arch).endswith(head):
@@ -113,9 +119,10 @@ def text_items(path: Path, task: str, limit: int) -> tuple[str, list]:
     """One example per line: words separated by spaces (token tasks; tokenised as words), a text, or
     text<TAB>pair (sentence-pair models)."""
     try:
-        lines = [line.rstrip("\n") for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_input(path, what="check data file").decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise UserError(f"cannot read check data: {exc}", where=str(path)) from None
+    lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         raise UserError("check data is empty", where=str(path), hint="one example per line")
     items = [line.split() if task == "token" else tuple(line.split("\t", 1)) if "\t" in line else line
@@ -321,18 +328,12 @@ def export_model(
     task = model_task(model_dir)
     if not (model_dir / "model.safetensors").is_file():
         raise UserError("no model.safetensors (weights are read from safetensors only)", where=str(model_dir))
-    out = Path(out) if out is not None else model_dir / "onnx"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError("an export already exists there", where=str(out), hint="give --overwrite to replace it, or another --out")
+    found = claim_export_dir(model_dir, out, overwrite=overwrite)
     require_onnx()
     import torch
 
     started = time.perf_counter()
-    try:
-        model = load_checkpoint(model_dir, task)
-    except Exception as exc:  # noqa: BLE001 - a damaged or foreign checkpoint: say so in one line
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise UserError(f"cannot load the model: {type(exc).__name__}: {first}", where=str(model_dir)) from None
+    model = load_checkpoint(model_dir, task)  # a damaged or foreign checkpoint: a UserError naming the file
     tokenizer = _tokenizer(model_dir)
     names = input_names(model, tokenizer)
     source, items = check_items(model_dir, task, check_data, check_examples)
@@ -351,7 +352,7 @@ def export_model(
             "tolerance": {"fp32_max_abs_diff": FP32_ATOL, "fp32_near_tie_margin": 2 * FP32_ATOL,
                           "int8_min_agreement": int8_min_agreement}}
     references = reference_logits(model, batches)
-    with atomic_directory(out) as tmp:
+    with replace_output(found, "export", _export_file) as tmp:
         try:
             export_onnx(model, tmp / ONNX_NAME, names, task, example)
             fp32_session = session(tmp / ONNX_NAME)
@@ -386,6 +387,28 @@ def export_model(
         info["seconds"] = time.perf_counter() - started
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return info
+
+
+def claim_export_dir(model_dir: Path, out: Path | None, *, overwrite: bool):
+    """Where an export may go: a new or empty folder (default MODEL_DIR/onnx), or an earlier export
+    (replaced with --overwrite, its own files only); never the model directory itself."""
+    out = Path(out) if out is not None else Path(model_dir) / "onnx"
+    return check_output(out, "export", overwrite=overwrite, inputs={"model directory": Path(model_dir)},
+                        legacy=_legacy_export, exists_message="an export already exists there")
+
+
+def _export_file(name: str) -> bool:
+    """A file an export writes (to recognise an export made before markers)."""
+    return name in (ONNX_NAME, INT8_NAME, INFO_NAME) or bool(CHECKPOINT_FILE.match(name))
+
+
+def _legacy_export(path: Path) -> bool:
+    """An export written before markers: its export.json (with the opset) is there."""
+    try:
+        info = json.loads((path / INFO_NAME).read_text(encoding="utf-8"))
+        return isinstance(info, dict) and "opset" in info
+    except (OSError, ValueError, UnicodeDecodeError, TypeError):
+        return False
 
 
 def _tokenizer(model_dir: Path):

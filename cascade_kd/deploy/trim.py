@@ -56,9 +56,9 @@ from cascade_kd.data.task import load_task_data
 from cascade_kd.deploy.export import find_run_dir, model_task
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.scoring import evaluate_languages
-from cascade_kd.fileio import atomic_write
+from cascade_kd.outdir import check_output, replace_output
 from cascade_kd.students import count_parameters
-from cascade_kd.students.hub import config_labels, load_checkpoint, save_checkpoint
+from cascade_kd.students.hub import CHECKPOINT_FILE, config_labels, load_checkpoint
 
 TRIM_INFO = "trim.json"
 DEFAULT_MAX_UNK_INCREASE = 1.0  # percentage points of held-out pieces that become [UNK]
@@ -319,9 +319,8 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     and trim.json to `out` (default MODEL_DIR/trimmed), atomically. Returns the report."""
     model_dir = Path(model_dir)
     task = model_task(model_dir)  # a saved model, or a UserError that says what is missing
-    out = Path(out) if out is not None else model_dir / "trimmed"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError("a trimmed model already exists there", where=str(out), hint="give --overwrite, or another --out")
+    found = claim_trim_dir(model_dir, out, overwrite=overwrite)
+    out = found.path
     if min_count < 1:
         raise UserError(f"--min-count must be at least 1, not {min_count}")
     if recipe_path is None:
@@ -374,11 +373,38 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     if strict and report["warnings"]:
         raise UserError(f"trimming hurts {len(report['warnings'])} chosen language(s): {report['warnings'][0]}; "
                         "nothing written", where=str(model_dir), hint="choose more languages, or drop --strict")
-    save_checkpoint(new_model, new_tokenizer, out)
     before = (model_dir / "model.safetensors").stat().st_size
-    after = (out / "model.safetensors").stat().st_size
-    report.update(size_mb_before=before / 2**20, size_mb_after=after / 2**20, size_saved_share=1 - after / before)
-    atomic_write(out / TRIM_INFO, json.dumps(report, indent=2, ensure_ascii=False))
+    # model, tokenizer, trim.json and the marker in one atomic directory: all or nothing is written
+    with replace_output(found, "trim", _trim_file) as tmp:
+        new_model.config.architectures = [type(new_model).__name__]
+        new_model.save_pretrained(tmp, safe_serialization=True)
+        new_tokenizer.save_pretrained(tmp)
+        after = (tmp / "model.safetensors").stat().st_size
+        report.update(size_mb_before=before / 2**20, size_mb_after=after / 2**20, size_saved_share=1 - after / before)
+        (tmp / TRIM_INFO).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     say(f"trim: model.safetensors {before / 2**20:.2f} MB -> {after / 2**20:.2f} MB; written {out}"
         + (f"; {len(report['warnings'])} WARNING(S) above" if report["warnings"] else ""))
     return report
+
+
+def claim_trim_dir(model_dir: Path, out: Path | None, *, overwrite: bool):
+    """Where a trimmed model may go: a new or empty folder (default MODEL_DIR/trimmed), or an earlier
+    trim (replaced with --overwrite, its own files only); never the model directory itself."""
+    out = Path(out) if out is not None else Path(model_dir) / "trimmed"
+    return check_output(out, "trim", overwrite=overwrite, inputs={"model directory": Path(model_dir)},
+                        legacy=_legacy_trim, exists_message="a trimmed model already exists there")
+
+
+def _trim_file(name: str) -> bool:
+    """A file a trim writes (to recognise a trim made before markers)."""
+    return name == TRIM_INFO or bool(CHECKPOINT_FILE.match(name))
+
+
+def _legacy_trim(path: Path) -> bool:
+    """A trimmed model written before markers: its trim.json (with the vocabulary sizes) is there."""
+    try:
+        info = json.loads((path / TRIM_INFO).read_text(encoding="utf-8"))
+        return isinstance(info, dict) and "vocab_after" in info
+    except (OSError, ValueError, UnicodeDecodeError, TypeError):
+        return False
+

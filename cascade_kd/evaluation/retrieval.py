@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cascade_kd.errors import DataError, UserError
+from cascade_kd.fileio import read_input
 from cascade_kd.evaluation.scoring import summarise
 from cascade_kd.students.anatomy import masked_lm_parts
 
@@ -45,9 +46,9 @@ _TATOEBA_FILE = re.compile(r"tatoeba\.([a-z]{2,3})-eng\.([a-z]{2,3})")
 
 
 def _read_lines(path: Path, both: str) -> list[str]:
-    if not path.is_file():
+    if not path.exists():
         raise DataError("file not found", where=str(path), hint=f"reading the parallel pair {both}")
-    data = path.read_bytes()
+    data = read_input(path, error=DataError, what="parallel text file")  # a regular file: a FIFO would block
     if data.startswith(b"\xef\xbb\xbf"):  # a BOM is not part of the first sentence
         data = data[3:]
     try:

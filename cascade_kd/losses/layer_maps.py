@@ -117,3 +117,19 @@ def layer_pairs(
         where=where,
         hint="use top_only, uniform, top_aligned, skip2 or a list of [teacher, student] pairs",
     )
+
+
+def check_layer_names(strategy: str | list, *, where: str = "layer_map") -> None:
+    """Check what the references of a layer map name, without knowing the models' depths (for a loss
+    section that no stage uses, or that a weight of 0 switches off): each is an integer, a name of
+    the numbering above, or an integer written as text, never a boolean. Ranges are checked per
+    stage, by `layer_pairs`."""
+    if not isinstance(strategy, list):
+        return  # a named strategy: the schema allows the known ones only
+    for i, pair in enumerate(strategy):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise RecipeError(f"entry {i} is {pair!r}, expected a [teacher_layer, student_layer] pair", where=where)
+        for j, ref in enumerate(pair):
+            if isinstance(ref, bool) or not isinstance(ref, int):
+                # a depth beyond any model: only what the reference names is checked here
+                resolve_layer(ref, 10**9, where=f"{where}[{i}][{j}] ({'teacher' if j == 0 else 'student'})")

@@ -3,12 +3,25 @@ reload checkpoints (safetensors, written atomically) with the plain transformers
 
 from __future__ import annotations
 
+import json
+import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from cascade_kd.errors import RecipeError
+from cascade_kd.errors import RecipeError, UserError
 from cascade_kd.fileio import atomic_directory
+
+# Weights in pickle-based formats: torch.load would unpickle them, and unpickling can run code
+PICKLED_WEIGHTS = re.compile(r".*\.(bin|pt|pth|ckpt|pkl|pickle)$")
+# What save_pretrained writes for a model and its tokenizer (to recognise a checkpoint's files in
+# a directory written before checkpoints listed their files)
+CHECKPOINT_FILE = re.compile(r"^(config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors"
+                             r"|model\.safetensors\.index\.json|projections\.safetensors|stage\.json|tokenizer.*"
+                             r"|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|merges\.txt"
+                             r"|sentencepiece.*\.model|spiece\.model|chat_template.*)$")
 
 
 def auto_class(task: str):
@@ -42,68 +55,351 @@ def config_labels(config) -> list[str]:
     id2label = getattr(config, "id2label", None) or {}
     return [id2label[i] for i in sorted(id2label)]
 
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file (truncated, garbage header, not one at all), or None.
+    Read from its header alone: 8 bytes of length, a JSON header, then exactly the tensor bytes
+    the header describes."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return f"{size} bytes: too short for a safetensors file (empty or truncated)"
+            length = int.from_bytes(head, "little")
+            if length < 2 or length > min(size - 8, 100 * 2**20):
+                return (f"not a safetensors file, or truncated: its header length field says {length:,} bytes, "
+                        f"the file has {size:,}")
+            header = json.loads(handle.read(length).decode("utf-8"))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    except (ValueError, UnicodeDecodeError):
+        return "its header is not valid JSON: not a safetensors file, or damaged"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object: not a safetensors file"
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]):
+            return f"its header is malformed at tensor {name[:60]!r}"
+        end = max(end, offsets[1])
+    if 8 + length + end != size:
+        return (f"truncated: its header describes {8 + length + end:,} bytes, the file has {size:,}"
+                if size < 8 + length + end else
+                f"{size - 8 - length - end:,} bytes longer than its header describes (damaged)")
+    return None
+
+
+def checkpoint_problem(directory: Path) -> tuple[Path, str] | None:
+    """(file, what is wrong) for a model directory that cannot be loaded as saved, else None:
+    config.json must be a JSON object and the weights safetensors files, each intact. Weights only
+    in a pickle format (pytorch_model.bin) are refused: cascade-kd never unpickles."""
+    directory = Path(directory)
+    config = directory / "config.json"
+    if not config.is_file():
+        return config, "missing"
+    try:
+        if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+            return config, "not a JSON object"
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return config, f"not valid JSON ({type(exc).__name__})"
+    weights = sorted(directory.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for p in directory.iterdir() if PICKLED_WEIGHTS.match(p.name))
+        if pickled:
+            return directory / pickled[0], "PICKLED"
+        return directory, "no model.safetensors (weights are read from safetensors only)"
+    for path in weights:
+        problem = safetensors_problem(path)
+        if problem:
+            return path, problem
+    return None
+
+
+def refuse_damaged(directory: Path, where_key: str | None = None, error=UserError) -> None:
+    problem = checkpoint_problem(directory)
+    if problem is None:
+        return
+    path, what = problem
+    if what == "PICKLED":
+        raise error(
+            f"{path} holds weights in a pickle format, which cascade-kd does not read (unpickling can run code); "
+            "weights are read from safetensors only", where=where_key or str(directory),
+            hint="convert it once, where you trust the file: python -c \"import transformers as t; d='"
+                 f"{directory}'; a=t.AutoConfig.from_pretrained(d).architectures[0]; "
+                 "getattr(t, a).from_pretrained(d).save_pretrained(d)\" writes model.safetensors")
+    raise error(f"{path.name} is damaged or unreadable: {what}", where=str(path) if where_key is None else where_key,
+                hint="restore the file, or save the model again" if path.name != "config.json"
+                else "restore config.json (a JSON object, as save_pretrained writes)")
+
+
 def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_code: bool = False):
-    """A pretrained encoder or a fine-tuned task model. Returns (model, has_matching_head)."""
+    """A pretrained encoder or a fine-tuned task model. Returns (model, has_matching_head).
+    Weights are read from safetensors only; a local directory with damaged files, or weights only
+    in a pickle format, is refused with a RecipeError that names the file."""
     from transformers import AutoConfig
 
+    if os.path.isdir(name_or_path):
+        refuse_damaged(Path(name_or_path), "teacher.model", RecipeError)
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, a strict config field: the user's model
         raise RecipeError(
-            f"cannot load the model {name_or_path!r}: {str(exc).splitlines()[0]}",
+            f"cannot load the model {name_or_path!r}: {first_line(exc)}",
             where="teacher.model",
             hint="give a local directory with config.json and weights, or a hub name when online",
         ) from None
-    if task == "mlm":  # a masked-LM head is there when the checkpoint filled every weight of one
-        model, info = auto_class(task).from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
-                                                       dtype=torch.float32, output_loading_info=True)
-        return model, not info.get("missing_keys")
-    head = "ForTokenClassification" if task == "token" else "ForSequenceClassification"
-    has_head = any(a.endswith(head) for a in (config.architectures or [])) and config_labels(config) == list(labels)
-    model = auto_class(task).from_pretrained(
-        name_or_path, trust_remote_code=trust_remote_code, dtype=torch.float32,
-        ignore_mismatched_sizes=not has_head, **label_config(labels)
-    )
+    hint = "the directory needs model.safetensors matching its config.json, as save_pretrained writes them"
+    try:
+        if task == "mlm":  # a masked-LM head is there when the checkpoint filled every weight of one
+            with quiet_loading():
+                model, info = auto_class(task).from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
+                                                               dtype=torch.float32, output_loading_info=True,
+                                                               use_safetensors=True, ignore_mismatched_sizes=True)
+            has_head = not _unloaded(info)
+        else:
+            head = "ForTokenClassification" if task == "token" else "ForSequenceClassification"
+            has_head = any(a.endswith(head) for a in (config.architectures or [])) and config_labels(config) == list(labels)
+            with quiet_loading():  # a new head is expected; encoder weights that do not fit are refused below
+                model, info = auto_class(task).from_pretrained(
+                    name_or_path, trust_remote_code=trust_remote_code, dtype=torch.float32, use_safetensors=True,
+                    ignore_mismatched_sizes=True, output_loading_info=True, **label_config(labels)
+                )
+            if has_head and _unloaded(info):
+                has_head = False  # the head did not load after all: it is trained
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - weights that do not fit the config, a hub repo without safetensors
+        raise RecipeError(f"cannot load the weights of {name_or_path!r}: {first_line(exc)}", where="teacher.model",
+                          hint=hint) from None
+    # a new task head is initialised at random (it is trained); an encoder weight never may be
+    body = [k for k in _unloaded(info) if k.startswith(f"{model.base_model_prefix}.")]
+    if body:
+        raise RecipeError(f"the weights of {name_or_path!r} do not fit its config.json: {len(body)} encoder weight(s) "
+                          f"missing or of another shape (e.g. {min(body)})", where="teacher.model", hint=hint)
     return model, has_head
 
-def create_model(config_spec: dict, task: str, labels: list[str], vocab_size: int, pad_token_id: int | None):
-    """A randomly initialised model from a config spec (for machines without pretrained weights)."""
+
+@contextmanager
+def quiet_loading():
+    """transformers' loading report (a table of missing and mismatched weights) is not printed: the
+    caller says what matters in one line."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _unloaded(info: dict) -> list[str]:
+    """The weights that from_pretrained did not fill from the file (missing, or of another shape)."""
+    return list(info.get("missing_keys") or []) + [str(k[0] if isinstance(k, tuple) else k)
+                                                    for k in info.get("mismatched_keys") or []]
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first lines of its message, joined."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def config_from_spec(config_spec: dict, task: str, labels: list[str], vocab_size: int | None,
+                     pad_token_id: int | None, *, where=None):
+    """The transformers config a recipe's `teacher.config` describes (model_type + fields), with the
+    tokenizer's vocabulary size and padding id and the task's labels filled in. Every problem is a
+    RecipeError naming the key: `where(key)` says where a key of teacher.config is (key None: the
+    section itself). Sizes and counts must be positive integers, activations known ones."""
     from transformers import AutoConfig
+    from transformers.activations import ACT2FN
+
+    def at(key: str | None = None) -> str:
+        return where(key) if where is not None else "teacher.config" + (f".{key}" if key else "")
+
+    from transformers import CONFIG_MAPPING
 
     spec = dict(config_spec)
     model_type = spec.pop("model_type")
-    spec.setdefault("vocab_size", vocab_size)
+    if model_type not in CONFIG_MAPPING:
+        import difflib
+
+        close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=1)
+        raise RecipeError(f"unknown model_type {model_type!r}", where=at("model_type"),
+                          hint=f"did you mean {close[0]!r}?" if close else "a transformers model type, e.g. bert")
+    for key, value in spec.items():  # a string or a float here ends in a traceback deep inside transformers
+        if _is_size_key(key) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise RecipeError(f"{key} must be a positive integer, not {value!r}", where=at(key))
+        problem = _float_problem(key, value)
+        if problem:
+            raise RecipeError(f"{key} {problem}, not {value!r}", where=at(key))
+        if key in ("hidden_act", "activation", "hidden_activation") and isinstance(value, str) and value not in ACT2FN:
+            raise RecipeError(f"unknown activation {value!r}", where=at(key),
+                              hint="use one of " + ", ".join(a for a in ("gelu", "relu", "silu", "gelu_new", "tanh") if a in ACT2FN))
+    if vocab_size is not None:
+        spec.setdefault("vocab_size", vocab_size)
     if pad_token_id is not None:
         spec.setdefault("pad_token_id", pad_token_id)
     try:
         config = AutoConfig.for_model(model_type, **spec, **(label_config(labels) if task != "mlm" else {}))
-    except (ValueError, TypeError) as exc:
-        raise RecipeError(f"invalid teacher.config: {exc}", where="teacher.config") from None
-    if config.vocab_size < vocab_size:
+    except Exception as exc:  # noqa: BLE001 - ValueError, TypeError, a strict dataclass field: the user's config
+        named = re.search(r"field '(\w+)'", str(exc))  # a strict dataclass field names itself in its message
+        field = named.group(1) if named else None
+        raise RecipeError(f"invalid teacher.config: {first_line(exc)}",
+                          where=at(field) if isinstance(field, str) and field in spec else at()) from None
+    if vocab_size is not None and getattr(config, "vocab_size", vocab_size) < vocab_size:
         raise RecipeError(
             f"teacher.config.vocab_size {config.vocab_size} is smaller than the tokenizer's {vocab_size}",
-            where="teacher.config.vocab_size",
+            where=at("vocab_size"),
         )
+    return config
+
+
+def _float_problem(key: str, value) -> str | None:
+    """What a probability, a standard deviation or an epsilon must be (None when `value` is one, or
+    `key` is none of these): the model would build on the meta device and fail at initialisation."""
+    import math
+
+    kind = ("a probability between 0 and 1" if key.endswith(("dropout_prob", "dropout")) else
+            "a positive number" if key in ("initializer_range", "layer_norm_eps", "layer_norm_epsilon") else None)
+    if kind is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"must be {kind}"
+    if (kind.startswith("a probability") and not 0 <= value <= 1) or (kind == "a positive number" and value <= 0):
+        return f"must be {kind}"
+    return None
+
+
+_SIZE_KEYS = re.compile(r"^(num_\w+|n_\w+|\w+_size|\w+_layers|\w+_heads|dim|hidden_dim|max_position_embeddings|vocab_size)$")
+_NOT_SIZES = {"num_labels", "pad_token_id", "n_positions"}  # checked by transformers, or 0 is valid
+
+
+def _is_size_key(key: str) -> bool:
+    return bool(_SIZE_KEYS.match(key)) and key not in _NOT_SIZES and not key.endswith(("_id", "_ids"))
+
+
+def model_on_meta(config, task: str, *, where: str = "teacher.config", error=RecipeError):
+    """The model a config builds, on the meta device (no memory for weights): its structure and its
+    parameter count, or `error` saying why the config builds no model for this task."""
+    cls = auto_class(task)
+    try:
+        with torch.device("meta"):
+            return cls.from_config(config)
+    except Exception as exc:  # noqa: BLE001 - zero heads, an unknown activation, no such head...
+        if isinstance(exc, ValueError) and "Unrecognized configuration class" in str(exc):
+            raise error(f"model type {config.model_type!r} has no {cls.__name__.removeprefix('AutoModelFor')} "
+                        "head: it is not a text encoder that this task can use", where=where,
+                        hint="use an encoder such as bert, xlm-roberta, distilbert") from None
+        raise error(f"the config builds no model ({first_line(exc)})", where=where) from None
+
+
+def check_fits(config, task: str, *, trains: bool, where: str, what: str = "the model", error=RecipeError):
+    """Refuse (`error`) a config that builds no model for `task`, or one whose model does not fit in
+    memory: a rough count from the config's sizes first (absurd sizes are refused before anything
+    is built), then the exact count of the model built on the meta device (no weights). Returns the
+    meta model."""
+    from cascade_kd.students.anatomy import ffn_attr
+
+    have, memory = device_memory()
+
+    def refuse(parameters: int, about: str = "") -> None:
+        need = training_bytes(parameters, trains=trains)
+        if need > have:
+            raise error(
+                f"{what} has {about}{parameters / 1e6:,.0f}M parameters: "
+                + ("training it needs" if trains else "holding it needs")
+                + f" {about}{need / 2**30:,.0f} GiB ({'weights, gradients and two AdamW moments' if trains else 'weights'}"
+                f" in fp32, before activations), more than this machine's {have / 2**30:,.0f} GiB of {memory}",
+                where=where, hint="use smaller sizes (num_hidden_layers, hidden_size, intermediate_size, vocab_size)")
+
+    sizes = [getattr(config, k, None) for k in ("num_hidden_layers", "hidden_size", "vocab_size")]
+    if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        layers, hidden, vocab = sizes
+        ffn = getattr(config, ffn_attr(config), None)
+        ffn = ffn if isinstance(ffn, int) and ffn > 0 else 4 * hidden
+        refuse(vocab * hidden + layers * (4 * hidden * hidden + 2 * hidden * ffn), "about ")
+    model = model_on_meta(config, task, where=where, error=error)
+    refuse(sum(p.numel() for p in model.parameters()))
+    return model
+
+
+def training_bytes(parameters: int, *, trains: bool) -> int:
+    """Memory for a model's weights in fp32, and when it trains, its gradients and AdamW's two
+    moments too (activations come on top)."""
+    return parameters * 4 * (4 if trains else 1)
+
+
+def device_memory() -> tuple[int, str]:
+    """(bytes, name) of the memory a model trains in: the GPU's when there is one, else the RAM."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory, "GPU memory"
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "memory"
+    except (ValueError, OSError, AttributeError):  # not on this platform: no limit known
+        return 2**62, "memory"
+
+
+def create_model(config_spec: dict, task: str, labels: list[str], vocab_size: int, pad_token_id: int | None):
+    """A randomly initialised model from a config spec (for machines without pretrained weights)."""
+    config = config_from_spec(config_spec, task, labels, vocab_size, pad_token_id)
     try:
         return auto_class(task).from_config(config)
-    except (ValueError, TypeError) as exc:  # e.g. a width that the head count does not divide, no such head
-        raise RecipeError(f"invalid teacher.config: {str(exc).splitlines()[0]}", where="teacher.config") from None
+    except Exception as exc:  # noqa: BLE001 - checked on the meta device first (plan.py); initialisation may still refuse
+        raise RecipeError(f"invalid teacher.config: {first_line(exc)}", where="teacher.config") from None
 
 def use_attention_outputs(model, needed: bool) -> None:
     """Attention probabilities are only returned by the eager implementation in transformers 5."""
     model.set_attn_implementation("eager" if needed else "sdpa")
 
-def save_checkpoint(model, tokenizer, directory: Path, extra_files: dict[str, bytes] | None = None) -> None:
-    """save_pretrained into a temporary sibling directory, then swap it in with a rename."""
-    with atomic_directory(directory) as tmp:
+def save_checkpoint(model, tokenizer, directory: Path, extra_files: dict[str, bytes] | None = None, *,
+                    record: tuple[str, dict] | None = None, keep=()) -> None:
+    """save_pretrained into a temporary sibling directory, then swap it in with a rename.
+    `record` (name, data): a JSON file written last, with data plus `files`, the list of every file
+    of the checkpoint (so that later only those are ever replaced or deleted). `keep`: entries of an
+    existing `directory` that are not this checkpoint's, carried over (see fileio.atomic_directory)."""
+    with atomic_directory(directory, keep=keep) as tmp:
         model.config.architectures = [type(model).__name__]
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
+        if record is not None:
+            name, data = record
+            files = sorted(p.name for p in tmp.iterdir()) + [name]
+            (tmp / name).write_text(json.dumps({**data, "files": sorted(set(files))}, indent=2), encoding="utf-8")
+
 
 def load_checkpoint(directory: Path, task: str):
-    """Reload a saved model (safetensors only) with the plain Auto classes."""
-    model = auto_class(task).from_pretrained(directory, use_safetensors=True, dtype=torch.float32)
+    """Reload a saved model (safetensors only) with the plain Auto classes; a damaged or foreign
+    directory is a UserError that names the file."""
+    directory = Path(directory)
+    refuse_damaged(directory)
+    hint = "the directory needs model.safetensors matching its config.json, as save_pretrained writes them"
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except Exception as exc:  # noqa: BLE001 - a field of the wrong type, an unknown model type
+        raise UserError(f"config.json cannot be read as a model config: {first_line(exc)}",
+                        where=str(directory / "config.json")) from None
+    check_fits(config, task, trains=False, where=str(directory / "config.json"), error=UserError)  # nothing allocated yet
+    try:
+        with quiet_loading():  # mismatches are reported below, in one line, not as transformers' table
+            model, info = auto_class(task).from_pretrained(directory, config=config, use_safetensors=True,
+                                                           dtype=torch.float32, output_loading_info=True,
+                                                           ignore_mismatched_sizes=True)
+    except Exception as exc:  # noqa: BLE001 - weights that do not fit config.json, an unknown model type
+        raise UserError(f"cannot load the model: {first_line(exc)}", where=str(directory), hint=hint) from None
+    # transformers fills missing weights at random with a warning: a saved model must have them all
+    missing = _unloaded(info)
+    if missing:
+        raise UserError(f"model.safetensors does not match config.json: {len(missing)} weight(s) missing or of "
+                        f"another shape (e.g. {min(missing)})", where=str(directory), hint=hint)
     model.eval()
     return model

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,10 +26,11 @@ from cascade_kd.config.schema import TrainConfig
 from cascade_kd.errors import UserError
 from cascade_kd.students.embedding_rows import merge_seen_rows, restrict_to_seen_rows
 from cascade_kd.training.data import StageData
-from cascade_kd.training.distributed import is_main
+from cascade_kd.training.distributed import barrier, is_main
 from cascade_kd.training.progress import StageMonitor, precision_name
 from cascade_kd.training.setup import Schedule, make_accelerator, make_optimizer
 from cascade_kd.training.state import (
+    DamagedState,
     Progress,
     changing_tensors,
     frozen_parameters,
@@ -203,9 +205,17 @@ def _freeze_unreached(task: DistillationTask, data: StageData, cfg: TrainConfig,
 
 def _start(state_dir, module, optimizer, scheduler, schedule: Schedule, n_proc: int, say) -> tuple[Progress, dict | None]:
     """A fresh stage, or an interrupted one restored to exactly where it stopped."""
-    progress, best = Progress(), None
+    progress, best, resumed = Progress(), None, False
     if has_state(state_dir):
-        progress, best = load_state(state_dir, module, optimizer, scheduler)
+        try:
+            progress, best = load_state(state_dir, module, optimizer, scheduler)
+            resumed = True
+        except DamagedState as err:  # nothing was restored: the stage starts afresh
+            barrier()  # every process has read it before it goes
+            say(f"WARNING: the training state is damaged ({err}): the stage starts again")
+            if is_main():
+                shutil.rmtree(state_dir, ignore_errors=True)  # RUN_DIR/state/<stage>: the run's own working files
+    if resumed:
         say(f"resuming at step {progress.step}/{schedule.total_steps} (epoch {progress.epoch + 1})")
         if progress.processes != n_proc:
             # batches are global, so the data order and every optimiser step carry over; the

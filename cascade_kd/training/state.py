@@ -104,8 +104,11 @@ def restore(module, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _keys(path: Path) -> set[str]:
-    with safe_open(str(path), framework="pt") as handle:
-        return set(handle.keys())
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return set(handle.keys())
+    except Exception:  # noqa: BLE001 - a damaged file is not linked into the next checkpoint
+        return set()
 
 
 def save_state(directory: Path, module, optimizer, scheduler, progress: Progress, best: dict | None) -> None:
@@ -131,13 +134,56 @@ def save_state(directory: Path, module, optimizer, scheduler, progress: Progress
         (tmp / PROGRESS).write_text(json.dumps(asdict(progress)))
 
 
+class DamagedState(UserError):
+    """A stage's training state that cannot be read (truncated, not what save_state writes): the
+    stage starts again from its beginning rather than fail (the next checkpoint replaces it)."""
+
+
+def _read_state(directory: Path) -> dict:
+    """Everything save_state wrote, read into memory before anything is restored, so that a damaged
+    file leaves the module, optimiser and scheduler untouched. Nothing is unpickled: a file that
+    torch.load(weights_only=True) refuses is a UserError (cascade-kd writes only tensors there)."""
+    import pickle
+
+    current = directory / PROGRESS
+    try:
+        state = {"progress": Progress(**json.loads((directory / PROGRESS).read_text(encoding="utf-8")))}
+        current = directory / MODULE
+        state["saved"] = load_file(str(current))
+        if state["progress"].static:
+            current = directory / FROZEN
+            state["frozen"] = load_file(str(current))
+        for key, name in (("optimizer", "optimizer.pt"), ("scheduler", "scheduler.pt")):
+            current = directory / name
+            state[key] = torch.load(current, weights_only=True)
+        current = directory / "rng.safetensors"
+        state["rng"] = load_file(str(current))
+        if "cpu" not in state["rng"]:
+            raise ValueError("no CPU random state")
+        current = directory / BEST
+        state["best"] = load_file(str(current)) if current.is_file() else None
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"{current.name} holds pickled objects beyond tensors, which cascade-kd never writes and "
+                        f"does not unpickle (torch.load(weights_only=True) refused it: {str(exc).splitlines()[0][:120]})",
+                        where=str(current), hint=f"the file was replaced: delete {directory} to restart this stage") from None
+    except Exception as exc:  # noqa: BLE001 - truncated, not JSON, not safetensors, a zip torch cannot read
+        lines = str(exc).strip().splitlines()
+        raise DamagedState(f"{current.name} is damaged ({type(exc).__name__}: {(lines[0] if lines else '')[:120]})",
+                           where=str(current)) from None
+    return state
+
+
 def load_state(directory: Path, module, optimizer, scheduler) -> tuple[Progress, dict | None]:
-    """Restore everything save_state wrote; returns the progress and the best weights."""
+    """Restore everything save_state wrote; returns the progress and the best weights. A damaged
+    state is a DamagedState (nothing restored); one written for another model a UserError."""
     directory = Path(directory)
-    progress = Progress(**json.loads((directory / PROGRESS).read_text()))
-    saved = load_file(str(directory / MODULE))
+    state = _read_state(directory)
+    progress, saved = state["progress"], state["saved"]
     if progress.static:
-        frozen = load_file(str(directory / FROZEN))
+        frozen = state["frozen"]
+        missing = [k for k in progress.static if k not in frozen]
+        if missing:
+            raise DamagedState(f"{FROZEN} lacks {len(missing)} frozen tensor(s), e.g. {missing[0]}", where=str(directory / FROZEN))
         saved.update({k: frozen[k] for k in progress.static})
     own = named_tensors(module)
     if set(saved) != set(own):
@@ -146,16 +192,14 @@ def load_state(directory: Path, module, optimizer, scheduler) -> tuple[Progress,
                         f"({len(differ)} tensor(s) differ, e.g. {differ[0]})", where=str(directory),
                         hint="it was written for another model or by another version: delete the directory to restart the stage")
     restore(module, saved)
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
-    rng = load_file(str(directory / "rng.safetensors"))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng = state["rng"]
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available() and "cuda0" in rng:
         torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng])
-    best = None
-    if (directory / BEST).is_file():
-        best = load_file(str(directory / BEST))
-    elif progress.best_step is not None and progress.best_step == progress.step:
+    best = state["best"]
+    if best is None and progress.best_step is not None and progress.best_step == progress.step:
         best = changing_tensors(module, progress)
     return progress, best
 

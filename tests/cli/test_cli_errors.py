@@ -327,7 +327,7 @@ def test_overwrite_never_deletes_a_directory_that_is_not_a_run(capsys, ws):
     keep = ws / "run" / "notes.txt"
     keep.write_text("mine")
     msg = fails(capsys, ws, "--overwrite", run_dir_untouched=False)
-    assert "no manifest.json" in msg and keep.read_text() == "mine"
+    assert "needs a cascade-kd run" in msg and "nothing there is replaced" in msg and keep.read_text() == "mine"
 
 
 def test_sequences_longer_than_the_position_table(capsys, ws):

@@ -202,10 +202,11 @@ JSON_COLUMN = st.one_of([st.none()] * 6 + [COLUMN_NAMES, st.integers(0, 2)])
 
 
 def line_count(data: bytes, encoding: str) -> int:
-    """An upper bound on the number of lines a reader can see in `data`."""
-    counts = [data.count(b"\n") + 1]
+    """An upper bound on the number of lines a reader can see in `data` (line ends: \n, \r\n, \r)."""
+    counts = [data.count(b"\n") + data.count(b"\r") + 1]
     try:
-        counts.append(data.decode(encoding, errors="replace").count("\n") + 1)
+        text = data.decode(encoding, errors="replace")
+        counts.append(text.count("\n") + text.count("\r") + 1)
     except (LookupError, UnicodeError, TypeError, ValueError):
         pass
     return max(counts)
