@@ -14,7 +14,6 @@ command prints before exiting with code 2.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 

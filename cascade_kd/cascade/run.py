@@ -32,15 +32,21 @@ from cascade_kd.cascade.rundir import open_run_dir, read_stage_info, write_manif
 from cascade_kd.cascade.stages import distil_stage, get_teacher
 from cascade_kd.config.schema import Recipe, where
 from cascade_kd.errors import OutputError, RecipeError, UserError
-from cascade_kd.outdir import check_output, make_directory, output_path, write_marker
+from cascade_kd.evaluation.html_report import write_html_report
+from cascade_kd.evaluation.model_card import write_model_cards
 from cascade_kd.evaluation.report import write_outputs
 from cascade_kd.evaluation.retrieval import evaluate_retrieval, retention_table
-from cascade_kd.evaluation.scoring import evaluate_languages, metric_for, summarise, summarise_groups
+from cascade_kd.evaluation.scoring import (
+    evaluate_languages,
+    metric_for,
+    summarise,
+    summarise_groups,
+)
+from cascade_kd.fileio import read_input
+from cascade_kd.outdir import check_output, make_directory, output_path, write_marker
 from cascade_kd.students import count_parameters, family_of
 from cascade_kd.students.hub import load_checkpoint
 from cascade_kd.training.distributed import barrier, is_main, main_say
-from cascade_kd.evaluation.html_report import write_html_report
-from cascade_kd.evaluation.model_card import write_model_cards
 from cascade_kd.training.progress import RunProgress
 from cascade_kd.training.setup import resolve_precision
 
@@ -84,7 +90,7 @@ def _run(job: Job) -> dict:
     metrics["wall_time_s"] = time.perf_counter() - started
     if is_main():
         write_outputs(out, metrics)
-        publish_run(out, say=say)
+        publish_run(out, say=job.say)
         if (out / "state").is_dir() and not any((out / "state").iterdir()):
             (out / "state").rmdir()  # every model finished: no training state is left to resume from
     barrier()
@@ -223,8 +229,6 @@ def _legacy_eval(path: Path) -> bool:
 
 def read_metrics(path: Path, quiet: bool = False) -> dict | None:
     """A run's metrics.json (a JSON object with a list of models), else a UserError (None if quiet)."""
-    from cascade_kd.fileio import read_input
-
     try:
         data = json.loads(read_input(path, limit=256 << 20, what="metrics.json").decode("utf-8"))
         if isinstance(data, dict) and isinstance(data.get("models"), list) and all(

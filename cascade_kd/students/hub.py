@@ -13,6 +13,7 @@ import torch
 
 from cascade_kd.errors import RecipeError, UserError
 from cascade_kd.fileio import atomic_directory
+from cascade_kd.students.anatomy import ffn_attr
 
 # Weights in pickle-based formats: torch.load would unpickle them, and unpickling can run code
 PICKLED_WEIGHTS = re.compile(r".*\.(bin|pt|pth|ckpt|pkl|pickle)$")
@@ -25,7 +26,11 @@ CHECKPOINT_FILE = re.compile(r"^(config\.json|generation_config\.json|model(-\d+
 
 
 def auto_class(task: str):
-    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
     if task == "mlm":  # general distillation / pretraining: the encoder with its masked-LM head
         return AutoModelForMaskedLM
@@ -304,8 +309,6 @@ def check_fits(config, task: str, *, trains: bool, where: str, what: str = "the 
     memory: a rough count from the config's sizes first (absurd sizes are refused before anything
     is built), then the exact count of the model built on the meta device (no weights). Returns the
     meta model."""
-    from cascade_kd.students.anatomy import ffn_attr
-
     have, memory = device_memory()
 
     def refuse(parameters: int, about: str = "") -> None:
