@@ -44,18 +44,19 @@ from cascade_kd.outdir import (
     MARKER as DIR_MARKER,
 )
 from cascade_kd.students.hub import CHECKPOINT_FILE, checkpoint_problem
-from cascade_kd.training.distributed import on_main
+from cascade_kd.training.distributed import barrier, on_main
 
 if TYPE_CHECKING:  # a type only: job.py imports this module's neighbours, not the reverse
     from cascade_kd.cascade.job import Job
 
 
 MARKER = "stage.json"  # in each finished model's directory, written last
+MODEL_CARD = "README.md"  # the model card each finished model's directory gets (evaluation/model_card.py)
 COMMAND = "run"  # the marker's command for `run` and `pretrain` (the same RUN_DIR layout)
 RUN_ENTRIES = ("manifest.json", "recipe.yaml", "teacher", "stages", "state", "cache", "metrics.json", "report.md",
-               LOCK, DIR_MARKER)
+               "report.html", "logs", LOCK, DIR_MARKER)
 # what an interrupted atomic write of a run leaves next to its target (fileio.py)
-_RUN_LEFTOVER = re.compile(r"^\.(manifest\.json|recipe\.yaml|metrics\.json|report\.md|teacher|stages|state)\..+$")
+_RUN_LEFTOVER = re.compile(r"^\.(manifest\.json|recipe\.yaml|metrics\.json|report\.md|report\.html|teacher|stages|state)\..+$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def model_files(directory: Path):
     info, _ = read_stage_info(directory)
     files = info.get("files") if info else None
     if isinstance(files, list) and all(isinstance(f, str) for f in files):
-        listed = set(files)
+        listed = set(files) | {MODEL_CARD}  # the model card is written after the marker, from metrics.json
         return lambda name: name in listed
     return lambda name: bool(CHECKPOINT_FILE.match(name))
 
@@ -250,6 +251,7 @@ def open_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, sa
     directory as the user left it (so all fail alike), none sees it half-changed."""
     out = output_path(out)  # a symbolic link stands for its target (idempotent: run_recipe checked it already)
     check_run_dir(recipe, out, resume=resume, overwrite=overwrite, say=say)
+    barrier()  # every process has checked RUN_DIR as the user left it before the main one changes it
     lock = None
 
     def claim():

@@ -184,7 +184,7 @@ def act(command: str, flags: dict, out: Path, model: Path) -> None:
     else:
         from cascade_kd.cascade.run import claim_eval_dir, write_eval
 
-        with mock.patch("cascade_kd.evaluation.report.render_report", lambda metrics: "# report\n"):
+        with mock.patch("cascade_kd.evaluation.report.render_report", lambda metrics, *args, **kwargs: "# report\n"):
             write_eval(claim_eval_dir(model, out), {"models": []})
 
 

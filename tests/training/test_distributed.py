@@ -237,7 +237,7 @@ def test_a_killed_two_process_run_resumes_on_one_process(workspace):
     proc.wait()
     while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0:  # until they are gone
         time.sleep(0.05)
-    assert state.is_file(), "the run ended before the assistant's first checkpoint"
+    assert state.is_file(), "the run ended before the assistant's first checkpoint:\n" + (proc.stdout.read() or "")[-3000:]
     assert not (run / "stages" / "ta" / "stage.json").exists(), "the kill came after the assistant finished"
     resumed = _cli(workspace, "killed", "--resume")
     assert resumed.returncode == 0, resumed.stderr

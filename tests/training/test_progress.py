@@ -112,19 +112,23 @@ def test_only_the_main_process_prints_and_logs(printed):
 def test_the_loop_records_every_loss_part_and_names_the_precision(capsys, monkeypatch):
     from cascade_kd.config.schema import LossConfig, TrainConfig
     from cascade_kd.data.encode import Encoded
-    from cascade_kd.losses.functions import HardLabelCE
-    from cascade_kd.training.loop import LossTerm, build_loss_terms, train
+    from cascade_kd.losses.base import LossTerm
+    from cascade_kd.losses.logits import HardLabelCE
+    from cascade_kd.losses.registry import build_terms
+    from cascade_kd.training.data import StageData
+    from cascade_kd.training.loop import train
+    from cascade_kd.training.task import DistillationTask
+    from cascade_kd.training.teacher import LiveTeacher
     from tests.helpers import tiny_bert
 
     monkeypatch.delenv("CASCADE_KD_QUIET", raising=False)
     monkeypatch.setenv("CASCADE_KD_PROGRESS_SECONDS", "0.000001")  # a line at every step
     teacher, student = tiny_bert("sequence", layers=2, num_labels=2), tiny_bert("sequence", layers=1, num_labels=2)
     data = [Encoded([2, 5 + i % 50, 9, 3], [0, 0, 0, 0], i % 2) for i in range(64)]
-    terms, projections = build_loss_terms({"kl": LossConfig(), "hidden_mse": LossConfig()}, teacher.config,
-                                          student.config, where="test")
-    terms.append(LossTerm("ce", 0.5, HardLabelCE()))
+    terms = build_terms({"kl": LossConfig(), "hidden_mse": LossConfig()}, teacher.config, student.config, where="test")
+    terms.append(LossTerm(0.5, HardLabelCE()))
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, precision="fp32", checkpoint_every=None)
-    result = train(student, data, cfg, terms=terms, projections=projections, teacher=teacher, desc="unit")
+    result = train(DistillationTask(student, terms, LiveTeacher(teacher)), StageData(data), cfg, desc="unit")
     out = capsys.readouterr().out
     assert "precision fp32" in out and "precision no" not in out
     assert "unit: step 3/8" in out  # a periodic line, the output being captured (not a terminal)
