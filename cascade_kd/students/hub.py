@@ -257,6 +257,12 @@ def config_from_spec(config_spec: dict, task: str, labels: list[str], vocab_size
         field = named.group(1) if named else None
         raise RecipeError(f"invalid teacher.config: {first_line(exc)}",
                           where=at(field) if isinstance(field, str) and field in spec else at()) from None
+    pad = getattr(config, "pad_token_id", None)
+    vocab = getattr(config, "vocab_size", None)
+    if pad is not None and isinstance(vocab, int) and not (isinstance(pad, int) and 0 <= pad < vocab):
+        # the embeddings' padding row (and RoBERTa-style position ids, which start after it)
+        raise RecipeError(f"pad_token_id {pad!r} is not a token of the {vocab}-piece vocabulary", where=at("pad_token_id"),
+                          hint="leave pad_token_id out: the tokenizer's is used")
     if vocab_size is not None and getattr(config, "vocab_size", vocab_size) < vocab_size:
         raise RecipeError(
             f"teacher.config.vocab_size {config.vocab_size} is smaller than the tokenizer's {vocab_size}",
