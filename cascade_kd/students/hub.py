@@ -157,6 +157,7 @@ def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_
             where="teacher.model",
             hint="give a local directory with config.json and weights, or a hub name when online",
         ) from None
+    check_fits(config, task, trains=False, where="teacher.model", what="the teacher")  # before any allocation
     hint = "the directory needs model.safetensors matching its config.json, as save_pretrained writes them"
     try:
         if task == "mlm":  # a masked-LM head is there when the checkpoint filled every weight of one
