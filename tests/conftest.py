@@ -84,30 +84,14 @@ def tiny_run(demo_workspace, tmp_path_factory) -> Path:
 
 # --- a finished cascade with a direct baseline and TensorBoard curves (tests/evaluation) -------
 
-CASCADE_RUN_RECIPE = """\
-name: tiny-cascade
-seed: 0
-task: {type: token, max_length: 48}
-data:
-  languages: [en, ru]
-  format: conll
-  train: data/{lang}/train.conll
-  dev: data/{lang}/dev.conll
-  test: data/{lang}/test.conll
-  max_train_per_language: 96
-  max_eval_per_language: 32
-teacher:
-  config: {model_type: bert, num_hidden_layers: 3, hidden_size: 32, num_attention_heads: 2,
-           intermediate_size: 64, max_position_embeddings: 64}
-  tokenizer: tokenizer
-  train: {epochs: 3, lr: 4.0e-3}
-train: {batch_size: 16, epochs: 1, lr: 3.0e-3, precision: fp32, report_to: [tensorboard]}
-cascade:
-  stages:
-    - {name: ta2, student: {layers: 2, freeze_embeddings: true}}
-    - {name: student, student: {layers: 1}}
-  direct: true
-"""
+CASCADE_RUN_RECIPE = tiny_recipe(
+    name="tiny-cascade",
+    data={"max_train_per_language": 96, "max_eval_per_language": 32},
+    teacher={"config": {"num_hidden_layers": 3}, "train": {"epochs": 3}},
+    train={"batch_size": 16, "report_to": ["tensorboard"]},
+    cascade={"stages": [{"name": "ta2", "student": {"layers": 2, "freeze_embeddings": True}},
+                        {"name": "student", "student": {"layers": 1}}], "direct": True},
+)
 
 
 @pytest.fixture(scope="session")
@@ -121,6 +105,6 @@ def cascade_run(demo_workspace, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cascade_run")
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, root / name)
-    (root / "recipe.yaml").write_text(CASCADE_RUN_RECIPE)
+    write_recipe(root, CASCADE_RUN_RECIPE)
     run_recipe(load_recipe(root / "recipe.yaml"), root / "run", say=lambda m: None)
     return root / "run"
