@@ -220,14 +220,22 @@ def steps(*parts):
     return run
 
 
-def transfer_text(out: Path, languages: list[str], s: dict) -> dict:
-    """OUT/transfer/{lang}.txt: unlabelled PAN-X sentences of every language (after the first
-    `panx_train`, never a dev sentence: xtremedistil_panx.write_transfer); the data section that reads them."""
+def transfer_text(out: Path, languages: list[str], train_languages: list[str], s: dict) -> dict:
+    """OUT/transfer/{lang}.txt: unlabelled PAN-X training sentences of every language, never a dev
+    sentence, and for a training language none of its labelled ones (the first `panx_train`):
+    xtremedistil_panx.write_transfer. Returns the data section that reads them (a mapping: a
+    language with no such text left has no file)."""
     from xtremedistil_panx import write_transfer
 
-    write_transfer(DATA, out, {"languages": languages, "transfer": s["transfer"]}, s["panx_train"] or 0,
-                   log=lambda m: None)
-    return {"transfer": str(out / "transfer" / "{lang}.txt"), "max_transfer_per_language": s["transfer"]}
+    files = {}
+    for lang in languages:
+        if lang in train_languages and s["panx_train"] is None:
+            continue  # every training sentence is labelled: no unlabelled text of its own is left
+        skip = s["panx_train"] if lang in train_languages else 0
+        stats = write_transfer(DATA, out, {"languages": [lang], "transfer": s["transfer"]}, skip, log=lambda m: None)
+        if stats[lang]["sentences"]:
+            files[lang] = str(out / "transfer" / f"{lang}.txt")
+    return {"transfer": files, "max_transfer_per_language": s["transfer"]}
 
 
 SETTINGS = ("panx-zs", "panx-ml", "sib-all", "sib-zs")
@@ -242,7 +250,7 @@ def grid(args, s: dict) -> list[Job]:
     jobs, transfer = [], {}
     for setting in args.settings:
         if setting.startswith("panx"):  # unlabelled text of every language: the BiLSTM's transfer set, the trim's text
-            transfer[setting] = transfer_text(out, panx, s)
+            transfer[setting] = transfer_text(out / setting, panx, ["en"] if setting == "panx-zs" else PANX_MULTI, s)
         if setting == "panx-zs":
             jobs += setting_jobs(setting, token, panx_data(panx, ["en"], s), teacher, out, s, mode, transfer[setting])
         elif setting == "panx-ml":
