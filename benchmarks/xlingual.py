@@ -440,6 +440,8 @@ def main() -> int:
     parser.add_argument("--collect-only", action="store_true")
     parser.add_argument("--rerun-after", action="store_true", help="run the post steps (latency, deploy) again")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (2 cores: 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default: torch's; 1 when another job shares the cores)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per latency figure")
     args = parser.parse_args()
     args.settings = args.settings or (["panx-zs"] if args.mode == "quick" else list(SETTINGS))
@@ -452,7 +454,7 @@ def main() -> int:
     jobs = grid(args, s)
     started = time.perf_counter()
     if not args.collect_only:
-        grid_result = run_grid(jobs, args.out, parallel=args.jobs, quick=args.mode == "quick",
+        grid_result = run_grid(jobs, args.out, parallel=args.jobs, quick=args.mode == "quick", threads=args.threads,
                                rerun_after=args.rerun_after, say=print)
         for name, why in failures(grid_result).items():
             print(f"FAILED {name}: {why}")
