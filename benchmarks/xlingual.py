@@ -187,19 +187,20 @@ def bench_step(run_dir: Path, repeats: int) -> dict:
     return {"benched": True}
 
 
-def deploy_step(run_dir: Path, model: str, transfer: dict | None) -> dict:
+def deploy_step(run_dir: Path, model: str, vocabulary: dict | None) -> dict:
     """The run's 3-layer student made small and fast as a user would ship it: its vocabulary trimmed
-    to the pieces of every evaluation language's text (the labelled English text plus the unlabelled
-    transfer text of the others: `cascade-kd trim`), then exported to ONNX fp32 and int8 and
-    re-scored per language on the held-out split with each backend (`cascade-kd export --score`).
+    to the pieces of every evaluation language's text (`cascade-kd trim`: the labelled training text
+    plus `vocabulary`, a data.transfer section of unlabelled text in every language, up to
+    VOCAB_SENTENCES per language, never a dev or test sentence), then exported to ONNX fp32 and int8
+    and re-scored per language on the held-out split with each backend (`cascade-kd export --score`).
     Writes RUN_DIR/deploy/{recipe.yaml, trimmed/, trimmed/onnx/}; returns the figures."""
     import yaml
 
     deploy = run_dir / "deploy"
     deploy.mkdir(exist_ok=True)
     recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
-    if transfer:  # the zero-shot languages' unlabelled text: their pieces stay in the trimmed vocabulary
-        recipe["data"] = {**recipe["data"], **transfer}
+    if vocabulary:  # every language's unlabelled text: its pieces stay in the trimmed vocabulary
+        recipe["data"] = {**recipe["data"], **vocabulary}
     (deploy / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
     quiet = lambda m: None  # noqa: E731 - the figures go to trim.json and export.json
     started = time.perf_counter()
@@ -242,6 +243,26 @@ def transfer_text(out: Path, languages: list[str], train_languages: list[str], s
     return {"transfer": files, "max_transfer_per_language": s["transfer"]}
 
 
+def sib_text(out: Path, languages: list[str]) -> dict:
+    """OUT/vocab/{lang}.txt: the texts of SIB-200's training files, one per line (unlabelled)."""
+    import csv
+
+    files = {}
+    for lang in languages:
+        with open(DATA / "sib200" / lang / "train.tsv", encoding="utf-8", newline="") as handle:
+            texts = [row["text"].replace("\n", " ") for row in csv.DictReader(handle, delimiter="\t")]
+        path = out / "vocab" / f"{lang}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = "\n".join(texts) + "\n"
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+        files[lang] = str(path)
+    return {"transfer": files}
+
+
+# unlabelled sentences per language whose word pieces a trimmed vocabulary keeps (PAN-X: from its
+# training files, dev sentences excluded; fewer where a file has fewer)
+VOCAB_SENTENCES = 10000
 SETTINGS = ("panx-zs", "panx-ml", "sib-all", "sib-zs")
 
 
@@ -251,10 +272,15 @@ def grid(args, s: dict) -> list[Job]:
     token = {"type": "token", "max_length": 128, "label_all_subwords": False}
     sequence = {"type": "sequence", "max_length": 128, "labels_file": str(DATA / "sib200" / "labels.txt")}
     panx = PANX_QUICK if mode != "full" else PANX_LANGUAGES
-    jobs, transfer = [], {}
+    jobs, transfer, vocabulary = [], {}, {}
     for setting in args.settings:
         if setting.startswith("panx"):  # unlabelled text of every language: the BiLSTM's transfer set, the trim's text
-            transfer[setting] = transfer_text(out / setting, panx, ["en"] if setting == "panx-zs" else PANX_MULTI, s)
+            train_languages = ["en"] if setting == "panx-zs" else PANX_MULTI
+            transfer[setting] = transfer_text(out / setting, panx, train_languages, s)
+            vocabulary[setting] = {"transfer": transfer_text(out / setting / "vocab", panx, [], {
+                **s, "transfer": VOCAB_SENTENCES})["transfer"]}
+        else:
+            vocabulary[setting] = sib_text(out / setting, sib_data(None, s)["languages"])
         if setting == "panx-zs":
             jobs += setting_jobs(setting, token, panx_data(panx, ["en"], s), teacher, out, s, mode, transfer[setting])
         elif setting == "panx-ml":
@@ -268,7 +294,7 @@ def grid(args, s: dict) -> list[Job]:
         if seed == "seed0" and name == ("cascade-6" if mode == "full" else "cascade-3"):
             parts = [functools.partial(bench_step, repeats=args.repeats)]
             if mode != "full":  # full mode: the best 3-layer student is chosen once its seeds have run
-                parts.append(functools.partial(deploy_step, model="s3", transfer=transfer.get(setting)))
+                parts.append(functools.partial(deploy_step, model="s3", vocabulary=vocabulary[setting]))
             j.after = steps(*parts)
             j.after_tag = " + ".join(describe(p) for p in parts)
     return jobs

@@ -244,7 +244,10 @@ def export_onnx(model, path: Path, names: list[str], task: str, example: dict) -
 
 
 def quantize_int8(source: Path, target: Path) -> None:
-    """onnxruntime dynamic quantisation: weights to int8 (per tensor), activations per batch."""
+    """onnxruntime dynamic quantisation: weights to int8 with one scale per output channel,
+    activations quantised per batch. Per channel rather than per tensor: on the 3-layer PAN-X student
+    of multilingual-e5-small (benchmarks/xlingual.py) it agreed with PyTorch on 96.6% of token
+    predictions instead of 93.0%, at the same size and speed (measured in one run)."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -253,7 +256,7 @@ def quantize_int8(source: Path, target: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # it advises shape-inference pre-processing, which dynamic int8 does not need
     try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
     finally:
         root.setLevel(level)
 
