@@ -182,7 +182,8 @@ def bilstm_stages(s: dict) -> list[dict]:
 
 
 def bench_step(run_dir: Path, repeats: int) -> dict:
-    """Latency of every model of the run against the teacher, batch 32 and 1, sequence 64."""
+    """Latency of every model of the run (and of a trimmed copy the deploy step made) against the
+    teacher, batch 32 and 1, sequence 64, on every backend."""
     ckd.bench(run_dir, batch_sizes=(1, 32), seq_lens=(64,), repeats=repeats, say=lambda m: None)
     return {"benched": True}
 
@@ -193,7 +194,8 @@ def deploy_step(run_dir: Path, model: str, vocabulary: dict | None) -> dict:
     plus `vocabulary`, a data.transfer section of unlabelled text in every language, up to
     VOCAB_SENTENCES per language, never a dev or test sentence), then exported to ONNX fp32 and int8
     and re-scored per language on the held-out split with each backend (`cascade-kd export --score`).
-    Writes RUN_DIR/deploy/{recipe.yaml, trimmed/, trimmed/onnx/}; returns the figures."""
+    Writes RUN_DIR/deploy/recipe.yaml (the run's recipe with that text), RUN_DIR/stages/MODEL/trimmed/
+    and its onnx/ (where `bench` finds and times the trimmed copy); returns the figures."""
     import yaml
 
     deploy = run_dir / "deploy"
@@ -204,10 +206,10 @@ def deploy_step(run_dir: Path, model: str, vocabulary: dict | None) -> dict:
     (deploy / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
     quiet = lambda m: None  # noqa: E731 - the figures go to trim.json and export.json
     started = time.perf_counter()
-    trim = ckd.trim(run_dir / "stages" / model, deploy / "trimmed", recipe=deploy / "recipe.yaml", overwrite=True,
-                    say=quiet)
+    trimmed = run_dir / "stages" / model / "trimmed"
+    trim = ckd.trim(run_dir / "stages" / model, trimmed, recipe=deploy / "recipe.yaml", overwrite=True, say=quiet)
     trimmed_s = time.perf_counter() - started
-    export = ckd.export_onnx(deploy / "trimmed", int8=True, overwrite=True, check_data=deploy / "recipe.yaml",
+    export = ckd.export_onnx(trimmed, int8=True, overwrite=True, check_data=deploy / "recipe.yaml",
                              score=deploy / "recipe.yaml", say=quiet)
     return {"model": model, "trim_s": trimmed_s, "export_s": time.perf_counter() - started - trimmed_s,
             "vocab": [trim["vocab_before"], trim["vocab_after"]],
@@ -292,9 +294,10 @@ def grid(args, s: dict) -> list[Job]:
     for j in jobs:  # latency (and in small mode the trimmed int8 export) once per setting
         setting, seed, name = j.name.split("/")
         if seed == "seed0" and name == ("cascade-6" if mode == "full" else "cascade-3"):
-            parts = [functools.partial(bench_step, repeats=args.repeats)]
+            parts = []
             if mode != "full":  # full mode: the best 3-layer student is chosen once its seeds have run
                 parts.append(functools.partial(deploy_step, model="s3", vocabulary=vocabulary[setting]))
+            parts.append(functools.partial(bench_step, repeats=args.repeats))  # the trimmed copy included
             j.after = steps(*parts)
             j.after_tag = " + ".join(describe(p) for p in parts)
     return jobs
