@@ -163,7 +163,9 @@ def setting_jobs(setting: str, task: dict, data: dict, teacher_dir: str, out: Pa
             jobs.append(job("bilstm", bilstm_stages(s), seed, losses={"kl": {"temperature": 2.0}},
                             data_={**data, **transfer},
                             what="XtremeDistil: BiLSTM on PCA-compressed embeddings, 3 stages, transfer text",
-                            labels=[("bilstm-ce", "BiLSTM (XtremeDistil)")]))
+                            labels=[("bilstm-repr", "BiLSTM after stage 1 (teacher's layer 6)"),
+                                    ("bilstm-kl", "BiLSTM after stage 2 (soft labels)"),
+                                    ("bilstm-ce", "BiLSTM (XtremeDistil)")]))
     return jobs
 
 
