@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from cascade_kd.training.progress import RunProgress, StageMonitor, duration
+from cascade_kd.training.progress import RunProgress, RunSet, StageMonitor, duration
 from cascade_kd.training.state import Progress
 
 
@@ -72,6 +72,30 @@ def test_lines_at_a_steady_interval_off_a_terminal_with_the_run_position_and_tim
     assert f"about {duration(30 + 1600 / ((3200 + 640) / 120))} left for the run" in beats[1]
     monitor.close()
     assert run.examples == 3200 + 25 * 32 and run.seconds == pytest.approx(125.0)
+
+
+def test_a_run_of_a_seed_set_counts_the_later_seeds_at_the_speed_measured_over_the_set(printed):
+    """run --seeds: the time left covers the seeds still to run (each as much work as this run), at
+    the speed every run of the set has measured so far."""
+    clock, run_set = Clock(), RunSet(later_runs=2)
+    first = RunProgress([("teacher", 3200), ("student", 1600)], run_set)
+    first.end("teacher", 3200, 100.0)  # 32 examples per second
+    monitor = StageMonitor("student", run=first, clock=clock)
+    monitor.start(Progress(), total_steps=50, examples_per_step=32, steps_per_epoch=50, precision="fp32", live=True)
+    # the student's 1600 examples, then two more runs of 3200 + 1600, all at 32 per second
+    assert printed[-1].endswith(f"about {duration((1600 + 2 * 4800) / 32)} left for this run and the 2 after it")
+    monitor.close()
+    # the next seed's run starts with the speed the first one measured
+    run_set.later_runs = 1
+    second = RunProgress([("teacher", 3200), ("student", 1600)], run_set)
+    assert second.examples == 3200 and second.seconds == pytest.approx(100.0)
+    monitor = StageMonitor("teacher", run=second, clock=clock)
+    monitor.start(Progress(), total_steps=100, examples_per_step=32, steps_per_epoch=100, precision="fp32", live=True)
+    assert printed[-1].endswith(f"about {duration((3200 + 1600 + 4800) / 32)} left for this run and the 1 after it")
+    # a run of its own says 'the run', as before
+    alone = StageMonitor("teacher", run=RunProgress([("teacher", 3200)]), clock=clock)
+    alone.start(Progress(), total_steps=100, examples_per_step=32, steps_per_epoch=100, precision="fp32", live=True)
+    assert "left for" not in printed[-1]  # nothing measured yet: no estimate rather than a guess
 
 
 def test_no_periodic_lines_under_a_live_bar_and_a_curve_of_window_means(printed, monkeypatch):
