@@ -178,6 +178,54 @@ def test_tensorboard_receives_the_curves_under_logs(tmp_path):
     assert [(e.step, round(e.value, 4)) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 0.5), (3, 0.3333)]
 
 
+@pytest.fixture
+def mlflow_uri_restored():
+    """mlflow's tracking URI is process-wide: put back what it was (unset, or the user's) after the test."""
+    mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (pip install mlflow-skinny)")
+    from mlflow.tracking._tracking_service import utils  # where mlflow keeps the URI set in the process
+
+    before = utils._tracking_uri
+    yield mlflow
+    utils._tracking_uri = before
+
+
+def _mlflow_curve(uri: str, experiment: str, run_name: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.run_name == run_name and run.data.params == {"train.lr": "0.001"}
+    return [(m.step, round(m.value, 4)) for m in client.get_metric_history(run.info.run_id, "train/loss")]
+
+
+def test_mlflow_logs_each_run_under_its_own_logs_folder_unless_the_user_set_a_uri(tmp_path, monkeypatch,
+                                                                               mlflow_uri_restored):
+    from cascade_kd.training.trackers import Trackers, mlflow_store_uri
+
+    mlflow = mlflow_uri_restored
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # mlflow's own default would be a folder or database here
+    for run in ("seed0", "seed1"):  # two runs in one process (run --seeds): each in its own RUN_DIR/logs
+        trackers = Trackers(["mlflow"], logs_dir=tmp_path / run / "logs", project="recipe", run_name="ta2",
+                            config={"train": {"lr": 0.001}})
+        trackers.start()
+        for step in (1, 2, 3):
+            trackers.log({"train/loss": 1.0 / step}, step=step)
+        trackers.finish()
+        assert _mlflow_curve(mlflow_store_uri(tmp_path / run / "logs"), "recipe", "ta2") == [(1, 1.0), (2, 0.5),
+                                                                                            (3, 0.3333)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0", "seed1"]  # nothing in the working directory
+    # a URI the user chose is kept
+    mine = (tmp_path / "elsewhere").resolve().as_uri()
+    mlflow.set_tracking_uri(mine)
+    trackers = Trackers(["mlflow"], logs_dir=tmp_path / "seed2" / "logs", project="recipe", run_name="ta2",
+                        config={"train": {"lr": 0.001}})
+    trackers.start()
+    trackers.log({"train/loss": 0.25}, step=1)
+    trackers.finish()
+    assert mlflow.get_tracking_uri() == mine and _mlflow_curve(mine, "recipe", "ta2") == [(1, 0.25)]
+
+
 def test_wandb_and_trackio_get_the_run_names_and_the_logs_folder(tmp_path, monkeypatch):
     """With fake wandb/trackio modules: what accelerate's trackers are given (the real packages are
     not installed here)."""
