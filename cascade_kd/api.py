@@ -100,15 +100,19 @@ def bench(run_dir: str | Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repea
 
 def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, int8: bool = False, overwrite: bool = False,
                 check_data: str | Path | None = None, check_examples: int = 256,
-                int8_min_agreement: float = INT8_MIN_AGREEMENT, say: Say = print) -> dict:
+                int8_min_agreement: float = INT8_MIN_AGREEMENT, score: str | Path | bool | None = None,
+                say: Say = print) -> dict:
     """Export a saved model (RUN_DIR/teacher or RUN_DIR/stages/NAME) to ONNX, and with `int8` also an
     onnxruntime dynamic-int8 copy, each checked against PyTorch on real or generated inputs; written
-    to `out` (default MODEL_DIR/onnx) atomically. Returns the export info (also in OUT/export.json)."""
+    to `out` (default MODEL_DIR/onnx) atomically. With `score` (a recipe, or True: the run's own),
+    PyTorch and each exported file are also scored per language on the recipe's held-out split
+    (info["scores"]). Returns the export info (also in OUT/export.json)."""
     if not 0 <= int8_min_agreement <= 1:
         raise UserError(f"--int8-min-agreement {int8_min_agreement} is not a fraction between 0 and 1")
     info = export_model(Path(model_dir), Path(out) if out is not None else None, int8=int8, overwrite=overwrite,
                         check_data=Path(check_data) if check_data is not None else None, check_examples=check_examples,
-                        int8_min_agreement=int8_min_agreement, say=say)
+                        int8_min_agreement=int8_min_agreement,
+                        score=Path(score) if isinstance(score, (str, Path)) else score, say=say)
     run_dir = find_run_dir(Path(model_dir))
     if out is None and run_dir is not None and (run_dir / "metrics.json").is_file():
         publish_run(run_dir, say=say)  # the model card now says how to load the ONNX files

@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--check-examples", type=int, default=256, help="how many examples the check uses")
     export.add_argument("--int8-min-agreement", type=float, default=None,
                         help="minimum argmax agreement of int8 with PyTorch fp32, 0-1 (default 0.95)")
+    export.add_argument("--score", nargs="?", const=True, default=None, metavar="RECIPE",
+                        help="also score PyTorch and each exported file per language on the held-out split of "
+                        "RECIPE (default: the run's own recipe.yaml); the scores go to export.json")
 
     trim = sub.add_parser("trim", help="keep only the word pieces the chosen languages' training data use: a "
                           "standalone smaller model + tokenizer, with a per-language coverage report")
@@ -217,7 +220,8 @@ def _cmd_export(args) -> None:
 
     options = {} if args.int8_min_agreement is None else {"int8_min_agreement": args.int8_min_agreement}
     info = api.export_onnx(args.model_dir, args.out, int8=args.int8, overwrite=args.overwrite,
-                           check_data=args.check_data, check_examples=args.check_examples, say=_say, **options)
+                           check_data=args.check_data, check_examples=args.check_examples, score=args.score,
+                           say=_say, **options)
     out = args.out or args.model_dir / "onnx"
     sizes = ", ".join(f"{name} {info[k]['size_mb']:.2f} MB" for k, name in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")) if k in info)
     print(f"written: {out} ({sizes}; inputs {', '.join(info['inputs'])}; dynamic batch and sequence axes)")

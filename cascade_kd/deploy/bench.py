@@ -237,8 +237,7 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
     say("bench: tokenisation " + ", ".join(f"{k} {v:.2f} ms" for k, v in tokenization["ms"].items()))
     threads = torch.get_num_threads()
     rows = []
-    for row in metrics["models"]:
-        directory = run_dir / row["path"]
+    for row, directory in _models_to_time(run_dir, metrics):
         model = load_checkpoint(directory, metrics["task"])
         names = input_names(model, _tokenizer(directory))
         # no position table (a BiLSTM student): any length
@@ -304,6 +303,20 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
             "memory": memory_note, "load_average_1min": {"start": load_start, "end": _load_average()},
             "tokenization_ms": tokenization["ms"], "tokenization_input": tokenization["input"],
             "models": rows}
+
+
+def _models_to_time(run_dir: Path, metrics: dict) -> list[tuple[dict, Path]]:
+    """Every saved model of the run, each followed by its trimmed copy where `cascade-kd trim` made
+    one in its default place (MODEL_DIR/trimmed, named 'NAME (trimmed)'): what a user ships is timed
+    beside what the run trained. The teacher comes first: ratios are against it."""
+    models = []
+    for row in metrics["models"]:
+        directory = run_dir / row["path"]
+        models.append((row, directory))
+        trimmed = directory / "trimmed"
+        if (trimmed / "trim.json").is_file() and (trimmed / "model.safetensors").is_file():
+            models.append(({**row, "name": f"{row['name']} (trimmed)"}, trimmed))
+    return models
 
 
 def _load_average() -> float | None:

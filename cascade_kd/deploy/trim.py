@@ -32,7 +32,7 @@ above), which a table lookup on the run's ids cannot do. Trimming also changes n
 computes on its training text, so trimming after distillation gives the same model that trimming
 before the last stage would; as a final step the run stays one-tokenizer, and the result is a
 standalone directory (model, tokenizer, trim.json) that loads with the Auto classes and scores
-with the run's own evaluation code (`score_with_tokenizer`), which `trim_model_dir` runs for the
+with the run's own evaluation code (`evaluation.scoring.score_split`), which `trim_model_dir` runs for the
 original and the trimmed model on the recipe's report split.
 
 Supported tokenizers: fast (tokenizers-backed) WordPiece (BERT, mBERT, DistilBERT) and Unigram
@@ -51,11 +51,10 @@ from pathlib import Path
 import torch
 
 from cascade_kd.config.schema import load_recipe
-from cascade_kd.data.encode import encode
 from cascade_kd.data.task import load_task_data
 from cascade_kd.deploy.export import find_run_dir, model_task
 from cascade_kd.errors import UserError
-from cascade_kd.evaluation.scoring import evaluate_languages
+from cascade_kd.evaluation.scoring import score_split
 from cascade_kd.outdir import check_output, replace_output
 from cascade_kd.students import count_parameters
 from cascade_kd.students.hub import CHECKPOINT_FILE, config_labels, load_checkpoint
@@ -295,18 +294,6 @@ def trim_vocabulary(model, tokenizer, texts_by_language: dict[str, list], *, hel
 # A saved model of a run: `cascade-kd trim MODEL_DIR`
 
 
-def score_with_tokenizer(model, tokenizer, recipe, data, split: str, *, labels: list[str]) -> dict[str, float]:
-    """Per-language scores of `model` on `split`, its inputs encoded with `tokenizer` (the run's own
-    encoding and evaluation code, as `cascade-kd eval` uses, with this model's tokenizer)."""
-    label2id = {label: i for i, label in enumerate(labels)}
-    encoded = {lang: (examples, encode(examples, tokenizer, task=data.task, label2id=label2id,
-                                       max_length=recipe.task.max_length,
-                                       label_all_subwords=recipe.task.label_all_subwords))
-               for lang, examples in data.splits[split].items()}
-    return evaluate_languages(model, encoded, data.task, labels, batch_size=recipe.train.eval_batch_size,
-                              pad_id=tokenizer.pad_token_id or 0)
-
-
 def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Path | None = None,
                    languages: list[str] | None = None, min_count: int = 1,
                    max_unk_increase: float = DEFAULT_MAX_UNK_INCREASE, score: bool = True, strict: bool = False,
@@ -365,8 +352,8 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
         labels = config_labels(model.config)
         if set(labels) != set(data.labels):
             raise UserError(f"the model's labels ({', '.join(labels)}) are not the recipe's", where=str(model_dir))
-        report["scores_before"] = score_with_tokenizer(model, tokenizer, recipe, data, split, labels=labels)
-        report["scores_after"] = score_with_tokenizer(new_model, new_tokenizer, recipe, data, split, labels=labels)
+        report["scores_before"] = score_split(model, tokenizer, recipe, data, split, labels=labels)
+        report["scores_after"] = score_split(new_model, new_tokenizer, recipe, data, split, labels=labels)
         for lang in report["scores_before"]:
             say(f"trim: {lang} {split} score {100 * report['scores_before'][lang]:.1f} -> "
                 f"{100 * report['scores_after'][lang]:.1f}" + ("" if lang in chosen else " (not a chosen language)"))

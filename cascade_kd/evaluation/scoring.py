@@ -11,7 +11,7 @@ from contextlib import nullcontext
 
 import torch
 
-from cascade_kd.data.encode import IGNORE, Encoded, collate, eval_batches
+from cascade_kd.data.encode import IGNORE, Encoded, collate, encode, eval_batches
 from cascade_kd.data.readers import Example
 from cascade_kd.students.features import extract_features
 
@@ -135,3 +135,39 @@ def summarise_groups(per_language: dict[str, float], teacher: dict[str, float] |
         for stat in ("average", "worst", "worst_language", "retention"):
             out[f"{stat}_{group}"] = summary.get(stat)
     return out
+
+
+def score_split(model, tokenizer, recipe, data, split: str, *, labels: list[str]) -> dict[str, float]:
+    """Per-language scores of `model` on `split` of `data` (the recipe's TaskData), its inputs
+    encoded with `tokenizer`: the run's own encoding and evaluation code, as `cascade-kd eval` uses,
+    for a model that may have another tokenizer (a trimmed one) or another runtime (ONNX)."""
+    label2id = {label: i for i, label in enumerate(labels)}
+    encoded = {lang: (examples, encode(examples, tokenizer, task=data.task, label2id=label2id,
+                                       max_length=recipe.task.max_length,
+                                       label_all_subwords=recipe.task.label_all_subwords))
+               for lang, examples in data.splits[split].items()}
+    return evaluate_languages(model, encoded, data.task, labels, batch_size=recipe.train.eval_batch_size,
+                              pad_id=tokenizer.pad_token_id or 0)
+
+
+class OnnxClassifier(torch.nn.Module):
+    """An onnxruntime session behind the call the scoring code makes (`model(**inputs).logits`), so
+    that an exported model is scored by the very code that scores it in PyTorch. Inputs the graph
+    does not take (token_type_ids of an XLM-R export) are left out."""
+
+    def __init__(self, session):
+        super().__init__()
+        self.session = session
+        self.inputs = {i.name for i in session.get_inputs()}
+        # `predict` reads the device off the first parameter: the session runs on the CPU
+        self.anchor = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+
+    def forward(self, **inputs):
+        feed = {name: value.cpu().numpy() for name, value in inputs.items() if name in self.inputs}
+        logits = self.session.run(["logits"], feed)[0]
+        return _Output(torch.from_numpy(logits))
+
+
+class _Output:
+    def __init__(self, logits):
+        self.logits = logits

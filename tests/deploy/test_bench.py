@@ -55,6 +55,19 @@ def test_without_onnxruntime_the_onnx_backends_are_skipped_with_the_reason(run_c
     assert "PyTorch fp32" in bench_table(lat) and "onnxruntime" not in bench_table(lat)
 
 
+def test_a_trimmed_copy_of_a_model_is_timed_beside_it(run_copy, capsys):
+    """What a user ships (MODEL_DIR/trimmed, made by `cascade-kd trim`) is timed in the same run as
+    what was trained, its ratio against the same teacher."""
+    assert main(["trim", str(run_copy / "stages" / "student"), "--no-score"]) == 0
+    lat = bench_run(run_copy, batch_sizes=(2,), seq_lens=(8,), repeats=1, backends=("fp32",), say=lambda m: None)
+    assert [m["name"] for m in lat["models"]] == ["teacher", "student", "student (trimmed)"]
+    trimmed, student = lat["models"][2], lat["models"][1]
+    assert trimmed["size_mb"] < student["size_mb"] and set(trimmed["latency_ms"]) == {"fp32/b2/s8"}
+    assert trimmed["speedup_vs_teacher"]["fp32/b2/s8"] == pytest.approx(
+        lat["models"][0]["latency_ms"]["fp32/b2/s8"] / trimmed["latency_ms"]["fp32/b2/s8"])
+    assert "| student (trimmed) | PyTorch fp32 |" in bench_table(lat)
+
+
 def test_peak_memory_sees_what_a_pass_allocates():
     if memory_baseline() is None:
         pytest.skip("the RSS high-water mark cannot be reset here (needs Linux /proc/self/clear_refs)")

@@ -153,3 +153,38 @@ def test_sequence_models_outside_a_run_use_generated_ids_or_check_data(tmp_path,
     assert main(["export", str(tmp_path / "distil"), "--onnx"]) == 0
     info = json.loads((tmp_path / "distil" / "onnx" / "export.json").read_text())
     assert info["inputs"] == ["input_ids", "attention_mask"] and info["fp32"]["max_abs_diff"] <= FP32_ATOL
+
+
+def test_score_rates_pytorch_and_each_exported_file_per_language_with_the_runs_scoring(tiny_run, tmp_path, capsys):
+    """--score: the same per-language scores for PyTorch as the run's metrics.json (the same code),
+    the fp32 file's equal to them (its predictions are PyTorch's), and the int8 file's scored too."""
+    out = tmp_path / "scored"
+    rc = main(["export", str(tiny_run / "stages" / "student"), "--onnx", "--int8", "--out", str(out), "--score"])
+    assert rc == 0, capsys.readouterr().err
+    scores = json.loads((out / "export.json").read_text())["scores"]
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    student = next(m for m in metrics["models"] if m["name"] == "student")
+    assert scores["split"] == metrics["split"] and scores["recipe"] == str(tiny_run / "recipe.yaml")
+    per_backend = scores["per_backend"]
+    assert set(per_backend) == {"pytorch", "onnx_fp32", "onnx_int8"}
+    assert per_backend["pytorch"] == pytest.approx(student["per_language"], abs=1e-12)
+    assert per_backend["onnx_fp32"] == pytest.approx(per_backend["pytorch"], abs=1e-12)
+    assert set(per_backend["onnx_int8"]) == set(metrics["languages"])
+    assert all(0 <= v <= 1 for v in per_backend["onnx_int8"].values())
+    lang, drop = scores["largest_drop"]["onnx_int8"]
+    assert drop == pytest.approx(100 * (per_backend["pytorch"][lang] - per_backend["onnx_int8"][lang]))
+    assert "onnx_int8 scores" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("score, message", [("missing.yaml", "no such recipe to score with"),
+                                            (None, "not inside a run directory")])
+def test_a_bad_score_recipe_exits_2_before_exporting(tiny_run, tmp_path, capsys, score, message):
+    model = tiny_run / "stages" / "student"
+    if score is None:  # a copy of the model outside its run: no recipe to default to
+        model = tmp_path / "copy"
+        shutil.copytree(tiny_run / "stages" / "student", model)
+    out = tmp_path / "out"
+    rc = main(["export", str(model), "--onnx", "--out", str(out), "--score", *([str(tmp_path / score)] if score else [])])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
