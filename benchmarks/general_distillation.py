@@ -17,21 +17,26 @@ What it measures, per model and language:
 - parameters, training wall time of every model (and of everything it depends on: "cumul."), and
   the wall time of every step.
 
-Steps (each a `cascade-kd` command, printed before it runs; its output goes to OUT/logs/):
+Steps: the corpus is written first (plain Python); everything else is a grid of recipe runs that
+benchmarks/runner.py runs with the Python API (`cascade_kd.run`), each into OUT/<name> after the
+runs it reads from (each recipe.yaml as run is in its RUN_DIR; every line they print goes to
+OUT/grid.log too, each run's status, fingerprint and wall time to OUT/grid.json):
 1. corpus: per language, OUT/corpus/train-<lang>.txt and dev-<lang>.txt, one example per line:
    half SIB-200 train text, half PAN-X training sentences (tokens joined by spaces, by nothing for
    Chinese and Japanese) where the language has PAN-X, else SIB-200 alone; dev: SIB-200 dev text
    and PAN-X sentences not in train. Languages: SIB-200 ones that Tatoeba also has (deu_Latn <->
    deu, arb_Arab <-> ara, zho_Hans <-> cmn, azj_Latn <-> aze, ...), plus English.
-2. `cascade-kd pretrain`: a BERT masked-LM teacher from scratch, mBERT cased tokenizer (119,547
-   pieces), temperature sampling of languages (alpha 0.3), lr 1e-3 (post-LN BERT from scratch
-   diverged at 5e-3 in our trials).
-3. `cascade-kd run` general recipe (task mlm, static masks; bf16 teacher cache when a stage has 2+
+2. pretraining (`ckd.pretrain_recipe`: the recipe `cascade-kd pretrain` runs): a BERT masked-LM
+   teacher from scratch, mBERT cased tokenizer (119,547 pieces), temperature sampling of languages
+   (alpha 0.3), lr 1e-3 (post-LN BERT from scratch diverged at 5e-3 in our trials).
+3. the general recipe (task mlm, static masks; bf16 teacher cache when a stage has 2+
    epochs): teacher L -> L-1 -> ... -> 2 layers (CAMeMBERT-style chain), each student from its
    teacher's bottom layers with frozen embeddings, `top_only` hidden-state + attention MSE
    (LightMBERT), and the `direct` baseline (L -> 2). A second recipe distils L -> 2 with
    MiniLMv2's relation_kl (q-q, k-k, v-v relations of the last layer; `--no-minilm` skips it).
-4. `cascade-kd eval RUN --split dev --parallel tatoeba` on both general runs.
+4. Tatoeba retrieval (`ckd.evaluate(RUN, split="dev", parallel=...)`, as `cascade-kd eval RUN --split
+   dev --parallel DATA/tatoeba`) on both general runs: a post step of each, run once the training is
+   over (their teacher cache is deleted then).
 5. Per task: fine-tune the teacher and each general 2-layer student (recipes without a cascade
    section, `teacher.model: RUN/stages/NAME`), and run the task cascade L -> ... -> 2 (+ direct)
    from the fine-tuned teacher (kl + top_only hidden + attention MSE, bottom init, frozen
@@ -55,9 +60,9 @@ Sizes (each can be changed with a flag, see --help; changed sizes need another -
 | Tatoeba pairs per language | 50 | 60 |
 | wall time on the shared 2-core CPU | 4.6 min measured | 51.1 min measured (2026-11-21, load average about 3) |
 
-Few Tatoeba pairs (60 per language) keep the run short; `cascade-kd eval --parallel` runs each
-masked-LM model's encoder alone (not its 119,547-piece head), so --parallel-limit (up to 1,000) can
-be raised where time allows. Timings on this machine vary several-fold with
+Few Tatoeba pairs (60 per language) keep the run short; retrieval runs each masked-LM model's
+encoder alone (not its 119,547-piece head), so --parallel-limit (up to 1,000) can be raised where
+time allows. Timings on this machine vary several-fold with
 the other jobs on it (the same pretraining ran at 560 and at 3,700 tokens/s; in the measured full
 run pretraining took 1,084 s of the 51.1 min).
 
@@ -67,9 +72,13 @@ run pretraining took 1,084 s of the 51.1 min).
     CASCADE_KD_DATA=/data/shared nice -n 10 .venv/bin/python benchmarks/general_distillation.py --quick
 
 Outputs go to OUT (default runs/general-bench, or runs/general-bench-quick; ignored by git): the
-corpus, recipes, every run directory, logs, and the results as OUT/results.json (everything) and
-OUT/results.md (the printed tables). Rerunning the same command resumes: finished steps are
-skipped (a run with metrics.json), unfinished runs continue with `--resume`. The shared data is
+corpus, every run directory, grid.json and grid.log, and the results as OUT/results.json
+(everything) and OUT/results.md (the printed tables); nothing is written under benchmarks/results
+(its general_distillation.{json,md} are copies of a full run's). Rerunning the same command
+resumes: a run whose RUN_DIR holds a finished run of the same recipe (by its fingerprint) is
+skipped, an unfinished one continues from its checkpoints, and a retrieval step runs again only
+when its run was retrained. `--jobs N` trains up to N runs at once whose inputs are ready;
+`--collect-only` rebuilds the tables from what has finished. The shared data is
 read from ../shared/data beside the checkout, or from $CASCADE_KD_DATA, or --data; where it is
 absent the script says so and exits 0.
 """
@@ -78,18 +87,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import os
 import platform
 import random
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from runner import read_json, write_json
+from runner import Job, finished, read_json, run_grid, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 # the shared data beside the checkout; CASCADE_KD_DATA points elsewhere (e.g. a copy on a GPU machine)
@@ -335,78 +343,90 @@ def task_cascade_recipe(task: str, s: Sizes, data: Path, sib_eval: Path, teacher
             "cascade": {"losses": LIGHTMBERT_TASK, "stages": chain(s.layers, "t"), "direct": True}}
 
 
-def write_recipe(out: Path, name: str, recipe: dict, what: str) -> Path:
-    import yaml
+def pretrain_recipe(s: Sizes, corpus: Path, tokenizer: Path):
+    """The masked-LM teacher's recipe: what `cascade-kd pretrain` runs with these flags."""
+    import cascade_kd as ckd
 
-    path = out / "recipes" / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = f"# generated by benchmarks/general_distillation.py: {what}\n" + yaml.safe_dump(
-        recipe, sort_keys=False, allow_unicode=True)
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
-    return path
+    return ckd.pretrain_recipe(corpus / "train-{lang}.txt", corpus / "dev-{lang}.txt", s.languages, tokenizer,
+                               layers=s.layers, hidden=s.hidden, heads=s.heads, epochs=float(s.pretrain_epochs),
+                               lr=s.pretrain_lr, batch_size=s.batch_size, max_length=s.max_length,
+                               language_alpha=s.language_alpha, seed=s.seed)
 
 
 # ---------------------------------------------------------------------------------------------
-# Running the CLI
+# The grid: every run a recipe; retrieval a post step of the general runs
 
 
-def cli() -> list[str]:
-    script = Path(sys.executable).parent / "cascade-kd"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "cascade_kd"]
+def retrieval_step(run_dir: Path, *, tatoeba: Path, languages: str, limit: int | None) -> dict:
+    """Tatoeba retrieval of every model of a finished general run (RUN_DIR/eval-dev/metrics.json),
+    as `cascade-kd eval RUN --split dev --parallel TATOEBA` does; the run's teacher cache goes first
+    (the run is done: it is no longer needed)."""
+    import cascade_kd as ckd
+
+    shutil.rmtree(run_dir / "cache", ignore_errors=True)
+    metrics = ckd.evaluate(run_dir, split="dev", parallel=tatoeba, parallel_languages=languages, parallel_limit=limit,
+                           say=lambda m: print(f"[{run_dir.name}-retrieval] {m}", flush=True))
+    return {"languages": len(metrics.get("retrieval", {}).get("per_model", {}).get("teacher", {}))}
 
 
-class Steps:
-    """Runs `cascade-kd` commands one after the other; skips finished ones; keeps their wall times
-    in OUT/timing.json (a skipped step keeps the time of the run that did it)."""
+def step_name(job_name: str) -> str:
+    """A job's name in the tables' step list (finetune/sib200-teacher -> finetune-sib200-teacher)."""
+    return job_name.replace("/", "-")
 
-    def __init__(self, out: Path, env: dict):
-        self.out, self.env = out, env
-        self.timing_path = out / "timing.json"
-        self.timing = read_json(self.timing_path) or {}
-        self.failed: dict[str, str] = {}
-        self.status: dict[str, str] = {}
 
-    def run(self, name: str, args: list, done: Path, needs: tuple = ()) -> bool:
-        if done.is_file():
-            self.status[name] = "done before"
-            print(f"[{name}] done before ({done.relative_to(self.out)}), skipped", flush=True)
-            return True
-        missing = [str(p) for p in needs if not Path(p).exists()]
-        if missing:
-            self.failed[name] = f"not run: needs {', '.join(missing)} (an earlier step failed)"
-            self.status[name] = "not run"
-            print(f"[{name}] {self.failed[name]}", flush=True)
-            return False
-        cmd = cli() + [str(a) for a in args]
-        log = self.out / "logs" / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        print(f"[{name}] $ {shlex.join(cmd)}", flush=True)
-        t0 = time.perf_counter()
-        with open(log, "w") as handle:
-            rc = subprocess.run(cmd, cwd=REPO, env=self.env, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
-        wall = time.perf_counter() - t0
-        if rc < 0 or rc == 130:  # killed or interrupted: stop here rather than go on without it
-            raise SystemExit(f"[{name}] interrupted (exit code {rc}); rerun the same command to resume")
-        if rc != 0:
-            tail = log.read_text(errors="replace").strip().splitlines()[-15:]
-            self.failed[name] = f"exit code {rc}: " + (tail[-1] if tail else "(no output)")
-            self.status[name] = "FAILED"
-            print(f"[{name}] FAILED (exit code {rc}, {wall:.0f} s); last lines of {log}:\n    " + "\n    ".join(tail),
-                  flush=True)
-            return False
-        self.timing[name] = {"wall_s": wall, "command": shlex.join(cmd)}
-        self.status[name] = "ran"
-        write_json(self.timing_path, self.timing)
-        print(f"[{name}] finished in {wall:.0f} s (log: {log.relative_to(REPO) if log.is_relative_to(REPO) else log})",
-              flush=True)
-        return True
+def grid(out: Path, s: Sizes, data: Path, corpus: Path, sib_eval: Path) -> list[Job]:
+    """Every run of the benchmark, each after the runs whose models it reads."""
+    teacher = out / "pretrain" / "teacher"
+    jobs = [Job("pretrain", pretrain_recipe(s, corpus, data / "tokenizers" / "mbert-cased"),
+                what="masked-LM teacher pretrained here")]
+    retrieval = functools.partial(retrieval_step, tatoeba=data / "tatoeba",
+                                  languages=",".join(BY_SIB[l][1] for l in s.languages if BY_SIB[l][1]),
+                                  limit=s.parallel_limit)
+    for name, minilm in [("general", False)] + ([("general-minilm", True)] if s.minilm else []):
+        jobs.append(Job(name, general_recipe(s, corpus, teacher, minilm), depends_on=["pretrain"], after=retrieval,
+                        what="MiniLMv2 general distillation" if minilm else "LightMBERT-style general cascade"))
+    students = {"s2": ("general", out / "general" / "stages" / "s2"),
+                "direct": ("general", out / "general" / "stages" / "direct"),
+                "m2": ("general-minilm", out / "general-minilm" / "stages" / "m2")}
+    for task in ("sib200", "panx"):
+        for key, (needs, model) in [("teacher", ("pretrain", teacher))] + [(k, students[k]) for k in _general_students(s)]:
+            jobs.append(Job(f"finetune/{task}-{key}", finetune_recipe(task, s, data, sib_eval, model, key),
+                            depends_on=[needs], what=f"{key} fine-tuned on {task}"))
+        ft_teacher = out / "finetune" / f"{task}-teacher" / "teacher"
+        jobs.append(Job(f"task-cascade/{task}", task_cascade_recipe(task, s, data, sib_eval, ft_teacher),
+                        depends_on=[f"finetune/{task}-teacher"], what=f"task cascade on {task} from the fine-tuned teacher"))
+    return jobs
+
+
+def steps_of(jobs: list[Job], state: dict, done_before: set[str], after_before: dict) -> tuple[dict, dict]:
+    """({step: {"status", "wall_s", "what"}}, {step: why it failed or did not run}) from the grid's
+    records: a job or retrieval step is "ran" in this call, "done before" (its wall time is the
+    one of the call that ran it), "FAILED", or "not run" (a run it needs did not finish)."""
+    records = state.get("jobs", {})
+    steps, failed = {}, {}
+    for job in jobs:
+        record, name = records.get(job.name) or {}, step_name(job.name)
+        status = record.get("status", "not run")
+        label = {"done": "done before" if job.name in done_before else "ran", "failed": "FAILED"}.get(status, "not run")
+        steps[name] = {"status": label, "wall_s": record.get("wall_s"), "what": job.what}
+        if status == "failed":
+            failed[name] = record.get("error", "failed")
+        elif status != "done":
+            failed[name] = record.get("error", f"not run ({status})")
+        if job.after is None:
+            continue
+        after, name = record.get("after") or {}, f"{name}-retrieval"
+        if after.get("status") == "done":
+            label = "done before" if after == after_before.get(job.name) else "ran"
+        else:
+            label = "FAILED" if after.get("status") == "failed" else "not run"
+            failed[name] = after.get("error") or f"not run: {step_name(job.name)} did not finish"
+        steps[name] = {"status": label, "wall_s": after.get("wall_s"), "what": "Tatoeba retrieval (eval --parallel)"}
+    return steps, failed
 
 
 # ---------------------------------------------------------------------------------------------
 # Collecting the results
-
-
 
 
 def _model(metrics: dict | None, name: str) -> dict | None:
@@ -447,7 +467,7 @@ def _add(*values) -> float | None:
     return None if any(v is None for v in values) else sum(values)
 
 
-def collect(out: Path, s: Sizes, steps: Steps) -> dict:
+def collect(out: Path, s: Sizes, steps: dict, failed: dict) -> dict:
     pre = read_json(out / "pretrain" / "metrics.json")
     gen = read_json(out / "general" / "metrics.json")
     mini = read_json(out / "general-minilm" / "metrics.json")
@@ -521,9 +541,8 @@ def collect(out: Path, s: Sizes, steps: Steps) -> dict:
         "general": [_row_json(r) for r in rows_general],
         "retrieval_pairs_per_language": {l: v["pairs"] for l, v in retrieval.get("teacher", {}).items()},
         "tasks": tasks,
-        "steps": {name: {**steps.timing.get(name, {}), "status": steps.status.get(name, "not run")}
-                  for name in steps.status},
-        "failed": steps.failed,
+        "steps": steps,
+        "failed": failed,
     }
 
 
@@ -583,7 +602,7 @@ def render(results: dict) -> str:
             "train s", "cumul. s"]
     same = "Every model scores exactly alike in every language: they predict the same pieces/classes, so this " \
            "table compares nothing (too little training)."
-    steps_s = sum(v.get("wall_s", 0) for v in results["steps"].values())
+    steps_s = sum(v.get("wall_s") or 0 for v in results["steps"].values())
     resumed = (f" (resumed: the steps took {steps_s / 60:.1f} min when they ran)"
                if any(v["status"] == "done before" for v in results["steps"].values()) else "")
     lines = [f"## General distillation ({results['mode']})", "",
@@ -623,8 +642,8 @@ def render(results: dict) -> str:
             lines += ["", same]
     lines += ["", ("train s: training wall time of the model (its dev evaluations included); cumul. s: that plus "
                    "the training of every model it comes from, pretraining included (what the model costs)."), "",
-              ("Steps (wall time of each command, loading, scoring and saving included; 'done before': the time of "
-              "the run that did it):"), ""]
+              ("Steps (wall time of each run or retrieval, loading, scoring and saving included; 'done before': "
+               "the time of the call that did it):"), ""]
     lines += _table(["step", "status", "wall s"], left=2,
                     rows=[[k, v["status"], _s(v.get("wall_s"))] for k, v in results["steps"].items()])
     if results["failed"]:
@@ -668,12 +687,19 @@ def parse_args(argv=None):
                    help="run the MiniLMv2 (relation_kl) recipe (default: yes)")
     p.add_argument("--finetune-students", nargs="+", choices=["s2", "direct", "m2"],
                    help="general 2-layer students fine-tuned on the tasks (default: all three)")
-    p.add_argument("--threads", type=int, help="torch threads of each command (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch threads of each run (default: torch's choice)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes, each as soon as the "
+                   "runs it reads from are done (default 1: one after the other, in this process)")
+    p.add_argument("--collect-only", action="store_true", help="train nothing: rebuild the tables from finished runs")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("CASCADE_KD_QUIET", "1"), ("TOKENIZERS_PARALLELISM", "false"),
+                       *((("OMP_NUM_THREADS", str(args.threads)), ("MKL_NUM_THREADS", str(args.threads)))
+                         if args.threads else ())):
+        os.environ.setdefault(key, value)  # before torch and the hub are imported
     data = args.data.resolve()
     needed = [data / "sib200", data / "panx", data / "tatoeba", data / "tokenizers" / "mbert-cased"]
     if not all(p.is_dir() for p in needed):
@@ -691,11 +717,7 @@ def main(argv=None) -> int:
               "would be mixed with new ones; give another --out", file=sys.stderr)
         return 2
     write_json(out / "settings.json", settings)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CASCADE_KD_QUIET": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if args.threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     started = time.perf_counter()
-    steps = Steps(out, env)
 
     # 1. corpus
     corpus = out / "corpus"
@@ -706,65 +728,40 @@ def main(argv=None) -> int:
     print(f"[corpus] {len(stats)} languages, {total['train']:,} train / {total['dev']:,} dev lines in {corpus}; "
           f"{dropped} line(s) equal to a Tatoeba sentence dropped", flush=True)
 
-    # 2. the masked-LM teacher
-    tokenizer = data / "tokenizers" / "mbert-cased"
-    steps.run("pretrain", ["pretrain", "--text", corpus / "train-{lang}.txt", "--dev", corpus / "dev-{lang}.txt",
-                           "--languages", *s.languages, "--tokenizer", tokenizer, "--layers", s.layers, "--hidden",
-                           s.hidden, "--heads", s.heads, "--epochs", s.pretrain_epochs, "--lr", s.pretrain_lr,
-                           "--batch-size", s.batch_size, "--max-length", s.max_length, "--language-alpha",
-                           s.language_alpha, "--seed", s.seed, "--out", out / "pretrain", "--resume"],
-              out / "pretrain" / "metrics.json")
-    teacher = out / "pretrain" / "teacher"
+    # 2.-5. pretraining, general distillation (+ retrieval), fine-tuning and task cascades: one grid
+    from cascade_kd.errors import UserError
 
-    # 3. general distillation, 4. retrieval
-    tatoeba_langs = ",".join(BY_SIB[l][1] for l in s.languages if BY_SIB[l][1])
-    limit = ["--parallel-limit", s.parallel_limit] if s.parallel_limit else []
-    general_runs = [("general", False)] + ([("general-minilm", True)] if s.minilm else [])
-    for name, minilm in general_runs:
-        recipe = write_recipe(out, name, general_recipe(s, corpus, teacher, minilm),
-                              "MiniLMv2 general distillation" if minilm else "LightMBERT-style general cascade")
-        steps.run(name, ["run", recipe, "--out", out / name, "--resume"], out / name / "metrics.json", needs=(teacher,))
-        if (out / name / "metrics.json").is_file():  # done: its teacher cache is no longer needed
-            shutil.rmtree(out / name / "cache", ignore_errors=True)
-        steps.run(f"{name}-retrieval", ["eval", out / name, "--split", "dev", "--parallel", data / "tatoeba",
-                                         "--parallel-languages", tatoeba_langs, *limit],
-                  out / name / "eval-dev" / "metrics.json", needs=(out / name / "metrics.json",))
-
-    # 5. tasks: fine-tune the teacher and the general students; the task cascade from the fine-tuned teacher
-    sib_eval = sib_eval_files(data, out, s)
-    students = {"s2": out / "general" / "stages" / "s2", "direct": out / "general" / "stages" / "direct",
-                "m2": out / "general-minilm" / "stages" / "m2"}
-    for task in ("sib200", "panx"):
-        for key, model in [("teacher", teacher)] + [(k, students[k]) for k in _general_students(s)]:
-            name = f"{task}-{key}"
-            recipe = write_recipe(out, f"finetune-{name}", finetune_recipe(task, s, data, sib_eval, model, key),
-                                  f"{key} fine-tuned on {task}")
-            steps.run(f"finetune-{name}", ["run", recipe, "--out", out / "finetune" / name, "--resume"],
-                      out / "finetune" / name / "metrics.json", needs=(model,))
-        ft_teacher = out / "finetune" / f"{task}-teacher" / "teacher"
-        recipe = write_recipe(out, f"task-cascade-{task}", task_cascade_recipe(task, s, data, sib_eval, ft_teacher),
-                              f"task cascade on {task} from the fine-tuned teacher")
-        steps.run(f"task-cascade-{task}", ["run", recipe, "--out", out / "task-cascade" / task, "--resume"],
-                  out / "task-cascade" / task / "metrics.json", needs=(ft_teacher,))
+    try:
+        jobs = grid(out, s, data, corpus, sib_eval_files(data, out, s))
+        done_before = {job.name for job in jobs if args.collect_only or finished(job, out / job.name)}
+        after_before = {name: r.get("after") for name, r in (read_json(out / "grid.json") or {}).get("jobs", {}).items()}
+        state = (read_json(out / "grid.json") or {}) if args.collect_only else run_grid(
+            jobs, out, parallel=args.jobs, quick=args.quick, threads=args.threads)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    steps, failed = steps_of(jobs, state, done_before, after_before)
 
     wall = time.perf_counter() - started
+    previous = read_json(out / "results.json") or {}
     results = {
         "mode": "quick" if args.quick else "full",
         "command": "nice -n 10 .venv/bin/python benchmarks/general_distillation.py " + " ".join(
             argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M"), "wall_time_s": wall,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "wall_time_s": previous.get("wall_time_s", wall) if args.collect_only else wall,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "data": str(data), "out": str(out), "sizes": asdict(s),
         "languages": {l: {"tatoeba": BY_SIB[l][1], "panx": BY_SIB[l][2], "script": BY_SIB[l][3]} for l in s.languages},
         "corpus": stats, "corpus_lines": total,
-        **collect(out, s, steps),
+        **collect(out, s, steps, failed),
     }
     write_json(out / "results.json", results)
     text = render(results)
     (out / "results.md").write_text(text + "\n")
     print("\n" + text)
     print(f"\nresults: {out / 'results.json'}, {out / 'results.md'} ({wall / 60:.1f} min)")
-    return 1 if steps.failed else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -430,29 +430,37 @@ def collect_task(task: str, out: Path, s: dict, grid_jobs: dict, loads: set[str]
                        "seeds": {str(k): v for k, v in per_seed.items()}})
     by_key = {m["key"]: m for m in models}
     return {"task": task, "metric": metric, "split": split, "languages": languages, "sizes": s, "models": models,
-            "comparisons": [c for label, a, b in pairs if (c := compare(label, a, b, by_key))],
+            "comparisons": comparisons(task, out, s, pairs, by_key),
             "targets": [t for key in ("cascade-2L", "direct-2L") if (t := target(key, by_key))],
             "bench": bench_meta, "timing": timing, "failed": timing["failed"]}
 
 
-def compare(label: str, a: str, b: str, by_key: dict) -> dict | None:
-    """A minus B per seed, in points of the average (and of the retentions)."""
-    ma, mb = by_key.get(a), by_key.get(b)
-    if not ma or not mb:
-        return None
-    seeds = [k for k in ma["seeds"] if k in mb["seeds"]]
+def comparisons(task: str, out: Path, s: dict, pairs: list[tuple[str, str, str]], by_key: dict) -> list[dict]:
+    """Each pair (label, row A, row B), A minus B matched by seed, through `ckd.compare` (the product's
+    comparison: every run a variant over its seeds; OUT/TASK/compare/ holds its report.html): the
+    difference of the average in points per seed, its mean ± sd, the seeds each side won, and the
+    mean differences of retention and worst-language retention."""
+    import cascade_kd as ckd
 
-    def diffs(key):
-        return [100 * (ma["seeds"][k][key] - mb["seeds"][k][key]) for k in seeds
-                if ma["seeds"][k][key] is not None and mb["seeds"][k][key] is not None]
-
-    avg = diffs("average")
-    summary = mean_sd(avg)
-    return {"what": label, "a": a, "b": b, "seeds": seeds, "diff_points_per_seed": avg,
-            "diff_points_mean": summary["mean"], "diff_points_sd": summary["sd"], "n": summary["n"],
-            "a_wins": sum(d > 0 for d in avg), "b_wins": sum(d < 0 for d in avg),
-            "retention_diff_points_mean": mean_sd(diffs("retention"))["mean"],
-            "worst_retention_diff_points_mean": mean_sd(diffs("worst_retention"))["mean"]}
+    usable = [(label, by_key.get(a), by_key.get(b)) for label, a, b in pairs]
+    usable = [(label, a, b) for label, a, b in usable if a and b and a.get("seeds") and b.get("seeds")]
+    if not usable:
+        return []
+    runs = sorted({m["run"] for _, a, b in usable for m in (a, b)})
+    groups = {run: [out / task / f"seed{seed}" / run for seed in s["seeds"]
+                    if (out / task / f"seed{seed}" / run / "metrics.json").is_file()] for run in runs}
+    aggregate = ckd.compare(groups, out / task / "compare",
+                            pairs=[(label, f"{a['run']}/{a['model']}", f"{b['run']}/{b['model']}") for label, a, b in usable])
+    result = []
+    for (label, a, b), pair in zip(usable, aggregate["pairs"]):
+        average = pair["average"]
+        per_seed = [average["per_seed"][str(seed)] for seed in pair["seeds"]]
+        result.append({"what": label, "a": a["key"], "b": b["key"], "seeds": [str(seed) for seed in pair["seeds"]],
+                       "diff_points_per_seed": per_seed, "diff_points_mean": average["mean"],
+                       "diff_points_sd": average["sd"], "n": average["n"], "a_wins": average["a_wins"],
+                       "b_wins": average["b_wins"], "retention_diff_points_mean": pair["retention"]["mean"],
+                       "worst_retention_diff_points_mean": pair["worst_retention"]["mean"]})
+    return result
 
 
 def target(key: str, by_key: dict) -> dict | None:

@@ -6,6 +6,8 @@
     result = ckd.run(recipe, "runs/x", resume=True)   # the content of runs/x/metrics.json
     ckd.evaluate("runs/x", split="test")
     ckd.export_onnx("runs/x/stages/student", int8=True)
+    ckd.run(ckd.pretrain_recipe("text/train-{lang}.txt", "text/dev-{lang}.txt", ["en", "de"], "tokenizer"),
+            "runs/pretrain")                          # a masked-LM teacher from scratch
 
 Building blocks for your own loop: `build_student` (a student from a teacher and a spec),
 `StudentFamily` and `register_family` (a new kind of student), `Features`/`extract_features` (any
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Recipe": ("cascade_kd.config", "Recipe"),
     "run": ("cascade_kd.api", "run"),
+    "pretrain_recipe": ("cascade_kd.config.pretrain", "pretrain_recipe"),
     "evaluate": ("cascade_kd.api", "evaluate"),
     "bench": ("cascade_kd.api", "bench"),
     "export_onnx": ("cascade_kd.api", "export_onnx"),

@@ -43,32 +43,20 @@ import sys
 import time
 from pathlib import Path
 
-RECIPE = """\
-name: kill-trials
-seed: 0
-task: {type: token, max_length: 48}
-data:
-  languages: [en, ru]
-  format: conll
-  train: data/{lang}/train.conll
-  dev: data/{lang}/dev.conll
-  test: data/{lang}/test.conll
-  max_train_per_language: 200
-  max_eval_per_language: 50
-teacher:
-  config: {model_type: bert, num_hidden_layers: 4, hidden_size: 32, num_attention_heads: 4,
-           intermediate_size: 64, max_position_embeddings: 64}
-  tokenizer: tokenizer
-  train: {epochs: 2, lr: 2.0e-3}
-# every stage reads its teacher from the on-disk cache, so kills also land in cache builds
-train: {batch_size: 32, epochs: 2, lr: 2.0e-3, precision: fp32, checkpoint_every: 3, teacher_cache: fp32}
-cascade:
-  stages:
-    - {name: ta3, student: {layers: 3, freeze_embeddings: true}}
-    - {name: ta2, student: {layers: 2, freeze_embeddings: true}}
-    - {name: student1, student: {layers: 1, freeze_embeddings: true}}
-  direct: false
-"""
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.helpers: the tests' tiny recipe, which this one starts from
+from tests.helpers import tiny_recipe, write_recipe  # noqa: E402
+
+RECIPE = tiny_recipe(
+    name="kill-trials",
+    data={"max_eval_per_language": 50},
+    teacher={"config": {"num_hidden_layers": 4, "num_attention_heads": 4}, "train": {"epochs": 2, "lr": 2.0e-3}},
+    # every stage reads its teacher from the on-disk cache, so kills also land in cache builds
+    train={"epochs": 2, "lr": 2.0e-3, "checkpoint_every": 3, "teacher_cache": "fp32"},
+    cascade={"stages": [{"name": "ta3", "student": {"layers": 3, "freeze_embeddings": True}},
+                        {"name": "ta2", "student": {"layers": 2, "freeze_embeddings": True}},
+                        {"name": "student1", "student": {"layers": 1, "freeze_embeddings": True}}]},
+)
 
 STAGES = 3  # stages in RECIPE, each with its own teacher and so its own cache build
 TARGETS = ("random", "cache", "checkpoint")
@@ -194,7 +182,7 @@ def run_trials(out: Path, trials: int, seed: int = 0, say=print, target: str = "
     work = out / "work"
     if not (work / "data").is_dir():
         generate(work, seed=0)
-    (work / "recipe.yaml").write_text(RECIPE)
+    write_recipe(work, RECIPE)
     env = {**os.environ, "CASCADE_KD_QUIET": "1", "HF_HUB_OFFLINE": "1"}
 
     reference, code = out / "reference", _code_fingerprint()

@@ -114,13 +114,21 @@ TINY_BASE = {
 
 
 def merge(base: dict, changes: dict) -> dict:
-    """`base` with `changes` merged in, section by section; a value of None removes the key."""
+    """`base` with `changes` merged in, section by section; a value of None removes the key. A dict
+    of list positions edits those items of a list, e.g. `{"cascade": {"stages": {1: {"student":
+    {"layers": 2}}}}}` changes the second stage only; any other value (a list too) replaces."""
     out = dict(base)
     for key, value in changes.items():
         if value is None:
             out.pop(key, None)
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
+        elif isinstance(value, dict) and isinstance(out.get(key), list) and value and all(
+                isinstance(i, int) for i in value):
+            items = list(out[key])
+            for i, item_changes in value.items():
+                items[i] = merge(items[i], item_changes)
+            out[key] = items
         else:
             out[key] = value
     return out

@@ -47,12 +47,14 @@ from cascade_kd.outdir import check_output, make_directory, output_path, write_m
 from cascade_kd.students import count_parameters, family_of
 from cascade_kd.students.hub import load_checkpoint
 from cascade_kd.training.distributed import barrier, is_main, main_say
-from cascade_kd.training.progress import RunProgress
+from cascade_kd.training.progress import RunProgress, RunSet
 from cascade_kd.training.setup import resolve_precision
 
 
-def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = False, say=print) -> dict:
-    """Run a whole recipe; returns the metrics written to RUN_DIR/metrics.json."""
+def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = False, say=print,
+               run_set: RunSet | None = None) -> dict:
+    """Run a whole recipe; returns the metrics written to RUN_DIR/metrics.json. `run_set`: the set
+    of runs this one belongs to (`run --seeds`), for the time-left estimate."""
     out = output_path(out)  # a path that cannot be a directory is reported before any work
     say = main_say(say)
     job = prepare(recipe, out, say)  # every input check happens before RUN_DIR is touched
@@ -60,13 +62,13 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bo
         if is_main():
             write_manifest(job)
         barrier()  # the others read RUN_DIR (finished stages, training state) only once it is ready
-        return _run(job)
+        return _run(job, run_set)
 
 
-def _run(job: Job) -> dict:
+def _run(job: Job, run_set: RunSet | None = None) -> dict:
     recipe, out = job.recipe, job.out
     started = time.perf_counter()
-    job.progress = RunProgress(training_plan(job))
+    job.progress = RunProgress(training_plan(job), run_set)
 
     teacher, teacher_info = get_teacher(job)
     models = [("teacher", "teacher", teacher, teacher_info, out / "teacher")]

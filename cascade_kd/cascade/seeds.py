@@ -19,6 +19,7 @@ from cascade_kd.config.schema import Recipe
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.compare import compare_runs
 from cascade_kd.fileio import atomic_write
+from cascade_kd.training.progress import RunSet
 from cascade_kd.training.distributed import barrier, is_main
 
 SEEDS_FILE = "seeds.json"
@@ -77,14 +78,17 @@ def run_seeds(recipe: Recipe, out: str | Path, seeds: list[int], *, resume: bool
     if is_main():
         _prepare(out, recipe, list(seeds), resume=resume, overwrite=overwrite)
     barrier()
+    done = [_finished(seed_dir(out, seed), seeded) for seed, seeded in zip(seeds, recipes)]
+    run_set = RunSet()  # the time left covers the seeds still to run, at the speed measured over the set
     for k, (seed, seeded) in enumerate(zip(seeds, recipes), 1):
         directory = seed_dir(out, seed)
-        if _finished(directory, seeded):
+        if done[k - 1]:
             say(f"seed {seed} ({k} of {len(seeds)}): already finished in {directory}")
             continue
+        run_set.later_runs = done[k:].count(False)
         say(f"seed {seed} ({k} of {len(seeds)}): {directory}")
         started = directory.is_dir() and any(directory.iterdir())
-        run_recipe(seeded, directory, resume=started, say=say)
+        run_recipe(seeded, directory, resume=started, say=say, run_set=run_set)
     aggregate = compare_runs([seed_dir(out, s) for s in seeds], out if is_main() else None)
     barrier()
     return aggregate

@@ -181,8 +181,11 @@ def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_
     except Exception as exc:  # noqa: BLE001 - weights that do not fit the config, a hub repo without safetensors
         raise RecipeError(f"cannot load the weights of {name_or_path!r}: {first_line(exc)}", where="teacher.model",
                           hint=hint) from None
-    # a new task head is initialised at random (it is trained); an encoder weight never may be
-    body = [k for k in _unloaded(info) if k.startswith(f"{model.base_model_prefix}.")]
+    # a new task head is initialised at random (it is trained), and so is the pooler of a sentence
+    # head when the checkpoint has none (a masked-LM checkpoint, e.g. `cascade-kd pretrain`'s, is
+    # saved without one); any other encoder weight never may be
+    fresh_pooler = {k for k in info.get("missing_keys") or [] if ".pooler." in k} if task == "sequence" else set()
+    body = [k for k in _unloaded(info) if k.startswith(f"{model.base_model_prefix}.") and k not in fresh_pooler]
     if body:
         raise RecipeError(f"the weights of {name_or_path!r} do not fit its config.json: {len(body)} encoder weight(s) "
                           f"missing or of another shape (e.g. {min(body)})", where="teacher.model", hint=hint)

@@ -15,7 +15,9 @@ The run's estimate: the work left is, per model, its examples times its epochs (
 less what is done; the current model's remainder goes at its own measured speed, the later models'
 work at the speed measured over the run so far (training and evaluation time together). It is an
 estimate: later models may be faster or slower per example than those measured, and early stopping
-(`patience`) ends a model sooner.
+(`patience`) ends a model sooner. A run that is one of a set (the seeds of `run --seeds`) shares a
+`RunSet` with the others: the estimate then covers the runs of the set still to come (each as much
+work as this one: the same recipe with another seed) at the speed measured over the whole set.
 
 Multi-process runs: only the main process prints and logs; a loss part is the main process's value
 on its share of the batch (the total is the global batch's).
@@ -27,6 +29,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 CURVE_POINTS = 200
 HEARTBEAT_SECONDS = 60.0
@@ -64,16 +67,41 @@ def precision_name(mixed_precision: str) -> str:
     return {"no": "fp32"}.get(mixed_precision, mixed_precision)
 
 
+@dataclass
+class RunSet:
+    """Runs trained one after another as a set (the seeds of `run --seeds`): how many runs of the
+    set come after the current one, and the speed measured over the set so far (examples and
+    seconds of the models finished in this session), which every run of the set adds to."""
+
+    later_runs: int = 0
+    examples: float = 0.0
+    seconds: float = 0.0
+
+
 class RunProgress:
     """Where a whole run stands: the models to train in order, each with its work (examples x
     epochs), and the speed measured so far. A model counts as finished once a later one starts
-    (models loaded on a resume, or a teacher that needs no training, never start)."""
+    (models loaded on a resume, or a teacher that needs no training, never start). `run_set`: the
+    set this run belongs to (its later runs count in the time left), or None for a run of its own."""
 
-    def __init__(self, plan: list[tuple[str, float]]):
+    def __init__(self, plan: list[tuple[str, float]], run_set: RunSet | None = None):
         self.plan = [(name, float(work)) for name, work in plan]
         self.finished: set[str] = set()
-        self.examples = 0.0  # measured in this session, over finished models
-        self.seconds = 0.0
+        self.run_set = run_set or RunSet()
+
+    @property
+    def examples(self) -> float:
+        """Examples trained over the finished models of this session (of the whole set)."""
+        return self.run_set.examples
+
+    @property
+    def seconds(self) -> float:
+        return self.run_set.seconds
+
+    def scope(self) -> str:
+        """What the time left covers: 'the run', or the run and the set's later runs."""
+        later = self.run_set.later_runs
+        return "the run" if not later else f"this run and the {later} after it"
 
     def names(self) -> list[str]:
         return [name for name, _ in self.plan]
@@ -87,14 +115,16 @@ class RunProgress:
 
     def end(self, name: str, examples: float, seconds: float) -> None:
         self.finished.add(name)
-        self.examples += examples
-        self.seconds += seconds
+        self.run_set.examples += examples
+        self.run_set.seconds += seconds
 
     def work_after(self, name: str) -> float:
-        """Examples x epochs of the models after `name` that are not finished."""
+        """Examples x epochs of the models after `name` that are not finished, plus the whole work
+        of each later run of the set."""
         names = self.names()
         start = names.index(name) + 1 if name in names else len(names)
-        return sum(work for n, work in self.plan[start:] if n not in self.finished)
+        later_runs = self.run_set.later_runs * sum(work for _, work in self.plan)
+        return sum(work for n, work in self.plan[start:] if n not in self.finished) + later_runs
 
 
 class StageMonitor:
@@ -134,7 +164,7 @@ class StageMonitor:
             k, n = self.run.begin(self.name)
             line = f"[model {k} of {n}] {line.strip()}"
             left = self._run_left()
-            line += f"; about {duration(left)} left for the run" if left is not None else ""
+            line += f"; about {duration(left)} left for {self.run.scope()}" if left is not None else ""
         log_line(line, bar)
 
     def step(self, progress, loss: float, parts: dict, lr: float) -> None:
@@ -203,7 +233,8 @@ class StageMonitor:
             names = self.run.names()
             k = names.index(self.name) + 1 if self.name in names else len(names)
             left = self._run_left()
-            line += f"; model {k} of {len(names)}" + (f", about {duration(left)} left for the run" if left is not None else "")
+            line += f"; model {k} of {len(names)}" + (f", about {duration(left)} left for {self.run.scope()}"
+                                                      if left is not None else "")
         return line
 
     # --- the model's end ----------------------------------------------------------------------

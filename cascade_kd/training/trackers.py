@@ -6,7 +6,9 @@ the recipe. Where a tracker writes files, they go under RUN_DIR/logs/:
 - tensorboard: RUN_DIR/logs/<model>/ (event files; `tensorboard --logdir RUN_DIR/logs`);
 - trackio: RUN_DIR/logs/trackio/ (its SQLite database), unless TRACKIO_DIR is set or trackio was
   imported before with another directory;
-- mlflow: RUN_DIR/logs/mlruns/, unless MLFLOW_TRACKING_URI (or mlflow.set_tracking_uri) says otherwise;
+- mlflow: RUN_DIR/logs/mlflow.db (params and metrics; with mlflow-skinny, which has no database
+  backend: RUN_DIR/logs/mlruns/) and RUN_DIR/logs/mlruns/ (artifacts), unless MLFLOW_TRACKING_URI (or
+  mlflow.set_tracking_uri) says otherwise;
 - wandb: run files in RUN_DIR/logs/wandb/; whether they are also sent to a server is the user's
   wandb setting (`wandb login`, WANDB_MODE=offline), as with any wandb run.
 With no report_to (the default), nothing is logged anywhere beyond the run's own files.
@@ -54,6 +56,22 @@ def flat_config(values: dict, prefix: str = "") -> dict:
     return flat
 
 
+_MLFLOW_URIS_SET_HERE: set[str] = set()
+
+
+def mlflow_store_uri(logs_dir: Path) -> str:
+    """Where mlflow keeps a run's params and metrics under RUN_DIR/logs: a SQLite database
+    (logs/mlflow.db) where mlflow has its database backend (the `mlflow` package), else its file
+    store in logs/mlruns (`mlflow-skinny`), which mlflow 3 keeps in maintenance mode and refuses
+    unless MLFLOW_ALLOW_FILE_STORE is set: it is set here, for that folder's sake."""
+    try:
+        import sqlalchemy  # noqa: F401 - mlflow's database backend needs it
+    except ImportError:
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        return (Path(logs_dir) / "mlruns").resolve().as_uri()
+    return f"sqlite:///{(Path(logs_dir) / 'mlflow.db').resolve()}"
+
+
 class Trackers:
     """The trackers of one trained model: started on `start`, given values by `log`, closed by `finish`."""
 
@@ -85,9 +103,14 @@ class Trackers:
         if name == "mlflow":
             import mlflow
 
-            if not mlflow.is_tracking_uri_set():  # else mlflow's default: a database in the working directory
-                mlflow.set_tracking_uri((self.logs_dir / "mlruns").resolve().as_uri())
-            return MLflowTracker(self.project, logging_dir=str(self.logs_dir / "mlruns"), run_name=self.run_name)
+            # the user's tracking URI (MLFLOW_TRACKING_URI, mlflow.set_tracking_uri) wins; else this run's
+            # logs folder, also when an earlier run of this process set its own (a set of seeds, a grid)
+            if not mlflow.is_tracking_uri_set() or mlflow.get_tracking_uri() in _MLFLOW_URIS_SET_HERE:
+                uri = mlflow_store_uri(self.logs_dir)
+                mlflow.set_tracking_uri(uri)
+                _MLFLOW_URIS_SET_HERE.add(uri)
+            return MLflowTracker(self.project, logging_dir=(self.logs_dir / "mlruns").resolve().as_uri(),
+                                 run_name=self.run_name)
         raise ValueError(f"unknown tracker {name!r}")
 
     def start(self) -> None:

@@ -18,7 +18,8 @@ from cascade_kd.cli.app import main
 from cascade_kd.data.encode import IGNORE
 from cascade_kd.data.sampling import language_quotas
 from cascade_kd.errors import RecipeError, UserError
-from cascade_kd.config.schema import parse_recipe
+from cascade_kd.config.schema import Recipe, parse_recipe
+from tests.helpers import merge, tiny_recipe, write_recipe
 
 SIZES = {"en": 500, "ru": 200, "el": 100}  # unequal on purpose: language_alpha evens them out
 
@@ -43,19 +44,15 @@ cascade:
   direct: true
 """
 
-FINETUNE = """\
-name: finetune-general-student
-task: {type: token, max_length: 64}
-data:
-  languages: [en, ru]
-  format: conll
-  train: ws/data/{lang}/train.conll
-  dev: ws/data/{lang}/dev.conll
-  max_train_per_language: 300
-  max_eval_per_language: 80
-teacher: {model: gen/stages/s1}
-train: {batch_size: 32, epochs: 4, lr: 2.0e-3, precision: fp32}
-"""
+# the general student fine-tuned on the demo's NER data: a recipe without a cascade section
+FINETUNE = tiny_recipe(
+    "ws", name="finetune-general-student", seed=None,
+    task={"max_length": 64},
+    data={"test": None, "max_train_per_language": 300, "max_eval_per_language": 80},
+    teacher={"model": "gen/stages/s1", "config": None, "tokenizer": None, "train": None},
+    train={"epochs": 4, "lr": 2.0e-3},
+    cascade=None,
+)
 
 
 def _write_text(demo_workspace: Path, root: Path) -> None:
@@ -145,7 +142,7 @@ def test_dev_masks_are_drawn_once_and_train_masks_follow_the_masking_key(general
 
 def test_a_general_student_fine_tunes_on_a_task_with_a_recipe_without_stages(general):
     root, _, _ = general
-    (root / "finetune.yaml").write_text(FINETUNE)
+    write_recipe(root, FINETUNE, "finetune.yaml")
     assert main(["run", "finetune.yaml", "--out", "ft"]) == 0
     metrics = json.loads((root / "ft" / "metrics.json").read_text())
     (row,) = metrics["models"]
@@ -224,7 +221,7 @@ def test_a_recursive_student_is_distilled_on_masked_lm_text_and_fine_tunes_on_a_
     assert rows["rec"]["average"] > 0.5 * rows["teacher"]["average"], (rows["rec"]["average"], rows["teacher"]["average"])
     assert teacher.cls.predictions.bias.shape == model.lm_head.bias.shape
     # then a task: the recursive encoder gets a token-classification head and is fine-tuned
-    (root / "finetune-rec.yaml").write_text(FINETUNE.replace("gen/stages/s1", "gen-rec/stages/rec"))
+    write_recipe(root, merge(FINETUNE, {"teacher": {"model": "gen-rec/stages/rec"}}), "finetune-rec.yaml")
     assert main(["run", "finetune-rec.yaml", "--out", "ft-rec"]) == 0
     (row,) = json.loads((root / "ft-rec" / "metrics.json").read_text())["models"]
     assert row["average"] > 0.1
@@ -265,6 +262,6 @@ def test_pretrain_flags_are_checked_before_anything_runs(general, flags, message
 
 def test_text_format_needs_task_mlm(general):
     root, _, _ = general
-    recipe = parse_recipe(FINETUNE.replace("format: conll", "format: text"), source="f.yaml", base_dir=root)
+    recipe = Recipe.from_dict(merge(FINETUNE, {"data": {"format": "text"}}), source="f.yaml", base_dir=root)
     with pytest.raises(RecipeError, match="for task type mlm"):
         prepare(recipe, root / "unused", say=lambda m: None)

@@ -18,8 +18,10 @@ SEEDS_RECIPE = yaml.safe_dump(tiny_recipe(
              "direct": True}), sort_keys=False)
 
 
-def test_seeds_run_once_each_resume_and_aggregate(demo_workspace, tmp_path, capsys):
+def test_seeds_run_once_each_resume_and_aggregate(demo_workspace, tmp_path, capsys, monkeypatch):
     from cascade_kd.cli.app import main
+
+    monkeypatch.setenv("CASCADE_KD_QUIET", "0")  # the progress lines are part of what is checked
 
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, tmp_path / name)
@@ -30,6 +32,10 @@ def test_seeds_run_once_each_resume_and_aggregate(demo_workspace, tmp_path, caps
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "seed 3 (1 of 2)" in printed and "seed 7 (2 of 2)" in printed
+    # the first seed's estimate covers the second seed's run; the second's only its own
+    first, second = printed.split("seed 7 (2 of 2)")
+    assert "left for this run and the 1 after it" in first and "left for the run" in second
+    assert "after it" not in second
     for seed in (3, 7):
         manifest = json.loads((out / f"seed{seed}" / "manifest.json").read_text())
         assert manifest["seed"] == seed and (out / f"seed{seed}" / "report.html").is_file()

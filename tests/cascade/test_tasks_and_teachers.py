@@ -2,6 +2,7 @@
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from transformers import BertConfig, BertForTokenClassification, BertModel
 
 from cascade_kd.cascade import get_teacher, prepare, run_recipe
 from cascade_kd.config.schema import load_recipe
+from tests.helpers import merge, tiny_recipe, write_recipe
 
 WORDS = "ba be bi bo ka ke ko ri ra ro ta te to na ne no la le lo ma".split()
 
@@ -36,28 +38,24 @@ def _write_classification(root, fmt):
             (root / f"{split}-{lang}.{fmt}").write_text("\n".join(rows) + "\n")
 
 
-RECIPE = """\
-task: {{type: {task}, max_length: 32}}
-data:
-  languages: [aa, bb]
-  format: {fmt}
-  train: train-{{lang}}.{fmt}
-  dev: dev-{{lang}}.{fmt}
-teacher:
-  config: {{model_type: bert, num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 2, intermediate_size: 64,
-           max_position_embeddings: 64}}
-  tokenizer: {tok}
-train: {{epochs: 2, batch_size: 16, precision: fp32}}
-cascade:
-  stages: [{{name: s1, student: {{layers: 1}}}}]
-"""
+def classification_recipe(task: str, fmt: str, tokenizer: Path) -> dict:
+    """The tiny recipe on the two made-up languages of `_write_classification` (files beside the
+    recipe, no caps), 2 teacher epochs, batches of 16."""
+    return tiny_recipe(
+        name=None, seed=None,
+        task={"type": task, "max_length": 32},
+        data={"languages": ["aa", "bb"], "format": fmt, "train": f"train-{{lang}}.{fmt}", "dev": f"dev-{{lang}}.{fmt}",
+              "test": None, "max_train_per_language": None, "max_eval_per_language": None},
+        teacher={"tokenizer": str(tokenizer), "train": None},
+        train={"epochs": 2, "batch_size": 16, "lr": None},
+        cascade={"stages": [{"name": "s1", "student": {"layers": 1}}], "direct": None},
+    )
 
 
 @pytest.mark.parametrize("task,fmt", [("sequence", "jsonl"), ("pair", "tsv")])
 def test_sequence_and_pair_tasks_run_end_to_end(task, fmt, tmp_path, demo_workspace):
     _write_classification(tmp_path, fmt)
-    (tmp_path / "r.yaml").write_text(RECIPE.format(task=task, fmt=fmt, tok=demo_workspace / "tokenizer"))
-    recipe = load_recipe(tmp_path / "r.yaml")
+    recipe = load_recipe(write_recipe(tmp_path, classification_recipe(task, fmt, demo_workspace / "tokenizer"), "r.yaml"))
     job = prepare(recipe, tmp_path / "run", say=lambda m: None)
     first = job.encoded["train"]["aa"][1][0]
     if task == "pair":  # both segments are encoded, the second with token type 1
@@ -115,11 +113,10 @@ def test_hugging_face_dataset_format(tmp_path, demo_workspace):
     """format: hf goes through datasets.load_dataset; offline with the json builder."""
     pytest.importorskip("datasets", reason="the hub extra (datasets) is not installed")
     _write_classification(tmp_path, "jsonl")
-    (tmp_path / "r.yaml").write_text(
-        RECIPE.format(task="sequence", fmt="jsonl", tok=demo_workspace / "tokenizer")
-        .replace("  format: jsonl\n  train: train-{lang}.jsonl\n  dev: dev-{lang}.jsonl\n",
-                 "  format: hf\n  hf: {path: json, data_files: {train: 'train-{lang}.jsonl', dev: 'dev-{lang}.jsonl'},\n"
-                 "       splits: {train: train, dev: dev}}\n"))
-    job = prepare(load_recipe(tmp_path / "r.yaml"), tmp_path / "run", say=lambda m: None)
+    hf = {"format": "hf", "train": None, "dev": None,
+          "hf": {"path": "json", "data_files": {"train": "train-{lang}.jsonl", "dev": "dev-{lang}.jsonl"},
+                 "splits": {"train": "train", "dev": "dev"}}}
+    recipe = merge(classification_recipe("sequence", "jsonl", demo_workspace / "tokenizer"), {"data": hf})
+    job = prepare(load_recipe(write_recipe(tmp_path, recipe, "r.yaml")), tmp_path / "run", say=lambda m: None)
     assert {lang: len(x) for lang, (x, _) in job.encoded["train"].items()} == {"aa": 60, "bb": 60}
     assert sorted(job.data.labels) == ["no", "yes"]

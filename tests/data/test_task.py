@@ -9,45 +9,41 @@ import pytest
 
 from cascade_kd.data.task import load_task_data
 from cascade_kd.config.schema import load_recipe
+from tests.helpers import line_of, tiny_recipe, write_recipe
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
-RECIPE = """\
-task: {{type: sequence}}
-data:
-  languages: [xx]
-  format: tsv
-  train: train.tsv
-  dev: dev.tsv
-  test: test.tsv
-  max_eval_per_language: {cap}
-{extra}teacher: {{config: {{model_type: bert, num_hidden_layers: 1, hidden_size: 8, num_attention_heads: 2, intermediate_size: 16}}, tokenizer: tok}}
-"""
+def _recipe(max_eval: int, **data) -> dict:
+    """A sequence task on one language (`data` changes the data section), its files beside the
+    recipe; only the data are read (the teacher, training and cascade are the tiny recipe's)."""
+    return tiny_recipe(task={"type": "sequence", "max_length": None},
+                       data={"languages": ["xx"], "format": "tsv", "train": "train.tsv", "dev": "dev.tsv",
+                             "test": "test.tsv", "max_train_per_language": None, "max_eval_per_language": max_eval, **data})
 
 
-def _write(tmp_path: Path, cap: int, extra: str = "") -> Path:
+def _write(tmp_path: Path, max_eval: int, **data) -> Path:
     # test.tsv is sorted by label, like SIB-200's: 20 A rows, then 20 B, then 20 C
     rows = [f"text {label} {i}\t{label}" for label in "ABC" for i in range(20)]
     (tmp_path / "test.tsv").write_text("\n".join(rows) + "\n")
     for name in ("train.tsv", "dev.tsv"):
         (tmp_path / name).write_text("".join(f"t{i}\t{'ABC'[i % 3]}\n" for i in range(30)))
-    path = tmp_path / "r.yaml"
-    path.write_text(RECIPE.format(cap=cap, extra=extra))
-    return path
+    return write_recipe(tmp_path, _recipe(max_eval, **data), "r.yaml")
 
 
 def test_cap_first_keeps_the_first_rows_and_warns_about_the_classes_it_leaves_out(tmp_path):
-    data = load_task_data(load_recipe(_write(tmp_path, 25)))
+    path = _write(tmp_path, 25)
+    data = load_task_data(load_recipe(path))
     test = data.splits["test"]["xx"]
     assert [e.text for e in test] == [f"text A {i}" for i in range(20)] + [f"text B {i}" for i in range(5)]
     assert len(data.warnings) == 1
     warning = data.warnings[0]
-    assert "r.yaml:8: data.max_eval_per_language" in warning and "'C'" in warning and "data.cap: sample" in warning
+    line = line_of(path, "max_eval_per_language")
+    assert f"r.yaml:{line}: data.max_eval_per_language" in warning and "'C'" in warning and "data.cap: sample" in warning
     assert "'A'" not in warning and "'B'" not in warning
 
 
 def test_cap_sample_draws_a_fixed_sample_in_file_order_with_every_class(tmp_path):
-    path = _write(tmp_path, 25, "  cap: sample\n")
+    path = _write(tmp_path, 25, cap="sample")
     a, b = load_task_data(load_recipe(path)), load_task_data(load_recipe(path))
     test = a.splits["test"]["xx"]
     assert len(test) == 25 and not a.warnings
@@ -75,26 +71,12 @@ def test_sib200_test_file_is_sorted_by_category_and_cap_sample_keeps_its_classes
     root = SHARED_DATA / "sib200"
     if not (root / "eng_Latn" / "test.tsv").is_file():
         pytest.skip(f"real-data test: {root} not found (shared data lives in ../shared/data next to the project)")
-    recipe = f"""\
-task: {{type: sequence}}
-data:
-  languages: [eng_Latn]
-  format: tsv
-  header: true
-  quoting: csv
-  text_column: text
-  label_column: category
-  train: {root}/{{lang}}/train.tsv
-  dev: {root}/{{lang}}/dev.tsv
-  test: {root}/{{lang}}/test.tsv
-  max_eval_per_language: 100
-  cap: CAP
-teacher: {{config: {{model_type: bert, num_hidden_layers: 1, hidden_size: 8, num_attention_heads: 2, intermediate_size: 16}}, tokenizer: tok}}
-"""
+    sib200 = {"languages": ["eng_Latn"], "header": True, "quoting": "csv", "text_column": "text",
+              "label_column": "category", "train": f"{root}/{{lang}}/train.tsv", "dev": f"{root}/{{lang}}/dev.tsv",
+              "test": f"{root}/{{lang}}/test.tsv"}
     classes = {}
     for cap in ("first", "sample"):
-        path = tmp_path / f"{cap}.yaml"
-        path.write_text(recipe.replace("CAP", cap))
+        path = write_recipe(tmp_path, _recipe(100, **sib200, cap=cap), f"{cap}.yaml")
         data = load_task_data(load_recipe(path))
         classes[cap] = {e.label for e in data.splits["test"]["eng_Latn"]}
         assert bool(data.warnings) == (cap == "first")

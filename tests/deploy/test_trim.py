@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers import shared_data, tiny_bert
+from tests.helpers import merge, shared_data, tiny_bert, tiny_recipe, write_recipe
 from tokenizers import Tokenizer
 
 from cascade_kd.errors import UserError
@@ -173,26 +173,19 @@ def test_a_unigram_tokenizer(tmp_path):
         assert torch.equal(new_model(**new_tok(text, return_tensors="pt")).logits, model(**tok(text, return_tensors="pt")).logits)
 
 
-RECIPE = """\
-name: trim
-task: {{type: token, max_length: 48}}
-data:
-  languages: [en, ru]
-  format: conll
-  train: {root}/data/{{lang}}/train.conll
-  dev: {root}/data/{{lang}}/dev.conll
-  test: {root}/data/{{lang}}/test.conll
-  max_train_per_language: 150
-  max_eval_per_language: 40
-teacher:
-  config: {{model_type: bert, num_hidden_layers: 1, hidden_size: 16, num_attention_heads: 2}}
-  tokenizer: {root}/tokenizer
-cascade:
-  stages: [{{name: s, student: {{layers: 1}}}}]
-"""
+def trim_recipe(root: Path, **changes) -> dict:
+    """The recipe of the saved run that is trimmed (its data is the demo's, under `root`): only its
+    data and labels are read, so the teacher is a 1-layer config and there is no train section."""
+    return tiny_recipe(root, name="trim", seed=None, **merge({
+        "data": {"max_train_per_language": 150, "max_eval_per_language": 40},
+        "teacher": {"config": {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": None,
+                               "max_position_embeddings": None}, "train": None},
+        "train": None,
+        "cascade": {"stages": [{"name": "s", "student": {"layers": 1}}], "direct": None},
+    }, changes))
 
 
-def _saved_run(tmp_path: Path, recipe: str, tokenizer) -> Path:
+def _saved_run(tmp_path: Path, recipe: dict, tokenizer) -> Path:
     """A run directory with `recipe` and a tiny untrained model of its labels at stages/s."""
     from cascade_kd.data.task import load_task_data
     from cascade_kd.students.hub import label_config
@@ -200,7 +193,7 @@ def _saved_run(tmp_path: Path, recipe: str, tokenizer) -> Path:
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "recipe.yaml").write_text(recipe)
+    write_recipe(run, recipe)
     (run / "manifest.json").write_text("{}")
     labels = load_task_data(load_recipe(run / "recipe.yaml")).labels
     model = tiny_bert(vocab=len(tokenizer), num_labels=len(labels))
@@ -212,7 +205,7 @@ def _saved_run(tmp_path: Path, recipe: str, tokenizer) -> Path:
 def test_trim_a_saved_model_of_a_run(demo_workspace, tokenizer, tmp_path, capsys):
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    run = _saved_run(tmp_path, RECIPE.format(root=demo_workspace), tokenizer)
+    run = _saved_run(tmp_path, trim_recipe(demo_workspace), tokenizer)
     lines = []
     report = trim_model_dir(run / "stages" / "s", languages=["en"], say=lines.append)
     out = run / "stages" / "s" / "trimmed"
@@ -248,8 +241,7 @@ def test_trim_keeps_the_pieces_of_the_transfer_text_unless_told_not_to(demo_work
     ru_words = [line.split("\t")[0] for line in (demo_workspace / "data" / "ru" / "train.conll").read_text().splitlines()
                 if line.strip()]
     (tmp_path / "transfer-en.txt").write_text(" ".join(ru_words[:400]) + "\n")  # en transfer text in other words
-    recipe = RECIPE.format(root=demo_workspace).replace(
-        "  max_eval_per_language: 40\n", f"  max_eval_per_language: 40\n  transfer: {{en: {tmp_path / 'transfer-en.txt'}}}\n")
+    recipe = trim_recipe(demo_workspace, data={"transfer": {"en": str(tmp_path / "transfer-en.txt")}})
     run = _saved_run(tmp_path, recipe, tokenizer)
     lines = []
     both = trim_model_dir(run / "stages" / "s", tmp_path / "both", languages=["en"], score=False, say=lines.append)

@@ -21,7 +21,7 @@ from cascade_kd.students import student_config
 from cascade_kd.students.features import Features
 from cascade_kd.training.task import DistillationTask
 from cascade_kd.training.teacher import LiveTeacher
-from tests.helpers import tiny_bert
+from tests.helpers import tiny_bert, tiny_recipe
 
 # two sequences of 3 and 2 real tokens (padded to 4): 5 real tokens, 3*3 + 2*2 = 13 (query, key)
 # pairs; token labels at 3 positions, of which 2 are gold (the third is unlabelled transfer text)
@@ -165,35 +165,25 @@ def test_the_toy_loss_by_hand():
     assert loss.item() == pytest.approx(2 / 3)
 
 
-TOY_RECIPE = """\
-name: toy-loss
-seed: 0
-task: {type: token, max_length: 48}
-data: {languages: [en, ru], format: conll, train: "data/{lang}/train.conll", dev: "data/{lang}/dev.conll",
-       max_train_per_language: 100, max_eval_per_language: 40}
-teacher:
-  config: {model_type: bert, num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 2, intermediate_size: 64,
-           max_position_embeddings: 64}
-  tokenizer: tokenizer
-  train: {epochs: 1, lr: 4.0e-3}
-train: {batch_size: 32, epochs: 1, lr: 3.0e-3, precision: fp32}
-cascade:
-  stages:
-    - {name: student, student: {layers: 1}, losses: {centred_mse: {weight: 2.0}}}
-  direct: false
-"""
+# the tiny recipe whose one stage learns from the toy loss alone
+TOY_RECIPE = tiny_recipe(
+    name="toy-loss",
+    data={"test": None, "max_train_per_language": 100},
+    teacher={"train": {"epochs": 1}},
+    cascade={"stages": [{"name": "student", "student": {"layers": 1}, "losses": {"centred_mse": {"weight": 2.0}}}]},
+)
 
 
 def test_a_new_loss_registered_in_a_test_runs_through_a_recipe_stage(demo_workspace, tmp_path, monkeypatch):
     from cascade_kd.cascade import run_recipe
-    from cascade_kd.config.schema import parse_recipe
+    from cascade_kd.config.schema import Recipe
 
     monkeypatch.setitem(LOSSES, CentredLogitMSE.name, CentredLogitMSE)  # what `register` does, undone after the test
     monkeypatch.setattr(CentredLogitMSE, "calls", 0)
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, tmp_path / name)
     said = []
-    run_recipe(parse_recipe(TOY_RECIPE, base_dir=tmp_path), tmp_path / "run", say=said.append)
+    run_recipe(Recipe.from_dict(TOY_RECIPE, base_dir=tmp_path), tmp_path / "run", say=said.append)
     assert any(line.startswith("student:") and "losses centred_mse*2" in line for line in said), said
     stage = json.loads((tmp_path / "run" / "stages" / "student" / "stage.json").read_text())
     assert CentredLogitMSE.calls == stage["steps"] > 0  # once per batch: the loop ran it, nothing else did

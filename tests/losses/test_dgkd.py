@@ -21,7 +21,7 @@ from cascade_kd.training.task import DistillationTask, weighted_losses
 from cascade_kd.training.teacher import DenseGuides, LiveTeacher, kept_guides
 from cascade_kd.config.schema import LossConfig, TrainConfig, load_recipe
 from tests.helpers import tiny_bert
-from tests.helpers import edit_recipe, fails, line_of
+from tests.helpers import edit_recipe, fails, line_of, tiny_recipe, write_recipe
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 
@@ -172,37 +172,23 @@ def test_dense_without_a_logit_loss_is_refused(capsys, ws):
 
 # --- end to end -----------------------------------------------------------------------------
 
-TINY = """\
-name: dgkd
-seed: 0
-task: {type: token, max_length: 48}
-data:
-  languages: [en, ru]
-  format: conll
-  train: data/{lang}/train.conll
-  dev: data/{lang}/dev.conll
-  max_train_per_language: 150
-  max_eval_per_language: 40
-teacher:
-  config: {model_type: bert, num_hidden_layers: 4, hidden_size: 32, num_attention_heads: 4,
-           intermediate_size: 64, max_position_embeddings: 64}
-  tokenizer: tokenizer
-  train: {epochs: 2, lr: 2.0e-3}
-train: {batch_size: 32, epochs: 1, lr: 2.0e-3, precision: fp32}
-cascade:
-  stages:
-    - {name: s3, student: {layers: 3}}
-    - {name: s2, student: {layers: 2}}
-    - {name: s1, student: {layers: 1}, guides: dense, drop_guides: 1}
-  direct: true
-"""
+# a 4-layer teacher, two assistants, and a final stage densely guided by all three (one dropped per batch)
+TINY = tiny_recipe(
+    name="dgkd",
+    data={"test": None, "max_train_per_language": 150, "max_eval_per_language": 40},
+    teacher={"config": {"num_hidden_layers": 4, "num_attention_heads": 4}, "train": {"epochs": 2, "lr": 2.0e-3}},
+    train={"lr": 2.0e-3},
+    cascade={"stages": [{"name": "s3", "student": {"layers": 3}},
+                        {"name": "s2", "student": {"layers": 2}},
+                        {"name": "s1", "student": {"layers": 1}, "guides": "dense", "drop_guides": 1}],
+             "direct": True},
+)
 
 
 def test_a_dense_last_stage_runs_end_to_end_and_on_resume(demo_workspace, tmp_path):
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, tmp_path / name)
-    (tmp_path / "recipe.yaml").write_text(TINY)
-    recipe = load_recipe(tmp_path / "recipe.yaml")
+    recipe = load_recipe(write_recipe(tmp_path, TINY))
     said = []
     metrics = run_recipe(recipe, tmp_path / "run", say=said.append)
     assert [m["name"] for m in metrics["models"]] == ["teacher", "s3", "s2", "s1", "direct"]

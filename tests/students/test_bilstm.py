@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from tests.helpers import tiny_bert
+from tests.helpers import line_of, merge, tiny_bert, tiny_recipe, write_recipe
 from pydantic import ValidationError
 from transformers import (
     AutoConfig,
@@ -144,59 +144,44 @@ def test_student_keys():
         StudentConfig(layers=1, lstm_layers=2)
 
 
-TINY = """\
-name: tiny-bilstm
-seed: 0
-task: {type: token, max_length: 32}
-data:
-  languages: [en, ru]
-  format: conll
-  train: data/{lang}/train.conll
-  dev: data/{lang}/dev.conll
-  test: data/{lang}/test.conll
-  max_train_per_language: 64
-  max_eval_per_language: 24
-teacher:
-  config: {model_type: bert, num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 2,
-           intermediate_size: 64, max_position_embeddings: 64}
-  tokenizer: tokenizer
-  train: {epochs: 1}
-train: {batch_size: 32, epochs: 1, lr: 3.0e-3, precision: fp32}
-cascade:
-  losses:
-    kl: {weight: 1.0, temperature: 2.0}
-    hidden_mse: {weight: 1.0, layer_map: [[1, last]]}
-  stages:
-    - name: ta
-      student: {layers: 1}
-    - name: lstm
-      student: {kind: bilstm, hidden: 16, embedding_size: 24, freeze_embeddings: true}
-  direct: true
-"""
+# a transformer assistant, then a BiLSTM student with a transformer direct baseline
+TINY = tiny_recipe(
+    name="tiny-bilstm",
+    task={"max_length": 32},
+    data={"max_train_per_language": 64, "max_eval_per_language": 24},
+    teacher={"train": {"epochs": 1, "lr": None}},
+    cascade={"losses": {"kl": {"weight": 1.0, "temperature": 2.0},
+                        "hidden_mse": {"weight": 1.0, "layer_map": [[1, "last"]]}},
+             "stages": [{"name": "ta", "student": {"layers": 1}},
+                        {"name": "lstm", "student": {"kind": "bilstm", "hidden": 16, "embedding_size": 24,
+                                                     "freeze_embeddings": True}}],
+             "direct": True},
+)
 
 
-def _check(text):
+def _check(tmp_path, recipe: dict) -> None:
     from cascade_kd.cascade import check_cascade
-    from cascade_kd.config.schema import parse_recipe
 
-    recipe = parse_recipe(text, source="recipe.yaml")
-    spec = dict(recipe.teacher.config)
-    check_cascade(recipe, AutoConfig.for_model(spec.pop("model_type"), **spec))
+    loaded = load_recipe(write_recipe(tmp_path, recipe))
+    spec = dict(loaded.teacher.config)
+    check_cascade(loaded, AutoConfig.for_model(spec.pop("model_type"), **spec))
 
 
-@pytest.mark.parametrize("old,new,message", [
-    ("    hidden_mse: {weight: 1.0, layer_map: [[1, last]]}",
-     "    attention_mse: {weight: 1.0}", "attention_mse compares attention maps, but the student is a BiLSTM"),
-    ("[[1, last]]", "uniform", "layer 0, the embeddings of a BiLSTM, which are 24 wide, not its hidden width 32"),
-    ("  direct: true", "    - {name: after, student: {layers: 1}}\n  direct: true",
-     "transformer student cannot be built from a BiLSTM"),
+@pytest.mark.parametrize("changes,key,line,message", [
+    ({"losses": {"hidden_mse": None, "attention_mse": {"weight": 1.0}}}, "cascade.losses.attention_mse",
+     ("attention_mse:", 0), "attention_mse compares attention maps, but the student is a BiLSTM"),
+    ({"losses": {"hidden_mse": {"layer_map": "uniform"}}}, "cascade.losses.hidden_mse.layer_map",
+     ("hidden_mse:", 0), "layer 0, the embeddings of a BiLSTM, which are 24 wide, not its hidden width 32"),
+    ({"stages": TINY["cascade"]["stages"] + [{"name": "after", "student": {"layers": 1}}]},
+     "cascade.stages.2.student.kind", ("name: after", 1), "transformer student cannot be built from a BiLSTM"),
 ])
-def test_check_cascade_refuses_what_a_bilstm_cannot_do_before_training(old, new, message):
-    _check(TINY)
-    assert old in TINY
+def test_check_cascade_refuses_what_a_bilstm_cannot_do_before_training(tmp_path, changes, key, line, message):
+    _check(tmp_path, TINY)
     with pytest.raises(RecipeError, match=message) as err:
-        _check(TINY.replace(old, new))
-    assert "recipe.yaml:" in str(err.value)
+        _check(tmp_path, merge(TINY, {"cascade": changes}))
+    path = tmp_path / "recipe.yaml"
+    needle, below = line  # the line the error names: of the loss, or of the stage's student (below its name)
+    assert err.value.where == f"{path}:{line_of(path, needle) + below}: {key}"
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +191,7 @@ def bilstm_run(demo_workspace, tmp_path_factory):
     root = tmp_path_factory.mktemp("bilstm_run")
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, root / name)
-    (root / "recipe.yaml").write_text(TINY)
-    run_recipe(load_recipe(root / "recipe.yaml"), root / "run", say=lambda m: None)
+    run_recipe(load_recipe(write_recipe(root, TINY)), root / "run", say=lambda m: None)
     return root / "run"
 
 

@@ -259,3 +259,24 @@ def test_real_process_truncated_teacher_exits_2_without_traceback(ws, saved):
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "truncated" in proc.stderr
+
+
+def test_a_masked_lm_checkpoint_gets_a_fresh_pooler_for_a_sentence_task_but_no_other_missing_weight(tmp_path, tokenizer):
+    """A masked-LM checkpoint (`cascade-kd pretrain`'s, a general student) has no pooler; fine-tuning
+    it on a sentence task trains a new one with the head. Any other missing encoder weight is refused."""
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    save_checkpoint(BertForMaskedLM(config), tokenizer, tmp_path / "mlm")
+    weights = load_file(tmp_path / "mlm" / "model.safetensors")
+    assert not any(".pooler." in k for k in weights)  # what makes this case
+    model, has_head = load_model(str(tmp_path / "mlm"), "sequence", ["a", "b", "c"])
+    assert model.bert.pooler is not None and not has_head  # pooler and head are new, and trained
+    loaded = model.bert.encoder.layer[1].output.dense.weight
+    assert torch.equal(loaded, weights["bert.encoder.layer.1.output.dense.weight"])  # the encoder is the checkpoint's
+    del weights["bert.encoder.layer.1.output.dense.weight"]
+    save_file(weights, tmp_path / "mlm" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(RecipeError, match=r"do not fit its config.json: 1 encoder weight\(s\).*layer.1.output.dense.weight"):
+        load_model(str(tmp_path / "mlm"), "sequence", ["a", "b", "c"])

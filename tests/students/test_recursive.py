@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from tests.helpers import tiny_bert
+from tests.helpers import line_of, merge, tiny_bert, tiny_recipe, write_recipe
 from pydantic import ValidationError
 from transformers import (
     AutoModelForSequenceClassification,
@@ -208,37 +208,22 @@ def test_initialisation_from_the_teacher():
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), narrow.state_dict().values()))
 
 
-TINY = """\
-name: tiny-recursive
-seed: 0
-task: {type: token, max_length: 32}
-data:
-  languages: [en, ru]
-  format: conll
-  train: data/{lang}/train.conll
-  dev: data/{lang}/dev.conll
-  test: data/{lang}/test.conll
-  max_train_per_language: 64
-  max_eval_per_language: 24
-teacher:
-  config: {model_type: bert, num_hidden_layers: 4, hidden_size: 32, num_attention_heads: 4,
-           intermediate_size: 64, max_position_embeddings: 64}
-  tokenizer: tokenizer
-  train: {epochs: 1}
-train: {batch_size: 32, epochs: 1, lr: 2.0e-3, precision: fp32}
-cascade:
-  losses:
-    kl: {weight: 1.0, temperature: 2.0}
-    hidden_mse: {weight: 1.0, layer_map: skip2}
-    attention_mse: {weight: 1.0, layer_map: skip2}
-  stages:
-    - name: mini
-      student: {kind: recursive, recursions: 2, embedding_size: 16, adapter_reduction: 4, init: mean}
-    - name: tuned
-      student: {kind: recursive, recursions: 2, train_only: adapters}
-      losses: {kl: {weight: 1.0}}
-  direct: true
-"""
+# a MiniALBERT student (shared layer, adapters, PCA embeddings), then the same shape tuned on its adapters only
+TINY = tiny_recipe(
+    name="tiny-recursive",
+    task={"max_length": 32},
+    data={"max_train_per_language": 64, "max_eval_per_language": 24},
+    teacher={"config": {"num_hidden_layers": 4, "num_attention_heads": 4}, "train": {"epochs": 1, "lr": None}},
+    train={"lr": 2.0e-3},
+    cascade={"losses": {"kl": {"weight": 1.0, "temperature": 2.0},
+                        "hidden_mse": {"weight": 1.0, "layer_map": "skip2"},
+                        "attention_mse": {"weight": 1.0, "layer_map": "skip2"}},
+             "stages": [{"name": "mini", "student": {"kind": "recursive", "recursions": 2, "embedding_size": 16,
+                                                     "adapter_reduction": 4, "init": "mean"}},
+                        {"name": "tuned", "student": {"kind": "recursive", "recursions": 2, "train_only": "adapters"},
+                         "losses": {"kl": {"weight": 1.0}}}],
+             "direct": True},
+)
 
 
 def test_a_recipe_with_recursive_stages_runs_end_to_end(demo_workspace, tmp_path):
@@ -247,8 +232,7 @@ def test_a_recipe_with_recursive_stages_runs_end_to_end(demo_workspace, tmp_path
 
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, tmp_path / name)
-    (tmp_path / "recipe.yaml").write_text(TINY)
-    recipe = load_recipe(tmp_path / "recipe.yaml")
+    recipe = load_recipe(write_recipe(tmp_path, TINY))
     assert recipe.cascade.stages[1].student.init == "mean" and recipe.cascade.stages[1].student.embeddings == "auto"
     metrics = run_recipe(recipe, tmp_path / "run", say=lambda m: None)
     rows = {m["name"]: m for m in json.loads((tmp_path / "run" / "metrics.json").read_text())["models"]}
@@ -268,21 +252,24 @@ def test_a_recipe_with_recursive_stages_runs_end_to_end(demo_workspace, tmp_path
             assert torch.equal(value, mini[key]), key
 
 
-@pytest.mark.parametrize("old,new,message", [
-    ("embedding_size: 16", "embedding_size: 48", "pca keeps at most the teacher's 32"),
-    ("init: mean}", "init: layer:5}", "teacher has 4"),
-    ("init: mean}", "hidden: 48, heads: 4}", "cannot be copied"),
-    ("adapter_reduction: 4", "adapter_reduction: 64", "leaves no adapter width"),
-    ("{kind: recursive, recursions: 2, train_only: adapters}", "{layers: 1}", "recursive teacher"),
+@pytest.mark.parametrize("stage,changes,key,message", [  # key: the one the error names
+    (0, {"embedding_size": 48}, "embedding_size", "pca keeps at most the teacher's 32"),
+    (0, {"init": "layer:5"}, "init", "teacher has 4"),
+    (0, {"init": None, "hidden": 48, "heads": 4}, "init", "cannot be copied"),
+    (0, {"adapter_reduction": 64}, "adapter_reduction", "leaves no adapter width"),
+    (1, {"kind": None, "recursions": None, "train_only": None, "layers": 1}, "kind", "recursive teacher"),
 ])
-def test_check_cascade_refuses_bad_recursive_students_before_training(old, new, message):
+def test_check_cascade_refuses_bad_recursive_students_before_training(tmp_path, stage, changes, key, message):
     from transformers import AutoConfig
 
     from cascade_kd.cascade import check_cascade
-    from cascade_kd.config.schema import parse_recipe
+    from cascade_kd.config.schema import load_recipe
 
-    recipe = parse_recipe(TINY.replace(old, new), source="recipe.yaml")
+    path = write_recipe(tmp_path, merge(TINY, {"cascade": {"stages": {stage: {"student": changes}}}}))
+    recipe = load_recipe(path)
     spec = dict(recipe.teacher.config)
     with pytest.raises(RecipeError, match=message) as err:
         check_cascade(recipe, AutoConfig.for_model(spec.pop("model_type"), **spec))
-    assert "recipe.yaml:2" in str(err.value) and "cascade.stages." in str(err.value)
+    # the student's line (below its stage's name), and the student key at fault
+    name = recipe.cascade.stages[stage].name
+    assert err.value.where == f"{path}:{line_of(path, f'name: {name}') + 1}: cascade.stages.{stage}.student.{key}"

@@ -28,6 +28,7 @@ from cascade_kd.losses.logits import HardLabelCE, LogitMSE, SoftLogitKL
 from cascade_kd.students.features import Features
 from cascade_kd.training.data import batch_share
 from cascade_kd.training.task import share_scales, weighted_losses
+from tests.helpers import line_of, merge, tiny_recipe, write_recipe
 
 # Weights after training on 2 processes differ from 1 process only by the order of float sums;
 # over ~100 optimiser steps that stays far below this (1e-4 observed).
@@ -122,44 +123,32 @@ def test_weighted_shares_reproduce_the_one_process_gradient_for_every_term():
 
 # --- whole runs -------------------------------------------------------------------------------
 
-RECIPE = """\
-name: mp
-seed: 0
-task: {type: token, max_length: 48}
-data:
-  languages: [en, ru]
-  format: conll
-  train: data/{lang}/train.conll
-  dev: data/{lang}/dev.conll
-  max_train_per_language: 120
-  max_eval_per_language: 40
-teacher:
-  # no dropout: the one- and two-process runs must draw no random numbers that differ
-  config: {model_type: bert, num_hidden_layers: 3, hidden_size: 32, num_attention_heads: 2, intermediate_size: 64,
-           max_position_embeddings: 64, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}
-  tokenizer: tokenizer
-  train: {epochs: 2, lr: 2.0e-3}
-# 15 does not split evenly between 2 processes; grad_accum and a checkpoint interval are exercised too
-train: {batch_size: 15, epochs: 2, lr: 2.0e-3, precision: fp32, checkpoint_every: 4, grad_accum: 2}
-cascade:
-  losses:
-    kl: {weight: 1.0, positions: tokens}
-    hidden_mse: {weight: 1.0}
-    attention_kl: {weight: 1.0}
-    ce: {weight: 0.5}
-  stages:
-    # long enough (128 steps, a checkpoint every 4) for the kill test to land inside it
-    - {name: ta, student: {layers: 2, freeze_embeddings: true}, train: {epochs: 8}}
-    # the two guides (teacher and ta) sharded between the processes (FSDP), the student in DDP
-    - {name: student, student: {layers: 1}, guides: dense, drop_guides: 1, train: {teacher_sharding: fsdp}}
-    # representation only (the head gets no gradient), narrower (a projection), gradual unfreezing;
-    # a sharded teacher again (and for the direct baseline, which trains with the final stage's settings)
-    - name: repr
-      student: {layers: 1, hidden: 16, heads: 2, intermediate: 32, init: random, embeddings: pca}
-      losses: {hidden_mse: {}}
-      train: {unfreeze: gradual, teacher_sharding: fsdp}
-  direct: true
-"""
+RECIPE = tiny_recipe(
+    name="mp",
+    data={"test": None, "max_train_per_language": 120, "max_eval_per_language": 40},
+    # no dropout: the one- and two-process runs must draw no random numbers that differ
+    teacher={"config": {"num_hidden_layers": 3, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+             "train": {"epochs": 2, "lr": 2.0e-3}},
+    # 15 does not split evenly between 2 processes; grad_accum and a checkpoint interval are exercised too
+    train={"batch_size": 15, "epochs": 2, "lr": 2.0e-3, "checkpoint_every": 4, "grad_accum": 2},
+    cascade={
+        "losses": {"kl": {"weight": 1.0, "positions": "tokens"}, "hidden_mse": {"weight": 1.0},
+                   "attention_kl": {"weight": 1.0}, "ce": {"weight": 0.5}},
+        "stages": [
+            # long enough (128 steps, a checkpoint every 4) for the kill test to land inside it
+            {"name": "ta", "student": {"layers": 2, "freeze_embeddings": True}, "train": {"epochs": 8}},
+            # the two guides (teacher and ta) sharded between the processes (FSDP), the student in DDP
+            {"name": "student", "student": {"layers": 1}, "guides": "dense", "drop_guides": 1,
+             "train": {"teacher_sharding": "fsdp"}},
+            # representation only (the head gets no gradient), narrower (a projection), gradual unfreezing;
+            # a sharded teacher again (and for the direct baseline, which trains with the final stage's settings)
+            {"name": "repr",
+             "student": {"layers": 1, "hidden": 16, "heads": 2, "intermediate": 32, "init": "random", "embeddings": "pca"},
+             "losses": {"hidden_mse": {}}, "train": {"unfreeze": "gradual", "teacher_sharding": "fsdp"}},
+        ],
+        "direct": True,
+    },
+)
 
 
 def _env():
@@ -201,7 +190,7 @@ def workspace(demo_workspace, tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, root / name)
-    (root / "recipe.yaml").write_text(RECIPE)
+    write_recipe(root, RECIPE)
     one = _cli(root, "one")
     assert one.returncode == 0, one.stderr
     return root
@@ -247,10 +236,11 @@ def test_a_killed_two_process_run_resumes_on_one_process(workspace):
 
 
 def test_a_global_batch_smaller_than_the_process_count_is_refused_before_training(workspace):
-    (workspace / "small.yaml").write_text(RECIPE.replace("batch_size: 15", "batch_size: 1"))
+    small = write_recipe(workspace, merge(RECIPE, {"train": {"batch_size": 1}}), "small.yaml")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "cascade_kd", "run", "small.yaml", "--out", "small"]
     result = subprocess.run(cmd, cwd=workspace, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "small.yaml:18: train.batch_size: batch_size 1 is smaller than the 2 processes launched" in result.stderr
+    line = line_of(small, "batch_size: 1")
+    assert f"small.yaml:{line}: train.batch_size: batch_size 1 is smaller than the 2 processes launched" in result.stderr
     assert not (workspace / "small").exists()

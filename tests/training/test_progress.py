@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from cascade_kd.training.progress import RunProgress, StageMonitor, duration
+from cascade_kd.training.progress import RunProgress, RunSet, StageMonitor, duration
 from cascade_kd.training.state import Progress
 
 
@@ -72,6 +72,30 @@ def test_lines_at_a_steady_interval_off_a_terminal_with_the_run_position_and_tim
     assert f"about {duration(30 + 1600 / ((3200 + 640) / 120))} left for the run" in beats[1]
     monitor.close()
     assert run.examples == 3200 + 25 * 32 and run.seconds == pytest.approx(125.0)
+
+
+def test_a_run_of_a_seed_set_counts_the_later_seeds_at_the_speed_measured_over_the_set(printed):
+    """run --seeds: the time left covers the seeds still to run (each as much work as this run), at
+    the speed every run of the set has measured so far."""
+    clock, run_set = Clock(), RunSet(later_runs=2)
+    first = RunProgress([("teacher", 3200), ("student", 1600)], run_set)
+    first.end("teacher", 3200, 100.0)  # 32 examples per second
+    monitor = StageMonitor("student", run=first, clock=clock)
+    monitor.start(Progress(), total_steps=50, examples_per_step=32, steps_per_epoch=50, precision="fp32", live=True)
+    # the student's 1600 examples, then two more runs of 3200 + 1600, all at 32 per second
+    assert printed[-1].endswith(f"about {duration((1600 + 2 * 4800) / 32)} left for this run and the 2 after it")
+    monitor.close()
+    # the next seed's run starts with the speed the first one measured
+    run_set.later_runs = 1
+    second = RunProgress([("teacher", 3200), ("student", 1600)], run_set)
+    assert second.examples == 3200 and second.seconds == pytest.approx(100.0)
+    monitor = StageMonitor("teacher", run=second, clock=clock)
+    monitor.start(Progress(), total_steps=100, examples_per_step=32, steps_per_epoch=100, precision="fp32", live=True)
+    assert printed[-1].endswith(f"about {duration((3200 + 1600 + 4800) / 32)} left for this run and the 1 after it")
+    # a run of its own says 'the run', as before
+    alone = StageMonitor("teacher", run=RunProgress([("teacher", 3200)]), clock=clock)
+    alone.start(Progress(), total_steps=100, examples_per_step=32, steps_per_epoch=100, precision="fp32", live=True)
+    assert "left for" not in printed[-1]  # nothing measured yet: no estimate rather than a guess
 
 
 def test_no_periodic_lines_under_a_live_bar_and_a_curve_of_window_means(printed, monkeypatch):
@@ -152,6 +176,54 @@ def test_tensorboard_receives_the_curves_under_logs(tmp_path):
     events = EventAccumulator(str(tmp_path / "logs" / "ta2"))
     events.Reload()
     assert [(e.step, round(e.value, 4)) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 0.5), (3, 0.3333)]
+
+
+@pytest.fixture
+def mlflow_uri_restored():
+    """mlflow's tracking URI is process-wide: put back what it was (unset, or the user's) after the test."""
+    mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (pip install mlflow-skinny)")
+    from mlflow.tracking._tracking_service import utils  # where mlflow keeps the URI set in the process
+
+    before = utils._tracking_uri
+    yield mlflow
+    utils._tracking_uri = before
+
+
+def _mlflow_curve(uri: str, experiment: str, run_name: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.run_name == run_name and run.data.params == {"train.lr": "0.001"}
+    return [(m.step, round(m.value, 4)) for m in client.get_metric_history(run.info.run_id, "train/loss")]
+
+
+def test_mlflow_logs_each_run_under_its_own_logs_folder_unless_the_user_set_a_uri(tmp_path, monkeypatch,
+                                                                               mlflow_uri_restored):
+    from cascade_kd.training.trackers import Trackers, mlflow_store_uri
+
+    mlflow = mlflow_uri_restored
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # mlflow's own default would be a folder or database here
+    for run in ("seed0", "seed1"):  # two runs in one process (run --seeds): each in its own RUN_DIR/logs
+        trackers = Trackers(["mlflow"], logs_dir=tmp_path / run / "logs", project="recipe", run_name="ta2",
+                            config={"train": {"lr": 0.001}})
+        trackers.start()
+        for step in (1, 2, 3):
+            trackers.log({"train/loss": 1.0 / step}, step=step)
+        trackers.finish()
+        assert _mlflow_curve(mlflow_store_uri(tmp_path / run / "logs"), "recipe", "ta2") == [(1, 1.0), (2, 0.5),
+                                                                                            (3, 0.3333)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0", "seed1"]  # nothing in the working directory
+    # a URI the user chose is kept
+    mine = (tmp_path / "elsewhere").resolve().as_uri()
+    mlflow.set_tracking_uri(mine)
+    trackers = Trackers(["mlflow"], logs_dir=tmp_path / "seed2" / "logs", project="recipe", run_name="ta2",
+                        config={"train": {"lr": 0.001}})
+    trackers.start()
+    trackers.log({"train/loss": 0.25}, step=1)
+    trackers.finish()
+    assert mlflow.get_tracking_uri() == mine and _mlflow_curve(mine, "recipe", "ta2") == [(1, 0.25)]
 
 
 def test_wandb_and_trackio_get_the_run_names_and_the_logs_folder(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from cascade_kd.training.setup import unfreeze_groups
 from cascade_kd.training.task import DistillationTask
 from cascade_kd.students.anatomy import freeze_embeddings
 from cascade_kd.config.schema import TrainConfig, load_recipe
-from tests.helpers import tiny_bert
+from tests.helpers import line_of, merge, tiny_bert, tiny_recipe, write_recipe
 
 
 def _student():
@@ -70,50 +70,33 @@ def test_gradual_unfreezing_trains_exactly_the_scheduled_groups(epochs, changed_
     assert not any("embeddings" in k for k in changed)
 
 
-RECIPE = """\
-name: xtremedistil
-seed: 0
-task: {type: token, max_length: 48}
-data:
-  languages: [en, ru]
-  format: conll
-  train: data/{lang}/train.conll
-  dev: data/{lang}/dev.conll
-  max_train_per_language: 150
-  max_eval_per_language: 40
-teacher:
-  config: {model_type: bert, num_hidden_layers: 3, hidden_size: 64, num_attention_heads: 4,
-           intermediate_size: 128, max_position_embeddings: 64}
-  tokenizer: tokenizer
-  train: {epochs: 3, lr: 2.0e-3}
-train: {batch_size: 32, epochs: 2, lr: 2.0e-3, precision: fp32}
-cascade:
-  direct: false
-  stages:
-    # 1: representation: a narrower student's last state (projected) against teacher layer 2
-    - name: repr
-      student: {layers: 2, hidden: 32, heads: 2, intermediate: 64, init: random, embeddings: pca, freeze_embeddings: true}
-      losses: {hidden_mse: {layer_map: [[2, last]]}}
-    # 2: logits from the original teacher, the same student trained further, top-down unfreezing
-    - name: logits
-      student: previous
-      teacher: original
-      losses: {kl: {temperature: 2.0}}
-      train: {unfreeze: gradual, epochs: 2}
-    # 3: hard labels
-    - name: labels
-      student: previous
-      losses: {ce: {}}
-      train: {unfreeze: gradual, epochs: 1}
-"""
+# XtremeDistil's stages on one student: representation, then logits, then hard labels
+RECIPE = tiny_recipe(
+    name="xtremedistil",
+    data={"test": None, "max_train_per_language": 150, "max_eval_per_language": 40},
+    teacher={"config": {"num_hidden_layers": 3, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128},
+             "train": {"epochs": 3, "lr": 2.0e-3}},
+    train={"epochs": 2, "lr": 2.0e-3},
+    cascade={"direct": False, "stages": [
+        # 1: representation: a narrower student's last state (projected) against teacher layer 2
+        {"name": "repr",
+         "student": {"layers": 2, "hidden": 32, "heads": 2, "intermediate": 64, "init": "random", "embeddings": "pca",
+                     "freeze_embeddings": True},
+         "losses": {"hidden_mse": {"layer_map": [[2, "last"]]}}},
+        # 2: logits from the original teacher, the same student trained further, top-down unfreezing
+        {"name": "logits", "student": "previous", "teacher": "original", "losses": {"kl": {"temperature": 2.0}},
+         "train": {"unfreeze": "gradual", "epochs": 2}},
+        # 3: hard labels
+        {"name": "labels", "student": "previous", "losses": {"ce": {}}, "train": {"unfreeze": "gradual", "epochs": 1}},
+    ]},
+)
 
 
 def test_a_staged_recipe_continues_one_student_through_its_stages(demo_workspace, tmp_path):
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, tmp_path / name)
-    (tmp_path / "recipe.yaml").write_text(RECIPE)
     lines = []
-    metrics = run_recipe(load_recipe(tmp_path / "recipe.yaml"), tmp_path / "run", say=lines.append)
+    metrics = run_recipe(load_recipe(write_recipe(tmp_path, RECIPE)), tmp_path / "run", say=lines.append)
     # stage 2 is taught by the 3-layer original teacher, not by stage 1's 2-layer student
     assert any(line.startswith("logits: 2 layers x 32 from 3 layers x 64") for line in lines), lines
     weights = {name: load_file(str(tmp_path / "run" / "stages" / name / "model.safetensors"))
@@ -136,8 +119,7 @@ def test_a_staged_recipe_continues_one_student_through_its_stages(demo_workspace
 
 
 def test_the_first_stage_cannot_continue_a_previous_student(tmp_path):
-    (tmp_path / "recipe.yaml").write_text(RECIPE.replace(
-        "    - name: repr\n      student: {layers: 2, hidden: 32, heads: 2, intermediate: 64, init: random, embeddings: pca, "
-        "freeze_embeddings: true}\n", "    - name: repr\n      student: previous\n"))
-    with pytest.raises(RecipeError, match="the first stage has no previous student"):
-        load_recipe(tmp_path / "recipe.yaml")
+    path = write_recipe(tmp_path, merge(RECIPE, {"cascade": {"stages": {0: {"student": "previous"}}}}))
+    with pytest.raises(RecipeError, match="the first stage has no previous student") as err:
+        load_recipe(path)
+    assert err.value.where == f"{path}:{line_of(path, 'cascade:')}: cascade"  # the section's own check

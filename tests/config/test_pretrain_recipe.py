@@ -1,0 +1,56 @@
+"""`pretrain_recipe` (ckd.pretrain_recipe): the masked-LM teacher's recipe from a model shape, the
+very recipe `cascade-kd pretrain` runs with the same flags, checked before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+import cascade_kd as ckd
+from cascade_kd.cli.app import _parser
+from cascade_kd.cli.pretrain import recipe_from_args, recipe_text
+
+FILES = ("text/train-{lang}.txt", "text/dev-{lang}.txt", ["en", "ru"], "tokenizer")
+FLAGS = ["pretrain", "--text", FILES[0], "--dev", FILES[1], "--languages", *FILES[2], "--tokenizer", FILES[3],
+         "--out", "never"]
+
+
+def test_the_defaults_and_every_keyword_give_the_recipe_the_command_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plain = ckd.pretrain_recipe(*FILES)
+    assert plain.dump() == recipe_from_args(_parser().parse_args(FLAGS)).dump()
+    assert plain.fingerprint() == recipe_from_args(_parser().parse_args(FLAGS)).fingerprint()
+    shaped = ckd.pretrain_recipe(*FILES, layers=3, hidden=64, heads=2, intermediate=100, max_length=600, epochs=2.5,
+                                 lr=1e-3, batch_size=8, mask_probability=0.2, language_alpha=0.3, max_per_language=50,
+                                 seed=7, model_type="bert")
+    flags = FLAGS + ["--layers", "3", "--hidden", "64", "--heads", "2", "--intermediate", "100", "--max-length", "600",
+                     "--epochs", "2.5", "--lr", "1e-3", "--batch-size", "8", "--mask-probability", "0.2",
+                     "--language-alpha", "0.3", "--max-per-language", "50", "--seed", "7"]
+    assert shaped.fingerprint() == recipe_from_args(_parser().parse_args(flags)).fingerprint() != plain.fingerprint()
+    spec = yaml.safe_load(recipe_text(_parser().parse_args(flags)))
+    assert spec["teacher"]["config"] == {"model_type": "bert", "num_hidden_layers": 3, "hidden_size": 64,
+                                         "num_attention_heads": 2, "intermediate_size": 100,
+                                         "max_position_embeddings": 602}  # max_length + [CLS] and [SEP]
+    assert spec["data"]["language_alpha"] == 0.3 and spec["data"]["max_train_per_language"] == 50
+    assert "language_alpha" not in yaml.safe_load(recipe_text(_parser().parse_args(FLAGS)))["data"]
+    # a recipe like any other: task mlm, plain text, no cascade; relative paths against base_dir
+    assert plain.task.type == "mlm" and plain.data.format == "text" and plain.cascade.stages == []
+    (tmp_path / "x" / "tokenizer").mkdir(parents=True)  # a local folder, not a hub name
+    assert ckd.pretrain_recipe(*FILES, base_dir=tmp_path / "x").model_path("tokenizer") == str(tmp_path / "x" / "tokenizer")
+
+
+@pytest.mark.parametrize("shape, message", [
+    ({"hidden": 64, "heads": 3}, "hidden 64 is not a multiple of heads 3"),
+    ({"layers": 0}, "layers 0 is not a positive number"),
+    ({"max_length": -5}, "max_length -5 is not a positive number"),
+])
+def test_a_bad_shape_is_a_user_error_naming_the_keyword(shape, message):
+    with pytest.raises(ckd.UserError, match=message):
+        ckd.pretrain_recipe(*FILES, **shape)
+
+
+def test_a_bad_training_value_is_a_recipe_error_naming_the_recipe_key():
+    with pytest.raises(ckd.RecipeError, match="train.lr"):
+        ckd.pretrain_recipe(*FILES, lr=-1)
+    with pytest.raises(ckd.RecipeError, match="data.language_alpha"):
+        ckd.pretrain_recipe(*FILES, language_alpha=7)
