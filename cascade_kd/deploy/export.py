@@ -37,11 +37,12 @@ import warnings
 from pathlib import Path
 
 from cascade_kd.config.schema import load_recipe
-from cascade_kd.data.task import _read_hub, _read_local
+from cascade_kd.data.task import _read_hub, _read_local, load_task_data
 from cascade_kd.errors import UserError
+from cascade_kd.evaluation.scoring import OnnxClassifier, score_split
 from cascade_kd.fileio import read_input
 from cascade_kd.outdir import check_output, replace_output
-from cascade_kd.students.hub import CHECKPOINT_FILE, load_checkpoint
+from cascade_kd.students.hub import CHECKPOINT_FILE, config_labels, load_checkpoint
 
 FP32_ATOL = 1e-3  # max abs logit difference, ONNX fp32 vs PyTorch fp32
 INT8_MIN_AGREEMENT = 0.95  # share of positions where int8 and PyTorch fp32 pick the same label
@@ -420,10 +421,6 @@ def score_backends(model, tokenizer, sessions: dict, recipe_path: Path, model_di
     """Per-language scores of the PyTorch model and of each onnxruntime session on the recipe's
     held-out split: {"split", "recipe", "per_backend": {"pytorch": {lang: score}, "onnx_fp32": ...,
     "onnx_int8": ...}, "largest_drop": {backend: [lang, points]}}."""
-    from cascade_kd.data.task import load_task_data
-    from cascade_kd.evaluation.scoring import OnnxClassifier, score_split
-    from cascade_kd.students.hub import config_labels
-
     if tokenizer is None:
         raise UserError("cannot score: the model directory has no tokenizer", where=str(model_dir))
     recipe = load_recipe(recipe_path)
