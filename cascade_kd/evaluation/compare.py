@@ -8,7 +8,8 @@ yourself: {label: [run dirs]}). It then writes, to OUT:
   and the pairs: within a variant, the cascade's final student against the direct baseline; across
   variants, each variant's student (and direct model) against the first variant's. A pair holds
   the per-seed differences (matched by seed), their mean and sd, and how many seeds each side won,
-  overall and per language;
+  overall, per language, and (where the runs trained on some of their languages only: zero-shot
+  transfer) over the seen and over the zero-shot languages apart;
 - report.md and report.html (tables and figures: per-language differences with their spread and
   each seed's value, scores per model with their spread, mean retention per language).
 
@@ -120,8 +121,11 @@ def _variant(label: str, runs: list[RunFiles], languages: list[str]) -> dict:
             "seeds": seeds, "name": runs[0].metrics["name"], "models": models}
 
 
-def _pair(what: str, a: tuple[dict, dict], b: tuple[dict, dict], languages: list[str]) -> dict:
-    """A minus B (points), matched by seed; per seed, mean, sd, wins, overall and per language."""
+def _pair(what: str, a: tuple[dict, dict], b: tuple[dict, dict], languages: list[str],
+          groups: dict[str, list[str]] | None = None) -> dict:
+    """A minus B (points), matched by seed; per seed, mean, sd, wins, overall and per language, and
+    over each group of languages in `groups` ({"seen": [...], "zero_shot": [...]}): per seed, the
+    mean of that group's per-language differences."""
     (va, ma), (vb, mb) = a, b
     common = [s for s in ma["seeds"] if s in mb["seeds"]]
 
@@ -144,13 +148,40 @@ def _pair(what: str, a: tuple[dict, dict], b: tuple[dict, dict], languages: list
         return {"mean": mean, "sd": None, "n": 0, "values": [], "per_seed": {}, "paired": False,
                 "a_wins": None, "b_wins": None, "ties": None}
 
+    per_language = {lang: difference(lang) for lang in languages}
+
+    def group_difference(group: list[str]) -> dict:
+        if common:
+            diffs = [statistics.fmean(d) if (d := [per_language[lang]["per_seed"][str(s)] for lang in group
+                                                   if per_language[lang]["per_seed"][str(s)] is not None]) else None
+                     for s in common]
+            stats = spread([d for d in diffs if d is not None])
+            return {**stats, "per_seed": dict(zip(map(str, common), diffs)), "paired": True,
+                    "a_wins": sum(d is not None and d > 0 for d in diffs),
+                    "b_wins": sum(d is not None and d < 0 for d in diffs), "ties": sum(d == 0 for d in diffs)}
+        means = [per_language[lang]["mean"] for lang in group if per_language[lang]["mean"] is not None]
+        return {"mean": statistics.fmean(means) if means else None, "sd": None, "n": 0, "values": [], "per_seed": {},
+                "paired": False, "a_wins": None, "b_wins": None, "ties": None}
+
     return {"what": what, "a": f"{va['label']}/{ma['name']}", "b": f"{vb['label']}/{mb['name']}", "seeds": common,
             "average": difference(), "retention": difference(key="retention"),
             "worst_retention": difference(key="worst_retention"),
-            "per_language": {lang: difference(lang) for lang in languages}}
+            **{name: group_difference(group) for name, group in (groups or {}).items() if group},
+            "per_language": per_language}
 
 
-def _pairs(variants: list[dict], languages: list[str]) -> list[dict]:
+def _language_groups(runs: list[RunFiles], languages: list[str]) -> dict[str, list[str]] | None:
+    """The seen (training) and zero-shot languages among `languages`, when every run trained on the
+    same languages and some compared language is zero-shot; else None (nothing to split)."""
+    trained = [run.metrics.get("train_languages") for run in runs]
+    if any(t is None for t in trained) or any(set(t) != set(trained[0]) for t in trained):
+        return None
+    seen = [lang for lang in languages if lang in trained[0]]
+    zero_shot = [lang for lang in languages if lang not in trained[0]]
+    return {"seen": seen, "zero_shot": zero_shot} if zero_shot else None
+
+
+def _pairs(variants: list[dict], languages: list[str], groups: dict | None = None) -> list[dict]:
     def role(variant, name):
         return next((m for m in variant["models"] if m["role"] == name), None)
 
@@ -158,13 +189,14 @@ def _pairs(variants: list[dict], languages: list[str]) -> list[dict]:
     for v in variants:
         student, direct = role(v, "student"), role(v, "direct")
         if student and direct:
-            pairs.append(_pair(f"cascade against direct ({v['label']})", (v, student), (v, direct), languages))
+            pairs.append(_pair(f"cascade against direct ({v['label']})", (v, student), (v, direct), languages, groups))
     reference = variants[0]
     for v in variants[1:]:
         for name in ("student", "direct"):
             a, b = role(v, name), role(reference, name)
             if a and b:
-                pairs.append(_pair(f"{v['label']} against {reference['label']}: {name}", (v, a), (reference, b), languages))
+                pairs.append(_pair(f"{v['label']} against {reference['label']}: {name}", (v, a), (reference, b),
+                                   languages, groups))
     return pairs
 
 
@@ -187,7 +219,7 @@ def _differences_from(reference: RunFiles, run: RunFiles) -> list[str]:
     return [k for k in changed_keys(reference.recipe, run.recipe) if k not in ("seed", "name")]
 
 
-def _named_pairs(variants: list[dict], pairs, languages: list[str]) -> list[dict]:
+def _named_pairs(variants: list[dict], pairs, languages: list[str], groups: dict | None = None) -> list[dict]:
     """The pairs the caller names: (what, 'variant/model', 'variant/model')."""
     def find(ref: str):
         label, _, name = ref.rpartition("/")
@@ -197,7 +229,7 @@ def _named_pairs(variants: list[dict], pairs, languages: list[str]) -> list[dict
             raise UserError(f"no model {ref!r} to compare", hint="name a pair's sides as VARIANT/MODEL")
         return variant, model
 
-    return [_pair(what, find(a), find(b), languages) for what, a, b in pairs]
+    return [_pair(what, find(a), find(b), languages, groups) for what, a, b in pairs]
 
 
 def compare_runs(run_dirs, out: str | Path | None = None, *, pairs=None) -> dict:
@@ -226,11 +258,14 @@ def compare_runs(run_dirs, out: str | Path | None = None, *, pairs=None) -> dict
     for variant, group in zip(variants[1:], groups[1:]):
         variant["differs_from_first_in"] = _differences_from(groups[0][0], group[0])
     first = runs[0].metrics
+    groups = _language_groups(runs, languages)
     aggregate = {
         "task": first["task"], "metric": first["metric"], "split": first["split"], "languages": languages,
         "languages_left_out": sorted({l for run in runs for l in run.languages} - set(languages)),
+        "seen_languages": groups["seen"] if groups else None,
+        "zero_shot_languages": groups["zero_shot"] if groups else None,
         "variants": variants,
-        "pairs": _pairs(variants, languages) if pairs is None else _named_pairs(variants, pairs, languages),
+        "pairs": _pairs(variants, languages, groups) if pairs is None else _named_pairs(variants, pairs, languages, groups),
     }
     if out is not None:
         write_comparison(aggregate, out)

@@ -49,11 +49,16 @@ def variant_table(variant: dict, languages: list[str]) -> str:
 
 
 def pairs_table(pairs: list[dict]) -> str:
-    lines = ["| pair | A | B | A − B, mean ± sd (points) | per seed | seeds won, A / B |", "|---|---|---|---:|---|---:|"]
+    groups = [g for g in ("seen", "zero_shot") if any(g in p for p in pairs)]  # zero-shot transfer runs
+    names = {"seen": "seen languages", "zero_shot": "zero-shot languages"}
+    lines = ["| pair | A | B | A − B, mean ± sd (points) | per seed | seeds won, A / B |"
+             + "".join(f" {names[g]}: A − B | {names[g]}: seeds won |" for g in groups),
+             "|---|---|---|---:|---|---:|" + "---:|---:|" * len(groups)]
     for p in pairs:
         d = p["average"]
         lines.append(f"| {p['what']} | {p['a']} | {p['b']} | {pm(d, scale=1, digits=2, sign=True)} | {_per_seed(d)} | "
-                     f"{_wins(d)} |")
+                     f"{_wins(d)} |" + "".join(f" {pm(p.get(g), scale=1, digits=2, sign=True)} | "
+                                               f"{_wins(p[g]) if g in p else '—'} |" for g in groups))
     return "\n".join(lines)
 
 
@@ -76,6 +81,10 @@ def _intro(aggregate: dict) -> list[str]:
         lines.append(f"- **{v['label']}**: {len(v['runs'])} run(s), seeds {', '.join(map(str, v['seeds']))}"
                      + (f"; differs from {aggregate['variants'][0]['label']} in {', '.join(differs)}" if differs else "")
                      + ".")
+    if aggregate.get("zero_shot_languages"):
+        lines.append(f"Trained on {', '.join(aggregate['seen_languages'])} (seen); zero-shot: "
+                     f"{', '.join(aggregate['zero_shot_languages'])}. The pairs also give each seed's difference "
+                     "averaged over the seen and over the zero-shot languages apart.")
     return lines
 
 

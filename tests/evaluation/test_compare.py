@@ -60,6 +60,35 @@ def test_seeds_of_one_recipe_are_one_variant_with_mean_sd_and_seed_matched_wins(
     assert (tmp_path / "out" / "report.html").read_text().count("data:image/svg+xml;base64,") >= 3
 
 
+def test_zero_shot_runs_get_the_difference_over_seen_and_over_zero_shot_languages(tmp_path):
+    """Runs trained on en only (metrics.json's train_languages): each pair also averages each seed's
+    per-language differences over the seen and over the zero-shot languages, computed by hand here."""
+    runs = [fake_run(tmp_path, s) for s in (0, 1, 2)]
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        (run / "metrics.json").write_text(json.dumps({**metrics, "train_languages": ["en"]}))
+    agg = compare_runs(runs, tmp_path / "out")
+    assert agg["seen_languages"] == ["en"] and agg["zero_shot_languages"] == ["de", "ar"]
+    (pair,) = agg["pairs"]
+    metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+
+    def diff(m, lang):
+        rows = {r["role"]: r["per_language"][lang] for r in m["models"]}
+        return 100 * (rows["student"] - rows["direct"])
+
+    zero = [(diff(m, "de") + diff(m, "ar")) / 2 for m in metrics]
+    assert list(pair["zero_shot"]["per_seed"].values()) == pytest.approx(zero)
+    assert pair["zero_shot"]["mean"] == pytest.approx(statistics.fmean(zero))
+    assert pair["zero_shot"]["sd"] == pytest.approx(statistics.stdev(zero))
+    assert pair["zero_shot"]["a_wins"] == sum(d > 0 for d in zero)
+    assert list(pair["seen"]["per_seed"].values()) == pytest.approx([diff(m, "en") for m in metrics])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "zero-shot languages: A − B" in report and "zero-shot: de, ar" in report
+    # runs trained on every language they are scored on: nothing to split
+    plain = compare_runs([fake_run(tmp_path / "plain", s) for s in (0, 1)])
+    assert plain["zero_shot_languages"] is None and "zero_shot" not in plain["pairs"][0]
+
+
 def test_two_recipes_that_differ_in_one_choice_are_compared_seed_by_seed(tmp_path):
     a = [fake_run(tmp_path, s, lr=1e-3) for s in (0, 1)]
     b = [fake_run(tmp_path, s, lr=5e-4) for s in (1, 2)]
