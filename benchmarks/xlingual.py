@@ -67,8 +67,8 @@ LIGHTMBERT = {"kl": {"weight": 1.0, "temperature": 2.0},
 UNIFORM = {name: {**cfg, "layer_map": "uniform"} if "layer_map" in cfg else cfg for name, cfg in LIGHTMBERT.items()}
 FROZEN = {"init": "bottom", "freeze_embeddings": True}
 SIZES = {  # quick: a pipeline check that still says something; small: quick's sizes, the full grid; full: the sizes.
-# SIB-200 has 701 training sentences a language: its teacher takes 10 epochs, its students 6;
-# sib_train caps each language of sib-all (41 languages), never sib-zs's English
+# SIB-200 has 701 training sentences a language: trained on English alone (sib-zs) its teacher takes
+# 10 epochs and its students 6; on all 41 languages (sib-all, each capped at sib_train) PAN-X's epochs
     "quick": {"panx_train": 1000, "eval": 100, "teacher_epochs": 3, "epochs": 2, "seeds": [0], "sib_train": None,
               "transfer": 300, "sib_teacher_epochs": 10, "sib_epochs": 6},
     "small": {"panx_train": 1000, "eval": 100, "teacher_epochs": 3, "epochs": 2, "seeds": [0, 1, 2], "sib_train": 200,
@@ -292,8 +292,8 @@ def grid(args, s: dict) -> list[Job]:
             jobs += setting_jobs(setting, token, panx_data(panx, ["en"], s), teacher, out, s, mode, transfer[setting])
         elif setting == "panx-ml":
             jobs += setting_jobs(setting, token, panx_data(panx, PANX_MULTI, s), teacher, out, s, mode, transfer[setting])
-        elif setting == "sib-all":
-            jobs += setting_jobs(setting, sequence, sib_data(None, s), teacher, out, sib_sizes, mode)
+        elif setting == "sib-all":  # 41 languages of training text: PAN-X's epochs
+            jobs += setting_jobs(setting, sequence, sib_data(None, s), teacher, out, s, mode)
         else:
             jobs += setting_jobs(setting, sequence, sib_data(["eng_Latn"], s), teacher, out, sib_sizes, mode)
     for j in jobs:  # latency (and in small mode the trimmed int8 export) once per setting
