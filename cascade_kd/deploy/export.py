@@ -442,8 +442,8 @@ def score_backends(model, tokenizer, sessions: dict, recipe_path: Path, model_di
         drops[name] = [lang, 100 * (reference[lang] - scores[lang])]
         average = sum(scores.values()) / len(scores)
         say(f"export: {name} scores {100 * average:.2f} on average over {len(scores)} language(s) of {split} "
-            f"(PyTorch {100 * sum(reference.values()) / len(reference):.2f}); largest drop {lang} "
-            f"{drops[name][1]:+.2f} points")
+            f"(PyTorch {100 * sum(reference.values()) / len(reference):.2f}); the largest drop: {lang}, "
+            f"{drops[name][1]:.2f} points")
     return {"split": split, "recipe": str(recipe_path), "per_backend": per_backend, "largest_drop": drops}
 
 
