@@ -1,0 +1,72 @@
+"""benchmarks/xlingual.py as a grid: every run a recipe that validates and reads its teacher from the
+run that fine-tunes it; the zero-shot settings train on English only; labels name each model once;
+the deploy step (trim, int8 export, re-score) comes before the latency step on the run that holds
+the teacher. No training here: `--quick` runs it end to end (about 4 minutes, see its docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import shared_data
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import xlingual  # noqa: E402
+from runner import ordered  # noqa: E402
+
+
+@pytest.fixture
+def grid_of(tmp_path, monkeypatch):
+    shared_data("sib200")  # the SIB-200 settings list its language folders
+    # the unlabelled text files are written by the script's own run; here only their paths matter
+    monkeypatch.setattr(xlingual, "transfer_text", lambda out, languages, train, s: {
+        "transfer": {lang: str(out / "transfer" / f"{lang}.txt") for lang in languages if lang not in train},
+        "max_transfer_per_language": s["transfer"]})
+    monkeypatch.setattr(xlingual, "sib_text", lambda out, languages: {
+        "transfer": {lang: str(out / "vocab" / f"{lang}.txt") for lang in languages}})
+
+    def build(mode: str, settings=xlingual.SETTINGS):
+        args = argparse.Namespace(out=tmp_path / "out", teacher=tmp_path / "e5", mode=mode, settings=list(settings),
+                                  repeats=1)
+        return xlingual.grid(args, xlingual.SIZES[mode]), args.out
+    return build
+
+
+@pytest.mark.parametrize("mode", ["quick", "small", "full"])
+def test_every_run_loads_the_teacher_its_setting_fine_tuned(grid_of, mode):
+    settings = ["panx-zs"] if mode == "quick" else xlingual.SETTINGS
+    jobs, out = grid_of(mode, settings)
+    assert [j.name for j in ordered(jobs)] == [j.name for j in jobs]
+    first = "cascade-6" if mode == "full" else "cascade-3"
+    for job in jobs:
+        recipe = job.build()  # validates: a wrong key would be a RecipeError naming the job
+        setting, seed, name = job.name.split("/")
+        if (seed, name) == ("seed0", first):
+            assert job.depends_on == [] and recipe.teacher.finetune != "never"
+        else:
+            assert job.depends_on == [f"{setting}/seed0/{first}"]
+            assert Path(recipe.teacher.model) == out / setting / "seed0" / first / "teacher"
+        if setting.endswith("-zs"):  # zero-shot: labels of English only, selection on English
+            assert recipe.data.train_languages in (["en"], ["eng_Latn"])
+            assert len(recipe.data.languages) >= 30
+    labels = {}
+    for (config, _), label in xlingual.LABELS.items():
+        labels.setdefault(config.split("/")[0], []).append(label)
+    assert all(len(v) == len(set(v)) for v in labels.values()), labels  # a label names one model
+    if mode == "quick":
+        assert [j.name for j in jobs] == ["panx-zs/seed0/cascade-3"]
+    else:  # 3 seeds of the two cascade-against-direct comparisons in every setting
+        for setting in settings:
+            for config in ("cascade-6",) + (("cascade-3",) if mode == "small" else ("direct-3",)):
+                assert sum(j.config == f"{setting}/{config}" for j in jobs) == 3
+
+
+def test_the_deploy_step_comes_before_the_latency_step_that_times_its_result(grid_of):
+    jobs, out = grid_of("small", ["panx-zs"])
+    (holder,) = [j for j in jobs if j.after is not None]
+    assert holder.name == "panx-zs/seed0/cascade-3"
+    assert holder.after_tag.index("deploy_step(model='s3'") < holder.after_tag.index("bench_step(")
+    assert "vocab" in holder.after_tag  # trimmed with every language's unlabelled text, not English alone
