@@ -50,7 +50,8 @@ from pathlib import Path
 import cascade_kd as ckd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner import Job, describe, failures, language_table, md_table, over_seeds, read_json, run_grid, write_json  # noqa: E402
+from runner import (Job, describe, failures, language_table, md_table, mean_sd, over_seeds, pct, pm,  # noqa: E402
+                    read_json, run_grid, write_json)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -380,14 +381,10 @@ def cascade_against_direct(jobs: list[Job], out: Path, setting: str, entry: dict
 
 
 def over_seeds_key(rows: dict, key: str) -> dict:
-    from runner import mean_sd
-
     return mean_sd(r.get(key) for r in rows.values())
 
 
 def render(settings: dict, header: str) -> str:
-    from runner import pm
-
     lines = [header, ""]
     for name, entry in settings.items():
         zero = [l for l in entry["languages"] if l not in (entry["train_languages"] or entry["languages"])]
@@ -424,8 +421,6 @@ def render(settings: dict, header: str) -> str:
 
 def deploy_table(d: dict, languages: list[str], train_languages: list[str] | None) -> list[str]:
     """The trimmed, exported 3-layer student: sizes and per-language scores on each backend."""
-    from runner import pct
-
     sizes = d["size_mb"]
     lines = [f"Deployed {d['model']}: vocabulary trimmed {d['vocab'][0]:,} -> {d['vocab'][1]:,} pieces, parameters "
              f"{d['params'][0] / 1e6:.1f}M -> {d['params'][1] / 1e6:.1f}M, model.safetensors {sizes['safetensors_before']:.1f} "

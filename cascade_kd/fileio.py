@@ -16,6 +16,7 @@ ever, a character device such as /dev/zero never ends), and at most `limit` byte
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import stat
@@ -210,3 +211,15 @@ def read_input(path: str | os.PathLike, *, limit: int | None = None, error: type
     if limit is not None and len(data) > limit:  # it grew while being read
         raise error(f"the {what} is more than {limit:,} bytes", where=where)
     return data
+
+
+def read_json_record(path: str | os.PathLike, *, limit: int, what: str) -> tuple[object, str | None]:
+    """(the parsed JSON, None) of a small record the tool wrote (a marker, a manifest, stage.json),
+    read with `read_input`'s checks; (None, why) when it cannot be read or is not JSON, so that a
+    damaged record is reported by its caller rather than raised."""
+    try:
+        return json.loads(read_input(path, limit=limit, what=what).decode("utf-8")), None
+    except UserError as err:
+        return None, err.message
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, f"not JSON ({type(exc).__name__})"

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cascade_kd import __version__
-from cascade_kd.errors import OutputError, UserError
-from cascade_kd.fileio import atomic_directory, atomic_write, read_input
+from cascade_kd.errors import OutputError
+from cascade_kd.fileio import atomic_directory, atomic_write, read_json_record
 
 MARKER = ".cascade-kd.json"
 LOCK = ".cascade-kd.lock"
@@ -71,12 +71,9 @@ def read_marker(directory: Path) -> tuple[dict | None, str | None]:
     path = Path(directory) / MARKER
     if not os.path.lexists(path):
         return None, None
-    try:
-        data = json.loads(read_input(path, limit=1 << 20, what="marker").decode("utf-8"))
-    except UserError as err:
-        return None, err.message
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, f"not JSON ({type(exc).__name__})"
+    data, why = read_json_record(path, limit=1 << 20, what="marker")
+    if why:
+        return None, why
     if not isinstance(data, dict) or data.get("tool") != TOOL:
         return None, "not a cascade-kd marker"
     schema = data.get("schema")
@@ -315,3 +312,13 @@ def replace_output(found: Found, command: str, owned: Callable[[str], bool]):
     with atomic_directory(found.path, keep=keep) as tmp:
         yield tmp
         (tmp / MARKER).write_text(json.dumps(make_marker(command, [p.name for p in tmp.iterdir()]), indent=2))
+
+
+def info_file_with(path: Path, key: str) -> bool:
+    """Whether `path` is a JSON object holding `key`: how an output written before markers (an
+    export's export.json, a trim's trim.json) is recognised."""
+    try:
+        info = json.loads(Path(path).read_text(encoding="utf-8"))
+        return isinstance(info, dict) and key in info
+    except (OSError, ValueError, UnicodeDecodeError, TypeError):
+        return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,37 @@ def write_recipe(directory: Path, recipe: dict, name: str = "recipe.yaml") -> Pa
     path = Path(directory) / name
     path.write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
+
+
+# --- what a test must not disturb, and where it must stop ---------------------------------------
+
+
+def snapshot(directory: Path) -> dict[str, tuple]:
+    """Every entry under `directory`, hidden ones included: file -> sha256, link -> its target, dir
+    (empty for a directory that does not exist)."""
+    out = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = Path(root) / name
+            rel = str(path.relative_to(directory))
+            if path.is_symlink():
+                out[rel] = ("link", os.readlink(path))
+            elif path.is_dir():
+                out[rel] = ("dir",)
+            else:
+                out[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
+def refuse_training(monkeypatch, *, teacher_only: bool = False) -> None:
+    """Make reaching training (or, with teacher_only, loading the teacher) fail the test: the input
+    must have been refused by the checks before."""
+    import cascade_kd.cascade.run as run
+    import cascade_kd.cascade.stages as stages
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started: this input should have been rejected by the checks")
+
+    if not teacher_only:
+        monkeypatch.setattr(stages, "train", refuse)
+    monkeypatch.setattr(run, "get_teacher", refuse)

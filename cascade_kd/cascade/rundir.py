@@ -30,7 +30,7 @@ import torch
 from cascade_kd import __version__
 from cascade_kd.config.schema import Recipe
 from cascade_kd.errors import OutputError, UserError
-from cascade_kd.fileio import atomic_write, read_input
+from cascade_kd.fileio import atomic_write, read_json_record
 from cascade_kd.outdir import (
     LOCK,
     Found,
@@ -68,12 +68,9 @@ def read_stage_info(directory: Path) -> tuple[dict | None, str | None]:
     path = Path(directory) / MARKER
     if not path.is_file():
         return None, None
-    try:
-        info = json.loads(read_input(path, limit=64 << 20, what="stage.json").decode("utf-8"))
-    except UserError as err:
-        return None, err.message
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, f"not valid JSON ({type(exc).__name__})"
+    info, why = read_json_record(path, limit=64 << 20, what="stage.json")
+    if why:
+        return None, why
     return (info, None) if isinstance(info, dict) else (None, "not a JSON object")
 
 
@@ -141,12 +138,9 @@ def read_manifest(out: Path) -> tuple[dict | None, str | None]:
     path = Path(out) / "manifest.json"
     if not path.exists():
         return None, None
-    try:
-        data = json.loads(read_input(path, limit=64 << 20, what="manifest.json").decode("utf-8"))
-    except UserError as err:
-        return None, err.message
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, f"not valid JSON ({type(exc).__name__})"
+    data, why = read_json_record(path, limit=64 << 20, what="manifest.json")
+    if why:
+        return None, why
     if not isinstance(data, dict) or not isinstance(data.get("recipe_fingerprint"), str):
         return None, "not a cascade-kd manifest (no recipe_fingerprint)"
     return data, None

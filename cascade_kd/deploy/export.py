@@ -41,7 +41,7 @@ from cascade_kd.data.task import _read_hub, _read_local, load_task_data
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.scoring import OnnxClassifier, score_split
 from cascade_kd.fileio import read_input
-from cascade_kd.outdir import check_output, replace_output
+from cascade_kd.outdir import check_output, info_file_with, replace_output
 from cascade_kd.students.hub import CHECKPOINT_FILE, config_labels, load_checkpoint
 
 FP32_ATOL = 1e-3  # max abs logit difference, ONNX fp32 vs PyTorch fp32
@@ -462,11 +462,7 @@ def _export_file(name: str) -> bool:
 
 def _legacy_export(path: Path) -> bool:
     """An export written before markers: its export.json (with the opset) is there."""
-    try:
-        info = json.loads((path / INFO_NAME).read_text(encoding="utf-8"))
-        return isinstance(info, dict) and "opset" in info
-    except (OSError, ValueError, UnicodeDecodeError, TypeError):
-        return False
+    return info_file_with(path / INFO_NAME, "opset")
 
 
 def _tokenizer(model_dir: Path):

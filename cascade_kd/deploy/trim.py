@@ -55,7 +55,7 @@ from cascade_kd.data.task import load_task_data
 from cascade_kd.deploy.export import find_run_dir, model_task
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.scoring import score_split
-from cascade_kd.outdir import check_output, replace_output
+from cascade_kd.outdir import check_output, info_file_with, replace_output
 from cascade_kd.students import count_parameters
 from cascade_kd.students.hub import CHECKPOINT_FILE, config_labels, load_checkpoint
 
@@ -389,9 +389,5 @@ def _trim_file(name: str) -> bool:
 
 def _legacy_trim(path: Path) -> bool:
     """A trimmed model written before markers: its trim.json (with the vocabulary sizes) is there."""
-    try:
-        info = json.loads((path / TRIM_INFO).read_text(encoding="utf-8"))
-        return isinstance(info, dict) and "vocab_after" in info
-    except (OSError, ValueError, UnicodeDecodeError, TypeError):
-        return False
+    return info_file_with(path / TRIM_INFO, "vocab_after")
 

@@ -8,6 +8,7 @@ does not depend on how a tokenizer splits words. Words cut off by max_length cou
 from __future__ import annotations
 
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import torch
 
@@ -165,9 +166,4 @@ class OnnxClassifier(torch.nn.Module):
     def forward(self, **inputs):
         feed = {name: value.cpu().numpy() for name, value in inputs.items() if name in self.inputs}
         logits = self.session.run(["logits"], feed)[0]
-        return _Output(torch.from_numpy(logits))
-
-
-class _Output:
-    def __init__(self, logits):
-        self.logits = logits
+        return SimpleNamespace(logits=torch.from_numpy(logits))

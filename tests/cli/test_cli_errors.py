@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from tests import helpers
+
 from tests.helpers import edit_data_line, edit_recipe, fails, first_token_line, line_of  # noqa: F401
 
 DEMO_LABELS = "[O, B-PER, I-PER, B-LOC, I-LOC, B-ORG, I-ORG]"
@@ -23,14 +25,7 @@ DEMO_LABELS = "[O, B-PER, I-PER, B-LOC, I-LOC, B-ORG, I-ORG]"
 @pytest.fixture(autouse=True)
 def no_training(monkeypatch):
     """Any case that reaches training has failed: the checks must catch it first."""
-    import cascade_kd.cascade.run as cascade
-    import cascade_kd.cascade.stages as stages
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("training started: this input should have been rejected by the checks")
-
-    monkeypatch.setattr(stages, "train", refuse)
-    monkeypatch.setattr(cascade, "get_teacher", refuse)
+    helpers.refuse_training(monkeypatch)
 
 
 # --- 1. unknown / mistyped keys -------------------------------------------------------------

@@ -16,7 +16,6 @@ A few examples per command by default; `CASCADE_KD_FUZZ=N` runs N per command (s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from hypothesis import strategies as st
 
 from cascade_kd.errors import UserError
 from cascade_kd.outdir import LOCK, MARKER, make_marker, read_marker
+from tests.helpers import snapshot
 
 FUZZ_CASES = int(os.environ.get("CASCADE_KD_FUZZ") or 0)
 FUZZ = settings(max_examples=FUZZ_CASES or 25, deadline=None,
@@ -117,23 +117,6 @@ def build(root: Path, tree: dict, outside: Path) -> list[Path]:
             target = node[1].replace("OUTSIDE", str(outside))
             os.symlink(target, path)
     return marked
-
-
-def snapshot(directory: Path) -> dict[str, tuple]:
-    out = {}
-    if not directory.is_dir():
-        return out
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            path = Path(root) / name
-            rel = str(path.relative_to(directory))
-            if path.is_symlink():
-                out[rel] = ("link", os.readlink(path))
-            elif path.is_dir():
-                out[rel] = ("dir",)
-            else:
-                out[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
-    return out
 
 
 def legacy(command: str, tree: dict) -> bool:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import helpers
+
 from cascade_kd.cli.app import main
 from tests.helpers import edit_recipe, fails, line_of
 
@@ -26,14 +28,7 @@ TEACHER = "config: {model_type: bert, num_hidden_layers: 4, hidden_size: 128, nu
 
 @pytest.fixture(autouse=True)
 def no_training(monkeypatch):
-    import cascade_kd.cascade.run as run
-    import cascade_kd.cascade.stages as stages
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("training started: this input should have been rejected by the checks")
-
-    monkeypatch.setattr(stages, "train", refuse)
-    monkeypatch.setattr(run, "get_teacher", refuse)
+    helpers.refuse_training(monkeypatch)
 
 
 # --- teacher configs ----------------------------------------------------------------------------

@@ -11,7 +11,6 @@ that is not a run, `export --out MODEL_DIR`, and `--overwrite` through a symboli
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from cascade_kd.cascade.rundir import read_stage_info
 from cascade_kd.cli.app import main
 from cascade_kd.errors import OutputError, UserError
 from cascade_kd.outdir import MARKER, make_marker, read_marker
+from tests.helpers import refuse_training, snapshot
 
 # --- a user's files, and checking them ---------------------------------------------------------
 
@@ -42,22 +42,6 @@ def user_files(directory: Path) -> dict[str, object]:
     (directory / "photos" / "2024" / "a.jpg").write_bytes(os.urandom(64))
     os.symlink("thesis.tex", directory / "latest")
     return snapshot(directory)
-
-
-def snapshot(directory: Path) -> dict[str, object]:
-    """Every entry under `directory`, hidden ones included: file -> sha256, link -> its target, dir."""
-    out = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            path = Path(root) / name
-            rel = str(path.relative_to(directory))
-            if path.is_symlink():
-                out[rel] = ("link", os.readlink(path))
-            elif path.is_dir():
-                out[rel] = ("dir",)
-            else:
-                out[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
-    return out
 
 
 def kept(before: dict, directory: Path, under: str = "") -> None:
@@ -82,12 +66,7 @@ def refused(capsys, argv: list[str], *needles: str) -> str:
 @pytest.fixture
 def no_training(monkeypatch):
     """A run must be refused before any model trains."""
-    import cascade_kd.cascade.run as run
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("training started: this case must be refused first")
-
-    monkeypatch.setattr(run, "get_teacher", refuse)
+    refuse_training(monkeypatch, teacher_only=True)
 
 
 @pytest.fixture

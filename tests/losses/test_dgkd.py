@@ -6,6 +6,8 @@ import random
 import shutil
 
 import pytest
+
+from tests import helpers
 import torch
 
 from cascade_kd.cascade import run_recipe
@@ -130,14 +132,7 @@ def test_a_dropped_teacher_runs_only_for_the_losses_that_read_more_than_its_logi
 @pytest.fixture
 def refuse_training(monkeypatch):
     """As in test_cli_errors: reaching training fails the test (for the recipe-check tests only)."""
-    import cascade_kd.cascade.run as cascade
-    import cascade_kd.cascade.stages as stages
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("training started: this input should have been rejected by the checks")
-
-    monkeypatch.setattr(stages, "train", refuse)
-    monkeypatch.setattr(cascade, "get_teacher", refuse)
+    helpers.refuse_training(monkeypatch)
 
 
 pytestmark_checks = pytest.mark.usefixtures("refuse_training")
