@@ -10,7 +10,8 @@ Settings (data from ../shared/data):
 - panx-zs: PAN-X NER, zero-shot from English (XTREME's protocol): teacher fine-tuned on English
   only, models selected on English dev only, scored on 39 languages in 15 scripts (quick and small
   modes: 30 languages in 11 scripts; the held-out half of each dev set: PAN-X here has no test files).
-- panx-ml: the same, trained on 10 languages (multilingual training).
+- panx-ml: the same, trained on 10 languages (multilingual training; full mode: 2,000 sentences
+  each, as many labelled sentences as panx-zs's 20,000 of English).
 - sib-all, sib-zs: SIB-200 topic classification trained on all 41 languages, and zero-shot from
   English to the other 40.
 Per setting: the teacher; 12->6->3 against direct 12->3; CAMeMBERT's chain 12->10->8->6 against
@@ -18,14 +19,15 @@ direct 12->6; a deeper chain 12->6->3->2 against direct 12->2; labels only (6 an
 LightMBERT's choices one at a time on the 12->6 student (random instead of bottom layers, trainable
 instead of frozen embeddings, uniform instead of top-only layer maps); a MiniALBERT recursive
 student; on PAN-X an XtremeDistil BiLSTM with unlabelled transfer text of every language; 3 seeds
-for cascade against direct at 3 and 6 layers (compared with `ckd.compare`). Students take
+for cascade against direct at 3 and 6 layers (compared with `ckd.compare`; these run first, the
+rest on seed 0 after them). Students take
 LightMBERT's defaults: bottom-layer initialisation, frozen embeddings, kl + top-only hidden and
 attention losses. The 3-layer cascade student is then trimmed to the pieces of every evaluation
 language's text, exported to ONNX fp32 and int8 and re-scored per language on each backend.
 
     python benchmarks/xlingual.py --quick    # panx-zs: teacher, 12->6->3, direct 12->3, deploy; 1 seed
     python benchmarks/xlingual.py --small    # the whole grid at --quick's sizes (caps), 3 seeds
-    python benchmarks/xlingual.py            # full mode: uncapped English training, 1,000 eval sentences
+    python benchmarks/xlingual.py            # full mode: uncapped English training, 39 languages, 1,000 eval sentences
     python benchmarks/xlingual.py --small --settings panx-zs   # one setting
     python benchmarks/xlingual.py --small --collect-only       # the tables from what has finished
 
@@ -74,7 +76,7 @@ SIZES = {  # quick: a pipeline check that still says something; small: quick's s
               "transfer": 300, "sib_teacher_epochs": 10, "sib_epochs": 6},
     "small": {"panx_train": 1000, "eval": 100, "teacher_epochs": 3, "epochs": 2, "seeds": [0, 1, 2], "sib_train": 200,
               "transfer": 300, "sib_teacher_epochs": 10, "sib_epochs": 6},
-    "full": {"panx_train": None, "eval": 1000, "teacher_epochs": 3, "epochs": 3, "seeds": [0, 1, 2], "sib_train": None,
+    "full": {"panx_train": None, "panx_ml_train": 2000, "eval": 1000, "teacher_epochs": 3, "epochs": 3, "seeds": [0, 1, 2], "sib_train": None,
              "transfer": 5000, "sib_teacher_epochs": 10, "sib_epochs": 6},
 }
 # how tables name each model: (job config, stage name) -> label; filled in by setting_jobs
@@ -129,46 +131,47 @@ def setting_jobs(setting: str, task: dict, data: dict, teacher_dir: str, out: Pa
 
     for seed in s["seeds"]:
         own = fine_tune if seed == 0 else None
-        if mode != "full":  # the teacher and 12->6->3 with the direct 3 (the first stage, 12->6, is itself direct)
-            jobs.append(job("cascade-3", chain(6, 3), seed, direct=True, teacher=own,
-                            what="teacher, cascade 12->6->3, direct 12->3",
-                            labels=[("s6", "12→6"), ("s3", "12→6→3"), ("direct", "12→3 direct")]))
-        if mode == "quick":
-            continue
-        jobs.append(job("cascade-6", chain(10, 8, 6), seed, direct=True, teacher=own if mode == "full" else None,
+        cascade_6 = job("cascade-6", chain(10, 8, 6), seed, direct=True, teacher=own if first == "cascade-6" else None,
                         what="CAMeMBERT's chain 12->10->8->6, direct 12->6",
-                        labels=[("s10", "12→10"), ("s8", "12→10→8"), ("s6", "12→10→8→6"), ("direct", "12→6 direct")]))
-        if mode == "full":
-            jobs.append(job("direct-3", chain(3, prefix="d"), seed, what="direct 12->3", labels=[("d3", "12→3 direct")]))
-        if seed != s["seeds"][0]:
-            continue
-        jobs += [
-            job("cascade-2", chain(6, 3, 2), seed, direct=True, what="deeper chain 12->6->3->2, direct 12->2",
-                labels=[("s6", "12→6 (deep chain)"), ("s3", "12→6→3 (deep chain)"), ("s2", "12→6→3→2"),
-                        ("direct", "12→2 direct")]),
-            job("labels-6", [{"name": "l6", "student": {"layers": 6, **FROZEN}, "losses": {"ce": {"weight": 1.0}}}],
-                seed, what="6 layers, labels only", labels=[("l6", "6 layers, labels only")]),
-            job("labels-3", [{"name": "l3", "student": {"layers": 3, **FROZEN}, "losses": {"ce": {"weight": 1.0}}}],
-                seed, what="3 layers, labels only", labels=[("l3", "3 layers, labels only")]),
-            job("abl-random-layers", [{"name": "r6", "student": {"layers": 6, "init": "random", "freeze_embeddings": True}}],
-                seed, what="6 layers, random instead of bottom layers", labels=[("r6", "12→6, random layers")]),
-            job("abl-trainable-emb", [{"name": "t6", "student": {"layers": 6, "init": "bottom", "freeze_embeddings": False}}],
-                seed, what="6 layers, trainable instead of frozen embeddings",
-                labels=[("t6", "12→6, trainable embeddings")]),
-            job("abl-uniform-maps", [{"name": "u6", "student": {"layers": 6, **FROZEN}}], seed, losses=UNIFORM,
-                what="6 layers, uniform instead of top-only layer maps", labels=[("u6", "12→6, uniform layer maps")]),
-            job("recursive", [{"name": "m", "student": {"kind": "recursive", "layers": 6, "init": "mean",
-                                                        "freeze_embeddings": True}}],
-                seed, what="MiniALBERT: one shared layer applied 6 times, adapters",
-                labels=[("m", "recursive (1 layer x 6)")]),
-        ]
-        if transfer is not None:
-            jobs.append(job("bilstm", bilstm_stages(s), seed, losses={"kl": {"temperature": 2.0}},
-                            data_={**data, **transfer},
-                            what="XtremeDistil: BiLSTM on PCA-compressed embeddings, 3 stages, transfer text",
-                            labels=[("bilstm-repr", "BiLSTM after stage 1 (teacher's layer 6)"),
-                                    ("bilstm-kl", "BiLSTM after stage 2 (soft labels)"),
-                                    ("bilstm-ce", "BiLSTM (XtremeDistil)")]))
+                        labels=[("s10", "12→10"), ("s8", "12→10→8"), ("s6", "12→10→8→6"), ("direct", "12→6 direct")])
+        if first == "cascade-6":
+            jobs.append(cascade_6)
+        # 12->6->3 with the direct 3 (the first stage, 12->6, is itself direct)
+        jobs.append(job("cascade-3", chain(6, 3), seed, direct=True, teacher=own if first == "cascade-3" else None,
+                        what=("teacher, " if own and first == "cascade-3" else "") + "cascade 12->6->3, direct 12->3",
+                        labels=[("s6", "12→6"), ("s3", "12→6→3"), ("direct", "12→3 direct")]))
+        if mode != "quick" and first != "cascade-6":
+            jobs.append(cascade_6)
+    if mode == "quick":
+        return jobs
+    seed = s["seeds"][0]  # the comparisons over seeds run first; the rest on one seed
+    jobs += [
+        job("cascade-2", chain(6, 3, 2), seed, direct=True, what="deeper chain 12->6->3->2, direct 12->2",
+            labels=[("s6", "12→6 (deep chain)"), ("s3", "12→6→3 (deep chain)"), ("s2", "12→6→3→2"),
+                    ("direct", "12→2 direct")]),
+        job("labels-6", [{"name": "l6", "student": {"layers": 6, **FROZEN}, "losses": {"ce": {"weight": 1.0}}}],
+            seed, what="6 layers, labels only", labels=[("l6", "6 layers, labels only")]),
+        job("labels-3", [{"name": "l3", "student": {"layers": 3, **FROZEN}, "losses": {"ce": {"weight": 1.0}}}],
+            seed, what="3 layers, labels only", labels=[("l3", "3 layers, labels only")]),
+        job("abl-random-layers", [{"name": "r6", "student": {"layers": 6, "init": "random", "freeze_embeddings": True}}],
+            seed, what="6 layers, random instead of bottom layers", labels=[("r6", "12→6, random layers")]),
+        job("abl-trainable-emb", [{"name": "t6", "student": {"layers": 6, "init": "bottom", "freeze_embeddings": False}}],
+            seed, what="6 layers, trainable instead of frozen embeddings",
+            labels=[("t6", "12→6, trainable embeddings")]),
+        job("abl-uniform-maps", [{"name": "u6", "student": {"layers": 6, **FROZEN}}], seed, losses=UNIFORM,
+            what="6 layers, uniform instead of top-only layer maps", labels=[("u6", "12→6, uniform layer maps")]),
+        job("recursive", [{"name": "m", "student": {"kind": "recursive", "layers": 6, "init": "mean",
+                                                    "freeze_embeddings": True}}],
+            seed, what="MiniALBERT: one shared layer applied 6 times, adapters",
+            labels=[("m", "recursive (1 layer x 6)")]),
+    ]
+    if transfer is not None:
+        jobs.append(job("bilstm", bilstm_stages(s), seed, losses={"kl": {"temperature": 2.0}},
+                        data_={**data, **transfer},
+                        what="XtremeDistil: BiLSTM on PCA-compressed embeddings, 3 stages, transfer text",
+                        labels=[("bilstm-repr", "BiLSTM after stage 1 (teacher's layer 6)"),
+                                ("bilstm-kl", "BiLSTM after stage 2 (soft labels)"),
+                                ("bilstm-ce", "BiLSTM (XtremeDistil)")]))
     return jobs
 
 
@@ -283,10 +286,13 @@ def grid(args, s: dict) -> list[Job]:
     panx = PANX_QUICK if mode != "full" else PANX_LANGUAGES
     jobs, transfer, vocabulary = [], {}, {}
     sib_sizes = {**s, "teacher_epochs": s["sib_teacher_epochs"], "epochs": s["sib_epochs"]}
+    # multilingual training: panx_ml_train sentences per language where set (full mode: 10 x 2,000,
+    # as many labelled sentences as the zero-shot setting's 20,000 of English)
+    panx_sizes = {"panx-zs": s, "panx-ml": {**s, "panx_train": s.get("panx_ml_train", s["panx_train"])}}
     for setting in args.settings:
         if setting.startswith("panx"):  # unlabelled text of every language: the BiLSTM's transfer set, the trim's text
             train_languages = ["en"] if setting == "panx-zs" else PANX_MULTI
-            transfer[setting] = transfer_text(out / setting, panx, train_languages, s)
+            transfer[setting] = transfer_text(out / setting, panx, train_languages, panx_sizes[setting])
             vocabulary[setting] = {"transfer": transfer_text(out / setting / "vocab", panx, [], {
                 **s, "transfer": VOCAB_SENTENCES})["transfer"]}
         else:
@@ -294,18 +300,17 @@ def grid(args, s: dict) -> list[Job]:
         if setting == "panx-zs":
             jobs += setting_jobs(setting, token, panx_data(panx, ["en"], s), teacher, out, s, mode, transfer[setting])
         elif setting == "panx-ml":
-            jobs += setting_jobs(setting, token, panx_data(panx, PANX_MULTI, s), teacher, out, s, mode, transfer[setting])
+            jobs += setting_jobs(setting, token, panx_data(panx, PANX_MULTI, panx_sizes[setting]), teacher, out,
+                                 panx_sizes[setting], mode, transfer[setting])
         elif setting == "sib-all":  # 41 languages of training text: PAN-X's epochs
             jobs += setting_jobs(setting, sequence, sib_data(None, s), teacher, out, s, mode)
         else:
             jobs += setting_jobs(setting, sequence, sib_data(["eng_Latn"], s), teacher, out, sib_sizes, mode)
-    for j in jobs:  # latency (and in small mode the trimmed int8 export) once per setting
-        setting, seed, name = j.name.split("/")
-        if seed == "seed0" and name == ("cascade-6" if mode == "full" else "cascade-3"):
-            parts = []
-            if mode != "full":  # full mode: the best 3-layer student is chosen once its seeds have run
-                parts.append(functools.partial(deploy_step, model="s3", vocabulary=vocabulary[setting]))
-            parts.append(functools.partial(bench_step, repeats=args.repeats))  # the trimmed copy included
+    for j in jobs:  # once per setting, on seed 0's 12->6->3 (the 3-layer student that beat direct on every seed
+        setting, seed, name = j.name.split("/")  # of the small grid): trimmed int8 export, then latency
+        if seed == "seed0" and name == "cascade-3":
+            parts = [functools.partial(deploy_step, model="s3", vocabulary=vocabulary[setting]),
+                     functools.partial(bench_step, repeats=args.repeats)]  # the trimmed copy included
             j.after = steps(*parts)
             j.after_tag = " + ".join(describe(p) for p in parts)
     return jobs

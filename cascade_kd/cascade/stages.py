@@ -27,8 +27,9 @@ from cascade_kd.training.teacher import CachedTeacher, DenseGuides, LiveTeacher
 from cascade_kd.training.teacher_cache import CacheRequest, TeacherCache, build_shards, cache_key, finish_cache, plan_cache
 
 
-def _save_model(job: Job, model, directory: Path, info: dict, projections=None) -> None:
-    """Save a finished model (main process only) and drop its training state, which it supersedes."""
+def _save_model(job: Job, model, directory: Path, info: dict, projections=None, loaded_from: str | None = None) -> None:
+    """Save a finished model (main process only) and drop its training state, which it supersedes.
+    `loaded_from`: the local directory of a model saved unchanged, whose identical weights are linked."""
     info["params"] = count_parameters(model)  # now, while requires_grad says what this model trained
     if not is_main():
         return
@@ -39,7 +40,8 @@ def _save_model(job: Job, model, directory: Path, info: dict, projections=None) 
         extra["projections.safetensors"] = save({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()})
     # stage.json last, listing the files; what else is in an earlier copy of the directory is kept
     save_checkpoint(model, job.tokenizer, directory, extra_files=extra, record=(MARKER, info),
-                    keep=foreign_in_model_dir(directory))
+                    keep=foreign_in_model_dir(directory),
+                    link_identical=Path(loaded_from) if loaded_from and Path(loaded_from).is_dir() else None)
     shutil.rmtree(job.state_dir(directory.name), ignore_errors=True)
 
 
@@ -75,7 +77,7 @@ def get_teacher(job: Job):
         info.update(dev=result.best_score, best_epoch=result.best_epoch, wall_time_s=result.wall_time_s,
                     tokens_per_s=result.tokens_per_s, steps=result.steps, epochs=cfg.epochs, seed=recipe.seed, examples=len(train_data),
                     history=result.history, curve=result.curve)
-    _save_model(job, model, out, info)
+    _save_model(job, model, out, info, loaded_from=None if finetune else recipe.model_path(t.model))
     return model, info
 
 

@@ -3,6 +3,7 @@ reload checkpoints (safetensors, written atomically) with the plain transformers
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import re
@@ -371,21 +372,50 @@ def use_attention_outputs(model, needed: bool) -> None:
     model.set_attn_implementation("eager" if needed else "sdpa")
 
 def save_checkpoint(model, tokenizer, directory: Path, extra_files: dict[str, bytes] | None = None, *,
-                    record: tuple[str, dict] | None = None, keep=()) -> None:
+                    record: tuple[str, dict] | None = None, keep=(), link_identical: Path | None = None) -> None:
     """save_pretrained into a temporary sibling directory, then swap it in with a rename.
     `record` (name, data): a JSON file written last, with data plus `files`, the list of every file
     of the checkpoint (so that later only those are ever replaced or deleted). `keep`: entries of an
-    existing `directory` that are not this checkpoint's, carried over (see fileio.atomic_directory)."""
+    existing `directory` that are not this checkpoint's, carried over (see fileio.atomic_directory).
+    `link_identical`: the directory the model was loaded from; see link_identical_weights."""
     with atomic_directory(directory, keep=keep) as tmp:
         model.config.architectures = [type(model).__name__]
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if link_identical is not None:
+            link_identical_weights(tmp, Path(link_identical))
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
         if record is not None:
             name, data = record
             files = sorted(p.name for p in tmp.iterdir()) + [name]
             (tmp / name).write_text(json.dumps({**data, "files": sorted(set(files))}, indent=2), encoding="utf-8")
+
+
+def link_identical_weights(saved: Path, source: Path) -> list[str]:
+    """Replace each weight file of `saved` whose bytes equal the same file of `source` by a hard
+    link to it: a teacher loaded and saved unchanged (every run of a grid that shares one fine-tuned
+    teacher) then costs no disk (an XLM-R-vocabulary teacher is 470 MB). Only *.safetensors, which
+    nobody edits in place (an editor writing through a hard link would change both copies); every
+    later write replaces files by rename, which leaves the other copy as it was. Where a link cannot
+    be made (another file system, links not supported) the written copy stays. Returns the names linked."""
+    linked = []
+    for f in sorted(saved.glob("*.safetensors")):
+        other = source / f.name
+        try:
+            if not (other.is_file() and other.stat().st_size == f.stat().st_size and filecmp.cmp(f, other, shallow=False)):
+                continue
+            link = f.with_name(f".{f.name}.link")
+            os.link(other, link)
+        except OSError:
+            continue
+        try:
+            os.replace(link, f)
+        except OSError:
+            link.unlink(missing_ok=True)
+            continue
+        linked.append(f.name)
+    return linked
 
 
 def load_checkpoint(directory: Path, task: str):

@@ -60,13 +60,22 @@ def test_every_run_loads_the_teacher_its_setting_fine_tuned(grid_of, mode):
         assert [j.name for j in jobs] == ["panx-zs/seed0/cascade-3"]
     else:  # 3 seeds of the two cascade-against-direct comparisons in every setting
         for setting in settings:
-            for config in ("cascade-6",) + (("cascade-3",) if mode == "small" else ("direct-3",)):
+            for config in ("cascade-6", "cascade-3"):
                 assert sum(j.config == f"{setting}/{config}" for j in jobs) == 3
 
 
-def test_the_deploy_step_comes_before_the_latency_step_that_times_its_result(grid_of):
-    jobs, out = grid_of("small", ["panx-zs"])
+@pytest.mark.parametrize("mode", ["small", "full"])
+def test_the_deploy_step_comes_before_the_latency_step_that_times_its_result(grid_of, mode):
+    jobs, out = grid_of(mode, ["panx-zs"])
     (holder,) = [j for j in jobs if j.after is not None]
     assert holder.name == "panx-zs/seed0/cascade-3"
     assert holder.after_tag.index("deploy_step(model='s3'") < holder.after_tag.index("bench_step(")
     assert "vocab" in holder.after_tag  # trimmed with every language's unlabelled text, not English alone
+
+
+def test_multilingual_training_in_full_mode_has_the_zero_shot_settings_labelled_total(grid_of):
+    """Full mode: 10 languages x 2,000 labelled sentences against 20,000 of English alone."""
+    jobs, out = grid_of("full", ["panx-zs", "panx-ml"])
+    data = {j.name.split("/")[0]: j.build().data for j in jobs if j.name.endswith("seed0/cascade-6")}
+    assert data["panx-zs"].max_train_per_language is None and data["panx-zs"].train_languages == ["en"]
+    assert data["panx-ml"].max_train_per_language == 2000 and len(data["panx-ml"].train_languages) == 10

@@ -1,15 +1,18 @@
 """Every task type and every teacher source through the same pipeline, on tiny generated data."""
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertForTokenClassification, BertModel
 
 from cascade_kd.cascade import get_teacher, prepare, run_recipe
 from cascade_kd.config.schema import load_recipe
+from cascade_kd.students.hub import link_identical_weights, load_checkpoint
 from tests.helpers import merge, tiny_recipe, write_recipe
 
 WORDS = "ba be bi bo ka ke ko ri ra ro ta te to na ne no la le lo ma".split()
@@ -92,6 +95,31 @@ def test_an_already_fine_tuned_teacher_is_not_trained_again(tmp_path, demo_works
     assert info["trained"] is False
     assert job.data.labels == LABELS  # the data follow the checkpoint's label order, not the inferred one
     assert torch.equal(teacher.classifier.weight, saved.classifier.weight)
+    # saved unchanged: RUN_DIR/teacher's weights are a hard link to the loaded file, not a second copy
+    weights, source = tmp_path / "run" / "teacher" / "model.safetensors", tmp_path / "ft" / "model.safetensors"
+    assert weights.stat().st_ino == source.stat().st_ino and source.stat().st_nlink == 2
+    assert torch.equal(load_checkpoint(tmp_path / "run" / "teacher", "token").classifier.weight, saved.classifier.weight)
+
+
+def test_only_identical_weight_files_are_linked(tmp_path):
+    """link_identical_weights links a weight file only where its bytes equal the source's; a later
+    rewrite of the source (by rename, as every write here is) leaves the linked copy as it was."""
+    source, saved = tmp_path / "source", tmp_path / "saved"
+    for d in (source, saved):
+        d.mkdir()
+    save_file({"w": torch.arange(6.0)}, str(source / "model.safetensors"))
+    save_file({"w": torch.arange(6.0)}, str(saved / "model.safetensors"))
+    save_file({"p": torch.ones(2)}, str(source / "projections.safetensors"))
+    save_file({"p": torch.zeros(2)}, str(saved / "projections.safetensors"))  # same size, other bytes
+    (source / "config.json").write_text("{}")
+    (saved / "config.json").write_text("{}")  # equal, but not a weight file: never linked
+    assert link_identical_weights(saved, source) == ["model.safetensors"]
+    assert (saved / "model.safetensors").stat().st_ino == (source / "model.safetensors").stat().st_ino
+    assert (saved / "projections.safetensors").stat().st_nlink == 1 and (saved / "config.json").stat().st_nlink == 1
+    assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors", "projections.safetensors"]
+    save_file({"w": torch.zeros(6)}, str(tmp_path / "new"))
+    os.replace(tmp_path / "new", source / "model.safetensors")
+    assert torch.equal(load_file(str(saved / "model.safetensors"))["w"], torch.arange(6.0))
 
 
 def test_a_pretrained_encoder_gets_a_head_and_is_fine_tuned(tmp_path, demo_workspace, tokenizer):
