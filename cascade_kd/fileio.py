@@ -223,3 +223,13 @@ def read_json_record(path: str | os.PathLike, *, limit: int, what: str) -> tuple
         return None, err.message
     except (ValueError, UnicodeDecodeError) as exc:
         return None, f"not JSON ({type(exc).__name__})"
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """A saved model's safetensors weight files: model.safetensors, or its shards."""
+    return sorted(p for p in Path(directory).glob("model*.safetensors"))
+
+
+def weights_size(directory: Path) -> int:
+    """Bytes of a saved model's weights, one file or shards (a hard-linked shard counted in full)."""
+    return sum(p.stat().st_size for p in weight_files(directory))

@@ -27,9 +27,10 @@ from cascade_kd.training.teacher import CachedTeacher, DenseGuides, LiveTeacher
 from cascade_kd.training.teacher_cache import CacheRequest, TeacherCache, build_shards, cache_key, finish_cache, plan_cache
 
 
-def _save_model(job: Job, model, directory: Path, info: dict, projections=None, loaded_from: str | None = None) -> None:
+def _save_model(job: Job, model, directory: Path, info: dict, projections=None, link_from=()) -> None:
     """Save a finished model (main process only) and drop its training state, which it supersedes.
-    `loaded_from`: the local directory of a model saved unchanged, whose identical weights are linked."""
+    `link_from`: directories of models whose identical weight files this one links instead of copying
+    (the teacher it was loaded from unchanged; a frozen student's table is its teacher's)."""
     info["params"] = count_parameters(model)  # now, while requires_grad says what this model trained
     if not is_main():
         return
@@ -40,9 +41,14 @@ def _save_model(job: Job, model, directory: Path, info: dict, projections=None, 
         extra["projections.safetensors"] = save({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()})
     # stage.json last, listing the files; what else is in an earlier copy of the directory is kept
     save_checkpoint(model, job.tokenizer, directory, extra_files=extra, record=(MARKER, info),
-                    keep=foreign_in_model_dir(directory),
-                    link_identical=Path(loaded_from) if loaded_from and Path(loaded_from).is_dir() else None)
+                    keep=foreign_in_model_dir(directory), link_from=link_from)
     shutil.rmtree(job.state_dir(directory.name), ignore_errors=True)
+
+
+def _saved_models(job: Job) -> list[Path]:
+    """The run's teacher and finished stages: where a student's frozen table came from."""
+    stages = job.out / "stages"
+    return [job.out / "teacher", *(sorted(p for p in stages.iterdir() if p.is_dir() and not p.name.startswith('.')) if stages.is_dir() else [])]
 
 
 def get_teacher(job: Job):
@@ -77,7 +83,8 @@ def get_teacher(job: Job):
         info.update(dev=result.best_score, best_epoch=result.best_epoch, wall_time_s=result.wall_time_s,
                     tokens_per_s=result.tokens_per_s, steps=result.steps, epochs=cfg.epochs, seed=recipe.seed, examples=len(train_data),
                     history=result.history, curve=result.curve)
-    _save_model(job, model, out, info, loaded_from=None if finetune else recipe.model_path(t.model))
+    source = recipe.model_path(t.model) if t.model is not None and not finetune else None
+    _save_model(job, model, out, info, link_from=[Path(source)] if source else [])
     return model, info
 
 
@@ -147,7 +154,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
             "losses": [{"name": t.name, "weight": t.weight, "pairs": [list(p) for p in getattr(t.loss, "pairs", [])]}
                        for t in terms],
             "history": result.history, "curve": result.curve}
-    _save_model(job, student, out, info, task.projections)
+    _save_model(job, student, out, info, task.projections, link_from=[p for p in _saved_models(job) if p != out])
     return student, info
 
 

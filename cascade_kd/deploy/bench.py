@@ -46,6 +46,7 @@ from cascade_kd.deploy.export import (
     tokenize,
 )
 from cascade_kd.errors import UserError
+from cascade_kd.fileio import weights_size
 from cascade_kd.students.anatomy import position_offset
 from cascade_kd.students.hub import load_checkpoint
 from cascade_kd.training.setup import resolve_precision
@@ -243,7 +244,7 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
         # no position table (a BiLSTM student): any length
         limit = getattr(model.config, "max_position_embeddings", None) or max(seq_lens)
         offset = position_offset(model.config) if getattr(model.config, "max_position_embeddings", None) else 0
-        size = (directory / "model.safetensors").stat().st_size / 2**20
+        size = weights_size(directory) / 2**20
         entry = {"name": row["name"], "size_mb": size, "latency_ms": {}, "throughput_seq_s": {}, "peak_mem_mb": {},
                  "size_mb_by_backend": {b: size for b in active if b in TORCH_BACKENDS}}
         settings = []

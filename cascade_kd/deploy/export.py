@@ -40,7 +40,7 @@ from cascade_kd.config.schema import load_recipe
 from cascade_kd.data.task import _read_hub, _read_local, load_task_data
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.scoring import OnnxClassifier, score_split
-from cascade_kd.fileio import read_input
+from cascade_kd.fileio import read_input, weight_files
 from cascade_kd.outdir import check_output, info_file_with, replace_output
 from cascade_kd.students.hub import CHECKPOINT_FILE, config_labels, load_checkpoint
 
@@ -335,7 +335,7 @@ def export_model(
     if check_examples < 1:
         raise UserError(f"--check-examples must be at least 1, not {check_examples}")
     task = model_task(model_dir)
-    if not (model_dir / "model.safetensors").is_file():
+    if not weight_files(model_dir):
         raise UserError("no model.safetensors (weights are read from safetensors only)", where=str(model_dir))
     found = claim_export_dir(model_dir, out, overwrite=overwrite)
     score_recipe = scoring_recipe(model_dir, score)  # a bad --score: one line, before the export's work

@@ -55,6 +55,7 @@ from cascade_kd.data.task import load_task_data
 from cascade_kd.deploy.export import find_run_dir, model_task
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.scoring import score_split
+from cascade_kd.fileio import weights_size
 from cascade_kd.outdir import check_output, info_file_with, replace_output
 from cascade_kd.students import count_parameters
 from cascade_kd.students.hub import CHECKPOINT_FILE, config_labels, load_checkpoint
@@ -360,13 +361,13 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     if strict and report["warnings"]:
         raise UserError(f"trimming hurts {len(report['warnings'])} chosen language(s): {report['warnings'][0]}; "
                         "nothing written", where=str(model_dir), hint="choose more languages, or drop --strict")
-    before = (model_dir / "model.safetensors").stat().st_size
+    before = weights_size(model_dir)
     # model, tokenizer, trim.json and the marker in one atomic directory: all or nothing is written
     with replace_output(found, "trim", _trim_file) as tmp:
         new_model.config.architectures = [type(new_model).__name__]
         new_model.save_pretrained(tmp, safe_serialization=True)
         new_tokenizer.save_pretrained(tmp)
-        after = (tmp / "model.safetensors").stat().st_size
+        after = weights_size(tmp)
         report.update(size_mb_before=before / 2**20, size_mb_after=after / 2**20, size_saved_share=1 - after / before)
         (tmp / TRIM_INFO).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     say(f"trim: model.safetensors {before / 2**20:.2f} MB -> {after / 2**20:.2f} MB; written {out}"

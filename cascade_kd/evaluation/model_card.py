@@ -22,7 +22,7 @@ from cascade_kd.evaluation.findings import (
     worst_languages,
 )
 from cascade_kd.evaluation.run_files import RunFiles, read_run
-from cascade_kd.fileio import atomic_write
+from cascade_kd.fileio import atomic_write, weights_size
 
 PIPELINE_TAGS = {"token": "token-classification", "sequence": "text-classification", "pair": "text-classification",
                  "mlm": "fill-mask"}
@@ -246,9 +246,9 @@ def _results(run: RunFiles, row: dict) -> list[str]:
 def _cost(run: RunFiles, row: dict) -> list[str]:
     lines = ["## Size and speed", "", f"- Parameters: {row['params_total']:,} ({row.get('params_embedding', 0):,} of them "
              f"embeddings, {100 * row.get('params_embedding', 0) / max(1, row['params_total']):.0f}%)."]
-    weights = run.model_dir(row) / "model.safetensors"
-    if weights.is_file():
-        lines.append(f"- Weights: {weights.stat().st_size / 2**20:.1f} MB (safetensors, fp32).")
+    size = weights_size(run.model_dir(row))
+    if size:
+        lines.append(f"- Weights: {size / 2**20:.1f} MB (safetensors, fp32).")
     latency = run.metrics.get("latency") or {}
     entry = next((m for m in latency.get("models", []) if m.get("name") == row["name"]), None)
     if entry and entry.get("latency_ms"):

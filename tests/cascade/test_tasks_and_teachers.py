@@ -113,7 +113,7 @@ def test_only_identical_weight_files_are_linked(tmp_path):
     save_file({"p": torch.zeros(2)}, str(saved / "projections.safetensors"))  # same size, other bytes
     (source / "config.json").write_text("{}")
     (saved / "config.json").write_text("{}")  # equal, but not a weight file: never linked
-    assert link_identical_weights(saved, source) == ["model.safetensors"]
+    assert link_identical_weights(saved, [tmp_path / "absent", source]) == ["model.safetensors"]
     assert (saved / "model.safetensors").stat().st_ino == (source / "model.safetensors").stat().st_ino
     assert (saved / "projections.safetensors").stat().st_nlink == 1 and (saved / "config.json").stat().st_nlink == 1
     assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors", "projections.safetensors"]
