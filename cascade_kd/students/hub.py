@@ -413,7 +413,10 @@ def split_embedding_table(directory: Path, model) -> bool:
     (a frozen student's copy of its teacher's), so it can be linked instead of stored again.
     Returns whether it split."""
     weights = directory / "model.safetensors"
-    table = getattr(model.get_input_embeddings(), "weight", None)
+    try:
+        table = getattr(model.get_input_embeddings(), "weight", None)
+    except (NotImplementedError, AttributeError):  # a model without one input table
+        table = None
     if not weights.is_file() or table is None or table.numel() * table.element_size() < EMBEDDING_SHARD_BYTES:
         return False
     from safetensors import safe_open
