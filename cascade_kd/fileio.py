@@ -125,7 +125,7 @@ def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
                 with open(f, "rb") as handle:
                     os.fsync(handle.fileno())
         for f in tmp.rglob("*"):  # some writers create private files (safetensors: 0600)
-            if f.is_file() and not f.is_symlink():
+            if f.is_file() and not f.is_symlink() and f.stat().st_nlink == 1:  # a hard link keeps its source's mode
                 shared_mode(f)
         if directory.exists():
             clash = sorted(name for name in keep if os.path.lexists(directory / name) and os.path.lexists(tmp / name))

@@ -83,8 +83,10 @@ def get_teacher(job: Job):
         info.update(dev=result.best_score, best_epoch=result.best_epoch, wall_time_s=result.wall_time_s,
                     tokens_per_s=result.tokens_per_s, steps=result.steps, epochs=cfg.epochs, seed=recipe.seed, examples=len(train_data),
                     history=result.history, curve=result.curve)
-    source = recipe.model_path(t.model) if t.model is not None and not finetune else None
-    _save_model(job, model, out, info, link_from=[Path(source)] if source else [])
+    # a finished model of another run (a grid sharing one fine-tuned teacher) saved unchanged: its
+    # weight files are linked; a user's own model directory is copied, never linked
+    source = Path(recipe.model_path(t.model)) if t.model is not None and not finetune else None
+    _save_model(job, model, out, info, link_from=[source] if source and (source / MARKER).is_file() else [])
     return model, info
 
 

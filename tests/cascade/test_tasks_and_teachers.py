@@ -95,10 +95,18 @@ def test_an_already_fine_tuned_teacher_is_not_trained_again(tmp_path, demo_works
     assert info["trained"] is False
     assert job.data.labels == LABELS  # the data follow the checkpoint's label order, not the inferred one
     assert torch.equal(teacher.classifier.weight, saved.classifier.weight)
-    # saved unchanged: RUN_DIR/teacher's weights are a hard link to the loaded file, not a second copy
+    # a user's own model directory is copied, never linked
     weights, source = tmp_path / "run" / "teacher" / "model.safetensors", tmp_path / "ft" / "model.safetensors"
-    assert weights.stat().st_ino == source.stat().st_ino and source.stat().st_nlink == 2
-    assert torch.equal(load_checkpoint(tmp_path / "run" / "teacher", "token").classifier.weight, saved.classifier.weight)
+    assert source.stat().st_nlink == 1 and weights.stat().st_nlink == 1
+    # a finished teacher of a run, loaded and saved unchanged by another run: a hard link, not a second copy
+    (tmp_path / "second").mkdir()
+    again = _token_recipe(tmp_path / "second", demo_workspace, f"teacher:\n  model: {tmp_path / 'run' / 'teacher'}\n")
+    job = prepare(again, tmp_path / "second" / "run", say=lambda m: None)
+    job.out.mkdir()
+    get_teacher(job)
+    linked = tmp_path / "second" / "run" / "teacher" / "model.safetensors"
+    assert linked.stat().st_ino == weights.stat().st_ino and weights.stat().st_nlink == 2
+    assert torch.equal(load_checkpoint(linked.parent, "token").classifier.weight, saved.classifier.weight)
 
 
 def test_only_identical_weight_files_are_linked(tmp_path):
