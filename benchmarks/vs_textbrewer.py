@@ -134,16 +134,17 @@ def ensure_teacher(settings: dict, say=print) -> Path:
     from cascade_kd.training.loop import train
     from cascade_kd.training.task import DistillationTask
     from cascade_kd.students.hub import create_model, save_checkpoint
+    from cascade_kd.fileio import weight_files
     from cascade_kd.config.schema import load_recipe
 
     directory = Path(settings["teacher_dir"])
     if settings["preset"] == "minilm":
-        if not (directory / "model.safetensors").is_file():
+        if not weight_files(directory):
             raise SystemExit(f"no fine-tuned MiniLM teacher at {directory}: make it with `python benchmarks/real_data.py "
                              "--tasks minilm --out runs/real-data-minilm-v2 --seeds 0`, or pass --teacher-dir")
         say(f"teacher: the fine-tuned MiniLM in {directory}")
         return directory
-    if (directory / "model.safetensors").is_file():
+    if weight_files(directory):
         say(f"teacher: reusing {directory}")
         return directory
     recipe = load_recipe(write_recipe({**settings, "train": settings["teacher_train"]}))

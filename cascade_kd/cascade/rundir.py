@@ -146,10 +146,16 @@ def read_manifest(out: Path) -> tuple[dict | None, str | None]:
     return data, None
 
 
+def model_dirs(out: Path) -> list[Path]:
+    """RUN_DIR's model directories that exist: the teacher's and each stage's (not a temporary one)."""
+    stages = out / "stages"
+    dirs = [out / "teacher"] + (sorted(p for p in stages.iterdir() if not p.name.startswith(".")) if stages.is_dir() else [])
+    return [d for d in dirs if d.is_dir()]
+
+
 def _models_of(out: Path, fingerprint: str) -> bool:
     """Whether a finished model in RUN_DIR names this recipe (proof of a run whose manifest is damaged)."""
-    dirs = [out / "teacher"] + (sorted((out / "stages").iterdir()) if (out / "stages").is_dir() else [])
-    return any((read_stage_info(d)[0] or {}).get("recipe") == fingerprint for d in dirs if d.is_dir())
+    return any((read_stage_info(d)[0] or {}).get("recipe") == fingerprint for d in model_dirs(out))
 
 
 def changed_keys(old, new, prefix: str = "") -> list[str]:

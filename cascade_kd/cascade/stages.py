@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from cascade_kd.cascade.job import Job
-from cascade_kd.cascade.rundir import MARKER, finished_model, foreign_in_model_dir
+from cascade_kd.cascade.rundir import MARKER, finished_model, foreign_in_model_dir, model_dirs
 from cascade_kd.cascade.plan import final_spec
 from cascade_kd.config.schema import StageConfig, StudentConfig, where
 from cascade_kd.losses.base import LossTerm, Reads
@@ -43,12 +43,6 @@ def _save_model(job: Job, model, directory: Path, info: dict, projections=None, 
     save_checkpoint(model, job.tokenizer, directory, extra_files=extra, record=(MARKER, info),
                     keep=foreign_in_model_dir(directory), link_from=link_from)
     shutil.rmtree(job.state_dir(directory.name), ignore_errors=True)
-
-
-def _saved_models(job: Job) -> list[Path]:
-    """The run's teacher and finished stages: where a student's frozen table came from."""
-    stages = job.out / "stages"
-    return [job.out / "teacher", *(sorted(p for p in stages.iterdir() if p.is_dir() and not p.name.startswith('.')) if stages.is_dir() else [])]
 
 
 def get_teacher(job: Job):
@@ -156,7 +150,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
             "losses": [{"name": t.name, "weight": t.weight, "pairs": [list(p) for p in getattr(t.loss, "pairs", [])]}
                        for t in terms],
             "history": result.history, "curve": result.curve}
-    _save_model(job, student, out, info, task.projections, link_from=[p for p in _saved_models(job) if p != out])
+    _save_model(job, student, out, info, task.projections, link_from=[p for p in model_dirs(job.out) if p != out])
     return student, info
 
 

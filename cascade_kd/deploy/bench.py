@@ -46,7 +46,7 @@ from cascade_kd.deploy.export import (
     tokenize,
 )
 from cascade_kd.errors import UserError
-from cascade_kd.fileio import weights_size
+from cascade_kd.fileio import weight_files, weights_size
 from cascade_kd.students.anatomy import position_offset
 from cascade_kd.students.hub import load_checkpoint
 from cascade_kd.training.setup import resolve_precision
@@ -315,7 +315,7 @@ def _models_to_time(run_dir: Path, metrics: dict) -> list[tuple[dict, Path]]:
         directory = run_dir / row["path"]
         models.append((row, directory))
         trimmed = directory / "trimmed"
-        if (trimmed / "trim.json").is_file() and (trimmed / "model.safetensors").is_file():
+        if (trimmed / "trim.json").is_file() and weight_files(trimmed):
             models.append(({**row, "name": f"{row['name']} (trimmed)"}, trimmed))
     return models
 

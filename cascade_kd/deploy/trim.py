@@ -370,7 +370,7 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
         after = weights_size(tmp)
         report.update(size_mb_before=before / 2**20, size_mb_after=after / 2**20, size_saved_share=1 - after / before)
         (tmp / TRIM_INFO).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    say(f"trim: model.safetensors {before / 2**20:.2f} MB -> {after / 2**20:.2f} MB; written {out}"
+    say(f"trim: weights {before / 2**20:.2f} MB -> {after / 2**20:.2f} MB; written {out}"
         + (f"; {len(report['warnings'])} WARNING(S) above" if report["warnings"] else ""))
     return report
 

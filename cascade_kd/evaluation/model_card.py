@@ -269,8 +269,8 @@ def _usage(run: RunFiles, row: dict) -> list[str]:
     task = run.metrics["task"]
     auto = AUTO_CLASSES.get(task, "AutoModel")
     custom = row.get("kind", "transformer") != "transformer"
-    lines = ["## How to use", "", "With plain transformers (the folder holds config.json, model.safetensors and the "
-             "tokenizer)" + ("; this model type is registered with transformers by cascade_kd, so import it first"
+    lines = ["## How to use", "", "With plain transformers (the folder holds config.json, the safetensors weights (one "
+             "file, or shards and model.safetensors.index.json) and the tokenizer)" + ("; this model type is registered with transformers by cascade_kd, so import it first"
                              if custom else "") + ":", "", "```python"]
     lines += (["import cascade_kd  # registers this model type with the Auto classes"] if custom else [])
     lines += [f"from transformers import AutoTokenizer, {auto}", "", 'path = "."  # this folder, or its hub name',

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from cascade_kd.errors import RecipeError, UserError
-from cascade_kd.fileio import atomic_directory, weight_files, weights_size  # noqa: F401 - re-exported
+from cascade_kd.fileio import atomic_directory
 from cascade_kd.students.anatomy import ffn_attr
 
 # Weights in pickle-based formats: torch.load would unpickle them, and unpickling can run code
@@ -123,6 +123,26 @@ def checkpoint_problem(directory: Path) -> tuple[Path, str] | None:
         problem = safetensors_problem(path)
         if problem:
             return path, problem
+    return shard_index_problem(directory)
+
+
+def shard_index_problem(directory: Path) -> tuple[Path, str] | None:
+    """(file, what is wrong) where a checkpoint has neither model.safetensors nor a readable
+    model.safetensors.index.json naming shards that are all there, else None."""
+    index = directory / SHARD_INDEX
+    if (directory / "model.safetensors").is_file() and not index.exists():
+        return None
+    if not index.is_file():
+        return index, "missing (the weights are in shards, which the index names)"
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError) as exc:
+        return index, f"not a shard index ({type(exc).__name__})"
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        return index, "not a shard index (no weight_map of tensor -> shard file)"
+    for shard in sorted(set(weight_map.values())):
+        if not (directory / shard).is_file():
+            return directory / shard, "missing (the shard index names it)"
     return None
 
 
@@ -387,11 +407,11 @@ def save_checkpoint(model, tokenizer, directory: Path, extra_files: dict[str, by
         model.config.architectures = [type(model).__name__]
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        for name, data in (extra_files or {}).items():  # before linking: nothing is ever written through a link
+            (tmp / name).write_bytes(data)
         # a model saved unchanged from a single-file checkpoint stays one file, linked to it
         if not link_identical_weights(tmp, sources) and split_embedding_table(tmp, model):
             link_identical_weights(tmp, sources)
-        for name, data in (extra_files or {}).items():
-            (tmp / name).write_bytes(data)
         if record is not None:
             name, data = record
             files = sorted(p.name for p in tmp.iterdir()) + [name]
@@ -429,13 +449,13 @@ def split_embedding_table(directory: Path, model) -> bool:
         if key is None or len(keys) < 2:  # saved under another name (a conversion): left as it is
             return False
         tensors = {k: handle.get_tensor(k) for k in keys}
+    weights.unlink()  # in memory now: the disk never holds the table twice
     save_file({key: tensors.pop(key)}, str(directory / EMBEDDING_SHARD), metadata=metadata)
     save_file(tensors, str(directory / REST_SHARD), metadata=metadata)
     total = table.numel() * table.element_size() + sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total},
              "weight_map": {key: EMBEDDING_SHARD, **{k: REST_SHARD for k in sorted(tensors)}}}
     (directory / SHARD_INDEX).write_text(json.dumps(index, indent=2), encoding="utf-8")
-    weights.unlink()
     return True
 
 

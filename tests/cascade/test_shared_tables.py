@@ -63,9 +63,11 @@ def test_frozen_students_link_the_teachers_table_and_deploy_as_usual(split_every
     # the direct model (the last stage's spec: frozen) keeps the teacher's
     assert inode("stages/direct") == inode("teacher")
     assert inode("stages/ta", hub.REST_SHARD) != inode("stages/free", hub.REST_SHARD)
-    # resumed, every finished model loads from its shards and is not trained again
+    # resumed, every finished model loads from its shards and none is saved again
+    saved = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run.rglob("model-0000*.safetensors")}
     again = ckd.run(run / "recipe.yaml", run, resume=True, say=lambda m: None)
     assert [m["average"] for m in again["models"]] == [m["average"] for m in metrics["models"]]
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run.rglob("model-0000*.safetensors")} == saved
     # trim, export and bench read the sharded student
     trim = ckd.trim(run / "stages" / "ta", run / "stages" / "ta" / "trimmed", recipe=run / "recipe.yaml", say=lambda m: None)
     assert trim["size_mb_before"] == pytest.approx(weights_size(run / "stages" / "ta") / 2**20)
@@ -74,3 +76,28 @@ def test_frozen_students_link_the_teachers_table_and_deploy_as_usual(split_every
     ckd.bench(run, batch_sizes=(1,), seq_lens=(16,), repeats=1, backends=("fp32",), say=lambda m: None)
     timed = {m["name"]: m for m in json.loads((run / "metrics.json").read_text())["latency"]["models"]}
     assert timed["ta"]["size_mb"] == pytest.approx(weights_size(run / "stages" / "ta") / 2**20)
+
+
+@pytest.mark.parametrize("damage", ["index missing", "index not JSON", "shard missing"])
+def test_a_damaged_sharded_model_is_named_and_made_again(split_every_table, ws, damage):
+    recipe = tiny_recipe(ws, name="shared", data={"test": None, "max_train_per_language": 64},
+                         teacher={"train": {"epochs": 1}},
+                         cascade={"stages": [{"name": "ta", "student": {"layers": 1, "freeze_embeddings": True}}]})
+    run = ws / "run"
+    ckd.run(write_recipe(ws, recipe), run, say=lambda m: None)
+    model = run / "stages" / "ta"
+    if damage == "index missing":
+        (model / hub.SHARD_INDEX).unlink()
+        named = hub.SHARD_INDEX
+    elif damage == "index not JSON":
+        (model / hub.SHARD_INDEX).write_text("{not json")
+        named = hub.SHARD_INDEX
+    else:
+        (model / hub.EMBEDDING_SHARD).unlink()
+        named = hub.EMBEDDING_SHARD
+    assert hub.checkpoint_problem(model)[0].name == named
+    lines = []
+    ckd.run(run / "recipe.yaml", run, resume=True, say=lines.append)
+    assert any(named in line and "ta is made again" in line for line in lines), lines
+    assert hub.checkpoint_problem(model) is None
+    assert (model / hub.EMBEDDING_SHARD).stat().st_ino == (run / "teacher" / hub.EMBEDDING_SHARD).stat().st_ino
