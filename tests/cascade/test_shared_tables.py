@@ -78,26 +78,31 @@ def test_frozen_students_link_the_teachers_table_and_deploy_as_usual(split_every
     assert timed["ta"]["size_mb"] == pytest.approx(weights_size(run / "stages" / "ta") / 2**20)
 
 
-@pytest.mark.parametrize("damage", ["index missing", "index not JSON", "shard missing"])
-def test_a_damaged_sharded_model_is_named_and_made_again(split_every_table, ws, damage):
+def test_a_damaged_sharded_model_is_named_and_made_again(split_every_table, ws):
     recipe = tiny_recipe(ws, name="shared", data={"test": None, "max_train_per_language": 64},
                          teacher={"train": {"epochs": 1}},
                          cascade={"stages": [{"name": "ta", "student": {"layers": 1, "freeze_embeddings": True}}]})
     run = ws / "run"
     ckd.run(write_recipe(ws, recipe), run, say=lambda m: None)
     model = run / "stages" / "ta"
-    if damage == "index missing":
+
+    def missing_index():
         (model / hub.SHARD_INDEX).unlink()
-        named = hub.SHARD_INDEX
-    elif damage == "index not JSON":
+        return hub.SHARD_INDEX
+
+    def index_not_json():
         (model / hub.SHARD_INDEX).write_text("{not json")
-        named = hub.SHARD_INDEX
-    else:
+        return hub.SHARD_INDEX
+
+    def missing_shard():
         (model / hub.EMBEDDING_SHARD).unlink()
-        named = hub.EMBEDDING_SHARD
-    assert hub.checkpoint_problem(model)[0].name == named
-    lines = []
-    ckd.run(run / "recipe.yaml", run, resume=True, say=lines.append)
-    assert any(named in line and "ta is made again" in line for line in lines), lines
-    assert hub.checkpoint_problem(model) is None
-    assert (model / hub.EMBEDDING_SHARD).stat().st_ino == (run / "teacher" / hub.EMBEDDING_SHARD).stat().st_ino
+        return hub.EMBEDDING_SHARD
+
+    for damage in (missing_index, index_not_json, missing_shard):
+        named = damage()
+        assert hub.checkpoint_problem(model)[0].name == named, damage.__name__
+        lines = []
+        ckd.run(run / "recipe.yaml", run, resume=True, say=lines.append)
+        assert any(named in line and "ta is made again" in line for line in lines), (damage.__name__, lines)
+        assert hub.checkpoint_problem(model) is None
+        assert (model / hub.EMBEDDING_SHARD).stat().st_ino == (run / "teacher" / hub.EMBEDDING_SHARD).stat().st_ino
