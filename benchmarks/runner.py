@@ -267,6 +267,11 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, s
     grid = read_json(grid_path) or {}
     grid["mode"] = "quick" if quick else "full"
     records = grid.setdefault("jobs", {})
+    # a job an earlier call queued but never ran, and which this grid no longer has (a renamed or
+    # dropped job), says nothing: forgotten. Jobs of other calls (other --settings) are kept.
+    names = {j.name for j in jobs}
+    for name in [n for n, r in records.items() if n not in names and r.get("status") == "pending"]:
+        del records[name]
     log = _say_to(log_path, "grid", say)
 
     def save():

@@ -89,6 +89,19 @@ def test_a_finished_job_is_skipped_by_its_recipe_fingerprint(finished_grid, monk
     assert calls == []
 
 
+def test_a_queued_job_no_longer_in_the_grid_is_forgotten_and_other_calls_jobs_kept(finished_grid, monkeypatch):
+    out, jobs, _, _, _ = finished_grid
+    grid = json.loads((out / "grid.json").read_text())
+    grid["jobs"]["seed0/renamed"] = {"status": "pending"}  # queued by an earlier grid, never run
+    grid["jobs"]["other/job"] = {"status": "done", "wall_s": 1.0}  # another call's (--settings) finished job
+    grid["jobs"]["other/queued"] = {"status": "failed", "error": "x"}
+    (out / "grid.json").write_text(json.dumps(grid))
+    monkeypatch.setattr(cascade_kd, "run", lambda *a, **k: pytest.fail("nothing should train"), raising=False)
+    after = run_grid(jobs, out, say=lambda m: None)
+    assert "seed0/renamed" not in after["jobs"]
+    assert after["jobs"]["other/job"] == {"status": "done", "wall_s": 1.0} and "other/queued" in after["jobs"]
+
+
 def test_a_changed_recipe_in_the_same_run_dir_is_refused_before_anything_trains(finished_grid, demo_workspace,
                                                                                  monkeypatch):
     out = finished_grid[0]
