@@ -488,8 +488,12 @@ def main() -> int:
     jobs = grid(args, s)
     started = time.perf_counter()
     if not args.collect_only:
-        grid_result = run_grid(jobs, args.out, parallel=args.jobs, quick=args.mode == "quick", threads=args.threads,
-                               rerun_after=args.rerun_after, say=print)
+        try:  # a run directory of another recipe (a changed grid): one line, nothing trained or replaced
+            grid_result = run_grid(jobs, args.out, parallel=args.jobs, quick=args.mode == "quick", threads=args.threads,
+                                   rerun_after=args.rerun_after, say=print)
+        except ckd.UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         for name, why in failures(grid_result).items():
             print(f"FAILED {name}: {why}")
     settings = collect(jobs, args.out)
