@@ -233,12 +233,14 @@ def describe(step: Callable) -> str:
 
 
 def run_grid(jobs: list[Job], out_dir: Path, *, parallel: int = 1, quick: bool = False, threads: int | None = None,
-             rerun_after: bool = False, say: Say | None = None) -> dict:
+             rerun_after: bool = False, train: bool = True, say: Say | None = None) -> dict:
     """Run the grid's jobs into OUT/<name> (see the module's docstring); returns OUT/grid.json's content:
     {"jobs": {name: {"status": done | failed | blocked, "wall_s", "fingerprint", "seed", "config", ...}}}
     (while it runs, grid.json also shows jobs `pending` and `running`).
     `threads`: torch threads per training process (default: torch's); `rerun_after`: run every post
-    step again, done before or not; `quick` is recorded in grid.json."""
+    step again, done before or not; `train=False`: train nothing, run the post steps of the jobs that
+    are done (a long grid's latency and deploy figures before its last jobs); `quick` is recorded in
+    grid.json."""
     from filelock import FileLock, Timeout
     from transformers.utils import logging as hf_logging
 
@@ -257,12 +259,12 @@ def run_grid(jobs: list[Job], out_dir: Path, *, parallel: int = 1, quick: bool =
                         hint="wait for it, or give another --out") from None
     try:
         return _run_locked(jobs, out_dir, parallel=parallel, quick=quick, threads=threads, rerun_after=rerun_after,
-                           say=say)
+                           train=train, say=say)
     finally:
         lock.release()
 
 
-def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, say) -> dict:
+def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, train, say) -> dict:
     grid_path, log_path = out_dir / "grid.json", out_dir / "grid.log"
     grid = read_json(grid_path) or {}
     grid["mode"] = "quick" if quick else "full"
@@ -304,6 +306,9 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, s
         else:  # what an earlier call recorded (failed, blocked) is no longer this job's state
             pending.append(job)
             record(job, status="pending")
+    if not train and pending:
+        log(f"{len(pending)} job(s) left as they are (post steps only)")
+        pending = []
     started = time.perf_counter()
     loads, stop = _sample_load()
 
@@ -356,8 +361,9 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, s
                 for future in done:
                     settle(running.pop(future), future.result())
     stop()
-    grid["wall_time_s"] = time.perf_counter() - started
-    grid["load_average"] = {"mean": statistics.fmean(loads), "max": max(loads), "samples": len(loads)}
+    if train:  # this call's training: its wall time and the load while it ran
+        grid["wall_time_s"] = time.perf_counter() - started
+        grid["load_average"] = {"mean": statistics.fmean(loads), "max": max(loads), "samples": len(loads)}
     save()
     for job in jobs:  # post steps: once training is over, one at a time
         if job.after is None or records[job.name]["status"] != "done":

@@ -473,6 +473,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="default runs/xlingual-MODE")
     parser.add_argument("--collect-only", action="store_true")
     parser.add_argument("--rerun-after", action="store_true", help="run the post steps (latency, deploy) again")
+    parser.add_argument("--post-steps-only", action="store_true",
+                        help="train nothing: run the post steps (deploy, latency) of the runs that are done")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (2 cores: 1)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per run (default: torch's; 1 when another job shares the cores)")
@@ -490,7 +492,7 @@ def main() -> int:
     if not args.collect_only:
         try:  # a run directory of another recipe (a changed grid): one line, nothing trained or replaced
             grid_result = run_grid(jobs, args.out, parallel=args.jobs, quick=args.mode == "quick", threads=args.threads,
-                                   rerun_after=args.rerun_after, say=print)
+                                   rerun_after=args.rerun_after, train=not args.post_steps_only, say=print)
         except ckd.UserError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

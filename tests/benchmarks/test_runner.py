@@ -102,6 +102,21 @@ def test_a_queued_job_no_longer_in_the_grid_is_forgotten_and_other_calls_jobs_ke
     assert after["jobs"]["other/job"] == {"status": "done", "wall_s": 1.0} and "other/queued" in after["jobs"]
 
 
+def test_post_steps_only_trains_nothing_and_runs_the_done_jobs_steps(demo_workspace, tmp_path, monkeypatch):
+    out, notes = tmp_path / "out", tmp_path / "notes.txt"
+    teacher = Job("seed0/teacher", fast_recipe(demo_workspace), seed=0, after=functools.partial(note, notes, tag="t"))
+    run_grid([teacher], out, say=lambda m: None, train=True)
+    notes.write_text("")
+    student = Job("seed0/student", fast_recipe(demo_workspace, **loaded_teacher(out, "seed0/teacher")), seed=0,
+                  depends_on=["seed0/teacher"], after=functools.partial(note, notes, tag="s"))
+    monkeypatch.setattr(cascade_kd, "run", lambda *a, **k: pytest.fail("nothing should train"), raising=False)
+    lines = []
+    grid = run_grid([teacher, student], out, say=lines.append, train=False, rerun_after=True)
+    assert notes.read_text() == "teacher t\n"  # the done job's step ran; the untrained job's did not
+    assert grid["jobs"]["seed0/student"]["status"] == "pending" and not (out / "seed0/student").exists()
+    assert any("1 job(s) left as they are (post steps only)" in line for line in lines)
+
+
 def test_a_changed_recipe_in_the_same_run_dir_is_refused_before_anything_trains(finished_grid, demo_workspace,
                                                                                  monkeypatch):
     out = finished_grid[0]
