@@ -140,14 +140,12 @@ def setting_jobs(setting: str, task: dict, data: dict, teacher_dir: str, out: Pa
             "cascade-6", chain(10, 8, 6), seed, direct=True, teacher=own if first == "cascade-6" else None,
             what="CAMeMBERT's chain 12->10->8->6, direct 12->6",
             labels=[("s10", "12→10"), ("s8", "12→10→8"), ("s6", "12→10→8→6"), ("direct", "12→6 direct")])
-        if first == "cascade-6":
-            jobs.append(cascade_6)
         # 12->6->3 with the direct 3 (the first stage, 12->6, is itself direct)
-        jobs.append(job("cascade-3", chain(6, 3), seed, direct=True, teacher=own if first == "cascade-3" else None,
+        cascade_3 = job("cascade-3", chain(6, 3), seed, direct=True, teacher=own if first == "cascade-3" else None,
                         what=("teacher, " if own and first == "cascade-3" else "") + "cascade 12->6->3, direct 12->3",
-                        labels=[("s6", "12→6"), ("s3", "12→6→3"), ("direct", "12→3 direct")]))
-        if cascade_6 is not None and first != "cascade-6":
-            jobs.append(cascade_6)
+                        labels=[("s6", "12→6"), ("s3", "12→6→3"), ("direct", "12→3 direct")])
+        pair = [cascade_6, cascade_3] if first == "cascade-6" else [cascade_3, cascade_6]  # the teacher's job first
+        jobs += [j for j in pair if j is not None]
     if mode == "quick":
         return jobs
     seed = s["seeds"][0]  # the comparisons over seeds run first; the rest on one seed

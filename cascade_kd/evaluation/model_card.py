@@ -270,8 +270,9 @@ def _usage(run: RunFiles, row: dict) -> list[str]:
     auto = AUTO_CLASSES.get(task, "AutoModel")
     custom = row.get("kind", "transformer") != "transformer"
     lines = ["## How to use", "", "With plain transformers (the folder holds config.json, the safetensors weights (one "
-             "file, or shards and model.safetensors.index.json) and the tokenizer)" + ("; this model type is registered with transformers by cascade_kd, so import it first"
-                             if custom else "") + ":", "", "```python"]
+             "file, or shards and model.safetensors.index.json) and the tokenizer)"
+             + ("; this model type is registered with transformers by cascade_kd, so import it first" if custom else "")
+             + ":", "", "```python"]
     lines += (["import cascade_kd  # registers this model type with the Auto classes"] if custom else [])
     lines += [f"from transformers import AutoTokenizer, {auto}", "", 'path = "."  # this folder, or its hub name',
               "tokenizer = AutoTokenizer.from_pretrained(path)", f"model = {auto}.from_pretrained(path)"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from cascade_kd.errors import RecipeError, UserError
-from cascade_kd.fileio import atomic_directory
+from cascade_kd.fileio import atomic_directory, read_json_record
 from cascade_kd.students.anatomy import ffn_attr
 
 # Weights in pickle-based formats: torch.load would unpickle them, and unpickling can run code
@@ -134,10 +134,10 @@ def shard_index_problem(directory: Path) -> tuple[Path, str] | None:
         return None
     if not index.is_file():
         return index, "missing (the weights are in shards, which the index names)"
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError) as exc:
-        return index, f"not a shard index ({type(exc).__name__})"
+    data, why = read_json_record(index, limit=64 << 20, what="shard index")
+    if why:
+        return index, why
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
         return index, "not a shard index (no weight_map of tensor -> shard file)"
     for shard in sorted(set(weight_map.values())):
