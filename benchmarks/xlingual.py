@@ -248,14 +248,26 @@ def transfer_text(out: Path, languages: list[str], train_languages: list[str], s
     language with no such text left has no file)."""
     from xtremedistil_panx import write_transfer
 
-    files = {}
+    # OUT/transfer/made.json: what each file was made from (caps, the source files' sizes and
+    # times), so that a later call (--collect-only, a resumed grid) reads no PAN-X file again
+    made_path = out / "transfer" / "made.json"
+    made, files = read_json(made_path) or {}, {}
     for lang in languages:
         if lang in train_languages and s["panx_train"] is None:
             continue  # every training sentence is labelled: no unlabelled text of its own is left
         skip = s["panx_train"] if lang in train_languages else 0
-        stats = write_transfer(DATA, out, {"languages": [lang], "transfer": s["transfer"]}, skip, log=lambda m: None)
-        if stats[lang]["sentences"]:
-            files[lang] = str(out / "transfer" / f"{lang}.txt")
+        path = out / "transfer" / f"{lang}.txt"
+        sources = [DATA / "panx" / f"{split}-{lang}.tsv" for split in ("train", "dev")]
+        key = {"skip": skip, "transfer": s["transfer"],
+               "sources": [[f.stat().st_size, f.stat().st_mtime_ns] if f.is_file() else None for f in sources]}
+        entry = made.get(lang)
+        if not (entry and entry["key"] == key and (entry["sentences"] == 0 or (
+                path.is_file() and path.stat().st_size == entry["bytes"]))):
+            stats = write_transfer(DATA, out, {"languages": [lang], "transfer": s["transfer"]}, skip, log=lambda m: None)
+            entry = made[lang] = {"key": key, "sentences": stats[lang]["sentences"], "bytes": path.stat().st_size}
+        if entry["sentences"]:
+            files[lang] = str(path)
+    write_json(made_path, made)
     return {"transfer": files, "max_transfer_per_language": s["transfer"]}
 
 
@@ -432,7 +444,7 @@ def deploy_table(d: dict, languages: list[str], train_languages: list[str] | Non
     """The trimmed, exported 3-layer student: sizes and per-language scores on each backend."""
     sizes = d["size_mb"]
     lines = [f"Deployed {d['model']}: vocabulary trimmed {d['vocab'][0]:,} -> {d['vocab'][1]:,} pieces, parameters "
-             f"{d['params'][0] / 1e6:.1f}M -> {d['params'][1] / 1e6:.1f}M, model.safetensors {sizes['safetensors_before']:.1f} "
+             f"{d['params'][0] / 1e6:.1f}M -> {d['params'][1] / 1e6:.1f}M, safetensors weights {sizes['safetensors_before']:.1f} "
              f"-> {sizes['safetensors_trimmed']:.1f} MB, ONNX fp32 {sizes['onnx_fp32']:.1f} MB, int8 {sizes['onnx_int8']:.1f} MB "
              f"(trim {d['trim_s']:.0f} s, export and scoring {d['export_s']:.0f} s); int8 agrees with PyTorch fp32 on "
              f"{100 * d.get('int8_agreement', float('nan')):.1f}% of predictions. Scores on {d['split']} per backend:", ""]

@@ -336,7 +336,8 @@ def export_model(
         raise UserError(f"--check-examples must be at least 1, not {check_examples}")
     task = model_task(model_dir)
     if not weight_files(model_dir):
-        raise UserError("no model.safetensors (weights are read from safetensors only)", where=str(model_dir))
+        raise UserError("no model.safetensors nor its shards (weights are read from safetensors only)",
+                        where=str(model_dir))
     found = claim_export_dir(model_dir, out, overwrite=overwrite)
     score_recipe = scoring_recipe(model_dir, score)  # a bad --score: one line, before the export's work
     require_onnx()

@@ -79,3 +79,42 @@ def test_multilingual_training_in_full_mode_has_the_zero_shot_settings_labelled_
     data = {j.name.split("/")[0]: j.build().data for j in jobs if j.name.endswith("seed0/cascade-6")}
     assert data["panx-zs"].max_train_per_language is None and data["panx-zs"].train_languages == ["en"]
     assert data["panx-ml"].max_train_per_language == 2000 and len(data["panx-ml"].train_languages) == 10
+
+
+def test_transfer_text_is_made_once_and_remade_when_its_inputs_or_file_change(tmp_path, monkeypatch):
+    """A resumed grid or --collect-only reads no PAN-X file again for text it already made; a
+    changed cap or a damaged file is made again."""
+    shared_data("panx", "train-de.tsv")
+    import xtremedistil_panx
+
+    made = []
+    write = xtremedistil_panx.write_transfer
+    monkeypatch.setattr(xtremedistil_panx, "write_transfer",
+                        lambda root, out, s, skip, log: made.append(s["languages"][0]) or write(root, out, s, skip, log))
+    sizes = {"panx_train": 50, "transfer": 20}
+    first = xlingual.transfer_text(tmp_path, ["en", "de"], ["en"], sizes)
+    assert made == ["en", "de"] and len(Path(first["transfer"]["de"]).read_text().splitlines()) == 20
+    assert xlingual.transfer_text(tmp_path, ["en", "de"], ["en"], sizes) == first and made == ["en", "de"]
+    Path(first["transfer"]["de"]).write_text("damaged\n")
+    xlingual.transfer_text(tmp_path, ["en", "de"], ["en"], sizes)
+    assert made == ["en", "de", "de"] and len(Path(first["transfer"]["de"]).read_text().splitlines()) == 20
+    xlingual.transfer_text(tmp_path, ["en", "de"], ["en"], {**sizes, "transfer": 10})
+    assert made == ["en", "de", "de", "en", "de"]
+    assert len(Path(first["transfer"]["en"]).read_text().splitlines()) == 10
+
+
+def test_sib200_zero_shot_has_the_same_sizes_in_small_and_full_mode(grid_of):
+    """RESULTS.md reports the small grid's SIB-200 zero-shot runs as full-size ones: every run's
+    recipe equals the full mode's but for which run fine-tunes the shared teacher."""
+    def recipes(mode):
+        jobs, out = grid_of(mode, ["sib-zs"])
+        return {j.name: j.build() for j in jobs}, out
+    (small, out), (full, _) = recipes("small"), recipes("full")
+    assert sorted(small) == sorted(full)
+    for name in small:
+        a, b = small[name].model_dump(), full[name].model_dump()
+        teachers = a.pop("teacher"), b.pop("teacher")
+        assert a == b, name
+        if name not in ("sib-zs/seed0/cascade-3", "sib-zs/seed0/cascade-6"):
+            assert [Path(t["model"]).parent.name for t in teachers] == ["cascade-3", "cascade-6"]
+    assert small["sib-zs/seed0/cascade-6"].data.max_train_per_language is None
