@@ -118,3 +118,30 @@ def test_sib200_zero_shot_has_the_same_sizes_in_small_and_full_mode(grid_of):
         if name not in ("sib-zs/seed0/cascade-3", "sib-zs/seed0/cascade-6"):
             assert [Path(t["model"]).parent.name for t in teachers] == ["cascade-3", "cascade-6"]
     assert small["sib-zs/seed0/cascade-6"].data.max_train_per_language is None
+
+
+@pytest.mark.parametrize("sweep_name", ["recursive", "three-layer"])
+def test_every_sweep_variant_is_a_valid_recipe_that_changes_only_its_own_keys(grid_of, sweep_name):
+    from cascade_kd.config import Recipe
+
+    import xlingual_sweep
+
+    sweep = xlingual_sweep.SWEEPS[sweep_name]
+    jobs, _ = grid_of(sweep.mode, ["panx-zs"])
+    (job,) = [j for j in jobs if j.name == sweep.job]
+    built = {name: Recipe.from_dict(xlingual_sweep.variant_recipe(job.recipe, sweep_name, name, changes, sweep.stage),
+                                    source=name) for name, changes in sweep.variants.items()}
+    assert job.recipe["cascade"]["stages"][0]["name"] == ("m" if sweep_name == "recursive" else "l3")  # left as it was
+    for name, changes in sweep.variants.items():
+        (stage,) = built[name].cascade.stages
+        other = next(r for n, r in built.items() if n != name)
+        assert built[name].data == other.data and built[name].teacher == other.teacher
+        if "init" in changes:
+            assert stage.student.init == changes["init"]
+        if "epochs" in changes:
+            assert stage.train["epochs"] == changes["epochs"]
+    if sweep_name == "three-layer":  # the grid's distilled 12->3 student, not the labels-only one it replaces
+        stage = built["base"].cascade.stages[0]
+        assert stage.student.layers == 3 and stage.student.init == "bottom" and stage.student.freeze_embeddings
+        assert set(built["base"].cascade.losses) == set(xlingual.LIGHTMBERT)
+        assert built["maps-uniform"].cascade.losses["hidden_mse"].layer_map == "uniform"

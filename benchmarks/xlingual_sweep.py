@@ -1,0 +1,118 @@
+"""Settings tried for benchmarks/xlingual.py's students (RESULTS.md, issue 16): variants of one of
+the grid's own recipes on PAN-X zero-shot, seed 0, each scored on English dev (the selection
+split) and on the held-out split of every language.
+
+    python benchmarks/xlingual.py --small --settings panx-zs      # first: the teacher they load
+    python benchmarks/xlingual_sweep.py recursive [--out runs/xlingual-small] [NAME ...]
+    python benchmarks/xlingual_sweep.py three-layer [--out runs/xlingual-full] [NAME ...]   # after the full grid's panx-zs
+
+- recursive (small sizes): MiniALBERT's student, which at the grid's first setting did not learn;
+  learning rate, layer map of the hidden and attention losses, initialisation.
+- three-layer (full size): the 12->3 direct student, whose zero-shot retention misses the issue's
+  target by the most; initialisation, layer maps, learning rate, training length.
+
+Each variant is the named recipe with the keys below changed, run in OUT/SWEEP-sweep/NAME
+(resumable); a table is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cascade_kd as ckd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import xlingual  # noqa: E402
+
+
+@dataclass
+class Sweep:
+    mode: str  # the grid's mode whose sizes and teacher it uses
+    job: str  # the grid's job whose recipe it varies
+    variants: dict[str, dict]  # name -> changes: lr, epochs (the stage's train), init, layer_map (hidden/attention)
+    stage: dict | None = field(default=None)  # replaces the job's one stage (None: kept)
+
+
+SWEEPS = {
+    "recursive": Sweep("small", "panx-zs/seed0/recursive", {
+        "lr1e-4": {"lr": 1.0e-4, "layer_map": "top_only", "init": "mean"},  # the grid's first setting, which did not learn
+        "lr5e-4": {"lr": 5.0e-4, "layer_map": "top_only", "init": "mean"},
+        "lr5e-4-skip2": {"lr": 5.0e-4, "layer_map": "skip2", "init": "mean"},
+        "lr1e-3-skip2": {"lr": 1.0e-3, "layer_map": "skip2", "init": "mean"},  # the grid's setting now
+        "lr5e-4-layer6": {"lr": 5.0e-4, "layer_map": "top_only", "init": "layer:6"},
+    }),
+    # the labels-only run's recipe with the distilled 12->3 student of the grid (bottom layers, frozen
+    # embeddings, kl + top-only hidden and attention MSE, lr 1e-4, 3 epochs) in place of its stage
+    "three-layer": Sweep("full", "panx-zs/seed0/labels-3", {
+        "base": {},
+        "init-uniform": {"init": "uniform"},  # teacher layers spread over the depth instead of the bottom 3
+        "maps-uniform": {"layer_map": "uniform"},
+        "lr3e-4": {"lr": 3.0e-4},
+        "epochs6": {"epochs": 6},
+    }, stage={"name": "d3", "student": {"layers": 3, **xlingual.FROZEN}}),
+}
+
+
+def variant_recipe(recipe: dict, sweep_name: str, name: str, changes: dict, stage: dict | None) -> dict:
+    """The job's recipe with one variant's changes (a new dict: the job's is left as it is)."""
+    recipe = copy.deepcopy(recipe)
+    recipe["name"] = f"{sweep_name}-{name}"
+    if stage is not None:
+        recipe["cascade"]["stages"] = [copy.deepcopy(stage)]
+    first = recipe["cascade"]["stages"][0]
+    train = {key: changes[key] for key in ("lr", "epochs") if key in changes}
+    if train:
+        first["train"] = {**first.get("train", {}), **train}
+    if "init" in changes:
+        first["student"]["init"] = changes["init"]
+    if "layer_map" in changes:
+        recipe["cascade"]["losses"] = {k: ({**v, "layer_map": changes["layer_map"]} if "layer_map" in v else v)
+                                       for k, v in recipe["cascade"]["losses"].items()}
+    return recipe
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", choices=list(SWEEPS))
+    parser.add_argument("names", nargs="*", help="variants to run (default all)")
+    parser.add_argument("--out", type=Path, default=None, help="the grid's output whose panx-zs teacher is loaded "
+                                                               "(default runs/xlingual-MODE)")
+    parser.add_argument("--teacher", type=Path, default=xlingual.ROOT / "teachers" / "multilingual-e5-small")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 when another job shares the cores)")
+    args = parser.parse_args()
+    sweep = SWEEPS[args.sweep]
+    out = (args.out or xlingual.ROOT / "runs" / f"xlingual-{sweep.mode}").resolve()
+    unknown = [n for n in args.names if n not in sweep.variants]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r} of {args.sweep}: choose from {', '.join(sweep.variants)}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    grid_args = argparse.Namespace(out=out, teacher=args.teacher, mode=sweep.mode, settings=["panx-zs"], repeats=1)
+    (job,) = [j for j in xlingual.grid(grid_args, xlingual.SIZES[sweep.mode]) if j.name == sweep.job]
+    rows = []
+    for name in args.names or list(sweep.variants):
+        recipe = variant_recipe(job.recipe, args.sweep, name, sweep.variants[name], sweep.stage)
+        started = time.perf_counter()
+        run_dir = out / f"{args.sweep}-sweep" / name
+        metrics = ckd.run(recipe, run_dir, resume=True, say=lambda m: None)
+        row = next(m for m in metrics["models"] if m["role"] != "teacher")
+        dev = xlingual.read_json(run_dir / row["path"] / "stage.json")["dev"]  # the best epoch's, on English dev
+        rows.append((name, dev, row["average_seen"], row["average_zero_shot"], time.perf_counter() - started))
+        print(f"{name}: English dev {100 * dev:.1f}, held-out en {100 * rows[-1][2]:.1f}, zero-shot "
+              f"{100 * rows[-1][3]:.1f} ({rows[-1][4]:.0f} s)", flush=True)
+    print("| variant | English dev F1 | held-out en | held-out zero-shot | wall s |")
+    print("|---|---:|---:|---:|---:|")
+    for name, dev, seen, zero, wall in rows:
+        print(f"| {name} | {100 * dev:.1f} | {100 * seen:.1f} | {100 * zero:.1f} | {wall:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
