@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import platform
 import statistics
 import sys
@@ -241,6 +242,15 @@ def steps(*parts):
     return run
 
 
+# how xtremedistil_panx.write_transfer picks sentences: raise it when that changes, so that text
+# made the old way is made again
+TRANSFER_FORMAT = 1
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def transfer_text(out: Path, languages: list[str], train_languages: list[str], s: dict) -> dict:
     """OUT/transfer/{lang}.txt: unlabelled PAN-X training sentences of every language, never a dev
     sentence, and for a training language none of its labelled ones (the first `panx_train`):
@@ -248,26 +258,30 @@ def transfer_text(out: Path, languages: list[str], train_languages: list[str], s
     language with no such text left has no file)."""
     from xtremedistil_panx import write_transfer
 
-    # OUT/transfer/made.json: what each file was made from (caps, the source files' sizes and
-    # times), so that a later call (--collect-only, a resumed grid) reads no PAN-X file again
+    # OUT/transfer/made.json: what each file was made from (how, the caps, the source files' sizes
+    # and times) and its digest, so that a later call (--collect-only, a resumed grid) reads no
+    # PAN-X file again; written after each file made, so a killed call leaves no stale entry
     made_path = out / "transfer" / "made.json"
-    made, files = read_json(made_path) or {}, {}
+    made = read_json(made_path) or {}
+    files = {}
     for lang in languages:
         if lang in train_languages and s["panx_train"] is None:
             continue  # every training sentence is labelled: no unlabelled text of its own is left
         skip = s["panx_train"] if lang in train_languages else 0
         path = out / "transfer" / f"{lang}.txt"
         sources = [DATA / "panx" / f"{split}-{lang}.tsv" for split in ("train", "dev")]
-        key = {"skip": skip, "transfer": s["transfer"],
+        key = {"format": TRANSFER_FORMAT, "skip": skip, "transfer": s["transfer"],
                "sources": [[f.stat().st_size, f.stat().st_mtime_ns] if f.is_file() else None for f in sources]}
         entry = made.get(lang)
         if not (entry and entry["key"] == key and (entry["sentences"] == 0 or (
-                path.is_file() and path.stat().st_size == entry["bytes"]))):
+                path.is_file() and file_digest(path) == entry["sha256"]))):
+            made.pop(lang, None)
+            write_json(made_path, made)  # forgotten before the file changes
             stats = write_transfer(DATA, out, {"languages": [lang], "transfer": s["transfer"]}, skip, log=lambda m: None)
-            entry = made[lang] = {"key": key, "sentences": stats[lang]["sentences"], "bytes": path.stat().st_size}
+            entry = made[lang] = {"key": key, "sentences": stats[lang]["sentences"], "sha256": file_digest(path)}
+            write_json(made_path, made)
         if entry["sentences"]:
             files[lang] = str(path)
-    write_json(made_path, made)
     return {"transfer": files, "max_transfer_per_language": s["transfer"]}
 
 

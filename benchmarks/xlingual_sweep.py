@@ -21,7 +21,7 @@ import argparse
 import copy
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cascade_kd as ckd
@@ -35,7 +35,7 @@ class Sweep:
     mode: str  # the grid's mode whose sizes and teacher it uses
     job: str  # the grid's job whose recipe it varies
     variants: dict[str, dict]  # name -> changes: lr, epochs (the stage's train), init, layer_map (hidden/attention)
-    stage: dict | None = field(default=None)  # replaces the job's one stage (None: kept)
+    stage: dict | None = None  # replaces the job's one stage (None: kept)
 
 
 SWEEPS = {

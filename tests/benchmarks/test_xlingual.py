@@ -83,24 +83,39 @@ def test_multilingual_training_in_full_mode_has_the_zero_shot_settings_labelled_
 
 def test_transfer_text_is_made_once_and_remade_when_its_inputs_or_file_change(tmp_path, monkeypatch):
     """A resumed grid or --collect-only reads no PAN-X file again for text it already made; a
-    changed cap or a damaged file is made again."""
-    shared_data("panx", "train-de.tsv")
+    changed cap, a changed source file, a damaged or deleted file is made again."""
+    import shutil
+
     import xtremedistil_panx
 
+    data = tmp_path / "data"
+    (data / "panx").mkdir(parents=True)
+    for name in ("train-en.tsv", "dev-en.tsv", "train-de.tsv", "dev-de.tsv"):
+        shutil.copy(shared_data("panx", name), data / "panx" / name)
+    monkeypatch.setattr(xlingual, "DATA", data)
     made = []
     write = xtremedistil_panx.write_transfer
     monkeypatch.setattr(xtremedistil_panx, "write_transfer",
                         lambda root, out, s, skip, log: made.append(s["languages"][0]) or write(root, out, s, skip, log))
-    sizes = {"panx_train": 50, "transfer": 20}
-    first = xlingual.transfer_text(tmp_path, ["en", "de"], ["en"], sizes)
-    assert made == ["en", "de"] and len(Path(first["transfer"]["de"]).read_text().splitlines()) == 20
-    assert xlingual.transfer_text(tmp_path, ["en", "de"], ["en"], sizes) == first and made == ["en", "de"]
-    Path(first["transfer"]["de"]).write_text("damaged\n")
-    xlingual.transfer_text(tmp_path, ["en", "de"], ["en"], sizes)
-    assert made == ["en", "de", "de"] and len(Path(first["transfer"]["de"]).read_text().splitlines()) == 20
-    xlingual.transfer_text(tmp_path, ["en", "de"], ["en"], {**sizes, "transfer": 10})
+    out, sizes = tmp_path / "out", {"panx_train": 50, "transfer": 20}
+
+    def lines(lang):
+        return Path(first["transfer"][lang]).read_text().splitlines()
+
+    first = xlingual.transfer_text(out, ["en", "de"], ["en"], sizes)
+    assert made == ["en", "de"] and len(lines("de")) == 20
+    assert xlingual.transfer_text(out, ["en", "de"], ["en"], sizes) == first and made == ["en", "de"]
+    Path(first["transfer"]["de"]).write_bytes(b"x" * Path(first["transfer"]["de"]).stat().st_size)  # same size
+    xlingual.transfer_text(out, ["en", "de"], ["en"], sizes)
+    Path(first["transfer"]["en"]).unlink()
+    xlingual.transfer_text(out, ["en", "de"], ["en"], sizes)
+    assert made == ["en", "de", "de", "en"] and len(lines("de")) == 20 and len(lines("en")) == 20
+    with open(data / "panx" / "train-de.tsv", "a", encoding="utf-8") as handle:  # the source changed
+        handle.write("\nWort\tO\n")
+    xlingual.transfer_text(out, ["en", "de"], ["en"], sizes)
     assert made == ["en", "de", "de", "en", "de"]
-    assert len(Path(first["transfer"]["en"]).read_text().splitlines()) == 10
+    xlingual.transfer_text(out, ["en", "de"], ["en"], {**sizes, "transfer": 10})
+    assert made == ["en", "de", "de", "en", "de", "en", "de"] and len(lines("en")) == 10
 
 
 def test_sib200_zero_shot_has_the_same_sizes_in_small_and_full_mode(grid_of):
@@ -117,6 +132,9 @@ def test_sib200_zero_shot_has_the_same_sizes_in_small_and_full_mode(grid_of):
         assert a == b, name
         if name not in ("sib-zs/seed0/cascade-3", "sib-zs/seed0/cascade-6"):
             assert [Path(t["model"]).parent.name for t in teachers] == ["cascade-3", "cascade-6"]
+    # the teacher is fine-tuned the same way, by the run that holds it in each mode
+    assert small["sib-zs/seed0/cascade-3"].teacher == full["sib-zs/seed0/cascade-6"].teacher
+    assert small["sib-zs/seed0/cascade-3"].teacher.finetune != "never"
     assert small["sib-zs/seed0/cascade-6"].data.max_train_per_language is None
 
 
@@ -129,19 +147,32 @@ def test_every_sweep_variant_is_a_valid_recipe_that_changes_only_its_own_keys(gr
     sweep = xlingual_sweep.SWEEPS[sweep_name]
     jobs, _ = grid_of(sweep.mode, ["panx-zs"])
     (job,) = [j for j in jobs if j.name == sweep.job]
-    built = {name: Recipe.from_dict(xlingual_sweep.variant_recipe(job.recipe, sweep_name, name, changes, sweep.stage),
-                                    source=name) for name, changes in sweep.variants.items()}
-    assert job.recipe["cascade"]["stages"][0]["name"] == ("m" if sweep_name == "recursive" else "l3")  # left as it was
+    before = repr(job.recipe)
+
+    def built(name, changes):
+        recipe = xlingual_sweep.variant_recipe(job.recipe, sweep_name, name, changes, sweep.stage)
+        return Recipe.from_dict(recipe, source=name).model_dump()
+
+    def flat(d, prefix=""):
+        items = d.items() if isinstance(d, dict) else enumerate(d) if isinstance(d, list) else None
+        if items is None:
+            return {prefix.rstrip("."): d}
+        return {k: v for key, value in items for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    # which dumped keys each change may touch (the stage's train overrides, the student, the losses' maps)
+    touches = {"lr": "cascade.stages.0.train.lr", "epochs": "cascade.stages.0.train.epochs",
+               "init": "cascade.stages.0.student.init", "layer_map": "_mse.layer_map"}  # hidden_mse, attention_mse
     for name, changes in sweep.variants.items():
-        (stage,) = built[name].cascade.stages
-        other = next(r for n, r in built.items() if n != name)
-        assert built[name].data == other.data and built[name].teacher == other.teacher
-        if "init" in changes:
-            assert stage.student.init == changes["init"]
-        if "epochs" in changes:
-            assert stage.train["epochs"] == changes["epochs"]
+        base, variant = flat(built(name, {})), flat(built(name, changes))
+        differ = {k for k in base.keys() | variant.keys() if base.get(k) != variant.get(k)}
+        allowed = [touches[c] for c in changes]
+        assert all(any(k.endswith(a) or k.startswith(a) for a in allowed) for k in differ), (name, differ)
+        for change, value in changes.items():  # every change shows, wherever it applies
+            assert {v for k, v in variant.items() if k.endswith(touches[change])} == {value}, (name, change)
+    assert repr(job.recipe) == before  # the grid's own recipe is left as it was
     if sweep_name == "three-layer":  # the grid's distilled 12->3 student, not the labels-only one it replaces
-        stage = built["base"].cascade.stages[0]
+        base = Recipe.from_dict(xlingual_sweep.variant_recipe(job.recipe, sweep_name, "base", {}, sweep.stage))
+        (stage,) = base.cascade.stages
         assert stage.student.layers == 3 and stage.student.init == "bottom" and stage.student.freeze_embeddings
-        assert set(built["base"].cascade.losses) == set(xlingual.LIGHTMBERT)
-        assert built["maps-uniform"].cascade.losses["hidden_mse"].layer_map == "uniform"
+        assert set(base.cascade.losses) == set(xlingual.LIGHTMBERT) and stage.losses is None
+        assert base.train.lr == 1.0e-4 and base.train.epochs == xlingual.SIZES["full"]["epochs"]
