@@ -68,13 +68,20 @@ PANX_MULTI = ["en", "de", "fr", "es", "ru", "el", "ar", "hi", "zh", "ja"]
 LIGHTMBERT = {"kl": {"weight": 1.0, "temperature": 2.0},
               "hidden_mse": {"weight": 1.0, "layer_map": "top_only"},
               "attention_mse": {"weight": 1.0, "layer_map": "top_only"}}
-UNIFORM = {name: {**cfg, "layer_map": "uniform"} if "layer_map" in cfg else cfg for name, cfg in LIGHTMBERT.items()}
+
+
+def with_layer_map(losses: dict, layer_map: str) -> dict:
+    """The losses with every layer-mapped one (hidden and attention MSE) on `layer_map`."""
+    return {name: {**cfg, "layer_map": layer_map} if "layer_map" in cfg else cfg for name, cfg in losses.items()}
+
+
+UNIFORM = with_layer_map(LIGHTMBERT, "uniform")
 FROZEN = {"init": "bottom", "freeze_embeddings": True}
 # MiniALBERT's own map (step i <-> teacher layer 2i) and a higher rate: its shared layer starts as
 # the mean of the teacher's 12, far from any of them. At lr 1e-4 and top-only maps it did not learn
 # (PAN-X zero-shot, small sizes: 5.3 F1); English dev F1 of lr 5e-4 / 5e-4 + skip2 / 1e-3 + skip2 /
 # 5e-4 with init layer:6: 28.8 / 27.8 / 30.2 / 19.4 (RESULTS.md)
-MINIALBERT = {**LIGHTMBERT, **{name: {**LIGHTMBERT[name], "layer_map": "skip2"} for name in ("hidden_mse", "attention_mse")}}
+MINIALBERT = with_layer_map(LIGHTMBERT, "skip2")
 SIZES = {  # quick: a pipeline check that still says something; small: quick's sizes, the full grid; full: the issue's sizes.
 # SIB-200 has 701 training sentences a language: trained on English alone (sib-zs) its teacher takes
 # 10 epochs and its students 6; on all 41 languages (sib-all, each capped at sib_train) PAN-X's epochs

@@ -71,8 +71,7 @@ def variant_recipe(recipe: dict, sweep_name: str, name: str, changes: dict, stag
     if "init" in changes:
         first["student"]["init"] = changes["init"]
     if "layer_map" in changes:
-        recipe["cascade"]["losses"] = {k: ({**v, "layer_map": changes["layer_map"]} if "layer_map" in v else v)
-                                       for k, v in recipe["cascade"]["losses"].items()}
+        recipe["cascade"]["losses"] = xlingual.with_layer_map(recipe["cascade"]["losses"], changes["layer_map"])
     return recipe
 
 
