@@ -45,6 +45,20 @@ def _save_model(job: Job, model, directory: Path, info: dict, projections=None, 
     shutil.rmtree(job.state_dir(directory.name), ignore_errors=True)
 
 
+# Every model of a run draws from a random stream of its own (initialisation, batch order, masks,
+# dropped guides): the teacher's is stream 0 of the recipe's seed, stage i's stream i + 1, and the
+# direct baseline shares the last stage's (both see the same batches). Seeds are SEED_STRIDE streams
+# apart so that no two (seed, model) pairs of a `--seeds` set share one: with seed + i + 1, stage 1
+# of seed 0 and stage 0 of seed 1 drew the same, and a grid that trains one model at two positions
+# counted one run twice. Seed 0's streams are unchanged by the stride.
+SEED_STRIDE = 10_007
+
+
+def stream_seed(seed: int, index: int) -> int:
+    """The random stream of stage `index` (-1: the teacher) of a run with recipe seed `seed`."""
+    return seed * SEED_STRIDE + index + 1
+
+
 def get_teacher(job: Job):
     """Load, fine-tune or train the teacher; saved to RUN_DIR/teacher."""
     recipe, out = job.recipe, job.out / "teacher"
@@ -54,7 +68,8 @@ def get_teacher(job: Job):
         job.say("teacher: already trained, loading it (resume)")
         return load_checkpoint(out, job.data.task), info
     t = recipe.teacher
-    torch.manual_seed(recipe.seed)
+    seed = stream_seed(recipe.seed, -1)
+    torch.manual_seed(seed)
     if t.model is not None:
         model, has_head = load_model(recipe.model_path(t.model), job.data.task, job.data.labels, trust_remote_code=t.trust_remote_code)
         finetune = t.finetune == "always" or (t.finetune == "auto" and not has_head)
@@ -71,11 +86,11 @@ def get_teacher(job: Job):
                 f"for {cfg.epochs:g} epochs on {len(train_data)} examples"
                 + (" (masked-LM)" if job.masked_lm else ""))
         with job.monitor("teacher", cfg) as monitor:
-            result = train(task, job.stage_data(train_data, blocks, recipe.seed), cfg,
+            result = train(task, job.stage_data(train_data, blocks, seed), cfg,
                            evaluate=lambda m: job.dev_score(m, cfg), desc="teacher", state_dir=job.state_dir("teacher"),
                            monitor=monitor)
         info.update(dev=result.best_score, best_epoch=result.best_epoch, wall_time_s=result.wall_time_s,
-                    tokens_per_s=result.tokens_per_s, steps=result.steps, epochs=cfg.epochs, seed=recipe.seed, examples=len(train_data),
+                    tokens_per_s=result.tokens_per_s, steps=result.steps, epochs=cfg.epochs, seed=seed, examples=len(train_data),
                     history=result.history, curve=result.curve)
     # a finished model of another run (a grid sharing one fine-tuned teacher) saved unchanged: its
     # weight files are linked; a user's own model directory is copied, never linked
@@ -96,7 +111,8 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
         job.say(f"{name}: already distilled, loading it (resume)")
         return load_checkpoint(out, job.data.task), info
     stage_where = where(recipe, "cascade", "stages", index)
-    torch.manual_seed(recipe.seed + index + 1)
+    seed = stream_seed(recipe.seed, index)
+    torch.manual_seed(seed)
     if spec is None and stage.student == "previous":
         # the previous stage's student, trained further (its saved copy stays as it was), with the
         # parameters frozen that the spec which built it froze
@@ -124,7 +140,6 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     if with_transfer:
         job.say(f"  {name}: + {sum(len(enc) for _, enc in job.transfer.values()):,} unlabelled transfer examples "
                 f"({', '.join(job.transfer)}), labelled by the teacher")
-    seed = recipe.seed + index + 1
     frozen = LiveTeacher(teacher)
     if cfg.teacher_cache != "off" and teacher_reads:
         frozen = CachedTeacher(teacher_cache(job, teacher, teacher_reads, cfg, train_data), teacher)

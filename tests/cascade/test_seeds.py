@@ -36,9 +36,16 @@ def test_seeds_run_once_each_resume_and_aggregate(demo_workspace, tmp_path, caps
     first, second = printed.split("seed 7 (2 of 2)")
     assert "left for this run and the 1 after it" in first and "left for the run" in second
     assert "after it" not in second
+    streams = {}
     for seed in (3, 7):
         manifest = json.loads((out / f"seed{seed}" / "manifest.json").read_text())
         assert manifest["seed"] == seed and (out / f"seed{seed}" / "report.html").is_file()
+        for model in ("teacher", "stages/ta", "stages/student", "stages/direct"):
+            streams[seed, model] = json.loads((out / f"seed{seed}" / model / "stage.json").read_text())["seed"]
+    # each model its own random stream; the direct baseline shares the last stage's (the same batches)
+    assert [streams[3, m] for m in ("teacher", "stages/ta", "stages/student")] == [3 * 10_007 + i for i in (0, 1, 2)]
+    assert streams[3, "stages/direct"] == streams[3, "stages/student"]
+    assert len({v for (seed, m), v in streams.items() if m != "stages/direct"}) == 6
     aggregate = json.loads((out / "aggregate.json").read_text())
     assert aggregate["variants"][0]["seeds"] == [3, 7] and aggregate["variants"][0]["runs"][0]["path"] == "seed3"
     (pair,) = aggregate["pairs"]
@@ -54,3 +61,13 @@ def test_seeds_run_once_each_resume_and_aggregate(demo_workspace, tmp_path, caps
     assert "not a multi-seed run" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "x"), "--seeds", "1", "1"]) == 2
     assert "twice" in capsys.readouterr().err
+
+
+def test_no_two_models_of_a_seed_set_share_a_random_stream():
+    from cascade_kd.cascade.stages import stream_seed
+
+    # with seed + index + 1, stage 1 of seed 0 and stage 0 of seed 1 drew the same stream
+    streams = [stream_seed(seed, index) for seed in range(50) for index in range(-1, 40)]
+    assert len(set(streams)) == len(streams)
+    # seed 0's streams are those runs made before the stride: its finished runs stay comparable
+    assert [stream_seed(0, index) for index in range(-1, 4)] == [0, 1, 2, 3, 4]
