@@ -34,7 +34,9 @@ import xlingual  # noqa: E402
 class Sweep:
     mode: str  # the grid's mode whose sizes and teacher it uses
     job: str  # the grid's job whose recipe it varies
-    variants: dict[str, dict]  # name -> changes: lr, epochs (the stage's train), init, layer_map (hidden/attention)
+    # name -> changes: lr, epochs (the stage's train), init, layer_map (hidden/attention), transfer
+    # (unlabelled sentences per language added to the training data: the grid's BiLSTM transfer text)
+    variants: dict[str, dict]
     stage: dict | None = None  # replaces the job's one stage (None: kept)
 
 
@@ -54,12 +56,17 @@ SWEEPS = {
         "maps-uniform": {"layer_map": "uniform"},
         "lr3e-4": {"lr": 3.0e-4},
         "epochs6": {"epochs": 6},
+        # XtremeDistil's lever, which kept the BiLSTM at 94% zero-shot: the teacher's soft labels,
+        # hidden states and attention on unlabelled text of the 38 other languages (no target labels)
+        "transfer1000": {"transfer": 1000},
     }, stage={"name": "d3", "student": {"layers": 3, **xlingual.FROZEN}}),
 }
 
 
-def variant_recipe(recipe: dict, sweep_name: str, name: str, changes: dict, stage: dict | None) -> dict:
-    """The job's recipe with one variant's changes (a new dict: the job's is left as it is)."""
+def variant_recipe(recipe: dict, sweep_name: str, name: str, changes: dict, stage: dict | None,
+                   transfer: dict | None = None) -> dict:
+    """The job's recipe with one variant's changes (a new dict: the job's is left as it is);
+    `transfer`: the data section of the grid's unlabelled text, which a `transfer` change adds."""
     recipe = copy.deepcopy(recipe)
     recipe["name"] = f"{sweep_name}-{name}"
     if stage is not None:
@@ -72,7 +79,20 @@ def variant_recipe(recipe: dict, sweep_name: str, name: str, changes: dict, stag
         first["student"]["init"] = changes["init"]
     if "layer_map" in changes:
         recipe["cascade"]["losses"] = xlingual.with_layer_map(recipe["cascade"]["losses"], changes["layer_map"])
+    if "transfer" in changes:
+        if not transfer:
+            raise ValueError(f"variant {name} adds transfer text, but the grid has none for its setting")
+        recipe["data"] = {**recipe["data"], "transfer": copy.deepcopy(transfer["transfer"]),
+                          "max_transfer_per_language": changes["transfer"]}
     return recipe
+
+
+def sweep_inputs(jobs: list, sweep: Sweep) -> tuple:
+    """The grid's job the sweep varies, and the data section of its setting's unlabelled transfer
+    text (the BiLSTM run's; None where the setting has none)."""
+    by_name = {j.name: j for j in jobs}
+    bilstm = by_name.get(f"{sweep.job.rsplit('/', 1)[0]}/bilstm")
+    return by_name[sweep.job], {"transfer": bilstm.recipe["data"]["transfer"]} if bilstm else None
 
 
 def main() -> int:
@@ -94,10 +114,10 @@ def main() -> int:
 
         torch.set_num_threads(args.threads)
     grid_args = argparse.Namespace(out=out, teacher=args.teacher, mode=sweep.mode, settings=["panx-zs"], repeats=1)
-    (job,) = [j for j in xlingual.grid(grid_args, xlingual.SIZES[sweep.mode]) if j.name == sweep.job]
+    job, transfer = sweep_inputs(xlingual.grid(grid_args, xlingual.SIZES[sweep.mode]), sweep)
     rows = []
     for name in args.names or list(sweep.variants):
-        recipe = variant_recipe(job.recipe, args.sweep, name, sweep.variants[name], sweep.stage)
+        recipe = variant_recipe(job.recipe, args.sweep, name, sweep.variants[name], sweep.stage, transfer)
         started = time.perf_counter()
         run_dir = out / f"{args.sweep}-sweep" / name
         metrics = ckd.run(recipe, run_dir, resume=True, say=lambda m: None)

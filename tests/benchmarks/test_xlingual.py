@@ -146,11 +146,11 @@ def test_every_sweep_variant_is_a_valid_recipe_that_changes_only_its_own_keys(gr
 
     sweep = xlingual_sweep.SWEEPS[sweep_name]
     jobs, _ = grid_of(sweep.mode, ["panx-zs"])
-    (job,) = [j for j in jobs if j.name == sweep.job]
+    job, transfer = xlingual_sweep.sweep_inputs(jobs, sweep)
     before = repr(job.recipe)
 
     def built(name, changes):
-        recipe = xlingual_sweep.variant_recipe(job.recipe, sweep_name, name, changes, sweep.stage)
+        recipe = xlingual_sweep.variant_recipe(job.recipe, sweep_name, name, changes, sweep.stage, transfer)
         return Recipe.from_dict(recipe, source=name).model_dump()
 
     def flat(d, prefix=""):
@@ -159,16 +159,21 @@ def test_every_sweep_variant_is_a_valid_recipe_that_changes_only_its_own_keys(gr
             return {prefix.rstrip("."): d}
         return {k: v for key, value in items for k, v in flat(value, f"{prefix}{key}.").items()}
 
-    # which dumped keys each change may touch (the stage's train overrides, the student, the losses' maps)
-    touches = {"lr": "cascade.stages.0.train.lr", "epochs": "cascade.stages.0.train.epochs",
-               "init": "cascade.stages.0.student.init", "layer_map": "_mse.layer_map"}  # hidden_mse, attention_mse
+    # which dumped keys each change may touch (the stage's train overrides, the student, the losses'
+    # maps, the data's transfer files and cap); the first is where its value shows
+    touches = {"lr": ["cascade.stages.0.train.lr"], "epochs": ["cascade.stages.0.train.epochs"],
+               "init": ["cascade.stages.0.student.init"], "layer_map": ["_mse.layer_map"],  # hidden_mse, attention_mse
+               "transfer": ["data.max_transfer_per_language", "data.transfer."]}
     for name, changes in sweep.variants.items():
         base, variant = flat(built(name, {})), flat(built(name, changes))
         differ = {k for k in base.keys() | variant.keys() if base.get(k) != variant.get(k)}
-        allowed = [touches[c] for c in changes]
+        allowed = [a for c in changes for a in touches[c]]
         assert all(any(k.endswith(a) or k.startswith(a) for a in allowed) for k in differ), (name, differ)
         for change, value in changes.items():  # every change shows, wherever it applies
-            assert {v for k, v in variant.items() if k.endswith(touches[change])} == {value}, (name, change)
+            assert {v for k, v in variant.items() if k.endswith(touches[change][0])} == {value}, (name, change)
+        if "transfer" in changes:  # the unlabelled text of every language but the training one
+            files = {k.split(".")[-1] for k in variant if k.startswith("data.transfer.")}
+            assert files == set(xlingual.PANX_LANGUAGES) - {"en"}, (name, files)
     assert repr(job.recipe) == before  # the grid's own recipe is left as it was
     if sweep_name == "three-layer":  # the grid's distilled 12->3 student, not the labels-only one it replaces
         base = Recipe.from_dict(xlingual_sweep.variant_recipe(job.recipe, sweep_name, "base", {}, sweep.stage))
