@@ -1,10 +1,12 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Each installs what it needs into
-# .venv. torch is installed first and pinned, so that no CUDA wheels are pulled on a CPU machine.
+# .venv. torch is installed first, pinned (the tested version); on a CPU-only Linux machine add
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu to take PyTorch's CPU build instead of PyPI's CUDA one.
 # `make docs` builds the documentation site into site/ (strict: a broken link or reference fails it).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -12,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 
 $(BIN)/cascade-kd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)"
+	$(BIN)/pip install -q --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[test]"
 	@touch $@
 
