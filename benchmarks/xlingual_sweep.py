@@ -5,11 +5,15 @@ split) and on the held-out split of every language.
     python benchmarks/xlingual.py --small --settings panx-zs      # first: the teacher they load
     python benchmarks/xlingual_sweep.py recursive [--out runs/xlingual-small] [NAME ...]
     python benchmarks/xlingual_sweep.py three-layer [--out runs/xlingual-full] [NAME ...]   # after the full grid's panx-zs
+    python benchmarks/xlingual_sweep.py six-layer [--out runs/xlingual-full] [NAME ...]
 
 - recursive (small sizes): MiniALBERT's student, which at the grid's first setting did not learn;
   learning rate, layer map of the hidden and attention losses, initialisation.
 - three-layer (full size): the 12->3 direct student, whose zero-shot retention misses the issue's
-  target by the most; initialisation, layer maps, learning rate, training length.
+  target by the most; initialisation, layer maps, learning rate, training length, and unlabelled
+  text of the zero-shot languages (the grid's BiLSTM transfer text).
+- six-layer (full size): the 12->6 direct student with that text (its `base` is the grid's seed-0
+  12->6, the first stage of panx-zs/seed0/cascade-3: the same recipe and random stream).
 
 Each variant is the named recipe with the keys below changed, run in OUT/SWEEP-sweep/NAME
 (resumable); a table is printed at the end.
@@ -59,7 +63,13 @@ SWEEPS = {
         # XtremeDistil's lever, which kept the BiLSTM at 94% zero-shot: the teacher's soft labels,
         # hidden states and attention on unlabelled text of the 38 other languages (no target labels)
         "transfer1000": {"transfer": 1000},
+        "transfer1000-lr3e-4": {"transfer": 1000, "lr": 3.0e-4},
     }, stage={"name": "d3", "student": {"layers": 3, **xlingual.FROZEN}}),
+    # the same for the 12->6 student (labels-6's recipe with the grid's distilled 12->6 stage)
+    "six-layer": Sweep("full", "panx-zs/seed0/labels-6", {
+        "base": {},
+        "transfer1000": {"transfer": 1000},
+    }, stage={"name": "d6", "student": {"layers": 6, **xlingual.FROZEN}}),
 }
 
 

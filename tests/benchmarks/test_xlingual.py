@@ -138,7 +138,7 @@ def test_sib200_zero_shot_has_the_same_sizes_in_small_and_full_mode(grid_of):
     assert small["sib-zs/seed0/cascade-6"].data.max_train_per_language is None
 
 
-@pytest.mark.parametrize("sweep_name", ["recursive", "three-layer"])
+@pytest.mark.parametrize("sweep_name", ["recursive", "three-layer", "six-layer"])
 def test_every_sweep_variant_is_a_valid_recipe_that_changes_only_its_own_keys(grid_of, sweep_name):
     from cascade_kd.config import Recipe
 
@@ -175,9 +175,15 @@ def test_every_sweep_variant_is_a_valid_recipe_that_changes_only_its_own_keys(gr
             files = {k.split(".")[-1] for k in variant if k.startswith("data.transfer.")}
             assert files == set(xlingual.PANX_LANGUAGES) - {"en"}, (name, files)
     assert repr(job.recipe) == before  # the grid's own recipe is left as it was
-    if sweep_name == "three-layer":  # the grid's distilled 12->3 student, not the labels-only one it replaces
+    if sweep_name in ("three-layer", "six-layer"):  # the grid's distilled student, not the labels-only one it replaces
         base = Recipe.from_dict(xlingual_sweep.variant_recipe(job.recipe, sweep_name, "base", {}, sweep.stage))
         (stage,) = base.cascade.stages
-        assert stage.student.layers == 3 and stage.student.init == "bottom" and stage.student.freeze_embeddings
+        layers = 3 if sweep_name == "three-layer" else 6
+        assert stage.student.layers == layers and stage.student.init == "bottom" and stage.student.freeze_embeddings
         assert set(base.cascade.losses) == set(xlingual.LIGHTMBERT) and stage.losses is None
         assert base.train.lr == 1.0e-4 and base.train.epochs == xlingual.SIZES["full"]["epochs"]
+    if sweep_name == "six-layer":  # its base is the grid's seed-0 12->6 (cascade-3's first stage): not run again
+        grid_recipe = next(j for j in jobs if j.name == "panx-zs/seed0/cascade-3").build()
+        assert (base.seed, base.data, base.teacher, base.train, base.cascade.losses) == (
+            grid_recipe.seed, grid_recipe.data, grid_recipe.teacher, grid_recipe.train, grid_recipe.cascade.losses)
+        assert stage.student == grid_recipe.cascade.stages[0].student and stage.train == grid_recipe.cascade.stages[0].train
