@@ -18,12 +18,14 @@ Per setting: the teacher; 12->6->3 against direct 12->3; CAMeMBERT's chain 12->1
 direct 12->6; a deeper chain 12->6->3->2 against direct 12->2; labels only (6 and 3 layers);
 LightMBERT's choices one at a time on the 12->6 student (random instead of bottom layers, trainable
 instead of frozen embeddings, uniform instead of top-only layer maps); a MiniALBERT recursive
-student; on PAN-X an XtremeDistil BiLSTM with unlabelled transfer text of every language; 3 seeds
-for cascade against direct at 3 and 6 layers (compared with `ckd.compare`; these run first, the
-rest on seed 0 after them). Students take
+student; on PAN-X an XtremeDistil BiLSTM with unlabelled transfer text of every language, and
+12->6->3 with direct 12->3 given the same text (TRANSFER_SHARE sentences a language); 3 seeds for
+cascade against direct at 3 and 6 layers, with and without that text (compared with `ckd.compare`;
+these run first, the rest on seed 0 after them). Students take
 LightMBERT's defaults: bottom-layer initialisation, frozen embeddings, kl + top-only hidden and
-attention losses. The 3-layer cascade student is then trimmed to the pieces of every evaluation
-language's text, exported to ONNX fp32 and int8 and re-scored per language on each backend.
+attention losses. The 3-layer cascade students (with and without transfer text) are then trimmed
+to the pieces of every evaluation language's text, exported to ONNX fp32 and int8 and re-scored
+per language on each backend.
 
     python benchmarks/xlingual.py --quick    # panx-zs: teacher, 12->6->3, direct 12->3, deploy; 1 seed
     python benchmarks/xlingual.py --small    # the whole grid at --quick's sizes (caps), 3 seeds
@@ -114,6 +116,12 @@ def sib_data(train_languages: list[str] | None, s: dict) -> dict:
             **cap}
 
 
+# unlabelled sentences per language that the transformer students' `transfer` runs add to the
+# labelled ones (the teacher's soft labels, hidden states and attention on them; no gold label): a
+# fifth of what the BiLSTM takes, 2.7x the steps of the English-only runs in the full mode
+TRANSFER_SHARE = 1000
+
+
 def chain(*layers: int, prefix: str = "s") -> list[dict]:
     """Stages of a cascade down through `layers`, each student from its teacher's bottom layers with
     frozen embeddings (LightMBERT's initialisation)."""
@@ -154,6 +162,12 @@ def setting_jobs(setting: str, task: dict, data: dict, teacher_dir: str, out: Pa
                         labels=[("s6", "12→6"), ("s3", "12→6→3"), ("direct", "12→3 direct")])
         pair = [cascade_6, cascade_3] if first == "cascade-6" else [cascade_3, cascade_6]  # the teacher's job first
         jobs += [j for j in pair if j is not None]
+        if transfer is not None and mode != "quick":  # XtremeDistil's lever for the transformer students
+            jobs.append(job("transfer", chain(6, 3, prefix="t"), seed, direct=True,
+                            data_={**data, **transfer, "max_transfer_per_language": min(s["transfer"], TRANSFER_SHARE)},
+                            what="12->6->3 and direct 12->3, + unlabelled text of every language",
+                            labels=[("t6", "12→6 + transfer text"), ("t3", "12→6→3 + transfer text"),
+                                    ("direct", "12→3 direct + transfer text")]))
     if mode == "quick":
         return jobs
     seed = s["seeds"][0]  # the comparisons over seeds run first; the rest on one seed
@@ -343,10 +357,13 @@ def grid(args, s: dict) -> list[Job]:
             jobs += setting_jobs(setting, sequence, sib_data(None, s), teacher, out, s, mode)
         else:
             jobs += setting_jobs(setting, sequence, sib_data(["eng_Latn"], s), teacher, out, sib_sizes, mode)
-    for j in jobs:  # once per setting, on seed 0's 12->6->3 (the 3-layer student that beat direct on every seed
-        setting, seed, name = j.name.split("/")  # of the small grid): trimmed int8 export, then latency
-        if seed == "seed0" and name == "cascade-3":
-            parts = [functools.partial(deploy_step, model="s3", vocabulary=vocabulary[setting]),
+    # once per setting, on seed 0's 12->6->3 (the 3-layer student that beat direct on every seed of the
+    # small grid) and its twin with transfer text: trimmed int8 export, then latency
+    deployed = {"cascade-3": "s3", "transfer": "t3"}
+    for j in jobs:
+        setting, seed, name = j.name.split("/")
+        if seed == "seed0" and name in deployed:
+            parts = [functools.partial(deploy_step, model=deployed[name], vocabulary=vocabulary[setting]),
                      functools.partial(bench_step, repeats=args.repeats)]  # the trimmed copy included
             j.after = steps(*parts)
             j.after_tag = " + ".join(describe(p) for p in parts)
@@ -368,13 +385,13 @@ def collect(jobs: list[Job], out: Path) -> dict:
             continue
         setting = j.name.split("/")[0]
         entry = settings.setdefault(setting, {"languages": metrics["languages"], "train_languages": metrics.get(
-            "train_languages"), "metric": metrics["metric"], "split": metrics["split"], "models": {}, "latency": None,
-            "deploy": None, "pairs": []})
-        if "latency" in metrics:
-            entry["latency"] = metrics["latency"]
+            "train_languages"), "metric": metrics["metric"], "split": metrics["split"], "models": {}, "latency": {},
+            "deploy": {}, "pairs": []})
+        if "latency" in metrics:  # per run that was benched (its models against the teacher)
+            entry["latency"][j.name] = metrics["latency"]
         deploy = (((grid_record.get(j.name) or {}).get("after") or {}).get("result") or {}).get("deploy_step")
-        if deploy:
-            entry["deploy"] = deploy
+        if deploy:  # per deployed model, under its table label
+            entry["deploy"][LABELS.get((j.config, deploy["model"]), deploy["model"])] = deploy
         for row in metrics["models"]:
             if row["name"] == "teacher" and j.depends_on:
                 continue  # one teacher per setting: the one its first job fine-tuned
@@ -397,7 +414,8 @@ def collect(jobs: list[Job], out: Path) -> dict:
 
 
 # the comparisons of cascade against direct at each final shape: (what, job config, cascade's stage)
-PAIRS = [("12→6→3 against 12→3 direct", "cascade-3", "s3"), ("12→10→8→6 against 12→6 direct", "cascade-6", "s6")]
+PAIRS = [("12→6→3 against 12→3 direct", "cascade-3", "s3"), ("12→10→8→6 against 12→6 direct", "cascade-6", "s6"),
+         ("12→6→3 against 12→3 direct, both + transfer text", "transfer", "t3")]
 
 
 def cascade_against_direct(jobs: list[Job], out: Path, setting: str, entry: dict) -> list[dict]:
@@ -452,19 +470,20 @@ def render(settings: dict, header: str) -> str:
                                 f"{(p['zero_shot'] or {}).get('a_wins', '—')} / {len(p['seeds'])}",
                                 f"{p['zero_shot_languages_won']} / {p['zero_shot_languages']}"] for p in entry["pairs"]],
                               left=1) + [""]
-        if entry["deploy"]:
-            lines += deploy_table(entry["deploy"], entry["languages"], entry["train_languages"]) + [""]
-        if entry["latency"]:
+        for label, deploy in entry["deploy"].items():
+            lines += deploy_table(deploy, entry["languages"], entry["train_languages"], label) + [""]
+        for job_name, latency in entry["latency"].items():
             from cascade_kd.deploy.bench import bench_table
 
-            lines += ["Latency (ms, median; ratio against the teacher on the same backend):", "", bench_table(entry["latency"]), ""]
+            lines += [f"Latency of {job_name}'s models (ms, median; ratio against the teacher on the same backend):", "",
+                      bench_table(latency), ""]
     return "\n".join(lines)
 
 
-def deploy_table(d: dict, languages: list[str], train_languages: list[str] | None) -> list[str]:
-    """The trimmed, exported 3-layer student: sizes and per-language scores on each backend."""
+def deploy_table(d: dict, languages: list[str], train_languages: list[str] | None, label: str) -> list[str]:
+    """A trimmed, exported 3-layer student: sizes and per-language scores on each backend."""
     sizes = d["size_mb"]
-    lines = [f"Deployed {d['model']}: vocabulary trimmed {d['vocab'][0]:,} -> {d['vocab'][1]:,} pieces, parameters "
+    lines = [f"Deployed {label} ({d['model']}): vocabulary trimmed {d['vocab'][0]:,} -> {d['vocab'][1]:,} pieces, parameters "
              f"{d['params'][0] / 1e6:.1f}M -> {d['params'][1] / 1e6:.1f}M, safetensors weights {sizes['safetensors_before']:.1f} "
              f"-> {sizes['safetensors_trimmed']:.1f} MB, ONNX fp32 {sizes['onnx_fp32']:.1f} MB, int8 {sizes['onnx_int8']:.1f} MB "
              f"(trim {d['trim_s']:.0f} s, export and scoring {d['export_s']:.0f} s); int8 agrees with PyTorch fp32 on "

@@ -67,10 +67,32 @@ def test_every_run_loads_the_teacher_its_setting_fine_tuned(grid_of, mode):
 @pytest.mark.parametrize("mode", ["small", "full"])
 def test_the_deploy_step_comes_before_the_latency_step_that_times_its_result(grid_of, mode):
     jobs, out = grid_of(mode, ["panx-zs"])
-    (holder,) = [j for j in jobs if j.after is not None]
-    assert holder.name == "panx-zs/seed0/cascade-3"
-    assert holder.after_tag.index("deploy_step(model='s3'") < holder.after_tag.index("bench_step(")
-    assert "vocab" in holder.after_tag  # trimmed with every language's unlabelled text, not English alone
+    holders = {j.name: j for j in jobs if j.after is not None}
+    assert set(holders) == {"panx-zs/seed0/cascade-3", "panx-zs/seed0/transfer"}
+    for name, model in (("cascade-3", "s3"), ("transfer", "t3")):
+        holder = holders[f"panx-zs/seed0/{name}"]
+        assert holder.after_tag.index(f"deploy_step(model='{model}'") < holder.after_tag.index("bench_step(")
+        assert "vocab" in holder.after_tag  # trimmed with every language's unlabelled text, not English alone
+
+
+@pytest.mark.parametrize("mode", ["small", "full"])
+def test_the_transfer_runs_add_unlabelled_text_of_every_other_language_and_change_nothing_else(grid_of, mode):
+    jobs, out = grid_of(mode, ["panx-zs", "panx-ml"])
+    for setting in ("panx-zs", "panx-ml"):
+        runs = {j.seed: j.build() for j in jobs if j.config == f"{setting}/transfer"}
+        plain = {j.seed: j.build() for j in jobs if j.config == f"{setting}/cascade-3"}
+        assert sorted(runs) == sorted(plain) == xlingual.SIZES[mode]["seeds"]  # as many seeds as the comparisons
+        for seed, recipe in runs.items():
+            train = set(recipe.data.train_languages)
+            assert set(recipe.data.transfer) == set(recipe.data.languages) - train  # no text of a labelled language here
+            assert recipe.data.max_transfer_per_language == min(xlingual.SIZES[mode]["transfer"], xlingual.TRANSFER_SHARE)
+            other = plain[seed]  # the 12->6->3 and direct 12->3 of the same seed, the data's text aside
+            assert recipe.data.model_copy(update={"transfer": None, "max_transfer_per_language": None}) == other.data
+            assert [s.student for s in recipe.cascade.stages] == [s.student for s in other.cascade.stages]
+            assert (recipe.train, recipe.cascade.losses, recipe.cascade.direct) == (
+                other.train, other.cascade.losses, other.cascade.direct)
+            first = "cascade-6" if mode == "full" else "cascade-3"  # the setting's fine-tuned teacher, loaded
+            assert recipe.teacher.finetune == "never" and recipe.teacher.model == str(out / setting / "seed0" / first / "teacher")
 
 
 def test_multilingual_training_in_full_mode_has_the_zero_shot_settings_labelled_total(grid_of):
