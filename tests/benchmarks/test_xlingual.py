@@ -89,6 +89,8 @@ def test_the_transfer_runs_add_unlabelled_text_of_every_other_language_and_chang
             other = plain[seed]  # the 12->6->3 and direct 12->3 of the same seed, the data's text aside
             assert recipe.data.model_copy(update={"transfer": None, "max_transfer_per_language": None}) == other.data
             assert [s.student for s in recipe.cascade.stages] == [s.student for s in other.cascade.stages]
+            # the 3-layer stage (and so the direct 12->3) at the rate chosen on English dev; the 6-layer one as before
+            assert [(s.train or {}).get("lr") for s in recipe.cascade.stages] == [None, xlingual.THREE_LAYER_LR]
             assert (recipe.train, recipe.cascade.losses, recipe.cascade.direct) == (
                 other.train, other.cascade.losses, other.cascade.direct)
             first = "cascade-6" if mode == "full" else "cascade-3"  # the setting's fine-tuned teacher, loaded
