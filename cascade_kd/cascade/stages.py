@@ -21,6 +21,7 @@ from cascade_kd.students import build_student, count_parameters, family, family_
 from cascade_kd.students.hub import create_model, load_checkpoint, load_model, save_checkpoint, use_attention_outputs
 from cascade_kd.training.distributed import barrier, is_main, on_main, process_state
 from cascade_kd.training.loop import train
+from cascade_kd.training.state import saved_stream
 from cascade_kd.training.setup import resolve_precision
 from cascade_kd.training.task import DistillationTask, reads_of
 from cascade_kd.training.teacher import CachedTeacher, DenseGuides, LiveTeacher
@@ -59,6 +60,17 @@ def stream_seed(seed: int, index: int) -> int:
     return seed * SEED_STRIDE + index + 1
 
 
+def stage_stream(job: Job, name: str, index: int) -> int:
+    """The stream a stage draws: stream_seed, or, for a stage resumed mid-way, the one its training
+    state recorded, so that the resume draws what the interrupted stage would have; a state written
+    before streams were recorded (and the stride) drew seed + index + 1."""
+    seed = job.recipe.seed
+    resumed, recorded = saved_stream(job.state_dir(name))
+    if not resumed:
+        return stream_seed(seed, index)
+    return recorded if recorded is not None else seed + index + 1
+
+
 def get_teacher(job: Job):
     """Load, fine-tune or train the teacher; saved to RUN_DIR/teacher."""
     recipe, out = job.recipe, job.out / "teacher"
@@ -68,7 +80,7 @@ def get_teacher(job: Job):
         job.say("teacher: already trained, loading it (resume)")
         return load_checkpoint(out, job.data.task), info
     t = recipe.teacher
-    seed = stream_seed(recipe.seed, -1)
+    seed = stage_stream(job, "teacher", -1)
     torch.manual_seed(seed)
     if t.model is not None:
         model, has_head = load_model(recipe.model_path(t.model), job.data.task, job.data.labels, trust_remote_code=t.trust_remote_code)
@@ -90,7 +102,7 @@ def get_teacher(job: Job):
                            evaluate=lambda m: job.dev_score(m, cfg), desc="teacher", state_dir=job.state_dir("teacher"),
                            monitor=monitor)
         info.update(dev=result.best_score, best_epoch=result.best_epoch, wall_time_s=result.wall_time_s,
-                    tokens_per_s=result.tokens_per_s, steps=result.steps, epochs=cfg.epochs, seed=seed, examples=len(train_data),
+                    tokens_per_s=result.tokens_per_s, steps=result.steps, epochs=cfg.epochs, seed=recipe.seed, stream=seed, examples=len(train_data),
                     history=result.history, curve=result.curve)
     # a finished model of another run (a grid sharing one fine-tuned teacher) saved unchanged: its
     # weight files are linked; a user's own model directory is copied, never linked
@@ -111,7 +123,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
         job.say(f"{name}: already distilled, loading it (resume)")
         return load_checkpoint(out, job.data.task), info
     stage_where = where(recipe, "cascade", "stages", index)
-    seed = stream_seed(recipe.seed, index)
+    seed = stage_stream(job, name, index)
     torch.manual_seed(seed)
     if spec is None and stage.student == "previous":
         # the previous stage's student, trained further (its saved copy stays as it was), with the
@@ -161,7 +173,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     info = {"recipe": recipe.fingerprint(), "role": "direct" if name == "direct" else "stage",
             "teacher": teacher.config.num_hidden_layers, "dev": result.best_score, "best_epoch": result.best_epoch,
             "wall_time_s": result.wall_time_s, "tokens_per_s": result.tokens_per_s, "steps": result.steps,
-            "epochs": cfg.epochs, "seed": seed, "examples": len(train_data),
+            "epochs": cfg.epochs, "seed": recipe.seed, "stream": seed, "examples": len(train_data),
             "losses": [{"name": t.name, "weight": t.weight, "pairs": [list(p) for p in getattr(t.loss, "pairs", [])]}
                        for t in terms],
             "history": result.history, "curve": result.curve}

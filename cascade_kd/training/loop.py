@@ -110,6 +110,7 @@ def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, 
         f"precision {precision_name(accelerator.mixed_precision)}" + (" (auto)" if cfg.precision == "auto" else "")
         + f", {schedule.total_steps} steps")
     progress, best = _start(state_dir, unwrapped, optimizer, scheduler, schedule, n_proc, say)
+    progress.stream = data.seed  # recorded with every checkpoint (cascade/stages.py reads it back)
 
     def checkpoint():
         # only at optimiser-step boundaries: gradients accumulated so far are not part of the state

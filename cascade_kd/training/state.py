@@ -56,6 +56,9 @@ class Progress:
     curve: list = field(default_factory=list)  # loss parts against the step (training/progress.py)
     processes: int = 1  # how many processes wrote this state (a resume may use another number)
     static: list = field(default_factory=list)  # parameters frozen, hence unchanged, since the stage began
+    # the stage's random stream (batch order, masks, dropped guides; cascade/stages.py), so that a
+    # resume draws what the stage drew before; None: a state written before streams were recorded
+    stream: int | None = None
 
 
 def named_tensors(module) -> dict[str, torch.Tensor]:
@@ -202,6 +205,18 @@ def load_state(directory: Path, module, optimizer, scheduler) -> tuple[Progress,
     if best is None and progress.best_step is not None and progress.best_step == progress.step:
         best = changing_tensors(module, progress)
     return progress, best
+
+
+def saved_stream(directory: Path | None) -> tuple[bool, int | None]:
+    """Whether DIRECTORY holds a readable stage state, and the random stream it recorded (None for
+    a state written before streams were recorded)."""
+    if not has_state(directory):
+        return False, None
+    try:
+        stream = json.loads((Path(directory) / PROGRESS).read_text(encoding="utf-8")).get("stream")
+    except (OSError, ValueError, AttributeError):  # damaged: the stage starts again (loop._start says so)
+        return False, None
+    return True, stream if isinstance(stream, int) else None
 
 
 def has_state(directory: Path | None) -> bool:

@@ -41,7 +41,9 @@ def test_seeds_run_once_each_resume_and_aggregate(demo_workspace, tmp_path, caps
         manifest = json.loads((out / f"seed{seed}" / "manifest.json").read_text())
         assert manifest["seed"] == seed and (out / f"seed{seed}" / "report.html").is_file()
         for model in ("teacher", "stages/ta", "stages/student", "stages/direct"):
-            streams[seed, model] = json.loads((out / f"seed{seed}" / model / "stage.json").read_text())["seed"]
+            marker = json.loads((out / f"seed{seed}" / model / "stage.json").read_text())
+            assert marker["seed"] == seed  # the recipe's seed, as model cards show it; the stream beside it
+            streams[seed, model] = marker["stream"]
     # each model its own random stream; the direct baseline shares the last stage's (the same batches)
     assert [streams[3, m] for m in ("teacher", "stages/ta", "stages/student")] == [3 * 10_007 + i for i in (0, 1, 2)]
     assert streams[3, "stages/direct"] == streams[3, "stages/student"]
@@ -71,3 +73,25 @@ def test_no_two_models_of_a_seed_set_share_a_random_stream():
     assert len(set(streams)) == len(streams)
     # seed 0's streams are those runs made before the stride: its finished runs stay comparable
     assert [stream_seed(0, index) for index in range(-1, 4)] == [0, 1, 2, 3, 4]
+
+
+def test_a_stage_resumed_mid_way_draws_the_stream_its_state_recorded(tmp_path):
+    """A stage interrupted under one stream formula resumes on the same stream: a state that
+    recorded its stream keeps it; one written before streams were recorded drew seed + index + 1."""
+    from types import SimpleNamespace
+
+    from cascade_kd.cascade.stages import stage_stream, stream_seed
+    from cascade_kd.training.state import PROGRESS, Progress, saved_stream
+
+    job = SimpleNamespace(recipe=SimpleNamespace(seed=2), state_dir=lambda name: tmp_path / "state" / name)
+    assert stage_stream(job, "ta", 1) == stream_seed(2, 1) == 2 * 10_007 + 2  # nothing to resume
+    state = tmp_path / "state" / "ta"
+    state.mkdir(parents=True)
+    legacy = {k: v for k, v in Progress(step=40).__dict__.items() if k != "stream"}
+    (state / PROGRESS).write_text(json.dumps(legacy))
+    assert saved_stream(state) == (True, None) and stage_stream(job, "ta", 1) == 2 + 1 + 1
+    (state / PROGRESS).write_text(json.dumps({**legacy, "stream": 12345}))
+    assert stage_stream(job, "ta", 1) == 12345
+    (state / PROGRESS).write_text("{not json")  # damaged: the stage starts again, on the current formula
+    assert saved_stream(state) == (False, None) and stage_stream(job, "ta", 1) == stream_seed(2, 1)
+    assert stage_stream(job, "teacher", -1) == 2 * 10_007  # the teacher's own state, absent here

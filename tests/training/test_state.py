@@ -32,6 +32,7 @@ from cascade_kd.training.state import (
     load_state,
     restore,
     save_state,
+    saved_stream,
     update_static,
 )
 
@@ -82,6 +83,7 @@ def test_resume_after_a_crash_gives_identical_weights(data, tmp_path, monkeypatc
     with pytest.raises(_Crash):
         _distil(data, tmp_path / "run", teacher, freeze)
     assert has_state(tmp_path / "run")
+    assert saved_stream(tmp_path / "run") == (True, 5)  # the stage's stream (StageData's seed), for the resume
     # the frozen table is written once, not at every checkpoint: the whole table when the embeddings
     # are frozen; else the table the rows the data uses are trained over (train.embedding_rows: seen)
     embedding = "student.bert.embeddings.word_embeddings."
