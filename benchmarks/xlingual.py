@@ -21,7 +21,7 @@ instead of frozen embeddings, uniform instead of top-only layer maps); a MiniALB
 student; on PAN-X an XtremeDistil BiLSTM with unlabelled transfer text of every language, and
 12->6->3 with direct 12->3 given the same text (TRANSFER_SHARE sentences a language; the 3-layer
 students at THREE_LAYER_LR); 3 seeds for
-cascade against direct at 3 and 6 layers, with and without that text (compared with `ckd.compare`;
+cascade against direct at 3 and 6 layers, and at 3 layers with that text (compared with `ckd.compare`;
 these run first, the rest on seed 0 after them). Students take
 LightMBERT's defaults: bottom-layer initialisation, frozen embeddings, kl + top-only hidden and
 attention losses. The 3-layer cascade students (with and without transfer text) are then trimmed
@@ -241,9 +241,7 @@ def deploy_step(run_dir: Path, model: str, vocabulary: dict | None) -> dict:
 
     deploy = run_dir / "deploy"
     deploy.mkdir(exist_ok=True)
-    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
-    if vocabulary:  # every language's unlabelled text: its pieces stay in the trimmed vocabulary
-        recipe["data"] = {**recipe["data"], **vocabulary}
+    recipe = deploy_recipe(yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")), vocabulary)
     (deploy / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
     quiet = lambda m: None  # noqa: E731 - the figures go to trim.json and export.json
     started = time.perf_counter()
@@ -263,10 +261,20 @@ def deploy_step(run_dir: Path, model: str, vocabulary: dict | None) -> dict:
             "split": export["scores"]["split"]}
 
 
+def deploy_recipe(recipe: dict, vocabulary: dict | None) -> dict:
+    """The run's recipe with `vocabulary` (every language's unlabelled text) as its transfer text,
+    whose pieces the trimmed vocabulary keeps: all of it, whatever cap the run put on its own
+    transfer text (so that a run with text and one without are trimmed alike)."""
+    if not vocabulary:
+        return recipe
+    return {**recipe, "data": {**recipe["data"], "max_transfer_per_language": None, **vocabulary}}
+
+
 def steps(*parts):
     """Several post steps as one (a job has one `after`): each one's result under its name."""
     def run(run_dir: Path) -> dict:
         return {part.func.__name__: part(run_dir) for part in parts}
+    run.parts = parts  # what it runs, for a reader (and the tests)
     return run
 
 

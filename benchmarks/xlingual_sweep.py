@@ -66,8 +66,8 @@ SWEEPS = {
         "transfer1000-lr3e-4": {"transfer": 1000, "lr": 3.0e-4},
     }, stage={"name": "d3", "student": {"layers": 3, **xlingual.FROZEN}}),
     # the same for the 12->6 student (labels-6's recipe with the grid's distilled 12->6 stage)
+    # (no base variant: it would be the grid's seed-0 12->6 again, the same recipe and stream)
     "six-layer": Sweep("full", "panx-zs/seed0/labels-6", {
-        "base": {},
         "transfer1000": {"transfer": 1000},
     }, stage={"name": "d6", "student": {"layers": 6, **xlingual.FROZEN}}),
 }

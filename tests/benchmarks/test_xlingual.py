@@ -73,18 +73,23 @@ def test_the_deploy_step_comes_before_the_latency_step_that_times_its_result(gri
         holder = holders[f"panx-zs/seed0/{name}"]
         assert holder.after_tag.index(f"deploy_step(model='{model}'") < holder.after_tag.index("bench_step(")
         assert "vocab" in holder.after_tag  # trimmed with every language's unlabelled text, not English alone
+        vocabulary = next(p.keywords["vocabulary"] for p in holder.after.parts if p.func is xlingual.deploy_step)
+        trimmed_on = xlingual.deploy_recipe(holder.recipe, vocabulary)["data"]
+        # the vocabulary text whole, whatever cap the run put on its own transfer text (transfer: 1,000)
+        assert trimmed_on["transfer"] == vocabulary["transfer"] and trimmed_on["max_transfer_per_language"] is None
 
 
 @pytest.mark.parametrize("mode", ["small", "full"])
-def test_the_transfer_runs_add_unlabelled_text_of_every_other_language_and_change_nothing_else(grid_of, mode):
+def test_the_transfer_runs_add_the_bilstms_unlabelled_text_and_change_nothing_else(grid_of, mode):
     jobs, out = grid_of(mode, ["panx-zs", "panx-ml"])
     for setting in ("panx-zs", "panx-ml"):
         runs = {j.seed: j.build() for j in jobs if j.config == f"{setting}/transfer"}
         plain = {j.seed: j.build() for j in jobs if j.config == f"{setting}/cascade-3"}
         assert sorted(runs) == sorted(plain) == xlingual.SIZES[mode]["seeds"]  # as many seeds as the comparisons
+        bilstm = next(j for j in jobs if j.config == f"{setting}/bilstm").build()
         for seed, recipe in runs.items():
-            train = set(recipe.data.train_languages)
-            assert set(recipe.data.transfer) == set(recipe.data.languages) - train  # no text of a labelled language here
+            # the BiLSTM's unlabelled text (xlingual.transfer_text: never a dev sentence, nor a labelled one)
+            assert recipe.data.transfer == bilstm.data.transfer and recipe.data.transfer
             assert recipe.data.max_transfer_per_language == min(xlingual.SIZES[mode]["transfer"], xlingual.TRANSFER_SHARE)
             other = plain[seed]  # the 12->6->3 and direct 12->3 of the same seed, the data's text aside
             assert recipe.data.model_copy(update={"transfer": None, "max_transfer_per_language": None}) == other.data
