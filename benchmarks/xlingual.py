@@ -460,6 +460,8 @@ def over_seeds_key(rows: dict, key: str) -> dict:
 
 
 def render(settings: dict, header: str) -> str:
+    from cascade_kd.deploy.bench import bench_table
+
     lines = [header, ""]
     for name, entry in settings.items():
         zero = [l for l in entry["languages"] if l not in (entry["train_languages"] or entry["languages"])]
@@ -488,8 +490,6 @@ def render(settings: dict, header: str) -> str:
         for label, deploy in entry["deploy"].items():
             lines += deploy_table(deploy, entry["languages"], entry["train_languages"], label) + [""]
         for job_name, latency in entry["latency"].items():
-            from cascade_kd.deploy.bench import bench_table
-
             lines += [f"Latency of {job_name}'s models (ms, median; ratio against the teacher on the same backend):", "",
                       bench_table(latency), ""]
     return "\n".join(lines)

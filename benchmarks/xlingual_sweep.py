@@ -76,7 +76,7 @@ SWEEPS = {
 def variant_recipe(recipe: dict, sweep_name: str, name: str, changes: dict, stage: dict | None,
                    transfer: dict | None = None) -> dict:
     """The job's recipe with one variant's changes (a new dict: the job's is left as it is);
-    `transfer`: the data section of the grid's unlabelled text, which a `transfer` change adds."""
+    `transfer`: the grid's unlabelled text files (language -> path), which a `transfer` change adds."""
     recipe = copy.deepcopy(recipe)
     recipe["name"] = f"{sweep_name}-{name}"
     if stage is not None:
@@ -92,17 +92,17 @@ def variant_recipe(recipe: dict, sweep_name: str, name: str, changes: dict, stag
     if "transfer" in changes:
         if not transfer:
             raise ValueError(f"variant {name} adds transfer text, but the grid has none for its setting")
-        recipe["data"] = {**recipe["data"], "transfer": copy.deepcopy(transfer["transfer"]),
+        recipe["data"] = {**recipe["data"], "transfer": dict(transfer),
                           "max_transfer_per_language": changes["transfer"]}
     return recipe
 
 
 def sweep_inputs(jobs: list, sweep: Sweep) -> tuple:
-    """The grid's job the sweep varies, and the data section of its setting's unlabelled transfer
-    text (the BiLSTM run's; None where the setting has none)."""
+    """The grid's job the sweep varies, and its setting's unlabelled transfer text files (the
+    BiLSTM run's, language -> path; None where the setting has none)."""
     by_name = {j.name: j for j in jobs}
     bilstm = by_name.get(f"{sweep.job.rsplit('/', 1)[0]}/bilstm")
-    return by_name[sweep.job], {"transfer": bilstm.recipe["data"]["transfer"]} if bilstm else None
+    return by_name[sweep.job], bilstm.recipe["data"]["transfer"] if bilstm else None
 
 
 def main() -> int:

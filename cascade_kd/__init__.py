@@ -11,8 +11,9 @@
 
 Building blocks for your own loop: `build_student` (a student from a teacher and a spec),
 `StudentFamily` and `register_family` (a new kind of student), `Features`/`extract_features` (any
-model's outputs as named features); the losses are classes in `cascade_kd.losses` (one module each). The names are loaded on first
-use, so `import cascade_kd` (and the command line's --help) stays fast.
+model's outputs as named features); the losses are classes in `cascade_kd.losses` (one module
+each). The names are loaded on first use, so `import cascade_kd` (and the command line's --help)
+stays fast.
 """
 
 from __future__ import annotations

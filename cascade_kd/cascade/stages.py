@@ -21,8 +21,8 @@ from cascade_kd.students import build_student, count_parameters, family, family_
 from cascade_kd.students.hub import create_model, load_checkpoint, load_model, save_checkpoint, use_attention_outputs
 from cascade_kd.training.distributed import barrier, is_main, on_main, process_state
 from cascade_kd.training.loop import train
-from cascade_kd.training.state import saved_stream
 from cascade_kd.training.setup import resolve_precision
+from cascade_kd.training.state import saved_stream
 from cascade_kd.training.task import DistillationTask, reads_of
 from cascade_kd.training.teacher import CachedTeacher, DenseGuides, LiveTeacher
 from cascade_kd.training.teacher_cache import CacheRequest, TeacherCache, build_shards, cache_key, finish_cache, plan_cache
