@@ -118,6 +118,8 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
             f"language(s) ({', '.join(zero_shot[:12])}{' ...' if len(zero_shot) > 12 else ''}); models selected on the "
             + ("dev sets of the training languages" if recipe.data.select_on == "train_languages"
                else "dev sets of every language, zero-shot ones included (data.select_on: all)"))
+    for note in data.notes:
+        say(f"data: {note}")
     for warning in data.warnings:
         say(f"WARNING: {warning}")
 

@@ -434,6 +434,12 @@ class DataConfig(_Section):
     # of every stage with a teacher loss: plain text, one example per line; a template with {lang}
     # (data.languages) or a mapping lang -> path (any languages, labelled or not)
     transfer: Optional[Union[str, dict[str, str]]] = None
+    # how the transfer files are written: text (one example per line) or a labelled format read
+    # with this section's column settings and its labels dropped (e.g. the train files of the
+    # zero-shot languages: conll). Either way a sentence met before in its language is left out: a
+    # repeat, a labelled training, dev or test example (distilling on scored text flatters scores)
+    transfer_format: Literal["text", "tsv", "conll", "jsonl"] = "text"
+    # counts the sentences kept, after those left out
     max_transfer_per_language: Optional[int] = Field(None, ge=1)
     # no test files (e.g. PAN-X here): hold out this fraction of each language's dev as test
     holdout_from_dev: Optional[float] = Field(None, gt=0, lt=1)
@@ -561,7 +567,8 @@ class Recipe(_Section):
         for key in ("train_languages", "transfer", "max_transfer_per_language", "language_alpha"):
             if data["data"][key] is None:
                 del data["data"][key]
-        for key, default in (("quoting", "none"), ("cap", "first"), ("select_on", "train_languages")):
+        for key, default in (("quoting", "none"), ("cap", "first"), ("select_on", "train_languages"),
+                             ("transfer_format", "text")):
             if data["data"][key] == default:
                 del data["data"][key]
         if data["task"]["type"] != "mlm":

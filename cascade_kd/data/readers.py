@@ -17,7 +17,7 @@ import codecs
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 
@@ -54,13 +54,15 @@ def read_examples(
     quoting: str = "none",
     encoding: str = "utf-8",
     limit: int | None = None,
+    keep: Callable[[Example], bool] | None = None,
 ) -> list[Example]:
     """Read the examples of one language from one file.
 
     `fmt` is "tsv", "conll" or "jsonl"; `task` is "sequence", "pair" or "token". Columns are
     names (tsv with a header, jsonl keys) or 0-based indexes (tsv without a header); see the
     format readers below for defaults. `quoting` ("none" or "csv", tsv only): see `_read_tsv`.
-    `limit` keeps only the first `limit` examples. Raises
+    `limit` keeps only the first `limit` examples (of those `keep` accepts, when given: then an
+    empty result is returned, not raised; `keep` saw whether the file had any). Raises
     `DataError` for any problem with the arguments or the file.
     """
     where = str(path)
@@ -115,18 +117,19 @@ def read_examples(
             label_column=label_column,
         )
     # The readers are generators: stopping at `limit` also stops parsing (and checking) rows there.
-    result = list(islice(examples, limit))
-    if not result:
+    result = list(islice(examples if keep is None else filter(keep, examples), limit))
+    if not result and keep is None:
         raise DataError("no examples", where=where, hint="the file is empty or holds only blank or skipped lines")
     return result
 
 
 def read_transfer_text(path: str | os.PathLike, *, task: str, lang: str, encoding: str = "utf-8",
-                       limit: int | None = None) -> list[Example]:
+                       limit: int | None = None, keep: Callable[[Example], bool] | None = None) -> list[Example]:
     """Unlabelled transfer text (XtremeDistil): one example per non-blank line, no labels.
 
     Token tasks: the line's whitespace-separated words; pair tasks: two texts separated by one tab;
     sequence tasks: the line. The teacher labels these examples (soft targets) during distillation.
+    `limit` counts the examples `keep` accepts, when given.
     """
     where = str(path)
     out: list[Example] = []
@@ -135,7 +138,7 @@ def read_transfer_text(path: str | os.PathLike, *, task: str, lang: str, encodin
             continue
         at = f"{where}:{number}"
         if task == "token":
-            out.append(Example(lang=lang, source=at, tokens=line.split()))
+            example = Example(lang=lang, source=at, tokens=line.split())
         elif task == "pair":
             parts = line.split("\t")
             if len(parts) != 2 or not all(part.strip() for part in parts):
@@ -143,9 +146,11 @@ def read_transfer_text(path: str | os.PathLike, *, task: str, lang: str, encodin
                     f"a pair task's transfer line needs two texts separated by one tab, found {len(parts)} field(s)",
                     where=at, hint="write TEXT<TAB>TEXT_PAIR on each line",
                 )
-            out.append(Example(lang=lang, source=at, text=parts[0], text_pair=parts[1]))
+            example = Example(lang=lang, source=at, text=parts[0], text_pair=parts[1])
         else:
-            out.append(Example(lang=lang, source=at, text=line))
+            example = Example(lang=lang, source=at, text=line)
+        if keep is None or keep(example):
+            out.append(example)
         if limit is not None and len(out) >= limit:
             break
     return out

@@ -28,6 +28,7 @@ class TaskData:
     splits: dict[str, dict[str, list[Example]]] = field(default_factory=dict)
     transfer: dict[str, list[Example]] = field(default_factory=dict)  # lang -> unlabelled examples
     warnings: list[str] = field(default_factory=list)  # what the user should know about the data read
+    notes: list[str] = field(default_factory=list)  # what was read and left out, for the log
 
     @property
     def train_languages(self) -> list[str]:
@@ -268,6 +269,9 @@ def load_task_data(recipe: Recipe) -> TaskData:
             splits[split] = per_lang
     if "train" not in splits:
         raise DataError("no training data", where=where(recipe, "data"), hint="give data.train (or a train split)")
+    # what transfer text must not repeat: every example read, and all of dev when test is carved from it
+    # (a dev sentence beyond the caps is scored as soon as a cap is raised)
+    read = {split: dict(per_lang) for split, per_lang in splits.items()}  # _hold_out replaces dev's lists
     if recipe.data.holdout_from_dev:
         _hold_out(recipe, splits)
 
@@ -285,8 +289,10 @@ def load_task_data(recipe: Recipe) -> TaskData:
                             where=_label_at(recipe, ex, i),
                             hint="add it to task.labels, or fix the row",
                         )
+    notes: list[str] = []
+    transfer = _read_transfer(recipe, read, notes)
     return TaskData(task=recipe.task.type, labels=labels, languages=list(recipe.data.languages), splits=splits,
-                    transfer=_read_transfer(recipe), warnings=warnings)
+                    transfer=transfer, warnings=warnings, notes=notes)
 
 
 def _check_format(recipe: Recipe) -> None:
@@ -298,25 +304,80 @@ def _check_format(recipe: Recipe) -> None:
     if text and not mlm:
         raise RecipeError("data.format: text holds no labels: it is for task type mlm (general distillation)",
                           where=where(recipe, "data", "format"), hint="use tsv, conll or jsonl for a labelled task")
+    if recipe.data.transfer is None and recipe.data.transfer_format != "text":
+        raise RecipeError("data.transfer_format is set but there is no data.transfer text to read",
+                          where=where(recipe, "data", "transfer_format"),
+                          hint="give data.transfer (a template with {lang} or a mapping lang: path), or drop the key")
     if mlm and recipe.data.transfer is not None:
         raise RecipeError("data.transfer adds unlabelled text to a labelled task; with type: mlm every text is "
                           "unlabelled", where=where(recipe, "data", "transfer"), hint="give the text as data.train")
 
 
-def _read_transfer(recipe: Recipe) -> dict[str, list[Example]]:
-    """data.transfer: unlabelled text per language (any languages when given as a mapping)."""
-    spec = recipe.data.transfer
+def _sentence(example: Example) -> tuple:
+    """What makes two examples the same sentence: the words of a token task, the text (and pair) of
+    the others, whitespace-normalised (a text file and a labelled file write one sentence alike)."""
+    if example.tokens is not None:
+        return tuple(example.tokens)
+    return (" ".join(example.text.split()), " ".join((example.text_pair or "").split()))
+
+
+def _read_transfer(recipe: Recipe, read: dict[str, dict[str, list[Example]]],
+                   notes: list[str]) -> dict[str, list[Example]]:
+    """data.transfer: unlabelled text per language (any languages when given as a mapping).
+
+    A sentence met before in its language is left out: a repeat in the same file, or an example in
+    `read` (split -> language -> examples: the labelled training examples and the dev and test ones,
+    all of dev where test is held out from it), since the teacher's outputs on scored text would
+    flatter the scores. Other languages are not compared: PAN-X alone holds hundreds of one-name
+    lines that occur in many languages' files. `max_transfer_per_language` counts the sentences
+    kept. A language whose every sentence is left out (English, when the template also names its
+    labelled train file) gets none."""
+    spec, data = recipe.data.transfer, recipe.data
     if spec is None:
         return {}
-    out = {}
+    out, empty, left_out = {}, [], {"labelled_or_scored": 0, "repeated": 0}
     for lang in (spec if isinstance(spec, dict) else recipe.data.languages):
+        met = {_sentence(ex) for per_lang in read.values() for ex in per_lang.get(lang, ())}
         path = _path_for(recipe, "transfer", lang)
         _require_file(recipe, "transfer", lang, path)
-        examples = read_transfer_text(path, task=recipe.task.type, lang=lang, encoding=recipe.data.encoding,
-                                      limit=recipe.data.max_transfer_per_language)
-        if not examples:
+        counts = {"read": 0, "repeated": 0, "labelled_or_scored": 0}
+        own: set[tuple] = set()
+
+        def keep(example: Example) -> bool:
+            counts["read"] += 1
+            key = _sentence(example)
+            if key in met:
+                counts["labelled_or_scored"] += 1
+                return False
+            if key in own:
+                counts["repeated"] += 1
+                return False
+            own.add(key)
+            return True
+
+        if data.transfer_format == "text":
+            examples = read_transfer_text(path, task=recipe.task.type, lang=lang, encoding=data.encoding,
+                                          limit=data.max_transfer_per_language, keep=keep)
+        else:  # a labelled file: its labels are read (and checked for shape) but never used
+            examples = [Example(lang=lang, source=ex.source, text=ex.text, text_pair=ex.text_pair, tokens=ex.tokens)
+                        for ex in read_examples(path, fmt=data.transfer_format, task=recipe.task.type, lang=lang,
+                                                text_column=data.text_column, text_pair_column=data.text_pair_column,
+                                                label_column=data.label_column, header=data.header,
+                                                quoting=data.quoting, encoding=data.encoding,
+                                                limit=data.max_transfer_per_language, keep=keep)]
+        if not counts["read"]:
             raise DataError(f"the transfer file of {lang!r} has no text", where=str(path))
-        out[lang] = examples
+        for key in left_out:
+            left_out[key] += counts[key]
+        if examples:
+            out[lang] = examples
+        else:
+            empty.append(lang)
+    if any(left_out.values()):  # one line for all languages: a PAN-X recipe names 40
+        notes.append(f"transfer: {sum(map(len, out.values())):,} sentences kept in {len(out)} language(s); left out "
+                     f"{left_out['labelled_or_scored']:,} met in their language's labelled training, dev or test data "
+                     f"and {left_out['repeated']:,} repeats"
+                     + (f"; none left in {', '.join(empty)}" if empty else ""))
     return out
 
 

@@ -78,3 +78,30 @@ def test_zero_shot_example_prepares_with_its_teacher():
     for lang, (_, encoded) in job.encoded["dev"].items():
         pieces = [i for e in encoded for i in e.input_ids]
         assert pieces.count(unk) / len(pieces) < 0.05, lang  # the teacher's vocabulary covers every script
+
+
+def test_zero_shot_transfer_example_reads_unlabelled_text_of_the_38_other_languages():
+    """examples/panx-zero-shot-transfer.yaml: the zero-shot recipe plus the train files of the other
+    languages as unlabelled text; none of it is a sentence of its language's dev file (test is carved
+    from dev), English's is all labelled and so left out."""
+    from cascade_kd.data.readers import read_examples
+    from cascade_kd.data.task import load_task_data
+
+    shared_data("panx")
+    recipe = load_recipe(EXAMPLES / "panx-zero-shot-transfer.yaml")
+    base = load_recipe(EXAMPLES / "panx-zero-shot.yaml")
+    assert recipe.data.transfer_format == "conll" and recipe.data.max_transfer_per_language == 1000
+    assert recipe.data.model_dump(exclude={"transfer", "transfer_format", "max_transfer_per_language"}) == \
+        base.data.model_dump(exclude={"transfer", "transfer_format", "max_transfer_per_language"})
+    assert len(recipe.data.languages) == 39
+    recipe.data.languages = ["en", "de", "ja", "yo"]  # a fast test: three scripts, the smallest text (yo)
+    recipe.data.max_eval_per_language, recipe.data.max_transfer_per_language = 100, 40
+    data = load_task_data(recipe)
+    assert list(data.splits["train"]) == ["en"] and list(data.transfer) == ["de", "ja", "yo"]
+    assert {len(examples) for examples in data.transfer.values()} == {40}
+    assert data.notes[0].endswith("none left in en")
+    for lang in ("de", "ja", "yo"):
+        dev = {tuple(ex.tokens) for ex in read_examples(recipe.base_dir / recipe.data.dev.replace("{lang}", lang),
+                                                         fmt="conll", task="token", lang=lang)}
+        text = [tuple(ex.tokens) for ex in data.transfer[lang]]
+        assert not dev & set(text) and len(set(text)) == 40 and all(ex.tags is None for ex in data.transfer[lang])

@@ -97,3 +97,74 @@ def test_a_missing_transfer_file_is_a_clear_error(demo_workspace, tmp_path):
     with pytest.raises(DataError) as err:
         prepare(load_recipe(tmp_path / "recipe.yaml"), tmp_path / "run", say=lambda m: None)
     assert "transfer file of 'en' not found" in str(err.value) and "nowhere.txt" in str(err.value)
+
+
+# --- which transfer sentences are kept -----------------------------------------------------------
+
+
+def _conll(path, sentences):
+    """A CoNLL file of `sentences` (words split on spaces), the first word tagged B-PER, the rest O."""
+    path.write_text("\n\n".join("\n".join(f"{w}\t{'O' if i else 'B-PER'}" for i, w in enumerate(s.split()))
+                                for s in sentences) + "\n", encoding="utf-8")
+
+
+def _zero_shot_task(tmp_path, **data):
+    """en labelled, de zero-shot: each with dev and test sentences of its own."""
+    from cascade_kd.config.schema import load_recipe
+
+    _conll(tmp_path / "train-en.conll", ["Anna lives in Paris", "Bob works at Acme"])
+    for lang in ("en", "de"):
+        _conll(tmp_path / f"dev-{lang}.conll", [f"dev one {lang}", f"dev two {lang}"])
+        _conll(tmp_path / f"test-{lang}.conll", [f"test one {lang}", "Berlin"])
+    recipe = {"name": "t", "task": {"type": "token"}, "teacher": {"model": "x"},
+              "data": {"languages": ["en", "de"], "train_languages": ["en"], "format": "conll",
+                       "train": "train-{lang}.conll", "dev": "dev-{lang}.conll", "test": "test-{lang}.conll",
+                       "transfer": "transfer-{lang}.txt", **data},
+              "cascade": {"stages": [{"name": "s", "student": {"layers": 1}}]}}
+    write_recipe(tmp_path, recipe)
+    return load_recipe(tmp_path / "recipe.yaml")
+
+
+def test_a_sentence_met_before_in_its_language_is_left_out_and_the_cap_counts_those_kept(tmp_path):
+    from cascade_kd.data.task import load_task_data
+
+    (tmp_path / "transfer-en.txt").write_text(
+        "Anna lives in Paris\nnew en one\ndev one en\nnew  en one\ntest one en\nnew en two\nnew en three\n",
+        encoding="utf-8")
+    # de's text holds en's dev sentence and a test sentence of both: only its own dev/test count
+    (tmp_path / "transfer-de.txt").write_text("dev one en\nBerlin\nneu eins\n", encoding="utf-8")
+    data = load_task_data(_zero_shot_task(tmp_path, max_transfer_per_language=2))
+    assert [ex.tokens for ex in data.transfer["en"]] == [["new", "en", "one"], ["new", "en", "two"]]
+    assert [ex.tokens for ex in data.transfer["de"]] == [["dev", "one", "en"], ["neu", "eins"]]
+    # en: 3 met (its train, dev and test sentences) and a repeat (spacing aside); de: its own test's "Berlin"
+    assert data.notes == ["transfer: 4 sentences kept in 2 language(s); left out 4 met in their language's "
+                          "labelled training, dev or test data and 1 repeats"]
+    assert data.transfer["en"][1].source.endswith("transfer-en.txt:6")  # the line it came from
+
+
+def test_labelled_files_serve_as_transfer_text_without_their_labels(tmp_path):
+    """transfer_format: conll reads e.g. every language's train file; English's sentences are all
+    labelled training examples, so English gets none (and no error)."""
+    from cascade_kd.data.task import load_task_data
+
+    _conll(tmp_path / "train-de.conll", ["Anna wohnt in Paris", "dev one de", "Anna wohnt in Paris", "Bob"])
+    data = load_task_data(_zero_shot_task(tmp_path, transfer="train-{lang}.conll", transfer_format="conll"))
+    assert list(data.transfer) == ["de"]
+    assert [ex.tokens for ex in data.transfer["de"]] == [["Anna", "wohnt", "in", "Paris"], ["Bob"]]
+    assert all(ex.tags is None and ex.label is None for ex in data.transfer["de"])
+    assert "train" not in {split for split, per_lang in data.splits.items() if "de" in per_lang}  # still zero-shot
+    assert data.notes == ["transfer: 2 sentences kept in 1 language(s); left out 3 met in their language's "
+                          "labelled training, dev or test data and 1 repeats; none left in en"]
+
+
+def test_transfer_format_without_transfer_text_and_an_empty_transfer_file_are_clear_errors(tmp_path):
+    from cascade_kd.data.task import load_task_data
+    from cascade_kd.errors import RecipeError
+
+    for lang in ("en", "de"):
+        (tmp_path / f"transfer-{lang}.txt").write_text("x y\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="data.transfer_format is set but there is no data.transfer"):
+        load_task_data(_zero_shot_task(tmp_path, transfer=None, transfer_format="conll"))
+    (tmp_path / "transfer-de.txt").write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(DataError, match="the transfer file of 'de' has no text"):
+        load_task_data(_zero_shot_task(tmp_path))
