@@ -18,9 +18,10 @@ Per setting: the teacher; 12->6->3 against direct 12->3; CAMeMBERT's chain 12->1
 direct 12->6; a deeper chain 12->6->3->2 against direct 12->2; labels only (6 and 3 layers);
 LightMBERT's choices one at a time on the 12->6 student (random instead of bottom layers, trainable
 instead of frozen embeddings, uniform instead of top-only layer maps); a MiniALBERT recursive
-student; on PAN-X an XtremeDistil BiLSTM with unlabelled transfer text of every language, and
-12->6->3 with direct 12->3 given the same text (TRANSFER_SHARE sentences a language; the 3-layer
-students at THREE_LAYER_LR); 3 seeds for
+student; on PAN-X and SIB-200 zero-shot an XtremeDistil BiLSTM with unlabelled transfer text of
+every language, and 12->6->3 with direct 12->3 given the same text (PAN-X: TRANSFER_SHARE sentences
+a language; SIB-200: all 701, translations of the English training set; the 3-layer students at
+THREE_LAYER_LR); 3 seeds for
 cascade against direct at 3 and 6 layers, and at 3 layers with that text (compared with `ckd.compare`;
 these run first, the rest on seed 0 after them). Students take
 LightMBERT's defaults: bottom-layer initialisation, frozen embeddings, kl + top-only hidden and
@@ -121,6 +122,11 @@ def sib_data(train_languages: list[str] | None, s: dict) -> dict:
 # labelled ones (the teacher's soft labels, hidden states and attention on them; no gold label): a
 # fifth of what the BiLSTM takes, 2.7x the steps of the English-only runs in the full mode
 TRANSFER_SHARE = 1000
+# SIB-200's unlabelled text in the zero-shot setting: every sentence of the other 40 languages'
+# training files (701 each; English's are its labelled ones, so the library leaves them out), in
+# both modes (the small grid's SIB-200 runs are full-size). These are translations of the English
+# training set (Flores-200 sentences), parallel text unlike PAN-X's: RESULTS says so beside them
+SIB_TRANSFER = 1000
 # the 3-layer students' rate in the transfer runs, chosen on English dev by `xlingual_sweep.py
 # three-layer` (seed 0, 12->3 direct: 75.1 against 73.5 F1 at 1e-4 without the text, 77.3 against
 # 75.7 with it); the 6-layer stage keeps the grid's 1e-4
@@ -351,7 +357,7 @@ def grid(args, s: dict) -> list[Job]:
     sequence = {"type": "sequence", "max_length": 128, "labels_file": str(DATA / "sib200" / "labels.txt")}
     panx = PANX_QUICK if mode != "full" else PANX_LANGUAGES
     jobs, transfer, vocabulary = [], {}, {}
-    sib_sizes = {**s, "teacher_epochs": s["sib_teacher_epochs"], "epochs": s["sib_epochs"]}
+    sib_sizes = {**s, "teacher_epochs": s["sib_teacher_epochs"], "epochs": s["sib_epochs"], "transfer": SIB_TRANSFER}
     # multilingual training: panx_ml_train sentences per language where set (full mode: 10 x 2,000,
     # as many labelled sentences as the zero-shot setting's 20,000 of English)
     panx_sizes = {"panx-zs": s, "panx-ml": {**s, "panx_train": s.get("panx_ml_train", s["panx_train"])}}
@@ -363,6 +369,9 @@ def grid(args, s: dict) -> list[Job]:
                 **s, "transfer": VOCAB_SENTENCES})["transfer"]}
         else:
             vocabulary[setting] = sib_text(out / setting, sib_data(None, s)["languages"])
+            if setting == "sib-zs":  # the other languages' training texts, their labels dropped
+                transfer[setting] = {"transfer": str(DATA / "sib200" / "{lang}" / "train.tsv"), "transfer_format": "tsv",
+                                     "max_transfer_per_language": SIB_TRANSFER}
         if setting == "panx-zs":
             jobs += setting_jobs(setting, token, panx_data(panx, ["en"], s), teacher, out, s, mode, transfer[setting])
         elif setting == "panx-ml":
@@ -371,7 +380,8 @@ def grid(args, s: dict) -> list[Job]:
         elif setting == "sib-all":  # 41 languages of training text: PAN-X's epochs
             jobs += setting_jobs(setting, sequence, sib_data(None, s), teacher, out, s, mode)
         else:
-            jobs += setting_jobs(setting, sequence, sib_data(["eng_Latn"], s), teacher, out, sib_sizes, mode)
+            jobs += setting_jobs(setting, sequence, sib_data(["eng_Latn"], s), teacher, out, sib_sizes, mode,
+                                 transfer[setting])
     # once per setting, on seed 0's 12->6->3 (the 3-layer student that beat direct on every seed of the
     # small grid) and its twin with transfer text: trimmed int8 export, then latency
     deployed = {"cascade-3": "s3", "transfer": "t3"}

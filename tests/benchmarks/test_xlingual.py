@@ -216,3 +216,23 @@ def test_every_sweep_variant_is_a_valid_recipe_that_changes_only_its_own_keys(gr
         assert (base.seed, base.data, base.teacher, base.train, base.cascade.losses) == (
             grid_recipe.seed, grid_recipe.data, grid_recipe.teacher, grid_recipe.train, grid_recipe.cascade.losses)
         assert stage.student == grid_recipe.cascade.stages[0].student and stage.train == grid_recipe.cascade.stages[0].train
+
+
+def test_sib200_zero_shot_transfer_runs_read_the_other_languages_training_texts_without_labels(grid_of, tmp_path):
+    """sib-zs gains PAN-X's transfer runs (3 seeds) and BiLSTM: the unlabelled text is every other
+    language's SIB-200 training file, its labels dropped; English's is all labelled, so it has none."""
+    from cascade_kd.data.task import load_task_data
+
+    jobs, _ = grid_of("full", ["sib-zs"])
+    transfer = {j.name: j.build() for j in jobs if j.name.endswith(("/transfer", "/bilstm"))}
+    assert sorted(transfer) == ["sib-zs/seed0/bilstm", "sib-zs/seed0/transfer", "sib-zs/seed1/transfer",
+                                "sib-zs/seed2/transfer"]
+    recipe = transfer["sib-zs/seed0/transfer"]
+    assert recipe.data.transfer_format == "tsv" and recipe.data.max_transfer_per_language >= 701
+    assert [(s.train or {}).get("lr") for s in recipe.cascade.stages] == [None, xlingual.THREE_LAYER_LR]
+    recipe.data.languages = ["eng_Latn", "deu_Latn", "jpn_Jpan"]  # a fast test
+    data = load_task_data(recipe)
+    assert list(data.transfer) == ["deu_Latn", "jpn_Jpan"] and {len(v) for v in data.transfer.values()} == {701}
+    assert all(ex.label is None and ex.text for ex in data.transfer["jpn_Jpan"])
+    assert data.notes == ["transfer: 1,402 sentences kept in 2 language(s); left out 701 met in their language's "
+                          "labelled training, dev or test data and 0 repeats; none left in eng_Latn"]
