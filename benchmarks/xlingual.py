@@ -273,7 +273,9 @@ def deploy_recipe(recipe: dict, vocabulary: dict | None) -> dict:
     transfer text (so that a run with text and one without are trimmed alike)."""
     if not vocabulary:
         return recipe
-    return {**recipe, "data": {**recipe["data"], "max_transfer_per_language": None, **vocabulary}}
+    # the vocabulary text is plain text, one sentence a line, whatever files the run read its own from
+    return {**recipe, "data": {**recipe["data"], "max_transfer_per_language": None, "transfer_format": "text",
+                               **vocabulary}}
 
 
 def steps(*parts):

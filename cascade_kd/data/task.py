@@ -318,7 +318,7 @@ def _sentence(example: Example) -> tuple:
     the others, whitespace-normalised (a text file and a labelled file write one sentence alike)."""
     if example.tokens is not None:
         return tuple(example.tokens)
-    return (" ".join(example.text.split()), " ".join((example.text_pair or "").split()))
+    return (" ".join((example.text or "").split()), " ".join((example.text_pair or "").split()))
 
 
 def _read_transfer(recipe: Recipe, read: dict[str, dict[str, list[Example]]],
@@ -359,12 +359,21 @@ def _read_transfer(recipe: Recipe, read: dict[str, dict[str, list[Example]]],
             examples = read_transfer_text(path, task=recipe.task.type, lang=lang, encoding=data.encoding,
                                           limit=data.max_transfer_per_language, keep=keep)
         else:  # a labelled file: its labels are read (and checked for shape) but never used
+            # the data section's column settings describe files of its own format only
+            same = data.transfer_format == data.format
+            settings = dict(text_column=data.text_column, text_pair_column=data.text_pair_column,
+                            label_column=data.label_column, header=data.header, quoting=data.quoting) if same else {}
+            try:
+                labelled = read_examples(path, fmt=data.transfer_format, task=recipe.task.type, lang=lang,
+                                         encoding=data.encoding, limit=data.max_transfer_per_language, keep=keep,
+                                         **settings)
+            except DataError as err:
+                raise DataError(err.message, where=err.where, hint=(f"{err.hint}; " if err.hint else "") + (
+                    f"data.transfer_format: {data.transfer_format} reads the transfer files as labelled files "
+                    + ("with this section's column settings" if same else f"with {data.transfer_format}'s defaults")
+                    + ", label included; for text without labels use transfer_format: text")) from None
             examples = [Example(lang=lang, source=ex.source, text=ex.text, text_pair=ex.text_pair, tokens=ex.tokens)
-                        for ex in read_examples(path, fmt=data.transfer_format, task=recipe.task.type, lang=lang,
-                                                text_column=data.text_column, text_pair_column=data.text_pair_column,
-                                                label_column=data.label_column, header=data.header,
-                                                quoting=data.quoting, encoding=data.encoding,
-                                                limit=data.max_transfer_per_language, keep=keep)]
+                        for ex in labelled]
         if not counts["read"]:
             raise DataError(f"the transfer file of {lang!r} has no text", where=str(path))
         for key in left_out:
@@ -374,10 +383,15 @@ def _read_transfer(recipe: Recipe, read: dict[str, dict[str, list[Example]]],
         else:
             empty.append(lang)
     if any(left_out.values()):  # one line for all languages: a PAN-X recipe names 40
-        notes.append(f"transfer: {sum(map(len, out.values())):,} sentences kept in {len(out)} language(s); left out "
-                     f"{left_out['labelled_or_scored']:,} met in their language's labelled training, dev or test data "
-                     f"and {left_out['repeated']:,} repeats"
+        notes.append(f"transfer: kept {sum(map(len, out.values())):,} sentence(s) in {len(out)} language(s); left out "
+                     f"{left_out['labelled_or_scored']:,} already among their language's labelled training, dev or "
+                     f"test examples and {left_out['repeated']:,} repeated"
                      + (f"; none left in {', '.join(empty)}" if empty else ""))
+    if not out:
+        raise DataError("data.transfer: every transfer sentence is already a labelled training, dev or test example "
+                        "of its language (or a repeat), so none is left to distil on",
+                        where=where(recipe, "data", "transfer"),
+                        hint="point data.transfer at text that is not the task's own data, or remove the key")
     return out
 
 

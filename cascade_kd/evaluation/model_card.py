@@ -212,9 +212,10 @@ def _how_made(run: RunFiles, row: dict, marker: dict) -> list[str]:
     sizes = (run.manifest.get("data_sizes") or {}).get("train") or {}
     if sizes:
         lines.append("- Training data per language: " + ", ".join(f"{l} {n:,}" for l, n in sizes.items()) + ".")
-    data = recipe.get("data") or {}
-    if data.get("transfer") and row["role"] != "teacher":
-        lines.append("- Also unlabelled transfer text, labelled by the teacher (data.transfer).")
+    transfer = (run.manifest.get("data_sizes") or {}).get("transfer") or {}  # what was read, after left-out sentences
+    if transfer and row["role"] != "teacher":
+        lines.append(f"- Also {sum(transfer.values()):,} unlabelled transfer sentences in {len(transfer)} language(s), "
+                     "labelled by the teacher (data.transfer).")
     return lines
 
 

@@ -77,6 +77,7 @@ def test_the_deploy_step_comes_before_the_latency_step_that_times_its_result(gri
         trimmed_on = xlingual.deploy_recipe(holder.recipe, vocabulary)["data"]
         # the vocabulary text whole, whatever cap the run put on its own transfer text (transfer: 1,000)
         assert trimmed_on["transfer"] == vocabulary["transfer"] and trimmed_on["max_transfer_per_language"] is None
+        assert trimmed_on.get("transfer_format", "text") == "text"  # the vocabulary files are plain text
 
 
 @pytest.mark.parametrize("mode", ["small", "full"])
@@ -234,5 +235,10 @@ def test_sib200_zero_shot_transfer_runs_read_the_other_languages_training_texts_
     data = load_task_data(recipe)
     assert list(data.transfer) == ["deu_Latn", "jpn_Jpan"] and {len(v) for v in data.transfer.values()} == {701}
     assert all(ex.label is None and ex.text for ex in data.transfer["jpn_Jpan"])
-    assert data.notes == ["transfer: 1,402 sentences kept in 2 language(s); left out 701 met in their language's "
-                          "labelled training, dev or test data and 0 repeats; none left in eng_Latn"]
+    assert data.notes == ["transfer: kept 1,402 sentence(s) in 2 language(s); left out 701 already among their "
+                          "language's labelled training, dev or test examples and 0 repeated; none left in eng_Latn"]
+    # its deploy step trims on the vocabulary text, which is plain text whatever the run's own files
+    holder = next(j for j in jobs if j.name == "sib-zs/seed0/transfer")
+    vocabulary = next(p.keywords["vocabulary"] for p in holder.after.parts if p.func is xlingual.deploy_step)
+    deployed = xlingual.deploy_recipe(holder.recipe, vocabulary)["data"]
+    assert deployed["transfer_format"] == "text" and deployed["transfer"] == vocabulary["transfer"]

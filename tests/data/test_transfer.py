@@ -82,6 +82,8 @@ def test_a_stage_trains_on_train_plus_transfer_and_the_teacher_on_train_only(dem
     assert "teacher: training 2 layers x 32 for 5 epochs on 400 examples" in text  # gold data only
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["data_sizes"]["transfer"] == {"en": 40, "ru": 40}
+    card = (tmp_path / "run" / "stages" / "student" / "README.md").read_text(encoding="utf-8")
+    assert "Also 80 unlabelled transfer sentences in 2 language(s), labelled by the teacher" in card
     # 400 + 80 examples at batch 32 for 1 epoch: 15 steps (400 alone would be 13)
     stage = json.loads((tmp_path / "run" / "stages" / "student" / MARKER).read_text())
     assert stage["steps"] == 15
@@ -137,8 +139,8 @@ def test_a_sentence_met_before_in_its_language_is_left_out_and_the_cap_counts_th
     assert [ex.tokens for ex in data.transfer["en"]] == [["new", "en", "one"], ["new", "en", "two"]]
     assert [ex.tokens for ex in data.transfer["de"]] == [["dev", "one", "en"], ["neu", "eins"]]
     # en: 3 met (its train, dev and test sentences) and a repeat (spacing aside); de: its own test's "Berlin"
-    assert data.notes == ["transfer: 4 sentences kept in 2 language(s); left out 4 met in their language's "
-                          "labelled training, dev or test data and 1 repeats"]
+    assert data.notes == ["transfer: kept 4 sentence(s) in 2 language(s); left out 4 already among their "
+                          "language's labelled training, dev or test examples and 1 repeated"]
     assert data.transfer["en"][1].source.endswith("transfer-en.txt:6")  # the line it came from
 
 
@@ -153,8 +155,8 @@ def test_labelled_files_serve_as_transfer_text_without_their_labels(tmp_path):
     assert [ex.tokens for ex in data.transfer["de"]] == [["Anna", "wohnt", "in", "Paris"], ["Bob"]]
     assert all(ex.tags is None and ex.label is None for ex in data.transfer["de"])
     assert "train" not in {split for split, per_lang in data.splits.items() if "de" in per_lang}  # still zero-shot
-    assert data.notes == ["transfer: 2 sentences kept in 1 language(s); left out 3 met in their language's "
-                          "labelled training, dev or test data and 1 repeats; none left in en"]
+    assert data.notes == ["transfer: kept 2 sentence(s) in 1 language(s); left out 3 already among their "
+                          "language's labelled training, dev or test examples and 1 repeated; none left in en"]
 
 
 def test_transfer_format_without_transfer_text_and_an_empty_transfer_file_are_clear_errors(tmp_path):
@@ -168,3 +170,48 @@ def test_transfer_format_without_transfer_text_and_an_empty_transfer_file_are_cl
     (tmp_path / "transfer-de.txt").write_text("\n  \n", encoding="utf-8")
     with pytest.raises(DataError, match="the transfer file of 'de' has no text"):
         load_task_data(_zero_shot_task(tmp_path))
+
+
+def test_a_transfer_that_leaves_nothing_is_an_error_and_the_default_format_leaves_the_fingerprint_alone(tmp_path):
+    from cascade_kd.data.task import load_task_data
+
+    for lang in ("en", "de"):  # every line is a dev sentence of its own language
+        (tmp_path / f"transfer-{lang}.txt").write_text(f"dev one {lang}\ndev two {lang}\n", encoding="utf-8")
+    recipe = _zero_shot_task(tmp_path)
+    with pytest.raises(DataError, match="every transfer sentence is already a labelled training, dev or test") as err:
+        load_task_data(recipe)
+    assert "data.transfer" in str(err.value)
+    # recipes written before transfer_format hash as before; a set format is part of the recipe
+    assert "transfer_format" not in recipe.dump()["data"]
+    assert _zero_shot_task(tmp_path, transfer_format="conll").dump()["data"]["transfer_format"] == "conll"
+    assert _zero_shot_task(tmp_path, transfer_format="conll").fingerprint() != recipe.fingerprint()
+
+
+def test_jsonl_transfer_files_beside_tsv_data_are_read_with_jsonl_defaults_and_need_their_label(tmp_path):
+    """A sequence task in tsv files with a header; the transfer files are jsonl: the tsv settings
+    (header, columns) do not apply to them, and a file without its label column says what to do."""
+    from cascade_kd.config.schema import load_recipe
+    from cascade_kd.data.task import load_task_data
+
+    for split in ("train", "dev", "test"):
+        for lang in ("en", "de"):
+            rows = [f"{split} {lang} {i}\t{'ab'[i % 2]}" for i in range(4)]
+            (tmp_path / f"{split}-{lang}.tsv").write_text("sentence\ttopic\n" + "\n".join(rows) + "\n",
+                                                          encoding="utf-8")
+    lines = ['{"text": "neu eins", "label": "a"}', '{"text": "dev  de 1", "label": "b"}', '{"text": "neu zwei"}']
+    (tmp_path / "transfer-de.jsonl").write_text("\n".join(lines[:2]) + "\n", encoding="utf-8")
+    recipe = {"name": "t", "task": {"type": "sequence"}, "teacher": {"model": "x"},
+              "data": {"languages": ["en", "de"], "train_languages": ["en"], "format": "tsv", "header": True,
+                       "text_column": "sentence", "label_column": "topic", "train": "train-{lang}.tsv",
+                       "dev": "dev-{lang}.tsv", "test": "test-{lang}.tsv", "transfer": {"de": "transfer-de.jsonl"},
+                       "transfer_format": "jsonl"},
+              "cascade": {"stages": [{"name": "s", "student": {"layers": 1}}]}}
+    write_recipe(tmp_path, recipe)
+    data = load_task_data(load_recipe(tmp_path / "recipe.yaml"))
+    # "dev  de 1" is de's dev sentence, spacing aside
+    assert [(ex.text, ex.label) for ex in data.transfer["de"]] == [("neu eins", None)]
+    (tmp_path / "transfer-de.jsonl").write_text(lines[2] + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_task_data(load_recipe(tmp_path / "recipe.yaml"))
+    assert "transfer-de.jsonl:1" in str(err.value)
+    assert "for text without labels use transfer_format: text" in str(err.value)
