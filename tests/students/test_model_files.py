@@ -151,7 +151,7 @@ def test_a_pickled_optimiser_state_is_refused_in_one_line(tmp_path, train_state)
 
     directory, module, optimizer, scheduler = train_state
     with open(directory / "optimizer.pt", "wb") as handle:
-        pickle.dump({"state": {}, "param_groups": [], "x": _Payload()}, handle)
+        pickle.dump({"state": {}, "param_groups": [], "x": _Payload()}, handle, protocol=2)  # torch.save's protocol
     with pytest.raises(UserError) as info:
         load_state(directory, module, optimizer, scheduler)
     msg = str(info.value)
