@@ -17,7 +17,12 @@ needs) and the tables it builds from their metrics.json files.
   training), and again only when their job was retrained or the step changed;
 - OUT/grid.json (written atomically after every job) keeps each job's status, fingerprint and wall
   time, and survives reruns, with the load average while the grid trained (the machine may be
-  shared); OUT/grid.log has every line the runs said.
+  shared); OUT/grid.log has every line the runs said;
+- with an `archive` (a JSON file kept apart from OUT, such as in the repository), every finished
+  job's metrics.json and grid record are copied there, and a grid whose OUT was lost (another
+  machine, a wiped disk) restores them instead of training again: a restored job has its scores
+  but no model, so a job that must train retrains what it depends on first;
+- `only` (job names) trains those jobs and what they need; the others are left as they are.
 
 The rest are the small helpers the tables share: metrics.json read back, mean ± sample sd over seeds,
 per-language tables and number formats.
@@ -25,10 +30,12 @@ per-language tables and number formats.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
 import os
+import platform
 import statistics
 import threading
 import time
@@ -43,6 +50,10 @@ from cascade_kd.errors import UserError
 from cascade_kd.fileio import atomic_write
 
 Say = Callable[[str], None]
+
+
+class GridBusy(UserError):
+    """Another grid holds OUT's lock."""
 
 
 @dataclass
@@ -151,6 +162,49 @@ def finished(job: Job, run_dir: Path) -> bool:
     return (run_dir / "metrics.json").is_file() and manifest.get("recipe_fingerprint") == job.build().fingerprint()
 
 
+# ---------------------------------------------------------------------------------------------
+# The archive: finished jobs' scores kept outside OUT
+
+
+ARCHIVE_FORMAT = 1
+RESTORED = "restored.json"  # in a restored RUN_DIR: where its files came from (its model is not there)
+
+
+def read_archive(path: Path | None) -> dict:
+    """{job name: {"fingerprint", "record", "metrics"}} of an archive file ({} when absent); a file
+    of another format is refused rather than overwritten."""
+    if path is None or not Path(path).is_file():
+        return {}
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("format") != ARCHIVE_FORMAT:
+        raise UserError("not a grid archive of this runner (format 1)", where=str(path),
+                        hint="give another --archive, or move that file away")
+    return data["jobs"]
+
+
+def restored(run_dir: Path) -> bool:
+    """RUN_DIR holds a job's scores restored from an archive, not a model trained here."""
+    return (run_dir / RESTORED).is_file()
+
+
+def restore(job: Job, run_dir: Path, entry: dict, archive: Path) -> None:
+    """Write an archived job's metrics.json into RUN_DIR, with a manifest of its recipe (so that
+    `finished`, the tables and `ckd.compare` read it as the finished run it was) and RESTORED."""
+    recipe = job.build()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "metrics.json", entry["metrics"])
+    write_json(run_dir / "manifest.json", {"recipe_fingerprint": recipe.fingerprint(), "seed": recipe.seed,
+                                           "recipe": recipe.dump(), "restored_from": str(archive)})
+    write_json(run_dir / RESTORED, {"archive": str(archive), "finished": entry["record"].get("finished"),
+                                    "restored": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+def unrestore(run_dir: Path) -> None:
+    """Remove what `restore` wrote (only that), so that the job trains into RUN_DIR afresh."""
+    for name in ("metrics.json", "manifest.json", RESTORED):
+        (run_dir / name).unlink(missing_ok=True)
+
+
 def check_run_dirs(jobs: list[Job], out_dir: Path) -> None:
     """Refuse, before anything trains, a RUN_DIR that holds another recipe's run or files that are
     no cascade-kd run: a grid never resumes or overwrites what it did not write with this recipe."""
@@ -208,7 +262,16 @@ def _train(job: Job, run_dir: Path, log_path: Path, threads: int | None, say: Sa
     wall = time.perf_counter() - started
     log(f"finished in {wall:.0f} s")
     return {"status": "done", "wall_s": wall, "run_wall_s": metrics.get("wall_time_s"),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name()}
+
+
+def cpu_name() -> str:
+    """This machine's CPU model (it changes between sittings: timings say where they were taken)."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
 
 
 def _sample_load(every_s: float = 60.0):
@@ -233,14 +296,15 @@ def describe(step: Callable) -> str:
 
 
 def run_grid(jobs: list[Job], out_dir: Path, *, parallel: int = 1, quick: bool = False, threads: int | None = None,
-             rerun_after: bool = False, train: bool = True, say: Say | None = None) -> dict:
+             rerun_after: bool = False, train: bool = True, post_steps: bool = True, archive: Path | None = None,
+             only: list[str] | None = None, say: Say | None = None) -> dict:
     """Run the grid's jobs into OUT/<name> (see the module's docstring); returns OUT/grid.json's content:
     {"jobs": {name: {"status": done | failed | blocked, "wall_s", "fingerprint", "seed", "config", ...}}}
     (while it runs, grid.json also shows jobs `pending` and `running`).
     `threads`: torch threads per training process (default: torch's); `rerun_after`: run every post
     step again, done before or not; `train=False`: train nothing, run the post steps of the jobs that
     are done (a long grid's latency and deploy figures before its last jobs); `quick` is recorded in
-    grid.json."""
+    grid.json; `post_steps=False` runs none; `archive`, `only`: see the module's docstring."""
     from filelock import FileLock, Timeout
     from transformers.utils import logging as hf_logging
 
@@ -249,22 +313,29 @@ def run_grid(jobs: list[Job], out_dir: Path, *, parallel: int = 1, quick: bool =
     jobs = ordered(list(jobs))
     for job in jobs:  # every recipe checked before anything trains
         job.build()
+    unknown = sorted(set(only or ()) - {j.name for j in jobs})
+    if unknown:
+        raise UserError(f"no job named {', '.join(map(repr, unknown))} in the grid",
+                        hint="the names are RUN_DIR paths, such as " + ", ".join(repr(j.name) for j in jobs[:2]))
+    archived = read_archive(archive)
     check_run_dirs(jobs, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out_dir / ".grid.lock"))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise UserError("another grid is running in this folder", where=str(out_dir),
-                        hint="wait for it, or give another --out") from None
+        raise GridBusy("another grid is running in this folder", where=str(out_dir),
+                       hint="wait for it, or give another --out") from None
     try:
         return _run_locked(jobs, out_dir, parallel=parallel, quick=quick, threads=threads, rerun_after=rerun_after,
-                           train=train, say=say)
+                           train=train, post_steps=post_steps, archive=archive, archived=archived, only=only,
+                           say=say)
     finally:
         lock.release()
 
 
-def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, train, say) -> dict:
+def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, train, post_steps, archive, archived,
+                only, say) -> dict:
     grid_path, log_path = out_dir / "grid.json", out_dir / "grid.log"
     grid = read_json(grid_path) or {}
     grid["mode"] = "quick" if quick else "full"
@@ -291,24 +362,62 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
         records[job.name] = entry
         save()
 
+    def keep(job: Job) -> None:  # the finished job's scores and record into the archive
+        if archive is None or restored(out_dir / job.name):
+            return
+        entry = {"fingerprint": job.build().fingerprint(), "record": copy.deepcopy(records[job.name]),
+                 "metrics": read_json(out_dir / job.name / "metrics.json")}
+        if archived.get(job.name) != entry:
+            archived[job.name] = entry
+            write_json(archive, {"format": ARCHIVE_FORMAT, "jobs": archived})
+
+    by_name = {j.name: j for j in jobs}
     trained_now: set[str] = set()
+    def empty(run_dir: Path) -> bool:  # a RUN_DIR with files (an interrupted run) resumes, never restored over
+        return not run_dir.is_dir() or not any(run_dir.iterdir())
+
+    # what must train: the jobs not finished here nor archived (those of `only`), and, since a
+    # restored job has no model, whatever they depend on that has none here
+    restorable = {j.name for j in jobs if empty(out_dir / j.name)
+                  and (archived.get(j.name) or {}).get("fingerprint") == j.build().fingerprint()}
+    wanted = [j for j in jobs if train and not finished(j, out_dir / j.name) and j.name not in restorable
+              and (only is None or j.name in only)]
+    need, stack = {j.name for j in wanted}, list(wanted)
+    while stack:
+        for dep in stack.pop().depends_on:
+            if dep not in need and (not finished(by_name[dep], out_dir / dep) or restored(out_dir / dep)):
+                need.add(dep)
+                stack.append(by_name[dep])
     pending = []
     for job in jobs:
         run_dir = out_dir / job.name
-        if finished(job, run_dir):
+        if job.name in need:
+            if restored(run_dir):
+                unrestore(run_dir)
+                log(f"{job.name}: restored before, trains again (a job that must train needs its model)")
+            if records.get(job.name, {}).pop("restored", None):  # its archived figures are not this run's
+                records[job.name].pop("after", None)
+            pending.append(job)
+            record(job, status="pending")
+        elif job.name in restorable:
+            restore(job, run_dir, archived[job.name], archive)
+            records[job.name] = {**copy.deepcopy(archived[job.name]["record"]), "restored": True}
+            save()
+            log(f"{job.name}: restored from {archive} (its scores; no model)")
+        elif finished(job, run_dir):
             previous = records.get(job.name) or {}
             if previous.get("fingerprint") == job.build().fingerprint() and previous.get("wall_s") is not None:
                 record(job, status="done")
             else:  # finished by an earlier tool: its own training time is what is known
                 record(job, status="done", wall_s=(read_json(run_dir / "metrics.json") or {}).get("wall_time_s"),
                        wall_s_from="metrics.json")
-            log(f"{job.name}: done before, skipped")
+            keep(job)
+            log(f"{job.name}: done before, " + ("restored from an archive" if restored(run_dir) else "skipped"))
         else:  # what an earlier call recorded (failed, blocked) is no longer this job's state
-            pending.append(job)
             record(job, status="pending")
-    if not train and pending:
-        log(f"{len(pending)} job(s) left as they are (post steps only)")
-        pending = []
+    left = sum(1 for j in jobs if records[j.name]["status"] == "pending" and j.name not in need)
+    if left:
+        log(f"{left} job(s) left as they are (" + ("post steps only)" if not train else "not among the jobs asked for)"))
     started = time.perf_counter()
     loads, stop = _sample_load()
 
@@ -323,6 +432,7 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
         record(job, **result)
         if result["status"] == "done":
             trained_now.add(job.name)
+            keep(job)
         else:
             log(f"{job.name}: {result['status'].upper()}: {result['error']}")
 
@@ -366,7 +476,9 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
         grid["load_average"] = {"mean": statistics.fmean(loads), "max": max(loads), "samples": len(loads)}
     save()
     for job in jobs:  # post steps: once training is over, one at a time
-        if job.after is None or records[job.name]["status"] != "done":
+        if not post_steps or job.after is None or records[job.name]["status"] != "done":
+            continue
+        if restored(out_dir / job.name):  # its model is not here: its archived step's figures stand
             continue
         tag = job.after_tag or describe(job.after)
         previous = records[job.name].get("after") or {}
@@ -381,6 +493,7 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
             log(f"{job.name}: post step FAILED:\n{traceback.format_exc()}")
             step = {"tag": tag, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         record(job, after=step)
+        keep(job)
     return grid
 
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
-import platform
 import statistics
 import sys
 import time
@@ -57,8 +56,8 @@ from pathlib import Path
 import cascade_kd as ckd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner import (Job, describe, failures, language_table, md_table, mean_sd, over_seeds, pct, pm,  # noqa: E402
-                    read_json, run_grid, write_json)
+from runner import (GridBusy, Job, cpu_name, describe, failures, language_table, md_table, mean_sd,  # noqa: E402
+                    over_seeds, pct, pm, read_json, run_grid, write_json)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -528,12 +527,31 @@ def deploy_table(d: dict, languages: list[str], train_languages: list[str] | Non
     return lines + md_table(["language", *backends], rows, left=1)
 
 
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
+def selected(jobs: list[Job], names: list[str]) -> list[str]:
+    """The jobs `--only` names: a run (SETTING/seedN/CONFIG) or a config (labels-6: every seed and
+    setting of the grid that has it); UserError for a name that matches none."""
+    chosen, unknown = [], []
+    for name in names:
+        match = [j.name for j in jobs if name in (j.name, j.name.split("/", 2)[2], j.config)]
+        chosen += match
+        unknown += [] if match else [name]
+    if unknown:
+        configs = sorted({j.name.split("/", 2)[2] for j in jobs})
+        raise ckd.UserError(f"--only: no run named {', '.join(map(repr, unknown))} in this grid",
+                            hint=f"name a config ({', '.join(configs)}) or a run such as {jobs[0].name}")
+    return chosen
+
+
+def sittings(grid_record: dict) -> str:
+    """Where the finished runs trained: per CPU, how many (and how many the archive restored)."""
+    done = [r for r in grid_record["jobs"].values() if r.get("status") == "done"]
+    cpus = {}
+    for r in done:
+        cpus[r.get("cpu", "CPU not recorded")] = cpus.get(r.get("cpu", "CPU not recorded"), 0) + 1
+    restored = sum(1 for r in done if r.get("restored"))
+    return ("runs trained on " + ", ".join(f"{cpu} ({n})" for cpu, n in cpus.items())
+            + (f"; {restored} of them restored from the archive, their scores kept and their models not here"
+               if restored else ""))
 
 
 def main() -> int:
@@ -556,6 +574,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per run (default: torch's; 1 when another job shares the cores)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per latency figure")
+    parser.add_argument("--only", nargs="+", metavar="RUN", default=None,
+                        help="train only these runs (a config such as labels-6, or SETTING/seedN/CONFIG) and what "
+                             "they need; the tables still show every finished run")
+    parser.add_argument("--archive", type=Path, default=None,
+                        help="the file that keeps every finished run's scores, so that a grid on another machine "
+                             "restores them instead of training again (default: benchmarks/results/"
+                             "xlingual[_MODE]_runs.json; 'none' for no archive)")
     args = parser.parse_args()
     args.settings = args.settings or (["panx-zs"] if args.mode == "quick" else list(SETTINGS))
     args.out = (args.out or ROOT / "runs" / f"xlingual-{args.mode}").resolve()
@@ -564,15 +589,25 @@ def main() -> int:
               f"{args.teacher}", file=sys.stderr)
         return 2
     s = SIZES[args.mode]
+    target = ROOT / "benchmarks" / "results" / ("xlingual" if args.mode == "full" else f"xlingual_{args.mode}")
+    archive = None if str(args.archive) == "none" else args.archive or target.with_name(target.name + "_runs.json")
     jobs = grid(args, s)
     started = time.perf_counter()
-    if not args.collect_only:
-        try:  # a run directory of another recipe (a changed grid): one line, nothing trained or replaced
+    try:  # a run directory of another recipe (a changed grid): one line, nothing trained or replaced
+        only = None if args.only is None else selected(jobs, args.only)
+        if not args.collect_only:
             grid_result = run_grid(jobs, args.out, parallel=args.jobs, quick=args.mode == "quick", threads=args.threads,
-                                   rerun_after=args.rerun_after, train=not args.post_steps_only, say=print)
-        except ckd.UserError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+                                   rerun_after=args.rerun_after, train=not args.post_steps_only, archive=archive,
+                                   only=only, say=print)
+        else:  # the tables of what is here, and of what the archive keeps (restored by a running grid itself)
+            try:
+                run_grid(jobs, args.out, train=False, post_steps=False, archive=archive, say=lambda m: None)
+            except GridBusy:
+                print(f"a grid is running in {args.out}: the tables of what it has finished")
+    except ckd.UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not args.collect_only:
         for name, why in failures(grid_result).items():
             print(f"FAILED {name}: {why}")
     settings = collect(jobs, args.out)
@@ -583,14 +618,14 @@ def main() -> int:
     trained = sum((r.get("wall_s") or 0) + ((r.get("after") or {}).get("wall_s") or 0) for r in grid_record["jobs"].values())
     header = (f"# Cross-lingual transfer with multilingual-e5-small ({args.mode} mode)\n\n"
               f"Command: `{command}`; wall time of the grid's runs and post steps, all sittings: {trained:.0f} s "
-              f"(this sitting {time.perf_counter() - started:.0f} s); CPU: {cpu_name()}. Timings are of a machine "
-              f"that may be shared: grid.json keeps the load average while each run trained.")
+              f"(this sitting {time.perf_counter() - started:.0f} s); CPU of this sitting: {cpu_name()}; "
+              f"{sittings(grid_record)}. Timings are of a machine that may be shared: grid.json keeps the load "
+              f"average while each run trained.")
     text = render(settings, header)
     summary = {"mode": args.mode, "command": command, "sizes": s, "date": time.strftime("%Y-%m-%d"),
                "settings": settings, "grid": grid_record}
     write_json(args.out / "xlingual.json", summary)
     (args.out / "xlingual.md").write_text(text)
-    target = ROOT / "benchmarks" / "results" / ("xlingual" if args.mode == "full" else f"xlingual_{args.mode}")
     write_json(target.with_suffix(".json"), summary)
     target.with_suffix(".md").write_text(text)
     print(text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -178,6 +179,90 @@ def test_bad_grids_are_refused_with_a_clear_error(demo_workspace, tmp_path):
     with pytest.raises(cascade_kd.RecipeError, match="job a.*lerning_rate"):
         run_grid([Job("ok", recipe), Job("a", merge(recipe, {"train": {"lerning_rate": 1}}))], out)
     assert not out.exists()  # nothing written for a grid that cannot run
+
+
+def fake_run(trained: list):
+    """A stand-in for `cascade_kd.run` that writes what a finished run leaves (manifest with the
+    recipe's fingerprint, metrics.json with one model whose score is its job's seed) in no time."""
+    def run(recipe, run_dir, resume=True, say=None):
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        trained.append(run_dir.name)
+        metrics = {"name": recipe.name, "task": "token", "metric": "f1", "split": "test", "languages": ["en"],
+                   "models": [{"name": "s", "role": "student", "path": "stages/s", "average": recipe.seed / 10,
+                               "per_language": {"en": recipe.seed / 10}, "params_total": 1}]}
+        (run_dir / "manifest.json").write_text(json.dumps({"recipe_fingerprint": recipe.fingerprint(),
+                                                           "seed": recipe.seed}))
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return {"wall_time_s": 0.01}
+    return run
+
+
+def test_a_lost_out_is_restored_from_the_archive_and_what_must_train_retrains_its_dependencies(
+        demo_workspace, tmp_path, monkeypatch):
+    trained, archive, notes = [], tmp_path / "results" / "grid_runs.json", tmp_path / "notes.txt"
+    monkeypatch.setattr(cascade_kd, "run", fake_run(trained), raising=False)
+    lost = tmp_path / "out"
+    jobs = [Job("teacher", fast_recipe(demo_workspace), seed=1, after=functools.partial(note, notes)),
+            Job("student", fast_recipe(demo_workspace, **loaded_teacher(lost, "teacher")), seed=2,
+                depends_on=["teacher"])]
+    run_grid(jobs, lost, archive=archive, say=lambda m: None)
+    assert trained == ["teacher", "student"] and notes.read_text() == "teacher \n"
+    kept = json.loads(archive.read_text())
+    assert kept["format"] == 1 and set(kept["jobs"]) == {"teacher", "student"}
+    assert kept["jobs"]["student"]["metrics"] == json.loads((lost / "student" / "metrics.json").read_text())
+    assert kept["jobs"]["teacher"]["record"]["after"]["status"] == "done"  # the post step's record too
+
+    # OUT is lost (another machine): both are restored, nothing trains, no post step runs without a model
+    shutil.rmtree(lost)
+    lines = []
+    grid_lost = run_grid(jobs, lost, archive=archive, say=lines.append)
+    assert trained == ["teacher", "student"] and notes.read_text() == "teacher \n"
+    for name in ("teacher", "student"):
+        assert json.loads((lost / name / "metrics.json").read_text()) == kept["jobs"][name]["metrics"]
+        assert runner.restored(lost / name) and grid_lost["jobs"][name]["restored"] is True
+        assert grid_lost["jobs"][name]["status"] == "done"
+        assert grid_lost["jobs"][name]["wall_s"] == kept["jobs"][name]["record"]["wall_s"]
+    assert sum("restored from" in line for line in lines) == 2
+    assert json.loads(archive.read_text()) == kept  # restoring changes nothing there
+
+    # a new job needs the teacher's model, which is not here: the teacher trains again, the
+    # restored student stays as it is, and the archive takes the new runs
+    jobs.append(Job("student3", fast_recipe(demo_workspace, **loaded_teacher(lost, "teacher")), seed=3,
+                    depends_on=["teacher"]))
+    lines = []
+    after = run_grid(jobs, lost, archive=archive, say=lines.append)
+    assert trained[2:] == ["teacher", "student3"] and notes.read_text() == "teacher \nteacher \n"
+    assert any("teacher: restored before, trains again" in line for line in lines)
+    assert not runner.restored(lost / "teacher") and runner.restored(lost / "student")
+    assert "restored" not in after["jobs"]["teacher"] and after["jobs"]["student"]["restored"] is True
+    kept = json.loads(archive.read_text())
+    assert set(kept["jobs"]) == {"teacher", "student", "student3"}
+    assert kept["jobs"]["teacher"]["record"]["finished"] == after["jobs"]["teacher"]["finished"]
+
+
+def test_only_trains_the_jobs_asked_for_and_what_they_need(demo_workspace, tmp_path, monkeypatch):
+    trained, out = [], tmp_path / "out"
+    monkeypatch.setattr(cascade_kd, "run", fake_run(trained), raising=False)
+    jobs = [Job("teacher", fast_recipe(demo_workspace), seed=1),
+            Job("a", fast_recipe(demo_workspace, **loaded_teacher(out, "teacher")), seed=2, depends_on=["teacher"]),
+            Job("b", fast_recipe(demo_workspace), seed=3)]
+    lines = []
+    grid = run_grid(jobs, out, only=["a"], say=lines.append)
+    assert trained == ["teacher", "a"] and grid["jobs"]["b"]["status"] == "pending" and not (out / "b").exists()
+    assert any("1 job(s) left as they are (not among the jobs asked for)" in line for line in lines)
+    with pytest.raises(UserError, match="no job named 'c'"):
+        run_grid(jobs, out, only=["c"], say=lambda m: None)
+    run_grid(jobs, out, say=lambda m: None)
+    assert trained == ["teacher", "a", "b"]
+
+
+def test_an_archive_of_another_format_is_refused_not_overwritten(demo_workspace, tmp_path):
+    archive = tmp_path / "runs.json"
+    archive.write_text('{"jobs": []}')
+    with pytest.raises(UserError, match="not a grid archive"):
+        run_grid([Job("a", fast_recipe(demo_workspace))], tmp_path / "out", archive=archive)
+    assert archive.read_text() == '{"jobs": []}' and not (tmp_path / "out").exists()
 
 
 def test_mean_and_sample_sd_over_seeds_per_model_and_language():

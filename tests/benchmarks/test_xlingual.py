@@ -242,3 +242,13 @@ def test_sib200_zero_shot_transfer_runs_read_the_other_languages_training_texts_
     vocabulary = next(p.keywords["vocabulary"] for p in holder.after.parts if p.func is xlingual.deploy_step)
     deployed = xlingual.deploy_recipe(holder.recipe, vocabulary)["data"]
     assert deployed["transfer_format"] == "text" and deployed["transfer"] == vocabulary["transfer"]
+
+
+def test_only_names_a_config_over_its_seeds_or_one_run_and_refuses_an_unknown_name(grid_of):
+    jobs, _ = grid_of("small", ["panx-zs", "sib-zs"])
+    assert xlingual.selected(jobs, ["labels-6"]) == ["panx-zs/seed0/labels-6", "sib-zs/seed0/labels-6"]
+    assert xlingual.selected(jobs, ["panx-zs/transfer"]) == [f"panx-zs/seed{i}/transfer" for i in range(3)]
+    assert xlingual.selected(jobs, ["sib-zs/seed1/cascade-6"]) == ["sib-zs/seed1/cascade-6"]
+    with pytest.raises(xlingual.ckd.UserError, match=r"no run named 'labels-9'.*") as err:
+        xlingual.selected(jobs, ["labels-9", "bilstm"])
+    assert "labels-6" in err.value.hint and "'bilstm'" not in str(err.value)  # a known config is no error
