@@ -35,7 +35,11 @@ per language on each backend.
     python benchmarks/xlingual.py --small --settings panx-zs   # one setting
     python benchmarks/xlingual.py --small --collect-only       # the tables from what has finished
 
-Every mode resumes: a rerun skips the runs that finished and resumes the one that did not.
+Every mode resumes: a rerun skips the runs that finished and resumes the one that did not. Every
+finished run's scores are also kept in benchmarks/results/xlingual[_MODE]_runs.json (commit it): on
+another machine, where OUT is gone, the grid restores them rather than training them again, and
+`--only CONFIG ...` trains the runs still missing (and what they need: a teacher, whose model a
+restored run does not have).
 
 Results: OUT/xlingual.{json,md} and benchmarks/results/xlingual[_quick].{json,md}, with per model:
 per-language scores, averages over seen and zero-shot languages, the worst language, retention,
