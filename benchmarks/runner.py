@@ -6,7 +6,8 @@ needs) and the tables it builds from their metrics.json files.
     grid = run_grid(jobs, Path("runs/x"), parallel=1)
 
 `run_grid` runs every job's recipe with the Python API (`cascade_kd.run`) into OUT/<job name>:
-- jobs run after the jobs they depend on (a job whose dependency failed is not started, and says why);
+- jobs run after the jobs they depend on (a job whose dependency failed is not started, and says why),
+  or, in parallel, as soon as the one model they read from it is finished (`Job.needs_model`);
 - a job whose RUN_DIR holds a finished run of the very same recipe (metrics.json, and the manifest's
   fingerprint equal to the recipe's) is skipped; an interrupted one resumes from its checkpoints;
 - before anything trains, every recipe is validated and every RUN_DIR checked: one that holds another
@@ -50,6 +51,7 @@ from cascade_kd.errors import UserError
 from cascade_kd.fileio import atomic_write
 
 Say = Callable[[str], None]
+POLL_S = 20.0  # how often a parallel grid looks whether a model that jobs wait on is finished
 
 
 class GridBusy(UserError):
@@ -61,7 +63,10 @@ class Job:
     """One run of a grid: `recipe` (a dict, paths relative to `base_dir`, or a Recipe) trained into
     OUT/`name`. `seed` (when given) replaces the recipe's seed; `config` names what the job measures
     whatever its seed (default: the name), so tables can average a config over seeds. `depends_on`:
-    names of jobs whose output this one reads (a teacher, a stage's model). `after(run_dir)`: a post
+    names of jobs whose output this one reads (a teacher, a stage's model); `needs_model` ({job:
+    model directory}) says that one model of that job is all this one reads, so that it may start
+    as soon as that model is finished (its stage.json written), before the rest of the job.
+    `after(run_dir)`: a post
     step on the finished run (a dict it returns is kept in grid.json); `after_tag` names its settings
     (default: the callable and its arguments), so that a changed step runs again."""
 
@@ -70,6 +75,7 @@ class Job:
     base_dir: Path | str = "."
     seed: int | None = None
     depends_on: list[str] | tuple[str, ...] = ()
+    needs_model: dict[str, str] = field(default_factory=dict)
     after: Callable[[Path], object] | None = None
     after_tag: str | None = None
     config: str | None = None
@@ -421,12 +427,17 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
     started = time.perf_counter()
     loads, stop = _sample_load()
 
+    def model_ready(job: Job, dep: str) -> bool:  # the one model of `dep` this job reads is finished
+        model = job.needs_model.get(dep)
+        return model is not None and (out_dir / dep / model / "stage.json").is_file() and not restored(out_dir / dep)
+
     def blocked(job: Job) -> str | None:
-        bad = [d for d in job.depends_on if records.get(d, {}).get("status") in ("failed", "blocked")]
+        bad = [d for d in job.depends_on if records.get(d, {}).get("status") in ("failed", "blocked")
+               and not model_ready(job, d)]
         return f"not started: {', '.join(bad)} did not finish" if bad else None
 
     def ready(job: Job) -> bool:
-        return all(records.get(d, {}).get("status") == "done" for d in job.depends_on)
+        return all(records.get(d, {}).get("status") == "done" or model_ready(job, d) for d in job.depends_on)
 
     def settle(job: Job, result: dict) -> None:
         record(job, **result)
@@ -467,7 +478,9 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
                     if pending:  # cannot happen for an ordered grid; never wait forever
                         raise RuntimeError(f"no job can start: {[j.name for j in pending]}")
                     break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                # a job waiting on one model of a running job is looked at again every POLL_S
+                early = any(j.needs_model for j in pending)
+                done, _ = wait(running, timeout=POLL_S if early else None, return_when=FIRST_COMPLETED)
                 for future in done:
                     settle(running.pop(future), future.result())
     stop()

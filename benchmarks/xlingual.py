@@ -161,8 +161,9 @@ def setting_jobs(setting: str, task: dict, data: dict, teacher_dir: str, out: Pa
         depends = [] if teacher is not None else [f"{setting}/seed0/{first}"]
         for stage, label in labels:
             LABELS[(f"{setting}/{name}", stage)] = label
+        # a run reads only the teacher of the first job: it starts once that model is finished
         return Job(f"{setting}/seed{seed}/{name}", recipe, seed=seed, config=f"{setting}/{name}", depends_on=depends,
-                   what=what)
+                   needs_model={dep: "teacher" for dep in depends}, what=what)
 
     for seed in s["seeds"]:
         own = fine_tune if seed == 0 else None

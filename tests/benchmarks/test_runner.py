@@ -168,6 +168,24 @@ def test_parallel_jobs_train_in_spawned_processes_and_a_fixed_failure_runs_on_th
     assert sum("done before, skipped" in line for line in lines) == 1
 
 
+@pytest.mark.slow  # two tiny runs in spawned processes
+def test_a_job_that_reads_one_model_of_a_running_job_starts_once_that_model_is_finished(demo_workspace, tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.setattr(runner, "POLL_S", 0.05)
+    out = tmp_path / "out"
+    # the teacher's job goes on after its teacher: a student stage of many epochs
+    first = Job("first", fast_recipe(demo_workspace, train={"epochs": 60}))
+    reader = Job("reader", fast_recipe(demo_workspace, **loaded_teacher(out, "first")), depends_on=["first"],
+                 needs_model={"first": "teacher"})
+    grid = run_grid([first, reader], out, parallel=2, say=lambda m: None)
+    assert {k: v["status"] for k, v in grid["jobs"].items()} == {"first": "done", "reader": "done"}
+    log = (out / "grid.log").read_text().splitlines()
+    started = next(i for i, line in enumerate(log) if "[grid] reader: starting" in line)
+    finished = next(i for i, line in enumerate(log) if "[first] finished in" in line)
+    assert started < finished  # it did not wait for the whole job
+    assert (out / "first" / "teacher" / "stage.json").is_file()
+
+
 def test_bad_grids_are_refused_with_a_clear_error(demo_workspace, tmp_path):
     recipe, out = fast_recipe(demo_workspace), tmp_path / "out"
     with pytest.raises(UserError, match="'a' depends on 'nope', which is not in the grid"):

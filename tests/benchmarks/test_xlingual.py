@@ -49,6 +49,8 @@ def test_every_run_loads_the_teacher_its_setting_fine_tuned(grid_of, mode):
         else:
             assert job.depends_on == [f"{setting}/seed0/{first}"]
             assert Path(recipe.teacher.model) == out / setting / "seed0" / first / "teacher"
+            # the one model it reads: it may start once that teacher is finished
+            assert job.needs_model == {f"{setting}/seed0/{first}": "teacher"}
         if setting.endswith("-zs"):  # zero-shot: labels of English only, selection on English
             assert recipe.data.train_languages in (["en"], ["eng_Latn"])
             assert len(recipe.data.languages) >= 30
