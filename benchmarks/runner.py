@@ -178,14 +178,31 @@ RESTORED = "restored.json"  # in a restored RUN_DIR: where its files came from (
 
 def read_archive(path: Path | None) -> dict:
     """{job name: {"fingerprint", "record", "metrics"}} of an archive file ({} when absent); a file
-    of another format is refused rather than overwritten."""
+    that does not parse or is of another format is refused, never overwritten."""
     if path is None or not Path(path).is_file():
         return {}
-    data = read_json(path)
-    if not isinstance(data, dict) or data.get("format") != ARCHIVE_FORMAT:
-        raise UserError("not a grid archive of this runner (format 1)", where=str(path),
-                        hint="give another --archive, or move that file away")
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as err:  # a merge conflict in a committed archive, most likely
+        raise UserError(f"the grid archive does not parse as JSON: {err}", where=str(path),
+                        hint="if git left conflict markers in it, keep both sides' entries under \"jobs\" "
+                             "(or one side's file); moving it away loses every archived run") from None
+    if not isinstance(data, dict) or data.get("format") != ARCHIVE_FORMAT or not isinstance(data.get("jobs"), dict):
+        raise UserError("not a grid archive of this runner (an object with \"format\": 1 and \"jobs\")",
+                        where=str(path), hint="give another --archive, or 'none' for no archive")
     return data["jobs"]
+
+
+def archive_put(path: Path, name: str, entry: dict) -> None:
+    """Add or replace one job's entry under a lock, re-reading the file first: grids in other
+    folders (or a checkout of the file) may have written entries since this one read it."""
+    from filelock import FileLock
+
+    with FileLock(str(path) + ".lock"):
+        jobs = read_archive(path)
+        jobs[name] = entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"format": ARCHIVE_FORMAT, "jobs": jobs})
 
 
 def restored(run_dir: Path) -> bool:
@@ -195,20 +212,30 @@ def restored(run_dir: Path) -> bool:
 
 def restore(job: Job, run_dir: Path, entry: dict, archive: Path) -> None:
     """Write an archived job's metrics.json into RUN_DIR, with a manifest of its recipe (so that
-    `finished`, the tables and `ckd.compare` read it as the finished run it was) and RESTORED."""
+    `finished`, the tables and `ckd.compare` read it as the finished run it was). RESTORED is
+    written first and metrics.json last: a restore cut short is known as one, and undone."""
     recipe = job.build()
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "metrics.json", entry["metrics"])
-    write_json(run_dir / "manifest.json", {"recipe_fingerprint": recipe.fingerprint(), "seed": recipe.seed,
-                                           "recipe": recipe.dump(), "restored_from": str(archive)})
     write_json(run_dir / RESTORED, {"archive": str(archive), "finished": entry["record"].get("finished"),
                                     "restored": time.strftime("%Y-%m-%d %H:%M:%S")})
+    write_json(run_dir / "manifest.json", {"recipe_fingerprint": recipe.fingerprint(), "seed": recipe.seed,
+                                           "recipe": recipe.dump(), "restored_from": str(archive)})
+    write_json(run_dir / "metrics.json", entry["metrics"])
 
 
 def unrestore(run_dir: Path) -> None:
-    """Remove what `restore` wrote (only that), so that the job trains into RUN_DIR afresh."""
+    """Remove what `restore` wrote (only that; RESTORED last), so that the job trains into RUN_DIR afresh."""
     for name in ("metrics.json", "manifest.json", RESTORED):
         (run_dir / name).unlink(missing_ok=True)
+
+
+def undo_stale_restores(jobs: list[Job], out_dir: Path) -> None:
+    """Undo a restore cut short, or one of a recipe that has changed since: those files are copies
+    (the archive keeps them), so the job is restored again or trains."""
+    for job in jobs:
+        run_dir = out_dir / job.name
+        if restored(run_dir) and not finished(job, run_dir):
+            unrestore(run_dir)
 
 
 def check_run_dirs(jobs: list[Job], out_dir: Path) -> None:
@@ -303,7 +330,7 @@ def describe(step: Callable) -> str:
 
 def run_grid(jobs: list[Job], out_dir: Path, *, parallel: int = 1, quick: bool = False, threads: int | None = None,
              rerun_after: bool = False, train: bool = True, post_steps: bool = True, archive: Path | None = None,
-             only: list[str] | None = None, say: Say | None = None) -> dict:
+             only: list[str] | None = None, restore_only: bool = False, say: Say | None = None) -> dict:
     """Run the grid's jobs into OUT/<name> (see the module's docstring); returns OUT/grid.json's content:
     {"jobs": {name: {"status": done | failed | blocked, "wall_s", "fingerprint", "seed", "config", ...}}}
     (while it runs, grid.json also shows jobs `pending` and `running`).
@@ -324,24 +351,32 @@ def run_grid(jobs: list[Job], out_dir: Path, *, parallel: int = 1, quick: bool =
         raise UserError(f"no job named {', '.join(map(repr, unknown))} in the grid",
                         hint="the names are RUN_DIR paths, such as " + ", ".join(repr(j.name) for j in jobs[:2]))
     archived = read_archive(archive)
-    check_run_dirs(jobs, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out_dir / ".grid.lock"))
-    try:
+    try:  # first: another grid's RUN_DIRs may be half made
         lock.acquire(timeout=0)
     except Timeout:
         raise GridBusy("another grid is running in this folder", where=str(out_dir),
                        hint="wait for it, or give another --out") from None
     try:
+        undo_stale_restores(jobs, out_dir)
+        check_run_dirs(jobs, out_dir)
         return _run_locked(jobs, out_dir, parallel=parallel, quick=quick, threads=threads, rerun_after=rerun_after,
                            train=train, post_steps=post_steps, archive=archive, archived=archived, only=only,
-                           say=say)
+                           restore_only=restore_only, say=say)
     finally:
         lock.release()
 
 
+def restore_archived(jobs: list[Job], out_dir: Path, archive: Path, *, quick: bool = False) -> dict:
+    """Train nothing and run no post step: restore the archived jobs whose RUN_DIR is absent or
+    empty (for tables: `--collect-only`), leaving every other job and its record as it is; returns
+    grid.json's content. GridBusy while another grid runs in OUT (it restored them itself)."""
+    return run_grid(jobs, out_dir, quick=quick, train=False, post_steps=False, archive=archive, restore_only=True)
+
+
 def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, train, post_steps, archive, archived,
-                only, say) -> dict:
+                only, restore_only, say) -> dict:
     grid_path, log_path = out_dir / "grid.json", out_dir / "grid.log"
     grid = read_json(grid_path) or {}
     grid["mode"] = "quick" if quick else "full"
@@ -375,7 +410,7 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
                  "metrics": read_json(out_dir / job.name / "metrics.json")}
         if archived.get(job.name) != entry:
             archived[job.name] = entry
-            write_json(archive, {"format": ARCHIVE_FORMAT, "jobs": archived})
+            archive_put(archive, job.name, entry)
 
     by_name = {j.name: j for j in jobs}
     trained_now: set[str] = set()
@@ -394,6 +429,10 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
             if dep not in need and (not finished(by_name[dep], out_dir / dep) or restored(out_dir / dep)):
                 need.add(dep)
                 stack.append(by_name[dep])
+    mismatched = [j.name for j in jobs if empty(out_dir / j.name) and j.name in archived and j.name not in restorable]
+    if mismatched:  # the fingerprint holds absolute paths: --out, --teacher and the checkout must be the same
+        log(f"{len(mismatched)} archived run(s) not restored, their recipe differs from this grid's (first: "
+            f"{mismatched[0]}): same --out, --teacher and checkout folder as when they ran?")
     pending = []
     for job in jobs:
         run_dir = out_dir / job.name
@@ -401,8 +440,8 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
             if restored(run_dir):
                 unrestore(run_dir)
                 log(f"{job.name}: restored before, trains again (a job that must train needs its model)")
-            if records.get(job.name, {}).pop("restored", None):  # its archived figures are not this run's
-                records[job.name].pop("after", None)
+            if (records.get(job.name) or {}).get("restored"):  # the archived record is not this run's
+                records[job.name] = {}
             pending.append(job)
             record(job, status="pending")
         elif job.name in restorable:
@@ -419,8 +458,10 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
                        wall_s_from="metrics.json")
             keep(job)
             log(f"{job.name}: done before, " + ("restored from an archive" if restored(run_dir) else "skipped"))
-        else:  # what an earlier call recorded (failed, blocked) is no longer this job's state
+        elif not restore_only:  # what an earlier call recorded (failed, blocked) is no longer this job's state
             record(job, status="pending")
+    if restore_only:
+        return grid
     left = sum(1 for j in jobs if records[j.name]["status"] == "pending" and j.name not in need)
     if left:
         log(f"{left} job(s) left as they are (" + ("post steps only)" if not train else "not among the jobs asked for)"))
@@ -492,6 +533,8 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
         if not post_steps or job.after is None or records[job.name]["status"] != "done":
             continue
         if restored(out_dir / job.name):  # its model is not here: its archived step's figures stand
+            if (records[job.name].get("after") or {}).get("status") != "done":
+                log(f"{job.name}: post step not run: the run was restored from the archive, without its model")
             continue
         tag = job.after_tag or describe(job.after)
         previous = records[job.name].get("after") or {}

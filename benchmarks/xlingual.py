@@ -61,7 +61,7 @@ import cascade_kd as ckd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runner import (GridBusy, Job, cpu_name, describe, failures, language_table, md_table, mean_sd,  # noqa: E402
-                    over_seeds, pct, pm, read_json, run_grid, write_json)
+                    over_seeds, pct, pm, read_json, restore_archived, run_grid, write_json)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -606,7 +606,8 @@ def main() -> int:
                                    only=only, say=print)
         else:  # the tables of what is here, and of what the archive keeps (restored by a running grid itself)
             try:
-                run_grid(jobs, args.out, train=False, post_steps=False, archive=archive, say=lambda m: None)
+                if archive is not None:
+                    restore_archived(jobs, args.out, archive, quick=args.mode == "quick")
             except GridBusy:
                 print(f"a grid is running in {args.out}: the tables of what it has finished")
     except ckd.UserError as err:

@@ -275,12 +275,52 @@ def test_only_trains_the_jobs_asked_for_and_what_they_need(demo_workspace, tmp_p
     assert trained == ["teacher", "a", "b"]
 
 
-def test_an_archive_of_another_format_is_refused_not_overwritten(demo_workspace, tmp_path):
+def test_an_archive_of_another_format_or_that_does_not_parse_is_refused_not_overwritten(demo_workspace, tmp_path):
     archive = tmp_path / "runs.json"
-    archive.write_text('{"jobs": []}')
-    with pytest.raises(UserError, match="not a grid archive"):
-        run_grid([Job("a", fast_recipe(demo_workspace))], tmp_path / "out", archive=archive)
-    assert archive.read_text() == '{"jobs": []}' and not (tmp_path / "out").exists()
+    for text, message in (('{"jobs": []}', "not a grid archive"), ('{"format": 1}', "not a grid archive"),
+                          ('<<<<<<< HEAD\n{"format": 1', "does not parse as JSON.*conflict markers")):
+        archive.write_text(text)
+        with pytest.raises(UserError, match=message):
+            run_grid([Job("a", fast_recipe(demo_workspace))], tmp_path / "out", archive=archive)
+        assert archive.read_text() == text and not (tmp_path / "out").exists()
+
+
+def test_what_is_restored_and_what_is_not(demo_workspace, tmp_path, monkeypatch):
+    trained, out, archive = [], tmp_path / "out", tmp_path / "runs.json"
+    monkeypatch.setattr(cascade_kd, "run", fake_run(trained), raising=False)
+    jobs = [Job(name, fast_recipe(demo_workspace), seed=i) for i, name in enumerate(["a", "b", "c", "d"])]
+    run_grid(jobs, out, archive=archive, say=lambda m: None)
+    kept = json.loads(archive.read_text())
+    shutil.rmtree(out)
+    # b: an entry of another recipe; c: an interrupted run here (resumed, never restored over);
+    # d: a restore cut short (no metrics.json yet): undone and made again
+    kept["jobs"]["b"]["fingerprint"] = "0" * 16
+    archive.write_text(json.dumps(kept))
+    (out / "c").mkdir(parents=True)
+    (out / "c" / "manifest.json").write_text(json.dumps({"recipe_fingerprint": jobs[2].build().fingerprint()}))
+    runner.restore(jobs[3], out / "d", kept["jobs"]["d"], archive)
+    (out / "d" / "metrics.json").unlink()
+    lines = []
+    grid = run_grid(jobs, out, archive=archive, say=lines.append)
+    assert trained[4:] == ["b", "c"]
+    assert {n for n, r in grid["jobs"].items() if r.get("restored")} == {"a", "d"}
+    assert runner.restored(out / "d") and json.loads((out / "d" / "metrics.json").read_text()) == kept["jobs"]["d"]["metrics"]
+    assert any("1 archived run(s) not restored, their recipe differs" in line and "b" in line for line in lines)
+    assert json.loads(archive.read_text())["jobs"]["b"]["fingerprint"] == jobs[1].build().fingerprint()  # retrained
+
+
+def test_restoring_for_the_tables_trains_nothing_and_keeps_the_other_records(demo_workspace, tmp_path, monkeypatch):
+    trained, out, archive = [], tmp_path / "out", tmp_path / "runs.json"
+    monkeypatch.setattr(cascade_kd, "run", fake_run(trained), raising=False)
+    jobs = [Job("a", fast_recipe(demo_workspace), seed=1), Job("b", fast_recipe(demo_workspace), seed=2)]
+    run_grid(jobs[:1], out, archive=archive, quick=True, say=lambda m: None)
+    shutil.rmtree(out)
+    out.mkdir()
+    (out / "grid.json").write_text(json.dumps({"mode": "quick", "jobs": {"b": {"status": "failed", "error": "why"}}}))
+    grid = runner.restore_archived(jobs, out, archive, quick=True)
+    assert trained == ["a"] and runner.restored(out / "a") and not (out / "b").exists()
+    assert grid["mode"] == "quick" and grid["jobs"]["b"] == {"status": "failed", "error": "why"}
+    assert grid["jobs"]["a"]["restored"] is True
 
 
 def test_mean_and_sample_sd_over_seeds_per_model_and_language():
