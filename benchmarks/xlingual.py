@@ -36,7 +36,7 @@ per language on each backend.
     python benchmarks/xlingual.py --small --collect-only       # the tables from what has finished
 
 Every mode resumes: a rerun skips the runs that finished and resumes the one that did not. Every
-finished run's scores are also kept in benchmarks/results/xlingual[_MODE]_runs.json (commit it): on
+finished run's scores are also kept in benchmarks/results/xlingual[_small]_runs.json (commit it): on
 another machine, where OUT is gone, the grid restores them rather than training them again, and
 `--only CONFIG ...` trains the runs still missing (and what they need: a teacher, whose model a
 restored run does not have).
@@ -585,7 +585,8 @@ def main() -> int:
     parser.add_argument("--archive", type=Path, default=None,
                         help="the file that keeps every finished run's scores, so that a grid on another machine "
                              "restores them instead of training again (default: benchmarks/results/"
-                             "xlingual[_MODE]_runs.json; 'none' for no archive)")
+                             "xlingual[_small]_runs.json; none with --quick, a pipeline check that always trains; "
+                             "'none' for no archive)")
     args = parser.parse_args()
     args.settings = args.settings or (["panx-zs"] if args.mode == "quick" else list(SETTINGS))
     args.out = (args.out or ROOT / "runs" / f"xlingual-{args.mode}").resolve()
@@ -595,7 +596,9 @@ def main() -> int:
         return 2
     s = SIZES[args.mode]
     target = ROOT / "benchmarks" / "results" / ("xlingual" if args.mode == "full" else f"xlingual_{args.mode}")
-    archive = None if str(args.archive) == "none" else args.archive or target.with_name(target.name + "_runs.json")
+    # --quick is a pipeline check: it trains, whatever ran before elsewhere (no archive unless given)
+    default_archive = None if args.mode == "quick" else target.with_name(target.name + "_runs.json")
+    archive = None if str(args.archive) == "none" else args.archive or default_archive
     jobs = grid(args, s)
     started = time.perf_counter()
     try:  # a run directory of another recipe (a changed grid): one line, nothing trained or replaced
