@@ -419,17 +419,18 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
 
     # what must train: the jobs not finished here nor archived (those of `only`), and, since a
     # restored job has no model, whatever they depend on that has none here
-    restorable = {j.name for j in jobs if empty(out_dir / j.name)
-                  and (archived.get(j.name) or {}).get("fingerprint") == j.build().fingerprint()}
-    wanted = [j for j in jobs if train and not finished(j, out_dir / j.name) and j.name not in restorable
+    done_here = {j.name for j in jobs if finished(j, out_dir / j.name)}  # read once: manifests and fingerprints
+    in_archive = [j for j in jobs if j.name in archived and empty(out_dir / j.name)]
+    restorable = {j.name for j in in_archive if archived[j.name].get("fingerprint") == j.build().fingerprint()}
+    wanted = [j for j in jobs if train and j.name not in done_here and j.name not in restorable
               and (only is None or j.name in only)]
     need, stack = {j.name for j in wanted}, list(wanted)
     while stack:
         for dep in stack.pop().depends_on:
-            if dep not in need and (not finished(by_name[dep], out_dir / dep) or restored(out_dir / dep)):
+            if dep not in need and (dep not in done_here or restored(out_dir / dep)):
                 need.add(dep)
                 stack.append(by_name[dep])
-    mismatched = [j.name for j in jobs if empty(out_dir / j.name) and j.name in archived and j.name not in restorable]
+    mismatched = [j.name for j in in_archive if j.name not in restorable]
     if mismatched:  # the fingerprint holds absolute paths: --out, --teacher and the checkout must be the same
         log(f"{len(mismatched)} archived run(s) not restored, their recipe differs from this grid's (first: "
             f"{mismatched[0]}): same --out, --teacher and checkout folder as when they ran?")
@@ -449,7 +450,7 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
             records[job.name] = {**copy.deepcopy(archived[job.name]["record"]), "restored": True}
             save()
             log(f"{job.name}: restored from {archive} (its scores; no model)")
-        elif finished(job, run_dir):
+        elif job.name in done_here:
             previous = records.get(job.name) or {}
             if previous.get("fingerprint") == job.build().fingerprint() and previous.get("wall_s") is not None:
                 record(job, status="done")
