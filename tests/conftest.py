@@ -12,6 +12,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("CASCADE_KD_QUIET", "1")
 
+# Under pytest-xdist (`make test` runs `-n auto`) every worker is a process of its own: each gets its
+# share of the cores, set before anything imports torch (and inherited by the runs tests start), since
+# torch's default of every core per process oversubscribes them and its OpenMP threads then spin-wait.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, str(max(1, _cores // _workers)))
+
 from transformers.utils import logging as _hf_logging  # noqa: E402
 
 _hf_logging.disable_progress_bar()
