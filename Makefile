@@ -23,9 +23,10 @@ install: $(BIN)/cascade-kd
 demo: install
 	$(BIN)/cascade-kd demo
 
-# one worker process per core (at most 4), each test file on one worker: its module fixtures are built once
+# one worker process per usable core (at most 4: tests/conftest.py), each test file on one worker, so
+# that its module fixtures are built once
 test: install
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # the doc tools (pinned in the `docs` extra) go into the same venv; the build reads the source
 # statically and never imports torch

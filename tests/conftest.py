@@ -15,11 +15,27 @@ os.environ.setdefault("CASCADE_KD_QUIET", "1")
 # Under pytest-xdist (`make test` runs `-n auto`) every worker is a process of its own: each gets its
 # share of the cores, set before anything imports torch (and inherited by the runs tests start), since
 # torch's default of every core per process oversubscribes them and its OpenMP threads then spin-wait.
+MAX_WORKERS = 4  # beyond it, per-worker fixtures (the demo task, a finished tiny run) cost more than they save
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per usable core, at most MAX_WORKERS (xdist alone counts the host's
+    physical cores, more than a container may use)."""
+    return max(1, min(MAX_WORKERS, _usable_cores()))
+
+
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1:
-    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # worker gwI of N: cores // N, and one of the cores left over for the first cores % N workers
+    _index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    _share = _usable_cores() // _workers + (1 if _index < _usable_cores() % _workers else 0)
     for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_variable, str(max(1, _cores // _workers)))
+        os.environ.setdefault(_variable, str(max(1, _share)))
 
 from transformers.utils import logging as _hf_logging  # noqa: E402
 
