@@ -15,7 +15,7 @@ os.environ.setdefault("CASCADE_KD_QUIET", "1")
 # Under pytest-xdist (`make test` runs `-n auto`) every worker is a process of its own: each gets its
 # share of the cores, set before anything imports torch (and inherited by the runs tests start), since
 # torch's default of every core per process oversubscribes them and its OpenMP threads then spin-wait.
-MAX_WORKERS = 4  # beyond it, per-worker fixtures (the demo task, a finished tiny run) cost more than they save
+MAX_WORKERS = 4  # a cap: every worker builds the session fixtures (the demo task, a finished tiny run) again
 
 
 def _usable_cores() -> int:
@@ -33,7 +33,8 @@ _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1:
     # worker gwI of N: cores // N, and one of the cores left over for the first cores % N workers
     _index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    _share = _usable_cores() // _workers + (1 if _index < _usable_cores() % _workers else 0)
+    _cores = _usable_cores()
+    _share = _cores // _workers + (1 if _index < _cores % _workers else 0)
     for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_variable, str(max(1, _share)))
 

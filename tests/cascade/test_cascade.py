@@ -157,9 +157,9 @@ def test_bench_measures_every_model_against_the_teacher(finished_run, tmp_path, 
 
 def test_a_run_killed_mid_stage_resumes_to_the_same_metrics(finished_run, tmp_path):
     """SIGKILL during the first assistant's training, then --resume: the same scores as the finished
-    (uninterrupted) run. The run reads the finished run's fine-tuned teacher (it has the head, so it is not trained
-    again): the stages draw their own random streams, so their scores equal the finished run's,
-    and the test does not spend its time training the teacher a second time."""
+    (uninterrupted) run. The run reads the finished run's fine-tuned teacher (it has the head, so it
+    is not trained again): the stages draw their own random streams, so their scores equal the
+    finished run's, and the test does not spend its time training the teacher a second time."""
     import os
     import signal
     import subprocess
