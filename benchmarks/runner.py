@@ -406,7 +406,13 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
     def keep(job: Job) -> None:  # the finished job's scores and record into the archive
         if archive is None or restored(out_dir / job.name):
             return
-        entry = {"fingerprint": job.build().fingerprint(), "record": copy.deepcopy(records[job.name]),
+        fingerprint, prior = job.build().fingerprint(), archived.get(job.name) or {}
+        if (job.after is not None and (records[job.name].get("after") or {}).get("status") != "done"
+                and prior.get("fingerprint") == fingerprint
+                and (prior["record"].get("after") or {}).get("status") == "done"):
+            return  # until this run's post step is done, the archive keeps the earlier run whole: its
+            # scores and its post step's figures (trimmed, exported, timed) come from one training
+        entry = {"fingerprint": fingerprint, "record": copy.deepcopy(records[job.name]),
                  "metrics": read_json(out_dir / job.name / "metrics.json")}
         if archived.get(job.name) != entry:
             archived[job.name] = entry
@@ -485,6 +491,8 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
         record(job, **result)
         if result["status"] == "done":
             trained_now.add(job.name)
+            if records[job.name].pop("after", None) is not None:  # the post step of the model it replaced
+                save()
             keep(job)
         else:
             log(f"{job.name}: {result['status'].upper()}: {result['error']}")

@@ -100,7 +100,7 @@ def bench(run_dir: str | Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repea
 
 def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, int8: bool = False, overwrite: bool = False,
                 check_data: str | Path | None = None, check_examples: int = 256,
-                int8_min_agreement: float = INT8_MIN_AGREEMENT, score: str | Path | bool | None = None,
+                int8_min_agreement: float = INT8_MIN_AGREEMENT, score: Recipe | str | Path | dict | bool | None = None,
                 say: Say = print) -> dict:
     """Export a saved model (RUN_DIR/teacher or RUN_DIR/stages/NAME) to ONNX, and with `int8` also an
     onnxruntime dynamic-int8 copy, each checked against PyTorch on real or generated inputs; written
@@ -112,14 +112,15 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, int8: b
     info = export_model(Path(model_dir), Path(out) if out is not None else None, int8=int8, overwrite=overwrite,
                         check_data=Path(check_data) if check_data is not None else None, check_examples=check_examples,
                         int8_min_agreement=int8_min_agreement,
-                        score=Path(score) if isinstance(score, (str, Path)) else score, say=say)
+                        score=Path(score) if isinstance(score, (str, Path)) else
+                        (_recipe(score) if isinstance(score, dict) else score), say=say)
     run_dir = find_run_dir(Path(model_dir))
     if out is None and run_dir is not None and (run_dir / "metrics.json").is_file():
         publish_run(run_dir, say=say)  # the model card now says how to load the ONNX files
     return info
 
 
-def trim(model_dir: str | Path, out: str | Path | None = None, *, recipe: str | Path | None = None,
+def trim(model_dir: str | Path, out: str | Path | None = None, *, recipe: Recipe | str | Path | dict | None = None,
          languages: list[str] | None = None, min_count: int = 1, max_unk_increase: float = DEFAULT_MAX_UNK_INCREASE,
          score: bool = True, strict: bool = False, overwrite: bool = False, with_transfer: bool = True,
          say: Say = print) -> dict:
@@ -127,7 +128,8 @@ def trim(model_dir: str | Path, out: str | Path | None = None, *, recipe: str | 
     and tokenizer in `out` (default MODEL_DIR/trimmed), with per-language coverage and scores before
     and after. Returns that report (also in OUT/trim.json)."""
     return trim_model_dir(Path(model_dir), Path(out) if out is not None else None,
-                          recipe_path=Path(recipe) if recipe is not None else None, languages=languages,
+                          recipe_path=None if recipe is None else Path(recipe) if isinstance(recipe, (str, Path))
+                          else _recipe(recipe), languages=languages,
                           min_count=min_count, max_unk_increase=max_unk_increase, score=score, strict=strict,
                           overwrite=overwrite, with_transfer=with_transfer, say=say)
 

@@ -72,9 +72,17 @@ def test_a_recipe_from_a_dict_resolves_paths_against_base_dir(demo_workspace):
     assert recipe.model_path("tokenizer") == str(demo_workspace.resolve() / "tokenizer")
 
 
-def test_run_evaluate_and_load_model_through_the_api(demo_workspace, tmp_path):
-    recipe = ckd.Recipe.from_dict(tiny_recipe(teacher={"train": {"epochs": 1}}), base_dir=demo_workspace)
-    result = ckd.run(recipe, tmp_path / "run", say=lambda m: None)
+def test_run_evaluate_and_load_model_through_the_api(demo_workspace, tmp_path, monkeypatch, capsys):
+    recipe = ckd.Recipe.from_dict(tiny_recipe(teacher={"train": {"epochs": 1}}, cascade={"direct": True}),
+                                  base_dir=demo_workspace)
+    monkeypatch.delenv("CASCADE_KD_QUIET", raising=False)  # the training loop's lines are on, as for a user
+    said = []
+    result = ckd.run(recipe, tmp_path / "run", say=said.append)
+    # every line, the training loop's included (epochs, steps, embedding rows), goes to `say`
+    assert capsys.readouterr().out == "" and any("teacher: epoch 1/1 step" in line for line in said)
+    assert any("[model 2 of 2]" in line for line in said) and any("word embeddings:" in line for line in said)
+    # one stage is itself the direct baseline: none is trained, and the run says why
+    assert any("direct: not trained: with one stage" in line for line in said)
     assert result == json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [m["name"] for m in result["models"]] == ["teacher", "student"]
     with pytest.raises(ckd.UserError, match="RUN_DIR is not empty"):  # the same rule as the command

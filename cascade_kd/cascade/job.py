@@ -9,7 +9,7 @@ from pathlib import Path
 from cascade_kd.cascade.plan import check_cascade, check_processes, check_teacher
 from cascade_kd.config.schema import Recipe, where
 from cascade_kd.data.encode import IGNORE, Encoded, encode
-from cascade_kd.data.masking import Masker, masker_for
+from cascade_kd.data.masking import Masker, mask_split, masker_for
 from cascade_kd.data.sampling import epoch_indices
 from cascade_kd.data.task import TaskData, load_task_data
 from cascade_kd.errors import RecipeError
@@ -139,10 +139,11 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
         # dev and test masks are drawn once, so every model is scored on the same masked pieces; train
         # masks too with masking: static, else the engine draws them per epoch (Job.stage_data)
         for split, per_lang in encoded.items():
-            for lang, (examples, items) in per_lang.items():
-                per_lang[lang] = (examples, masker.mask_encoded(items, f"{split}:{lang}")
-                                  if split != "train" or recipe.task.masking == "static"
-                                  else [Encoded(x.input_ids, x.token_type_ids, [IGNORE] * len(x)) for x in items])
+            if split != "train" or recipe.task.masking == "static":
+                encoded[split] = mask_split(masker, split, per_lang)
+            else:
+                encoded[split] = {lang: (examples, [Encoded(x.input_ids, x.token_type_ids, [IGNORE] * len(x)) for x in items])
+                                  for lang, (examples, items) in per_lang.items()}
     return Job(recipe, out, tokenizer, data, encoded, say, encoded_per_language(data.transfer), masker)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cascade_kd.cascade.job import Job, prepare
 from cascade_kd.cascade.plan import direct_spec, final_spec
-from cascade_kd.cascade.rundir import open_run_dir, read_stage_info, write_manifest
+from cascade_kd.cascade.rundir import check_resume_or_overwrite, open_run_dir, read_stage_info, write_manifest
 from cascade_kd.cascade.stages import distil_stage, get_teacher
 from cascade_kd.config.schema import Recipe, where
 from cascade_kd.errors import OutputError, RecipeError, UserError
@@ -47,7 +47,7 @@ from cascade_kd.outdir import check_output, make_directory, output_path, write_m
 from cascade_kd.students import count_parameters, family_of
 from cascade_kd.students.hub import load_checkpoint
 from cascade_kd.training.distributed import barrier, is_main, main_say
-from cascade_kd.training.progress import RunProgress, RunSet
+from cascade_kd.training.progress import RunProgress, RunSet, training_lines_to
 from cascade_kd.training.setup import resolve_precision
 
 
@@ -55,11 +55,12 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bo
                run_set: RunSet | None = None) -> dict:
     """Run a whole recipe; returns the metrics written to RUN_DIR/metrics.json. `run_set`: the set
     of runs this one belongs to (`run --seeds`), for the time-left estimate."""
+    check_resume_or_overwrite(out, resume=resume, overwrite=overwrite)
     out = output_path(out)  # a path that cannot be a directory is reported before any work
     say = main_say(say)
     job = prepare(recipe, out, say)  # every input check happens before RUN_DIR is touched
-    with open_run_dir(recipe, out, resume=resume, overwrite=overwrite, say=say):  # locked until the run ends
-        if is_main():
+    with open_run_dir(recipe, out, resume=resume, overwrite=overwrite, say=say), training_lines_to(say):
+        if is_main():  # RUN_DIR is locked until the run ends; the training lines go to `say` too
             write_manifest(job)
         barrier()  # the others read RUN_DIR (finished stages, training state) only once it is ready
         return _run(job, run_set)
@@ -87,6 +88,9 @@ def _run(job: Job, run_set: RunSet | None = None) -> dict:
         spec = direct_spec(final_spec(stages), current.config, teacher.config)
         student, info = distil_stage(job, "direct", final, teacher, len(stages) - 1, spec=spec)
         models.append(("direct", "direct", student, info, out / "stages" / "direct"))
+    elif recipe.cascade.direct and stages and "direct" in recipe.cascade.model_fields_set:  # asked for, not the default
+        job.say(f"direct: not trained: with one stage, {stages[0].name} is itself distilled straight from the "
+                "teacher (cascade.direct compares a chain of stages with that)")
 
     metrics = score_models(job, models)
     metrics["wall_time_s"] = time.perf_counter() - started

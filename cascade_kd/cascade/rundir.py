@@ -177,6 +177,13 @@ def _recipe_changed(out: Path, recipe: Recipe, manifest: dict | None) -> UserErr
     )
 
 
+def check_resume_or_overwrite(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """At most one of the two: one continues what OUT holds, the other throws it away."""
+    if resume and overwrite:
+        raise OutputError("--resume and --overwrite together: choose one", where=str(out),
+                          hint="--resume continues the run in OUT, --overwrite replaces it")
+
+
 def check_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, say=None) -> Found:
     """Decide, without changing anything, whether this run may use RUN_DIR; an OutputError (or a
     UserError for a changed recipe) says why not. Returns what was found."""

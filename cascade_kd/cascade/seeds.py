@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from cascade_kd.cascade.run import run_recipe
+from cascade_kd.cascade.rundir import check_resume_or_overwrite
 from cascade_kd.config.schema import Recipe
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.compare import compare_runs
@@ -70,6 +71,7 @@ def run_seeds(recipe: Recipe, out: str | Path, seeds: list[int], *, resume: bool
     """Run `recipe` once per seed, each in OUT/seed<S>, then compare them (OUT/aggregate.json,
     report.md, report.html); returns the aggregate."""
     out = Path(out)
+    check_resume_or_overwrite(out, resume=resume, overwrite=overwrite)
     if not seeds:
         raise UserError("--seeds needs at least one seed")
     if len(set(seeds)) != len(seeds):

@@ -15,8 +15,20 @@ import sys
 from pathlib import Path
 
 from cascade_kd.errors import UserError
+from cascade_kd.training.progress import print_line as _say  # the terminal's say: training lines stay above the bar
 
 BACKENDS = ["fp32", "bf16", "ort-fp32", "ort-int8"]  # as cascade_kd.deploy.bench.BACKENDS (checked by a test)
+
+
+def _seed(text: str) -> int:
+    """A seed flag: a whole number of at least 0 (argparse's one-line error otherwise, exit code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**32:  # the recipe's range (torch takes 64 bits; 32 is the usual range)
+        raise argparse.ArgumentTypeError(f"{value} is out of range: seeds are 0 to 2**32 - 1")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True, help="RUN_DIR for checkpoints, metrics.json and report.md")
     run.add_argument("--resume", action="store_true", help="continue a run in RUN_DIR; finished models are not redone")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty RUN_DIR")
-    run.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+    run.add_argument("--seeds", type=_seed, nargs="+", metavar="SEED",
                      help="run the recipe once per seed, each in OUT/seed<S>, and write the aggregate (mean ± sd, "
                      "cascade against direct seed by seed) to OUT/report.html, report.md and aggregate.json")
 
@@ -43,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole job offline on a generated 4-language NER task (a few minutes)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="workspace (a free name is chosen if taken)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0,
+                      help="draws the generated data and is the recipe's seed (initialisations, batch order)")
 
     ev = sub.add_parser("eval", help="re-score every saved model of a run on the splits a recipe names")
     ev.add_argument("run_dir", type=Path)
@@ -75,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--mask-probability", type=float, default=0.15)
     pre.add_argument("--language-alpha", type=float, help="temperature sampling of languages (e.g. 0.3); default: as the data comes")
     pre.add_argument("--max-per-language", type=int, help="at most this many training lines per language")
-    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--seed", type=_seed, default=0)
     pre.add_argument("--resume", action="store_true", help="continue an interrupted pretraining run in --out")
     pre.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
 
@@ -119,10 +132,6 @@ def _parser() -> argparse.ArgumentParser:
     trim.add_argument("--out", type=Path, help="output folder (default MODEL_DIR/trimmed)")
     trim.add_argument("--overwrite", action="store_true", help="replace an existing trimmed model")
     return p
-
-
-def _say(message: str) -> None:
-    print(message, flush=True)
 
 
 def _cmd_run(args) -> None:
@@ -188,16 +197,19 @@ def _cmd_bench(args) -> None:
 
 
 def _cmd_pretrain(args) -> None:
-    from cascade_kd.cli.pretrain import recipe_from_args
+    from cascade_kd.cli.pretrain import as_flag_error, recipe_from_args
 
-    recipe = recipe_from_args(args)
-    _quiet_transformers()
+    try:
+        recipe = recipe_from_args(args)
+        _quiet_transformers()
 
-    from cascade_kd import api
-    from cascade_kd.evaluation.report import report_table
-    from cascade_kd.training.distributed import is_main
+        from cascade_kd import api
+        from cascade_kd.evaluation.report import report_table
+        from cascade_kd.training.distributed import is_main
 
-    metrics = api.run(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
+        metrics = api.run(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
+    except UserError as err:  # the recipe is the flags': name them, not its generated lines
+        raise as_flag_error(err) from None
     if is_main():
         print("\n" + report_table(metrics))
         print(f"\nmasked-LM teacher: {args.out / 'teacher'}  (the recipe as run: {args.out / 'recipe.yaml'})")

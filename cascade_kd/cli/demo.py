@@ -108,7 +108,8 @@ def _sentence(rng: random.Random, lex: _Lexicon) -> tuple[list[str], list[str]]:
 
 
 def generate(directory: Path, seed: int = 0) -> Path:
-    """Write data/<lang>/{train,dev,test}.conll, a tokenizer and recipe.yaml; return the recipe."""
+    """Write data/<lang>/{train,dev,test}.conll, a tokenizer and recipe.yaml; return the recipe.
+    `seed` draws the data and is the recipe's seed (its initialisations and batch order)."""
     directory = Path(directory)
     rng = random.Random(seed)
     corpus = []
@@ -126,7 +127,7 @@ def generate(directory: Path, seed: int = 0) -> Path:
                 corpus += [" ".join(toks) for toks, _ in sentences]
     _train_tokenizer(corpus, directory / "tokenizer")
     recipe = directory / "recipe.yaml"
-    recipe.write_text(DEMO_RECIPE, encoding="utf-8")
+    recipe.write_text(DEMO_RECIPE.replace("\nseed: 0\n", f"\nseed: {seed}\n", 1), encoding="utf-8")
     return recipe
 
 

@@ -13,7 +13,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
@@ -118,6 +118,9 @@ def loss_names() -> tuple[str, ...]:
 _STAGE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
+InitName = Literal["bottom", "top", "uniform", "random", "mean"]  # student.init's named forms
+
+
 class StudentConfig(_Section):
     """How a stage's student is built from the stage's teacher.
 
@@ -139,7 +142,7 @@ class StudentConfig(_Section):
     # which teacher layers initialise the student: bottom-k (LightMBERT), top-k, evenly spread,
     # an explicit list of teacher layer numbers (1-based), or random; recursive students: the
     # element-wise mean of the teacher's layers, one teacher layer (layer:K, 1-based), or random
-    init: Union[Literal["bottom", "top", "uniform", "random", "mean"], list[int],
+    init: Union[InitName, list[int],
                 Annotated[str, StringConstraints(pattern=r"^layer:[1-9][0-9]*$")]] = "bottom"
     hidden: Optional[int] = Field(None, ge=1)  # a different width builds a fresh config
     heads: Optional[int] = Field(None, ge=1)
@@ -170,6 +173,9 @@ class StudentConfig(_Section):
     def _layer_k(cls, v):
         if isinstance(v, str) and v.startswith("layer:") and not re.fullmatch(r"layer:[1-9][0-9]*", v):
             raise ValueError(f"init {v!r}: layer:K names one teacher layer by its number, starting at 1 (e.g. layer:6)")
+        if isinstance(v, str) and not v.startswith("layer:") and v not in get_args(InitName):
+            raise ValueError(f"init {v!r} is none of the forms: {', '.join(get_args(InitName))} (mean: recursive students), "
+                             "a list of teacher layer numbers such as [1, 4, 8], or layer:K (one teacher layer, from 1)")
         return v
 
     @model_validator(mode="before")
@@ -635,9 +641,14 @@ class Recipe(_Section):
         return recipe
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file (`Recipe.from_yaml`)."""
-    return Recipe.from_yaml(path)
+def load_recipe(path: str | Path | Recipe) -> Recipe:
+    """Read and validate a recipe file (`Recipe.from_yaml`); a Recipe is returned as it is."""
+    return path if isinstance(path, Recipe) else Recipe.from_yaml(path)
+
+
+def recipe_name(recipe: str | Path | Recipe) -> str:
+    """How reports name the recipe used: its path, or where a Recipe object came from."""
+    return recipe._source if isinstance(recipe, Recipe) else str(recipe)
 
 
 def parse_recipe(text: str, *, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:

@@ -85,6 +85,12 @@ class Masker:
         return {**batch, "input_ids": input_ids, "labels": labels}
 
 
+def mask_split(masker: Masker, split: str, per_language: dict) -> dict:
+    """{lang: (examples, encoded)} of one split with every sequence masked once, by keys of the
+    split, language and position: the same masks wherever the run's data is scored again."""
+    return {lang: (examples, masker.mask_encoded(items, f"{split}:{lang}")) for lang, (examples, items) in per_language.items()}
+
+
 def masker_for(tokenizer, *, probability: float, seed: int) -> Masker:
     """A Masker for `tokenizer`'s mask token and special tokens."""
     return Masker(mask_id=tokenizer.mask_token_id, vocab_size=len(tokenizer), special_ids=tokenizer.all_special_ids,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import operator
 import os
 import statistics
 import tempfile
@@ -225,8 +226,21 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
     with latency ratios against the teacher on the same backend and setting."""
     import json
 
+    batch_sizes, seq_lens = list(batch_sizes), list(seq_lens)  # read more than once below
+    for flag, values in (("--batch-sizes", batch_sizes), ("--seq-lens", seq_lens), ("--repeats", [repeats])):
+        if not values or not all(_whole_number_from_1(v) for v in values):
+            raise UserError(f"bench {flag} {' '.join(map(str, values)) or '(none)'}: every value must be a whole "
+                            "number of at least 1", hint="e.g. --batch-sizes 1 32 --seq-lens 64 --repeats 10")
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    teacher_dir = run_dir / metrics["models"][0]["path"]
+    from transformers import AutoConfig
+
+    usable = _usable_positions(AutoConfig.from_pretrained(teacher_dir))
+    if usable is not None and min(seq_lens) > usable:  # nothing to compare: refused before any timing
+        raise UserError(f"bench --seq-lens {' '.join(map(str, seq_lens))}: the teacher has only {usable} usable "
+                        "positions, so no setting can be timed", where=str(teacher_dir),
+                        hint=f"pass lengths of at most {usable}")
     active, skipped_backends = _available_backends(list(backends))
     for backend, reason in skipped_backends.items():
         say(f"bench: skipping {backend}: {reason}")
@@ -241,17 +255,15 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
     for row, directory in _models_to_time(run_dir, metrics):
         model = load_checkpoint(directory, metrics["task"])
         names = input_names(model, _tokenizer(directory))
-        # no position table (a BiLSTM student): any length
-        limit = getattr(model.config, "max_position_embeddings", None) or max(seq_lens)
-        offset = position_offset(model.config) if getattr(model.config, "max_position_embeddings", None) else 0
+        usable = _usable_positions(model.config)
         size = weights_size(directory) / 2**20
         entry = {"name": row["name"], "size_mb": size, "latency_ms": {}, "throughput_seq_s": {}, "peak_mem_mb": {},
                  "size_mb_by_backend": {b: size for b in active if b in TORCH_BACKENDS}}
         settings = []
         for batch in batch_sizes:
             for seq in seq_lens:
-                if seq + offset > limit:  # RoBERTa-style models use positions before the first token
-                    entry.setdefault("skipped", []).append(f"s{seq}: only {limit} position embeddings")
+                if usable is not None and seq > usable:
+                    entry.setdefault("skipped", []).append(f"s{seq}: only {usable} usable position embeddings")
                 else:
                     settings.append((batch, seq))
         onnx_dir = None
@@ -304,6 +316,20 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
             "memory": memory_note, "load_average_1min": {"start": load_start, "end": _load_average()},
             "tokenization_ms": tokenization["ms"], "tokenization_input": tokenization["input"],
             "models": rows}
+
+
+def _whole_number_from_1(value) -> bool:
+    try:
+        return not isinstance(value, bool) and operator.index(value) >= 1  # int and numpy ints, not 2.0 or "2"
+    except TypeError:
+        return False
+
+
+def _usable_positions(config) -> int | None:
+    """How long a sequence a model's position table holds (None: no table, a BiLSTM: any length).
+    RoBERTa-style models use positions before the first token."""
+    limit = getattr(config, "max_position_embeddings", None)
+    return None if not limit else limit - position_offset(config)
 
 
 def _models_to_time(run_dir: Path, metrics: dict) -> list[tuple[dict, Path]]:

@@ -36,7 +36,7 @@ import time
 import warnings
 from pathlib import Path
 
-from cascade_kd.config.schema import load_recipe
+from cascade_kd.config.schema import Recipe, load_recipe, recipe_name
 from cascade_kd.data.task import _read_hub, _read_local, load_task_data
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.scoring import OnnxClassifier, score_split
@@ -48,7 +48,7 @@ FP32_ATOL = 1e-3  # max abs logit difference, ONNX fp32 vs PyTorch fp32
 INT8_MIN_AGREEMENT = 0.95  # share of positions where int8 and PyTorch fp32 pick the same label
 OPSET = 17  # LayerNormalization is one op from 17 on
 ONNX_NAME, INT8_NAME, INFO_NAME = "model.onnx", "model.int8.onnx", "export.json"
-TASK_OF_HEAD = {"ForTokenClassification": "token", "ForSequenceClassification": "sequence"}
+TASK_OF_HEAD = {"ForTokenClassification": "token", "ForSequenceClassification": "sequence", "ForMaskedLM": "mlm"}
 
 
 def require_onnx() -> None:
@@ -65,8 +65,10 @@ def require_onnx() -> None:
 # The model directory and the run it belongs to
 
 
-def model_task(model_dir: Path) -> str:
-    """'token' or 'sequence' (sentence-pair models are sequence classifiers), from config.json."""
+def model_task(model_dir: Path, *, command: str = "load_model", tasks=("token", "sequence", "mlm")) -> str:
+    """'token', 'sequence' (sentence-pair models are sequence classifiers) or 'mlm' (a masked-LM
+    teacher or general-distillation student), from config.json; a UserError naming `command` for
+    a model of none of `tasks`."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise UserError("no such model directory", where=str(model_dir),
@@ -82,12 +84,13 @@ def model_task(model_dir: Path) -> str:
     architectures = (data.get("architectures") if isinstance(data, dict) else None) or []
     if not isinstance(architectures, list):
         architectures = [architectures]
+    heads = [head for head, task in TASK_OF_HEAD.items() if task in tasks]
     for arch in architectures:
-        for head, task in TASK_OF_HEAD.items():
+        for head in heads:
             if str(arch).endswith(head):
-                return task
-    raise UserError(f"cannot tell the task from config.json architectures {architectures}", where=str(config),
-                    hint="export takes *ForTokenClassification and *ForSequenceClassification checkpoints")
+                return TASK_OF_HEAD[head]
+    raise UserError(f"{command} cannot take a model whose config.json architectures are {architectures}",
+                    where=str(config), hint=f"{command} takes " + ", ".join(f"*{h}" for h in heads) + " checkpoints")
 
 
 def find_run_dir(model_dir: Path) -> Path | None:
@@ -334,7 +337,7 @@ def export_model(
     model_dir = Path(model_dir)
     if check_examples < 1:
         raise UserError(f"--check-examples must be at least 1, not {check_examples}")
-    task = model_task(model_dir)
+    task = model_task(model_dir, command="export", tasks=("token", "sequence"))
     if not weight_files(model_dir):
         raise UserError("no model.safetensors nor its shards (weights are read from safetensors only)",
                         where=str(model_dir))
@@ -403,10 +406,12 @@ def export_model(
     return info
 
 
-def scoring_recipe(model_dir: Path, score: Path | bool | None) -> Path | None:
+def scoring_recipe(model_dir: Path, score: Path | Recipe | bool | None) -> Path | Recipe | None:
     """The recipe whose held-out split `--score` uses: the one given, or the run's recipe.yaml."""
     if score is None or score is False:
         return None
+    if isinstance(score, Recipe):
+        return score
     if score is True:
         run_dir = find_run_dir(model_dir)
         if run_dir is None:
@@ -429,7 +434,7 @@ def score_backends(model, tokenizer, sessions: dict, recipe_path: Path, model_di
     labels = config_labels(model.config)
     if set(labels) != set(data.labels):
         raise UserError(f"the model's labels ({', '.join(labels)}) are not the recipe's ({', '.join(data.labels)})",
-                        where=str(recipe_path))
+                        where=recipe_name(recipe_path))
     split = "test" if "test" in data.splits else "dev"
     per_backend = {"pytorch": score_split(model, tokenizer, recipe, data, split, labels=labels)}
     for name, sess in sessions.items():
@@ -445,7 +450,7 @@ def score_backends(model, tokenizer, sessions: dict, recipe_path: Path, model_di
         say(f"export: {name} scores {100 * average:.2f} on average over {len(scores)} language(s) of {split} "
             f"(PyTorch {100 * sum(reference.values()) / len(reference):.2f}); the largest drop: {lang}, "
             f"{drops[name][1]:.2f} points")
-    return {"split": split, "recipe": str(recipe_path), "per_backend": per_backend, "largest_drop": drops}
+    return {"split": split, "recipe": recipe_name(recipe_path), "per_backend": per_backend, "largest_drop": drops}
 
 
 def claim_export_dir(model_dir: Path, out: Path | None, *, overwrite: bool):

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from cascade_kd.config.schema import load_recipe
+from cascade_kd.config.schema import Recipe, load_recipe, recipe_name
 from cascade_kd.data.task import load_task_data
 from cascade_kd.deploy.export import find_run_dir, model_task
 from cascade_kd.errors import UserError
@@ -62,6 +62,7 @@ from cascade_kd.students.hub import CHECKPOINT_FILE, config_labels, load_checkpo
 
 TRIM_INFO = "trim.json"
 DEFAULT_MAX_UNK_INCREASE = 1.0  # percentage points of held-out pieces that become [UNK]
+TASK_NAMES = {"token": "token classifier", "sequence": "sequence classifier", "mlm": "masked-LM model"}
 
 # ---------------------------------------------------------------------------------------------
 # Text
@@ -295,7 +296,7 @@ def trim_vocabulary(model, tokenizer, texts_by_language: dict[str, list], *, hel
 # A saved model of a run: `cascade-kd trim MODEL_DIR`
 
 
-def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Path | None = None,
+def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Path | Recipe | None = None,
                    languages: list[str] | None = None, min_count: int = 1,
                    max_unk_increase: float = DEFAULT_MAX_UNK_INCREASE, score: bool = True, strict: bool = False,
                    overwrite: bool = False, with_transfer: bool = True, say=print) -> dict:
@@ -306,7 +307,7 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     score the original and the trimmed model there (unless score=False), and write model, tokenizer
     and trim.json to `out` (default MODEL_DIR/trimmed), atomically. Returns the report."""
     model_dir = Path(model_dir)
-    task = model_task(model_dir)  # a saved model, or a UserError that says what is missing
+    task = model_task(model_dir, command="trim")  # a saved model, or a UserError that says what is missing
     found = claim_trim_dir(model_dir, out, overwrite=overwrite)
     out = found.path
     if min_count < 1:
@@ -319,10 +320,13 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
         recipe_path = run_dir / "recipe.yaml"
     recipe = load_recipe(recipe_path)
     data = load_task_data(recipe)
+    if {"pair": "sequence"}.get(data.task, data.task) != task:  # sentence-pair models are sequence classifiers
+        raise UserError(f"the model is a {TASK_NAMES[task]} and the recipe's task is {data.task}",
+                        where=str(model_dir), hint="give the recipe of the run that trained this model (--recipe)")
     chosen = list(languages or data.train_languages)  # default: every language with training text
     unknown = [lang for lang in chosen if lang not in data.splits["train"]]
     if unknown:
-        raise UserError(f"no training data for {', '.join(unknown)} in the recipe", where=str(recipe_path),
+        raise UserError(f"no training data for {', '.join(unknown)} in the recipe", where=recipe_name(recipe_path),
                         hint=f"choose among {', '.join(data.splits['train'])}")
     split = "test" if "test" in data.splits else "dev"
     from transformers import AutoTokenizer
@@ -347,10 +351,10 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     heldout = {lang: example_items(examples) for lang, examples in data.splits[split].items()}
     new_model, new_tokenizer, report = trim_vocabulary(model, tokenizer, train, heldout_by_language=heldout,
                                                        min_count=min_count, max_unk_increase=max_unk_increase, say=say)
-    report.update(model_dir=str(model_dir), recipe=str(recipe_path), heldout_split=split,
+    report.update(model_dir=str(model_dir), recipe=recipe_name(recipe_path), heldout_split=split,
                   transfer_included=sorted(transfer) if with_transfer else [])
     if score:
-        labels = config_labels(model.config)
+        labels = config_labels(model.config) if task != "mlm" else []  # a masked-LM head predicts pieces
         if set(labels) != set(data.labels):
             raise UserError(f"the model's labels ({', '.join(labels)}) are not the recipe's", where=str(model_dir))
         report["scores_before"] = score_split(model, tokenizer, recipe, data, split, labels=labels)

@@ -27,7 +27,7 @@ from cascade_kd.errors import UserError
 from cascade_kd.students.embedding_rows import merge_seen_rows, restrict_to_seen_rows
 from cascade_kd.training.data import StageData
 from cascade_kd.training.distributed import barrier, is_main
-from cascade_kd.training.progress import StageMonitor, precision_name
+from cascade_kd.training.progress import StageMonitor, lines_taken, log_line, precision_name
 from cascade_kd.training.setup import Schedule, make_accelerator, make_optimizer
 from cascade_kd.training.state import (
     DamagedState,
@@ -74,10 +74,10 @@ def train(task: DistillationTask, data: StageData, cfg: TrainConfig, *, evaluate
     student = task.student
     restricted = restrict_to_seen_rows(student, [x.input_ids for x in data.examples]) if cfg.embedding_rows == "seen" else None
     if isinstance(restricted, tuple) and is_main():
-        _log(None, f"  {desc}: word embeddings: the {restricted[0]:,} rows the training data uses "
-                   f"are trained, the other {restricted[1] - restricted[0]:,} keep their values (train.embedding_rows)")
+        log_line(f"  {desc}: word embeddings: the {restricted[0]:,} rows the training data uses "
+                 f"are trained, the other {restricted[1] - restricted[0]:,} keep their values (train.embedding_rows)")
     elif isinstance(restricted, str) and is_main():
-        _log(None, f"  {desc}: word embeddings: every row is trained: {restricted}")
+        log_line(f"  {desc}: word embeddings: every row is trained: {restricted}")
     try:
         return _train(task, data, cfg, evaluate, desc, state_dir, monitor or StageMonitor(desc))
     finally:
@@ -90,7 +90,7 @@ def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, 
     # reach the head, as the logits depend on everything): DDP must look for them
     accelerator = make_accelerator(cfg, find_unused=cfg.unfreeze == "gradual" or not task.student_reads.logits)
     n_proc, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
-    say = (lambda message, bar=None: _log(bar, f"  {desc}: {message}")) if main else (lambda message, bar=None: None)
+    say = (lambda message, bar=None: log_line(f"  {desc}: {message}", bar)) if main else (lambda message, bar=None: None)
     if cfg.batch_size < n_proc:
         raise UserError(f"batch_size {cfg.batch_size} is smaller than the {n_proc} processes: some would have no data",
                         where=desc, hint=f"use batch_size >= {n_proc} (it is the global batch, split between processes)")
@@ -217,7 +217,9 @@ def _start(state_dir, module, optimizer, scheduler, schedule: Schedule, n_proc: 
             if is_main():
                 shutil.rmtree(state_dir, ignore_errors=True)  # RUN_DIR/state/<stage>: the run's own working files
     if resumed:
-        say(f"resuming at step {progress.step}/{schedule.total_steps} (epoch {progress.epoch + 1})")
+        epochs = math.ceil(schedule.total_steps / schedule.per_epoch)  # epochs begun; cfg.epochs may be a fraction
+        epoch = min(progress.epoch + 1, epochs)  # a finished stage's counter is past its last epoch
+        say(f"resuming at step {progress.step}/{schedule.total_steps} (epoch {epoch} of {epochs})")
         if progress.processes != n_proc:
             # batches are global, so the data order and every optimiser step carry over; the
             # random streams of processes other than the main one (dropout) were not saved
@@ -273,12 +275,7 @@ def _progress(total: int, desc: str, disable: bool = False):
     from tqdm.auto import tqdm
 
     # a live bar on a terminal; in logs (CI, nohup) only the per-evaluation lines are printed
-    quiet = disable or os.environ.get("CASCADE_KD_QUIET") == "1" or not sys.stderr.isatty()
+    quiet = disable or os.environ.get("CASCADE_KD_QUIET") == "1" or not sys.stderr.isatty() or lines_taken()
     return tqdm(total=total, desc=desc, unit="step", disable=quiet, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
 
 
-def _log(bar, message: str) -> None:
-    if os.environ.get("CASCADE_KD_QUIET") != "1":
-        from tqdm.auto import tqdm
-
-        (bar.write if bar is not None else tqdm.write)(message, file=sys.stdout)

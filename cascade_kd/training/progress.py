@@ -25,19 +25,51 @@ on its share of the batch (the total is the global batch's).
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 CURVE_POINTS = 200
 HEARTBEAT_SECONDS = 60.0
 
 
+def print_line(message: str) -> None:
+    """The command line's `say`: a line on stdout, flushed (a log read through a pipe stays current)."""
+    print(message, flush=True)
+
+
+# Where the training loop's own lines go (epochs, progress, embedding rows): None prints them above
+# the live bar; a run given another `say` (a logger, a no-op) gets them there instead, and no bar.
+_LINES = contextvars.ContextVar("cascade_kd_training_lines", default=None)
+
+
+@contextmanager
+def training_lines_to(say):
+    """Inside, the training lines go to `say`, unless it prints to the terminal (print, print_line):
+    then they are printed above the live bar, as the command line shows them."""
+    token = _LINES.set(None if say in (print, print_line) else say)
+    try:
+        yield
+    finally:
+        _LINES.reset(token)
+
+
+def lines_taken() -> bool:
+    """A `say` other than the terminal's takes the training lines: no live bar is drawn."""
+    return _LINES.get() is not None
+
+
 def log_line(message: str, bar=None) -> None:
-    """Print a line above the live bar (if any), unless CASCADE_KD_QUIET=1."""
+    """Give a training line to the run's `say` (training_lines_to), else print it above the live bar
+    (if any); nothing with CASCADE_KD_QUIET=1."""
     if os.environ.get("CASCADE_KD_QUIET") == "1":
+        return
+    if _LINES.get() is not None:
+        _LINES.get()(message)
         return
     from tqdm.auto import tqdm
 

@@ -249,14 +249,37 @@ def test_a_lost_out_is_restored_from_the_archive_and_what_must_train_retrains_it
     jobs.append(Job("student3", fast_recipe(demo_workspace, **loaded_teacher(lost, "teacher")), seed=3,
                     depends_on=["teacher"]))
     lines = []
+    run_grid(jobs, lost, archive=archive, say=lines.append, post_steps=False)  # stopped before the post steps
+    assert trained[2:] == ["teacher", "student3"] and notes.read_text() == "teacher \n"
+    assert any("teacher: restored before, trains again" in line for line in lines)
+    # until the new teacher's post step is done, the archive keeps the earlier teacher whole
+    assert json.loads(archive.read_text())["jobs"]["teacher"] == kept["jobs"]["teacher"]
     after = run_grid(jobs, lost, archive=archive, say=lines.append)
     assert trained[2:] == ["teacher", "student3"] and notes.read_text() == "teacher \nteacher \n"
-    assert any("teacher: restored before, trains again" in line for line in lines)
     assert not runner.restored(lost / "teacher") and runner.restored(lost / "student")
     assert "restored" not in after["jobs"]["teacher"] and after["jobs"]["student"]["restored"] is True
     kept = json.loads(archive.read_text())
     assert set(kept["jobs"]) == {"teacher", "student", "student3"}
     assert kept["jobs"]["teacher"]["record"]["finished"] == after["jobs"]["teacher"]["finished"]
+
+
+def test_a_job_trained_again_keeps_its_archived_run_whole_until_its_new_post_step(demo_workspace, tmp_path,
+                                                                                   monkeypatch):
+    """An interrupted job trains again over a record whose post step described the model before:
+    that step is dropped, and the archive keeps the earlier run (scores and step of one model)."""
+    trained, archive, notes = [], tmp_path / "runs.json", tmp_path / "notes.txt"
+    monkeypatch.setattr(cascade_kd, "run", fake_run(trained), raising=False)
+    out = tmp_path / "out"
+    jobs = [Job("teacher", fast_recipe(demo_workspace), seed=1, after=functools.partial(note, notes))]
+    run_grid(jobs, out, archive=archive, say=lambda m: None)
+    kept = json.loads(archive.read_text())["jobs"]["teacher"]
+    (out / "teacher" / "metrics.json").unlink()  # interrupted: RUN_DIR holds a run that is not finished
+    grid = run_grid(jobs, out, archive=archive, say=lambda m: None, post_steps=False)
+    assert trained == ["teacher", "teacher"] and "after" not in grid["jobs"]["teacher"]
+    assert json.loads(archive.read_text())["jobs"]["teacher"] == kept
+    grid = run_grid(jobs, out, archive=archive, say=lambda m: None)  # the post step: now the new run goes in
+    assert notes.read_text() == "teacher \nteacher \n" and grid["jobs"]["teacher"]["after"]["status"] == "done"
+    assert json.loads(archive.read_text())["jobs"]["teacher"]["record"] == grid["jobs"]["teacher"]
 
 
 def test_only_trains_the_jobs_asked_for_and_what_they_need(demo_workspace, tmp_path, monkeypatch):

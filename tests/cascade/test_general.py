@@ -250,14 +250,20 @@ def test_general_recipe_mistakes_are_refused_before_training(general, change, me
 @pytest.mark.parametrize("flags, message", [
     (["--hidden", "64", "--heads", "3"], "not a multiple of --heads 3"),
     (["--layers", "0"], "--layers 0 is not a positive number"),
-    (["--lr", "-1"], "train.lr"),
+    (["--lr", "-1"], "error: --lr: Input should be greater than 0"),
+    (["--mask-probability", "1.5"], "error: --mask-probability: "),
+    (["--languages", "en", "xx"], "train file of 'xx' not found (check --text; relative paths start from the current folder)"),
+    (["--tokenizer", "/no/such/tokenizer"], "error: --tokenizer: cannot load the tokenizer"),
 ])
 def test_pretrain_flags_are_checked_before_anything_runs(general, flags, message, capsys):
+    """Errors name the flag, not a line of the recipe the flags became, nor recipe keys no flag sets."""
     root, _, _ = general
     base = ["pretrain", "--text", "text/train-{lang}.txt", "--dev", "text/dev-{lang}.txt", "--languages", "en",
             "--tokenizer", "ws/tokenizer", "--out", "never"]
     assert main(base + flags) == 2
-    assert message in capsys.readouterr().err and not (root / "never").exists()
+    err = capsys.readouterr().err
+    assert message in err and not (root / "never").exists()
+    assert "(flags)" not in err and "train_languages" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_text_format_needs_task_mlm(general):
@@ -265,3 +271,24 @@ def test_text_format_needs_task_mlm(general):
     recipe = Recipe.from_dict(merge(FINETUNE, {"data": {"format": "text"}}), source="f.yaml", base_dir=root)
     with pytest.raises(RecipeError, match="for task type mlm"):
         prepare(recipe, root / "unused", say=lambda m: None)
+
+
+def test_a_masked_lm_model_loads_and_trims_and_export_says_it_takes_classifiers_only(general, tmp_path, capsys):
+    """load_model and trim take every saved model of a run, masked-LM ones included (the trimmed
+    student scored with the run's own dev masks); ONNX export takes classifiers and says so."""
+    import cascade_kd as ckd
+
+    root, _, metrics = general
+    student = root / "gen" / "stages" / "s1"
+    model, tokenizer = ckd.load_model(student)
+    assert type(model).__name__ == "BertForMaskedLM" and not model.training and len(tokenizer) == model.config.vocab_size
+    report = ckd.trim(student, tmp_path / "trimmed", say=lambda m: None)
+    run_scores = {m["name"]: m for m in metrics["models"]}["s1"]["per_language"]
+    assert report["scores_before"] == pytest.approx(run_scores, abs=1e-12)  # the run's own masks and scoring
+    assert set(report["scores_after"]) == set(SIZES) and report["vocab_after"] < report["vocab_before"]
+    trimmed, _ = ckd.load_model(tmp_path / "trimmed")
+    assert type(trimmed).__name__ == "BertForMaskedLM" and trimmed.config.vocab_size == report["vocab_after"]
+    with pytest.raises(UserError, match="the model is a masked-LM model and the recipe's task is token"):
+        ckd.trim(student, tmp_path / "wrong", recipe=Recipe.from_dict(FINETUNE, base_dir=root), say=lambda m: None)
+    assert main(["export", "--onnx", str(student), "--out", str(tmp_path / "onnx")]) == 2
+    assert "export cannot take a model whose config.json architectures are ['BertForMaskedLM']" in capsys.readouterr().err

@@ -56,6 +56,13 @@ def test_unknown_key_far_from_any_lists_the_valid_keys(capsys, ws):
     assert "valid keys:" in msg and "batch_size" in msg
 
 
+def test_an_unknown_init_names_every_form_it_may_take(capsys, ws):
+    recipe = edit_recipe(ws, "student: {layers: 2, init: bottom,", "student: {layers: 2, init: bottm,")
+    msg = fails(capsys, ws)
+    assert f"{recipe}:{line_of(recipe, 'init: bottm')}: cascade.stages.1.student.init" in msg
+    assert "init 'bottm' is none of the forms" in msg and "[1, 4, 8]" in msg and "layer:K" in msg
+
+
 # --- 2. wrong types -------------------------------------------------------------------------
 
 
@@ -329,3 +336,23 @@ def test_sequences_longer_than_the_position_table(capsys, ws):
     edit_recipe(ws, "max_length: 64", "max_length: 100")
     msg = fails(capsys, ws)
     assert "task.max_length" in msg and "64 position embeddings" in msg and "max_length <= 64" in msg
+
+
+def test_demo_seed_draws_the_data_and_seeds_the_recipe_and_a_negative_one_is_refused(tmp_path, capsys):
+    from cascade_kd.cli.app import main
+    from cascade_kd.cli.demo import generate
+    from cascade_kd.config.schema import load_recipe
+
+    assert load_recipe(generate(tmp_path / "s3", seed=3)).seed == 3  # the seed of training too, not only of the data
+    assert (tmp_path / "s3" / "data" / "en" / "train.conll").read_text() != \
+        (generate(tmp_path / "s4", seed=4).parent / "data" / "en" / "train.conll").read_text()
+    with pytest.raises(SystemExit) as stop:  # argparse: one usage line and the reason, exit code 2
+        main(["demo", "--out", str(tmp_path / "never"), "--seed", "-1"])
+    assert stop.value.code == 2 and "seeds are 0 to 2**32 - 1" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("seeds", [[], ["--seeds", "0", "1"]], ids=["one run", "seeds"])
+def test_resume_and_overwrite_together_are_refused(capsys, ws, seeds):
+    msg = fails(capsys, ws, "--resume", "--overwrite", *seeds)
+    assert "--resume and --overwrite together: choose one" in msg

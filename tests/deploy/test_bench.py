@@ -84,3 +84,25 @@ def test_table_of_a_result_from_before_the_backends():
     table = bench_table(old)
     assert "| teacher | PyTorch fp32 | 2.50 | 1.50 (1.0x) | — | — | reference |" in table
     assert "| teacher | PyTorch bf16 autocast | 2.50 | 2.00 (1.0x) |" in table
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--repeats", "0"], "--repeats 0"),
+    (["--repeats", "-3"], "--repeats -3"),
+    (["--batch-sizes", "0"], "--batch-sizes 0"),
+    (["--seq-lens", "8", "0"], "--seq-lens 8 0"),
+    (["--seq-lens", "100000"], "usable positions, so no setting can be timed"),  # longer than the teacher holds
+])
+def test_bad_numbers_are_one_line_and_keep_the_runs_latency_table(run_copy, capsys, flags, says):
+    """A bad flag used to end in a traceback (an empty median, a tokeniser's IndexError) or, for
+    lengths no model fits, replace the run's latency table with an empty one."""
+    metrics = run_copy / "metrics.json"
+    before = json.loads(metrics.read_text())
+    before["latency"] = {"models": [{"name": "teacher", "latency_ms": {"fp32/b1/s8": 1.0}}]}  # an earlier table
+    metrics.write_text(json.dumps(before))
+    report = (run_copy / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["bench", str(run_copy), "--backends", "fp32", *flags]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert json.loads(metrics.read_text()) == before and (run_copy / "report.md").read_text() == report

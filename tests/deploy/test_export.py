@@ -96,7 +96,7 @@ def test_missing_or_invalid_model_dir_exits_2(tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err
     (tmp_path / "config.json").write_text('{"architectures": ["BertModel"]}')
     assert main(["export", str(tmp_path), "--onnx"]) == 2
-    assert "cannot tell the task" in capsys.readouterr().err
+    assert "export cannot take a model whose config.json architectures are ['BertModel']" in capsys.readouterr().err
     (tmp_path / "config.json").write_text("{not json")
     assert main(["export", str(tmp_path), "--onnx"]) == 2
     assert "not valid JSON" in capsys.readouterr().err
@@ -188,3 +188,19 @@ def test_a_bad_score_recipe_exits_2_before_exporting(tiny_run, tmp_path, capsys,
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_api_scores_with_a_recipe_given_as_an_object_or_a_dict(tiny_run, tmp_path):
+    """`score=` takes a recipe the way every API function does: a path, a Recipe or a dict."""
+    import yaml
+
+    import cascade_kd as ckd
+
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    student = next(m for m in metrics["models"] if m["name"] == "student")
+    as_object = ckd.Recipe.from_yaml(tiny_run / "recipe.yaml")
+    as_dict = yaml.safe_load((tiny_run / "recipe.yaml").read_text())  # its paths are absolute
+    for name, recipe in (("object", as_object), ("dict", as_dict)):
+        info = ckd.export_onnx(tiny_run / "stages" / "student", tmp_path / name, score=recipe, say=lambda m: None)
+        assert info["scores"]["per_backend"]["pytorch"] == pytest.approx(student["per_language"], abs=1e-12)
+        assert info["scores"]["recipe"] == (str(tiny_run / "recipe.yaml") if name == "object" else "<dict>")

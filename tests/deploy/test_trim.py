@@ -223,6 +223,12 @@ def test_trim_a_saved_model_of_a_run(demo_workspace, tokenizer, tmp_path, capsys
     if report["coverage"]["en"]["dropped_share"] == 0:
         assert report["scores_after"]["en"] == report["scores_before"]["en"]
     assert any(line.startswith("trim: en test score") for line in lines)
+    # the Python API takes the recipe as an object or a dict as well as a path: the same trim
+    import cascade_kd as ckd
+
+    for name, recipe in (("object", ckd.Recipe.from_yaml(run / "recipe.yaml")), ("dict", trim_recipe(demo_workspace))):
+        again = ckd.trim(run / "stages" / "s", tmp_path / name, recipe=recipe, languages=["en"], say=_quiet)
+        assert again["vocab_after"] == report["vocab_after"] and again["scores_after"] == report["scores_after"]
     # refusals: an existing output, --strict on a hurt language (nothing written), a missing directory
     with pytest.raises(UserError, match="already exists"):
         trim_model_dir(run / "stages" / "s", languages=["en"], say=_quiet)
