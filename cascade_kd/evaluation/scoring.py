@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import torch
 
 from cascade_kd.data.encode import IGNORE, Encoded, collate, encode, eval_batches
+from cascade_kd.data.masking import mask_split, masker_for
 from cascade_kd.data.readers import Example
 from cascade_kd.students.features import extract_features
 
@@ -148,8 +149,6 @@ def score_split(model, tokenizer, recipe, data, split: str, *, labels: list[str]
                                        label_all_subwords=recipe.task.label_all_subwords))
                for lang, examples in data.splits[split].items()}
     if data.task == "mlm":  # masked-LM text: the run's own draws (cascade/job.py), on this tokenizer's pieces
-        from cascade_kd.data.masking import mask_split, masker_for
-
         encoded = mask_split(masker_for(tokenizer, probability=recipe.task.mask_probability, seed=recipe.seed),
                              split, encoded)
     return evaluate_languages(model, encoded, data.task, labels, batch_size=recipe.train.eval_batch_size,
