@@ -190,6 +190,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
         info = read_stage_info(directory)[0] or {}
         models.append((row["name"], row["role"], load_checkpoint(directory, job.data.task), info, directory))
     metrics = score_models(job, models, split=split)
+    metrics["evaluated_run"] = str(run_dir.resolve())  # the run whose models these are (its manifest: seed, recipe)
     if parallel:
         per_model = {}
         for name, _, model, _, _ in models:

@@ -82,21 +82,30 @@ def _check_shared(runs: list[RunFiles]) -> list[str]:
     return shared
 
 
-def _model_figures(row: dict, languages: list[str]) -> dict:
-    """A model's figures on `languages` (recomputed, so that every run is summarised alike)."""
+def _model_figures(row: dict, languages: list[str], groups: dict[str, list[str]] | None = None) -> dict:
+    """A model's figures on `languages` (recomputed, so that every run is summarised alike), and
+    with `groups` ({"seen": [...], "zero_shot": [...]}) the average and retention of each group."""
     scores = [row["per_language"].get(lang) for lang in languages]
     retention = row.get("retention_per_language") or {}
     kept = [retention.get(lang) for lang in languages]
-    finite_scores = [s for s in scores if _finite(s)]
-    finite_kept = [r for r in kept if _finite(r)]
-    return {"average": statistics.fmean(finite_scores) if finite_scores else None,
-            "worst": min(finite_scores) if finite_scores else None,
-            "retention": statistics.fmean(finite_kept) if finite_kept else None,
-            "worst_retention": min(finite_kept) if finite_kept else None,
-            "per_language": dict(zip(languages, scores)), "retention_per_language": dict(zip(languages, kept))}
+
+    def mean(values):
+        finite = [v for v in values if _finite(v)]
+        return statistics.fmean(finite) if finite else None
+
+    def least(values):
+        finite = [v for v in values if _finite(v)]
+        return min(finite) if finite else None
+
+    figures = {"average": mean(scores), "worst": least(scores), "retention": mean(kept), "worst_retention": least(kept),
+               "per_language": dict(zip(languages, scores)), "retention_per_language": dict(zip(languages, kept))}
+    for group, members in (groups or {}).items():
+        figures[f"average_{group}"] = mean([row["per_language"].get(lang) for lang in members])
+        figures[f"retention_{group}"] = mean([retention.get(lang) for lang in members])
+    return figures
 
 
-def _variant(label: str, runs: list[RunFiles], languages: list[str]) -> dict:
+def _variant(label: str, runs: list[RunFiles], languages: list[str], groups: dict[str, list[str]] | None = None) -> dict:
     seeds = [_seed(run) for run in runs]
     repeated = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
     if repeated:
@@ -108,11 +117,13 @@ def _variant(label: str, runs: list[RunFiles], languages: list[str]) -> dict:
     for name in names:
         rows = [(seed, run.model(name)) for seed, run in zip(seeds, runs)]
         rows = [(seed, row) for seed, row in rows if row is not None]
-        figures = [(seed, _model_figures(row, languages)) for seed, row in rows]
+        figures = [(seed, _model_figures(row, languages, groups)) for seed, row in rows]
         models.append({
             "name": name, "role": rows[0][1]["role"], "seeds": [s for s, _ in figures],
             "params_total": rows[0][1]["params_total"],
-            **{key: spread([f[key] for _, f in figures]) for key in ("average", "worst", "retention", "worst_retention")},
+            **{key: spread([f[key] for _, f in figures]) for key in ("average", "worst", "retention", "worst_retention",
+                                                                     *(f"{s}_{g}" for g in groups or {}
+                                                                       for s in ("average", "retention")))},
             "per_language": {lang: spread([f["per_language"][lang] for _, f in figures]) for lang in languages},
             "retention_per_language": {lang: spread([f["retention_per_language"][lang] for _, f in figures])
                                        for lang in languages},
@@ -127,7 +138,7 @@ def _pair(what: str, a: tuple[dict, dict], b: tuple[dict, dict], languages: list
     over each group of languages in `groups` ({"seen": [...], "zero_shot": [...]}): per seed, the
     mean of that group's per-language differences."""
     (va, ma), (vb, mb) = a, b
-    common = [s for s in ma["seeds"] if s in mb["seeds"]]
+    common = [s for s in ma["seeds"] if s is not None and s in mb["seeds"]]  # an unknown seed matches nothing
 
     def value(model, key, seed, lang=None):
         return (model["per_language"][lang] if lang else model[key])["values"][model["seeds"].index(seed)]
@@ -254,11 +265,12 @@ def compare_runs(run_dirs, out: str | Path | None = None, *, pairs=None) -> dict
         labels = _labels(groups)
     runs = [run for group in groups for run in group]
     languages = _check_shared(runs)
-    variants = [_variant(label, group, languages) for label, group in zip(labels, groups)]
+    language_groups = _language_groups(runs, languages)
+    variants = [_variant(label, group, languages, language_groups) for label, group in zip(labels, groups)]
     for variant, group in zip(variants[1:], groups[1:]):
         variant["differs_from_first_in"] = _differences_from(groups[0][0], group[0])
     first = runs[0].metrics
-    groups = _language_groups(runs, languages)
+    groups = language_groups
     aggregate = {
         "task": first["task"], "metric": first["metric"], "split": first["split"], "languages": languages,
         "languages_left_out": sorted({l for run in runs for l in run.languages} - set(languages)),

@@ -38,11 +38,18 @@ def _per_seed(d: dict) -> str:
     return ", ".join(f"{seed}: {v:+.2f}" for seed, v in d.get("per_seed", {}).items() if _finite(v)) or "—"
 
 
-def variant_table(variant: dict, languages: list[str]) -> str:
-    head = ["model", "role", "seeds", "avg", "worst", "retention"] + languages
+def variant_table(variant: dict, languages: list[str], zero_shot: list[str] | None = None) -> str:
+    """Mean ± sd over seeds per model; with zero-shot languages, also the average and retention over
+    the seen and over the zero-shot languages apart, and the zero-shot languages' columns marked *."""
+    split = bool(zero_shot) and all("average_seen" in m for m in variant["models"])
+    groups = ["avg seen", "avg zero-shot", "retention seen", "retention zero-shot"] if split else []
+    head = ["model", "role", "seeds", "avg", "worst", "retention", *groups]
+    head += [f"{lang}*" if zero_shot and lang in zero_shot else lang for lang in languages]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for m in variant["models"]:
         cells = [m["name"], m["role"], str(len(m["seeds"])), pm(m["average"]), pm(m["worst"]), pm(m["retention"])]
+        if split:
+            cells += [pm(m[key]) for key in ("average_seen", "average_zero_shot", "retention_seen", "retention_zero_shot")]
         cells += [pm(m["per_language"][lang]) for lang in languages]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -83,8 +90,9 @@ def _intro(aggregate: dict) -> list[str]:
                      + ".")
     if aggregate.get("zero_shot_languages"):
         lines.append(f"Trained on {', '.join(aggregate['seen_languages'])} (seen); zero-shot: "
-                     f"{', '.join(aggregate['zero_shot_languages'])}. The pairs also give each seed's difference "
-                     "averaged over the seen and over the zero-shot languages apart.")
+                     f"{', '.join(aggregate['zero_shot_languages'])} (marked *). The model tables give each model's "
+                     "average and retention over the seen and the zero-shot languages apart, and the pairs each "
+                     "seed's difference over each group.")
     return lines
 
 
@@ -92,7 +100,7 @@ def render_comparison_md(aggregate: dict) -> str:
     langs = aggregate["languages"]
     parts = ["# Comparison", ""] + _intro(aggregate) + [""]
     for v in aggregate["variants"]:
-        parts += [f"## {v['label']}", "", variant_table(v, langs), ""]
+        parts += [f"## {v['label']}", "", variant_table(v, langs, aggregate.get("zero_shot_languages")), ""]
     if aggregate["pairs"]:
         parts += ["## Pairs", "", "Differences are matched by seed: for each seed, A's average (or language score) minus "
                   "B's, in points; then their mean and sd, and how many seeds each side won.", "",
@@ -124,7 +132,7 @@ def render_comparison_html(aggregate: dict) -> str:
                                  "seed's difference.", f"{p['what']} per language"),
                      markdown_table(pair_language_table(p, langs))]
     for v in aggregate["variants"]:
-        body += [f"<h2>{esc(v['label'])}</h2>", markdown_table(variant_table(v, langs))]
+        body += [f"<h2>{esc(v['label'])}</h2>", markdown_table(variant_table(v, langs, aggregate.get("zero_shot_languages")))]
         models = v["models"]
         svg = grouped_scores([m["name"] for m in models], [100 * (m["average"]["mean"] or 0) for m in models],
                              [100 * m["average"]["sd"] if _finite(m["average"]["sd"]) else None for m in models],

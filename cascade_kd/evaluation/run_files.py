@@ -78,6 +78,9 @@ def read_run(run_dir: str | Path) -> RunFiles:
         raise UserError(f"metrics.json lacks {', '.join(missing)}: not the metrics of a cascade-kd run",
                         where=str(run_dir / "metrics.json"))
     manifest = read_json(run_dir / "manifest.json", "no run manifest") if (run_dir / "manifest.json").exists() else {}
+    evaluated = metrics.get("evaluated_run")  # `cascade-kd eval` output: the models, seed and recipe are that run's
+    if not manifest and isinstance(evaluated, str) and (Path(evaluated) / "manifest.json").is_file():
+        manifest = read_json(Path(evaluated) / "manifest.json", "no run manifest")
     markers = {}
     for row in rows:
         path = run_dir / row["path"] / MARKER

@@ -82,8 +82,18 @@ def test_zero_shot_runs_get_the_difference_over_seen_and_over_zero_shot_language
     assert pair["zero_shot"]["sd"] == pytest.approx(statistics.stdev(zero))
     assert pair["zero_shot"]["a_wins"] == sum(d > 0 for d in zero)
     assert list(pair["seen"]["per_seed"].values()) == pytest.approx([diff(m, "en") for m in metrics])
+    # each model's averages over the seen and over the zero-shot languages, mean and sd over seeds
+    student = next(m for m in agg["variants"][0]["models"] if m["role"] == "student")
+    rows = [next(r for r in m["models"] if r["role"] == "student") for m in metrics]
+    zero_avg = [(r["per_language"]["de"] + r["per_language"]["ar"]) / 2 for r in rows]
+    assert student["average_zero_shot"]["mean"] == pytest.approx(statistics.fmean(zero_avg))
+    assert student["average_zero_shot"]["sd"] == pytest.approx(statistics.stdev(zero_avg))
+    assert student["average_seen"]["values"] == pytest.approx([r["per_language"]["en"] for r in rows])
+    zero_kept = [(r["retention_per_language"]["de"] + r["retention_per_language"]["ar"]) / 2 for r in rows]
+    assert student["retention_zero_shot"]["mean"] == pytest.approx(statistics.fmean(zero_kept))
     report = (tmp_path / "out" / "report.md").read_text()
     assert "zero-shot languages: A − B" in report and "zero-shot: de, ar" in report
+    assert "| avg seen | avg zero-shot | retention seen | retention zero-shot | en | de* | ar* |" in report
     # runs trained on every language they are scored on: nothing to split
     plain = compare_runs([fake_run(tmp_path / "plain", s) for s in (0, 1)])
     assert plain["zero_shot_languages"] is None and "zero_shot" not in plain["pairs"][0]
@@ -152,3 +162,25 @@ def test_report_rebuilds_a_comparison_from_its_directory(tmp_path, capsys):
     assert main(["report", str(tmp_path / "cmp")]) == 0
     assert (tmp_path / "cmp" / "report.html").is_file()
     assert json.loads((tmp_path / "cmp" / "aggregate.json").read_text()) == before
+
+
+def test_eval_folders_are_the_seeds_of_their_runs_and_unknown_seeds_are_never_matched(tmp_path):
+    """`cascade-kd eval` output has no manifest: compare reads the evaluated run's (its seed and
+    recipe). Runs whose seed is unknown are variants of their own, never paired as one seed."""
+    evals = []
+    for seed in (0, 1):
+        run = fake_run(tmp_path, seed)
+        out = run / "eval-dev"
+        out.mkdir()
+        metrics = json.loads((run / "metrics.json").read_text())
+        (out / "metrics.json").write_text(json.dumps({**metrics, "split": "dev", "evaluated_run": str(run.resolve())}))
+        evals.append(out)
+    agg = compare_runs(evals, tmp_path / "out")
+    assert [v["seeds"] for v in agg["variants"]] == [[0, 1]] and agg["pairs"][0]["average"]["paired"] is True
+    for path in evals:  # without the link to their run: two variants of unknown seed
+        metrics = json.loads((path / "metrics.json").read_text())
+        del metrics["evaluated_run"]
+        (path / "metrics.json").write_text(json.dumps(metrics))
+    agg = compare_runs(evals, tmp_path / "out2")
+    assert [v["seeds"] for v in agg["variants"]] == [[None], [None]]
+    assert agg["pairs"] and all(p["seeds"] == [] and p["average"]["paired"] is False for p in agg["pairs"])
