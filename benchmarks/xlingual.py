@@ -575,7 +575,8 @@ def main() -> int:
     parser.add_argument("--rerun-after", action="store_true", help="run the post steps (latency, deploy) again")
     parser.add_argument("--post-steps-only", action="store_true",
                         help="train nothing: run the post steps (deploy, latency) of the runs that are done")
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (2 cores: 1)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once (default 1; on 2 cores, --jobs 2 --threads 1 trains two at once)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per run (default: torch's; 1 when another job shares the cores)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per latency figure")

@@ -181,6 +181,8 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
         raise RecipeError(f"the recipe names no {split} data", where=where(recipe, "data", split))
     job.encoded = {s: job.encoded[s] for s in ("dev", split)}
     target = claim_eval_dir(run_dir, Path(out) if out else run_dir / f"eval-{split}")
+    if (target / "metrics.json").is_file():  # an earlier eval's, allowed to be replaced: say so, before any work
+        say(f"eval: {target} holds an earlier eval, which this one replaces (give --out to keep both)")
     previous = read_metrics(metrics_path)
     models = []
     for row in previous["models"]:

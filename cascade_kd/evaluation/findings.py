@@ -16,12 +16,13 @@ def _finite(x) -> bool:
 
 
 def worst_languages(row: dict, n: int = 3) -> list[tuple[str, float, float | None]]:
-    """The model's `n` lowest-retention languages (lowest scores when there is no retention):
+    """The model's `n` lowest-retention languages, ties (the teacher's retention is 1 everywhere)
+    broken by the lower score; lowest scores when there is no retention:
     [(language, score, retention or None)], worst first."""
     scores = row.get("per_language") or {}
     retention = row.get("retention_per_language") or {}
-    key = (lambda lang: retention[lang]) if retention and all(_finite(retention.get(l)) for l in scores) else (
-        lambda lang: scores[lang])
+    key = (lambda lang: (retention[lang], scores[lang])) if retention and all(
+        _finite(retention.get(l)) for l in scores) else (lambda lang: scores[lang])
     ranked = sorted((lang for lang in scores if _finite(scores[lang])), key=key)
     return [(lang, scores[lang], retention.get(lang) if _finite(retention.get(lang)) else None) for lang in ranked[:n]]
 
@@ -36,7 +37,8 @@ def _vocab_size(directory: Path) -> int | None:
 def embedding_notes(run_dir: Path, metrics: dict) -> list[dict]:
     """Distilled models that keep the teacher's whole word-piece vocabulary although embeddings are
     most of their parameters: {model, share, vocab, params_total, params_embedding, command}, the
-    command being the `cascade-kd trim` call that keeps only the pieces the run's languages use."""
+    command being the `cascade-kd trim` call that keeps only the pieces the run's languages use
+    (with RUN_DIR standing for the run's folder)."""
     run_dir = Path(run_dir)
     rows = metrics.get("models") or []
     teacher = next((r for r in rows if r.get("role") == "teacher"), None)
@@ -52,7 +54,8 @@ def embedding_notes(run_dir: Path, metrics: dict) -> list[dict]:
             trimmed = (directory / "trimmed" / "config.json").is_file()
             notes.append({"model": row["name"], "share": share, "vocab": vocab, "params_total": row["params_total"],
                           "params_embedding": row.get("params_embedding", 0), "trimmed": trimmed,
-                          "command": f"cascade-kd trim {shlex.quote(str(directory))}"})
+                          # RUN_DIR/..., not this machine's path: the reports and model cards travel
+                          "command": f"cascade-kd trim {shlex.quote('RUN_DIR/' + row['path'])}"})
     return notes
 
 
@@ -66,5 +69,6 @@ def embedding_sentence(note: dict) -> str:
             f"{100 * note['share']:.0f}% of its {_count(note['params_total'])} parameters are embeddings. ")
     if note["trimmed"]:
         return text + "A trimmed copy is already in its `trimmed/` folder."
-    return text + (f"`{note['command']}` keeps only the pieces that the run's languages use (default: all the "
-                   "recipe's languages; `--languages` to choose) and reports the coverage per language.")
+    return text + (f"`{note['command']}` (RUN_DIR: the run's folder) keeps only the pieces that the run's languages "
+                   "use (default: all the recipe's languages; `--languages` to choose) and reports the coverage per "
+                   "language.")

@@ -165,7 +165,8 @@ def _heatmap(metrics: dict) -> list[str]:
                             f"Retention per language: {metric_label(metrics)} / the teacher's (%)", worst)
     return ["<h2>Retention per language</h2>",
             figure(svg, "Each cell is the model's score divided by the teacher's on that language; the outlined cell "
-                        "is the model's worst language. Green keeps the teacher's score, red loses most.",
+                        "is the model's lowest retention (which may not be its lowest score). Green keeps the teacher's "
+                        "score, red loses most.",
                    "retention heatmap")]
 
 
@@ -241,7 +242,8 @@ def _worst_languages(metrics: dict) -> list[str]:
         worst = worst_languages(m)
         rows.append([m["name"]] + [f"{lang} {100 * s:.1f}" + (f" ({100 * r:.0f}% of the teacher)" if r is not None else "")
                                    for lang, s, r in worst] + [""] * (3 - len(worst)))
-    return ["<h2>Worst languages</h2>", table(["model", "worst", "second", "third"], rows, numeric_from=99)] if rows else []
+    return ["<h2>Worst languages (lowest share of the teacher's score kept)</h2>",
+            table(["model", "worst", "second", "third"], rows, numeric_from=99)] if rows else []
 
 
 def render_run_html(run: RunFiles) -> str:

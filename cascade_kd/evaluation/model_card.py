@@ -240,7 +240,8 @@ def _results(run: RunFiles, row: dict) -> list[str]:
     if worst:
         said = ", ".join(f"{lang} ({_pct(score)}" + (f", {_pct(r)}% of the teacher's" if r is not None else "") + ")"
                          for lang, score, r in worst)
-        lines += ["", f"**Weakest languages:** {said}. Check these before using the model for them."]
+        lines += ["", f"**Weakest languages** (lowest share of the teacher's score kept, then lowest score): {said}. "
+                  "Check these before using the model for them."]
     return lines
 
 

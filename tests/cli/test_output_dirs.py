@@ -295,7 +295,9 @@ def test_eval_again_replaces_its_own_two_files_only(capsys, run_copy):
     mine = user_files(out / "notes")
     first = (out / "metrics.json").read_bytes()
     (out / "metrics.json").write_text("{}")
+    capsys.readouterr()
     assert main(["eval", str(run_copy), "--split", "dev"]) == 0
+    assert "holds an earlier eval, which this one replaces" in capsys.readouterr().out  # said, not silent
     assert (out / "metrics.json").read_bytes() == first  # scored again, the same
     kept(mine, out, "notes")
 
