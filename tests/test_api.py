@@ -99,3 +99,13 @@ def test_run_evaluate_and_load_model_through_the_api(demo_workspace, tmp_path, m
     assert model.config.num_hidden_layers == 1 and not model.training and tokenizer.pad_token_id is not None
     with pytest.raises(ckd.UserError):
         ckd.evaluate(tmp_path / "nowhere", recipe=recipe, say=lambda m: None)
+
+
+def test_eval_on_a_split_the_recipe_lacks_points_to_the_one_it_has(tiny_run):
+    import yaml
+
+    recipe = yaml.safe_load((tiny_run / "recipe.yaml").read_text())
+    del recipe["data"]["test"]
+    with pytest.raises(ckd.RecipeError, match="names no test data") as err:
+        ckd.evaluate(tiny_run, recipe=recipe, split="test", say=lambda m: None)
+    assert err.value.hint == "--split dev scores the dev data"

@@ -68,6 +68,10 @@ def read_run(run_dir: str | Path) -> RunFiles:
     if not run_dir.is_dir():
         raise UserError("no such run directory" if not run_dir.exists() else "not a directory", where=str(run_dir),
                         hint="give the --out directory of a finished `cascade-kd run`")
+    if not (run_dir / "metrics.json").exists() and (run_dir / "seeds.json").is_file():  # `run --seeds` OUT
+        seeds = sorted(p.name for p in run_dir.glob("seed*") if (p / "metrics.json").is_file())
+        raise UserError("this is the OUT of `run --seeds`, whose runs are its seed folders", where=str(run_dir),
+                        hint=f"give those: {' '.join(str(run_dir / s) for s in seeds) or str(run_dir / 'seed<S>')}")
     metrics = read_json(run_dir / "metrics.json", "not a finished cascade-kd run")
     missing = [k for k in REQUIRED if k not in metrics]
     rows = metrics.get("models")

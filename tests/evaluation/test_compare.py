@@ -184,3 +184,14 @@ def test_eval_folders_are_the_seeds_of_their_runs_and_unknown_seeds_are_never_ma
     agg = compare_runs(evals, tmp_path / "out2")
     assert [v["seeds"] for v in agg["variants"]] == [[None], [None]]
     assert agg["pairs"] and all(p["seeds"] == [] and p["average"]["paired"] is False for p in agg["pairs"])
+
+
+def test_the_out_of_run_seeds_is_refused_with_its_seed_folders_named(tmp_path):
+    out = tmp_path / "seeds"
+    out.mkdir()
+    for seed in (0, 1):
+        fake_run(tmp_path, seed).rename(out / f"seed{seed}")
+    (out / "seeds.json").write_text("{}")
+    with pytest.raises(UserError, match="the OUT of `run --seeds`") as err:
+        compare_runs([out])
+    assert err.value.hint == f"give those: {out / 'seed0'} {out / 'seed1'}"
