@@ -108,4 +108,4 @@ def test_eval_on_a_split_the_recipe_lacks_points_to_the_one_it_has(tiny_run):
     del recipe["data"]["test"]
     with pytest.raises(ckd.RecipeError, match="names no test data") as err:
         ckd.evaluate(tiny_run, recipe=recipe, split="test", say=lambda m: None)
-    assert err.value.hint == "--split dev scores the dev data"
+    assert err.value.hint == "score the dev data instead: --split dev (split='dev' in Python)"

@@ -179,7 +179,8 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
     job = prepare(recipe, run_dir, say)
     if split not in job.encoded:
         raise RecipeError(f"the recipe names no {split} data", where=where(recipe, "data", split),
-                          hint="--split dev scores the dev data" if split != "dev" and "dev" in job.encoded else None)
+                          hint="score the dev data instead: --split dev (split='dev' in Python)" if split != "dev" and "dev" in job.encoded
+        else None)
     job.encoded = {s: job.encoded[s] for s in ("dev", split)}
     target = claim_eval_dir(run_dir, Path(out) if out else run_dir / f"eval-{split}")
     if (target / "metrics.json").is_file():  # an earlier eval's, allowed to be replaced: say so, before any work
@@ -193,7 +194,9 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
         info = read_stage_info(directory)[0] or {}
         models.append((row["name"], row["role"], load_checkpoint(directory, job.data.task), info, directory))
     metrics = score_models(job, models, split=split)
-    metrics["evaluated_run"] = str(run_dir.resolve())  # the run whose models these are (its manifest: seed, recipe)
+    # the run whose models these are (its manifest: seed, recipe), relative to this folder: moved together
+    metrics["evaluated_run"] = os.path.relpath(run_dir.resolve(), target.resolve())
+    metrics["evaluated_with"] = recipe.fingerprint()  # which data scored them
     if parallel:
         per_model = {}
         for name, _, model, _, _ in models:

@@ -19,11 +19,10 @@ from cascade_kd.cascade.rundir import check_resume_or_overwrite
 from cascade_kd.config.schema import Recipe
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.compare import compare_runs
+from cascade_kd.evaluation.run_files import SEEDS_FILE
 from cascade_kd.fileio import atomic_write
 from cascade_kd.training.progress import RunSet
 from cascade_kd.training.distributed import barrier, is_main
-
-SEEDS_FILE = "seeds.json"
 
 
 def seed_dir(out: Path, seed: int) -> Path:

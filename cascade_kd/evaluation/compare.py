@@ -4,7 +4,8 @@
 runs whose recipes differ only in `seed` and `name` are seeds of one variant (or give the groups
 yourself: {label: [run dirs]}). It then writes, to OUT:
 - aggregate.json: per variant and model, the mean, standard deviation and per-seed values of the
-  average, worst-language score and retention, and of each language's score and retention;
+  average, worst-language score and retention, and of each language's score and retention (in
+  zero-shot runs also average_seen, average_zero_shot, retention_seen, retention_zero_shot);
   and the pairs: within a variant, the cascade's final student against the direct baseline; across
   variants, each variant's student (and direct model) against the first variant's. A pair holds
   the per-seed differences (matched by seed), their mean and sd, and how many seeds each side won,
@@ -58,6 +59,8 @@ def _variant_key(run: RunFiles) -> str:
     data = computing_part(run.recipe)
     data.pop("seed", None)
     data.pop("name", None)
+    if "evaluated_run" in run.metrics:  # `cascade-kd eval` output: apart from the runs it scored
+        data["_eval"] = [run.metrics.get("split"), run.metrics.get("evaluated_with")]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -189,7 +192,7 @@ def _language_groups(runs: list[RunFiles], languages: list[str]) -> dict[str, li
         return None
     seen = [lang for lang in languages if lang in trained[0]]
     zero_shot = [lang for lang in languages if lang not in trained[0]]
-    return {"seen": seen, "zero_shot": zero_shot} if zero_shot else None
+    return {"seen": seen, "zero_shot": zero_shot} if zero_shot and seen else None  # else nothing to set apart
 
 
 def _pairs(variants: list[dict], languages: list[str], groups: dict | None = None) -> list[dict]:
@@ -212,7 +215,8 @@ def _pairs(variants: list[dict], languages: list[str], groups: dict | None = Non
 
 
 def _labels(groups: list[list[RunFiles]]) -> list[str]:
-    labels = [group[0].metrics["name"] for group in groups]
+    labels = [group[0].metrics["name"] + (f" (eval, {group[0].metrics.get('split')})" if "evaluated_run" in group[0].metrics
+                                          else "") for group in groups]
     for i, label in enumerate(labels):
         if labels.count(label) > 1:  # the same recipe name for different recipes: say which directory
             labels[i] = f"{label} ({group_dir(groups[i])})"

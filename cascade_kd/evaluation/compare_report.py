@@ -14,6 +14,7 @@ from cascade_kd.evaluation.html_report import (
     page,
 )
 from cascade_kd.evaluation.plots import differences, grouped_scores, retention_heatmap
+from cascade_kd.evaluation.report import GROUP_COLUMNS, ZERO_SHOT_MARK
 
 
 def _finite(x) -> bool:
@@ -40,16 +41,15 @@ def _per_seed(d: dict) -> str:
 
 def variant_table(variant: dict, languages: list[str], zero_shot: list[str] | None = None) -> str:
     """Mean ± sd over seeds per model; with zero-shot languages, also the average and retention over
-    the seen and over the zero-shot languages apart, and the zero-shot languages' columns marked *."""
-    split = bool(zero_shot) and all("average_seen" in m for m in variant["models"])
-    groups = ["avg seen", "avg zero-shot", "retention seen", "retention zero-shot"] if split else []
-    head = ["model", "role", "seeds", "avg", "worst", "retention", *groups]
-    head += [f"{lang}*" if zero_shot and lang in zero_shot else lang for lang in languages]
+    the seen and over the zero-shot languages apart, and the zero-shot languages' columns marked
+    as in a run's report (ZERO_SHOT_MARK)."""
+    groups = GROUP_COLUMNS if zero_shot and all("average_seen" in m for m in variant["models"]) else ()
+    head = ["model", "role", "seeds", "avg", "worst", "retention", *(title for title, _ in groups)]
+    head += [lang + (ZERO_SHOT_MARK if zero_shot and lang in zero_shot else "") for lang in languages]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for m in variant["models"]:
         cells = [m["name"], m["role"], str(len(m["seeds"])), pm(m["average"]), pm(m["worst"]), pm(m["retention"])]
-        if split:
-            cells += [pm(m[key]) for key in ("average_seen", "average_zero_shot", "retention_seen", "retention_zero_shot")]
+        cells += [pm(m[key]) for _, key in groups]
         cells += [pm(m["per_language"][lang]) for lang in languages]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -90,7 +90,7 @@ def _intro(aggregate: dict) -> list[str]:
                      + ".")
     if aggregate.get("zero_shot_languages"):
         lines.append(f"Trained on {', '.join(aggregate['seen_languages'])} (seen); zero-shot: "
-                     f"{', '.join(aggregate['zero_shot_languages'])} (marked *). The model tables give each model's "
+                     f"{', '.join(aggregate['zero_shot_languages'])} (marked {ZERO_SHOT_MARK}). The model tables give each model's "
                      "average and retention over the seen and the zero-shot languages apart, and the pairs each "
                      "seed's difference over each group.")
     return lines

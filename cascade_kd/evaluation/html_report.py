@@ -157,10 +157,8 @@ def _heatmap(metrics: dict) -> list[str]:
         return []
     langs = metrics["languages"]
     values = [[m["retention_per_language"].get(lang) for lang in langs] for m in rows]
-    worst = []
-    for row_values in values:
-        finite = [(v, j) for j, v in enumerate(row_values) if _finite(v)]
-        worst.append(min(finite)[1] if finite else None)
+    # the outlined cell is the first of the model's weakest languages, ranked as everywhere else
+    worst = [langs.index(w[0][0]) if (w := worst_languages(m, 1)) and w[0][0] in langs else None for m in rows]
     svg = retention_heatmap([m["name"] for m in rows], langs, values,
                             f"Retention per language: {metric_label(metrics)} / the teacher's (%)", worst)
     return ["<h2>Retention per language</h2>",

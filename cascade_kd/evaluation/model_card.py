@@ -240,8 +240,9 @@ def _results(run: RunFiles, row: dict) -> list[str]:
     if worst:
         said = ", ".join(f"{lang} ({_pct(score)}" + (f", {_pct(r)}% of the teacher's" if r is not None else "") + ")"
                          for lang, score, r in worst)
-        lines += ["", f"**Weakest languages** (lowest share of the teacher's score kept, then lowest score): {said}. "
-                  "Check these before using the model for them."]
+        ranked_by = ("lowest share of the teacher's score kept, then lowest score" if worst[0][2] is not None
+                     else "lowest score")
+        lines += ["", f"**Weakest languages** ({ranked_by}): {said}. Check these before using the model for them."]
     return lines
 
 

@@ -21,7 +21,7 @@ def _pct(x: float | None) -> str:
 
 
 ZERO_SHOT_MARK = "†"  # after a zero-shot language's column name: no labelled training data in it
-_GROUP_COLUMNS = (("avg seen", "average_seen"), ("avg zero-shot", "average_zero_shot"),
+GROUP_COLUMNS = (("avg seen", "average_seen"), ("avg zero-shot", "average_zero_shot"),
                   ("retention seen", "retention_seen"), ("retention zero-shot", "retention_zero_shot"))
 
 
@@ -33,7 +33,7 @@ def report_table(metrics: dict) -> str:
     zero_shot = set(metrics.get("zero_shot_languages") or ())  # absent from metrics of older runs
     # a recursive student applies its shared layer once per step: show what the forward pass applies too
     unrolled = any(m.get("params_unrolled", m["params_total"]) != m["params_total"] for m in metrics["models"])
-    groups = _GROUP_COLUMNS if zero_shot else ()
+    groups = GROUP_COLUMNS if zero_shot else ()
     head = (["model", "role", "layers", "hidden", "params", "emb. params", "avg", "worst", "retention"]
             + [title for title, _ in groups] + [lang + (ZERO_SHOT_MARK if lang in zero_shot else "") for lang in langs])
     if unrolled:

@@ -7,6 +7,7 @@ a finished run at any time (`cascade-kd report RUN_DIR`, `cascade-kd compare RUN
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class RunFiles:
         return self.directory / row["path"]
 
 
+SEEDS_FILE = "seeds.json"  # in the OUT of `run --seeds`: its seeds and their run folders (cascade/seeds.py)
 REQUIRED = ("name", "task", "metric", "split", "languages", "models")
 ROW_REQUIRED = ("name", "role", "path", "per_language", "average", "params_total")
 
@@ -68,10 +70,14 @@ def read_run(run_dir: str | Path) -> RunFiles:
     if not run_dir.is_dir():
         raise UserError("no such run directory" if not run_dir.exists() else "not a directory", where=str(run_dir),
                         hint="give the --out directory of a finished `cascade-kd run`")
-    if not (run_dir / "metrics.json").exists() and (run_dir / "seeds.json").is_file():  # `run --seeds` OUT
-        seeds = sorted(p.name for p in run_dir.glob("seed*") if (p / "metrics.json").is_file())
+    if not (run_dir / "metrics.json").exists() and (run_dir / SEEDS_FILE).is_file():  # `run --seeds` OUT
+        try:
+            folders = " ".join(shlex.quote(str(run_dir / f)) for f in
+                               json.loads((run_dir / SEEDS_FILE).read_text(encoding="utf-8"))["runs"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            folders = str(run_dir / "seed<S>")
         raise UserError("this is the OUT of `run --seeds`, whose runs are its seed folders", where=str(run_dir),
-                        hint=f"give those: {' '.join(str(run_dir / s) for s in seeds) or str(run_dir / 'seed<S>')}")
+                        hint=f"give those: {folders}")
     metrics = read_json(run_dir / "metrics.json", "not a finished cascade-kd run")
     missing = [k for k in REQUIRED if k not in metrics]
     rows = metrics.get("models")
@@ -83,8 +89,10 @@ def read_run(run_dir: str | Path) -> RunFiles:
                         where=str(run_dir / "metrics.json"))
     manifest = read_json(run_dir / "manifest.json", "no run manifest") if (run_dir / "manifest.json").exists() else {}
     evaluated = metrics.get("evaluated_run")  # `cascade-kd eval` output: the models, seed and recipe are that run's
-    if not manifest and isinstance(evaluated, str) and (Path(evaluated) / "manifest.json").is_file():
-        manifest = read_json(Path(evaluated) / "manifest.json", "no run manifest")
+    if not manifest and isinstance(evaluated, str):
+        scored = run_dir / evaluated  # relative to the eval folder (an absolute path stays as it is)
+        if (scored / "manifest.json").is_file():
+            manifest = read_json(scored / "manifest.json", "no run manifest")
     markers = {}
     for row in rows:
         path = run_dir / row["path"] / MARKER

@@ -290,8 +290,10 @@ def test_eval_never_writes_into_a_folder_that_is_not_an_eval(capsys, run_copy):
 
 def test_eval_again_replaces_its_own_two_files_only(capsys, run_copy):
     out = run_copy / "eval-dev"
+    capsys.readouterr()
     assert main(["eval", str(run_copy), "--split", "dev"]) == 0
-    assert read_marker(out)[0]["command"] == "eval"
+    assert read_marker(out)[0]["command"] == "eval" and "earlier eval" not in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["evaluated_run"] == ".."  # the run, relative to it
     mine = user_files(out / "notes")
     first = (out / "metrics.json").read_bytes()
     (out / "metrics.json").write_text("{}")

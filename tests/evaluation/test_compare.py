@@ -93,7 +93,7 @@ def test_zero_shot_runs_get_the_difference_over_seen_and_over_zero_shot_language
     assert student["retention_zero_shot"]["mean"] == pytest.approx(statistics.fmean(zero_kept))
     report = (tmp_path / "out" / "report.md").read_text()
     assert "zero-shot languages: A − B" in report and "zero-shot: de, ar" in report
-    assert "| avg seen | avg zero-shot | retention seen | retention zero-shot | en | de* | ar* |" in report
+    assert "| avg seen | avg zero-shot | retention seen | retention zero-shot | en | de† | ar† |" in report
     # runs trained on every language they are scored on: nothing to split
     plain = compare_runs([fake_run(tmp_path / "plain", s) for s in (0, 1)])
     assert plain["zero_shot_languages"] is None and "zero_shot" not in plain["pairs"][0]
@@ -173,10 +173,19 @@ def test_eval_folders_are_the_seeds_of_their_runs_and_unknown_seeds_are_never_ma
         out = run / "eval-dev"
         out.mkdir()
         metrics = json.loads((run / "metrics.json").read_text())
-        (out / "metrics.json").write_text(json.dumps({**metrics, "split": "dev", "evaluated_run": str(run.resolve())}))
+        (out / "metrics.json").write_text(json.dumps({**metrics, "split": "dev", "evaluated_run": "..",
+                                                      "evaluated_with": "f"}))
         evals.append(out)
     agg = compare_runs(evals, tmp_path / "out")
     assert [v["seeds"] for v in agg["variants"]] == [[0, 1]] and agg["pairs"][0]["average"]["paired"] is True
+    assert agg["variants"][0]["label"] == "demo (eval, dev)"
+    # a run beside its own eval (of the same split): two variants, not two runs of seed 0 in one
+    again = evals[0].parent / "eval-test"
+    again.mkdir()
+    metrics = json.loads((evals[0].parent / "metrics.json").read_text())
+    (again / "metrics.json").write_text(json.dumps({**metrics, "evaluated_run": "..", "evaluated_with": "f"}))
+    both = compare_runs([evals[0].parent, again], tmp_path / "out1")
+    assert [v["seeds"] for v in both["variants"]] == [[0], [0]]
     for path in evals:  # without the link to their run: two variants of unknown seed
         metrics = json.loads((path / "metrics.json").read_text())
         del metrics["evaluated_run"]
@@ -193,5 +202,9 @@ def test_the_out_of_run_seeds_is_refused_with_its_seed_folders_named(tmp_path):
         fake_run(tmp_path, seed).rename(out / f"seed{seed}")
     (out / "seeds.json").write_text("{}")
     with pytest.raises(UserError, match="the OUT of `run --seeds`") as err:
+        compare_runs([out])
+    assert err.value.hint == f"give those: {out / 'seed<S>'}"  # seeds.json unreadable: the pattern
+    (out / "seeds.json").write_text(json.dumps({"seeds": [0, 1], "runs": {"0": "seed0", "1": "seed1"}}))
+    with pytest.raises(UserError) as err:
         compare_runs([out])
     assert err.value.hint == f"give those: {out / 'seed0'} {out / 'seed1'}"

@@ -66,8 +66,10 @@ def test_model_cards_parse_as_the_hub_reads_them_and_match_metrics(cascade_run):
         # the lowest retention (ties, as on the teacher, by the lower score); the lowest score where
         # the teacher scored 0 (no retention)
         kept, scores = row["retention_per_language"], row["per_language"]
-        by = (lambda l: (kept[l], scores[l])) if all(kept[l] is not None for l in kept) else scores.__getitem__
-        weakest = "**Weakest languages** (lowest share of the teacher's score kept, then lowest score): "
+        defined = all(kept[l] is not None for l in kept)
+        by = (lambda l: (kept[l], scores[l])) if defined else scores.__getitem__
+        weakest = ("**Weakest languages** (lowest share of the teacher's score kept, then lowest score): " if defined
+                   else "**Weakest languages** (lowest score): ")
         assert f"{weakest}{min(metrics['languages'], key=by)} " in text
     student = (cascade_run / "stages" / "student" / "README.md").read_text()
     assert "teacher -> ta2 -> student" in student and "`kl` x 1" in student
@@ -128,3 +130,14 @@ def test_card_metadata_of_a_hub_teacher_hub_data_and_flores_codes(tmp_path):
     assert card.data.base_model == "bert-base-multilingual-cased" and card.data.datasets == ["Davlan/sib200"]
     assert "x-klingon" in card.text and "Licence: apache-2.0" in card.text
     assert iso_languages(["en", "deu", "zho_Hans"]) == (["en", "deu", "zho"], [])
+
+
+def test_weakest_languages_rank_by_retention_then_by_score():
+    from cascade_kd.evaluation.findings import worst_languages
+
+    teacher = {"per_language": {"en": 0.9, "de": 0.5, "el": 0.7}, "retention_per_language": {"en": 1.0, "de": 1.0, "el": 1.0}}
+    assert [lang for lang, _, _ in worst_languages(teacher, 2)] == ["de", "el"]  # ties: the lower score first
+    student = {"per_language": {"en": 0.8, "de": 0.45, "el": 0.35}, "retention_per_language": {"en": 0.89, "de": 0.9, "el": 0.5}}
+    assert worst_languages(student, 3) == [("el", 0.35, 0.5), ("en", 0.8, 0.89), ("de", 0.45, 0.9)]
+    no_teacher = {"per_language": {"en": 0.8, "de": 0.45}, "retention_per_language": {"en": None, "de": 0.9}}
+    assert worst_languages(no_teacher, 1) == [("de", 0.45, 0.9)]  # a retention missing: lowest score
