@@ -101,11 +101,17 @@ def render_report(metrics: dict, run_dir: Path | None = None) -> str:
         parts += ["", f"Cascade vs direct at equal size: {verdict} by {abs(diff):.1f} points on average "
                   f"(one seed; `cascade-kd run RECIPE --seeds 0 1 2` gives the spread over seeds)."]
     if metrics.get("retrieval"):
+        counts = [r["pairs"] for results in metrics["retrieval"].get("per_model", {}).values()
+                  for r in results.values() if isinstance(r, dict) and isinstance(r.get("pairs"), int)]
+        size = "" if not counts else (
+            f" Each language has {min(counts):,}" + (f" to {max(counts):,}" if max(counts) != min(counts) else "")
+            + " sentence pairs: a guess finds the translation once in that many (chance under "
+            + f"{100 / min(counts):.1f}%).")
         parts += ["", "## Cross-lingual sentence retrieval (`cascade-kd eval --parallel`)", "",
                   "Each sentence is the mean of the last layer's hidden states over its real tokens; accuracy is the "
                   "share whose nearest neighbour (cosine) on the other side is its own translation, averaged over "
                   "both directions (xx to English, English to xx), in percent. Retention is the mean over languages "
-                  "of model accuracy / teacher accuracy.", "", markdown_table(metrics["retrieval"]["summary"])]
+                  "of model accuracy / teacher accuracy." + size, "", markdown_table(metrics["retrieval"]["summary"])]
     if metrics.get("latency"):
         lat = metrics["latency"]
         parts += ["", "## Latency (`cascade-kd bench`)", "",
