@@ -15,7 +15,8 @@ from cascade_kd.data.task import TaskData, load_task_data
 from cascade_kd.errors import RecipeError
 from cascade_kd.evaluation.scoring import evaluate_languages
 from cascade_kd.students.anatomy import position_offset
-from cascade_kd.students.hub import config_from_spec, config_labels, first_line, load_tokenizer, refuse_damaged
+from cascade_kd.students.hub import (config_from_spec, config_labels, first_line, load_tokenizer, local_path_missing,
+                                     refuse_damaged)
 from cascade_kd.training.data import StageData
 from cascade_kd.training.distributed import is_main
 from cascade_kd.training.progress import RunProgress, StageMonitor
@@ -98,7 +99,14 @@ class Job:
 def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     """Load tokenizer and data and check the whole cascade; raises UserError on any bad input."""
     teacher_cfg = recipe.teacher
-    tokenizer = load_tokenizer(recipe.model_path(teacher_cfg.tokenizer or teacher_cfg.model), trust_remote_code=teacher_cfg.trust_remote_code)
+    if teacher_cfg.model is not None and local_path_missing(recipe.model_path(teacher_cfg.model)):
+        raise RecipeError(f"no teacher at {teacher_cfg.model!r}: no such directory",
+                          where=where(recipe, "teacher", "model"),
+                          hint=f"give a saved model's directory (relative paths start from {recipe.base_dir}), "
+                               "or a hub name when online")
+    tokenizer = load_tokenizer(recipe.model_path(teacher_cfg.tokenizer or teacher_cfg.model),
+                               trust_remote_code=teacher_cfg.trust_remote_code,  # teacher.model when no tokenizer is named
+                               where=where(recipe, "teacher", "tokenizer" if teacher_cfg.tokenizer else "model"))
     data = load_task_data(recipe)
     if "dev" not in data.splits:
         raise RecipeError("no dev data: models are selected on dev", where=where(recipe, "data", "dev"))

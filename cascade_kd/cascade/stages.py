@@ -83,10 +83,12 @@ def get_teacher(job: Job):
     seed = stage_stream(job, "teacher", -1)
     torch.manual_seed(seed)
     if t.model is not None:
-        model, has_head = load_model(recipe.model_path(t.model), job.data.task, job.data.labels, trust_remote_code=t.trust_remote_code)
+        model, has_head = load_model(recipe.model_path(t.model), job.data.task, job.data.labels,
+                                     trust_remote_code=t.trust_remote_code, where=where(recipe, "teacher", "model"))
         finetune = t.finetune == "always" or (t.finetune == "auto" and not has_head)
     else:
-        model = create_model(t.config, job.data.task, job.data.labels, len(job.tokenizer), job.tokenizer.pad_token_id)
+        model = create_model(t.config, job.data.task, job.data.labels, len(job.tokenizer), job.tokenizer.pad_token_id,
+                             where=where(recipe, "teacher", "config"))
         finetune = t.finetune != "never"
     info = {"recipe": fingerprint, "role": "teacher", "trained": finetune}
     if finetune:

@@ -197,19 +197,16 @@ def _cmd_bench(args) -> None:
 
 
 def _cmd_pretrain(args) -> None:
-    from cascade_kd.cli.pretrain import as_flag_error, recipe_from_args
+    from cascade_kd.cli.pretrain import recipe_from_args
 
-    try:
-        recipe = recipe_from_args(args)
-        _quiet_transformers()
+    recipe = recipe_from_args(args)  # its errors name the flags (Recipe names)
+    _quiet_transformers()
 
-        from cascade_kd import api
-        from cascade_kd.evaluation.report import report_table
-        from cascade_kd.training.distributed import is_main
+    from cascade_kd import api
+    from cascade_kd.evaluation.report import report_table
+    from cascade_kd.training.distributed import is_main
 
-        metrics = api.run(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
-    except UserError as err:  # the recipe is the flags': name them, not its generated lines
-        raise as_flag_error(err) from None
+    metrics = api.run(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
     if is_main():
         print("\n" + report_table(metrics))
         print(f"\nmasked-LM teacher: {args.out / 'teacher'}  (the recipe as run: {args.out / 'recipe.yaml'})")

@@ -9,17 +9,13 @@ name as `teacher.model`.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import yaml
-
 from cascade_kd.config.pretrain import check_shape, pretrain_spec
-from cascade_kd.config.schema import Recipe, parse_recipe
-from cascade_kd.errors import UserError
+from cascade_kd.config.schema import Recipe
 
 SOURCE = "cascade-kd pretrain (flags)"
-# the recipe key each flag sets, for messages that name a key of the recipe the user never wrote
+# the recipe key each flag sets: messages name the flag, not a key of a recipe the user never wrote
 FLAG_OF_KEY = {"data.train": "--text", "data.dev": "--dev", "data.languages": "--languages",
                "data.language_alpha": "--language-alpha", "data.max_train_per_language": "--max-per-language",
                "teacher.tokenizer": "--tokenizer", "teacher.config.model_type": "--model-type",
@@ -32,37 +28,10 @@ SHAPE = ("model_type", "layers", "hidden", "heads", "intermediate", "max_length"
          "mask_probability", "language_alpha", "max_per_language", "seed")
 
 
-def recipe_text(args) -> str:
-    """The recipe the flags describe (YAML), so that every check and message is the recipe's own."""
-    spec = pretrain_spec(args.text, args.dev, args.languages, args.tokenizer,
-                         **{key: getattr(args, key) for key in SHAPE})
-    return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
-
-
 def recipe_from_args(args) -> Recipe:
-    """Validated like a recipe file; its errors name the recipe key a flag sets, which the command
-    turns into the flag (`as_flag_error`)."""
-    check_shape({key: getattr(args, key) for key in SHAPE}, name=lambda key: "--" + key.replace("_", "-"))
-    return parse_recipe(recipe_text(args), source=SOURCE, base_dir=Path.cwd())
-
-
-def as_flag_error(err: UserError) -> UserError:
-    """The same error, speaking of the flags instead of the generated recipe: '--lr' for
-    'cascade-kd pretrain (flags):25: train.lr', the current folder for the recipe's, and no advice
-    about recipe keys the command has no flag for (data.train_languages)."""
-    def flag(match: re.Match) -> str:
-        key = match.group(1)
-        for cut in range(key.count(".") + 1):  # the longest key the flags set: teacher.config.x.y -> x
-            name = key.rsplit(".", cut)[0] if cut else key
-            if name in FLAG_OF_KEY:
-                return FLAG_OF_KEY[name]
-        return key
-
-    def rewrite(text: str | None) -> str | None:
-        if text is None or text in FLAG_OF_KEY:  # a message placed at a bare key (teacher.tokenizer)
-            return FLAG_OF_KEY.get(text)
-        text = re.sub(re.escape(SOURCE) + r"(?::\d+)?: (\w+(?:\.\w+)*)", flag, text)
-        text = text.replace("relative paths start from the recipe's folder", "relative paths start from the current folder")
-        return re.sub(r"; or, if .*? in data\.train_languages", "", text)
-
-    return type(err)(rewrite(err.message), where=rewrite(err.where), hint=rewrite(err.hint))
+    """Validated like a recipe file, but built from the flags: every error names the flag that set
+    the key (`names`), and relative paths start from the current folder."""
+    shape = {key: getattr(args, key) for key in SHAPE}
+    check_shape(shape, name=lambda key: "--" + key.replace("_", "-"))
+    spec = pretrain_spec(args.text, args.dev, args.languages, args.tokenizer, **shape)
+    return Recipe.from_dict(spec, source=SOURCE, base_dir=Path.cwd(), names=FLAG_OF_KEY)

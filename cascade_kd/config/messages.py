@@ -44,16 +44,24 @@ def key_text(keys) -> str:
 
 
 
+def place(source: str, lines: dict, keys: tuple, names: dict | None = None, prefix: str = "") -> str:
+    """How a message says where a key path is: 'file:line: a.b.c' (the line of the key, else of its
+    nearest parent; `prefix` is a dotted path above `keys`, outside `lines`). For a recipe a command
+    builds from its flags, `names` maps keys to the flags that set them ('train.lr': '--lr'): the
+    flag of the key or of its nearest parent is named instead, as the user never saw the recipe."""
+    key = ".".join(filter(None, [prefix, key_text(keys)])) or "(top level)"
+    parts = key.split(".")
+    for cut in range(len(parts), 0, -1):
+        if ".".join(parts[:cut]) in (names or {}):
+            return names[".".join(parts[:cut])]
+    line = next((lines[keys[:cut]] for cut in range(len(keys), -1, -1) if keys[:cut] in lines), None)
+    return f"{source}:{line}: {key}" if line else f"{source}: {key}"
+
+
 def where(recipe, *keys) -> str:
-    """'file:line: a.b.c' for a key path of a loaded recipe (for errors found after parsing)."""
-    lines = getattr(recipe, "_lines", {})
-    line = None
-    for cut in range(len(keys), -1, -1):
-        if tuple(keys[:cut]) in lines:
-            line = lines[tuple(keys[:cut])]
-            break
-    key = key_text(keys)
-    return f"{recipe._source}:{line}: {key}" if line else f"{recipe._source}: {key}"
+    """'file:line: a.b.c' for a key path of a loaded recipe (for errors found after parsing); the
+    flag that set it for a recipe built from a command's flags (`place`)."""
+    return place(recipe._source, getattr(recipe, "_lines", {}), tuple(keys), getattr(recipe, "_names", {}))
 
 
 
@@ -88,8 +96,10 @@ def _find_model(annotation) -> Any:
 
 
 
-def to_recipe_error(err: ValidationError, lines: dict | None, source: str, prefix: str = "", *, root: type[BaseModel]) -> RecipeError:
-    """One RecipeError for pydantic's errors: the first one, with the file, the line and the key path."""
+def to_recipe_error(err: ValidationError, lines: dict | None, source: str, prefix: str = "", *, root: type[BaseModel],
+                    names: dict | None = None) -> RecipeError:
+    """One RecipeError for pydantic's errors: the first one, with the file, the line and the key path
+    (or the flag that set it: `names`, see `place`)."""
     errors = err.errors()
     # a mistyped key is also reported as a missing one (stagess: -> stages missing): name the typo
     # (invalid_key: a key that is not a string, such as `1:` or `~:`, is just as unknown)
@@ -99,16 +109,8 @@ def to_recipe_error(err: ValidationError, lines: dict | None, source: str, prefi
     for p in first["loc"]:
         if not (isinstance(p, str) and "[" in p) or (lines is not None and loc + (p,) in lines):
             loc += (p,)
-    key = key_text(loc) or "(top level)"
-    if prefix:
-        key = f"{prefix}.{key}"
-    line = None
-    if lines is not None:
-        for cut in range(len(loc), -1, -1):
-            if loc[:cut] in lines:
-                line = lines[loc[:cut]]
-                break
-    where = f"{source}:{line}: {key}" if line else f"{source}: {key}"
+    lines = lines or {}
+    where = place(source, lines, loc, names, prefix)
     hint = None
     if first["type"] in ("extra_forbidden", "invalid_key"):
         owner = _model_at(root, loc)
@@ -122,8 +124,7 @@ def to_recipe_error(err: ValidationError, lines: dict | None, source: str, prefi
         if isinstance(first.get("input"), dict) and lines:  # e.g. unknown loss 'x': point at the key x
             named = [k for k in first["input"] if isinstance(k, str) and repr(k) in message and loc + (k,) in lines]
             if named:
-                line, key = lines[loc + (named[0],)], f"{key}.{key_text([named[0]])}"
-                where = f"{source}:{line}: {key}"
+                where = place(source, lines, loc + (named[0],), names, prefix)
         if "input" in first and first["type"] not in ("value_error",) and not isinstance(first["input"], dict):
             message += f" (got {short(first['input'])})"
     return RecipeError(message, where=where, hint=hint)

@@ -524,6 +524,7 @@ class Recipe(_Section):
     _base_dir: Path = Path(".")
     _source: str = "<recipe>"
     _lines: dict = {}
+    _names: dict = {}  # key -> the flag that set it, for a recipe a command built (`messages.place`)
 
     @property
     def base_dir(self) -> Path:
@@ -555,7 +556,8 @@ class Recipe(_Section):
             return TrainConfig(**merged)
         except ValidationError as err:
             sub_lines = {k[len(keys):]: v for k, v in lines.items() if k[:len(keys)] == keys}
-            raise to_recipe_error(err, sub_lines, self._source, prefix=where, root=TrainConfig) from None
+            raise to_recipe_error(err, sub_lines, self._source, prefix=where, root=TrainConfig,
+                                  names=self._names) from None
 
     def stage_losses(self, stage: StageConfig) -> dict[str, LossConfig]:
         return stage.losses if stage.losses is not None else self.cascade.losses
@@ -620,24 +622,28 @@ class Recipe(_Section):
         return cls._validated(data, lines, source, base_dir)
 
     @classmethod
-    def from_dict(cls, data: dict, *, base_dir: str | Path = ".", source: str = "<dict>") -> "Recipe":
-        """A recipe from plain data (the YAML file's content as a dict); errors name the key path."""
-        return cls._validated(data, {}, source, base_dir)
+    def from_dict(cls, data: dict, *, base_dir: str | Path = ".", source: str = "<dict>",
+                  names: dict[str, str] | None = None) -> "Recipe":
+        """A recipe from plain data (the YAML file's content as a dict); errors name the key path, or
+        for a recipe built from a command's flags, the flag: `names` maps a dotted key to it
+        ({"train.lr": "--lr"}; a key's nearest named parent counts)."""
+        return cls._validated(data, {}, source, base_dir, names or {})
 
     @classmethod
-    def _validated(cls, data, lines: dict, source: str, base_dir) -> "Recipe":
+    def _validated(cls, data, lines: dict, source: str, base_dir, names: dict | None = None) -> "Recipe":
         if not isinstance(data, dict):
             raise RecipeError("a recipe is a YAML mapping (key: value lines)", where=source)
         try:
             # not Recipe(**data): a key such as `1:` or `~:` is then an unknown key, not a TypeError
             recipe = cls.model_validate(data)
         except ValidationError as err:
-            raise to_recipe_error(err, lines, source, root=cls) from None
+            raise to_recipe_error(err, lines, source, root=cls, names=names) from None
         except TypeError as exc:  # e.g. non-string keys
             raise RecipeError(f"malformed recipe: {exc}", where=source) from None
         recipe._base_dir = Path(base_dir).resolve() if base_dir is not None else Path(".").resolve()
         recipe._source = source
         recipe._lines = lines
+        recipe._names = dict(names or {})
         return recipe
 
 

@@ -59,8 +59,8 @@ def split_languages(recipe: Recipe, split: str) -> list[str]:
 
 def _zero_shot_hint(recipe: Recipe, split: str, lang: str) -> str:
     """For a training file that is missing: the language may be meant to be evaluated zero-shot."""
-    if split != "train" or recipe.data.train_languages is not None:
-        return ""
+    if split != "train" or recipe.data.train_languages is not None or recipe.task.type == "mlm":
+        return ""  # masked-LM text has no labels: it has no zero-shot languages either
     return f"; or, if {lang!r} has no labelled training data, list the languages that do in data.train_languages"
 
 
@@ -91,7 +91,7 @@ def _path_for(recipe: Recipe, split: str, lang: str) -> Path | None:
         raise RecipeError(
             f"the {split} path {raw!r} starts with the home directory of an unknown user",
             where=where(recipe, "data", split),
-            hint="write the path in full, or relative to the recipe's folder",
+            hint=f"write the path in full, or relative to {recipe.base_dir}",
         ) from None
     return path if path.is_absolute() else recipe.base_dir / path
 
@@ -101,10 +101,10 @@ def _require_file(recipe: Recipe, key: str, lang: str, path: Path) -> None:
         exists = path.exists()
     except OSError:  # e.g. a name too long for the file system: the reader says why it cannot read it
         exists = True
-    if not exists:  # the reader's hint speaks of the working directory: the recipe's is what counts
+    if not exists:  # the reader's hint speaks of the working directory: the recipe's base_dir is what counts
         raise DataError(
             f"{key} file of {lang!r} not found", where=str(path),
-            hint=f"check {where(recipe, 'data', key)}; relative paths start from the recipe's folder"
+            hint=f"check {where(recipe, 'data', key)}; relative paths start from {recipe.base_dir}"
             + _zero_shot_hint(recipe, key, lang),
         )
 

@@ -38,17 +38,25 @@ def auto_class(task: str):
         return AutoModelForMaskedLM
     return AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
 
-def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+def local_path_missing(name_or_path: str) -> bool:
+    """A reference that can only be a local path (absolute, ./ ../ ~, or more than one '/': hub names
+    are 'name' or 'owner/name') and names nothing: say so, rather than pass on the hub's complaint."""
+    looks_local = name_or_path.startswith(("/", "./", "../", "~", ".\\")) or name_or_path.count("/") > 1
+    return looks_local and not os.path.exists(os.path.expanduser(name_or_path))
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, where: str = "teacher.tokenizer"):
+    """The tokenizer of a local directory or hub name; `where` places a RecipeError (the recipe's key)."""
     from transformers import AutoTokenizer
 
+    hint = "give a local directory with tokenizer files, or a hub name when online"
+    if local_path_missing(name_or_path):
+        raise RecipeError(f"no tokenizer at {name_or_path!r}: no such file or directory", where=where, hint=hint)
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise RecipeError(
-            f"cannot load the tokenizer {name_or_path!r}: {str(exc).splitlines()[0]}",
-            where="teacher.tokenizer",
-            hint="give a local directory with tokenizer files, or a hub name when online",
-        ) from None
+        raise RecipeError(f"cannot load the tokenizer {name_or_path!r}: {first_line(exc)}", where=where,
+                          hint=hint) from None
 
 def label_config(labels: list[str]) -> dict:
     return {
@@ -163,23 +171,24 @@ def refuse_damaged(directory: Path, where_key: str | None = None, error=UserErro
                 else "restore config.json (a JSON object, as save_pretrained writes)")
 
 
-def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_code: bool = False):
+def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_code: bool = False,
+               where: str = "teacher.model"):
     """A pretrained encoder or a fine-tuned task model. Returns (model, has_matching_head).
     Weights are read from safetensors only; a local directory with damaged files, or weights only
-    in a pickle format, is refused with a RecipeError that names the file."""
+    in a pickle format, is refused with a RecipeError that names the file (`where`: the recipe's key)."""
     from transformers import AutoConfig
 
     if os.path.isdir(name_or_path):
-        refuse_damaged(Path(name_or_path), "teacher.model", RecipeError)
+        refuse_damaged(Path(name_or_path), where, RecipeError)
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, a strict config field: the user's model
         raise RecipeError(
             f"cannot load the model {name_or_path!r}: {first_line(exc)}",
-            where="teacher.model",
+            where=where,
             hint="give a local directory with config.json and weights, or a hub name when online",
         ) from None
-    check_fits(config, task, trains=False, where="teacher.model", what="the teacher")  # before any allocation
+    check_fits(config, task, trains=False, where=where, what="the teacher")  # before any allocation
     hint = "the directory needs model.safetensors matching its config.json, as save_pretrained writes them"
     try:
         if task == "mlm":  # a masked-LM head is there when the checkpoint filled every weight of one
@@ -201,7 +210,7 @@ def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - weights that do not fit the config, a hub repo without safetensors
-        raise RecipeError(f"cannot load the weights of {name_or_path!r}: {first_line(exc)}", where="teacher.model",
+        raise RecipeError(f"cannot load the weights of {name_or_path!r}: {first_line(exc)}", where=where,
                           hint=hint) from None
     # a new task head is initialised at random (it is trained), and so is the pooler of a sentence
     # head when the checkpoint has none (a masked-LM checkpoint, e.g. `cascade-kd pretrain`'s, is
@@ -210,7 +219,7 @@ def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_
     body = [k for k in _unloaded(info) if k.startswith(f"{model.base_model_prefix}.") and k not in fresh_pooler]
     if body:
         raise RecipeError(f"the weights of {name_or_path!r} do not fit its config.json: {len(body)} encoder weight(s) "
-                          f"missing or of another shape (e.g. {min(body)})", where="teacher.model", hint=hint)
+                          f"missing or of another shape (e.g. {min(body)})", where=where, hint=hint)
     return model, has_head
 
 
@@ -380,13 +389,14 @@ def device_memory() -> tuple[int, str]:
         return 2**62, "memory"
 
 
-def create_model(config_spec: dict, task: str, labels: list[str], vocab_size: int, pad_token_id: int | None):
+def create_model(config_spec: dict, task: str, labels: list[str], vocab_size: int, pad_token_id: int | None, *,
+                 where: str = "teacher.config"):
     """A randomly initialised model from a config spec (for machines without pretrained weights)."""
     config = config_from_spec(config_spec, task, labels, vocab_size, pad_token_id)
     try:
         return auto_class(task).from_config(config)
     except Exception as exc:  # noqa: BLE001 - checked on the meta device first (plan.py); initialisation may still refuse
-        raise RecipeError(f"invalid teacher.config: {first_line(exc)}", where="teacher.config") from None
+        raise RecipeError(f"invalid teacher.config: {first_line(exc)}", where=where) from None
 
 def use_attention_outputs(model, needed: bool) -> None:
     """Attention probabilities are only returned by the eager implementation in transformers 5."""

@@ -156,3 +156,23 @@ def test_hugging_face_dataset_format(tmp_path, demo_workspace):
     job = prepare(load_recipe(write_recipe(tmp_path, recipe, "r.yaml")), tmp_path / "run", say=lambda m: None)
     assert {lang: len(x) for lang, (x, _) in job.encoded["train"].items()} == {"aa": 60, "bb": 60}
     assert sorted(job.data.labels) == ["no", "yes"]
+
+
+@pytest.mark.parametrize("teacher_block, where_key, message", [
+    ("teacher:\n  model: /no/such/model\n", "teacher.model", "no teacher at '/no/such/model': no such directory"),
+    ("teacher:\n  model: ./no/such/model\n", "teacher.model", "no teacher at './no/such/model'"),
+    # the tokenizer is the model's unless named: a missing tokenizer is placed at its own key
+    ("teacher:\n  tokenizer: /no/tok\n  config: {model_type: bert, num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 2}\n",
+     "teacher.tokenizer", "no tokenizer at '/no/tok'"),
+])
+def test_a_teacher_that_is_not_there_is_refused_at_its_recipe_line(tmp_path, demo_workspace, teacher_block,
+                                                                   where_key, message):
+    """Not the hub's complaint about a repo id, and not a bare key: the file, the line, the key the user wrote."""
+    from cascade_kd.errors import RecipeError
+
+    recipe = _token_recipe(tmp_path, demo_workspace, teacher_block)
+    line = 1 + (tmp_path / "r.yaml").read_text().splitlines().index(teacher_block.splitlines()[1])
+    with pytest.raises(RecipeError, match=message) as err:
+        prepare(recipe, tmp_path / "run", say=lambda m: None)
+    assert err.value.where == f"{tmp_path / 'r.yaml'}:{line}: {where_key}"
+    assert not (tmp_path / "run").exists()

@@ -4,11 +4,10 @@ very recipe `cascade-kd pretrain` runs with the same flags, checked before anyth
 from __future__ import annotations
 
 import pytest
-import yaml
 
 import cascade_kd as ckd
 from cascade_kd.cli.app import _parser
-from cascade_kd.cli.pretrain import recipe_from_args, recipe_text
+from cascade_kd.cli.pretrain import recipe_from_args
 
 FILES = ("text/train-{lang}.txt", "text/dev-{lang}.txt", ["en", "ru"], "tokenizer")
 FLAGS = ["pretrain", "--text", FILES[0], "--dev", FILES[1], "--languages", *FILES[2], "--tokenizer", FILES[3],
@@ -27,12 +26,12 @@ def test_the_defaults_and_every_keyword_give_the_recipe_the_command_runs(tmp_pat
                      "--epochs", "2.5", "--lr", "1e-3", "--batch-size", "8", "--mask-probability", "0.2",
                      "--language-alpha", "0.3", "--max-per-language", "50", "--seed", "7"]
     assert shaped.fingerprint() == recipe_from_args(_parser().parse_args(flags)).fingerprint() != plain.fingerprint()
-    spec = yaml.safe_load(recipe_text(_parser().parse_args(flags)))
+    spec = recipe_from_args(_parser().parse_args(flags)).dump()
     assert spec["teacher"]["config"] == {"model_type": "bert", "num_hidden_layers": 3, "hidden_size": 64,
                                          "num_attention_heads": 2, "intermediate_size": 100,
                                          "max_position_embeddings": 602}  # max_length + [CLS] and [SEP]
     assert spec["data"]["language_alpha"] == 0.3 and spec["data"]["max_train_per_language"] == 50
-    assert "language_alpha" not in yaml.safe_load(recipe_text(_parser().parse_args(FLAGS)))["data"]
+    assert recipe_from_args(_parser().parse_args(FLAGS)).dump()["data"].get("language_alpha") is None
     # a recipe like any other: task mlm, plain text, no cascade; relative paths against base_dir
     assert plain.task.type == "mlm" and plain.data.format == "text" and plain.cascade.stages == []
     (tmp_path / "x" / "tokenizer").mkdir(parents=True)  # a local folder, not a hub name
@@ -54,3 +53,35 @@ def test_a_bad_training_value_is_a_recipe_error_naming_the_recipe_key():
         ckd.pretrain_recipe(*FILES, lr=-1)
     with pytest.raises(ckd.RecipeError, match="data.language_alpha"):
         ckd.pretrain_recipe(*FILES, language_alpha=7)
+
+
+def test_a_recipe_built_from_flags_names_the_flag_in_its_errors(tmp_path):
+    """`names` (a command's flags): errors name the flag of the key or of its nearest parent, at
+    validation and after it (`where`); keys no flag sets keep the source and key path."""
+    from cascade_kd.config.messages import where
+
+    spec = ckd.pretrain_recipe(*FILES).dump()
+    names = {"train.lr": "--lr", "teacher.config": "--config", "data.train": "--text"}
+    with pytest.raises(ckd.RecipeError) as err:
+        ckd.Recipe.from_dict({**spec, "train": {**spec["train"], "lr": -1}}, source="cmd", names=names)
+    assert err.value.where == "--lr" and "greater than 0" in err.value.message
+    with pytest.raises(ckd.RecipeError) as err:
+        ckd.Recipe.from_dict({**spec, "seed": -1}, source="cmd", names=names)
+    assert err.value.where == "cmd: seed"
+    recipe = ckd.Recipe.from_dict(spec, source="cmd", names=names)
+    assert where(recipe, "teacher", "config", "hidden_size") == "--config"  # the nearest named parent
+    assert where(recipe, "data", "train") == "--text" and where(recipe, "data", "dev") == "cmd: data.dev"
+    assert where(ckd.Recipe.from_dict(spec, source="cmd"), "train", "lr") == "cmd: train.lr"
+
+
+def test_a_missing_file_of_a_recipe_dict_says_where_relative_paths_start(tmp_path):
+    """A recipe given as a dict has no folder of its own: the hint names base_dir, not 'the recipe's folder'."""
+    from cascade_kd.data.task import load_task_data
+
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "dev-en.txt").write_text("a b c\n")
+    recipe = ckd.pretrain_recipe("text/train-{lang}.txt", "text/dev-{lang}.txt", ["en"], "tok", base_dir=tmp_path)
+    with pytest.raises(ckd.UserError) as err:
+        load_task_data(recipe)
+    assert "train file of 'en' not found" in err.value.message
+    assert err.value.hint == f"check pretrain_recipe: data.train; relative paths start from {tmp_path.resolve()}"
