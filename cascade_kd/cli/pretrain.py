@@ -14,11 +14,12 @@ from pathlib import Path
 from cascade_kd.config.pretrain import check_shape, pretrain_spec
 from cascade_kd.config.schema import Recipe
 
-SOURCE = "cascade-kd pretrain (flags)"
+SOURCE = "cascade-kd pretrain"  # names keys no flag sets (the recipe is the flags')
 # the recipe key each flag sets: messages name the flag, not a key of a recipe the user never wrote
 FLAG_OF_KEY = {"data.train": "--text", "data.dev": "--dev", "data.languages": "--languages",
                "data.language_alpha": "--language-alpha", "data.max_train_per_language": "--max-per-language",
-               "teacher.tokenizer": "--tokenizer", "teacher.config.model_type": "--model-type",
+               "teacher.tokenizer": "--tokenizer", "teacher.config": "--model-type/--layers/--hidden/--heads/--intermediate",
+               "teacher.config.model_type": "--model-type",
                "teacher.config.num_hidden_layers": "--layers", "teacher.config.hidden_size": "--hidden",
                "teacher.config.num_attention_heads": "--heads", "teacher.config.intermediate_size": "--intermediate",
                "teacher.config.max_position_embeddings": "--max-length",

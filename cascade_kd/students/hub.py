@@ -39,9 +39,11 @@ def auto_class(task: str):
     return AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
 
 def local_path_missing(name_or_path: str) -> bool:
-    """A reference that can only be a local path (absolute, ./ ../ ~, or more than one '/': hub names
-    are 'name' or 'owner/name') and names nothing: say so, rather than pass on the hub's complaint."""
-    looks_local = name_or_path.startswith(("/", "./", "../", "~", ".\\")) or name_or_path.count("/") > 1
+    """A reference that can only be a local path (absolute, ./ ../ ~, a backslash or a drive letter, or
+    more than one '/': hub names are 'name' or 'owner/name') and names nothing: say so, rather than
+    pass on the hub's complaint."""
+    looks_local = (name_or_path.startswith(("/", ".", "~")) or "\\" in name_or_path or name_or_path.count("/") > 1
+                   or re.match(r"^[A-Za-z]:[\\/]", name_or_path) is not None)
     return looks_local and not os.path.exists(os.path.expanduser(name_or_path))
 
 
@@ -51,7 +53,7 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, where:
 
     hint = "give a local directory with tokenizer files, or a hub name when online"
     if local_path_missing(name_or_path):
-        raise RecipeError(f"no tokenizer at {name_or_path!r}: no such file or directory", where=where, hint=hint)
+        raise RecipeError(f"no tokenizer at {name_or_path!r}: no such directory", where=where, hint=hint)
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:

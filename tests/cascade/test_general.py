@@ -256,6 +256,7 @@ def test_general_recipe_mistakes_are_refused_before_training(general, change, me
     (["--mask-probability", "1.5"], "error: --mask-probability: "),
     (["--languages", "en", "xx"], "train file of 'xx' not found (check --text; relative paths start from {root})"),
     (["--tokenizer", "/no/such/tokenizer"], "error: --tokenizer: no tokenizer at '/no/such/tokenizer'"),
+    (["--model-type", "gpt2"], "error: --model-type/--layers/--hidden/--heads/--intermediate: model type 'gpt2'"),
 ])
 def test_pretrain_flags_are_checked_before_anything_runs(general, flags, message, capsys):
     """Errors name the flag, not a line of the recipe the flags became, nor recipe keys no flag sets."""

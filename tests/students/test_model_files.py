@@ -280,3 +280,15 @@ def test_a_masked_lm_checkpoint_gets_a_fresh_pooler_for_a_sentence_task_but_no_o
     save_file(weights, tmp_path / "mlm" / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(RecipeError, match=r"do not fit its config.json: 1 encoder weight\(s\).*layer.1.output.dense.weight"):
         load_model(str(tmp_path / "mlm"), "sequence", ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("name, missing", [
+    ("intfloat/multilingual-e5-small", False), ("bert-base-multilingual-cased", False), ("pre/teacher", False),
+    ("/no/such/model", True), ("./no/model", True), ("../no", True), ("~no_such_user_x/tok", True),
+    ("a/b/c", True), ("C:\\models\\bert", True), ("..\\models", True), ("a\x00b", False), ("x" * 5000, False),
+])
+def test_only_what_can_only_be_a_missing_local_path_is_refused_before_the_hub_is_asked(name, missing):
+    """Hub ids are 'name' or 'owner/name'; anything else that names no file is a local path that is not there."""
+    from cascade_kd.students.hub import local_path_missing
+
+    assert local_path_missing(name) is missing
