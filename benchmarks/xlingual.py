@@ -475,6 +475,38 @@ def over_seeds_key(rows: dict, key: str) -> dict:
     return mean_sd(r.get(key) for r in rows.values())
 
 
+def shown_settings(mode: str) -> list[str]:
+    """The settings the committed tables show, whichever ones a call trained (--quick: PAN-X zero-shot)."""
+    return ["panx-zs"] if mode == "quick" else list(SETTINGS)
+
+
+def table_jobs(args, s: dict, jobs: list[Job], archive: Path | None) -> list[Job]:
+    """The jobs whose finished runs the tables show: every shown setting's, not only the settings this
+    call trained, so that `--settings sib-zs` does not drop the other settings from the results
+    file; runs OUT lacks are restored from the archive for the tables (as --collect-only does)."""
+    shown = shown_settings(args.mode)
+    if set(args.settings) >= set(shown):
+        return jobs
+    every = grid(argparse.Namespace(**{**vars(args), "settings": [x for x in SETTINGS if x in shown]}), s)
+    if archive is not None:
+        try:
+            restore_archived(every, args.out, archive, quick=args.mode == "quick")
+        except GridBusy:
+            print(f"a grid is running in {args.out}: the tables of what it has finished")
+    return every
+
+
+def carry_over(settings: dict, previous: dict | None, shown: list[str]) -> dict:
+    """`settings` plus the sections of the previous results file for shown settings with no run here or in
+    the archive (runs trained on a machine whose OUT is gone, before the archive kept them): kept as they
+    were, marked with the date they were collected, never dropped by a later call."""
+    kept = {name: {**entry, "deploy": entry.get("deploy") or {}, "latency": entry.get("latency") or {},  # older files: None
+                   "carried_from": entry.get("carried_from") or previous.get("date")}
+            for name, entry in ((previous or {}).get("settings") or {}).items()
+            if name in shown and name not in settings}
+    return {name: settings.get(name) or kept[name] for name in shown if name in settings or name in kept}
+
+
 def render(settings: dict, header: str) -> str:
     from cascade_kd.deploy.bench import bench_table
 
@@ -483,6 +515,9 @@ def render(settings: dict, header: str) -> str:
         zero = [l for l in entry["languages"] if l not in (entry["train_languages"] or entry["languages"])]
         lines += [f"## {name}: {entry['metric']} on {entry['split']}, trained on "
                   f"{', '.join(entry['train_languages'] or entry['languages'])}; {len(zero)} zero-shot languages", ""]
+        if entry.get("carried_from"):
+            lines += [f"(As collected on {entry['carried_from']}: these runs are neither in OUT nor in the archive, "
+                      "so the section is kept from the previous results file.)", ""]
         head = ["model", "layers", "params", "emb.", "avg seen", "avg zero-shot", "worst zero-shot", "retention seen",
                 "retention zero-shot", "seeds"]
         rows = []
@@ -620,7 +655,8 @@ def main() -> int:
     if not args.collect_only:
         for name, why in failures(grid_result).items():
             print(f"FAILED {name}: {why}")
-    settings = collect(jobs, args.out)
+    settings = collect(table_jobs(args, s, jobs, archive), args.out)
+    settings = carry_over(settings, read_json(target.with_suffix(".json")), shown_settings(args.mode))
     command = "python benchmarks/xlingual.py" + ("" if args.mode == "full" else f" --{args.mode}") + (
         "" if args.settings == (["panx-zs"] if args.mode == "quick" else list(SETTINGS)) else
         f" --settings {' '.join(args.settings)}")

@@ -254,3 +254,36 @@ def test_only_names_a_config_over_its_seeds_or_one_run_and_refuses_an_unknown_na
     with pytest.raises(xlingual.ckd.UserError, match=r"no run named 'labels-9'.*") as err:
         xlingual.selected(jobs, ["labels-9", "bilstm"])
     assert "labels-6" in err.value.hint and "'bilstm'" not in str(err.value)  # a known config is no error
+
+
+def test_a_call_for_some_settings_tables_every_setting_and_keeps_sections_it_cannot_collect(grid_of):
+    """`--settings sib-zs` once rewrote the results file with the SIB-200 section alone. The tables
+    cover every shown setting (runs restored from the archive), and a section whose runs are neither
+    in OUT nor in the archive is kept from the previous file, marked, in the shown order."""
+    jobs, out = grid_of("small", ["sib-zs"])
+    args = argparse.Namespace(out=out, teacher=out.parent / "e5", mode="small", settings=["sib-zs"], repeats=1)
+    every = xlingual.table_jobs(args, xlingual.SIZES["small"], jobs, archive=None)
+    assert {j.name.split("/")[0] for j in every} == set(xlingual.SETTINGS)
+    assert {j.name for j in jobs} < {j.name for j in every}
+    args.mode, args.settings = "quick", ["panx-zs"]  # a pipeline check shows PAN-X zero-shot only
+    quick, _ = grid_of("quick", ["panx-zs"])
+    assert xlingual.table_jobs(args, xlingual.SIZES["quick"], quick, archive=None) is quick
+
+    new = {"sib-zs": {"models": {"new": 1}}, "panx-zs": {"models": {"new": 2}}}
+    previous = {"date": "2026-12-01", "settings": {"panx-zs": {"models": {"old": 0}},
+                                                   "sib-all": {"models": {"old": 3}, "deploy": None},  # an older file
+                                                   "panx-ml": {"models": {"old": 4}, "carried_from": "2026-11-20"}}}
+    kept = xlingual.carry_over(new, previous, xlingual.shown_settings("small"))
+    assert list(kept) == ["panx-zs", "panx-ml", "sib-all", "sib-zs"]
+    assert kept["panx-zs"] == {"models": {"new": 2}} and kept["sib-zs"] == {"models": {"new": 1}}  # collected wins
+    assert kept["sib-all"] == {"models": {"old": 3}, "deploy": {}, "latency": {}, "carried_from": "2026-12-01"}
+    assert kept["panx-ml"]["carried_from"] == "2026-11-20"  # the date the figures were collected, not re-dated
+    assert "As collected on 2026-12-01" in xlingual.render(
+        xlingual.carry_over({}, {"date": "2026-12-01", "settings": {"sib-all": {**_entry(), "latency": None}}},
+                            ["sib-all"]), "header")
+    assert xlingual.carry_over(new, None, xlingual.shown_settings("quick")) == {"panx-zs": {"models": {"new": 2}}}
+
+
+def _entry() -> dict:
+    return {"languages": ["en"], "train_languages": ["en"], "metric": "accuracy", "split": "test", "models": {},
+            "latency": {}, "deploy": {}, "pairs": []}
