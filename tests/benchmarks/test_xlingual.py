@@ -6,6 +6,7 @@ the teacher. No training here: `--quick` runs it end to end (about 4 minutes, se
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -287,3 +288,27 @@ def test_a_call_for_some_settings_tables_every_setting_and_keeps_sections_it_can
 def _entry() -> dict:
     return {"languages": ["en"], "train_languages": ["en"], "metric": "accuracy", "split": "test", "models": {},
             "latency": {}, "deploy": {}, "pairs": []}
+
+
+def test_sib200_trimming_text_is_its_training_text_then_wikipedia_or_tatoeba_and_never_a_test_sentence(tmp_path):
+    """Every SIB-200 language gets more unlabelled text than its 701 training sentences for the
+    trimmed vocabulary: PAN-X's sentences of the same language (Chinese without PAN-X's spaces
+    between characters), or Tatoeba's where PAN-X lacks it; no dev or test sentence."""
+    sib = shared_data("sib200")
+    shared_data("panx")
+    shared_data("tatoeba")
+    languages = sorted(d.name for d in sib.iterdir() if d.is_dir() and "_" in d.name)
+    assert set(languages) == set(xlingual.SIB_PANX) | set(xlingual.SIB_TATOEBA)
+    assert not set(xlingual.SIB_PANX) & set(xlingual.SIB_TATOEBA)
+    files = xlingual.sib_text(tmp_path, ["zho_Hans", "cat_Latn"])["transfer"]
+
+    def texts(lang, split):
+        with open(sib / lang / f"{split}.tsv", encoding="utf-8", newline="") as handle:
+            return [row["text"] for row in csv.DictReader(handle, delimiter="\t")]
+    for lang, extra in (("zho_Hans", 1000), ("cat_Latn", 900)):
+        lines = Path(files[lang]).read_text(encoding="utf-8").splitlines()
+        train = texts(lang, "train")
+        assert lines[:len(train)] == train and len(lines) >= len(train) + extra
+        assert not (set(texts(lang, "dev")) | set(texts(lang, "test"))) & set(lines)
+        if lang == "zho_Hans":
+            assert not any(xlingual.UNSPACED.search(line) for line in lines[len(train):])
