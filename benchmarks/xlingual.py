@@ -357,21 +357,29 @@ def sib_text(out: Path, languages: list[str]) -> dict:
     or test sentence. Returns the data section that reads them."""
     import csv
 
+    # every PAN-X sentence may serve (no language is a PAN-X training language here: nothing skipped)
     panx = transfer_text(out / "vocab-panx", sorted({SIB_PANX[lang] for lang in languages if lang in SIB_PANX}), [],
                          {"panx_train": None, "transfer": VOCAB_SENTENCES})["transfer"]
+
+    def sib(lang: str, split: str) -> list[str]:
+        with open(DATA / "sib200" / lang / f"{split}.tsv", encoding="utf-8", newline="") as handle:
+            return [row["text"].replace("\n", " ") for row in csv.DictReader(handle, delimiter="\t")]
+
     files = {}
     for lang in languages:
-        with open(DATA / "sib200" / lang / "train.tsv", encoding="utf-8", newline="") as handle:
-            texts = [row["text"].replace("\n", " ") for row in csv.DictReader(handle, delimiter="\t")]
+        texts = sib(lang, "train")
         if lang in SIB_PANX and SIB_PANX[lang] in panx:
             extra = Path(panx[SIB_PANX[lang]]).read_text(encoding="utf-8").splitlines()
             texts += [UNSPACED.sub("", line) for line in extra] if SIB_PANX[lang] in ("zh", "ja") else extra
         elif lang in SIB_TATOEBA:
             code = SIB_TATOEBA[lang]
             texts += (DATA / "tatoeba" / f"tatoeba.{code}-eng.{code}").read_text(encoding="utf-8").splitlines()
+        held_out = {*sib(lang, "dev"), *sib(lang, "test")}  # by construction, whatever the other sources hold
+        # the deploy step's tag names these paths, not their content: a change to what the files hold
+        # must rename the folder (vocab/ was SIB-200's training text alone), or its figures stay stale
         path = out / "vocab-text" / f"{lang}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = "\n".join(t for t in texts if t.strip()) + "\n"
+        text = "\n".join(t for t in texts if t.strip() and t not in held_out) + "\n"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             path.write_text(text, encoding="utf-8")
         files[lang] = str(path)
@@ -503,19 +511,23 @@ def over_seeds_key(rows: dict, key: str) -> dict:
     return mean_sd(r.get(key) for r in rows.values())
 
 
-def shown_settings(mode: str) -> list[str]:
-    """The settings the committed tables show, whichever ones a call trained (--quick: PAN-X zero-shot)."""
-    return ["panx-zs"] if mode == "quick" else list(SETTINGS)
+def shown_settings(mode: str, trained: list[str] = ()) -> list[str]:
+    """The settings the committed tables show: every one (--quick: PAN-X zero-shot), and always the
+    ones this call trained, in SETTINGS order."""
+    shown = {"panx-zs"} if mode == "quick" else set(SETTINGS)
+    return [x for x in SETTINGS if x in shown | set(trained)]
 
 
 def table_jobs(args, s: dict, jobs: list[Job], archive: Path | None) -> list[Job]:
     """The jobs whose finished runs the tables show: every shown setting's, not only the settings this
     call trained, so that `--settings sib-zs` does not drop the other settings from the results
     file; runs OUT lacks are restored from the archive for the tables (as --collect-only does)."""
-    shown = shown_settings(args.mode)
+    shown = shown_settings(args.mode, args.settings)
     if set(args.settings) >= set(shown):
         return jobs
-    every = grid(argparse.Namespace(**{**vars(args), "settings": [x for x in SETTINGS if x in shown]}), s)
+    # the grid again over every shown setting (its text files are made or found as a training call
+    # would: the recipes, and so the archive's fingerprints, name them)
+    every = grid(argparse.Namespace(**{**vars(args), "settings": shown}), s)
     if archive is not None:
         try:
             restore_archived(every, args.out, archive, quick=args.mode == "quick")
@@ -529,9 +541,9 @@ def carry_over(settings: dict, previous: dict | None, shown: list[str]) -> dict:
     the archive (runs trained on a machine whose OUT is gone, before the archive kept them): kept as they
     were, marked with the date they were collected, never dropped by a later call."""
     kept = {name: {**entry, "deploy": entry.get("deploy") or {}, "latency": entry.get("latency") or {},  # older files: None
-                   "carried_from": entry.get("carried_from") or previous.get("date")}
+                   "carried_from": entry.get("carried_from") or (previous or {}).get("date") or "an earlier date"}
             for name, entry in ((previous or {}).get("settings") or {}).items()
-            if name in shown and name not in settings}
+            if entry and name in shown and name not in settings}
     return {name: settings.get(name) or kept[name] for name in shown if name in settings or name in kept}
 
 
@@ -544,8 +556,8 @@ def render(settings: dict, header: str) -> str:
         lines += [f"## {name}: {entry['metric']} on {entry['split']}, trained on "
                   f"{', '.join(entry['train_languages'] or entry['languages'])}; {len(zero)} zero-shot languages", ""]
         if entry.get("carried_from"):
-            lines += [f"(As collected on {entry['carried_from']}: these runs are neither in OUT nor in the archive, "
-                      "so the section is kept from the previous results file.)", ""]
+            lines += [f"(As collected on {entry['carried_from']}: these runs are neither in OUT nor in the archive "
+                      "under the grid's current recipes, so the section is kept from the previous results file.)", ""]
         head = ["model", "layers", "params", "emb.", "avg seen", "avg zero-shot", "worst zero-shot", "retention seen",
                 "retention zero-shot", "seeds"]
         rows = []
@@ -684,7 +696,7 @@ def main() -> int:
         for name, why in failures(grid_result).items():
             print(f"FAILED {name}: {why}")
     settings = collect(table_jobs(args, s, jobs, archive), args.out)
-    settings = carry_over(settings, read_json(target.with_suffix(".json")), shown_settings(args.mode))
+    settings = carry_over(settings, read_json(target.with_suffix(".json")), shown_settings(args.mode, args.settings))
     command = "python benchmarks/xlingual.py" + ("" if args.mode == "full" else f" --{args.mode}") + (
         "" if args.settings == (["panx-zs"] if args.mode == "quick" else list(SETTINGS)) else
         f" --settings {' '.join(args.settings)}")

@@ -233,3 +233,11 @@ def weight_files(directory: Path) -> list[Path]:
 def weights_size(directory: Path) -> int:
     """Bytes of a saved model's weights, one file or shards (a hard-linked shard counted in full)."""
     return sum(p.stat().st_size for p in weight_files(directory))
+
+
+def looks_like_path(reference: str) -> bool:
+    """A model or tokenizer reference that can only be a local path, never a hub id: absolute, ./ ../
+    ~ or another leading dot, a backslash or a drive letter, or more than one '/' (hub ids are 'name'
+    or 'owner/name', and never start with a dot)."""
+    return (reference.startswith(("/", ".", "~")) or "\\" in reference or reference.count("/") > 1
+            or (len(reference) > 2 and reference[0].isalpha() and reference[1] == ":" and reference[2] in "\\/"))

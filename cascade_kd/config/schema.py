@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from cascade_kd.config.messages import short, suggest, to_recipe_error, where
 from cascade_kd.config.yaml_lines import parse_yaml, read_text
 from cascade_kd.errors import RecipeError
+from cascade_kd.fileio import looks_like_path
 
 
 class _Section(BaseModel):
@@ -531,13 +532,15 @@ class Recipe(_Section):
         return self._base_dir
 
     def model_path(self, name: str | None) -> str | None:
-        """A model/tokenizer reference: a path relative to the recipe if one exists, else a hub name."""
+        """A model/tokenizer reference: a path relative to the recipe's base_dir if one exists there or
+        the name can only be a path (`fileio.looks_like_path`: then a missing one is reported at its
+        place under base_dir, never looked up in the current folder), else a hub name."""
         if name is None:
             return None
         try:
             local = Path(name).expanduser()
             local = local if local.is_absolute() else self._base_dir / local
-            return str(local) if local.exists() else name
+            return str(local) if local.exists() or looks_like_path(name) else name
         except (OSError, RuntimeError, ValueError):  # ~unknown-user, a name too long for a path: not a local file
             return name
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from cascade_kd.errors import RecipeError, UserError
-from cascade_kd.fileio import atomic_directory, read_json_record
+from cascade_kd.fileio import atomic_directory, looks_like_path, read_json_record
 from cascade_kd.students.anatomy import ffn_attr
 
 # Weights in pickle-based formats: torch.load would unpickle them, and unpickling can run code
@@ -39,12 +39,9 @@ def auto_class(task: str):
     return AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
 
 def local_path_missing(name_or_path: str) -> bool:
-    """A reference that can only be a local path (absolute, ./ ../ ~, a backslash or a drive letter, or
-    more than one '/': hub names are 'name' or 'owner/name') and names nothing: say so, rather than
-    pass on the hub's complaint."""
-    looks_local = (name_or_path.startswith(("/", ".", "~")) or "\\" in name_or_path or name_or_path.count("/") > 1
-                   or re.match(r"^[A-Za-z]:[\\/]", name_or_path) is not None)
-    return looks_local and not os.path.exists(os.path.expanduser(name_or_path))
+    """A reference that can only be a local path (`fileio.looks_like_path`) and names nothing: say
+    so, rather than pass on the hub's complaint about a repo id."""
+    return looks_like_path(name_or_path) and not os.path.exists(os.path.expanduser(name_or_path))
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, where: str = "teacher.tokenizer"):

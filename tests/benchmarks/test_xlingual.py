@@ -27,7 +27,7 @@ def grid_of(tmp_path, monkeypatch):
         "transfer": {lang: str(out / "transfer" / f"{lang}.txt") for lang in languages if lang not in train},
         "max_transfer_per_language": s["transfer"]})
     monkeypatch.setattr(xlingual, "sib_text", lambda out, languages: {
-        "transfer": {lang: str(out / "vocab" / f"{lang}.txt") for lang in languages}})
+        "transfer": {lang: str(out / "vocab-text" / f"{lang}.txt") for lang in languages}})
 
     def build(mode: str, settings=xlingual.SETTINGS):
         args = argparse.Namespace(out=tmp_path / "out", teacher=tmp_path / "e5", mode=mode, settings=list(settings),
@@ -269,6 +269,10 @@ def test_a_call_for_some_settings_tables_every_setting_and_keeps_sections_it_can
     args.mode, args.settings = "quick", ["panx-zs"]  # a pipeline check shows PAN-X zero-shot only
     quick, _ = grid_of("quick", ["panx-zs"])
     assert xlingual.table_jobs(args, xlingual.SIZES["quick"], quick, archive=None) is quick
+    args.settings = ["sib-zs"]  # ... and whatever else it trained
+    assert {j.name.split("/")[0] for j in xlingual.table_jobs(args, xlingual.SIZES["quick"], quick, archive=None)} == {
+        "panx-zs", "sib-zs"}
+    assert xlingual.shown_settings("quick", ["sib-zs"]) == ["panx-zs", "sib-zs"]
 
     new = {"sib-zs": {"models": {"new": 1}}, "panx-zs": {"models": {"new": 2}}}
     previous = {"date": "2026-12-01", "settings": {"panx-zs": {"models": {"old": 0}},
@@ -283,6 +287,9 @@ def test_a_call_for_some_settings_tables_every_setting_and_keeps_sections_it_can
         xlingual.carry_over({}, {"date": "2026-12-01", "settings": {"sib-all": {**_entry(), "latency": None}}},
                             ["sib-all"]), "header")
     assert xlingual.carry_over(new, None, xlingual.shown_settings("quick")) == {"panx-zs": {"models": {"new": 2}}}
+    assert list(xlingual.carry_over(new, None, xlingual.shown_settings("quick", ["sib-zs"]))) == ["panx-zs", "sib-zs"]
+    undated = xlingual.carry_over({}, {"settings": {"sib-all": {"models": {}}, "panx-ml": None}}, ["panx-ml", "sib-all"])
+    assert undated == {"sib-all": {"models": {}, "deploy": {}, "latency": {}, "carried_from": "an earlier date"}}
 
 
 def _entry() -> dict:

@@ -85,3 +85,17 @@ def test_a_missing_file_of_a_recipe_dict_says_where_relative_paths_start(tmp_pat
         load_task_data(recipe)
     assert "train file of 'en' not found" in err.value.message
     assert err.value.hint == f"check pretrain_recipe: data.train; relative paths start from {tmp_path.resolve()}"
+
+
+def test_a_path_like_model_reference_is_read_under_base_dir_never_the_current_folder(tmp_path, monkeypatch):
+    """'./x' missing under base_dir stays a path there (and is reported there), even when the current
+    folder has an x; 'owner/name' is a hub id unless base_dir holds that folder."""
+    base, cwd = tmp_path / "recipes", tmp_path / "cwd"
+    base.mkdir()
+    (cwd / "x").mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    recipe = ckd.pretrain_recipe(*FILES, base_dir=base)
+    assert recipe.model_path("./x") == str(base.resolve() / "x")
+    assert recipe.model_path("owner/name") == "owner/name"
+    (base / "owner" / "name").mkdir(parents=True)
+    assert recipe.model_path("owner/name") == str(base.resolve() / "owner" / "name")
