@@ -178,9 +178,8 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
         raise UserError("no metrics.json: not a finished cascade-kd run", where=str(run_dir))
     job = prepare(recipe, run_dir, say)
     if split not in job.encoded:
-        raise RecipeError(f"the recipe names no {split} data", where=where(recipe, "data", split),
-                          hint="score the dev data instead: --split dev (split='dev' in Python)" if split != "dev" and "dev" in job.encoded
-        else None)
+        instead = "score the dev data instead: --split dev (split='dev' in Python)" if "dev" in job.encoded else None
+        raise RecipeError(f"the recipe names no {split} data", where=where(recipe, "data", split), hint=instead)
     job.encoded = {s: job.encoded[s] for s in ("dev", split)}
     target = claim_eval_dir(run_dir, Path(out) if out else run_dir / f"eval-{split}")
     if (target / "metrics.json").is_file():  # an earlier eval's, allowed to be replaced: say so, before any work
