@@ -1,0 +1,140 @@
+"""The results page's figures, drawn from the cross-lingual benchmark's saved results.
+
+    python benchmarks/figures.py [--out docs/images]
+
+Reads `benchmarks/results/xlingual.json` (the full mode: PAN-X) and `xlingual_small.json` (whose
+SIB-200 zero-shot runs have the full mode's sizes) and writes one SVG per figure, with the report's
+own plotting functions (`cascade_kd.evaluation.plots`): per-language retention heatmaps (English
+first, then the zero-shot languages from the teacher's best to its worst) and the per-language
+difference between a cascade and direct distillation of the same shape. Nothing is trained or
+timed: the figures show what the results files hold, means over the seeds they hold, and each
+title says how many. A model or setting missing from a file is left out of its figure, and said.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from cascade_kd.evaluation.plots import differences, retention_heatmap
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+
+# (file, setting, task's name, models shown in the heatmap)
+HEATMAPS = {
+    "xlingual-panx-zero-shot-retention.svg": (
+        "xlingual.json", "panx-zs", "PAN-X NER (F1)",
+        ["12→6", "12→6→3", "12→6 + transfer text", "12→6→3 + transfer text", "BiLSTM (XtremeDistil)"]),
+    "xlingual-sib200-zero-shot-retention.svg": (
+        "xlingual_small.json", "sib-zs", "SIB-200 topics (accuracy)",
+        ["12→6", "12→6→3", "12→6 + transfer text", "12→6→3 + transfer text", "BiLSTM (XtremeDistil)"]),
+}
+# (file, setting, task's name, cascade, direct)
+DIFFERENCES = {
+    "xlingual-sib200-cascade-vs-direct.svg": ("xlingual_small.json", "sib-zs", "SIB-200, 701 English sentences",
+                                              "12→6→3", "12→3 direct"),
+    "xlingual-panx-cascade-vs-direct.svg": ("xlingual.json", "panx-zs", "PAN-X, 20,000 English sentences",
+                                            "12→6→3", "12→3 direct"),
+}
+
+
+def load(name: str, setting: str, results: Path) -> dict | None:
+    path = results / name
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))["settings"].get(setting)
+
+
+def language_order(entry: dict) -> list[str]:
+    """The training languages, then the others from the teacher's best score to its worst."""
+    teacher = entry["models"]["teacher"]["per_language"]
+    seen = [lang for lang in entry["languages"] if lang in entry["train_languages"]]
+    rest = [lang for lang in entry["languages"] if lang not in seen]
+    return seen + sorted(rest, key=lambda lang: -teacher[lang]["mean"])
+
+
+def mean_retention(model: dict, lang: str) -> float | None:
+    values = [s["retention_per_language"][lang] for s in model["seeds"].values()
+              if s.get("retention_per_language", {}).get(lang) is not None]
+    return statistics.mean(values) if values else None
+
+
+def retention_rows(entry: dict, wanted: list[str]) -> tuple[list[str], list[str], list[list[float | None]], list[int]]:
+    """The models of `wanted` the entry holds, the language order, each model's mean retention per
+    language and the column of its worst zero-shot language."""
+    shown = [m for m in wanted if m in entry["models"]]
+    langs = language_order(entry)
+    values = [[mean_retention(entry["models"][m], lang) for lang in langs] for m in shown]
+    zero_shot = [j for j, lang in enumerate(langs) if lang not in entry["train_languages"]]
+    worst = [min(zero_shot, key=lambda j: row[j] if row[j] is not None else float("inf")) for row in values]
+    return shown, langs, values, worst
+
+
+def heatmap(entry: dict, task: str, wanted: list[str], say) -> str:
+    shown, langs, values, worst = retention_rows(entry, wanted)
+    for missing in [m for m in wanted if m not in shown]:
+        say(f"  {missing!r} is not in the results yet: left out")
+    seeds = [len(entry["models"][m]["seeds"]) for m in shown]
+    rows = [f"{m} · {n} seed{'s' if n > 1 else ''}" for m, n in zip(shown, seeds)]
+    title = f"{task}, zero-shot from English: share of the teacher's score kept, per language (mean over seeds)"
+    return retention_heatmap(rows, langs, values, title, worst=worst)
+
+
+def difference_values(entry: dict, cascade: str, direct: str) -> tuple[list[str], list[str], list[list[float]]]:
+    """The seeds both models have, the language order, and per language cascade minus direct in
+    points on each of those seeds (paired by seed)."""
+    a, b = entry["models"][cascade]["seeds"], entry["models"][direct]["seeds"]
+    seeds = sorted(set(a) & set(b), key=int)
+    langs = language_order(entry)
+    return seeds, langs, [[100 * (a[s]["per_language"][lang] - b[s]["per_language"][lang]) for s in seeds]
+                          for lang in langs]
+
+
+class NotTrained(Exception):
+    """A model a figure needs is not in the results yet."""
+
+
+def difference(entry: dict, task: str, cascade: str, direct: str) -> str:
+    missing = [m for m in (cascade, direct) if m not in entry["models"]]
+    if missing:
+        raise NotTrained(" and ".join(map(repr, missing)))
+    seeds, langs, per_seed = difference_values(entry, cascade, direct)
+    means = [statistics.mean(v) for v in per_seed]
+    sds = [statistics.stdev(v) if len(v) > 1 else None for v in per_seed]
+    title = f"{task}: {cascade} minus {direct}, points per language (seeds {', '.join(seeds)}: bars the mean, dots each seed)"
+    return differences(langs, means, title, "points", sds=sds, per_seed=per_seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DOCS_IMAGES, help="folder for the SVG files (default: docs/images)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    drawings = [(name, file, setting, lambda e, task=task, wanted=wanted: heatmap(e, task, wanted, say=print))
+                for name, (file, setting, task, wanted) in HEATMAPS.items()]
+    for name, (file, setting, task, cascade, direct) in DIFFERENCES.items():
+        drawings.append((name, file, setting, lambda e, task=task, a=cascade, b=direct: difference(e, task, a, b)))
+    for name, file, setting, draw in drawings:
+        entry = load(file, setting, args.results)
+        if entry is None:
+            print(f"{name}: skipped, no {setting!r} results in {args.results / file}")
+            continue
+        try:
+            svg = draw(entry)
+        except NotTrained as missing:
+            print(f"{name}: skipped, {setting!r} has no {missing} yet")
+            continue
+        target = args.out / name
+        tmp = target.with_suffix(".svg.tmp")
+        tmp.write_text(svg, encoding="utf-8")
+        tmp.replace(target)
+        print(f"{name}: {len(svg) / 1024:.0f} KB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""benchmarks/figures.py: the language order, the retention and difference values it draws
+(against values computed by hand on a made-up results entry), what it does with models or files
+the results lack, and the committed results drawn end to end."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import figures  # noqa: E402
+
+
+def seed(per_language: dict, teacher: dict) -> dict:
+    return {"per_language": per_language, "retention_per_language": {k: v / teacher[k] for k, v in per_language.items()}}
+
+
+@pytest.fixture
+def entry() -> dict:
+    """English seen; de, ru, zh zero-shot with the teacher best in ru, worst in zh."""
+    teacher = {"en": 0.9, "de": 0.6, "ru": 0.8, "zh": 0.4}
+    return {
+        "languages": ["en", "de", "ru", "zh"], "train_languages": ["en"],
+        "models": {
+            "teacher": {"per_language": {k: {"mean": v} for k, v in teacher.items()},
+                        "seeds": {"0": seed(teacher, teacher)}},
+            "cascade": {"seeds": {"0": seed({"en": 0.9, "de": 0.3, "ru": 0.8, "zh": 0.1}, teacher),
+                                  "1": seed({"en": 0.72, "de": 0.6, "ru": 0.4, "zh": 0.3}, teacher)}},
+            "direct": {"seeds": {"0": seed({"en": 0.8, "de": 0.3, "ru": 0.6, "zh": 0.2}, teacher),
+                                 "2": seed({"en": 0.1, "de": 0.1, "ru": 0.1, "zh": 0.1}, teacher)}},
+        },
+    }
+
+
+def test_training_languages_first_then_zero_shot_by_the_teachers_score(entry):
+    assert figures.language_order(entry) == ["en", "ru", "de", "zh"]
+
+
+def test_retention_is_the_mean_over_seeds_and_the_worst_cell_a_zero_shot_one(entry):
+    shown, langs, values, worst = figures.retention_rows(entry, ["cascade", "not trained yet"])
+    assert shown == ["cascade"] and langs == ["en", "ru", "de", "zh"]
+    # en: (0.9/0.9 + 0.72/0.9) / 2; ru: (1.0 + 0.5) / 2; de: (0.5 + 1.0) / 2; zh: (0.25 + 0.75) / 2
+    assert values[0] == pytest.approx([0.9, 0.75, 0.75, 0.5])
+    assert worst == [3]  # zh; English is never the outlined cell, even where it is lowest
+
+
+def test_cascade_minus_direct_is_paired_by_seed(entry):
+    seeds, langs, per_seed = figures.difference_values(entry, "cascade", "direct")
+    assert seeds == ["0"]  # seed 1 has no direct run and seed 2 no cascade: neither is paired
+    assert langs == ["en", "ru", "de", "zh"]
+    assert per_seed == [pytest.approx([10.0]), pytest.approx([20.0]), pytest.approx([0.0]), pytest.approx([-10.0])]
+
+
+def test_missing_files_and_models_are_said_not_drawn(tmp_path, capsys):
+    assert figures.main(["--results", str(tmp_path / "none"), "--out", str(tmp_path / "img")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped, no ") == len(figures.HEATMAPS) + len(figures.DIFFERENCES)
+    assert not list((tmp_path / "img").iterdir())
+
+
+def test_the_committed_results_draw(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert figures.main(["--out", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.glob("*.svg"))
+    assert written == sorted([*figures.HEATMAPS, *figures.DIFFERENCES])
+    heat = (tmp_path / "xlingual-panx-zero-shot-retention.svg").read_text(encoding="utf-8")
+    assert heat.startswith("<svg") and "</svg>" in heat
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_pair_not_trained_yet_is_skipped_and_said(tmp_path, entry, monkeypatch, capsys):
+    monkeypatch.setattr(figures, "load", lambda file, setting, results: entry)
+    monkeypatch.setattr(figures, "HEATMAPS", {})
+    monkeypatch.setattr(figures, "DIFFERENCES", {"d.svg": ("f.json", "s", "task", "cascade", "not trained")})
+    assert figures.main(["--out", str(tmp_path)]) == 0
+    assert "d.svg: skipped, 's' has no 'not trained' yet" in capsys.readouterr().out
+    assert not (tmp_path / "d.svg").exists()
