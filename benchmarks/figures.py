@@ -62,21 +62,22 @@ def mean_retention(model: dict, lang: str) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def retention_rows(entry: dict, wanted: list[str]) -> tuple[list[str], list[str], list[list[float | None]], list[int]]:
+def retention_rows(entry: dict, wanted: list[str]) -> tuple[list[str], list[str], list[list[float | None]], list[int | None]]:
     """The models of `wanted` the entry holds, the language order, each model's mean retention per
     language and the column of its worst zero-shot language."""
     shown = [m for m in wanted if m in entry["models"]]
     langs = language_order(entry)
     values = [[mean_retention(entry["models"][m], lang) for lang in langs] for m in shown]
     zero_shot = [j for j, lang in enumerate(langs) if lang not in entry["train_languages"]]
-    worst = [min(zero_shot, key=lambda j: row[j] if row[j] is not None else float("inf")) for row in values]
+    worst = [min((j for j in zero_shot if row[j] is not None), key=lambda j: row[j], default=None) for row in values]
     return shown, langs, values, worst
 
 
 def heatmap(entry: dict, task: str, wanted: list[str], say) -> str:
+    """`say` is told of each wanted model the results lack (the figure is drawn without it)."""
     shown, langs, values, worst = retention_rows(entry, wanted)
     for missing in [m for m in wanted if m not in shown]:
-        say(f"  {missing!r} is not in the results yet: left out")
+        say(f"{missing!r} is not in the results yet: left out")
     seeds = [len(entry["models"][m]["seeds"]) for m in shown]
     rows = [f"{m} · {n} seed{'s' if n > 1 else ''}" for m, n in zip(shown, seeds)]
     title = f"{task}, zero-shot from English: share of the teacher's score kept, per language (mean over seeds)"
@@ -102,6 +103,8 @@ def difference(entry: dict, task: str, cascade: str, direct: str) -> str:
     if missing:
         raise NotTrained(" and ".join(map(repr, missing)))
     seeds, langs, per_seed = difference_values(entry, cascade, direct)
+    if not seeds:
+        raise NotTrained(f"seed on which both {cascade!r} and {direct!r} ran")
     means = [statistics.mean(v) for v in per_seed]
     sds = [statistics.stdev(v) if len(v) > 1 else None for v in per_seed]
     title = f"{task}: {cascade} minus {direct}, points per language (seeds {', '.join(seeds)}: bars the mean, dots each seed)"
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    drawings = [(name, file, setting, lambda e, task=task, wanted=wanted: heatmap(e, task, wanted, say=print))
+    drawings = [(name, file, setting,
+                 lambda e, name=name, task=task, wanted=wanted: heatmap(e, task, wanted, say=lambda m: print(f"{name}: {m}")))
                 for name, (file, setting, task, wanted) in HEATMAPS.items()]
     for name, (file, setting, task, cascade, direct) in DIFFERENCES.items():
         drawings.append((name, file, setting, lambda e, task=task, a=cascade, b=direct: difference(e, task, a, b)))

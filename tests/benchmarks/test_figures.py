@@ -26,8 +26,8 @@ def entry() -> dict:
         "models": {
             "teacher": {"per_language": {k: {"mean": v} for k, v in teacher.items()},
                         "seeds": {"0": seed(teacher, teacher)}},
-            "cascade": {"seeds": {"0": seed({"en": 0.9, "de": 0.3, "ru": 0.8, "zh": 0.1}, teacher),
-                                  "1": seed({"en": 0.72, "de": 0.6, "ru": 0.4, "zh": 0.3}, teacher)}},
+            "cascade": {"seeds": {"0": seed({"en": 0.09, "de": 0.3, "ru": 0.8, "zh": 0.1}, teacher),
+                                  "1": seed({"en": 0.09, "de": 0.6, "ru": 0.4, "zh": 0.3}, teacher)}},
             "direct": {"seeds": {"0": seed({"en": 0.8, "de": 0.3, "ru": 0.6, "zh": 0.2}, teacher),
                                  "2": seed({"en": 0.1, "de": 0.1, "ru": 0.1, "zh": 0.1}, teacher)}},
         },
@@ -41,8 +41,8 @@ def test_training_languages_first_then_zero_shot_by_the_teachers_score(entry):
 def test_retention_is_the_mean_over_seeds_and_the_worst_cell_a_zero_shot_one(entry):
     shown, langs, values, worst = figures.retention_rows(entry, ["cascade", "not trained yet"])
     assert shown == ["cascade"] and langs == ["en", "ru", "de", "zh"]
-    # en: (0.9/0.9 + 0.72/0.9) / 2; ru: (1.0 + 0.5) / 2; de: (0.5 + 1.0) / 2; zh: (0.25 + 0.75) / 2
-    assert values[0] == pytest.approx([0.9, 0.75, 0.75, 0.5])
+    # en: 0.09 / 0.9 on both seeds; ru: (1.0 + 0.5) / 2; de: (0.5 + 1.0) / 2; zh: (0.25 + 0.75) / 2
+    assert values[0] == pytest.approx([0.1, 0.75, 0.75, 0.5])
     assert worst == [3]  # zh; English is never the outlined cell, even where it is lowest
 
 
@@ -50,7 +50,13 @@ def test_cascade_minus_direct_is_paired_by_seed(entry):
     seeds, langs, per_seed = figures.difference_values(entry, "cascade", "direct")
     assert seeds == ["0"]  # seed 1 has no direct run and seed 2 no cascade: neither is paired
     assert langs == ["en", "ru", "de", "zh"]
-    assert per_seed == [pytest.approx([10.0]), pytest.approx([20.0]), pytest.approx([0.0]), pytest.approx([-10.0])]
+    assert per_seed == [pytest.approx([-71.0]), pytest.approx([20.0]), pytest.approx([0.0]), pytest.approx([-10.0])]
+
+
+def test_a_row_without_zero_shot_values_outlines_nothing(entry):
+    entry["models"]["cascade"]["seeds"] = {"0": {"per_language": {}, "retention_per_language": {"en": 1.0}}}
+    _, _, values, worst = figures.retention_rows(entry, ["cascade"])
+    assert values == [[1.0, None, None, None]] and worst == [None]
 
 
 def test_missing_files_and_models_are_said_not_drawn(tmp_path, capsys):
@@ -70,10 +76,15 @@ def test_the_committed_results_draw(tmp_path, capsys):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_a_pair_not_trained_yet_is_skipped_and_said(tmp_path, entry, monkeypatch, capsys):
+@pytest.mark.parametrize("direct, said", [
+    ("not trained", "'not trained'"),
+    ("unpaired", "seed on which both 'cascade' and 'unpaired' ran"),
+])
+def test_a_pair_not_trained_yet_is_skipped_and_said(tmp_path, entry, monkeypatch, capsys, direct, said):
+    entry["models"]["unpaired"] = {"seeds": {"5": entry["models"]["direct"]["seeds"]["0"]}}
     monkeypatch.setattr(figures, "load", lambda file, setting, results: entry)
     monkeypatch.setattr(figures, "HEATMAPS", {})
-    monkeypatch.setattr(figures, "DIFFERENCES", {"d.svg": ("f.json", "s", "task", "cascade", "not trained")})
+    monkeypatch.setattr(figures, "DIFFERENCES", {"d.svg": ("f.json", "s", "task", "cascade", direct)})
     assert figures.main(["--out", str(tmp_path)]) == 0
-    assert "d.svg: skipped, 's' has no 'not trained' yet" in capsys.readouterr().out
+    assert f"d.svg: skipped, 's' has no {said} yet" in capsys.readouterr().out
     assert not (tmp_path / "d.svg").exists()
