@@ -14,6 +14,7 @@ title says how many. A model or setting missing from a file is left out of its f
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 from pathlib import Path
@@ -42,10 +43,13 @@ DIFFERENCES = {
 
 
 def load(name: str, setting: str, results: Path) -> dict | None:
-    path = results / name
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))["settings"].get(setting)
+    return read_settings(results / name).get(setting)
+
+
+@functools.cache
+def read_settings(path: Path) -> dict:
+    """A results file's settings, read once however many figures draw from it ({} if absent)."""
+    return json.loads(path.read_text(encoding="utf-8"))["settings"] if path.is_file() else {}
 
 
 def language_order(entry: dict) -> list[str]:
