@@ -548,7 +548,7 @@ def carry_over(settings: dict, previous: dict | None, shown: list[str]) -> dict:
 
 
 def render(settings: dict, header: str) -> str:
-    from cascade_kd.deploy.bench import bench_table
+    from cascade_kd.deploy.bench import bench_table, best_section
 
     lines = [header, ""]
     for name, entry in settings.items():
@@ -583,6 +583,8 @@ def render(settings: dict, header: str) -> str:
         for job_name, latency in entry["latency"].items():
             lines += [f"Latency of {job_name}'s models (ms, median; ratio against the teacher on the same backend):", "",
                       bench_table(latency), ""]
+            best = best_section(latency)
+            lines += best[1:] + [""] if best else []
     return "\n".join(lines)
 
 

@@ -189,11 +189,11 @@ def _cmd_eval(args) -> None:
 
 def _cmd_bench(args) -> None:
     from cascade_kd import api
-    from cascade_kd.deploy.bench import bench_table
+    from cascade_kd.deploy.bench import bench_table, best_section
 
     result = api.bench(args.run_dir, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens, repeats=args.repeats,
                        backends=args.backends, say=_say)
-    print("\n" + bench_table(result))
+    print("\n".join(["", bench_table(result), *best_section(result)]))
 
 
 def _cmd_pretrain(args) -> None:

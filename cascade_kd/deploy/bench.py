@@ -3,12 +3,18 @@
 For each model and backend (PyTorch fp32; PyTorch bf16 autocast where the hardware runs it natively;
 onnxruntime fp32 and onnxruntime dynamic int8, from an export made and checked on the fly, see
 `cascade_kd.deploy.export`), at fixed batch sizes and sequence lengths:
-- latency: median wall time of one forward pass over `repeats` passes after 2 warm-up passes, on
+- latency: median wall time of one forward pass over `repeats` rounds, after 2 warm-up passes, on
   random word-piece ids with full attention masks (every position real), so the figure is the
-  model's cost alone;
+  model's cost alone. At each setting every model and backend is timed in the same rounds, each
+  round, after a 50 ms pause, untimed passes of each for 30 ms and then one timed pass, in turn
+  (`interleaved_times`), so a machine whose
+  speed drifts during the bench moves every figure alike and the ratios hold;
+- speed-up against the teacher on the same backend, and each model's fastest backend against the
+  teacher's fastest (`best_backends`): the median of the round-by-round ratios (each round's two
+  passes timed moments apart), with their quartiles;
 - throughput: batch size / median latency, in sequences per second (one stream, no overlap);
-- peak memory: how much the resident set (RSS) of the process grew during the timed passes, over
-  what was resident just before them (weights, inputs and sessions already loaded, so excluded):
+- peak memory: how much the resident set (RSS) of the process grew during a few passes apart from
+  the timed ones, over what was resident just before them (weights, inputs and sessions already loaded, so excluded):
   the activations and workspace a forward pass needs. Linux only (/proc): before each measurement
   freed heap memory is handed back to the OS (glibc malloc_trim) and the kernel's RSS high-water
   mark is reset (/proc/self/clear_refs), so memory kept by an earlier, larger pass does not hide a
@@ -75,7 +81,7 @@ def forward_latency_ms(model, batch_size: int, seq_len: int, *, bf16: bool, repe
 TORCH_BACKENDS = ("fp32", "bf16")
 ORT_BACKENDS = ("ort-fp32", "ort-int8")
 BACKENDS = TORCH_BACKENDS + ORT_BACKENDS
-MEMORY_REPEATS = 3  # timed passes of the arena-less onnxruntime session that measures memory
+MEMORY_REPEATS = 3  # passes of each model and backend, apart from the timed ones, that measure memory
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +113,7 @@ def memory_baseline() -> float | None:
     """Hand freed heap memory back to the OS, reset the RSS high-water mark; the RSS now (MB), or
     None where the kernel cannot reset the mark (not Linux, or no /proc/self/clear_refs). (No
     gc.collect() here: a full collection takes ~0.2 s with torch and transformers loaded; bench_run
-    collects once per model.)"""
+    collects once, at the end.)"""
     if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
     try:
@@ -220,10 +226,96 @@ def _torch_runner(model, inputs: dict, bf16: bool):
     return run_once
 
 
+PAUSE_S = 0.05  # idle time before each runner's turn in a round (see interleaved_times)
+REWARM_MS = 30.0  # untimed calls of a runner before its timed one, at least one and for at least this long
+
+
+def interleaved_times(runners: list, repeats: int, warmup: int = 2, pause_s: float = PAUSE_S,
+                      rewarm_ms: float = REWARM_MS) -> list[list[float]]:
+    """Wall times (ms) of one call of each runner (a forward pass of one model on one backend), round
+    by round: after `warmup` calls of each, `repeats` rounds in which each runner, after `pause_s`
+    idle, is called untimed (once, and again until `rewarm_ms` have passed), then once timed; the
+    order rotated by one place every round, and reversed in every other block of as many rounds as
+    there are runners, so each takes every place and no runner always follows the same one. That costs a pause and at least one untimed pass per timed one: a bench
+    takes about twice as long as timing the passes alone.
+
+    Why interleaved: the runners' figures come from the same stretch of time, so when the machine
+    slows down or speeds up during a bench (other tenants, clock changes; up to 30% between runs
+    minutes apart on a shared 2-core machine) every model moves alike and their ratios hold. Why
+    the pause and the untimed calls: right after another model's pass, its threads (onnxruntime's
+    and OpenMP's pools spin a while after a call) still compete for the cores, and the caches hold
+    its weights. Measured on 2 cores at batch 1 (a 12-layer and a 3-layer model, onnxruntime int8
+    and PyTorch fp32; `benchmarks/interleaving_check.py`): with one untimed call and no pause, the
+    small model's medians came out about 2x the ones timed one model after another; with the pause
+    and one untimed call, about 8% above them; with the pause and 30 ms of untimed calls, within the
+    spread between two calls of the one-after-another timing.
+    Python's garbage collector is paused while timing, as timeit does."""
+    for run in runners:
+        for _ in range(warmup):
+            run()
+    times = [[] for _ in runners]
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for round_ in range(repeats):
+            order = [(round_ + place) % len(runners) for place in range(len(runners))]
+            for i in order[::-1] if (round_ // len(runners)) % 2 else order:
+                if pause_s:
+                    time.sleep(pause_s)
+                until = time.perf_counter() + rewarm_ms / 1000
+                runners[i]()
+                while time.perf_counter() < until:
+                    runners[i]()
+                started = time.perf_counter()
+                runners[i]()
+                times[i].append((time.perf_counter() - started) * 1000)
+    finally:
+        if enabled:
+            gc.enable()
+    return times
+
+
+def round_ratios(slow: list[float], fast: list[float]) -> tuple[float, list[float]]:
+    """The median of the round-by-round ratios slow[r] / fast[r] (the speed-up: each round's pair
+    timed moments apart, so a drift of the machine cancels), and their first and third quartiles
+    (how far it moved between rounds; both equal to the one ratio with one round)."""
+    ratios = [a / b for a, b in zip(slow, fast)]
+    if len(ratios) < 2:
+        return ratios[0], ratios * 2
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return median, [q1, q3]
+
+
+def best_backends(rows: list[dict], rounds: dict) -> None:
+    """Per model and setting, its fastest backend by median latency, and its speed-up against the
+    teacher's fastest backend at that setting, both chosen among the backends both were timed on
+    (the measure a user shipping either one would make):
+    the median and quartiles of the round-by-round ratio of the two (`round_ratios`) (`rounds`: (row index, key) -> the
+    rounds' times; the teacher is row 0); written to each row's "best"."""
+    teacher = rows[0]["latency_ms"]
+    for index, entry in enumerate(rows):
+        entry["best"] = {}
+        for setting in dict.fromkeys(k.partition("/")[2] for k in entry["latency_ms"]):
+            # among the backends both were timed on: a model whose ONNX export failed is not set
+            # against the other's onnxruntime figure
+            mine = {k: v for k, v in entry["latency_ms"].items() if k.partition("/")[2] == setting and k in teacher}
+            theirs = {k: v for k, v in teacher.items() if k in mine}
+            if not mine:
+                continue
+            key, other = min(mine, key=mine.get), min(theirs, key=theirs.get)
+            speedup, quartiles = round_ratios(rounds[(0, other)], rounds[(index, key)])
+            entry["best"][setting] = {
+                "backend": key.partition("/")[0], "latency_ms": mine[key], "teacher_backend": other.partition("/")[0],
+                "teacher_latency_ms": theirs[other], "speedup_vs_teacher_best": speedup, "speedup_quartiles": quartiles}
+
+
 def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats: int = 10, backends=BACKENDS,
               say=print) -> dict:
     """Latency, throughput, memory and size of every model of a finished run on every backend (CPU),
-    with latency ratios against the teacher on the same backend and setting."""
+    with latency ratios against the teacher on the same backend and setting, and each model's
+    fastest backend against the teacher's fastest. At each setting every model and backend is timed
+    in the same interleaved rounds (`interleaved_times`), so all of its figures share one stretch of
+    time."""
     import json
 
     batch_sizes, seq_lens = list(batch_sizes), list(seq_lens)  # read more than once below
@@ -251,71 +343,94 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
     tokenization = tokenization_ms(run_dir, metrics, batch_sizes, seq_lens, repeats)
     say("bench: tokenisation " + ", ".join(f"{k} {v:.2f} ms" for k, v in tokenization["ms"].items()))
     threads = torch.get_num_threads()
-    rows = []
-    for row, directory in _models_to_time(run_dir, metrics):
-        model = load_checkpoint(directory, metrics["task"])
-        names = input_names(model, _tokenizer(directory))
-        usable = _usable_positions(model.config)
-        size = weights_size(directory) / 2**20
-        entry = {"name": row["name"], "size_mb": size, "latency_ms": {}, "throughput_seq_s": {}, "peak_mem_mb": {},
-                 "size_mb_by_backend": {b: size for b in active if b in TORCH_BACKENDS}}
-        settings = []
-        for batch in batch_sizes:
-            for seq in seq_lens:
-                if usable is not None and seq > usable:
-                    entry.setdefault("skipped", []).append(f"s{seq}: only {usable} usable position embeddings")
+    rows, contestants = [], []  # contestants: (row index, row, model, input names, settings, {backend: (make, make_memory)})
+    with tempfile.TemporaryDirectory(prefix="cascade-kd-bench-") as tmp:
+        # every model loaded, exported and given its sessions first: the timing below interleaves them
+        for index, (row, directory) in enumerate(_models_to_time(run_dir, metrics)):
+            model = load_checkpoint(directory, metrics["task"])
+            usable = _usable_positions(model.config)
+            size = weights_size(directory) / 2**20
+            entry = {"name": row["name"], "size_mb": size, "latency_ms": {}, "throughput_seq_s": {}, "peak_mem_mb": {},
+                     "size_mb_by_backend": {b: size for b in active if b in TORCH_BACKENDS}}
+            settings = []
+            for batch in batch_sizes:
+                for seq in seq_lens:
+                    if usable is not None and seq > usable:
+                        entry.setdefault("skipped", []).append(f"s{seq}: only {usable} usable position embeddings")
+                    else:
+                        settings.append((batch, seq))
+            makers = {b: (lambda inputs, m=model, bf16=b == "bf16": _torch_runner(m, inputs, bf16), None)
+                      for b in active if b in TORCH_BACKENDS}
+            if any(b in ORT_BACKENDS for b in active):
+                onnx_dir = Path(tmp) / f"onnx-{index}"
+                try:
+                    info = export_model(directory, onnx_dir, int8="ort-int8" in active, check_examples=64,
+                                        int8_min_agreement=0.0, say=lambda m: None)
+                except Exception as err:  # noqa: BLE001 - no export or a failed check: say why, go on
+                    entry["onnx_error"] = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+                    say(f"bench: {row['name']}: no onnxruntime figures: {err}")
                 else:
-                    settings.append((batch, seq))
-        onnx_dir = None
-        with tempfile.TemporaryDirectory(prefix="cascade-kd-bench-") as tmp:
-            for backend in active:  # PyTorch first; each onnxruntime session lives only while it is measured
-                if backend in TORCH_BACKENDS:
-                    make, make_memory = (lambda inputs, m=model, bf16=backend == "bf16": _torch_runner(m, inputs, bf16)), None
-                else:
-                    if onnx_dir is None and "onnx_error" not in entry:
-                        try:
-                            info = export_model(directory, Path(tmp) / "onnx", int8="ort-int8" in active, check_examples=64,
-                                                int8_min_agreement=0.0, say=lambda m: None)
-                            onnx_dir = Path(tmp) / "onnx"
-                        except Exception as err:  # noqa: BLE001 - no export or a failed check: say why, go on
-                            entry["onnx_error"] = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-                            say(f"bench: {row['name']}: no onnxruntime figures: {err}")
-                        else:
-                            entry["onnx_check"] = {k: {"agreement": info[k]["agreement"], "max_abs_diff": info[k]["max_abs_diff"]}
-                                                   for k in ("fp32", "int8") if k in info}
-                            entry["onnx_check"]["inputs"] = info["check_inputs"]
-                    if onnx_dir is None:
-                        continue
-                    path = onnx_dir / (ONNX_NAME if backend == "ort-fp32" else INT8_NAME)
-                    entry["size_mb_by_backend"][backend] = path.stat().st_size / 2**20
-                    make, make_memory = _ort_runner(session(path, threads)), _ort_runner(session(path, threads, arena=False))
-                for batch, seq in settings:
-                    key = f"{backend}/b{batch}/s{seq}"
-                    inputs = random_inputs(model.config, names, batch, seq)
-                    entry["latency_ms"][key], peak = timed(make(inputs), repeats=repeats)
-                    if make_memory is not None:
-                        peak = timed(make_memory(inputs), repeats=min(repeats, MEMORY_REPEATS), warmup=1)[1]
-                    entry["throughput_seq_s"][key] = batch / (entry["latency_ms"][key] / 1000)
-                    entry["peak_mem_mb"][key] = peak
-                del make, make_memory
-        say(f"bench: {row['name']}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in entry["latency_ms"].items())
-            + "".join(f"; skipped {s}" for s in sorted(set(entry.get("skipped", [])))))
-        rows.append(entry)
-        del model
-        gc.collect()  # the model and its sessions go before the next one is measured
+                    entry["onnx_check"] = {k: {"agreement": info[k]["agreement"], "max_abs_diff": info[k]["max_abs_diff"]}
+                                           for k in ("fp32", "int8") if k in info}
+                    entry["onnx_check"]["inputs"] = info["check_inputs"]
+                    for backend in (b for b in active if b in ORT_BACKENDS):
+                        path = onnx_dir / (ONNX_NAME if backend == "ort-fp32" else INT8_NAME)
+                        entry["size_mb_by_backend"][backend] = path.stat().st_size / 2**20
+                        # memory on a session without the arena, made only while it is measured
+                        makers[backend] = (_ort_runner(session(path, threads)),
+                                           lambda inputs, path=path: _ort_runner(session(path, threads, arena=False))(inputs))
+            rows.append(entry)
+            contestants.append((len(rows) - 1, entry, model, input_names(model, _tokenizer(directory)), settings,
+                                {b: makers[b] for b in active if b in makers}))  # in the order of `active`
+        rounds = _time_every_setting(contestants, batch_sizes, seq_lens, repeats, say)
+        del contestants, model, makers  # every model and session goes before the folder of exports
+    gc.collect()
     teacher = rows[0]["latency_ms"]
+    for index, entry in enumerate(rows):  # against the teacher on the same backend and setting
+        ratios = {k: round_ratios(rounds[(0, k)], rounds[(index, k)]) for k in entry["latency_ms"] if k in teacher}
+        entry["speedup_vs_teacher"] = {k: median for k, (median, _) in ratios.items()}
+        entry["speedup_quartiles"] = {k: quartiles for k, (_, quartiles) in ratios.items()}
+    best_backends(rows, rounds)
     for entry in rows:
-        entry["speedup_vs_teacher"] = {k: teacher[k] / v for k, v in entry["latency_ms"].items() if k in teacher}
-    memory_note = ("RSS growth during the timed passes over the RSS just before them (weights and inputs excluded; "
-                   "onnxruntime on an arena-less session)") if memory_baseline() is not None else (
-                   "not measured: needs Linux /proc/self/clear_refs")
+        say(f"bench: {entry['name']}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in entry["latency_ms"].items())
+            + "".join(f"; skipped {s}" for s in sorted(set(entry.get("skipped", [])))))
+    memory_note = (f"RSS growth during {MEMORY_REPEATS} passes apart from the timed ones, over the RSS just before "
+                   "them (weights and inputs excluded; onnxruntime on an arena-less session)") if memory_baseline() \
+        is not None else "not measured: needs Linux /proc/self/clear_refs"
     return {"device": "cpu", "threads": threads, "repeats": repeats,
             "input": "random word-piece ids, full attention mask; tokenisation excluded (timed separately)",
+            "timing": f"interleaved: at each setting every model and backend in the same rounds, each after a {PAUSE_S * 1000:.0f} ms "
+                      f"pause and {REWARM_MS:.0f} ms of untimed passes, then one timed pass per round, the order rotated every "
+                      "round and reversed every other block of rounds; latency: median over the rounds; speed-up: median of the "
+                      "round-by-round ratios",
             "backends": active, "skipped_backends": skipped_backends,
             "ort_threads": f"onnxruntime intra-op threads = torch threads ({threads}), 1 inter-op thread",
             "memory": memory_note, "load_average_1min": {"start": load_start, "end": _load_average()},
             "tokenization_ms": tokenization["ms"], "tokenization_input": tokenization["input"],
             "models": rows}
+
+
+def _time_every_setting(contestants: list, batch_sizes, seq_lens, repeats: int, say) -> dict:
+    """Latency (median of the interleaved rounds), throughput and peak memory of every model and
+    backend at every setting, written into each row; returns (row index, key) -> the rounds' times."""
+    rounds = {}
+    for batch in batch_sizes:
+        for seq in seq_lens:
+            here = [(index, entry, backend, make, make_memory, random_inputs(model.config, names, batch, seq))
+                    for index, entry, model, names, settings, makers in contestants if (batch, seq) in settings
+                    for backend, (make, make_memory) in makers.items()]
+            if not here:
+                continue
+            say(f"bench: b{batch} s{seq}: {len(here)} model-backend pairs, {repeats} interleaved rounds")
+            times = interleaved_times([make(inputs) for *_, make, _, inputs in here], repeats)
+            for (index, entry, backend, make, make_memory, inputs), mine in zip(here, times):
+                key = f"{backend}/b{batch}/s{seq}"
+                entry["latency_ms"][key] = statistics.median(mine)
+                entry["throughput_seq_s"][key] = batch / (entry["latency_ms"][key] / 1000)
+                rounds[(index, key)] = mine
+                # memory apart from the timing (onnxruntime: on its session without a memory arena)
+                entry["peak_mem_mb"][key] = timed((make_memory or make)(inputs), repeats=MEMORY_REPEATS, warmup=1)[1]
+    return rounds
 
 
 def _whole_number_from_1(value) -> bool:
@@ -400,6 +515,42 @@ def bench_table(bench: dict) -> str:
             cells += [f"{throughput:.0f}" if throughput else "—", f"{peak:.1f}" if peak is not None else "—", agreement]
             lines.append(f"| {m['name']} | {BACKEND_LABELS.get(backend, backend)} | "
                          + (f"{size:.2f}" if size is not None else "—") + " | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+BEST_CAPTION = ("Each model's fastest backend against the teacher's fastest, per setting: the speed-up is the median "
+                "of the round-by-round ratios of the two, in brackets their first and third quartiles.")
+
+
+def best_section(bench: dict) -> list[str]:
+    """['', caption, '', table] for a report, or [] for results from before it was measured."""
+    table = best_table(bench)
+    return ["", BEST_CAPTION, "", table] if table else []
+
+
+def best_table(bench: dict) -> str:
+    """Markdown: per model and setting, its fastest backend against the teacher's fastest (the
+    speed-up a user choosing the best way to run each would see), with the ratio's quartiles over
+    the interleaved rounds; '' for results from before it was measured."""
+    rows = [m for m in bench["models"] if m.get("best")]
+    if not rows:
+        return ""
+    settings = list(dict.fromkeys(s for m in rows for s in m["best"]))
+    lines = ["| model | " + " | ".join(f"fastest {s.replace('/', ' ')}: backend, ms, speed-up (quartiles)"
+                                      for s in settings) + " |", "|---|" + "---|" * len(settings)]
+    for m in rows:
+        cells = []
+        for s in settings:
+            b = m["best"].get(s)
+            if b is None:
+                cells.append("—")
+            elif m is bench["models"][0]:
+                cells.append(f"{BACKEND_LABELS.get(b['backend'], b['backend'])}, {b['latency_ms']:.2f}")
+            else:
+                q1, q3 = b["speedup_quartiles"]
+                cells.append(f"{BACKEND_LABELS.get(b['backend'], b['backend'])}, {b['latency_ms']:.2f}, "
+                             f"**{b['speedup_vs_teacher_best']:.1f}x** ({q1:.1f}-{q3:.1f})")
+        lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ import html
 import math
 from pathlib import Path
 
-from cascade_kd.deploy.bench import bench_table
+from cascade_kd.deploy.bench import BEST_CAPTION, best_table, bench_table
 from cascade_kd.evaluation.findings import (
     embedding_notes,
     embedding_sentence,
@@ -261,6 +261,9 @@ def render_run_html(run: RunFiles) -> str:
     body += _cascade_vs_direct(metrics) + _heatmap(metrics) + _worst_languages(metrics) + _tradeoffs(metrics)
     if metrics.get("latency"):
         body += ["<h3>Latency table</h3>", markdown_table(bench_table(metrics["latency"]))]
+        best = best_table(metrics["latency"])
+        if best:
+            body += [f"<p>{esc(BEST_CAPTION)}</p>", markdown_table(best)]
     body += _curves(run) + _provenance(run)
     return page(f"{metrics['name']}: cascade report", body)
 

@@ -261,6 +261,12 @@ def _cost(run: RunFiles, row: dict) -> list[str]:
             f"{k} {v:.2f} ms" for k, v in entry["latency_ms"].items())
         lines.append(f"- Median latency (`cascade-kd bench`, {latency.get('device', 'cpu')}, {latency.get('threads', '?')} "
                      f"thread(s); backend/batch/sequence length): {figures}.")
+        best = entry.get("best") or {}
+        if best and row["role"] != "teacher":
+            lines.append("- Fastest backend against the teacher's fastest (batch/sequence length; the speed-up is the "
+                         "median of the ratios of passes timed side by side): " + ", ".join(
+                f"{s} {b['backend']} {b['latency_ms']:.2f} ms, {b['speedup_vs_teacher_best']:.1f}x the teacher's "
+                f"{b['teacher_backend']} {b['teacher_latency_ms']:.2f} ms" for s, b in best.items()) + ".")
     else:
         lines.append("- Latency: not measured (`cascade-kd bench RUN_DIR` measures it and updates this card).")
     for note in embedding_notes(run.directory, {"models": [m for m in run.models if m["role"] == "teacher"] + [row]}):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cascade_kd.deploy.bench import bench_table, tokenization_line
+from cascade_kd.deploy.bench import bench_table, best_section, tokenization_line
 from cascade_kd.evaluation.findings import embedding_notes, embedding_sentence
 from cascade_kd.evaluation.retrieval import markdown_table
 from cascade_kd.fileio import atomic_write
@@ -130,6 +130,7 @@ def render_report(metrics: dict, run_dir: Path | None = None) -> str:
             parts += ["", note]
             parts += [f"Skipped {b}: {why}." for b, why in lat.get("skipped_backends", {}).items()]
         parts += ["", bench_table(lat)]
+        parts += best_section(lat)
         if tokenization_line(lat):
             parts += ["", tokenization_line(lat)]
     return "\n".join(parts) + "\n"

@@ -4,11 +4,21 @@ and report.md."""
 import json
 import shutil
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from cascade_kd.deploy.bench import bench_run, bench_table, memory_baseline, timed
+from cascade_kd.deploy.bench import (
+    best_backends,
+    best_table,
+    bench_run,
+    bench_table,
+    interleaved_times,
+    memory_baseline,
+    round_ratios,
+    timed,
+)
 from cascade_kd.cli.app import main
 
 
@@ -40,8 +50,20 @@ def test_bench_writes_every_backend_with_tokenisation_memory_and_size(run_copy, 
         assert sizes["fp32"] == m["size_mb"] > 0 and 0 < sizes["ort-int8"] < sizes["ort-fp32"]
         assert m["onnx_check"]["fp32"]["agreement"] == 1.0 and m["onnx_check"]["int8"]["agreement"] >= 0.9
     assert lat["models"][0]["speedup_vs_teacher"]["ort-int8/b4/s8"] == pytest.approx(1.0)
+    assert "interleaved" in lat["timing"]
+    teacher, student = lat["models"]
+    for setting in ("b1/s8", "b4/s8"):  # each model's fastest backend against the teacher's fastest
+        best = student["best"][setting]
+        mine = {k: v for k, v in student["latency_ms"].items() if k.endswith(setting)}
+        assert student["latency_ms"][f"{best['backend']}/{setting}"] == best["latency_ms"] == min(mine.values())
+        assert best["teacher_latency_ms"] == min(v for k, v in teacher["latency_ms"].items() if k.endswith(setting))
+        assert len(best["speedup_quartiles"]) == 2 and best["speedup_vs_teacher_best"] > 0
+    assert set(student["speedup_quartiles"]) == set(student["speedup_vs_teacher"]) == set(student["latency_ms"])
     report = (run_copy / "report.md").read_text()
     assert "## Latency" in report and "| student | onnxruntime int8 |" in report and "Tokenisation" in report
+    assert "fastest backend against the teacher's fastest" in report and best_table(lat) in report
+    row = next(line for line in best_table(lat).splitlines() if line.startswith("| student |"))
+    assert f"{student['best']['b4/s8']['speedup_vs_teacher_best']:.1f}x" in row.split(" | ")[-1]
     assert "onnxruntime int8" in capsys.readouterr().out
 
 
@@ -66,6 +88,84 @@ def test_a_trimmed_copy_of_a_model_is_timed_beside_it(run_copy, capsys):
     assert trimmed["speedup_vs_teacher"]["fp32/b2/s8"] == pytest.approx(
         lat["models"][0]["latency_ms"]["fp32/b2/s8"] / trimmed["latency_ms"]["fp32/b2/s8"])
     assert "| student (trimmed) | PyTorch fp32 |" in bench_table(lat)
+
+
+def test_interleaved_rounds_time_every_runner_in_turn_after_an_untimed_pass():
+    """Round r calls runners (r + k) mod n for k = 0..n-1, reversed in rounds n..2n-1, each twice
+    (untimed, timed), after the warm-up calls; each runner gets one time per round, and a slow
+    runner's times are its own."""
+    calls = []
+
+    def runner(name, seconds=0.0):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+        return run
+
+    times = interleaved_times([runner("a"), runner("b", 0.05), runner("c")], repeats=4, warmup=1, pause_s=0, rewarm_ms=0)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up
+    rounds = ["".join(calls[3 + 6 * r:9 + 6 * r:2]) for r in range(4)]
+    assert rounds == ["abc", "bca", "cab", "cba"] and calls[3::2] == calls[4::2]  # each runner twice in a row
+    assert [len(t) for t in times] == [4, 4, 4]
+    assert min(times[1]) >= 50 > max(times[0] + times[2])
+
+
+def test_each_timed_call_follows_a_pause_and_untimed_calls_for_rewarm_ms(monkeypatch):
+    events = []  # ("pause",) or (runner, call time)
+    monkeypatch.setattr(time, "sleep", lambda seconds: events.append(("pause", seconds)))
+
+    def runner(name):
+        return lambda: events.append((name, time.perf_counter()))
+
+    times = interleaved_times([runner("a"), runner("b")], repeats=2, warmup=0, pause_s=0.05, rewarm_ms=5)
+    assert [len(t) for t in times] == [2, 2]
+    turns, turn = [], None
+    for event in events:
+        if event[0] == "pause":
+            assert event[1] == 0.05
+            turn = []
+            turns.append(turn)
+        else:
+            turn.append(event)
+    assert [t[0][0] for t in turns] == ["a", "b", "b", "a"]  # the order rotated in the second round
+    for t in turns:  # one runner per turn: untimed calls for at least 5 ms, then the timed one
+        assert len({name for name, _ in t}) == 1 and len(t) >= 3 and t[-1][1] - t[0][1] >= 0.0049
+
+
+def test_round_ratios_by_hand():
+    # round ratios 2, 4, 3, 5 -> sorted 2, 3, 4, 5: median 3.5, inclusive quartiles 2.75 and 4.25
+    median, quartiles = round_ratios([4, 8, 9, 10], [2, 2, 3, 2])
+    assert median == pytest.approx(3.5) and quartiles == pytest.approx([2.75, 4.25])
+    assert round_ratios([6.0], [2.0]) == (3.0, [3.0, 3.0])
+
+
+def test_best_backend_is_each_models_fastest_against_the_teachers_fastest():
+    """The teacher is fastest with int8, the student with bf16: the speed-up is 8 / 2 = 4x, with
+    quartiles of the round ratios of exactly that pair (teacher int8 round r / student bf16 round r)."""
+    rows = [{"latency_ms": {"fp32/b1/s8": 20.0, "bf16/b1/s8": 12.0, "ort-int8/b1/s8": 8.0, "fp32/b4/s8": 50.0}},
+            {"latency_ms": {"fp32/b1/s8": 5.0, "bf16/b1/s8": 2.0, "ort-int8/b1/s8": 2.5}}]
+    rounds = {(0, "ort-int8/b1/s8"): [8.0, 9.0, 7.0], (1, "bf16/b1/s8"): [2.0, 2.0, 2.0],
+              (0, "fp32/b4/s8"): [50.0], (0, "fp32/b1/s8"): [20.0] * 3, (0, "bf16/b1/s8"): [12.0] * 3}
+    best_backends(rows, rounds)
+    b = rows[1]["best"]["b1/s8"]
+    assert (b["backend"], b["teacher_backend"], b["speedup_vs_teacher_best"]) == ("bf16", "ort-int8", 4.0)
+    assert b["speedup_quartiles"] == pytest.approx([3.75, 4.25])  # round ratios 4, 4.5, 3.5: median 4
+    assert set(rows[1]["best"]) == {"b1/s8"} and rows[0]["best"]["b4/s8"]["backend"] == "fp32"
+    table = best_table({"models": [{"name": "teacher", **rows[0]}, {"name": "student", **rows[1]}]})
+    assert "| student | PyTorch bf16 autocast, 2.00, **4.0x** (3.8-4.2) | — |" in table
+    assert "| teacher | onnxruntime int8, 8.00 | PyTorch fp32, 50.00 |" in table
+    assert best_table({"models": [{"name": "teacher", "latency_ms": {"fp32/b1/s8": 1.0}}]}) == ""  # an older result
+
+
+def test_fastest_backends_are_chosen_among_those_both_were_timed_on():
+    """The teacher's ONNX export failed: the student's faster int8 figure is not set against the
+    teacher's PyTorch one (that would credit the student with the backend's gain)."""
+    rows = [{"latency_ms": {"fp32/b1/s8": 20.0, "bf16/b1/s8": 16.0}},
+            {"latency_ms": {"fp32/b1/s8": 5.0, "bf16/b1/s8": 4.0, "ort-int8/b1/s8": 1.0}}]
+    rounds = {(0, "bf16/b1/s8"): [16.0], (1, "bf16/b1/s8"): [4.0], (0, "fp32/b1/s8"): [20.0], (1, "fp32/b1/s8"): [5.0]}
+    best_backends(rows, rounds)
+    b = rows[1]["best"]["b1/s8"]
+    assert (b["backend"], b["teacher_backend"], b["speedup_vs_teacher_best"]) == ("bf16", "bf16", 4.0)
 
 
 def test_peak_memory_sees_what_a_pass_allocates():
