@@ -81,16 +81,17 @@ def evaluate(run_dir: str | Path, *, recipe: Recipe | str | Path | dict | None =
 
 
 def bench(run_dir: str | Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats: int = 10, backends=BACKENDS,
-          say: Say = print) -> dict:
-    """Latency, throughput, memory and size of every model of a finished run against its teacher
-    (CPU: PyTorch fp32 and bf16, onnxruntime fp32 and int8). metrics.json and report.md of the run
-    gain the table; returns it."""
+          models: list[str] | None = None, say: Say = print) -> dict:
+    """Latency, throughput, memory and size of every model of a finished run (or of `models`, by
+    name) against its teacher (CPU: PyTorch fp32 and bf16, onnxruntime fp32 and int8). metrics.json
+    and report.md of the run gain the table; returns it."""
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
     if not path.is_file() or not is_run(run_dir):  # bench adds its table to the run's own report
         raise UserError("no metrics.json: not a finished cascade-kd run", where=str(run_dir))
     read_metrics(path)  # a damaged metrics.json: one line, before any timing
-    result = bench_run(run_dir, batch_sizes=batch_sizes, seq_lens=seq_lens, repeats=repeats, backends=backends, say=say)
+    result = bench_run(run_dir, batch_sizes=batch_sizes, seq_lens=seq_lens, repeats=repeats, backends=backends,
+                       models=models, say=say)
     metrics = read_metrics(path)
     metrics["latency"] = result
     write_outputs(run_dir, metrics)  # metrics.json and report.md gain the latency table

@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--backends", nargs="+", choices=BACKENDS, default=BACKENDS,
                        help="PyTorch fp32, PyTorch bf16 autocast, onnxruntime fp32, onnxruntime dynamic int8 (default: all)")
+    bench.add_argument("--models", nargs="+", metavar="NAME",
+                       help="time only these models beside the teacher (names as in the report; default: all)")
 
     export = sub.add_parser("export", help="export a saved model to ONNX (and int8), checked against PyTorch")
     export.add_argument("model_dir", type=Path, help="a saved model: RUN_DIR/teacher or RUN_DIR/stages/NAME")
@@ -192,7 +194,7 @@ def _cmd_bench(args) -> None:
     from cascade_kd.deploy.bench import bench_table, best_section
 
     result = api.bench(args.run_dir, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens, repeats=args.repeats,
-                       backends=args.backends, say=_say)
+                       backends=args.backends, models=args.models, say=_say)
     print("\n".join(["", bench_table(result), *best_section(result)]))
 
 

@@ -310,12 +310,13 @@ def best_backends(rows: list[dict], rounds: dict) -> None:
 
 
 def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats: int = 10, backends=BACKENDS,
-              say=print) -> dict:
+              models=None, say=print) -> dict:
     """Latency, throughput, memory and size of every model of a finished run on every backend (CPU),
     with latency ratios against the teacher on the same backend and setting, and each model's
     fastest backend against the teacher's fastest. At each setting every model and backend is timed
     in the same interleaved rounds (`interleaved_times`), so all of its figures share one stretch of
-    time."""
+    time. `models`: the names of the models to time beside the teacher (default all; 'NAME (trimmed)'
+    for a trimmed copy, which NAME alone also brings)."""
     import json
 
     batch_sizes, seq_lens = list(batch_sizes), list(seq_lens)  # read more than once below
@@ -333,6 +334,7 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
         raise UserError(f"bench --seq-lens {' '.join(map(str, seq_lens))}: the teacher has only {usable} usable "
                         "positions, so no setting can be timed", where=str(teacher_dir),
                         hint=f"pass lengths of at most {usable}")
+    chosen = _models_to_time(run_dir, metrics, models)  # an unknown name: refused before any timing
     active, skipped_backends = _available_backends(list(backends))
     for backend, reason in skipped_backends.items():
         say(f"bench: skipping {backend}: {reason}")
@@ -346,7 +348,7 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
     rows, contestants = [], []  # contestants: (row index, row, model, input names, settings, {backend: (make, make_memory)})
     with tempfile.TemporaryDirectory(prefix="cascade-kd-bench-") as tmp:
         # every model loaded, exported and given its sessions first: the timing below interleaves them
-        for index, (row, directory) in enumerate(_models_to_time(run_dir, metrics)):
+        for index, (row, directory) in enumerate(chosen):
             model = load_checkpoint(directory, metrics["task"])
             usable = _usable_positions(model.config)
             size = weights_size(directory) / 2**20
@@ -447,10 +449,11 @@ def _usable_positions(config) -> int | None:
     return None if not limit else limit - position_offset(config)
 
 
-def _models_to_time(run_dir: Path, metrics: dict) -> list[tuple[dict, Path]]:
-    """Every saved model of the run, each followed by its trimmed copy where `cascade-kd trim` made
-    one in its default place (MODEL_DIR/trimmed, named 'NAME (trimmed)'): what a user ships is timed
-    beside what the run trained. The teacher comes first: ratios are against it."""
+def _models_to_time(run_dir: Path, metrics: dict, wanted=None) -> list[tuple[dict, Path]]:
+    """Every saved model of the run (or those named in `wanted`), each followed by its trimmed copy
+    where `cascade-kd trim` made one in its default place (MODEL_DIR/trimmed, named 'NAME (trimmed)'):
+    what a user ships is timed beside what the run trained. The teacher comes first, always: ratios
+    are against it. A name the run does not have is a UserError that lists the ones it has."""
     models = []
     for row in metrics["models"]:
         directory = run_dir / row["path"]
@@ -458,7 +461,15 @@ def _models_to_time(run_dir: Path, metrics: dict) -> list[tuple[dict, Path]]:
         trimmed = directory / "trimmed"
         if (trimmed / "trim.json").is_file() and weight_files(trimmed):
             models.append(({**row, "name": f"{row['name']} (trimmed)"}, trimmed))
-    return models
+    if wanted is None:
+        return models
+    names = [row["name"] for row, _ in models]
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        raise UserError(f"bench --models {' '.join(unknown)}: no model of {'that name' if len(unknown) == 1 else 'those names'} "
+                        "in the run", where=str(run_dir / "metrics.json"), hint="the run's models: " + ", ".join(names))
+    keep = set(wanted) | {f"{name} (trimmed)" for name in wanted}
+    return [models[0]] + [(row, directory) for row, directory in models[1:] if row["name"] in keep]
 
 
 def _load_average() -> float | None:

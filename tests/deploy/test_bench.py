@@ -168,6 +168,23 @@ def test_fastest_backends_are_chosen_among_those_both_were_timed_on():
     assert (b["backend"], b["teacher_backend"], b["speedup_vs_teacher_best"]) == ("bf16", "bf16", 4.0)
 
 
+def test_models_picks_what_is_timed_beside_the_teacher(run_copy, capsys):
+    """--models NAME times the teacher and NAME (and its trimmed copy); a name the run lacks is one
+    line, exit code 2, listing the names it has, before anything is timed."""
+    assert main(["trim", str(run_copy / "stages" / "student"), "--no-score"]) == 0
+    lat = bench_run(run_copy, batch_sizes=(2,), seq_lens=(8,), repeats=1, backends=("fp32",), models=["student"],
+                    say=lambda m: None)
+    assert [m["name"] for m in lat["models"]] == ["teacher", "student", "student (trimmed)"]
+    lat = bench_run(run_copy, batch_sizes=(2,), seq_lens=(8,), repeats=1, backends=("fp32",),
+                    models=["student (trimmed)"], say=lambda m: None)
+    assert [m["name"] for m in lat["models"]] == ["teacher", "student (trimmed)"]
+    capsys.readouterr()
+    assert main(["bench", str(run_copy), "--backends", "fp32", "--models", "student", "s9"]) == 2
+    err = capsys.readouterr().err
+    assert "--models s9: no model of that name" in err and "teacher, student, student (trimmed)" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_peak_memory_sees_what_a_pass_allocates():
     if memory_baseline() is None:
         pytest.skip("the RSS high-water mark cannot be reset here (needs Linux /proc/self/clear_refs)")
