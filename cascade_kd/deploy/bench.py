@@ -560,7 +560,7 @@ def best_table(bench: dict) -> str:
             else:
                 q1, q3 = b["speedup_quartiles"]
                 cells.append(f"{BACKEND_LABELS.get(b['backend'], b['backend'])}, {b['latency_ms']:.2f}, "
-                             f"**{b['speedup_vs_teacher_best']:.1f}x** ({q1:.1f}-{q3:.1f})")
+                             f"**{b['speedup_vs_teacher_best']:.2f}x** ({q1:.1f}-{q3:.1f})")
         lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

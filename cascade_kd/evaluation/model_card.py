@@ -265,7 +265,7 @@ def _cost(run: RunFiles, row: dict) -> list[str]:
         if best and row["role"] != "teacher":
             lines.append("- Fastest backend against the teacher's fastest (batch/sequence length; the speed-up is the "
                          "median of the ratios of passes timed side by side): " + ", ".join(
-                f"{s} {b['backend']} {b['latency_ms']:.2f} ms, {b['speedup_vs_teacher_best']:.1f}x the teacher's "
+                f"{s} {b['backend']} {b['latency_ms']:.2f} ms, {b['speedup_vs_teacher_best']:.2f}x the teacher's "
                 f"{b['teacher_backend']} {b['teacher_latency_ms']:.2f} ms" for s, b in best.items()) + ".")
     else:
         lines.append("- Latency: not measured (`cascade-kd bench RUN_DIR` measures it and updates this card).")

@@ -63,7 +63,7 @@ def test_bench_writes_every_backend_with_tokenisation_memory_and_size(run_copy, 
     assert "## Latency" in report and "| student | onnxruntime int8 |" in report and "Tokenisation" in report
     assert "fastest backend against the teacher's fastest" in report and best_table(lat) in report
     row = next(line for line in best_table(lat).splitlines() if line.startswith("| student |"))
-    assert f"{student['best']['b4/s8']['speedup_vs_teacher_best']:.1f}x" in row.split(" | ")[-1]
+    assert f"{student['best']['b4/s8']['speedup_vs_teacher_best']:.2f}x" in row.split(" | ")[-1]
     assert "onnxruntime int8" in capsys.readouterr().out
 
 
@@ -152,7 +152,7 @@ def test_best_backend_is_each_models_fastest_against_the_teachers_fastest():
     assert b["speedup_quartiles"] == pytest.approx([3.75, 4.25])  # round ratios 4, 4.5, 3.5: median 4
     assert set(rows[1]["best"]) == {"b1/s8"} and rows[0]["best"]["b4/s8"]["backend"] == "fp32"
     table = best_table({"models": [{"name": "teacher", **rows[0]}, {"name": "student", **rows[1]}]})
-    assert "| student | PyTorch bf16 autocast, 2.00, **4.0x** (3.8-4.2) | — |" in table
+    assert "| student | PyTorch bf16 autocast, 2.00, **4.00x** (3.8-4.2) | — |" in table
     assert "| teacher | onnxruntime int8, 8.00 | PyTorch fp32, 50.00 |" in table
     assert best_table({"models": [{"name": "teacher", "latency_ms": {"fp32/b1/s8": 1.0}}]}) == ""  # an older result
 

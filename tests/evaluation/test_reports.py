@@ -116,8 +116,8 @@ def test_latency_and_onnx_reach_the_report_and_the_card(cascade_run, tmp_path):
     assert len(_images(page)) == 5 and "No latency yet" not in page and "Latency table" in page
     card = (copy / "stages" / "student" / "README.md").read_text()
     assert "fp32/b1/s128 4.00 ms (2.0x the teacher's speed)" in card and "onnx/model.onnx" in card
-    assert "timed side by side): b1/s32 fp32 2.00 ms, 2.0x the teacher's fp32 4.00 ms." in card
-    assert "fastest backend against the teacher" in page and "<strong>2.0x</strong> (1.9-2.1)" in page
+    assert "timed side by side): b1/s32 fp32 2.00 ms, 2.00x the teacher's fp32 4.00 ms." in card
+    assert "fastest backend against the teacher" in page and "<strong>2.00x</strong> (1.9-2.1)" in page
 
 
 def test_card_metadata_of_a_hub_teacher_hub_data_and_flores_codes(tmp_path):
