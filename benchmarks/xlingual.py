@@ -656,7 +656,7 @@ def main() -> int:
                         help="runs trained at once (default 1; on 2 cores, --jobs 2 --threads 1 trains two at once)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per run (default: torch's; 1 when another job shares the cores)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per latency figure")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per latency figure (cascade-kd bench --repeats)")
     parser.add_argument("--only", nargs="+", metavar="RUN", default=None,
                         help="train only these runs (a config such as labels-6, or SETTING/seedN/CONFIG) and what "
                              "they need; the tables still show every finished run")

@@ -90,6 +90,8 @@ def bench(run_dir: str | Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repea
     if not path.is_file() or not is_run(run_dir):  # bench adds its table to the run's own report
         raise UserError("no metrics.json: not a finished cascade-kd run", where=str(run_dir))
     read_metrics(path)  # a damaged metrics.json: one line, before any timing
+    if isinstance(models, str):
+        raise UserError(f"bench models={models!r}: a list of model names is expected", hint=f"models=[{models!r}]")
     result = bench_run(run_dir, batch_sizes=batch_sizes, seq_lens=seq_lens, repeats=repeats, backends=backends,
                        models=models, say=say)
     metrics = read_metrics(path)

@@ -10,8 +10,8 @@ onnxruntime fp32 and onnxruntime dynamic int8, from an export made and checked o
   (`interleaved_times`), so a machine whose
   speed drifts during the bench moves every figure alike and the ratios hold;
 - speed-up against the teacher on the same backend, and each model's fastest backend against the
-  teacher's fastest (`best_backends`): the median of the round-by-round ratios (each round's two
-  passes timed moments apart), with their quartiles;
+  teacher's fastest (`best_backends`): the median of the round-by-round ratios (the two passes of
+  a ratio timed within the same round), with their quartiles;
 - throughput: batch size / median latency, in sequences per second (one stream, no overlap);
 - peak memory: how much the resident set (RSS) of the process grew during a few passes apart from
   the timed ones, over what was resident just before them (weights, inputs and sessions already loaded, so excluded):
@@ -236,8 +236,9 @@ def interleaved_times(runners: list, repeats: int, warmup: int = 2, pause_s: flo
     by round: after `warmup` calls of each, `repeats` rounds in which each runner, after `pause_s`
     idle, is called untimed (once, and again until `rewarm_ms` have passed), then once timed; the
     order rotated by one place every round, and reversed in every other block of as many rounds as
-    there are runners, so each takes every place and no runner always follows the same one. That costs a pause and at least one untimed pass per timed one: a bench
-    takes about twice as long as timing the passes alone.
+    there are runners, so each takes every place and no runner always follows the same one. Each
+    timed pass costs at least 80 ms more (the pause, the untimed passes): at batch 1, where a pass
+    takes a few ms, a bench takes tens of times as long as the timed passes; `--models` shortens it.
 
     Why interleaved: the runners' figures come from the same stretch of time, so when the machine
     slows down or speeds up during a bench (other tenants, clock changes; up to 30% between runs
@@ -245,10 +246,10 @@ def interleaved_times(runners: list, repeats: int, warmup: int = 2, pause_s: flo
     the pause and the untimed calls: right after another model's pass, its threads (onnxruntime's
     and OpenMP's pools spin a while after a call) still compete for the cores, and the caches hold
     its weights. Measured on 2 cores at batch 1 (a 12-layer and a 3-layer model, onnxruntime int8
-    and PyTorch fp32; `benchmarks/interleaving_check.py`): with one untimed call and no pause, the
-    small model's medians came out about 2x the ones timed one model after another; with the pause
-    and one untimed call, about 8% above them; with the pause and 30 ms of untimed calls, within the
-    spread between two calls of the one-after-another timing.
+    and PyTorch fp32; `benchmarks/interleaving_check.py`, results/interleaving_check.json): with one
+    untimed call and no pause, the small model's fp32 medians came out 1.6-1.8x the ones timed one
+    model after another; with the pause and 30 ms of untimed calls, within the call-to-call noise of
+    either way of timing (at batch 1 on that machine, a third).
     Python's garbage collector is paused while timing, as timeit does."""
     for run in runners:
         for _ in range(warmup):
@@ -277,7 +278,7 @@ def interleaved_times(runners: list, repeats: int, warmup: int = 2, pause_s: flo
 
 def round_ratios(slow: list[float], fast: list[float]) -> tuple[float, list[float]]:
     """The median of the round-by-round ratios slow[r] / fast[r] (the speed-up: each round's pair
-    timed moments apart, so a drift of the machine cancels), and their first and third quartiles
+    timed within the same round, so a drift slower than a round cancels), and their first and third quartiles
     (how far it moved between rounds; both equal to the one ratio with one round)."""
     ratios = [a / b for a, b in zip(slow, fast)]
     if len(ratios) < 2:
@@ -559,8 +560,11 @@ def best_table(bench: dict) -> str:
                 cells.append(f"{BACKEND_LABELS.get(b['backend'], b['backend'])}, {b['latency_ms']:.2f}")
             else:
                 q1, q3 = b["speedup_quartiles"]
+                teacher_best = bench["models"][0].get("best", {}).get(s, {}).get("backend")
+                against = (f" vs the teacher's {BACKEND_LABELS.get(b['teacher_backend'], b['teacher_backend'])}"
+                           if b["teacher_backend"] != teacher_best else "")  # e.g. this model's ONNX export failed
                 cells.append(f"{BACKEND_LABELS.get(b['backend'], b['backend'])}, {b['latency_ms']:.2f}, "
-                             f"**{b['speedup_vs_teacher_best']:.2f}x** ({q1:.1f}-{q3:.1f})")
+                             f"**{b['speedup_vs_teacher_best']:.2f}x** ({q1:.2f}-{q3:.2f}){against}")
         lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

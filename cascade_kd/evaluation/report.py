@@ -116,8 +116,10 @@ def render_report(metrics: dict, run_dir: Path | None = None) -> str:
         lat = metrics["latency"]
         parts += ["", "## Latency (`cascade-kd bench`)", "",
                   f"Median forward time in ms on {lat['device']} with {lat['threads']} threads over {lat['repeats']} "
-                  f"repeats ({lat['input']}); in brackets the speed-up against the teacher at the same setting"
-                  + (" and backend" if lat.get("backends") else "") + "."]
+                  + ("rounds" if lat.get("timing") else "repeats") + f" ({lat['input']}); in brackets the speed-up "
+                  "against the teacher at the same setting" + (" and backend" if lat.get("backends") else "")
+                  + (": the median of the round-by-round ratios" if lat.get("timing") else "") + "."
+                  + (f" Timing: {lat['timing']}." if lat.get("timing") else "")]
         if lat.get("backends"):
             note = ("Settings are batch (b) and sequence length (s). seq/s is batch size / median latency; "
                     f"peak MB: {lat['memory']}; size: the weights that backend loads; agreement: argmax "

@@ -111,25 +111,22 @@ def test_interleaved_rounds_time_every_runner_in_turn_after_an_untimed_pass():
 
 
 def test_each_timed_call_follows_a_pause_and_untimed_calls_for_rewarm_ms(monkeypatch):
-    events = []  # ("pause",) or (runner, call time)
+    """On a fake clock that moves 1 ms a call: after each pause, untimed calls until 5 ms have
+    passed, then the timed one (timed at 1 ms)."""
+    clock, events = [0.0], []  # events: ("pause", seconds) or the name of the runner called
     monkeypatch.setattr(time, "sleep", lambda seconds: events.append(("pause", seconds)))
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
 
     def runner(name):
-        return lambda: events.append((name, time.perf_counter()))
+        def run():
+            events.append(name)
+            clock[0] += 0.001
+        return run
 
     times = interleaved_times([runner("a"), runner("b")], repeats=2, warmup=0, pause_s=0.05, rewarm_ms=5)
-    assert [len(t) for t in times] == [2, 2]
-    turns, turn = [], None
-    for event in events:
-        if event[0] == "pause":
-            assert event[1] == 0.05
-            turn = []
-            turns.append(turn)
-        else:
-            turn.append(event)
-    assert [t[0][0] for t in turns] == ["a", "b", "b", "a"]  # the order rotated in the second round
-    for t in turns:  # one runner per turn: untimed calls for at least 5 ms, then the timed one
-        assert len({name for name, _ in t}) == 1 and len(t) >= 3 and t[-1][1] - t[0][1] >= 0.0049
+    assert times == [[pytest.approx(1.0)] * 2] * 2
+    turns = "".join("|" if e == ("pause", 0.05) else e for e in events).split("|")[1:]
+    assert turns == ["a" * 6, "b" * 6, "b" * 6, "a" * 6]  # 5 untimed calls (5 ms), then the timed one; order rotated
 
 
 def test_round_ratios_by_hand():
@@ -152,7 +149,7 @@ def test_best_backend_is_each_models_fastest_against_the_teachers_fastest():
     assert b["speedup_quartiles"] == pytest.approx([3.75, 4.25])  # round ratios 4, 4.5, 3.5: median 4
     assert set(rows[1]["best"]) == {"b1/s8"} and rows[0]["best"]["b4/s8"]["backend"] == "fp32"
     table = best_table({"models": [{"name": "teacher", **rows[0]}, {"name": "student", **rows[1]}]})
-    assert "| student | PyTorch bf16 autocast, 2.00, **4.00x** (3.8-4.2) | — |" in table
+    assert "| student | PyTorch bf16 autocast, 2.00, **4.00x** (3.75-4.25) | — |" in table
     assert "| teacher | onnxruntime int8, 8.00 | PyTorch fp32, 50.00 |" in table
     assert best_table({"models": [{"name": "teacher", "latency_ms": {"fp32/b1/s8": 1.0}}]}) == ""  # an older result
 
@@ -166,6 +163,12 @@ def test_fastest_backends_are_chosen_among_those_both_were_timed_on():
     best_backends(rows, rounds)
     b = rows[1]["best"]["b1/s8"]
     assert (b["backend"], b["teacher_backend"], b["speedup_vs_teacher_best"]) == ("bf16", "bf16", 4.0)
+    # the other way round (the student's export failed): its cell names the teacher backend it was set against
+    rows = [{"name": "teacher", "latency_ms": {"bf16/b1/s8": 16.0, "ort-int8/b1/s8": 8.0}},
+            {"name": "student", "latency_ms": {"bf16/b1/s8": 4.0}}]
+    best_backends(rows, {**rounds, (0, "ort-int8/b1/s8"): [8.0]})
+    assert rows[1]["best"]["b1/s8"]["speedup_vs_teacher_best"] == 4.0
+    assert "**4.00x** (4.00-4.00) vs the teacher's PyTorch bf16 autocast |" in best_table({"models": rows})
 
 
 def test_models_picks_what_is_timed_beside_the_teacher(run_copy, capsys):
@@ -183,6 +186,32 @@ def test_models_picks_what_is_timed_beside_the_teacher(run_copy, capsys):
     err = capsys.readouterr().err
     assert "--models s9: no model of that name" in err and "teacher, student, student (trimmed)" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    from cascade_kd import api
+    from cascade_kd.errors import UserError
+
+    with pytest.raises(UserError, match="a list of model names"):  # not the letters s, t, u, ...
+        api.bench(run_copy, models="student", say=lambda m: None)
+
+
+def test_a_teacher_without_onnx_figures_is_set_against_on_its_own_backends(run_copy, monkeypatch):
+    """The teacher's export fails: the student keeps its onnxruntime figures, and its fastest
+    backend is chosen among the PyTorch ones both have."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'cascade-kd[export]')")
+    import cascade_kd.deploy.bench as bench
+
+    real = bench.export_model
+
+    def export(directory, *args, **kwargs):
+        if directory.name == "teacher":
+            raise bench.UserError("cannot export this teacher")
+        return real(directory, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "export_model", export)
+    lat = bench_run(run_copy, batch_sizes=(2,), seq_lens=(8,), repeats=2, say=lambda m: None)
+    teacher, student = lat["models"]
+    assert "cannot export" in teacher["onnx_error"] and not any(k.startswith("ort") for k in teacher["latency_ms"])
+    assert "ort-int8/b2/s8" in student["latency_ms"] and student["best"]["b2/s8"]["backend"] in ("fp32", "bf16")
+    assert student["best"]["b2/s8"]["teacher_backend"] == teacher["best"]["b2/s8"]["backend"]
 
 
 def test_peak_memory_sees_what_a_pass_allocates():
