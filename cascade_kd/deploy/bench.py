@@ -277,9 +277,9 @@ def interleaved_times(runners: list, repeats: int, warmup: int = 2, pause_s: flo
 
 
 def round_ratios(slow: list[float], fast: list[float]) -> tuple[float, list[float]]:
-    """The median of the round-by-round ratios slow[r] / fast[r] (the speed-up: each round's pair
-    timed within the same round, so a drift slower than a round cancels), and their first and third quartiles
-    (how far it moved between rounds; both equal to the one ratio with one round)."""
+    """The median of the round-by-round ratios slow[r] / fast[r] (the speed-up: both passes of a
+    ratio timed in the same round, so a drift slower than a round cancels), and their first and
+    third quartiles (how far it moved between rounds; both the one ratio when there is one round)."""
     ratios = [a / b for a, b in zip(slow, fast)]
     if len(ratios) < 2:
         return ratios[0], ratios * 2
@@ -288,11 +288,11 @@ def round_ratios(slow: list[float], fast: list[float]) -> tuple[float, list[floa
 
 
 def best_backends(rows: list[dict], rounds: dict) -> None:
-    """Per model and setting, its fastest backend by median latency, and its speed-up against the
-    teacher's fastest backend at that setting, both chosen among the backends both were timed on
-    (the measure a user shipping either one would make):
-    the median and quartiles of the round-by-round ratio of the two (`round_ratios`) (`rounds`: (row index, key) -> the
-    rounds' times; the teacher is row 0); written to each row's "best"."""
+    """Per model and setting, its fastest backend by median latency against the teacher's fastest,
+    both chosen among the backends both were timed on (the measure a user shipping either one would
+    make); the speed-up is the median of the round-by-round ratios of the two, with their quartiles
+    (`round_ratios`). `rounds`: (row index, key) -> that runner's times, round by round; the teacher
+    is row 0. Written to each row's "best"."""
     teacher = rows[0]["latency_ms"]
     for index, entry in enumerate(rows):
         entry["best"] = {}
