@@ -36,7 +36,7 @@ import os
 import statistics
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -140,17 +140,24 @@ def timed(run_once, *, repeats: int, warmup: int = 2) -> tuple[float, float | No
         run_once()
     baseline = memory_baseline()
     times = []
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         for _ in range(repeats):
             started = time.perf_counter()
             run_once()
             times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), memory_growth(baseline)
+
+
+@contextmanager
+def gc_paused():
+    """Python's garbage collector off while timing (as timeit does), back as it was after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
     finally:
         if enabled:
             gc.enable()
-    return statistics.median(times), memory_growth(baseline)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,9 +262,7 @@ def interleaved_times(runners: list, repeats: int, warmup: int = 2, pause_s: flo
         for _ in range(warmup):
             run()
     times = [[] for _ in runners]
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         for round_ in range(repeats):
             order = [(round_ + place) % len(runners) for place in range(len(runners))]
             for i in order[::-1] if (round_ // len(runners)) % 2 else order:
@@ -270,9 +275,6 @@ def interleaved_times(runners: list, repeats: int, warmup: int = 2, pause_s: flo
                 started = time.perf_counter()
                 runners[i]()
                 times[i].append((time.perf_counter() - started) * 1000)
-    finally:
-        if enabled:
-            gc.enable()
     return times
 
 
