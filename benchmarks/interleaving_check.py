@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cascade_kd.deploy.bench import PAUSE_S, REWARM_MS, _ort_runner, _torch_runner, interleaved_times, random_inputs, timed  # noqa: E402
-from cascade_kd.deploy.export import INT8_NAME, _tokenizer, export_model, input_names, session  # noqa: E402
+from cascade_kd.deploy.bench import PAUSE_S, REWARM_MS, interleaved_times, ort_runner, random_inputs, timed, torch_runner  # noqa: E402
+from cascade_kd.deploy.export import INT8_NAME, export_model, input_names, model_tokenizer, session  # noqa: E402
 from cascade_kd.students.hub import load_checkpoint  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "interleaving_check.json"
@@ -36,10 +36,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "interleaving_check.json
 def runners(directory: Path, task: str, onnx_dir: Path) -> dict:
     """The model's int8 onnxruntime session and PyTorch fp32 forward on its batch-1 inputs."""
     model = load_checkpoint(directory, task)
-    inputs = random_inputs(model.config, input_names(model, _tokenizer(directory)), 1, 64)
+    inputs = random_inputs(model.config, input_names(model, model_tokenizer(directory)), 1, 64)
     if not (onnx_dir / INT8_NAME).is_file():
         export_model(directory, onnx_dir, int8=True, check_examples=16, int8_min_agreement=0.0, say=lambda m: None)
-    return {"ort-int8": _ort_runner(session(onnx_dir / INT8_NAME))(inputs), "fp32": _torch_runner(model, inputs, False)}
+    return {"ort-int8": ort_runner(session(onnx_dir / INT8_NAME))(inputs), "fp32": torch_runner(model, inputs, False)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,10 +44,10 @@ import torch
 from cascade_kd.deploy.export import (
     INT8_NAME,
     ONNX_NAME,
-    _tokenizer,
     export_model,
     generated_sentences,
     input_names,
+    model_tokenizer,
     recipe_items,
     session,
     tokenize,
@@ -223,7 +223,9 @@ def _available_backends(backends) -> tuple[list[str], dict[str, str]]:
     return [b for b in backends if b not in skipped], skipped
 
 
-def _torch_runner(model, inputs: dict, bf16: bool):
+def torch_runner(model, inputs: dict, bf16: bool):
+    """A call that runs one forward pass of `model` on `inputs` (numpy arrays by input name), under
+    bf16 autocast when `bf16`: what `interleaved_times` and `timed` time for a PyTorch backend."""
     tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
 
     def run_once():
@@ -364,7 +366,7 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
                         entry.setdefault("skipped", []).append(f"s{seq}: only {usable} usable position embeddings")
                     else:
                         settings.append((batch, seq))
-            makers = {b: (lambda inputs, m=model, bf16=b == "bf16": _torch_runner(m, inputs, bf16), None)
+            makers = {b: (lambda inputs, m=model, bf16=b == "bf16": torch_runner(m, inputs, bf16), None)
                       for b in active if b in TORCH_BACKENDS}
             if any(b in ORT_BACKENDS for b in active):
                 onnx_dir = Path(tmp) / f"onnx-{index}"
@@ -382,10 +384,10 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
                         path = onnx_dir / (ONNX_NAME if backend == "ort-fp32" else INT8_NAME)
                         entry["size_mb_by_backend"][backend] = path.stat().st_size / 2**20
                         # memory on a session without the arena, made only while it is measured
-                        makers[backend] = (_ort_runner(session(path, threads)),
-                                           lambda inputs, path=path: _ort_runner(session(path, threads, arena=False))(inputs))
+                        makers[backend] = (ort_runner(session(path, threads)),
+                                           lambda inputs, path=path: ort_runner(session(path, threads, arena=False))(inputs))
             rows.append(entry)
-            contestants.append((len(rows) - 1, entry, model, input_names(model, _tokenizer(directory)), settings,
+            contestants.append((len(rows) - 1, entry, model, input_names(model, model_tokenizer(directory)), settings,
                                 {b: makers[b] for b in active if b in makers}))  # in the order of `active`
         rounds = _time_every_setting(contestants, batch_sizes, seq_lens, repeats, say)
         del contestants, model, makers  # every model and session goes before the folder of exports
@@ -482,7 +484,9 @@ def _load_average() -> float | None:
         return None
 
 
-def _ort_runner(sess):
+def ort_runner(sess):
+    """For an onnxruntime session, a maker of calls like `torch_runner`'s: given the inputs (those the
+    graph does not take are left out), a call that runs the session once on them."""
     feed_names = {i.name for i in sess.get_inputs()}
 
     def make(inputs: dict):

@@ -348,7 +348,7 @@ def export_model(
 
     started = time.perf_counter()
     model = load_checkpoint(model_dir, task)  # a damaged or foreign checkpoint: a UserError naming the file
-    tokenizer = _tokenizer(model_dir)
+    tokenizer = model_tokenizer(model_dir)
     names = input_names(model, tokenizer)
     source, items = check_items(model_dir, task, check_data, check_examples)
     top = max_length_of(model.config)
@@ -471,7 +471,7 @@ def _legacy_export(path: Path) -> bool:
     return info_file_with(path / INFO_NAME, "opset")
 
 
-def _tokenizer(model_dir: Path):
+def model_tokenizer(model_dir: Path):
     """The model's tokenizer, or None when the directory has none."""
     if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
         return None
