@@ -6,9 +6,10 @@ Reads `benchmarks/results/xlingual.json` (the full mode: PAN-X) and `xlingual_sm
 SIB-200 zero-shot runs have the full mode's sizes) and writes one SVG per figure, with the report's
 own plotting functions (`cascade_kd.evaluation.plots`): per-language retention heatmaps (English
 first, then the zero-shot languages from the teacher's best to its worst) and the per-language
-difference between a cascade and direct distillation of the same shape. Nothing is trained or
-timed: the figures show what the results files hold, means over the seeds they hold, and each
-title says how many. A model or setting missing from a file is left out of its figure, and said.
+difference between a cascade and direct distillation of the same shape, as the benchmark's
+comparison (`ckd.compare`, matched by seed) computed it. Nothing is trained, timed or compared
+here: the figures show what the results files hold, means over the seeds they hold, and each
+title says how many. A model, comparison or setting missing from a file is left out, and said.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ HEATMAPS = {
         "xlingual_small.json", "sib-zs", "SIB-200 topics (accuracy)",
         ["12→6", "12→6→3", "12→6 + transfer text", "12→6→3 + transfer text", "BiLSTM (XtremeDistil)"]),
 }
-# (file, setting, task's name, cascade, direct)
+# (file, setting, task's name, the comparison: its "what" in the setting's "pairs")
 DIFFERENCES = {
     "xlingual-sib200-cascade-vs-direct.svg": ("xlingual_small.json", "sib-zs", "SIB-200, 701 English sentences",
-                                              "12→6→3", "12→3 direct"),
+                                              "12→6→3 against 12→3 direct"),
     "xlingual-panx-cascade-vs-direct.svg": ("xlingual.json", "panx-zs", "PAN-X, 20,000 English sentences",
-                                            "12→6→3", "12→3 direct"),
+                                            "12→6→3 against 12→3 direct"),
 }
 
 
@@ -88,29 +89,32 @@ def heatmap(entry: dict, task: str, wanted: list[str], say) -> str:
     return retention_heatmap(rows, langs, values, title, worst=worst)
 
 
-def difference_values(entry: dict, cascade: str, direct: str) -> tuple[list[str], list[str], list[list[float]]]:
-    """The seeds both models have, the language order, and per language cascade minus direct in
-    points on each of those seeds (paired by seed)."""
-    a, b = entry["models"][cascade]["seeds"], entry["models"][direct]["seeds"]
-    seeds = sorted(set(a) & set(b), key=int)
-    langs = language_order(entry)
-    return seeds, langs, [[100 * (a[s]["per_language"][lang] - b[s]["per_language"][lang]) for s in seeds]
-                          for lang in langs]
-
-
 class NotTrained(Exception):
-    """A model a figure needs is not in the results yet."""
+    """What a figure needs is not in the results yet."""
 
 
-def difference(entry: dict, task: str, cascade: str, direct: str) -> str:
-    missing = [m for m in (cascade, direct) if m not in entry["models"]]
-    if missing:
-        raise NotTrained(" and ".join(map(repr, missing)))
-    seeds, langs, per_seed = difference_values(entry, cascade, direct)
-    if not seeds:
-        raise NotTrained(f"seed on which both {cascade!r} and {direct!r} ran")
+def difference_values(entry: dict, what: str) -> tuple[list[str], list[str], list[list[float]]]:
+    """The comparison `what` of the entry's pairs: its seeds, the language order, and per language
+    the difference in points on each of those seeds (the comparison's own figures, paired by seed)."""
+    pair = next((p for p in entry.get("pairs", []) if p["what"] == what), None)
+    if pair is None:
+        raise NotTrained(f"no comparison {what!r} yet (it needs two or more seeds of both models)")
+    if "per_language" not in pair:
+        raise NotTrained(f"no per-language differences for {what!r} (a results file from before they were "
+                         "kept: python benchmarks/xlingual.py --collect-only writes them)")
+    seeds = [str(s) for s in pair["seeds"]]
+    # a language where no seed has a difference (neither model scored there) has no bar
+    values = {lang: [v for s in seeds if (v := pair["per_language"].get(lang, {}).get(s)) is not None]
+              for lang in language_order(entry)}
+    langs = [lang for lang, v in values.items() if v]
+    return seeds, langs, [values[lang] for lang in langs]
+
+
+def difference(entry: dict, task: str, what: str) -> str:
+    seeds, langs, per_seed = difference_values(entry, what)
     means = [statistics.mean(v) for v in per_seed]
     sds = [statistics.stdev(v) if len(v) > 1 else None for v in per_seed]
+    cascade, _, direct = what.partition(" against ")
     title = f"{task}: {cascade} minus {direct}, points per language (seeds {', '.join(seeds)}: bars the mean, dots each seed)"
     return differences(langs, means, title, "points", sds=sds, per_seed=per_seed)
 
@@ -124,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     drawings = [(name, file, setting,
                  lambda e, name=name, task=task, wanted=wanted: heatmap(e, task, wanted, say=lambda m: print(f"{name}: {m}")))
                 for name, (file, setting, task, wanted) in HEATMAPS.items()]
-    for name, (file, setting, task, cascade, direct) in DIFFERENCES.items():
-        drawings.append((name, file, setting, lambda e, task=task, a=cascade, b=direct: difference(e, task, a, b)))
+    for name, (file, setting, task, what) in DIFFERENCES.items():
+        drawings.append((name, file, setting, lambda e, task=task, what=what: difference(e, task, what)))
     for name, file, setting, draw in drawings:
         entry = load(file, setting, args.results)
         if entry is None:
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             svg = draw(entry)
         except NotTrained as missing:
-            print(f"{name}: skipped, {setting!r} has no {missing} yet")
+            print(f"{name}: skipped, {setting!r}: {missing}")
             continue
         target = args.out / name
         tmp = target.with_suffix(".svg.tmp")

