@@ -172,14 +172,14 @@ def test_sib200_zero_shot_has_the_same_sizes_in_small_and_full_mode(grid_of):
     assert small["sib-zs/seed0/cascade-6"].data.max_train_per_language is None
 
 
-@pytest.mark.parametrize("sweep_name", ["recursive", "three-layer", "six-layer"])
+@pytest.mark.parametrize("sweep_name", ["recursive", "three-layer", "six-layer", "sib-three-layer"])
 def test_every_sweep_variant_is_a_valid_recipe_that_changes_only_its_own_keys(grid_of, sweep_name):
     from cascade_kd.config import Recipe
 
     import xlingual_sweep
 
     sweep = xlingual_sweep.SWEEPS[sweep_name]
-    jobs, _ = grid_of(sweep.mode, ["panx-zs"])
+    jobs, _ = grid_of(sweep.mode, [sweep.setting])
     job, transfer = xlingual_sweep.sweep_inputs(jobs, sweep)
     before = repr(job.recipe)
 
@@ -209,13 +209,17 @@ def test_every_sweep_variant_is_a_valid_recipe_that_changes_only_its_own_keys(gr
             files = {k.split(".")[-1] for k in variant if k.startswith("data.transfer.")}
             assert files == set(xlingual.PANX_LANGUAGES) - {"en"}, (name, files)
     assert repr(job.recipe) == before  # the grid's own recipe is left as it was
-    if sweep_name in ("three-layer", "six-layer"):  # the grid's distilled student, not the labels-only one it replaces
+    if sweep_name != "recursive":  # the grid's distilled student, not the labels-only one it replaces
         base = Recipe.from_dict(xlingual_sweep.variant_recipe(job.recipe, sweep_name, "base", {}, sweep.stage))
         (stage,) = base.cascade.stages
-        layers = 3 if sweep_name == "three-layer" else 6
+        layers = 6 if sweep_name == "six-layer" else 3
         assert stage.student.layers == layers and stage.student.init == "bottom" and stage.student.freeze_embeddings
         assert set(base.cascade.losses) == set(xlingual.LIGHTMBERT) and stage.losses is None
         assert base.train.lr == 1.0e-4 and base.train.epochs == xlingual.SIZES["full"]["epochs"]
+    if sweep_name == "sib-three-layer":  # SIB-200 on every language: the grid's own data and teacher
+        grid_recipe = next(j for j in jobs if j.name == "sib-all/seed0/cascade-3").build()
+        assert (base.data, base.teacher, base.train) == (grid_recipe.data, grid_recipe.teacher, grid_recipe.train)
+        assert set(base.data.train_languages or base.data.languages) == set(base.data.languages) and len(base.data.languages) == 41
     if sweep_name == "six-layer":  # its base is the grid's seed-0 12->6 (cascade-3's first stage): not run again
         grid_recipe = next(j for j in jobs if j.name == "panx-zs/seed0/cascade-3").build()
         assert (base.seed, base.data, base.teacher, base.train, base.cascade.losses) == (
@@ -378,3 +382,11 @@ def test_cascade_against_direct_keeps_each_languages_difference_seed_by_seed(tmp
     assert pair["zero_shot"]["per_seed"] == pytest.approx({"0": 2.5, "1": -2.5})
     assert pair["zero_shot_languages_won"] == 1 and pair["zero_shot_languages"] == 2  # ar ahead on average, de behind
     assert (out / "panx-zs" / "compare" / "aggregate.json").is_file()
+
+
+def test_a_sweep_row_shows_a_dash_where_its_setting_has_no_zero_shot_language():
+    import xlingual_sweep
+
+    row = ("lr3e-4", 0.81, 0.80, None, 0.951, None, 612.4)
+    assert xlingual_sweep.cells(row) == ["lr3e-4", "81.0", "80.0", "—", "95.1", "—", "612"]
+    assert len(xlingual_sweep.cells(row)) == len(xlingual_sweep.HEADER)
