@@ -98,15 +98,17 @@ def difference_values(entry: dict, what: str) -> tuple[list[str], list[str], lis
     the difference in points on each of those seeds (the comparison's own figures, paired by seed)."""
     pair = next((p for p in entry.get("pairs", []) if p["what"] == what), None)
     if pair is None:
-        raise NotTrained(f"no comparison {what!r} yet (it needs two or more seeds of both models)")
+        raise NotTrained(f"no comparison {what!r} yet (it needs two or more finished runs of its config)")
     if "per_language" not in pair:
-        raise NotTrained(f"no per-language differences for {what!r} (a results file from before they were "
-                         "kept: python benchmarks/xlingual.py --collect-only writes them)")
+        raise NotTrained(f"no per-language differences for {what!r} (kept since 2026-12-06: python "
+                         "benchmarks/xlingual.py --collect-only adds them where the runs are there to compare)")
     seeds = [str(s) for s in pair["seeds"]]
     # a language where no seed has a difference (neither model scored there) has no bar
     values = {lang: [v for s in seeds if (v := pair["per_language"].get(lang, {}).get(s)) is not None]
               for lang in language_order(entry)}
     langs = [lang for lang, v in values.items() if v]
+    if not langs:  # no seed both models ran (or no value on any): nothing to draw, the old figure stays
+        raise NotTrained(f"seed on which both sides of {what!r} have scores")
     return seeds, langs, [values[lang] for lang in langs]
 
 

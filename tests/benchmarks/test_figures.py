@@ -32,8 +32,9 @@ def entry() -> dict:
             "direct": {"seeds": {"0": seed({"en": 0.8, "de": 0.3, "ru": 0.6, "zh": 0.2}, teacher),
                                  "2": seed({"en": 0.1, "de": 0.1, "ru": 0.1, "zh": 0.1}, teacher)}},
         },
-        # as benchmarks/xlingual.py keeps a comparison: points per language and seed (seed 1 had no
-        # direct run, so the comparison has seeds 0 and 2 here only for the test's sake)
+        # as benchmarks/xlingual.py keeps a comparison: points per language and seed; deliberately
+        # not what the models above give (there is no cascade seed 2): the figure must draw the
+        # comparison's own values, never compute them again
         "pairs": [{"what": "cascade against direct", "seeds": [0, 2],
                    "per_language": {"en": {"0": -71.0, "2": -1.0}, "de": {"0": 0.0, "2": 3.0},
                                     "ru": {"0": 20.0, "2": None}, "zh": {"0": -10.0, "2": -12.0}}}],
@@ -61,12 +62,18 @@ def test_differences_are_the_comparisons_own_in_the_language_order(entry):
 def test_a_difference_figure_says_whose_difference_it_draws(entry):
     pytest.importorskip("matplotlib")
     svg = figures.difference(entry, "Task", "cascade against direct")
-    assert svg.startswith("<svg") and "cascade minus direct" in svg
+    assert svg.startswith("<svg") and "cascade minus direct" in svg and "seeds 0, 2" in svg
 
 
 def test_a_results_file_from_before_per_language_differences_is_said(entry):
     del entry["pairs"][0]["per_language"]
-    with pytest.raises(figures.NotTrained, match="--collect-only writes them"):
+    with pytest.raises(figures.NotTrained, match="--collect-only adds them"):
+        figures.difference_values(entry, "cascade against direct")
+
+
+def test_a_comparison_without_a_paired_seed_draws_nothing(entry):
+    entry["pairs"][0].update(seeds=[], per_language={lang: {} for lang in entry["languages"]})
+    with pytest.raises(figures.NotTrained, match="seed on which both sides"):
         figures.difference_values(entry, "cascade against direct")
 
 
@@ -98,6 +105,6 @@ def test_a_comparison_not_made_yet_is_skipped_and_said(tmp_path, entry, monkeypa
     monkeypatch.setattr(figures, "HEATMAPS", {})
     monkeypatch.setattr(figures, "DIFFERENCES", {"d.svg": ("f.json", "s", "task", "cascade against unpaired")})
     assert figures.main(["--out", str(tmp_path)]) == 0
-    assert "d.svg: skipped, 's': no comparison 'cascade against unpaired' yet (it needs two or more seeds" \
+    assert "d.svg: skipped, 's': no comparison 'cascade against unpaired' yet (it needs two or more finished" \
         in capsys.readouterr().out
     assert not (tmp_path / "d.svg").exists()
