@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -351,9 +353,6 @@ def test_cascade_against_direct_keeps_each_languages_difference_seed_by_seed(tmp
     """The comparison kept in the results (what figures.py draws): per language, cascade minus
     direct in points on each seed, computed by hand here from made-up runs; overall, seen and
     zero-shot differences and the zero-shot languages won, from the same `ckd.compare`."""
-    import json
-    from types import SimpleNamespace
-
     languages, out = ["en", "de", "ar"], tmp_path / "out"
     scores = {0: {"s3": [0.80, 0.50, 0.30], "direct": [0.70, 0.55, 0.20]},
               1: {"s3": [0.82, 0.40, 0.25], "direct": [0.80, 0.45, 0.25]}}
