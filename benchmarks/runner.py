@@ -22,7 +22,9 @@ needs) and the tables it builds from their metrics.json files.
 - with an `archive` (a JSON file kept apart from OUT, such as in the repository), every finished
   job's metrics.json and grid record are copied there, and a grid whose OUT was lost (another
   machine, a wiped disk) restores them instead of training again: a restored job has its scores
-  but no model, so a job that must train retrains what it depends on first;
+  but no model, so a job that must train retrains what it depends on first, or, where it reads
+  one model of it only (`needs_model`: a shared teacher), just that model (a run of the
+  dependency's recipe stopped after it, in OUT/.models/<name>, linked from RUN_DIR/<model>);
 - `only` (job names) trains those jobs and what they need; the others are left as they are.
 
 The rest are the small helpers the tables share: metrics.json read back, mean ± sample sd over seeds,
@@ -37,6 +39,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import threading
 import time
@@ -298,6 +301,49 @@ def _train(job: Job, run_dir: Path, log_path: Path, threads: int | None, say: Sa
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name()}
 
 
+def partial_dir(out_dir: Path, name: str) -> Path:
+    """Where a restored job's one model is trained (a run of its recipe stopped after that model)."""
+    return out_dir / ".models" / name
+
+
+def _train_model(job: Job, run_dir: Path, partial: Path, model: str, log_path: Path, threads: int | None,
+                 say: Say | None = None) -> dict:
+    """Train `model` of a restored job (its scores archived, its models not here) as a run of its
+    recipe into `partial`, stopped once that model is saved, and link RUN_DIR/`model` to it; a
+    record ({"status", "wall_s", ...}), never an exception."""
+    from cascade_kd.cascade import run_recipe
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    log = _say_to(log_path, job.name, say)
+    started = time.perf_counter()
+    try:
+        run_recipe(job.build(), partial, resume=True, say=log, until=model)
+    except Exception as exc:  # noqa: BLE001 - reported; the jobs that read the model are not started
+        log(f"FAILED training its {model}: {type(exc).__name__}: {exc}")
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_s": time.perf_counter() - started}
+    link = run_dir / model
+    if link.is_symlink() or link.exists():  # a link or a half-made copy of an earlier call: not a finished model
+        link.unlink() if link.is_symlink() else shutil.rmtree(link)
+    link.symlink_to(os.path.relpath(partial / model, run_dir))  # relative: OUT may move
+    wall = time.perf_counter() - started
+    log(f"{model} finished in {wall:.0f} s (in {partial}, linked from {link})")
+    return {"status": "done", "wall_s": wall, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name()}
+
+
+def reclaim_partial(run_dir: Path, partial: Path) -> None:
+    """A job that was restored, one of its models trained for others in `partial`, now trains in
+    full: its links go and the partial run takes RUN_DIR's place, so that it resumes from there."""
+    for entry in list(run_dir.iterdir()) if run_dir.is_dir() else []:
+        if entry.is_symlink():
+            entry.unlink()
+    if partial.is_dir() and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+        os.replace(partial, run_dir)
+
+
 def cpu_name() -> str:
     """This machine's CPU model (it changes between sittings: timings say where they were taken)."""
     try:
@@ -431,11 +477,27 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
     wanted = [j for j in jobs if train and j.name not in done_here and j.name not in restorable
               and (only is None or j.name in only)]
     need, stack = {j.name for j in wanted}, list(wanted)
+    # a dependency whose scores are archived, and of which the jobs that must train read one model
+    # only (a shared teacher): that model trains here, the rest of it is restored, not retrained
+    model_of: dict[str, set[str]] = {}
     while stack:
-        for dep in stack.pop().depends_on:
-            if dep not in need and (dep not in done_here or restored(out_dir / dep)):
+        job = stack.pop()
+        for dep in job.depends_on:
+            archived_here = dep in restorable or (dep in done_here and restored(out_dir / dep))
+            if dep not in need and archived_here and job.needs_model.get(dep):
+                model_of.setdefault(dep, set()).add(job.needs_model[dep])
+            elif dep not in need and (dep not in done_here or restored(out_dir / dep)):
                 need.add(dep)
                 stack.append(by_name[dep])
+    models_only = {dep: next(iter(m)) for dep, m in model_of.items() if dep not in need and len(m) == 1}
+    for dep in set(model_of) - set(models_only):  # read in full, or more than one of its models: it trains
+        need.add(dep)
+        pending_deps = [by_name[dep]]
+        while pending_deps:
+            for d in pending_deps.pop().depends_on:
+                if d not in need and (d not in done_here or restored(out_dir / d)):
+                    need.add(d)
+                    pending_deps.append(by_name[d])
     mismatched = [j.name for j in in_archive if j.name not in restorable]
     if mismatched:  # the fingerprint holds absolute paths: --out, --teacher and the checkout must be the same
         log(f"{len(mismatched)} archived run(s) not restored, their recipe differs from this grid's (first: "
@@ -446,6 +508,7 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
         if job.name in need:
             if restored(run_dir):
                 unrestore(run_dir)
+                reclaim_partial(run_dir, partial_dir(out_dir, job.name))
                 log(f"{job.name}: restored before, trains again (a job that must train needs its model)")
             if (records.get(job.name) or {}).get("restored"):  # the archived record is not this run's
                 records[job.name] = {}
@@ -477,15 +540,28 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
 
     def model_ready(job: Job, dep: str) -> bool:  # the one model of `dep` this job reads is finished
         model = job.needs_model.get(dep)
-        return model is not None and (out_dir / dep / model / "stage.json").is_file() and not restored(out_dir / dep)
+        return (model is not None and (out_dir / dep / model / "stage.json").is_file()
+                and (not restored(out_dir / dep) or dep in models_only))
 
     def blocked(job: Job) -> str | None:
-        bad = [d for d in job.depends_on if records.get(d, {}).get("status") in ("failed", "blocked")
-               and not model_ready(job, d)]
+        bad = [d for d in job.depends_on if (records.get(d, {}).get("status") in ("failed", "blocked")
+               or (records.get(d) or {}).get("model_status") == "failed") and not model_ready(job, d)]
         return f"not started: {', '.join(bad)} did not finish" if bad else None
 
     def ready(job: Job) -> bool:
-        return all(records.get(d, {}).get("status") == "done" or model_ready(job, d) for d in job.depends_on)
+        return all((records.get(d, {}).get("status") == "done" and d not in models_only) or model_ready(job, d)
+                   for d in job.depends_on)
+
+    # the models restored jobs lack and others read: trained first, one at a time, on every thread
+    for dep, model in sorted(models_only.items()):
+        if (out_dir / dep / model / "stage.json").is_file():
+            continue
+        log(f"{dep}: restored from the archive; training its {model} only (the runs to train read it)")
+        result = _train_model(by_name[dep], out_dir / dep, partial_dir(out_dir, dep), model, log_path,
+                              None if threads is None else threads * max(parallel, 1), say)
+        records[dep]["model_status"] = result.pop("status")
+        records[dep].setdefault("models_trained_here", {})[model] = result
+        save()
 
     def settle(job: Job, result: dict) -> None:
         record(job, **result)

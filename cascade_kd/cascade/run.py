@@ -52,10 +52,17 @@ from cascade_kd.training.setup import resolve_precision
 
 
 def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = False, say=print,
-               run_set: RunSet | None = None) -> dict:
+               run_set: RunSet | None = None, until: str | None = None) -> dict:
     """Run a whole recipe; returns the metrics written to RUN_DIR/metrics.json. `run_set`: the set
-    of runs this one belongs to (`run --seeds`), for the time-left estimate."""
+    of runs this one belongs to (`run --seeds`), for the time-left estimate. `until` (a model's
+    name: teacher, a stage, direct) stops once that model is saved, scoring nothing and returning
+    {"stopped_after": until}: a grid whose other runs read only this run's teacher trains no more
+    of it (a `--resume` later goes on from there)."""
     check_resume_or_overwrite(out, resume=resume, overwrite=overwrite)
+    stages = recipe.cascade.stages
+    names = ["teacher", *(s.name for s in stages), *(["direct"] if recipe.cascade.direct and len(stages) > 1 else [])]
+    if until is not None and until not in names:
+        raise RecipeError(f"until={until!r}: the recipe has no such model", hint=f"one of {', '.join(names)}")
     out = output_path(out)  # a path that cannot be a directory is reported before any work
     say = main_say(say)
     job = prepare(recipe, out, say)  # every input check happens before RUN_DIR is touched
@@ -63,15 +70,18 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bo
         if is_main():  # RUN_DIR is locked until the run ends; the training lines go to `say` too
             write_manifest(job)
         barrier()  # the others read RUN_DIR (finished stages, training state) only once it is ready
-        return _run(job, run_set)
+        return _run(job, run_set, until)
 
 
-def _run(job: Job, run_set: RunSet | None = None) -> dict:
+def _run(job: Job, run_set: RunSet | None = None, until: str | None = None) -> dict:
     recipe, out = job.recipe, job.out
     started = time.perf_counter()
     job.progress = RunProgress(training_plan(job), run_set)
+    stopped = {"stopped_after": until}
 
     teacher, teacher_info = get_teacher(job)
+    if until == "teacher":
+        return stopped
     models = [("teacher", "teacher", teacher, teacher_info, out / "teacher")]
     chain = [teacher]  # the teacher, then each stage's student (loaded too when done before a resume)
     stages = recipe.cascade.stages
@@ -82,12 +92,16 @@ def _run(job: Job, run_set: RunSet | None = None) -> dict:
         role = "student" if i == len(stages) - 1 else "assistant"
         models.append((stage.name, role, student, info, out / "stages" / stage.name))
         chain.append(student)
+        if until == stage.name:
+            return stopped
     current = chain[-1]
     if recipe.cascade.direct and len(stages) > 1:
         final = stages[-1]
         spec = direct_spec(final_spec(stages), current.config, teacher.config)
         student, info = distil_stage(job, "direct", final, teacher, len(stages) - 1, spec=spec)
         models.append(("direct", "direct", student, info, out / "stages" / "direct"))
+        if until == "direct":
+            return stopped
     elif recipe.cascade.direct and stages and "direct" in recipe.cascade.model_fields_set:  # asked for, not the default
         job.say(f"direct: not trained: with one stage, {stages[0].name} is itself distilled straight from the "
                 "teacher (cascade.direct compares a chain of stages with that)")

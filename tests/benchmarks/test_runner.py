@@ -263,6 +263,61 @@ def test_a_lost_out_is_restored_from_the_archive_and_what_must_train_retrains_it
     assert kept["jobs"]["teacher"]["record"]["finished"] == after["jobs"]["teacher"]["finished"]
 
 
+def test_a_restored_job_whose_teacher_others_read_trains_that_model_only(demo_workspace, tmp_path):
+    """A wiped OUT, a new run that reads the restored first job's teacher: the teacher alone trains
+    again (a run of the first job's recipe stopped after it), its scores stay the archived ones; a
+    run that reads the whole job later takes that partial run over and resumes it."""
+    out, archive = tmp_path / "out", tmp_path / "runs.json"
+    first = Job("first", fast_recipe(demo_workspace, cascade={"stages": [{"name": "s1", "student": {"layers": 1}}]}))
+    def reader(name: str, seed: int, only_teacher: bool = True) -> Job:
+        return Job(name, fast_recipe(demo_workspace, **loaded_teacher(out, "first")), seed=seed, depends_on=["first"],
+                   needs_model={"first": "teacher"} if only_teacher else {})
+    run_grid([first, reader("a", 1)], out, archive=archive, say=lambda m: None)
+    kept = json.loads(archive.read_text())["jobs"]["first"]
+    shutil.rmtree(out)
+
+    lines = []
+    grid = run_grid([first, reader("a", 1), reader("b", 2)], out, archive=archive, say=lines.append)
+    assert grid["jobs"]["b"]["status"] == "done" and (out / "b" / "metrics.json").is_file()
+    assert runner.restored(out / "first") and runner.restored(out / "a")  # scores kept, not trained
+    assert grid["jobs"]["first"]["model_status"] == "done" and grid["jobs"]["first"]["models_trained_here"]["teacher"]
+    partial = runner.partial_dir(out, "first")
+    assert (out / "first" / "teacher").is_symlink() and (out / "first" / "teacher" / "stage.json").is_file()
+    assert not (partial / "stages" / "s1").exists() and not (partial / "metrics.json").exists()  # stopped there
+    assert json.loads(archive.read_text())["jobs"]["first"] == kept
+    assert any("first: restored from the archive; training its teacher only" in line for line in lines)
+    assert not any("first: starting" in line for line in lines)
+    teacher_info = (partial / "teacher" / "stage.json").read_text()
+
+    # a call again: nothing trains (the model is here)
+    lines = []
+    run_grid([first, reader("a", 1), reader("b", 2)], out, archive=archive, say=lines.append)
+    assert not any("training its teacher only" in line or "starting" in line for line in lines)
+
+    # a run that reads the whole first job: it trains, from the partial run (its teacher not again)
+    lines = []
+    grid = run_grid([first, reader("a", 1), reader("b", 2), reader("c", 3, only_teacher=False)], out,
+                    archive=archive, say=lines.append)
+    assert grid["jobs"]["first"]["status"] == "done" and not runner.restored(out / "first")
+    assert (out / "first" / "stages" / "s1" / "stage.json").is_file() and not partial.exists()
+    assert not (out / "first" / "teacher").is_symlink()
+    assert (out / "first" / "teacher" / "stage.json").read_text() == teacher_info
+    assert any("teacher: already trained, loading it (resume)" in line for line in lines)
+
+
+def test_until_stops_a_run_after_the_model_named_and_refuses_one_it_lacks(demo_workspace, tmp_path):
+    from cascade_kd.cascade import run_recipe
+    from cascade_kd.config import Recipe
+
+    recipe = Recipe.from_dict(fast_recipe(demo_workspace))
+    with pytest.raises(cascade_kd.RecipeError, match="until='s9': the recipe has no such model"):
+        run_recipe(recipe, tmp_path / "x", until="s9", say=lambda m: None)
+    assert not (tmp_path / "x").exists()
+    assert run_recipe(recipe, tmp_path / "run", until="teacher", say=lambda m: None) == {"stopped_after": "teacher"}
+    assert (tmp_path / "run" / "teacher" / "stage.json").is_file()
+    assert not (tmp_path / "run" / "stages").exists() and not (tmp_path / "run" / "metrics.json").exists()
+
+
 def test_a_job_trained_again_keeps_its_archived_run_whole_until_its_new_post_step(demo_workspace, tmp_path,
                                                                                    monkeypatch):
     """An interrupted job trains again over a record whose post step described the model before:
