@@ -476,28 +476,26 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
     restorable = {j.name for j in in_archive if archived[j.name].get("fingerprint") == j.build().fingerprint()}
     wanted = [j for j in jobs if train and j.name not in done_here and j.name not in restorable
               and (only is None or j.name in only)]
-    need, stack = {j.name for j in wanted}, list(wanted)
     # a dependency whose scores are archived, and of which the jobs that must train read one model
     # only (a shared teacher): that model trains here, the rest of it is restored, not retrained
+    need: set[str] = set()
     model_of: dict[str, set[str]] = {}
-    while stack:
-        job = stack.pop()
+
+    def require(job: Job) -> None:  # the job trains, and what it reads that has no model here
+        need.add(job.name)
         for dep in job.depends_on:
-            archived_here = dep in restorable or (dep in done_here and restored(out_dir / dep))
-            if dep not in need and archived_here and job.needs_model.get(dep):
+            if dep in need:
+                continue
+            if job.needs_model.get(dep) and (dep in restorable or (dep in done_here and restored(out_dir / dep))):
                 model_of.setdefault(dep, set()).add(job.needs_model[dep])
-            elif dep not in need and (dep not in done_here or restored(out_dir / dep)):
-                need.add(dep)
-                stack.append(by_name[dep])
-    models_only = {dep: next(iter(m)) for dep, m in model_of.items() if dep not in need and len(m) == 1}
-    for dep in set(model_of) - set(models_only):  # read in full, or more than one of its models: it trains
-        need.add(dep)
-        pending_deps = [by_name[dep]]
-        while pending_deps:
-            for d in pending_deps.pop().depends_on:
-                if d not in need and (d not in done_here or restored(out_dir / d)):
-                    need.add(d)
-                    pending_deps.append(by_name[d])
+            elif dep not in done_here or restored(out_dir / dep):
+                require(by_name[dep])
+
+    for job in wanted:
+        require(job)
+    for dep in [d for d, models in model_of.items() if len(models) > 1 and d not in need]:
+        require(by_name[dep])  # more than one of its models is read: it trains whole
+    models_only = {dep: next(iter(models)) for dep, models in model_of.items() if dep not in need}
     mismatched = [j.name for j in in_archive if j.name not in restorable]
     if mismatched:  # the fingerprint holds absolute paths: --out, --teacher and the checkout must be the same
         log(f"{len(mismatched)} archived run(s) not restored, their recipe differs from this grid's (first: "
