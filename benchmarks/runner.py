@@ -227,9 +227,15 @@ def restore(job: Job, run_dir: Path, entry: dict, archive: Path) -> None:
 
 
 def unrestore(run_dir: Path) -> None:
-    """Remove what `restore` wrote (only that; RESTORED last), so that the job trains into RUN_DIR afresh."""
+    """Remove what `restore` wrote (only that; RESTORED last), so that the job trains into RUN_DIR
+    afresh, and the links to a model trained for other runs (`_train_model`): its partial run stays."""
     for name in ("metrics.json", "manifest.json", RESTORED):
         (run_dir / name).unlink(missing_ok=True)
+    for link in [p for p in run_dir.rglob("*") if p.is_symlink()] if run_dir.is_dir() else []:
+        link.unlink()
+    for folder in sorted((p for p in run_dir.rglob("*") if p.is_dir()), reverse=True) if run_dir.is_dir() else []:
+        if not any(folder.iterdir()):  # stages/, left empty by a link to stages/NAME
+            folder.rmdir()
 
 
 def undo_stale_restores(jobs: list[Job], out_dir: Path) -> None:
@@ -319,15 +325,21 @@ def _train_model(job: Job, run_dir: Path, partial: Path, model: str, log_path: P
         torch.set_num_threads(threads)
     log = _say_to(log_path, job.name, say)
     started = time.perf_counter()
+    link = run_dir / model  # `model` is a folder of a run: teacher, stages/NAME
     try:
-        run_recipe(job.build(), partial, resume=True, say=log, until=model)
+        if (read_json(partial / "manifest.json") or {}).get("recipe_fingerprint", job.build().fingerprint()) \
+                != job.build().fingerprint():  # a partial run of the job's recipe before it changed
+            shutil.rmtree(partial)
+        run_recipe(job.build(), partial, resume=True, say=log, until=model.removeprefix("stages/"))
+        if link.is_symlink() or link.is_file():  # a link of an earlier call
+            link.unlink()
+        elif link.exists():  # a half-made copy: not a finished model
+            shutil.rmtree(link)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(partial / model, link.parent))  # relative: OUT may move
     except Exception as exc:  # noqa: BLE001 - reported; the jobs that read the model are not started
         log(f"FAILED training its {model}: {type(exc).__name__}: {exc}")
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_s": time.perf_counter() - started}
-    link = run_dir / model
-    if link.is_symlink() or link.exists():  # a link or a half-made copy of an earlier call: not a finished model
-        link.unlink() if link.is_symlink() else shutil.rmtree(link)
-    link.symlink_to(os.path.relpath(partial / model, run_dir))  # relative: OUT may move
     wall = time.perf_counter() - started
     log(f"{model} finished in {wall:.0f} s (in {partial}, linked from {link})")
     return {"status": "done", "wall_s": wall, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name()}
@@ -335,10 +347,8 @@ def _train_model(job: Job, run_dir: Path, partial: Path, model: str, log_path: P
 
 def reclaim_partial(run_dir: Path, partial: Path) -> None:
     """A job that was restored, one of its models trained for others in `partial`, now trains in
-    full: its links go and the partial run takes RUN_DIR's place, so that it resumes from there."""
-    for entry in list(run_dir.iterdir()) if run_dir.is_dir() else []:
-        if entry.is_symlink():
-            entry.unlink()
+    full (its links went with `unrestore`): the partial run takes RUN_DIR's place, so that it
+    resumes from there."""
     if partial.is_dir() and run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()
         os.replace(partial, run_dir)
@@ -486,8 +496,9 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
         for dep in job.depends_on:
             if dep in need:
                 continue
-            if job.needs_model.get(dep) and (dep in restorable or (dep in done_here and restored(out_dir / dep))):
-                model_of.setdefault(dep, set()).add(job.needs_model[dep])
+            if (job.needs_model.get(dep) and not by_name[dep].depends_on
+                    and (dep in restorable or (dep in done_here and restored(out_dir / dep)))):
+                model_of.setdefault(dep, set()).add(job.needs_model[dep])  # (one that reads others trains whole)
             elif dep not in done_here or restored(out_dir / dep):
                 require(by_name[dep])
 
@@ -544,7 +555,9 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
     def blocked(job: Job) -> str | None:
         bad = [d for d in job.depends_on if (records.get(d, {}).get("status") in ("failed", "blocked")
                or (records.get(d) or {}).get("model_status") == "failed") and not model_ready(job, d)]
-        return f"not started: {', '.join(bad)} did not finish" if bad else None
+        return f"not started: {', '.join(bad)} did not finish" + (
+            f" (its {job.needs_model[bad[0]]}, trained for the runs that read it)" if bad[0] in models_only else ""
+        ) if bad else None
 
     def ready(job: Job) -> bool:
         return all((records.get(d, {}).get("status") == "done" and d not in models_only) or model_ready(job, d)
@@ -642,6 +655,9 @@ def failures(grid: dict) -> dict[str, str]:
            if r.get("status") in ("failed", "blocked")}
     out.update({f"{name} (post step)": r["after"].get("error") for name, r in grid.get("jobs", {}).items()
                 if (r.get("after") or {}).get("status") == "failed"})
+    out.update({f"{name} ({model}, for the runs that read it)": m.get("error")
+                for name, r in grid.get("jobs", {}).items() if r.get("model_status") == "failed"
+                for model, m in (r.get("models_trained_here") or {}).items() if "error" in m})
     return out
 
 

@@ -263,7 +263,8 @@ def test_a_lost_out_is_restored_from_the_archive_and_what_must_train_retrains_it
     assert kept["jobs"]["teacher"]["record"]["finished"] == after["jobs"]["teacher"]["finished"]
 
 
-def test_a_restored_job_whose_teacher_others_read_trains_that_model_only(demo_workspace, tmp_path):
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_restored_job_whose_teacher_others_read_trains_that_model_only(demo_workspace, tmp_path, parallel):
     """A wiped OUT, a new run that reads the restored first job's teacher: the teacher alone trains
     again (a run of the first job's recipe stopped after it), its scores stay the archived ones; a
     run that reads the whole job later takes that partial run over and resumes it."""
@@ -277,7 +278,7 @@ def test_a_restored_job_whose_teacher_others_read_trains_that_model_only(demo_wo
     shutil.rmtree(out)
 
     lines = []
-    grid = run_grid([first, reader("a", 1), reader("b", 2)], out, archive=archive, say=lines.append)
+    grid = run_grid([first, reader("a", 1), reader("b", 2)], out, archive=archive, say=lines.append, parallel=parallel)
     assert grid["jobs"]["b"]["status"] == "done" and (out / "b" / "metrics.json").is_file()
     assert runner.restored(out / "first") and runner.restored(out / "a")  # scores kept, not trained
     assert grid["jobs"]["first"]["model_status"] == "done" and grid["jobs"]["first"]["models_trained_here"]["teacher"]
@@ -297,12 +298,54 @@ def test_a_restored_job_whose_teacher_others_read_trains_that_model_only(demo_wo
     # a run that reads the whole first job: it trains, from the partial run (its teacher not again)
     lines = []
     grid = run_grid([first, reader("a", 1), reader("b", 2), reader("c", 3, only_teacher=False)], out,
-                    archive=archive, say=lines.append)
+                    archive=archive, say=lines.append, parallel=parallel)
     assert grid["jobs"]["first"]["status"] == "done" and not runner.restored(out / "first")
     assert (out / "first" / "stages" / "s1" / "stage.json").is_file() and not partial.exists()
     assert not (out / "first" / "teacher").is_symlink()
     assert (out / "first" / "teacher" / "stage.json").read_text() == teacher_info
-    assert any("teacher: already trained, loading it (resume)" in line for line in lines)
+    # (in grid.log: a worker process's lines do not reach `say`)
+    assert "[first] teacher: already trained, loading it (resume)" in (out / "grid.log").read_text().split(
+        "first: restored before, trains again")[-1]
+
+
+def test_a_stage_read_by_others_trains_alone_and_a_changed_recipe_leaves_no_link_behind(demo_workspace, tmp_path):
+    """needs_model names a folder (stages/s1): the partial run stops after that stage. When the
+    restored job's recipe changes, its restore is undone with the link, and the grid still starts."""
+    out, archive = tmp_path / "out", tmp_path / "runs.json"
+    stages = {"stages": [{"name": "s1", "student": {"layers": 1}}, {"name": "s0", "student": {"layers": 1}}]}
+    first = Job("first", fast_recipe(demo_workspace, cascade=stages))
+    stage_s1 = merge(loaded_teacher(out, "first"), {"teacher": {"model": str(out / "first" / "stages" / "s1")}})
+    reader = Job("reader", fast_recipe(demo_workspace, **stage_s1), seed=4,
+                 depends_on=["first"], needs_model={"first": "stages/s1"})
+    run_grid([first], out, archive=archive, say=lambda m: None)
+    shutil.rmtree(out)
+    grid = run_grid([first, reader], out, archive=archive, say=lambda m: None)
+    partial = runner.partial_dir(out, "first")
+    assert grid["jobs"]["reader"]["status"] == "done", grid["jobs"]["reader"].get("error")
+    assert (out / "first" / "stages" / "s1").is_symlink()
+    assert (partial / "stages" / "s1" / "stage.json").is_file() and not (partial / "stages" / "s0").exists()
+
+    changed = Job("first", fast_recipe(demo_workspace, cascade=stages, train={"epochs": 2}))
+    grid = run_grid([changed], out, archive=archive, say=lambda m: None)  # not refused: no link is left
+    assert grid["jobs"]["first"]["status"] == "done" and not runner.restored(out / "first")
+    assert not (out / "first" / "stages" / "s1").is_symlink()
+
+
+def test_a_model_that_fails_to_train_blocks_its_readers_and_says_so(demo_workspace, tmp_path, monkeypatch):
+    out, archive = tmp_path / "out", tmp_path / "runs.json"
+    first = Job("first", fast_recipe(demo_workspace))
+    reader = Job("reader", fast_recipe(demo_workspace, **loaded_teacher(out, "first")), seed=5, depends_on=["first"],
+                 needs_model={"first": "teacher"})
+    run_grid([first], out, archive=archive, say=lambda m: None)
+    shutil.rmtree(out)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr("cascade_kd.cascade.run_recipe", broken)
+    grid = run_grid([first, reader], out, archive=archive, say=lambda m: None)
+    assert grid["jobs"]["reader"]["status"] == "blocked" and "its teacher" in grid["jobs"]["reader"]["error"]
+    assert runner.failures(grid) == {"reader": grid["jobs"]["reader"]["error"],
+                                     "first (teacher, for the runs that read it)": "RuntimeError: out of memory"}
 
 
 def test_until_stops_a_run_after_the_model_named_and_refuses_one_it_lacks(demo_workspace, tmp_path):
