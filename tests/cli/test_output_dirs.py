@@ -75,7 +75,7 @@ def stub_run(monkeypatch):
     scores and report are not what these tests are about)."""
     import cascade_kd.cascade.run as run
 
-    monkeypatch.setattr(run, "_run", lambda job, run_set=None: {"name": job.recipe.name, "models": []})
+    monkeypatch.setattr(run, "_run", lambda job, run_set=None, until=None: {"name": job.recipe.name, "models": []})
     monkeypatch.setattr("cascade_kd.evaluation.report.report_table", lambda metrics: "")
 
 
