@@ -231,10 +231,12 @@ def unrestore(run_dir: Path) -> None:
     afresh, and the links to a model trained for other runs (`_train_model`): its partial run stays."""
     for name in ("metrics.json", "manifest.json", RESTORED):
         (run_dir / name).unlink(missing_ok=True)
-    for link in [p for p in run_dir.rglob("*") if p.is_symlink()] if run_dir.is_dir() else []:
+    if not run_dir.is_dir():
+        return
+    for link in [p for p in run_dir.rglob("*") if p.is_symlink()]:
         link.unlink()
-    for folder in sorted((p for p in run_dir.rglob("*") if p.is_dir()), reverse=True) if run_dir.is_dir() else []:
-        if not any(folder.iterdir()):  # stages/, left empty by a link to stages/NAME
+    for folder in sorted(run_dir.rglob("*"), reverse=True):  # deepest first
+        if folder.is_dir() and not any(folder.iterdir()):  # stages/, left empty by a link to stages/NAME
             folder.rmdir()
 
 
@@ -326,11 +328,12 @@ def _train_model(job: Job, run_dir: Path, partial: Path, model: str, log_path: P
     log = _say_to(log_path, job.name, say)
     started = time.perf_counter()
     link = run_dir / model  # `model` is a folder of a run: teacher, stages/NAME
+    recipe = job.build()
     try:
-        if (read_json(partial / "manifest.json") or {}).get("recipe_fingerprint", job.build().fingerprint()) \
-                != job.build().fingerprint():  # a partial run of the job's recipe before it changed
-            shutil.rmtree(partial)
-        run_recipe(job.build(), partial, resume=True, say=log, until=model.removeprefix("stages/"))
+        manifest = read_json(partial / "manifest.json") or {}
+        if manifest.get("recipe_fingerprint", recipe.fingerprint()) != recipe.fingerprint():
+            shutil.rmtree(partial)  # a partial run of the job's recipe before it changed
+        run_recipe(recipe, partial, resume=True, say=log, until=model.removeprefix("stages/"))
         if link.is_symlink() or link.is_file():  # a link of an earlier call
             link.unlink()
         elif link.exists():  # a half-made copy: not a finished model
@@ -547,17 +550,20 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
     started = time.perf_counter()
     loads, stop = _sample_load()
 
+    def has_model(dep: str, model: str) -> bool:
+        return (out_dir / dep / model / "stage.json").is_file()
+
     def model_ready(job: Job, dep: str) -> bool:  # the one model of `dep` this job reads is finished
         model = job.needs_model.get(dep)
-        return (model is not None and (out_dir / dep / model / "stage.json").is_file()
-                and (not restored(out_dir / dep) or dep in models_only))
+        return model is not None and has_model(dep, model) and (not restored(out_dir / dep) or dep in models_only)
 
     def blocked(job: Job) -> str | None:
         bad = [d for d in job.depends_on if (records.get(d, {}).get("status") in ("failed", "blocked")
                or (records.get(d) or {}).get("model_status") == "failed") and not model_ready(job, d)]
-        return f"not started: {', '.join(bad)} did not finish" + (
-            f" (its {job.needs_model[bad[0]]}, trained for the runs that read it)" if bad[0] in models_only else ""
-        ) if bad else None
+        if not bad:
+            return None
+        why = f" (its {job.needs_model[bad[0]]}, trained for the runs that read it)" if bad[0] in models_only else ""
+        return f"not started: {', '.join(bad)} did not finish{why}"
 
     def ready(job: Job) -> bool:
         return all((records.get(d, {}).get("status") == "done" and d not in models_only) or model_ready(job, d)
@@ -565,7 +571,7 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
 
     # the models restored jobs lack and others read: trained first, one at a time, on every thread
     for dep, model in sorted(models_only.items()):
-        if (out_dir / dep / model / "stage.json").is_file():
+        if has_model(dep, model):
             continue
         log(f"{dep}: restored from the archive; training its {model} only (the runs to train read it)")
         result = _train_model(by_name[dep], out_dir / dep, partial_dir(out_dir, dep), model, log_path,
