@@ -57,12 +57,12 @@ def check_cascade(recipe: Recipe, t_config) -> None:
         _check_losses(recipe, i, teacher, student, f"stage {stage.name!r}")
         _check_guides(recipe, i)
         config = student
-    if recipe.cascade.direct and len(stages) > 1 and stages[-1].student == "previous":
+    if recipe.cascade.trains_direct and stages[-1].student == "previous":
         raise RecipeError(
             f"the final stage {stages[-1].name!r} trains the previous stage's student further: a direct baseline "
             "would have to repeat the whole staged schedule from the original teacher, which it does not do",
             where=where(recipe, "cascade", "direct"), hint="set direct: false (compare with a separate recipe)")
-    if recipe.cascade.direct and len(stages) > 1:  # the final shape, from the original teacher
+    if recipe.cascade.trains_direct:  # the final shape, from the original teacher
         spec = direct_spec(final_spec(stages), config, t_config)
         direct, _, _ = student_config(t_config, spec, where=where(recipe, "cascade", "direct"))
         _check_losses(recipe, len(stages) - 1, t_config, direct, "the direct baseline")

@@ -59,8 +59,7 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bo
     {"stopped_after": until}: a grid whose other runs read only this run's teacher trains no more
     of it (a `--resume` later goes on from there)."""
     check_resume_or_overwrite(out, resume=resume, overwrite=overwrite)
-    stages = recipe.cascade.stages
-    names = ["teacher", *(s.name for s in stages), *(["direct"] if recipe.cascade.direct and len(stages) > 1 else [])]
+    names = recipe.cascade.model_names()
     if until is not None and until not in names:
         raise RecipeError(f"until={until!r}: the recipe has no such model", hint=f"one of {', '.join(names)}")
     out = output_path(out)  # a path that cannot be a directory is reported before any work
@@ -95,7 +94,7 @@ def _run(job: Job, run_set: RunSet | None = None, until: str | None = None) -> d
         if until == stage.name:
             return stopped
     current = chain[-1]
-    if recipe.cascade.direct and len(stages) > 1:
+    if recipe.cascade.trains_direct:
         final = stages[-1]
         spec = direct_spec(final_spec(stages), current.config, teacher.config)
         student, info = distil_stage(job, "direct", final, teacher, len(stages) - 1, spec=spec)
@@ -127,7 +126,7 @@ def training_plan(job: Job) -> list[tuple[str, float]]:
         with_transfer = bool(job.transfer) and any(n != "ce" and c.weight > 0 for n, c in recipe.stage_losses(stage).items())
         epochs = recipe.train_for(stage.train, f"cascade.stages[{i}].train").epochs
         plan.append((stage.name, len(job.training_data(with_transfer)[0]) * epochs))
-    if recipe.cascade.direct and len(stages) > 1:
+    if recipe.cascade.trains_direct:
         plan.append(("direct", plan[-1][1]))
     return plan
 

@@ -335,6 +335,16 @@ class CascadeConfig(_Section):
             raise ValueError("the first stage has no previous student: give it a student section")
         return self
 
+    @property
+    def trains_direct(self) -> bool:
+        """Whether a direct baseline is trained: with one stage, that stage is itself distilled
+        straight from the teacher, so there is no chain to compare it with."""
+        return self.direct and len(self.stages) > 1
+
+    def model_names(self) -> list[str]:
+        """The run's models in training order: teacher, each stage, direct where trained."""
+        return ["teacher", *(s.name for s in self.stages), *(["direct"] if self.trains_direct else [])]
+
 
 class TeacherConfig(_Section):
     """Where the teacher comes from: a model (hub name or path) or a config trained from scratch."""

@@ -124,6 +124,17 @@ def test_direct_baseline_has_the_final_students_shape():
     assert same.init == "bottom" and same.hidden == 32
 
 
+def test_a_direct_baseline_is_trained_only_beside_a_chain_of_stages():
+    from cascade_kd.config.schema import CascadeConfig
+
+    two = [{"name": "ta", "student": {"layers": 2}}, {"name": "s1", "student": {"layers": 1}}]
+    assert CascadeConfig(stages=two).model_names() == ["teacher", "ta", "s1", "direct"]
+    assert CascadeConfig(stages=two, direct=False).model_names() == ["teacher", "ta", "s1"]
+    one = CascadeConfig(stages=two[1:])  # one stage is itself distilled straight from the teacher
+    assert not one.trains_direct and one.model_names() == ["teacher", "s1"]
+    assert CascadeConfig().model_names() == ["teacher"]
+
+
 def test_holdout_from_dev_is_fixed_disjoint_and_capped(demo_workspace, tmp_path):
     from cascade_kd.data.task import load_task_data
 
