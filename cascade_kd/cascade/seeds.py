@@ -3,26 +3,31 @@
 Each seed runs the whole recipe (teacher, stages, direct baseline) with `seed` set, in OUT/seed<S>/,
 a RUN_DIR like any other (resumable, with its own report). A seed whose run finished with this
 recipe is not run again; an interrupted one is resumed with --resume. OUT/seeds.json says what the
-directory is (so --overwrite may replace it); the aggregate (evaluation/compare.py) is written to
-OUT: aggregate.json, report.md and report.html, with mean ± sd per model and language, and the
-cascade against the direct baseline seed by seed.
+directory is; the aggregate (evaluation/compare.py) is written to OUT: aggregate.json, report.md and
+report.html, with mean ± sd per model and language, and the cascade against the direct baseline seed
+by seed. --overwrite replaces those four files and, through each seed's own run (`run --overwrite`),
+the files that run wrote in OUT/seed<S>; anything else in OUT (a user's file, the folder of a seed
+not listed now) is kept, as for a single run.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from cascade_kd.cascade.run import run_recipe
-from cascade_kd.cascade.rundir import check_resume_or_overwrite
+from cascade_kd.cascade.rundir import check_resume_or_overwrite, check_run_dir
 from cascade_kd.config.schema import Recipe
 from cascade_kd.errors import UserError
-from cascade_kd.evaluation.compare import compare_runs
+from cascade_kd.evaluation.compare import AGGREGATE, compare_runs
 from cascade_kd.evaluation.run_files import SEEDS_FILE
 from cascade_kd.fileio import atomic_write
 from cascade_kd.training.progress import RunSet
 from cascade_kd.training.distributed import barrier, is_main
+
+
+# what a multi-seed run writes at the top of OUT; each OUT/seed<S> is a RUN_DIR with its run's own rules
+TOP_FILES = (SEEDS_FILE, AGGREGATE, "report.md", "report.html")
 
 
 def seed_dir(out: Path, seed: int) -> Path:
@@ -48,18 +53,27 @@ def _finished(directory: Path, recipe: Recipe) -> bool:
     return (directory / "metrics.json").is_file() and manifest.get("recipe_fingerprint") == recipe.fingerprint()
 
 
-def _prepare(out: Path, recipe: Recipe, seeds: list[int], *, resume: bool, overwrite: bool) -> None:
+def _started(directory: Path) -> bool:
+    return directory.is_dir() and any(directory.iterdir())
+
+
+def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError("the --out path exists and is not a directory", where=str(out))
-    if out.is_dir() and any(out.iterdir()):
+    if _started(out):
         if not (out / SEEDS_FILE).is_file():
             raise UserError("--out is not empty and holds no seeds.json (not a multi-seed run)", where=str(out),
                             hint="choose an empty or new --out")
         if not (resume or overwrite):
             raise UserError("--out holds a multi-seed run", where=str(out),
                             hint="pass --resume to continue it, --overwrite to replace it, or choose another --out")
-        if overwrite and not resume:
-            shutil.rmtree(out)
+
+
+def _prepare(out: Path, recipe: Recipe, seeds: list[int], *, overwrite: bool) -> None:
+    if overwrite:  # the seed folders are replaced by their runs (run_recipe's --overwrite), not here
+        for name in TOP_FILES:
+            if (out / name).is_file() or (out / name).is_symlink():
+                (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / SEEDS_FILE, json.dumps({"recipe": recipe.name, "seeds": seeds,
                                                "runs": {str(s): seed_dir(out, s).name for s in seeds}}, indent=2))
@@ -76,10 +90,14 @@ def run_seeds(recipe: Recipe, out: str | Path, seeds: list[int], *, resume: bool
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds lists a seed twice: {' '.join(map(str, seeds))}")
     recipes = [recipe_with_seed(recipe, seed) for seed in seeds]  # every seed checked before anything runs
+    _check_out(out, resume=resume, overwrite=overwrite)
+    done = [not overwrite and _finished(seed_dir(out, seed), seeded) for seed, seeded in zip(seeds, recipes)]
+    for seed, seeded, finished in zip(seeds, recipes, done):  # every seed folder checked before anything changes
+        if not finished and _started(seed_dir(out, seed)):
+            check_run_dir(seeded, seed_dir(out, seed), resume=not overwrite, overwrite=overwrite)
     if is_main():
-        _prepare(out, recipe, list(seeds), resume=resume, overwrite=overwrite)
+        _prepare(out, recipe, list(seeds), overwrite=overwrite)
     barrier()
-    done = [_finished(seed_dir(out, seed), seeded) for seed, seeded in zip(seeds, recipes)]
     run_set = RunSet()  # the time left covers the seeds still to run, at the speed measured over the set
     for k, (seed, seeded) in enumerate(zip(seeds, recipes), 1):
         directory = seed_dir(out, seed)
@@ -88,8 +106,9 @@ def run_seeds(recipe: Recipe, out: str | Path, seeds: list[int], *, resume: bool
             continue
         run_set.later_runs = done[k:].count(False)
         say(f"seed {seed} ({k} of {len(seeds)}): {directory}")
-        started = directory.is_dir() and any(directory.iterdir())
-        run_recipe(seeded, directory, resume=started, say=say, run_set=run_set)
+        started = _started(directory)  # with --overwrite, the run replaces only the files it wrote there
+        run_recipe(seeded, directory, resume=started and not overwrite, overwrite=started and overwrite, say=say,
+                   run_set=run_set)
     aggregate = compare_runs([seed_dir(out, s) for s in seeds], out if is_main() else None)
     barrier()
     return aggregate

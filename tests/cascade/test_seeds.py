@@ -59,6 +59,18 @@ def test_seeds_run_once_each_resume_and_aggregate(demo_workspace, tmp_path, caps
     assert main(args + ["--resume"]) == 0  # both seeds finished: nothing is trained again
     printed = capsys.readouterr().out
     assert "seed 3 (1 of 2): already finished" in printed and "seed 7 (2 of 2): already finished" in printed
+    # --overwrite replaces what the seeds' runs wrote, nothing else: a user's files, a seed not listed now
+    (out / "notes.txt").write_text("mine")
+    (out / "seed3" / "mine.txt").write_text("mine")
+    before = (out / "seed3" / "stages" / "student" / "stage.json").read_text()
+    assert main(["run", str(tmp_path / "recipe.yaml"), "--out", str(out), "--seeds", "3", "--overwrite"]) == 0
+    assert "already finished" not in capsys.readouterr().out
+    assert (out / "notes.txt").read_text() == "mine" and (out / "seed3" / "mine.txt").read_text() == "mine"
+    assert (out / "seed7" / "metrics.json").is_file()  # seed 7's run is kept, though no longer compared
+    assert json.loads((out / "seeds.json").read_text())["seeds"] == [3]
+    assert json.loads((out / "aggregate.json").read_text())["variants"][0]["seeds"] == [3]
+    assert json.loads((out / "seed3" / "stages" / "student" / "stage.json").read_text())["wall_time_s"] != \
+        json.loads(before)["wall_time_s"]  # trained again
     assert main(["run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "data"), "--seeds", "0"]) == 2
     assert "not a multi-seed run" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "x"), "--seeds", "1", "1"]) == 2
