@@ -167,8 +167,9 @@ def ordered(jobs: list[Job]) -> list[Job]:
 
 def finished(job: Job, run_dir: Path) -> bool:
     """RUN_DIR holds a finished run of this very recipe."""
-    manifest = read_json(run_dir / "manifest.json") or {}
-    return (run_dir / "metrics.json").is_file() and manifest.get("recipe_fingerprint") == job.build().fingerprint()
+    from cascade_kd.cascade.rundir import finished_run
+
+    return finished_run(run_dir, job.build().fingerprint())
 
 
 # ---------------------------------------------------------------------------------------------

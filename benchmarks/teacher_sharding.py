@@ -12,7 +12,7 @@ weights, the same on every process) is the teacher. Each process gets its share 
 - the largest difference between the two's logits and hidden states (should be ~0).
 Results: printed, and saved by the main process to benchmarks/results/teacher_sharding.json.
 On a CPU-only machine the device is host memory, and every process also keeps the whole teacher on
-the host (cascade_kd/sharding.py), so no memory is saved here: the figure that carries over to
+the host (cascade_kd/training/sharding.py), so no memory is saved here: the figure that carries over to
 accelerators is the parameters held per process.
 """
 

@@ -70,7 +70,7 @@ def tokenizer(demo_workspace):
     return AutoTokenizer.from_pretrained(demo_workspace / "tokenizer")
 
 
-# --- fuzzing (tests/test_fuzz_recipe.py, tests/data/test_fuzz_readers.py) --------------------
+# --- fuzzing (tests/config/test_fuzz_recipe.py, tests/data/test_fuzz_readers.py) --------------------
 # A few examples per property by default; CASCADE_KD_FUZZ=N runs N per target (scripts/fuzz_inputs.py).
 
 
@@ -88,7 +88,7 @@ def fuzz_tally():
         Path(report).write_text(json.dumps(tally, indent=2, sort_keys=True), encoding="utf-8")
 
 
-# --- a finished tiny run (tests/test_export.py, tests/test_benchmark.py) ------------------------
+# --- a finished tiny run (tests/deploy/test_export.py, tests/deploy/test_bench.py and others) ------
 
 
 

@@ -222,6 +222,12 @@ def _check_losses(recipe: Recipe, i: int, teacher, student, what: str) -> None:
             raise type(err)(f"{err.message}, for {what}", where=err.where, hint=err.hint) from None
 
 
+def learns_from_teacher(recipe: Recipe, stage: StageConfig) -> bool:
+    """Whether a stage has a loss on its teacher's outputs: such a stage also trains on the transfer
+    text (unlabelled, the teacher labels it); one on the labels alone (ce) does not."""
+    return any(c.weight > 0 and LOSSES[n].reads_teacher for n, c in recipe.stage_losses(stage).items())
+
+
 def final_spec(stages: list[StageConfig]) -> StudentConfig:
     """How the final student was built: the last stage that built one (later ones trained it further)."""
     return next(s.student for s in reversed(stages) if s.student != "previous")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from cascade_kd.cascade.job import Job, prepare
-from cascade_kd.cascade.plan import direct_spec, final_spec
+from cascade_kd.cascade.plan import direct_spec, final_spec, learns_from_teacher
 from cascade_kd.cascade.rundir import check_resume_or_overwrite, open_run_dir, read_stage_info, write_manifest
 from cascade_kd.cascade.stages import distil_stage, get_teacher
 from cascade_kd.config.schema import Recipe, where
@@ -123,7 +123,7 @@ def training_plan(job: Job) -> list[tuple[str, float]]:
     plan = [("teacher", len(job.train_set()) * recipe.train_for(recipe.teacher.train, "teacher.train").epochs)]
     stages = recipe.cascade.stages
     for i, stage in enumerate(stages):
-        with_transfer = bool(job.transfer) and any(n != "ce" and c.weight > 0 for n, c in recipe.stage_losses(stage).items())
+        with_transfer = bool(job.transfer) and learns_from_teacher(recipe, stage)
         epochs = recipe.train_for(stage.train, f"cascade.stages[{i}].train").epochs
         plan.append((stage.name, len(job.training_data(with_transfer)[0]) * epochs))
     if recipe.cascade.trains_direct:

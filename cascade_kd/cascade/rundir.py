@@ -146,6 +146,12 @@ def read_manifest(out: Path) -> tuple[dict | None, str | None]:
     return data, None
 
 
+def finished_run(out: Path, fingerprint: str) -> bool:
+    """RUN_DIR holds a finished run (metrics.json) of the recipe with this fingerprint."""
+    manifest, _ = read_manifest(out)
+    return manifest is not None and manifest["recipe_fingerprint"] == fingerprint and (Path(out) / "metrics.json").is_file()
+
+
 def model_dirs(out: Path) -> list[Path]:
     """RUN_DIR's model directories that exist: the teacher's and each stage's (not a temporary one)."""
     stages = out / "stages"

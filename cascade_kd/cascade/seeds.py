@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from cascade_kd.cascade.run import run_recipe
-from cascade_kd.cascade.rundir import check_resume_or_overwrite, check_run_dir
+from cascade_kd.cascade.rundir import check_resume_or_overwrite, check_run_dir, finished_run
 from cascade_kd.config.schema import Recipe
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.compare import AGGREGATE, compare_runs
@@ -43,14 +43,6 @@ def recipe_with_seed(recipe: Recipe, seed: int) -> Recipe:
         raise UserError(f"--seeds {seed}: not a valid seed ({str(exc).splitlines()[-1].strip()})",
                         hint="seeds are whole numbers from 0 to 2**32 - 1") from None
     return copy
-
-
-def _finished(directory: Path, recipe: Recipe) -> bool:
-    try:
-        manifest = json.loads((directory / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (directory / "metrics.json").is_file() and manifest.get("recipe_fingerprint") == recipe.fingerprint()
 
 
 def _started(directory: Path) -> bool:
@@ -91,7 +83,7 @@ def run_seeds(recipe: Recipe, out: str | Path, seeds: list[int], *, resume: bool
         raise UserError(f"--seeds lists a seed twice: {' '.join(map(str, seeds))}")
     recipes = [recipe_with_seed(recipe, seed) for seed in seeds]  # every seed checked before anything runs
     _check_out(out, resume=resume, overwrite=overwrite)
-    done = [not overwrite and _finished(seed_dir(out, seed), seeded) for seed, seeded in zip(seeds, recipes)]
+    done = [not overwrite and finished_run(seed_dir(out, seed), seeded.fingerprint()) for seed, seeded in zip(seeds, recipes)]
     for seed, seeded, finished in zip(seeds, recipes, done):  # every seed folder checked before anything changes
         if not finished and _started(seed_dir(out, seed)):
             check_run_dir(seeded, seed_dir(out, seed), resume=not overwrite, overwrite=overwrite)

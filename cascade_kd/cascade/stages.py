@@ -11,7 +11,7 @@ import torch
 
 from cascade_kd.cascade.job import Job
 from cascade_kd.cascade.rundir import MARKER, finished_model, foreign_in_model_dir, model_dirs
-from cascade_kd.cascade.plan import final_spec
+from cascade_kd.cascade.plan import final_spec, learns_from_teacher
 from cascade_kd.config.schema import StageConfig, StudentConfig, where
 from cascade_kd.losses.base import LossTerm, Reads
 from cascade_kd.losses.guides import guided
@@ -127,14 +127,15 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     stage_where = where(recipe, "cascade", "stages", index)
     seed = stage_stream(job, name, index)
     torch.manual_seed(seed)
-    if spec is None and stage.student == "previous":
+    student_spec = spec or stage.student  # the direct baseline's spec is derived from the final stage's (direct_spec)
+    if student_spec == "previous":
         # the previous stage's student, trained further (its saved copy stays as it was), with the
         # parameters frozen that the spec which built it froze
         student = copy.deepcopy(previous).float().requires_grad_(True)
         built_by = final_spec(recipe.cascade.stages[:index])
         family(built_by.kind).refreeze(student, built_by)
     else:
-        student = build_student(teacher, spec or stage.student, where=f"{stage_where}.student")
+        student = build_student(teacher, student_spec, where=f"{stage_where}.student")
     cfg = recipe.train_for(stage.train, f"cascade.stages[{index}].train")
     terms = build_terms(recipe.stage_losses(stage), teacher.config, student.config, where=stage_where)
     if guides:  # dense guidance: the losses on the teacher's logits learn from every guide
@@ -149,7 +150,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
             + f"; {params['params_trainable']:,} of {params['params_total']:,} parameters trainable"
             + (f"; dense guidance from {len(guides)} models, {stage.drop_guides} dropped per batch, "
                f"{'summed' if stage.guide_reduction == 'sum' else 'averaged'}" if guides else ""))
-    with_transfer = bool(job.transfer) and bool(teacher_reads)  # the teacher labels the transfer text
+    with_transfer = bool(job.transfer) and learns_from_teacher(recipe, stage)  # the teacher labels the transfer text
     train_data, blocks = job.training_data(with_transfer)
     if with_transfer:
         job.say(f"  {name}: + {sum(len(enc) for _, enc in job.transfer.values()):,} unlabelled transfer examples "
@@ -176,6 +177,8 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
             "teacher": teacher.config.num_hidden_layers, "dev": result.best_score, "best_epoch": result.best_epoch,
             "wall_time_s": result.wall_time_s, "tokens_per_s": result.tokens_per_s, "steps": result.steps,
             "epochs": cfg.epochs, "seed": recipe.seed, "stream": seed, "examples": len(train_data),
+            # what the model card describes; none for a previous stage's student trained further
+            "student": None if student_spec == "previous" else student_spec.model_dump(mode="json"),
             "losses": [{"name": t.name, "weight": t.weight, "pairs": [list(p) for p in getattr(t.loss, "pairs", [])]}
                        for t in terms],
             "history": result.history, "curve": result.curve}

@@ -47,16 +47,16 @@ class TrainConfig(_Section):
     # full-state checkpoint every N steps (and always after each evaluation), for --resume mid-stage
     checkpoint_every: Optional[int] = Field(200, ge=1)
     # distillation stages: run the teacher once, keep what the losses need on disk in this dtype,
-    # read it back every epoch (cascade_kd/teacher_cache.py); off = run the teacher on every batch
+    # read it back every epoch (cascade_kd/training/teacher_cache.py); off = run the teacher on every batch
     teacher_cache: Literal["off", "bf16", "fp16", "fp32"] = "off"
     # gradual: top-down unfreezing (XtremeDistil): the first epoch trains the head (and projections),
     # each further epoch also the next layer down, then the embeddings (unless frozen); none: all at once
     unfreeze: Literal["none", "gradual"] = "none"
     # trainable word embeddings: seen = only the rows of pieces the training data uses get gradients
-    # and optimiser state (cascade_kd/embedding_rows.py; the rest keep their values); all = every row
+    # and optimiser state (cascade_kd/students/embedding_rows.py; the rest keep their values); all = every row
     embedding_rows: Literal["seen", "all"] = "seen"
     # on several processes, the frozen teacher (and dense guides): none = a whole copy on each process;
-    # fsdp = split between them with FSDP, gathered one layer at a time (cascade_kd/sharding.py)
+    # fsdp = split between them with FSDP, gathered one layer at a time (cascade_kd/training/sharding.py)
     teacher_sharding: Literal["none", "fsdp"] = "none"
     # training curves (each loss part, learning rate, dev score) to these trackers as well, through
     # accelerate's tracker integration, into RUN_DIR/logs/ where the tracker writes files; none by
@@ -125,13 +125,13 @@ InitName = Literal["bottom", "top", "uniform", "random", "mean"]  # student.init
 class StudentConfig(_Section):
     """How a stage's student is built from the stage's teacher.
 
-    kind: recursive builds a MiniALBERT-style student (cascade_kd/recursive.py): ONE transformer
+    kind: recursive builds a MiniALBERT-style student (cascade_kd/students/recursive.py): ONE transformer
     layer applied `recursions` times (which is also its `layers`, the depth layer maps see), with a
     pair of bottleneck adapters per step; its keys: recursions, embedding_size, adapter_reduction,
     train_only, and init mean | layer:K | random (default mean), embeddings auto (default) | copy |
     pca | random.
 
-    kind: bilstm builds an XtremeDistil BiLSTM student (cascade_kd/bilstm.py): word-piece embeddings of
+    kind: bilstm builds an XtremeDistil BiLSTM student (cascade_kd/students/bilstm.py): word-piece embeddings of
     width embedding_size (default min(300, the teacher's)), lstm_layers BiLSTM layers of `hidden`
     units PER DIRECTION (default half the projection width), a GELU projection to projection_size
     (default: the teacher's hidden width) and the head; one layer to layer maps; embeddings auto
@@ -150,7 +150,7 @@ class StudentConfig(_Section):
     intermediate: Optional[int] = Field(None, ge=1)
     # copy: the teacher's embeddings (same width); pca: teacher's projected onto its top principal
     # components (other width, XtremeDistil); random
-    # auto (recursive students only, their default): copy when the widths match, else pca
+    # auto (recursive and BiLSTM students, their default): copy when the widths match, else pca
     embeddings: Literal["copy", "pca", "random", "auto"] = "copy"
     freeze_embeddings: Union[bool, list[Literal["word", "position", "token_type"]]] = False
     # recursive students only
@@ -230,7 +230,7 @@ class StudentConfig(_Section):
             if self.init == "mean" or (isinstance(self.init, str) and self.init.startswith("layer:")):
                 raise ValueError(f"init {self.init!r} applies to recursive students only (add kind: recursive)")
             if self.embeddings == "auto":
-                raise ValueError("embeddings: auto applies to recursive students only (use copy, pca or random)")
+                raise ValueError("embeddings: auto applies to recursive and BiLSTM students only (use copy, pca or random)")
         else:
             if self.recursions != self.layers:
                 raise ValueError(f"a recursive student's layers are its recursions: {self.layers} != {self.recursions}")

@@ -191,7 +191,8 @@ def _how_made(run: RunFiles, row: dict, marker: dict) -> list[str]:
         lines.append(f"- Method: {what} ({shape}).")
         lines.append(f"- Chain of models: {chain} (each distilled from the one before it).")
         lines.append(f"- Losses: {_losses_text(run, row, marker) or 'as the recipe says'}.")
-        student = _stage(run, row).get("student")
+        # the spec the model was built from, as its marker records it (runs before that: the recipe's stage)
+        student = marker["student"] if "student" in marker else _stage(run, row).get("student")
         if isinstance(student, dict):
             lines.append(f"- Initialisation: {_init_text(student)}; embeddings: {student.get('embeddings', 'copy')} "
                          "(`copy`: the teacher's, `pca`: the teacher's projected to the student's width).")
@@ -199,7 +200,7 @@ def _how_made(run: RunFiles, row: dict, marker: dict) -> list[str]:
             if frozen:
                 lines.append(f"- Frozen: {'the embeddings' if frozen is True else ', '.join(frozen) + ' embeddings'}"
                              f" ({row.get('params_trainable', 0):,} of {row['params_total']:,} parameters trained).")
-        elif student == "previous":
+        elif _stage(run, row).get("student") == "previous":
             lines.append("- Initialisation: the previous stage's student, trained further.")
         if _stage(run, row).get("guides") == "dense":
             lines.append("- Guides: dense (the logit losses learn from the teacher and every earlier student).")

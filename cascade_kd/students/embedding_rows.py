@@ -10,7 +10,7 @@ plain `nn.Embedding`, so what is saved is an ordinary transformers checkpoint.
 
 Equivalence: a row that never occurs gets a zero gradient in dense training, so AdamW's moments
 for it stay zero and its update is zero; only decoupled weight decay would still shrink it. With
-`weight_decay: 0` the two give the same weights (tests/test_embedding_rows.py checks this); with
+`weight_decay: 0` the two give the same weights (tests/students/test_embedding_rows.py checks this); with
 decay, unused rows keep the teacher's values exactly instead of decaying, which is what pieces of
 languages absent from the training data need. `train.embedding_rows: all` trains every row.
 """
@@ -34,7 +34,7 @@ class SeenRowsEmbedding(nn.Module):
         super().__init__()
         self._original = [base]  # a list: not a submodule, so its weight is not a second state entry
         self.padding_idx = base.padding_idx
-        # a frozen parameter, not a buffer: a checkpoint of the training state writes it once (training_state.py)
+        # a frozen parameter, not a buffer: a checkpoint of the training state writes it once (training/state.py)
         self.frozen = nn.Parameter(base.weight.detach(), requires_grad=False)
         self.register_buffer("rows", rows.to(torch.long), persistent=False)
         position = torch.full((base.num_embeddings,), -1, dtype=torch.long, device=rows.device)

@@ -151,3 +151,26 @@ def test_weakest_languages_rank_by_retention_then_by_score():
     assert worst_languages(student, 3) == [("el", 0.35, 0.5), ("en", 0.8, 0.89), ("de", 0.45, 0.9)]
     no_teacher = {"per_language": {"en": 0.8, "de": 0.45}, "retention_per_language": {"en": None, "de": 0.9}}
     assert worst_languages(no_teacher, 1) == [("de", 0.45, 0.9)]  # a retention missing: lowest score
+
+
+def test_a_cards_initialisation_is_the_spec_that_built_the_model(cascade_run, tmp_path):
+    """The direct baseline is built from a spec derived from the final stage's (direct_spec: a layer
+    list becomes bottom layers, another width random layers and PCA embeddings): its marker records
+    that spec, and the card describes it, not the final stage's."""
+    from cascade_kd.cli.app import main
+
+    markers = {m: json.loads((cascade_run / read_run(cascade_run).model(m)["path"] / "stage.json").read_text())
+               for m in ("ta2", "student", "direct")}
+    assert markers["ta2"]["student"]["layers"] == 2 and markers["ta2"]["student"]["freeze_embeddings"] is True
+    assert markers["direct"]["student"]["layers"] == 1 and markers["direct"]["student"]["init"] == "bottom"
+    copy = tmp_path / "run"
+    shutil.copytree(cascade_run, copy)
+    marker = copy / "stages" / "direct" / "stage.json"
+    data = json.loads(marker.read_text())
+    data["student"].update(init="random", embeddings="pca")  # what direct_spec builds for another width
+    marker.write_text(json.dumps(data))
+    assert main(["report", str(copy)]) == 0
+    card = (copy / "stages" / "direct" / "README.md").read_text()
+    assert "- Initialisation: random layers (init: random); embeddings: pca" in card
+    assert "- Initialisation: its teacher's bottom layers (init: bottom); embeddings: copy" in (
+        copy / "stages" / "student" / "README.md").read_text()

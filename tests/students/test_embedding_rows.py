@@ -1,4 +1,4 @@
-"""Training only the word-embedding rows the data uses (cascade_kd/embedding_rows.py): the same
+"""Training only the word-embedding rows the data uses (cascade_kd/students/embedding_rows.py): the same
 forward pass, the same weights as dense training without weight decay, unused rows untouched,
 and a plain model again after training, however training ends."""
 

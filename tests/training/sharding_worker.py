@@ -1,4 +1,4 @@
-"""Run by tests/test_sharding.py on 2 processes (torchrun, gloo): a sharded copy of a tiny teacher
+"""Run by tests/training/test_sharding.py on 2 processes (torchrun, gloo): a sharded copy of a tiny teacher
 must give the plain teacher's features while each process holds about half of its weights.
 Writes one JSON line per model: what rank 0 measured."""
 

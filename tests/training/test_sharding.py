@@ -1,9 +1,9 @@
-"""A frozen teacher split between processes (cascade_kd/sharding.py, `train.teacher_sharding: fsdp`).
+"""A frozen teacher split between processes (cascade_kd/training/sharding.py, `train.teacher_sharding: fsdp`).
 
 The sharded copy must compute exactly what the teacher computes (logits, hidden states, attentions,
 query/key/value projections) while each process holds only its share of the weights, and the
 teacher itself must stay a plain, unchanged model. Whole runs with a sharded teacher are checked
-against one process in tests/test_distributed.py.
+against one process in tests/training/test_distributed.py.
 """
 
 from __future__ import annotations
