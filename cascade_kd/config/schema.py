@@ -678,12 +678,17 @@ def parse_recipe(text: str, *, source: str = "<recipe>", base_dir: Path | None =
 def computing_part(dump: dict) -> dict:
     """A recipe dump without its presentation keys (in every train section and override)."""
     data = json.loads(json.dumps(dump))
-    data.pop("license", None)
     sections = [data.get("train"), (data.get("teacher") or {}).get("train")]
     sections += [stage.get("train") for stage in (data.get("cascade") or {}).get("stages", [])]
-    for section in sections:
-        if isinstance(section, dict):
-            section.pop("report_to", None)
+    for key in PRESENTATION_KEYS:
+        section, _, name = key.rpartition(".")
+        if not section:
+            data.pop(name, None)
+        else:  # a train key: in the run's train section and in every override of it
+            assert section == "train", key
+            for train in sections:
+                if isinstance(train, dict):
+                    train.pop(name, None)
     return data
 
 

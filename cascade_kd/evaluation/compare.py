@@ -51,14 +51,18 @@ def spread(values: list[float]) -> dict:
             "sd": statistics.stdev(finite) if len(finite) > 1 else None, "n": len(finite), "values": list(values)}
 
 
+# what the runs of one variant (its seeds) may differ in, besides the presentation keys
+SEED_KEYS = ("seed", "name")
+
+
 def _variant_key(run: RunFiles) -> str:
     """Runs with the same key are seeds of one variant: their recipes differ at most in seed and
     name (and the presentation keys). A run without a manifest is a variant of its own."""
     if not run.recipe:
         return f"dir:{run.directory.resolve()}"
     data = computing_part(run.recipe)
-    data.pop("seed", None)
-    data.pop("name", None)
+    for key in SEED_KEYS:
+        data.pop(key, None)
     if "evaluated_run" in run.metrics:  # `cascade-kd eval` output: apart from the runs it scored
         data["_eval"] = [run.metrics.get("split"), run.metrics.get("evaluated_with")]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -231,7 +235,7 @@ def group_dir(group: list[RunFiles]) -> str:
 def _differences_from(reference: RunFiles, run: RunFiles) -> list[str]:
     if not reference.recipe or not run.recipe:
         return []
-    return [k for k in changed_keys(reference.recipe, run.recipe) if k not in ("seed", "name")]
+    return [k for k in changed_keys(computing_part(reference.recipe), computing_part(run.recipe)) if k not in SEED_KEYS]
 
 
 def _named_pairs(variants: list[dict], pairs, languages: list[str], groups: dict | None = None) -> list[dict]:

@@ -105,6 +105,12 @@ def test_two_recipes_that_differ_in_one_choice_are_compared_seed_by_seed(tmp_pat
     agg = compare_runs(a + b)
     assert [len(v["runs"]) for v in agg["variants"]] == [2, 2]
     assert agg["variants"][1]["differs_from_first_in"] == ["train.lr"]
+    # a licence or a tracker says how results are published, not what was computed: not a difference
+    for run in b:
+        manifest = json.loads((run / "manifest.json").read_text())
+        manifest["recipe"].update(license="mit", train={"lr": 5e-4, "report_to": ["tensorboard"]})
+        (run / "manifest.json").write_text(json.dumps(manifest))
+    assert compare_runs(a + b)["variants"][1]["differs_from_first_in"] == ["train.lr"]
     across = next(p for p in agg["pairs"] if p["what"].endswith(": student") and "against" in p["what"])
     assert across["seeds"] == [1]  # matched by seed: only seed 1 is in both
     assert across["average"]["n"] == 1 and across["average"]["sd"] is None
