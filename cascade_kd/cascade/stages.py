@@ -21,6 +21,7 @@ from cascade_kd.students import build_student, count_parameters, family, family_
 from cascade_kd.students.hub import create_model, load_checkpoint, load_model, save_checkpoint, use_attention_outputs
 from cascade_kd.training.distributed import barrier, is_main, on_main, process_state
 from cascade_kd.training.loop import train
+from cascade_kd.training.progress import precision_name
 from cascade_kd.training.setup import resolve_precision
 from cascade_kd.training.state import saved_stream
 from cascade_kd.training.task import DistillationTask, reads_of
@@ -195,7 +196,7 @@ def teacher_cache(job: Job, teacher, reads: Reads, cfg, train_data) -> TeacherCa
     precision = resolve_precision(cfg.precision)
     request = CacheRequest(
         logits=reads.logits, hidden=reads.hidden, attention=reads.attention,
-        dtype=cfg.teacher_cache, precision={"no": "fp32"}.get(precision, precision),
+        dtype=cfg.teacher_cache, precision=precision_name(precision),
     )
     token_task = job.data.task == "token"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
+from cascade_kd.evaluation.findings import METRIC_NAMES
 from cascade_kd.evaluation.html_report import (
-    METRIC_NAMES,
     _inline_code,
     esc,
     figure,

@@ -8,6 +8,8 @@ import math
 import shlex
 from pathlib import Path
 
+# how each metric is named in reports, model cards and comparisons
+METRIC_NAMES = {"f1": "entity-level F1 (seqeval)", "accuracy": "accuracy", "mlm_accuracy": "masked-token accuracy"}
 EMBEDDING_SHARE = 0.5  # above this share of embedding parameters, trimming the vocabulary pays
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cascade_kd.deploy.bench import BEST_CAPTION, best_table, bench_table
 from cascade_kd.evaluation.findings import (
+    METRIC_NAMES,
     embedding_notes,
     embedding_sentence,
     worst_languages,
@@ -49,9 +50,6 @@ figcaption { color: #555; font-size: 0.85rem; }
 code, pre { font-family: "SFMono-Regular", Menlo, Consolas, monospace; font-size: 0.82rem; }
 pre { background: #f6f6f6; padding: 0.7rem; overflow-x: auto; }
 """
-
-METRIC_NAMES = {"f1": "entity-level F1", "accuracy": "accuracy", "mlm_accuracy": "masked-token accuracy"}
-
 
 def esc(text) -> str:
     return html.escape(str(text), quote=True)

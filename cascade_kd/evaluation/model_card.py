@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.findings import (
+    METRIC_NAMES,
     embedding_notes,
     embedding_sentence,
     worst_languages,
@@ -30,7 +31,6 @@ TASK_NAMES = {"token-classification": "Token Classification", "text-classificati
               "fill-mask": "Fill-Mask"}
 AUTO_CLASSES = {"token": "AutoModelForTokenClassification", "sequence": "AutoModelForSequenceClassification",
                 "pair": "AutoModelForSequenceClassification", "mlm": "AutoModelForMaskedLM"}
-METRIC_NAMES = {"f1": "entity-level F1 (seqeval)", "accuracy": "accuracy", "mlm_accuracy": "masked-token accuracy"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 _ISO = re.compile(r"^[a-z]{2,3}$")
 _ISO_SCRIPT = re.compile(r"^([a-z]{2,3})[_-][A-Za-z]{4}$")  # FLORES-200 style: eng_Latn, zho_Hans

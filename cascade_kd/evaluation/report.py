@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from cascade_kd.deploy.bench import bench_table, best_section, tokenization_line
-from cascade_kd.evaluation.findings import embedding_notes, embedding_sentence
+from cascade_kd.evaluation.findings import METRIC_NAMES, embedding_notes, embedding_sentence
 from cascade_kd.evaluation.retrieval import markdown_table
 from cascade_kd.fileio import atomic_write
 
@@ -73,8 +73,8 @@ def selection_text(metrics: dict) -> str:
 
 def render_report(metrics: dict, run_dir: Path | None = None) -> str:
     """report.md; with `run_dir`, also the findings that need the saved models (embedding tables)."""
-    metric = {"f1": "entity-level F1 (seqeval)", "mlm_accuracy": "masked-token accuracy (the masked pieces "
-              "predicted right; masks drawn once per split)"}.get(metrics["metric"], "accuracy")
+    metric = METRIC_NAMES.get(metrics["metric"], metrics["metric"]) + (
+        " (the masked pieces predicted right; masks drawn once per split)" if metrics["metric"] == "mlm_accuracy" else "")
     parts = [
         f"# {metrics['name']}: cascade report",
         "",

@@ -125,7 +125,7 @@ def build_shards(teacher, train_data: list[Encoded], request: CacheRequest, dire
     from safetensors.torch import save
 
     teacher.to(device).eval()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(request.precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(request.precision)  # autocast for these; fp32 runs plain
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=dtype) if dtype else nullcontext()
     for s in shards:
         if _shard_path(directory, s).is_file():
