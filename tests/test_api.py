@@ -46,11 +46,37 @@ def test_the_public_names_resolve_and_unknown_ones_fail_as_usual():
         ckd.nonesuch  # noqa: B018
 
 
-def test_cli_backend_choices_match_the_bench_module():
-    from cascade_kd.cli.app import BACKENDS
+def test_the_commands_defaults_are_the_python_apis():
+    """The parser spells its defaults out (importing the API would slow --help): pinned here to the
+    defaults of the functions the commands call, and so are the defaults its help texts state."""
+    import inspect
+
+    from cascade_kd.cli.app import BACKENDS, _parser
+    from cascade_kd.config.pretrain import pretrain_spec
     from cascade_kd.deploy.bench import BACKENDS as BENCH_BACKENDS
+    from cascade_kd.deploy.export import INT8_MIN_AGREEMENT
+    from cascade_kd.deploy.trim import DEFAULT_MAX_UNK_INCREASE
 
     assert tuple(BACKENDS) == tuple(BENCH_BACKENDS)
+
+    def defaults(function):
+        return {k: p.default for k, p in inspect.signature(function).parameters.items() if p.kind == p.KEYWORD_ONLY}
+
+    def parsed(*argv):
+        return vars(_parser().parse_args(list(argv)))
+
+    pretrain = parsed("pretrain", "--text", "t", "--dev", "d", "--languages", "en", "--tokenizer", "k", "--out", "o")
+    assert {k: pretrain[k] for k in defaults(pretrain_spec)} == defaults(pretrain_spec)
+    bench = parsed("bench", "run")
+    api_bench = defaults(ckd.bench)
+    assert (bench["batch_sizes"], bench["seq_lens"], bench["repeats"], tuple(bench["backends"])) == (
+        list(api_bench["batch_sizes"]), list(api_bench["seq_lens"]), api_bench["repeats"], tuple(api_bench["backends"]))
+    assert parsed("trim", "m")["min_count"] == defaults(ckd.trim)["min_count"]
+    assert defaults(ckd.trim)["max_unk_increase"] == DEFAULT_MAX_UNK_INCREASE
+    assert defaults(ckd.export_onnx)["int8_min_agreement"] == INT8_MIN_AGREEMENT
+    helps = {a.dest: a.help for sub in _parser()._subparsers._group_actions[0].choices.values() for a in sub._actions}
+    assert f"(default {INT8_MIN_AGREEMENT:g})" in helps["int8_min_agreement"]
+    assert f"(default {DEFAULT_MAX_UNK_INCREASE:g})" in helps["max_unk_increase"]
 
 
 def test_recipe_errors_from_the_api_name_the_file_line_and_key(tmp_path):

@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from cascade_kd.deploy.paths import INT8_NAME, ONNX_NAME, export_dir, trim_dir
 from cascade_kd.errors import UserError
 from cascade_kd.training.progress import print_line as _say  # the terminal's say: training lines stay above the bar
 
@@ -221,7 +222,7 @@ def _cmd_trim(args) -> None:
     report = api.trim(args.model_dir, args.out, recipe=args.recipe, languages=args.languages, min_count=args.min_count,
                       score=not args.no_score, strict=args.strict, overwrite=args.overwrite,
                       with_transfer=not args.no_transfer, say=_say, **options)
-    out = args.out or args.model_dir / "trimmed"
+    out = trim_dir(args.model_dir, args.out)
     print(f"written: {out} (vocabulary {report['vocab_before']:,} -> {report['vocab_after']:,} pieces; "
           f"{len(report['warnings'])} warning(s); details in trim.json)")
 
@@ -233,8 +234,8 @@ def _cmd_export(args) -> None:
     info = api.export_onnx(args.model_dir, args.out, int8=args.int8, overwrite=args.overwrite,
                            check_data=args.check_data, check_examples=args.check_examples, score=args.score,
                            say=_say, **options)
-    out = args.out or args.model_dir / "onnx"
-    sizes = ", ".join(f"{name} {info[k]['size_mb']:.2f} MB" for k, name in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")) if k in info)
+    out = export_dir(args.model_dir, args.out)
+    sizes = ", ".join(f"{name} {info[k]['size_mb']:.2f} MB" for k, name in (("fp32", ONNX_NAME), ("int8", INT8_NAME)) if k in info)
     print(f"written: {out} ({sizes}; inputs {', '.join(info['inputs'])}; dynamic batch and sequence axes)")
 
 

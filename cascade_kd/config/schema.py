@@ -576,32 +576,29 @@ class Recipe(_Section):
         return stage.losses if stage.losses is not None else self.cascade.losses
 
     def dump(self) -> dict:
-        """The recipe as plain data, without the dense-guidance keys of chain stages: a chain stage
-        reads back as written (they are errors there) and hashes as before those keys existed."""
+        """The recipe as plain data, without the keys added after recipes were first hashed where
+        they hold their default (and the dense-guidance keys of chain stages, which are errors
+        there): such a recipe reads back as written and hashes as before those keys existed."""
         data = self.model_dump(mode="json")
-        for key, default in (("teacher_cache", "off"), ("unfreeze", "none"), ("embedding_rows", "seen"),
-                             ("teacher_sharding", "none"), ("report_to", [])):  # keys added later: absent = default
-            if data["train"][key] == default:
+        for key in ("teacher_cache", "unfreeze", "embedding_rows", "teacher_sharding", "report_to"):
+            if data["train"][key] == _default(TrainConfig, key):
                 del data["train"][key]
         if data["license"] is None:
             del data["license"]
-        for key in ("train_languages", "transfer", "max_transfer_per_language", "language_alpha"):
-            if data["data"][key] is None:
-                del data["data"][key]
-        for key, default in (("quoting", "none"), ("cap", "first"), ("select_on", "train_languages"),
-                             ("transfer_format", "text")):
-            if data["data"][key] == default:
+        for key in ("train_languages", "transfer", "max_transfer_per_language", "language_alpha", "quoting", "cap",
+                    "select_on", "transfer_format"):
+            if data["data"][key] == _default(DataConfig, key):
                 del data["data"][key]
         if data["task"]["type"] != "mlm":
             del data["task"]["mask_probability"], data["task"]["masking"]
         for losses in [data["cascade"]["losses"]] + [stage["losses"] or {} for stage in data["cascade"]["stages"]]:
             for cfg in losses.values():  # relation_kl's keys, absent from every other loss
-                if cfg["relation_heads"] is None and cfg["relations"] == ["query", "key", "value"]:
+                if cfg["relation_heads"] is None and cfg["relations"] == _default(LossConfig, "relations"):
                     del cfg["relation_heads"], cfg["relations"]
         for stage in data["cascade"]["stages"]:
-            if stage["guides"] == "chain":
+            if stage["guides"] == _default(StageConfig, "guides"):
                 del stage["guides"], stage["drop_guides"], stage["guide_reduction"]
-            if stage["teacher"] == "previous":  # likewise the stage teacher key
+            if stage["teacher"] == _default(StageConfig, "teacher"):  # likewise the stage teacher key
                 del stage["teacher"]
             if isinstance(stage["student"], dict) and stage["student"]["kind"] != "bilstm":  # and BiLSTM keys
                 for key in ("lstm_layers", "projection_size"):
@@ -673,6 +670,11 @@ def recipe_name(recipe: str | Path | Recipe) -> str:
 def parse_recipe(text: str, *, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
     """Validate recipe text (`Recipe.from_text`)."""
     return Recipe.from_text(text, source=source, base_dir=base_dir)
+
+
+def _default(section: type[BaseModel], key: str):
+    """A section key's default as `model_dump(mode="json")` writes it (a list, not a tuple)."""
+    return json.loads(json.dumps(section.model_fields[key].get_default(call_default_factory=True)))
 
 
 def computing_part(dump: dict) -> dict:

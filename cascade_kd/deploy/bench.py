@@ -52,8 +52,9 @@ from cascade_kd.deploy.export import (
     session,
     tokenize,
 )
+from cascade_kd.deploy.paths import trimmed_copy
 from cascade_kd.errors import UserError
-from cascade_kd.fileio import weight_files, weights_size
+from cascade_kd.fileio import weights_size
 from cascade_kd.students.anatomy import position_offset
 from cascade_kd.students.hub import load_checkpoint
 from cascade_kd.training.setup import resolve_precision
@@ -463,8 +464,8 @@ def _models_to_time(run_dir: Path, metrics: dict, wanted=None) -> list[tuple[dic
     for row in metrics["models"]:
         directory = run_dir / row["path"]
         models.append((row, directory))
-        trimmed = directory / "trimmed"
-        if (trimmed / "trim.json").is_file() and weight_files(trimmed):
+        trimmed = trimmed_copy(directory)
+        if trimmed is not None:
             models.append(({**row, "name": f"{row['name']} (trimmed)"}, trimmed))
     if wanted is None:
         return models

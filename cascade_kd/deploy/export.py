@@ -42,12 +42,12 @@ from cascade_kd.errors import UserError
 from cascade_kd.evaluation.scoring import OnnxClassifier, score_split
 from cascade_kd.fileio import read_input, weight_files
 from cascade_kd.outdir import check_output, info_file_with, replace_output
+from cascade_kd.deploy.paths import EXPORT_INFO, INT8_NAME, ONNX_NAME, export_dir
 from cascade_kd.students.hub import CHECKPOINT_FILE, config_labels, load_checkpoint
 
 FP32_ATOL = 1e-3  # max abs logit difference, ONNX fp32 vs PyTorch fp32
 INT8_MIN_AGREEMENT = 0.95  # share of positions where int8 and PyTorch fp32 pick the same label
 OPSET = 17  # LayerNormalization is one op from 17 on
-ONNX_NAME, INT8_NAME, INFO_NAME = "model.onnx", "model.int8.onnx", "export.json"
 TASK_OF_HEAD = {"ForTokenClassification": "token", "ForSequenceClassification": "sequence", "ForMaskedLM": "mlm"}
 
 
@@ -402,7 +402,7 @@ def export_model(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         info["seconds"] = time.perf_counter() - started
-        (tmp / INFO_NAME).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return info
 
 
@@ -456,19 +456,19 @@ def score_backends(model, tokenizer, sessions: dict, recipe_path: Path, model_di
 def claim_export_dir(model_dir: Path, out: Path | None, *, overwrite: bool):
     """Where an export may go: a new or empty folder (default MODEL_DIR/onnx), or an earlier export
     (replaced with --overwrite, its own files only); never the model directory itself."""
-    out = Path(out) if out is not None else Path(model_dir) / "onnx"
+    out = export_dir(model_dir, out)
     return check_output(out, "export", overwrite=overwrite, inputs={"model directory": Path(model_dir)},
                         legacy=_legacy_export, exists_message="an export already exists there")
 
 
 def _export_file(name: str) -> bool:
     """A file an export writes (to recognise an export made before markers)."""
-    return name in (ONNX_NAME, INT8_NAME, INFO_NAME) or bool(CHECKPOINT_FILE.match(name))
+    return name in (ONNX_NAME, INT8_NAME, EXPORT_INFO) or bool(CHECKPOINT_FILE.match(name))
 
 
 def _legacy_export(path: Path) -> bool:
     """An export written before markers: its export.json (with the opset) is there."""
-    return info_file_with(path / INFO_NAME, "opset")
+    return info_file_with(path / EXPORT_INFO, "opset")
 
 
 def model_tokenizer(model_dir: Path):

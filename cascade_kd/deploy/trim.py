@@ -53,6 +53,7 @@ import torch
 from cascade_kd.config.schema import Recipe, load_recipe, recipe_name
 from cascade_kd.data.task import load_task_data
 from cascade_kd.deploy.export import find_run_dir, model_task
+from cascade_kd.deploy.paths import TRIM_INFO, trim_dir
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.scoring import score_split
 from cascade_kd.fileio import weights_size
@@ -60,7 +61,6 @@ from cascade_kd.outdir import check_output, info_file_with, replace_output
 from cascade_kd.students import count_parameters
 from cascade_kd.students.hub import CHECKPOINT_FILE, config_labels, load_checkpoint
 
-TRIM_INFO = "trim.json"
 DEFAULT_MAX_UNK_INCREASE = 1.0  # percentage points of held-out pieces that become [UNK]
 TASK_NAMES = {"token": "token classifier", "sequence": "sequence classifier", "mlm": "masked-LM model"}
 
@@ -382,7 +382,7 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
 def claim_trim_dir(model_dir: Path, out: Path | None, *, overwrite: bool):
     """Where a trimmed model may go: a new or empty folder (default MODEL_DIR/trimmed), or an earlier
     trim (replaced with --overwrite, its own files only); never the model directory itself."""
-    out = Path(out) if out is not None else Path(model_dir) / "trimmed"
+    out = trim_dir(model_dir, out)
     return check_output(out, "trim", overwrite=overwrite, inputs={"model directory": Path(model_dir)},
                         legacy=_legacy_trim, exists_message="a trimmed model already exists there")
 

@@ -8,6 +8,8 @@ import math
 import shlex
 from pathlib import Path
 
+from cascade_kd.deploy.paths import trimmed_copy
+
 # how each metric is named in reports, model cards and comparisons
 METRIC_NAMES = {"f1": "entity-level F1 (seqeval)", "accuracy": "accuracy", "mlm_accuracy": "masked-token accuracy"}
 EMBEDDING_SHARE = 0.5  # above this share of embedding parameters, trimming the vocabulary pays
@@ -53,7 +55,7 @@ def embedding_notes(run_dir: Path, metrics: dict) -> list[dict]:
         vocab = _vocab_size(run_dir / row["path"])
         if share > EMBEDDING_SHARE and vocab is not None and vocab == teacher_vocab:
             directory = run_dir / row["path"]
-            trimmed = (directory / "trimmed" / "config.json").is_file()
+            trimmed = trimmed_copy(directory) is not None
             notes.append({"model": row["name"], "share": share, "vocab": vocab, "params_total": row["params_total"],
                           "params_embedding": row.get("params_embedding", 0), "trimmed": trimmed,
                           # RUN_DIR/..., not this machine's path: the reports and model cards travel

@@ -15,6 +15,7 @@ import math
 import re
 from pathlib import Path
 
+from cascade_kd.deploy.paths import EXPORT_INFO, INT8_NAME, ONNX_NAME, export_dir
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.findings import (
     METRIC_NAMES,
@@ -293,14 +294,14 @@ def _usage(run: RunFiles, row: dict) -> list[str]:
         lines += ['inputs = tokenizer("A sentence to classify.", return_tensors="pt")',
                   "label = model.config.id2label[model(**inputs).logits.argmax(-1).item()]"]
     lines += ["```"]
-    onnx = run.model_dir(row) / "onnx"
-    if (onnx / "model.onnx").is_file():
+    onnx = export_dir(run.model_dir(row))
+    if (onnx / ONNX_NAME).is_file():
         names = ["input_ids", "attention_mask"]
         try:
-            names = json.loads((onnx / "export.json").read_text(encoding="utf-8")).get("inputs") or names
+            names = json.loads((onnx / EXPORT_INFO).read_text(encoding="utf-8")).get("inputs") or names
         except (OSError, ValueError):
             pass
-        int8 = (onnx / "model.int8.onnx").is_file()
+        int8 = (onnx / INT8_NAME).is_file()
         lines += ["", "ONNX (exported and checked against PyTorch by `cascade-kd export`): `onnx/model.onnx`"
                   + (" and the int8 `onnx/model.int8.onnx`" if int8 else "") + ".", "", "```python",
                   "import onnxruntime as ort", "from transformers import AutoTokenizer", "",
