@@ -76,7 +76,6 @@ def evaluate(run_dir: str | Path, *, recipe: Recipe | str | Path | dict | None =
         raise UserError("--parallel-languages and --parallel-limit need --parallel (the folder of parallel text)")
     pairs = tatoeba_pairs(parallel, parallel_languages, limit=parallel_limit) if parallel is not None else None
     recipe = _recipe(recipe if recipe is not None else run_dir / "recipe.yaml")
-    out = Path(out) if out is not None else run_dir / f"eval-{split}"
     return evaluate_run(recipe, run_dir, split=split, out=out, say=say, parallel=pairs)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cascade_kd.cascade.job import Job, prepare
 from cascade_kd.cascade.plan import direct_spec, final_spec, learns_from_teacher
-from cascade_kd.cascade.rundir import check_resume_or_overwrite, open_run_dir, read_stage_info, write_manifest
+from cascade_kd.cascade.rundir import check_resume_or_overwrite, eval_dir, open_run_dir, read_stage_info, write_manifest
 from cascade_kd.cascade.stages import distil_stage, get_teacher
 from cascade_kd.config.schema import Recipe, where
 from cascade_kd.errors import OutputError, RecipeError, UserError
@@ -194,7 +194,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
         instead = "score the dev data instead: --split dev (split='dev' in Python)" if "dev" in job.encoded else None
         raise RecipeError(f"the recipe names no {split} data", where=where(recipe, "data", split), hint=instead)
     job.encoded = {s: job.encoded[s] for s in ("dev", split)}
-    target = claim_eval_dir(run_dir, Path(out) if out else run_dir / f"eval-{split}")
+    target = claim_eval_dir(run_dir, eval_dir(run_dir, split, out))
     if (target / "metrics.json").is_file():  # an earlier eval's, allowed to be replaced: say so, before any work
         say(f"eval: {target} holds an earlier eval, which this one replaces (give --out to keep both)")
     previous = read_metrics(metrics_path)

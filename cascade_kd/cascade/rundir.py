@@ -146,6 +146,11 @@ def read_manifest(out: Path) -> tuple[dict | None, str | None]:
     return data, None
 
 
+def eval_dir(run_dir: Path, split: str, out: Path | None = None) -> Path:
+    """`out`, or where `cascade-kd eval` writes a run's scores by default: RUN_DIR/eval-SPLIT."""
+    return Path(out) if out is not None else Path(run_dir) / f"eval-{split}"
+
+
 def finished_run(out: Path, fingerprint: str) -> bool:
     """RUN_DIR holds a finished run (metrics.json) of the recipe with this fingerprint."""
     manifest, _ = read_manifest(out)

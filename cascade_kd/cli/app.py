@@ -178,10 +178,11 @@ def _cmd_demo(args) -> None:
 
 def _cmd_eval(args) -> None:
     from cascade_kd import api
+    from cascade_kd.cascade.rundir import eval_dir
     from cascade_kd.evaluation.report import report_table
     from cascade_kd.evaluation.retrieval import markdown_table
 
-    out = args.out or args.run_dir / f"eval-{args.split}"
+    out = eval_dir(args.run_dir, args.split, args.out)
     metrics = api.evaluate(args.run_dir, recipe=args.recipe, split=args.split, out=out, parallel=args.parallel,
                            parallel_languages=args.parallel_languages, parallel_limit=args.parallel_limit, say=_say)
     print("\n" + report_table(metrics))
