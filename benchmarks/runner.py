@@ -51,6 +51,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from cascade_kd.errors import UserError
+from cascade_kd.evaluation.run_files import MARKER, model_name
 from cascade_kd.fileio import atomic_write
 
 Say = Callable[[str], None]
@@ -334,7 +335,7 @@ def _train_model(job: Job, run_dir: Path, partial: Path, model: str, log_path: P
         manifest = read_json(partial / "manifest.json") or {}
         if manifest.get("recipe_fingerprint", recipe.fingerprint()) != recipe.fingerprint():
             shutil.rmtree(partial)  # a partial run of the job's recipe before it changed
-        run_recipe(recipe, partial, resume=True, say=log, until=model.removeprefix("stages/"))
+        run_recipe(recipe, partial, resume=True, say=log, until=model_name(model))
         if link.is_symlink() or link.is_file():  # a link of an earlier call
             link.unlink()
         elif link.exists():  # a half-made copy: not a finished model
@@ -552,7 +553,7 @@ def _run_locked(jobs, out_dir: Path, *, parallel, quick, threads, rerun_after, t
     loads, stop = _sample_load()
 
     def has_model(dep: str, model: str) -> bool:
-        return (out_dir / dep / model / "stage.json").is_file()
+        return (out_dir / dep / model / MARKER).is_file()
 
     def model_ready(job: Job, dep: str) -> bool:  # the one model of `dep` this job reads is finished
         model = job.needs_model.get(dep)

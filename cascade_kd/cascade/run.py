@@ -28,7 +28,14 @@ from pathlib import Path
 
 from cascade_kd.cascade.job import Job, prepare
 from cascade_kd.cascade.plan import direct_spec, final_spec, learns_from_teacher
-from cascade_kd.cascade.rundir import check_resume_or_overwrite, eval_dir, open_run_dir, read_stage_info, write_manifest
+from cascade_kd.cascade.rundir import (
+    check_resume_or_overwrite,
+    eval_dir,
+    model_dir,
+    open_run_dir,
+    read_stage_info,
+    write_manifest,
+)
 from cascade_kd.cascade.stages import distil_stage, get_teacher
 from cascade_kd.config.schema import Recipe, where
 from cascade_kd.errors import OutputError, RecipeError, UserError
@@ -81,7 +88,7 @@ def _run(job: Job, run_set: RunSet | None = None, until: str | None = None) -> d
     teacher, teacher_info = get_teacher(job)
     if until == "teacher":
         return stopped
-    models = [("teacher", "teacher", teacher, teacher_info, out / "teacher")]
+    models = [("teacher", "teacher", teacher, teacher_info, model_dir(out, "teacher"))]
     chain = [teacher]  # the teacher, then each stage's student (loaded too when done before a resume)
     stages = recipe.cascade.stages
     for i, stage in enumerate(stages):
@@ -89,7 +96,7 @@ def _run(job: Job, run_set: RunSet | None = None, until: str | None = None) -> d
         stage_teacher = chain[0] if stage.teacher == "original" else chain[i]
         student, info = distil_stage(job, stage.name, stage, stage_teacher, i, guides=guides, previous=chain[i])
         role = "student" if i == len(stages) - 1 else "assistant"
-        models.append((stage.name, role, student, info, out / "stages" / stage.name))
+        models.append((stage.name, role, student, info, model_dir(out, stage.name)))
         chain.append(student)
         if until == stage.name:
             return stopped
@@ -98,7 +105,7 @@ def _run(job: Job, run_set: RunSet | None = None, until: str | None = None) -> d
         final = stages[-1]
         spec = direct_spec(final_spec(stages), current.config, teacher.config)
         student, info = distil_stage(job, "direct", final, teacher, len(stages) - 1, spec=spec)
-        models.append(("direct", "direct", student, info, out / "stages" / "direct"))
+        models.append(("direct", "direct", student, info, model_dir(out, "direct")))
         if until == "direct":
             return stopped
     elif recipe.cascade.direct and stages and "direct" in recipe.cascade.model_fields_set:  # asked for, not the default

@@ -30,6 +30,7 @@ import torch
 from cascade_kd import __version__
 from cascade_kd.config.schema import Recipe
 from cascade_kd.errors import OutputError, UserError
+from cascade_kd.evaluation.run_files import MARKER, MODEL_CARD, model_dir
 from cascade_kd.fileio import atomic_write, read_json_record
 from cascade_kd.outdir import (
     LOCK,
@@ -50,8 +51,6 @@ if TYPE_CHECKING:  # a type only: job.py imports this module's neighbours, not t
     from cascade_kd.cascade.job import Job
 
 
-MARKER = "stage.json"  # in each finished model's directory, written last
-MODEL_CARD = "README.md"  # the model card each finished model's directory gets (evaluation/model_card.py)
 COMMAND = "run"  # the marker's command for `run` and `pretrain` (the same RUN_DIR layout)
 RUN_ENTRIES = ("manifest.json", "recipe.yaml", "teacher", "stages", "state", "cache", "metrics.json", "report.md",
                "report.html", "logs", LOCK, DIR_MARKER)
@@ -119,7 +118,7 @@ def _owner(run_dir: Path):
     run_dir = Path(run_dir)
 
     def owns(directory: Path):
-        if directory == run_dir / "teacher" or directory.parent == run_dir / "stages":
+        if directory == model_dir(run_dir, "teacher") or directory.parent == run_dir / "stages":
             return model_files(directory)
         if directory == run_dir / "stages":  # model directories, and leftovers of interrupted saves
             return lambda name: (directory / name).is_dir() or name.startswith(".")
@@ -160,7 +159,7 @@ def finished_run(out: Path, fingerprint: str) -> bool:
 def model_dirs(out: Path) -> list[Path]:
     """RUN_DIR's model directories that exist: the teacher's and each stage's (not a temporary one)."""
     stages = out / "stages"
-    dirs = [out / "teacher"] + (sorted(p for p in stages.iterdir() if not p.name.startswith(".")) if stages.is_dir() else [])
+    dirs = [model_dir(out, "teacher")] + (sorted(p for p in stages.iterdir() if not p.name.startswith(".")) if stages.is_dir() else [])
     return [d for d in dirs if d.is_dir()]
 
 

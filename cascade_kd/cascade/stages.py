@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from cascade_kd.cascade.job import Job
-from cascade_kd.cascade.rundir import MARKER, finished_model, foreign_in_model_dir, model_dirs
+from cascade_kd.cascade.rundir import MARKER, finished_model, foreign_in_model_dir, model_dir, model_dirs
 from cascade_kd.cascade.plan import final_spec, learns_from_teacher
 from cascade_kd.config.schema import StageConfig, StudentConfig, where
 from cascade_kd.losses.base import LossTerm, Reads
@@ -74,7 +74,7 @@ def stage_stream(job: Job, name: str, index: int) -> int:
 
 def get_teacher(job: Job):
     """Load, fine-tune or train the teacher; saved to RUN_DIR/teacher."""
-    recipe, out = job.recipe, job.out / "teacher"
+    recipe, out = job.recipe, model_dir(job.out, "teacher")
     fingerprint = recipe.fingerprint()
     info = finished_model(out, fingerprint, job.say)
     if info is not None:
@@ -120,7 +120,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     `student: previous`), distil it, save the best dev checkpoint. With `guides` (a dense stage: the
     chain's models up to `teacher`), the logit losses learn from all of them."""
     recipe = job.recipe
-    out = job.out / "stages" / name
+    out = model_dir(job.out, name)
     info = finished_model(out, recipe.fingerprint(), job.say)
     if info is not None:
         job.say(f"{name}: already distilled, loading it (resume)")

@@ -30,7 +30,7 @@ from cascade_kd.evaluation.plots import (
     training_curves,
 )
 from cascade_kd.evaluation.report import report_table
-from cascade_kd.evaluation.run_files import RunFiles, read_run
+from cascade_kd.evaluation.run_files import MODEL_CARD, RunFiles, read_run
 from cascade_kd.fileio import atomic_write
 
 STYLE = """
@@ -252,7 +252,7 @@ def render_run_html(run: RunFiles) -> str:
     for note in embedding_notes(run.directory, metrics):
         body.append(f"<p class=note>{_inline_code(embedding_sentence(note))}</p>")
     body += ["<h2>Models</h2>", markdown_table(report_table(metrics))]
-    cards = [m for m in run.models if (run.model_dir(m) / "README.md").is_file()]
+    cards = [m for m in run.models if (run.model_dir(m) / MODEL_CARD).is_file()]
     if cards:
         body.append("<p>Model cards: " + ", ".join(f'<a href="{esc(m["path"])}/README.md">{esc(m["name"])}</a>'
                                                     for m in cards) + ".</p>")

@@ -23,7 +23,7 @@ from cascade_kd.evaluation.findings import (
     embedding_sentence,
     worst_languages,
 )
-from cascade_kd.evaluation.run_files import RunFiles, read_run
+from cascade_kd.evaluation.run_files import MODEL_CARD, RunFiles, read_run
 from cascade_kd.fileio import atomic_write, weights_size
 
 PIPELINE_TAGS = {"token": "token-classification", "sequence": "text-classification", "pair": "text-classification",
@@ -351,7 +351,7 @@ def write_model_card(run_dir: str | Path, model: str) -> Path:
     if row is None or not run.model_dir(row).is_dir():
         raise UserError(f"no saved model {model!r} in this run (models: {', '.join(m['name'] for m in run.models)})",
                         where=str(run_dir))
-    path = run.model_dir(row) / "README.md"
+    path = run.model_dir(row) / MODEL_CARD
     atomic_write(path, render_model_card(run, row))
     return path
 
@@ -363,6 +363,6 @@ def write_model_cards(run_dir: str | Path) -> list[Path]:
     for row in run.models:
         directory = run.model_dir(row)
         if directory.is_dir():
-            atomic_write(directory / "README.md", render_model_card(run, row))
-            written.append(directory / "README.md")
+            atomic_write(directory / MODEL_CARD, render_model_card(run, row))
+            written.append(directory / MODEL_CARD)
     return written

@@ -13,7 +13,25 @@ from pathlib import Path
 
 from cascade_kd.errors import UserError
 
-MARKER = "stage.json"  # as cascade/rundir.py (not imported: that module pulls in torch)
+# A run's layout, torch-free (the reports read it; cascade/rundir.py writes it): the teacher in
+# RUN_DIR/teacher, every stage and the direct baseline in RUN_DIR/stages/NAME, each folder with the
+# marker written last and, once the run is scored, its model card.
+MARKER = "stage.json"
+MODEL_CARD = "README.md"
+
+
+def model_folder(name: str) -> str:
+    """A model's folder inside RUN_DIR: teacher, or stages/NAME."""
+    return "teacher" if name == "teacher" else f"stages/{name}"
+
+
+def model_name(folder: str) -> str:
+    """The model a folder of RUN_DIR holds (model_folder's inverse)."""
+    return folder.removeprefix("stages/")
+
+
+def model_dir(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / model_folder(name)
 
 
 def read_json(path: Path, what: str) -> dict:
