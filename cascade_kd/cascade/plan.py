@@ -22,12 +22,12 @@ def check_cascade(recipe: Recipe, t_config) -> None:
     """Build every student's config from its teacher's (all shape checks of build_student), and
     every stage's loss terms (layer maps in range, head counts compatible), from configs alone."""
     _check_layer_maps(recipe)
-    config = t_config  # the previous model of the chain
+    chain = [t_config]  # the teacher's config, then each stage's student's
     stages = recipe.cascade.stages
     for i, stage in enumerate(stages):
         key = ("cascade", "stages", i, "student")
-        teacher = t_config if stage.teacher == "original" else config
-        cfg = recipe.train_for(stage.train, f"cascade.stages[{i}].train")
+        teacher = chain[recipe.cascade.teacher_of(i)]
+        cfg = recipe.stage_train(i)
         uncached = [n for n, c in recipe.stage_losses(stage).items()
                     if c.weight > 0 and LOSSES[n].reads_teacher and LOSSES[n].feature not in CACHED_FEATURES]
         if cfg.teacher_cache != "off" and uncached:
@@ -44,7 +44,7 @@ def check_cascade(recipe: Recipe, t_config) -> None:
         if recipe.task.type == "mlm":
             _check_masked_lm_stage(recipe, i, cfg)
         if stage.student == "previous":
-            student = config  # the previous stage's student, trained further
+            student = chain[-1]  # the previous stage's student, trained further
         else:
             if stage.student.layers > teacher.num_hidden_layers:
                 raise RecipeError(
@@ -56,17 +56,17 @@ def check_cascade(recipe: Recipe, t_config) -> None:
                 _check_layers_found(student, recipe.task.type, where(recipe, *key))
         _check_losses(recipe, i, teacher, student, f"stage {stage.name!r}")
         _check_guides(recipe, i)
-        config = student
+        chain.append(student)
     if recipe.cascade.trains_direct and stages[-1].student == "previous":
         raise RecipeError(
             f"the final stage {stages[-1].name!r} trains the previous stage's student further: a direct baseline "
             "would have to repeat the whole staged schedule from the original teacher, which it does not do",
             where=where(recipe, "cascade", "direct"), hint="set direct: false (compare with a separate recipe)")
     if recipe.cascade.trains_direct:  # the final shape, from the original teacher
-        spec = direct_spec(final_spec(stages), config, t_config)
+        spec = direct_spec(final_spec(stages), chain[-1], t_config)
         direct, _, _ = student_config(t_config, spec, where=where(recipe, "cascade", "direct"))
         _check_losses(recipe, len(stages) - 1, t_config, direct, "the direct baseline")
-    recipe.train_for(recipe.teacher.train, "teacher.train")  # else read only when the teacher trains
+    recipe.teacher_train()  # checked here: else read only when the teacher trains
     check_trackers(recipe)
 
 

@@ -93,7 +93,7 @@ def _run(job: Job, run_set: RunSet | None = None, until: str | None = None) -> d
     stages = recipe.cascade.stages
     for i, stage in enumerate(stages):
         guides = chain[: i + 1] if stage.guides == "dense" else None
-        stage_teacher = chain[0] if stage.teacher == "original" else chain[i]
+        stage_teacher = chain[recipe.cascade.teacher_of(i)]
         student, info = distil_stage(job, stage.name, stage, stage_teacher, i, guides=guides, previous=chain[i])
         role = "student" if i == len(stages) - 1 else "assistant"
         models.append((stage.name, role, student, info, model_dir(out, stage.name)))
@@ -127,11 +127,11 @@ def training_plan(job: Job) -> list[tuple[str, float]]:
     """The run's models in training order, each with its work: training examples x epochs (the
     teacher's counts even where it turns out to need no training; it is then finished at once)."""
     recipe = job.recipe
-    plan = [("teacher", len(job.train_set()) * recipe.train_for(recipe.teacher.train, "teacher.train").epochs)]
+    plan = [("teacher", len(job.train_set()) * recipe.teacher_train().epochs)]
     stages = recipe.cascade.stages
     for i, stage in enumerate(stages):
         with_transfer = bool(job.transfer) and learns_from_teacher(recipe, stage)
-        epochs = recipe.train_for(stage.train, f"cascade.stages[{i}].train").epochs
+        epochs = recipe.stage_train(i).epochs
         plan.append((stage.name, len(job.training_data(with_transfer)[0]) * epochs))
     if recipe.cascade.trains_direct:
         plan.append(("direct", plan[-1][1]))

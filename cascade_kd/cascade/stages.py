@@ -93,7 +93,7 @@ def get_teacher(job: Job):
         finetune = t.finetune != "never"
     info = {"recipe": fingerprint, "role": "teacher", "trained": finetune}
     if finetune:
-        cfg = recipe.train_for(t.train, "teacher.train")
+        cfg = recipe.teacher_train()
         use_attention_outputs(model, False)
         task = DistillationTask(model, [LossTerm(1.0, HardLabelCE())], logits_at_labels=job.masked_lm)
         train_data, blocks = job.training_data()
@@ -137,7 +137,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
         family(built_by.kind).refreeze(student, built_by)
     else:
         student = build_student(teacher, student_spec, where=f"{stage_where}.student")
-    cfg = recipe.train_for(stage.train, f"cascade.stages[{index}].train")
+    cfg = recipe.stage_train(index)
     terms = build_terms(recipe.stage_losses(stage), teacher.config, student.config, where=stage_where)
     if guides:  # dense guidance: the losses on the teacher's logits learn from every guide
         terms = guided(terms, stage.guide_reduction)

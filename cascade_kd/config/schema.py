@@ -341,6 +341,11 @@ class CascadeConfig(_Section):
         straight from the teacher, so there is no chain to compare it with."""
         return self.direct and len(self.stages) > 1
 
+    def teacher_of(self, index: int) -> int:
+        """Which model of the chain teaches stage `index`: 0 the original teacher (teacher: original),
+        else the previous stage's student (index, counting the teacher as 0)."""
+        return 0 if self.stages[index].teacher == "original" else index
+
     def model_names(self) -> list[str]:
         """The run's models in training order: teacher, each stage, direct where trained."""
         return ["teacher", *(s.name for s in self.stages), *(["direct"] if self.trains_direct else [])]
@@ -553,6 +558,14 @@ class Recipe(_Section):
             return str(local) if local.exists() or looks_like_path(name) else name
         except (OSError, RuntimeError, ValueError):  # ~unknown-user, a name too long for a path: not a local file
             return name
+
+    def teacher_train(self) -> TrainConfig:
+        """The settings the teacher trains with: train, with teacher.train's overrides."""
+        return self.train_for(self.teacher.train, "teacher.train")
+
+    def stage_train(self, index: int) -> TrainConfig:
+        """The settings stage `index` (and a direct baseline beside it) trains with."""
+        return self.train_for(self.cascade.stages[index].train, f"cascade.stages[{index}].train")
 
     def train_for(self, overrides: dict | None, where: str) -> TrainConfig:
         """The global train settings with a section's overrides applied (and validated)."""
