@@ -133,6 +133,9 @@ def test_a_direct_baseline_is_trained_only_beside_a_chain_of_stages():
     one = CascadeConfig(stages=two[1:])  # one stage is itself distilled straight from the teacher
     assert not one.trains_direct and one.model_names() == ["teacher", "s1"]
     assert CascadeConfig().model_names() == ["teacher"]
+    # which model of the chain (0: the teacher) teaches each stage
+    chain = CascadeConfig(stages=[*two, {"name": "s0", "student": {"layers": 1}, "teacher": "original"}])
+    assert [chain.teacher_of(i) for i in range(3)] == [0, 1, 0]
 
 
 def test_holdout_from_dev_is_fixed_disjoint_and_capped(demo_workspace, tmp_path):
