@@ -114,14 +114,20 @@ def foreign_in_model_dir(directory: Path) -> list[str]:
 
 
 def _owner(run_dir: Path):
-    """For remove_written: which names inside a RUN_DIR entry the run wrote."""
+    """For remove_written: which names inside a RUN_DIR entry the run wrote. Read before anything
+    is deleted: the run's models are the folders its recipe names (manifest.json) or that hold a
+    model's marker; another folder in stages/ (a user's own model, say) is not the run's."""
     run_dir = Path(run_dir)
+    manifest, _ = read_manifest(run_dir)
+    cascade = ((manifest or {}).get("recipe") or {}).get("cascade") or {}
+    named = {s.get("name") for s in cascade.get("stages") or [] if isinstance(s, dict)} | {"direct"}
 
     def owns(directory: Path):
         if directory == model_dir(run_dir, "teacher") or directory.parent == run_dir / "stages":
             return model_files(directory)
-        if directory == run_dir / "stages":  # model directories, and leftovers of interrupted saves
-            return lambda name: (directory / name).is_dir() or name.startswith(".")
+        if directory == run_dir / "stages":  # the run's model folders, and leftovers of interrupted saves
+            return lambda name: name.startswith(".") or (directory / name).is_dir() and (
+                name in named or (directory / name / MARKER).is_file())
         return None  # state/ and cache/: the run's working files, written and replaced whole
 
     return owns

@@ -141,14 +141,22 @@ def test_overwrite_deletes_only_what_the_run_wrote(capsys, run_copy, stub_run):
     (export / "model.onnx").write_bytes(b"onnx bytes")
     (export / MARKER).write_text(json.dumps(make_marker("export", ["model.onnx"])))
     theirs = snapshot(export)
+    # a model of the user's own saved among the run's stages: not a stage of the run, no marker
+    own_model = run_copy / "stages" / "my-ft"
+    own_model.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (own_model / name).write_text(f"my {name}")
+    own = snapshot(own_model)
     rc = main(["run", str(run_copy.parent / "recipe.yaml"), "--out", str(run_copy), "--overwrite"])
     assert rc == 0, capsys.readouterr().err
     kept(mine, run_copy, "notes")
     kept(inside, run_copy, "teacher/my-notes")
     kept(theirs, run_copy, "teacher/onnx")
     assert (run_copy / "teacher" / "README.txt").read_text() == "my notes about this teacher\n"
+    kept(own, run_copy, "stages/my-ft")
     # the run's own files are gone: its checkpoints, metrics and stages
-    assert not (run_copy / "teacher" / "model.safetensors").exists() and not (run_copy / "stages").exists()
+    assert not (run_copy / "teacher" / "model.safetensors").exists()
+    assert sorted(p.name for p in (run_copy / "stages").iterdir()) == ["my-ft"]
     assert not (run_copy / "metrics.json").exists()
     assert read_marker(run_copy)[0]["command"] == "run"
     assert "kept" in capsys.readouterr().out
