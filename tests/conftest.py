@@ -116,7 +116,8 @@ CASCADE_RUN_RECIPE = tiny_recipe(
     teacher={"config": {"num_hidden_layers": 3}, "train": {"epochs": 3}},
     train={"batch_size": 16, "report_to": ["tensorboard"]},
     cascade={"stages": [{"name": "ta2", "student": {"layers": 2, "freeze_embeddings": True}},
-                        {"name": "student", "student": {"layers": 1}}], "direct": True},
+                        # a layer list, which the direct baseline's spec turns into bottom layers
+                        {"name": "student", "student": {"layers": 1, "init": [2]}}], "direct": True},
 )
 
 

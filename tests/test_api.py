@@ -26,6 +26,9 @@ def test_importing_the_package_and_reading_a_recipe_load_neither_torch_nor_trans
     assert _imports_after(f"import cascade_kd as ckd\nckd.Recipe.from_yaml({str(path)!r})") == set()
     # whereas running anything with models brings them in
     assert _imports_after("import cascade_kd as ckd\nckd.run") == {"torch", "transformers"}
+    # what the reports and the command line read of a run's layout and of the deploy outputs
+    assert _imports_after("import cascade_kd.evaluation.run_files, cascade_kd.evaluation.findings, "
+                          "cascade_kd.deploy.paths") == set()
 
 
 def test_the_command_line_help_and_a_recipe_error_load_neither_torch_nor_transformers(tmp_path):

@@ -115,12 +115,24 @@ def _run(job: Job, run_set: RunSet | None = None, until: str | None = None) -> d
     metrics = score_models(job, models)
     metrics["wall_time_s"] = time.perf_counter() - started
     if is_main():
-        write_outputs(out, metrics)
+        write_outputs(out, {**_measured_later(out), **metrics})
         publish_run(out, say=job.say)
-        if (out / "state").is_dir() and not any((out / "state").iterdir()):
-            (out / "state").rmdir()  # every model finished: no training state is left to resume from
+        state = out / "state"
+        if state.is_dir() and not state.is_symlink() and not any(state.iterdir()):
+            state.rmdir()  # every model finished: no training state is left to resume from
     barrier()
     return metrics
+
+
+def _measured_later(out: Path) -> dict:
+    """What other commands added to this run's metrics.json (bench's latency table, a benchmark's
+    latency settings): kept when a resume scores the run again. Latency depends on the models'
+    shapes, which a run of the same recipe keeps, not on their weights."""
+    try:
+        earlier = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return {k: v for k, v in earlier.items() if k.startswith("latency")} if isinstance(earlier, dict) else {}
 
 
 def training_plan(job: Job) -> list[tuple[str, float]]:

@@ -22,6 +22,7 @@ from cascade_kd.errors import UserError
 from cascade_kd.evaluation.compare import AGGREGATE, compare_runs
 from cascade_kd.evaluation.run_files import SEEDS_FILE
 from cascade_kd.fileio import atomic_write
+from cascade_kd.outdir import output_path
 from cascade_kd.training.progress import RunSet
 from cascade_kd.training.distributed import barrier, is_main
 
@@ -85,6 +86,7 @@ def run_seeds(recipe: Recipe, out: str | Path, seeds: list[int], *, resume: bool
     _check_out(out, resume=resume, overwrite=overwrite)
     done = [not overwrite and finished_run(seed_dir(out, seed), seeded.fingerprint()) for seed, seeded in zip(seeds, recipes)]
     for seed, seeded, finished in zip(seeds, recipes, done):  # every seed folder checked before anything changes
+        output_path(seed_dir(out, seed))  # a file, a dangling link, a name too long: one line, nothing changed
         if not finished and _started(seed_dir(out, seed)):
             check_run_dir(seeded, seed_dir(out, seed), resume=not overwrite, overwrite=overwrite)
     if is_main():

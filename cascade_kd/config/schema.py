@@ -699,11 +699,12 @@ def computing_part(dump: dict) -> dict:
         section, _, name = key.rpartition(".")
         if not section:
             data.pop(name, None)
-        else:  # a train key: in the run's train section and in every override of it
-            assert section == "train", key
+        elif section == "train":  # in the run's train section and in every override of it
             for train in sections:
                 if isinstance(train, dict):
                     train.pop(name, None)
+        else:
+            raise ValueError(f"PRESENTATION_KEYS: {key!r} is neither a top-level nor a train key")
     return data
 
 

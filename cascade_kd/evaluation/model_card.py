@@ -203,7 +203,7 @@ def _how_made(run: RunFiles, row: dict, marker: dict) -> list[str]:
                              f" ({row.get('params_trainable', 0):,} of {row['params_total']:,} parameters trained).")
         elif _stage(run, row).get("student") == "previous":
             lines.append("- Initialisation: the previous stage's student, trained further.")
-        if _stage(run, row).get("guides") == "dense":
+        if _stage(run, row).get("guides") == "dense" and row["role"] != "direct":  # the direct baseline has no guides
             lines.append("- Guides: dense (the logit losses learn from the teacher and every earlier student).")
         if marker:
             # runs from before the markers held epochs and seed: the recipe's (a stage's own, else the run's)

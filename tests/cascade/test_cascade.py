@@ -167,6 +167,10 @@ def test_bench_measures_every_model_against_the_teacher(finished_run, tmp_path, 
         assert m["size_mb"] > 0
     assert lat["models"][0]["speedup_vs_teacher"]["fp32/b1/s16"] == pytest.approx(1.0)
     assert "## Latency" in (run / "report.md").read_text()
+    # a --resume of the finished run scores it again, and keeps what bench measured
+    run_recipe(finished_run[1], run, resume=True, say=lambda m: None)
+    assert json.loads((run / "metrics.json").read_text())["latency"] == lat
+    assert "## Latency" in (run / "report.md").read_text()
 
 
 def test_a_run_killed_mid_stage_resumes_to_the_same_metrics(finished_run, tmp_path):

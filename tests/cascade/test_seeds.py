@@ -107,3 +107,26 @@ def test_a_stage_resumed_mid_way_draws_the_stream_its_state_recorded(tmp_path):
     (state / PROGRESS).write_text("{not json")  # damaged: the stage starts again, on the current formula
     assert saved_stream(state) == (False, None) and stage_stream(job, "ta", 1) == stream_seed(2, 1)
     assert stage_stream(job, "teacher", -1) == 2 * 10_007  # the teacher's own state, absent here
+
+
+def test_a_seed_folder_that_is_not_a_run_is_refused_before_anything_changes(demo_workspace, tmp_path, capsys):
+    from cascade_kd.cli.app import main
+
+    for name in ("data", "tokenizer"):
+        (tmp_path / name).symlink_to(demo_workspace / name)
+    (tmp_path / "recipe.yaml").write_text(SEEDS_RECIPE)
+    out = tmp_path / "seeds"
+    (out / "seed5").mkdir(parents=True)
+    (out / "seed5" / "mine.txt").write_text("mine")
+    (out / "seeds.json").write_text('{"recipe": "tiny-run", "seeds": [5], "runs": {"5": "seed5"}}')
+    (out / "aggregate.json").write_text("{}")
+    before = {p.name: p.read_text() for p in out.iterdir() if p.is_file()}
+    assert main(["run", str(tmp_path / "recipe.yaml"), "--out", str(out), "--seeds", "5", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite needs a cascade-kd run in RUN_DIR" in err and "seed5" in err
+    assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()} == before  # nothing replaced
+    assert (out / "seed5" / "mine.txt").read_text() == "mine"
+    (out / "seed6").write_text("a file where a seed's folder goes")
+    assert main(["run", str(tmp_path / "recipe.yaml"), "--out", str(out), "--seeds", "6", "--resume"]) == 2
+    assert "seed6" in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in out.iterdir() if p.is_file() and p.name != "seed6"} == before

@@ -162,6 +162,7 @@ def test_a_cards_initialisation_is_the_spec_that_built_the_model(cascade_run, tm
     markers = {m: json.loads((cascade_run / read_run(cascade_run).model(m)["path"] / "stage.json").read_text())
                for m in ("ta2", "student", "direct")}
     assert markers["ta2"]["student"]["layers"] == 2 and markers["ta2"]["student"]["freeze_embeddings"] is True
+    assert markers["student"]["student"]["init"] == [2]  # the final stage's spec, as the recipe gives it
     assert markers["direct"]["student"]["layers"] == 1 and markers["direct"]["student"]["init"] == "bottom"
     copy = tmp_path / "run"
     shutil.copytree(cascade_run, copy)
@@ -172,5 +173,6 @@ def test_a_cards_initialisation_is_the_spec_that_built_the_model(cascade_run, tm
     assert main(["report", str(copy)]) == 0
     card = (copy / "stages" / "direct" / "README.md").read_text()
     assert "- Initialisation: random layers (init: random); embeddings: pca" in card
-    assert "- Initialisation: its teacher's bottom layers (init: bottom); embeddings: copy" in (
+    assert "- Initialisation: from its teacher's layers 2; embeddings: copy" in (
         copy / "stages" / "student" / "README.md").read_text()
+    assert "- Initialisation: its teacher's bottom layers (init: bottom)" in (cascade_run / "stages" / "direct" / "README.md").read_text()
