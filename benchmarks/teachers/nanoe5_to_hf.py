@@ -536,6 +536,9 @@ def convert(bin_path: Path, out: Path, package_version: str) -> dict:
 
 def _replace_dir(tmp: Path, out: Path) -> None:
     if out.is_dir() and any(out.iterdir()):  # an earlier conversion (prepare_target checked the mark)
+        for entry in out.iterdir():  # what the conversion does not write (a user's file, an export or trim inside) stays
+            if not os.path.lexists(tmp / entry.name):
+                os.rename(entry, tmp / entry.name)
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.rename(out, old / "dir")
         os.rename(tmp, out)

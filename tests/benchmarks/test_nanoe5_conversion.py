@@ -167,8 +167,14 @@ def test_tiny_file_converts_and_loads(conv, tmp_path):
         hidden = model(**tok(["ab b", "a"], padding=True, return_tensors="pt")).last_hidden_state
     assert hidden.shape == (2, 4, 32) and torch.isfinite(hidden).all()
 
-    # a second conversion may replace the directory it wrote; a directory it did not write is refused
+    # a second conversion may replace the directory it wrote, keeping what it did not write there
+    (out / "onnx").mkdir()
+    (out / "onnx" / "model.onnx").write_bytes(b"an export of the teacher")
+    (out / "notes.txt").write_text("mine")
     conv.convert(bin_path, out, "test")
+    assert (out / "onnx" / "model.onnx").read_bytes() == b"an export of the teacher"
+    assert (out / "notes.txt").read_text() == "mine" and AutoTokenizer.from_pretrained(out)("ab b")["input_ids"] == [0, 8, 9, 2]
+    # a directory it did not write is refused
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("not ours")
