@@ -22,12 +22,14 @@ from cascade_kd.errors import UserError
 from cascade_kd.evaluation.compare import AGGREGATE, compare_runs
 from cascade_kd.evaluation.run_files import SEEDS_FILE
 from cascade_kd.fileio import atomic_write
-from cascade_kd.outdir import output_path
+from cascade_kd.outdir import inspect, output_path, write_marker
 from cascade_kd.training.progress import RunSet
 from cascade_kd.training.distributed import barrier, is_main
 
 
-# what a multi-seed run writes at the top of OUT; each OUT/seed<S> is a RUN_DIR with its run's own rules
+# what a multi-seed run writes at the top of OUT (and lists in OUT/.cascade-kd.json, with the seed
+# folders); each OUT/seed<S> is a RUN_DIR with its run's own rules
+COMMAND = "run --seeds"
 TOP_FILES = (SEEDS_FILE, AGGREGATE, "report.md", "report.html")
 
 
@@ -50,16 +52,27 @@ def _started(directory: Path) -> bool:
     return directory.is_dir() and any(directory.iterdir())
 
 
+def _legacy(out: Path) -> bool:
+    """A multi-seed OUT written before markers: its seeds.json names its runs."""
+    try:
+        data = json.loads((out / SEEDS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("runs"), dict)
+
+
 def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError("the --out path exists and is not a directory", where=str(out))
-    if _started(out):
-        if not (out / SEEDS_FILE).is_file():
-            raise UserError("--out is not empty and holds no seeds.json (not a multi-seed run)", where=str(out),
-                            hint="choose an empty or new --out")
-        if not (resume or overwrite):
-            raise UserError("--out holds a multi-seed run", where=str(out),
-                            hint="pass --resume to continue it, --overwrite to replace it, or choose another --out")
+    found = inspect(output_path(out), COMMAND, legacy=_legacy)
+    if found.state in ("new", "empty"):
+        return
+    if not found.ours:  # a file merely named seeds.json proves nothing: the marker (or a seeds.json naming runs) does
+        raise UserError("--out is not empty and holds no cascade-kd multi-seed run (not a multi-seed run)",
+                        where=str(out), hint="choose an empty or new --out")
+    if not (resume or overwrite):
+        raise UserError("--out holds a multi-seed run", where=str(out),
+                        hint="pass --resume to continue it, --overwrite to replace it, or choose another --out")
 
 
 def _prepare(out: Path, recipe: Recipe, seeds: list[int], *, overwrite: bool) -> None:
@@ -70,6 +83,7 @@ def _prepare(out: Path, recipe: Recipe, seeds: list[int], *, overwrite: bool) ->
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / SEEDS_FILE, json.dumps({"recipe": recipe.name, "seeds": seeds,
                                                "runs": {str(s): seed_dir(out, s).name for s in seeds}}, indent=2))
+    write_marker(out, COMMAND, [*TOP_FILES, *(seed_dir(out, s).name for s in seeds)])
 
 
 def run_seeds(recipe: Recipe, out: str | Path, seeds: list[int], *, resume: bool = False, overwrite: bool = False,

@@ -54,6 +54,10 @@ def test_seeds_run_once_each_resume_and_aggregate(demo_workspace, tmp_path, caps
     assert pair["what"].startswith("cascade against direct") and list(pair["average"]["per_seed"]) == ["3", "7"]
     assert (out / "report.html").is_file() and "mean ± sample standard deviation" in (out / "report.md").read_text()
 
+    from cascade_kd.outdir import read_marker
+
+    assert read_marker(out)[0]["entries"] == sorted([".cascade-kd.json", "aggregate.json", "report.html", "report.md",
+                                                     "seed3", "seed7", "seeds.json"])
     assert main(args) == 2  # an occupied --out, as for a single run
     assert "--resume" in capsys.readouterr().err
     assert main(args + ["--resume"]) == 0  # both seeds finished: nothing is trained again
@@ -126,6 +130,14 @@ def test_a_seed_folder_that_is_not_a_run_is_refused_before_anything_changes(demo
     assert "--overwrite needs a cascade-kd run in RUN_DIR" in err and "seed5" in err
     assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()} == before  # nothing replaced
     assert (out / "seed5" / "mine.txt").read_text() == "mine"
+    # a file merely named seeds.json proves nothing: not replaced, with --resume or --overwrite
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "seeds.json").write_text('{"my": "settings"}')
+    for flag in ("--resume", "--overwrite"):
+        assert main(["run", str(tmp_path / "recipe.yaml"), "--out", str(mine), "--seeds", "0", flag]) == 2
+        assert "not a multi-seed run" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["seeds.json"] and "settings" in (mine / "seeds.json").read_text()
     (out / "seed6").write_text("a file where a seed's folder goes")
     assert main(["run", str(tmp_path / "recipe.yaml"), "--out", str(out), "--seeds", "6", "--resume"]) == 2
     assert "seed6" in capsys.readouterr().err
