@@ -97,6 +97,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cascade_kd.fileio import atomic_write  # noqa: E402
 from runner import Job, finished, read_json, run_grid, write_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -276,8 +277,10 @@ def sib_eval_files(data: Path, out: Path, sizes: Sizes) -> Path:
         for sib in sizes.languages:
             lines = (data / "sib200" / sib / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
             path = sample / sib / f"{split}.tsv"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join([lines[0]] + [lines[1 + i] for i in rows]) + "\n", encoding="utf-8")
+            text = "\n".join([lines[0]] + [lines[1 + i] for i in rows]) + "\n"
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:  # a running grid may be reading it
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, text)
     return sample
 
 

@@ -58,12 +58,12 @@ import argparse
 import functools
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cascade_kd.fileio import atomic_write  # noqa: E402
 from runner import (
     LIGHTMBERT,
     Job,
@@ -681,8 +681,8 @@ def main(argv=None) -> int:
     (out / "real_data.md").write_text(text)
     name = args.results_name or ("real_data_quick" if args.quick else "real_data")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / "real_data.json", RESULTS_DIR / f"{name}.json")
-    shutil.copyfile(out / "real_data.md", RESULTS_DIR / f"{name}.md")
+    for suffix in ("json", "md"):  # committed files: a kill never leaves one truncated
+        atomic_write(RESULTS_DIR / f"{name}.{suffix}", (out / f"real_data.{suffix}").read_text(encoding="utf-8"))
     print(text)
     print(f"done in {wall / 60:.1f} min; tables: {out / 'real_data.md'}, {RESULTS_DIR / (name + '.md')}")
     return 0

@@ -53,12 +53,12 @@ import functools
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cascade_kd.fileio import atomic_write  # noqa: E402
 from runner import (
     LIGHTMBERT,
     Job,
@@ -510,8 +510,8 @@ def main(argv=None) -> int:
     (out / "recursive_dense.md").write_text(text)
     name = "recursive_dense_quick" if args.quick else "recursive_dense"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / "recursive_dense.json", RESULTS_DIR / f"{name}.json")
-    shutil.copyfile(out / "recursive_dense.md", RESULTS_DIR / f"{name}.md")
+    for suffix in ("json", "md"):  # committed files: a kill never leaves one truncated
+        atomic_write(RESULTS_DIR / f"{name}.{suffix}", (out / f"recursive_dense.{suffix}").read_text(encoding="utf-8"))
     print(text)
     print(f"done in {wall / 60:.1f} min; tables: {out / 'recursive_dense.md'}, {RESULTS_DIR / (name + '.md')}")
     return 1 if any(r.get("failed") for r in results["tasks"]) else 0

@@ -61,6 +61,7 @@ from pathlib import Path
 import cascade_kd as ckd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cascade_kd.fileio import atomic_write  # noqa: E402
 from runner import (GridBusy, Job, cpu_name, describe, failures, language_table, md_table, mean_sd,  # noqa: E402
                     over_seeds, pct, pm, read_json, restore_archived, run_grid, write_json)
 
@@ -716,9 +717,9 @@ def main() -> int:
     summary = {"mode": args.mode, "command": command, "sizes": s, "date": time.strftime("%Y-%m-%d"),
                "settings": settings, "grid": grid_record}
     write_json(args.out / "xlingual.json", summary)
-    (args.out / "xlingual.md").write_text(text)
+    atomic_write(args.out / "xlingual.md", text)
     write_json(target.with_suffix(".json"), summary)
-    target.with_suffix(".md").write_text(text)
+    atomic_write(target.with_suffix(".md"), text)
     print(text)
     return 0
 

@@ -65,6 +65,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cascade_kd.fileio import atomic_write  # noqa: E402
 from runner import Job, count, failures, mean_sd, pct, read_json, run_grid, write_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -673,7 +674,7 @@ def main(argv=None) -> int:
     name = "xtremedistil_panx_quick" if args.quick else "xtremedistil_panx"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS_DIR / f"{name}.json", results)
-    (RESULTS_DIR / f"{name}.md").write_text(text + "\n")
+    atomic_write(RESULTS_DIR / f"{name}.md", text + "\n")
     print(text)
     print(f"done in {wall / 60:.1f} min; tables: {out / 'xtremedistil_panx.md'}, {RESULTS_DIR / (name + '.md')}")
     return 0

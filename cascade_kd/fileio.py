@@ -106,14 +106,25 @@ def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
     `keep`: names of entries of the existing `directory` that are not the writer's (a user's file,
     another command's output): they are moved into the new directory just before the swap, and
     moved back if the swap fails, so replacing a directory never deletes them. A kept name that the
-    writer writes too is an OutputError, and nothing is written."""
+    writer writes too is an OutputError, and nothing is written. An entry that appears in
+    `directory` while the writer works (a file copied in meanwhile) is carried over too.
+
+    A symbolic link to a directory stands for that directory: the new one is swapped in where the
+    link points, and the link stays."""
     directory = Path(directory)
+    if directory.is_symlink() and directory.is_dir():
+        directory = directory.resolve()
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     except OSError as exc:
         raise_output_error(exc, directory)
         raise
+    try:  # what was there when the writer started: anything else found at the swap came in meanwhile
+        at_start = set(os.listdir(directory)) if directory.is_dir() else set()
+    except OSError:
+        at_start = set()
+    keep = list(keep)
     moved: list[str] = []
     old = None
     swapped = False
@@ -128,6 +139,7 @@ def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
             if f.is_file() and not f.is_symlink() and f.stat().st_nlink == 1:  # a hard link keeps its source's mode
                 shared_mode(f)
         if directory.exists():
+            keep += [name for name in sorted(os.listdir(directory)) if name not in at_start and name not in keep]
             clash = sorted(name for name in keep if os.path.lexists(directory / name) and os.path.lexists(tmp / name))
             if clash:  # a file the writer did not write before, but writes now: it is not the writer's to replace
                 raise OutputError(f"{directory} holds {', '.join(clash[:3])}, which cascade-kd did not write there "
@@ -137,14 +149,14 @@ def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
                 if os.path.lexists(directory / name):
                     os.rename(directory / name, tmp / name)
                     moved.append(name)
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            # a fresh name of our own for the old directory (a sibling a user named so is never touched)
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent)) / "dir"
             directory.rename(old)
         tmp.rename(directory)
         swapped = True
         fsync_directory(directory.parent)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old.parent, ignore_errors=True)
     except BaseException as exc:
         if not swapped:
             if old is not None and old.exists() and not directory.exists():
@@ -166,6 +178,8 @@ def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
     finally:
         if not swapped:
             shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None and not old.exists():
+                shutil.rmtree(old.parent, ignore_errors=True)
 
 
 def _nearly_full(path: Path, margin: int = 1 << 20) -> bool:

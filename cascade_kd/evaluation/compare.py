@@ -300,9 +300,21 @@ def check_output_dir(out: Path) -> None:
     if (out / "metrics.json").exists():
         raise UserError("this is a run directory: writing the comparison there would replace the run's own report",
                         where=str(out), hint="give another --out")
-    if not (out / AGGREGATE).exists() and any((out / name).exists() for name in ("report.md", "report.html")):
+    earlier = (out / AGGREGATE).exists()
+    if earlier and not _is_comparison(out / AGGREGATE):  # a file merely named so is not replaced
+        raise UserError(f"the output directory holds an {AGGREGATE} that is not a comparison's", where=str(out / AGGREGATE),
+                        hint="give another --out")
+    if not earlier and any((out / name).exists() for name in ("report.md", "report.html")):
         raise UserError("the output directory holds a report that is not a comparison", where=str(out),
                         hint="give another --out")
+
+
+def _is_comparison(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("variants"), list) and "pairs" in data
 
 
 def write_comparison(aggregate: dict, out: str | Path) -> None:

@@ -214,3 +214,21 @@ def test_the_out_of_run_seeds_is_refused_with_its_seed_folders_named(tmp_path):
     with pytest.raises(UserError) as err:
         compare_runs([out])
     assert err.value.hint == f"give those: {out / 'seed0'} {out / 'seed1'}"
+
+
+def test_the_comparison_replaces_only_an_earlier_comparison(tmp_path):
+    from cascade_kd.errors import UserError
+
+    runs = [fake_run(tmp_path / "runs", s) for s in (0, 1)]
+    out = tmp_path / "out"
+    compare_runs(runs, out)
+    compare_runs(runs, out)  # an earlier comparison: replaced
+    for name, content, why in (("aggregate.json", '{"my": "numbers"}', "not a comparison's"),
+                               ("report.md", "# my notes", "a report that is not a comparison"),
+                               ("metrics.json", "{}", "this is a run directory")):
+        mine = tmp_path / f"mine-{name}"
+        mine.mkdir()
+        (mine / name).write_text(content)
+        with pytest.raises(UserError, match=why):
+            compare_runs(runs, mine)
+        assert [p.name for p in mine.iterdir()] == [name] and (mine / name).read_text() == content
