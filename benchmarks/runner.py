@@ -341,7 +341,8 @@ def _train_model(job: Job, run_dir: Path, partial: Path, model: str, log_path: P
         elif link.exists():  # a half-made copy: not a finished model
             shutil.rmtree(link)
         link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(partial / model, link.parent))  # relative: OUT may move
+        # relative (OUT may move), from where the link really lies (a folder of OUT may be a link itself)
+        link.symlink_to(os.path.relpath((partial / model).resolve(), link.parent.resolve()))
     except Exception as exc:  # noqa: BLE001 - reported; the jobs that read the model are not started
         log(f"FAILED training its {model}: {type(exc).__name__}: {exc}")
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_s": time.perf_counter() - started}
@@ -355,8 +356,13 @@ def reclaim_partial(run_dir: Path, partial: Path) -> None:
     full (its links went with `unrestore`): the partial run takes RUN_DIR's place, so that it
     resumes from there."""
     if partial.is_dir() and run_dir.is_dir() and not any(run_dir.iterdir()):
-        run_dir.rmdir()
-        os.replace(partial, run_dir)
+        if run_dir.is_symlink():  # RUN_DIR links elsewhere (a bigger disk): the partial run goes where it points
+            for entry in partial.iterdir():
+                shutil.move(str(entry), str(run_dir / entry.name))
+            partial.rmdir()
+        else:
+            run_dir.rmdir()
+            os.replace(partial, run_dir)
 
 
 def cpu_name() -> str:

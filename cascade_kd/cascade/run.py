@@ -155,7 +155,7 @@ def publish_run(run_dir: Path, say=print) -> None:
     run's metrics.json, manifest.json and markers. A failure here never costs the run: it is said
     and the run's results stay (`cascade-kd report RUN_DIR` builds them again)."""
     try:
-        write_model_cards(run_dir)
+        write_model_cards(run_dir, say=say)
         write_html_report(run_dir)
     except UserError as err:
         say(f"WARNING: no HTML report or model cards: {err}")

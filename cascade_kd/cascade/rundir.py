@@ -30,7 +30,7 @@ import torch
 from cascade_kd import __version__
 from cascade_kd.config.schema import Recipe
 from cascade_kd.errors import OutputError, UserError
-from cascade_kd.evaluation.run_files import MARKER, MODEL_CARD, model_dir
+from cascade_kd.evaluation.run_files import CARD_COPY, MARKER, MODEL_CARD, card_edited, model_dir
 from cascade_kd.fileio import atomic_write, read_json_record
 from cascade_kd.outdir import (
     LOCK,
@@ -99,7 +99,8 @@ def model_files(directory: Path):
     info, _ = read_stage_info(directory)
     files = info.get("files") if info else None
     if isinstance(files, list) and all(isinstance(f, str) for f in files):
-        listed = set(files) | {MODEL_CARD}  # the model card is written after the marker, from metrics.json
+        # the model card is written after the marker, from metrics.json; one edited by hand is the user's
+        listed = set(files) | ({CARD_COPY} | (set() if card_edited(directory / MODEL_CARD) else {MODEL_CARD}))
         return lambda name: name in listed
     return lambda name: bool(CHECKPOINT_FILE.match(name))
 

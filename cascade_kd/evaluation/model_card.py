@@ -23,7 +23,7 @@ from cascade_kd.evaluation.findings import (
     embedding_sentence,
     worst_languages,
 )
-from cascade_kd.evaluation.run_files import MODEL_CARD, RunFiles, read_run
+from cascade_kd.evaluation.run_files import CARD_COPY, MODEL_CARD, RunFiles, card_edited, read_run, sign_card
 from cascade_kd.fileio import atomic_write, weights_size
 
 PIPELINE_TAGS = {"token": "token-classification", "sequence": "text-classification", "pair": "text-classification",
@@ -351,18 +351,22 @@ def write_model_card(run_dir: str | Path, model: str) -> Path:
     if row is None or not run.model_dir(row).is_dir():
         raise UserError(f"no saved model {model!r} in this run (models: {', '.join(m['name'] for m in run.models)})",
                         where=str(run_dir))
-    path = run.model_dir(row) / MODEL_CARD
-    atomic_write(path, render_model_card(run, row))
-    return path
+    return _write_card(run.model_dir(row), render_model_card(run, row))
 
 
-def write_model_cards(run_dir: str | Path) -> list[Path]:
+def write_model_cards(run_dir: str | Path, say=print) -> list[Path]:
     """Write README.md into every saved model directory of a finished run; returns their paths."""
     run = read_run(run_dir)
-    written = []
-    for row in run.models:
-        directory = run.model_dir(row)
-        if directory.is_dir():
-            atomic_write(directory / MODEL_CARD, render_model_card(run, row))
-            written.append(directory / MODEL_CARD)
-    return written
+    return [_write_card(run.model_dir(row), render_model_card(run, row), say) for row in run.models
+            if run.model_dir(row).is_dir()]
+
+
+def _write_card(directory: Path, text: str, say=print) -> Path:
+    """README.md, signed; where the user has edited README.md since, it is kept and the new card
+    goes next to it (README.cascade-kd.md)."""
+    path = directory / MODEL_CARD
+    if card_edited(path):
+        path = directory / CARD_COPY
+        say(f"{directory / MODEL_CARD} was edited after cascade-kd wrote it: kept; the new card is {path.name}")
+    atomic_write(path, sign_card(text))
+    return path

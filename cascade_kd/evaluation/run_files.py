@@ -6,7 +6,9 @@ a finished run at any time (`cascade-kd report RUN_DIR`, `cascade-kd compare RUN
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,27 @@ from cascade_kd.errors import UserError
 # marker written last and, once the run is scored, its model card.
 MARKER = "stage.json"
 MODEL_CARD = "README.md"
+
+
+# under each model card cascade-kd writes: the hash of the text above it, so that a card a user has
+# edited since (a licence, an intended use, before pushing it to the Hub) is told from ours
+CARD_SIGNATURE = re.compile(r"\n<!-- cascade-kd model card, sha256 ([0-9a-f]{64}) -->\n?\Z")
+CARD_COPY = "README.cascade-kd.md"  # where the new card goes when README.md was edited by hand
+
+
+def sign_card(text: str) -> str:
+    return f"{text}\n<!-- cascade-kd model card, sha256 {hashlib.sha256(text.encode()).hexdigest()} -->\n"
+
+
+def card_edited(path: Path) -> bool:
+    """Whether a model card was changed after cascade-kd wrote it. A card without the signature
+    (written before cards were signed) counts as unchanged, and is replaced as before."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    found = CARD_SIGNATURE.search(text)
+    return found is not None and hashlib.sha256(text[: found.start()].encode()).hexdigest() != found.group(1)
 
 
 def model_folder(name: str) -> str:

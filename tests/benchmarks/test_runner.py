@@ -462,3 +462,16 @@ def test_mean_and_sample_sd_over_seeds_per_model_and_language():
     assert runner.mean_sd([0.25, None, float("nan")]) == {"mean": 0.25, "sd": None, "n": 1}
     assert runner.pm(runner.mean_sd([0.25])) == "25.0"
     assert runner.mean_sd([]) == {"mean": None, "sd": None, "n": 0} and runner.pm(runner.mean_sd([])) == "—"
+
+
+def test_a_partial_run_takes_the_place_of_a_run_dir_that_is_a_symbolic_link(tmp_path):
+    partial, target = tmp_path / ".models" / "first", tmp_path / "disk" / "first"
+    (partial / "teacher").mkdir(parents=True)
+    (partial / "teacher" / "stage.json").write_text("{}")
+    target.mkdir(parents=True)
+    run_dir = tmp_path / "out" / "first"
+    run_dir.parent.mkdir()
+    run_dir.symlink_to(target, target_is_directory=True)
+    runner.reclaim_partial(run_dir, partial)
+    assert run_dir.is_symlink() and (target / "teacher" / "stage.json").read_text() == "{}"
+    assert not partial.exists()

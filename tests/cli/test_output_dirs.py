@@ -147,6 +147,9 @@ def test_overwrite_deletes_only_what_the_run_wrote(capsys, run_copy, stub_run):
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         (own_model / name).write_text(f"my {name}")
     own = snapshot(own_model)
+    card = run_copy / "stages" / "student" / "README.md"  # a card the user edited: theirs now
+    card.write_text(card.read_text().replace("## How to use", "Licence: ours, see LICENSE.\n\n## How to use"))
+    edited = card.read_text()
     rc = main(["run", str(run_copy.parent / "recipe.yaml"), "--out", str(run_copy), "--overwrite"])
     assert rc == 0, capsys.readouterr().err
     kept(mine, run_copy, "notes")
@@ -154,9 +157,10 @@ def test_overwrite_deletes_only_what_the_run_wrote(capsys, run_copy, stub_run):
     kept(theirs, run_copy, "teacher/onnx")
     assert (run_copy / "teacher" / "README.txt").read_text() == "my notes about this teacher\n"
     kept(own, run_copy, "stages/my-ft")
+    assert card.read_text() == edited and sorted(p.name for p in card.parent.iterdir()) == ["README.md"]
     # the run's own files are gone: its checkpoints, metrics and stages
     assert not (run_copy / "teacher" / "model.safetensors").exists()
-    assert sorted(p.name for p in (run_copy / "stages").iterdir()) == ["my-ft"]
+    assert sorted(p.name for p in (run_copy / "stages").iterdir()) == ["my-ft", "student"]
     assert not (run_copy / "metrics.json").exists()
     assert read_marker(run_copy)[0]["command"] == "run"
     assert "kept" in capsys.readouterr().out

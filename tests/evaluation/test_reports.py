@@ -176,3 +176,23 @@ def test_a_cards_initialisation_is_the_spec_that_built_the_model(cascade_run, tm
     assert "- Initialisation: from its teacher's layers 2; embeddings: copy" in (
         copy / "stages" / "student" / "README.md").read_text()
     assert "- Initialisation: its teacher's bottom layers (init: bottom)" in (cascade_run / "stages" / "direct" / "README.md").read_text()
+
+
+def test_a_card_edited_by_hand_is_kept_and_the_new_one_written_beside_it(cascade_run, tmp_path, capsys):
+    from cascade_kd.cli.app import main
+    from cascade_kd.evaluation.run_files import card_edited
+
+    copy = tmp_path / "run"
+    shutil.copytree(cascade_run, copy)
+    card = copy / "stages" / "student" / "README.md"
+    assert not card_edited(card) and "<!-- cascade-kd model card, sha256 " in card.read_text()
+    card.write_text(card.read_text().replace("## How to use", "Licence: ours.\n\n## How to use"))
+    edited = card.read_text()
+    (copy / "stages" / "ta2" / "README.md").unlink()
+    assert main(["report", str(copy)]) == 0
+    assert card.read_text() == edited and card_edited(card)
+    assert "was edited after cascade-kd wrote it: kept" in capsys.readouterr().out
+    new = (copy / "stages" / "student" / "README.cascade-kd.md").read_text()
+    assert "Licence: ours." not in new and "## How to use" in new
+    assert not card_edited(copy / "stages" / "ta2" / "README.md")  # an unedited card is simply written again
+    assert not (copy / "stages" / "ta2" / "README.cascade-kd.md").exists()
