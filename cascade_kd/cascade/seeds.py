@@ -68,7 +68,8 @@ def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     if found.state in ("new", "empty"):
         return
     if not found.ours:  # a file merely named seeds.json proves nothing: the marker (or a seeds.json naming runs) does
-        raise UserError("--out is not empty and holds no cascade-kd multi-seed run (not a multi-seed run)",
+        raise UserError("--out is not empty and is not a multi-seed run (no cascade-kd marker of one, no seeds.json "
+                        "naming its runs): nothing there is replaced",
                         where=str(out), hint="choose an empty or new --out")
     if not (resume or overwrite):
         raise UserError("--out holds a multi-seed run", where=str(out),
