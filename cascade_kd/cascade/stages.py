@@ -178,6 +178,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
             "teacher": teacher.config.num_hidden_layers, "dev": result.best_score, "best_epoch": result.best_epoch,
             "wall_time_s": result.wall_time_s, "tokens_per_s": result.tokens_per_s, "steps": result.steps,
             "epochs": cfg.epochs, "seed": recipe.seed, "stream": seed, "examples": len(train_data),
+            "with_transfer": with_transfer,  # the teacher-labelled transfer text among the examples
             # what the model card describes; none for a previous stage's student trained further
             "student": None if student_spec == "previous" else student_spec.model_dump(mode="json"),
             "losses": [{"name": t.name, "weight": t.weight, "pairs": [list(p) for p in getattr(t.loss, "pairs", [])]}

@@ -215,7 +215,8 @@ def _how_made(run: RunFiles, row: dict, marker: dict) -> list[str]:
     if sizes:
         lines.append("- Training data per language: " + ", ".join(f"{l} {n:,}" for l, n in sizes.items()) + ".")
     transfer = (run.manifest.get("data_sizes") or {}).get("transfer") or {}  # what was read, after left-out sentences
-    if transfer and row["role"] != "teacher":
+    # a stage on the labels alone reads no transfer text (markers from before say nothing: as the run)
+    if transfer and row["role"] != "teacher" and marker.get("with_transfer", True):
         lines.append(f"- Also {sum(transfer.values()):,} unlabelled transfer sentences in {len(transfer)} language(s), "
                      "labelled by the teacher (data.transfer).")
     return lines

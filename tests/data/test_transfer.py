@@ -86,7 +86,12 @@ def test_a_stage_trains_on_train_plus_transfer_and_the_teacher_on_train_only(dem
     assert "Also 80 unlabelled transfer sentences in 2 language(s), labelled by the teacher" in card
     # 400 + 80 examples at batch 32 for 1 epoch: 15 steps (400 alone would be 13)
     stage = json.loads((tmp_path / "run" / "stages" / "student" / MARKER).read_text())
-    assert stage["steps"] == 15
+    assert stage["steps"] == 15 and stage["with_transfer"] is True
+    # a stage on the labels alone reads no transfer text, and its card does not claim any
+    from cascade_kd.evaluation.model_card import write_model_card
+
+    (tmp_path / "run" / "stages" / "student" / MARKER).write_text(json.dumps({**stage, "with_transfer": False}))
+    assert "unlabelled transfer sentences" not in write_model_card(tmp_path / "run", "student").read_text()
 
 
 def test_a_missing_transfer_file_is_a_clear_error(demo_workspace, tmp_path):
