@@ -322,6 +322,7 @@ def _train_model(job: Job, run_dir: Path, partial: Path, model: str, log_path: P
     recipe into `partial`, stopped once that model is saved, and link RUN_DIR/`model` to it; a
     record ({"status", "wall_s", ...}), never an exception."""
     from cascade_kd.cascade import run_recipe
+    from cascade_kd.cascade.rundir import read_manifest
 
     if threads is not None:
         import torch
@@ -332,8 +333,8 @@ def _train_model(job: Job, run_dir: Path, partial: Path, model: str, log_path: P
     link = run_dir / model  # `model` is a folder of a run: teacher, stages/NAME
     recipe = job.build()
     try:
-        manifest = read_json(partial / "manifest.json") or {}
-        if manifest.get("recipe_fingerprint", recipe.fingerprint()) != recipe.fingerprint():
+        manifest, _ = read_manifest(partial)
+        if manifest is not None and manifest["recipe_fingerprint"] != recipe.fingerprint():
             shutil.rmtree(partial)  # a partial run of the job's recipe before it changed
         run_recipe(recipe, partial, resume=True, say=log, until=model_name(model))
         if link.is_symlink() or link.is_file():  # a link of an earlier call

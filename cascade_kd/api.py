@@ -28,7 +28,7 @@ from cascade_kd.deploy.bench import BACKENDS, bench_run
 from cascade_kd.deploy.export import INT8_MIN_AGREEMENT, export_model, find_run_dir, model_task
 from cascade_kd.deploy.trim import DEFAULT_MAX_UNK_INCREASE, trim_model_dir
 from cascade_kd.errors import UserError
-from cascade_kd.evaluation.compare import check_output_dir, compare_runs, rebuild_comparison
+from cascade_kd.evaluation.compare import COMPARISON_FILES, check_output_dir, compare_runs, rebuild_comparison
 from cascade_kd.evaluation.html_report import write_html_report
 from cascade_kd.evaluation.model_card import write_model_cards
 from cascade_kd.evaluation.report import write_outputs
@@ -171,4 +171,4 @@ def report(run_dir: str | Path) -> list[Path]:
         cards = write_model_cards(run_dir)  # reads the run first: a missing or broken run is one UserError
         return [write_html_report(run_dir), *cards]
     rebuild_comparison(run_dir)
-    return [run_dir / name for name in ("report.html", "report.md", "aggregate.json")]
+    return [run_dir / name for name in COMPARISON_FILES]

@@ -19,10 +19,10 @@ from cascade_kd.cascade.run import run_recipe
 from cascade_kd.cascade.rundir import check_resume_or_overwrite, check_run_dir, finished_run
 from cascade_kd.config.schema import Recipe
 from cascade_kd.errors import UserError
-from cascade_kd.evaluation.compare import AGGREGATE, compare_runs
+from cascade_kd.evaluation.compare import COMPARISON_FILES, compare_runs
 from cascade_kd.evaluation.run_files import SEEDS_FILE
 from cascade_kd.fileio import atomic_write
-from cascade_kd.outdir import inspect, output_path, write_marker
+from cascade_kd.outdir import info_file_with, inspect, output_path, write_marker
 from cascade_kd.training.progress import RunSet
 from cascade_kd.training.distributed import barrier, is_main
 
@@ -30,7 +30,7 @@ from cascade_kd.training.distributed import barrier, is_main
 # what a multi-seed run writes at the top of OUT (and lists in OUT/.cascade-kd.json, with the seed
 # folders); each OUT/seed<S> is a RUN_DIR with its run's own rules
 COMMAND = "run --seeds"
-TOP_FILES = (SEEDS_FILE, AGGREGATE, "report.md", "report.html")
+TOP_FILES = (SEEDS_FILE, *COMPARISON_FILES)
 
 
 def seed_dir(out: Path, seed: int) -> Path:
@@ -54,11 +54,7 @@ def _started(directory: Path) -> bool:
 
 def _legacy(out: Path) -> bool:
     """A multi-seed OUT written before markers: its seeds.json names its runs."""
-    try:
-        data = json.loads((out / SEEDS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(data, dict) and isinstance(data.get("runs"), dict)
+    return info_file_with(out / SEEDS_FILE, "runs")
 
 
 def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:

@@ -36,8 +36,10 @@ from cascade_kd.evaluation.compare_report import (
 )
 from cascade_kd.evaluation.run_files import RunFiles, read_json, read_run
 from cascade_kd.fileio import atomic_write
+from cascade_kd.outdir import info_file_with
 
 AGGREGATE = "aggregate.json"
+COMPARISON_FILES = ("report.html", "report.md", AGGREGATE)  # what a comparison writes in its folder
 
 
 def _finite(x) -> bool:
@@ -301,20 +303,12 @@ def check_output_dir(out: Path) -> None:
         raise UserError("this is a run directory: writing the comparison there would replace the run's own report",
                         where=str(out), hint="give another --out")
     earlier = (out / AGGREGATE).exists()
-    if earlier and not _is_comparison(out / AGGREGATE):  # a file merely named so is not replaced
+    if earlier and not info_file_with(out / AGGREGATE, "variants"):  # a file merely named so is not replaced
         raise UserError(f"the output directory holds an {AGGREGATE} that is not a comparison's", where=str(out / AGGREGATE),
                         hint="give another --out")
     if not earlier and any((out / name).exists() for name in ("report.md", "report.html")):
         raise UserError("the output directory holds a report that is not a comparison", where=str(out),
                         hint="give another --out")
-
-
-def _is_comparison(path: Path) -> bool:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(data, dict) and isinstance(data.get("variants"), list) and "pairs" in data
 
 
 def write_comparison(aggregate: dict, out: str | Path) -> None:

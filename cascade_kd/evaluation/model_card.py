@@ -192,8 +192,9 @@ def _how_made(run: RunFiles, row: dict, marker: dict) -> list[str]:
         lines.append(f"- Method: {what} ({shape}).")
         lines.append(f"- Chain of models: {chain} (each distilled from the one before it).")
         lines.append(f"- Losses: {_losses_text(run, row, marker) or 'as the recipe says'}.")
+        stage = _stage(run, row)
         # the spec the model was built from, as its marker records it (runs before that: the recipe's stage)
-        student = marker["student"] if "student" in marker else _stage(run, row).get("student")
+        student = marker["student"] if "student" in marker else stage.get("student")
         if isinstance(student, dict):
             lines.append(f"- Initialisation: {_init_text(student)}; embeddings: {student.get('embeddings', 'copy')} "
                          "(`copy`: the teacher's, `pca`: the teacher's projected to the student's width).")
@@ -201,13 +202,12 @@ def _how_made(run: RunFiles, row: dict, marker: dict) -> list[str]:
             if frozen:
                 lines.append(f"- Frozen: {'the embeddings' if frozen is True else ', '.join(frozen) + ' embeddings'}"
                              f" ({row.get('params_trainable', 0):,} of {row['params_total']:,} parameters trained).")
-        elif _stage(run, row).get("student") == "previous":
+        elif stage.get("student") == "previous":
             lines.append("- Initialisation: the previous stage's student, trained further.")
-        if _stage(run, row).get("guides") == "dense" and row["role"] != "direct":  # the direct baseline has no guides
+        if stage.get("guides") == "dense" and row["role"] != "direct":  # the direct baseline has no guides
             lines.append("- Guides: dense (the logit losses learn from the teacher and every earlier student).")
         if marker:
             # runs from before the markers held epochs and seed: the recipe's (a stage's own, else the run's)
-            stage = _stage(run, row)
             epochs = marker.get("epochs", (stage.get("train") or {}).get("epochs", (recipe.get("train") or {}).get("epochs")))
             lines.append(f"- Training: {_num(epochs)} epochs, {marker.get('steps', '?')} steps, seed "
                          f"{marker.get('seed', '?')}; best dev checkpoint at epoch {marker.get('best_epoch')}.")
