@@ -1,7 +1,10 @@
 """Files in and out.
 
 Writes are atomic: a crash at any instant leaves either the old or the new file or directory,
-never a half-written one (temporary sibling, fsync, rename, fsync of the parent). A directory that
+never a half-written one (temporary sibling, fsync, rename, fsync of the parent). A directory is
+replaced in one step where the system can swap two paths (Linux's renameat2 RENAME_EXCHANGE);
+elsewhere in two renames, and a process killed between them leaves the old directory under a
+temporary name that the next write (or `recover_directory`) puts back. A directory that
 is replaced keeps the entries the caller names (`keep`): what cascade-kd did not write there is
 carried into the new directory, never deleted. A full disk or a read-only location is an
 `OutputError` (one line, exit code 2), not a traceback. The temporary siblings come from `tempfile`,
@@ -15,11 +18,15 @@ ever, a character device such as /dev/zero never ends), and at most `limit` byte
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
+import re
 import shutil
+import socket
 import stat
+import sys
 import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -99,6 +106,68 @@ def atomic_write(path: Path, text: str | bytes) -> None:
         raise
 
 
+# Temporary siblings of a directory being replaced carry the writer's process id and host, so that
+# what a killed writer left can be told from what a live one is writing (on this host: a shared
+# file system's other hosts are left alone).
+def _temp_prefix(directory: Path, *, old: bool = False) -> str:
+    return f".{directory.name}.cascade-kd-{'old-' if old else ''}{os.getpid()}@{socket.gethostname()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def recover_directory(directory: Path) -> None:
+    """Put back what a writer of `directory` killed mid-swap left (only the two-rename swap has such
+    a moment), and remove the temporary siblings of writers that are gone. Siblings of a live
+    process or of another host, or not named by cascade-kd, are left alone."""
+    directory = Path(directory)
+    pattern = re.compile(rf"\.{re.escape(directory.name)}\.cascade-kd-(old-)?(\d+)@(.+)\.[a-z0-9_]+")
+    try:
+        siblings = sorted(directory.parent.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    host = socket.gethostname()
+    for sibling in siblings:
+        match = pattern.fullmatch(sibling.name)
+        if match is None or match.group(3) != host or _alive(int(match.group(2))) or not sibling.is_dir():
+            continue
+        old = sibling / "dir"
+        if match.group(1) and old.is_dir() and not os.path.lexists(directory):
+            try:
+                old.rename(directory)  # the newest old copy: its replacement never arrived
+            except OSError:
+                continue
+        shutil.rmtree(sibling, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths `a` and `b` in one step (Linux renameat2 with RENAME_EXCHANGE); False where
+    this system or file system cannot, and the caller swaps in two renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without it (glibc < 2.28, musl)
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):  # not supported here
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 @contextmanager
 def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
     """Yield a temporary directory to fill; on success it replaces `directory` in one rename.
@@ -114,9 +183,10 @@ def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
     directory = Path(directory)
     if directory.is_symlink() and directory.is_dir():
         directory = directory.resolve()
+    recover_directory(directory)
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(directory), dir=directory.parent))
     except OSError as exc:
         raise_output_error(exc, directory)
         raise
@@ -149,8 +219,13 @@ def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
                 if os.path.lexists(directory / name):
                     os.rename(directory / name, tmp / name)
                     moved.append(name)
+            if _exchange(tmp, directory):  # one step: the old directory now lies at tmp
+                swapped = True
+                fsync_directory(directory.parent)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
             # a fresh name of our own for the old directory (a sibling a user named so is never touched)
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent)) / "dir"
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(directory, old=True), dir=directory.parent)) / "dir"
             directory.rename(old)
         tmp.rename(directory)
         swapped = True

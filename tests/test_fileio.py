@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
 
 from cascade_kd.fileio import atomic_directory, atomic_write
 
@@ -59,3 +66,60 @@ def test_replacing_a_directory_through_a_symbolic_link_writes_where_it_points(tm
         with atomic_directory(link) as tmp:
             (tmp / "progress.json").write_text(round_)
         assert link.is_symlink() and (target / "progress.json").read_text() == round_
+
+
+def test_a_directory_is_replaced_in_one_step_where_the_system_can_swap_two_paths(tmp_path, monkeypatch):
+    import cascade_kd.fileio as fileio
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "which").write_text("a")
+    if not fileio._exchange(a, b):
+        pytest.skip("this system or file system cannot swap two paths in one step (renameat2 RENAME_EXCHANGE)")
+    assert (b / "which").read_text() == "a" and not (a / "which").exists()
+    swaps = []
+    real = fileio._exchange
+    monkeypatch.setattr(fileio, "_exchange", lambda x, y: swaps.append(real(x, y)) or swaps[-1])
+    out = tmp_path / "out"
+    for round_ in ("first", "second"):
+        with fileio.atomic_directory(out) as tmp:
+            (tmp / "progress.json").write_text(round_)
+    assert (out / "progress.json").read_text() == "second"
+    assert swaps == [True]  # the first write had nothing to swap with; the second swapped in one step
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]
+
+
+def test_a_writer_killed_between_the_two_renames_leaves_the_old_directory_which_comes_back(tmp_path):
+    """Where paths cannot be swapped in one step, a SIGKILL between moving the old directory aside
+    and moving the new one in leaves neither in place: the next look at the state puts the old one
+    back, and what the dead writer left is removed (a live writer's and a user's siblings are not)."""
+    from cascade_kd.training.state import has_state
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "progress.json").write_text("old")
+    (tmp_path / ".state.old").mkdir()  # a user's own folder
+    live = tmp_path / f".state.cascade-kd-{os.getpid()}@{socket.gethostname()}.abc123"
+    live.mkdir()  # a live writer's: this test process
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        import cascade_kd.fileio as fileio
+        fileio._exchange = lambda a, b: False   # as on a system without renameat2
+        real = Path.rename
+        def rename(self, target):
+            if Path(target).name == "state" and ".cascade-kd-old-" not in self.name:
+                os.kill(os.getpid(), signal.SIGKILL)   # the old directory is aside, the new one not in
+            return real(self, target)
+        Path.rename = rename
+        with fileio.atomic_directory(Path({str(state)!r})) as tmp:
+            (tmp / "progress.json").write_text("new")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not state.exists()
+    left = sorted(p.name for p in tmp_path.iterdir() if ".cascade-kd-" in p.name and p != live)
+    assert len(left) == 2 and any(".cascade-kd-old-" in name for name in left)
+    assert has_state(state) and (state / "progress.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".state.old", live.name, "state"])

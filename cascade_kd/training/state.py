@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from cascade_kd.errors import UserError
-from cascade_kd.fileio import atomic_directory
+from cascade_kd.fileio import atomic_directory, recover_directory
 
 PROGRESS = "progress.json"
 MODULE = "module.safetensors"
@@ -220,4 +220,7 @@ def saved_stream(directory: Path | None) -> tuple[bool, int | None]:
 
 
 def has_state(directory: Path | None) -> bool:
-    return directory is not None and (Path(directory) / PROGRESS).is_file()
+    if directory is None:
+        return False
+    recover_directory(Path(directory))  # a state a killed save left under a temporary name is put back
+    return (Path(directory) / PROGRESS).is_file()
