@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 
 from cascade_kd.cascade import evaluate_run, run_recipe
 from cascade_kd.cascade.run import publish_run, read_metrics
-from cascade_kd.cascade.rundir import is_run
+from cascade_kd.cascade.rundir import is_run, locked_run_dir
 from cascade_kd.cascade.seeds import run_seeds as _run_seeds
 from cascade_kd.config import Recipe
 from cascade_kd.deploy.bench import BACKENDS, bench_run
@@ -33,6 +33,7 @@ from cascade_kd.evaluation.html_report import write_html_report
 from cascade_kd.evaluation.model_card import write_model_cards
 from cascade_kd.evaluation.report import write_outputs
 from cascade_kd.evaluation.retrieval import tatoeba_pairs
+from cascade_kd.evaluation.run_files import read_run
 from cascade_kd.students.hub import load_checkpoint
 
 Say = Callable[[str], None]
@@ -91,12 +92,13 @@ def bench(run_dir: str | Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repea
     read_metrics(path)  # a damaged metrics.json: one line, before any timing
     if isinstance(models, str):
         raise UserError(f"bench models={models!r}: a list of model names is expected", hint=f"models=[{models!r}]")
-    result = bench_run(run_dir, batch_sizes=batch_sizes, seq_lens=seq_lens, repeats=repeats, backends=backends,
-                       models=models, say=say)
-    metrics = read_metrics(path)
-    metrics["latency"] = result
-    write_outputs(run_dir, metrics)  # metrics.json and report.md gain the latency table
-    publish_run(run_dir, say=say)  # and report.html and the model cards
+    with locked_run_dir(run_dir):  # a run resumed there meanwhile would rewrite the same files
+        result = bench_run(run_dir, batch_sizes=batch_sizes, seq_lens=seq_lens, repeats=repeats, backends=backends,
+                           models=models, say=say)
+        metrics = read_metrics(path)
+        metrics["latency"] = result
+        write_outputs(run_dir, metrics)  # metrics.json and report.md gain the latency table
+        publish_run(run_dir, say=say)  # and report.html and the model cards
     return result
 
 
@@ -168,7 +170,9 @@ def report(run_dir: str | Path) -> list[Path]:
     the files written."""
     run_dir = Path(run_dir)
     if (run_dir / "metrics.json").is_file() or not (run_dir / "aggregate.json").is_file():
-        cards = write_model_cards(run_dir)  # reads the run first: a missing or broken run is one UserError
-        return [write_html_report(run_dir), *cards]
+        read_run(run_dir)  # a missing or broken run: one UserError, before a lock file is made there
+        with locked_run_dir(run_dir):  # a run resumed there meanwhile would rewrite the same files
+            cards = write_model_cards(run_dir)
+            return [write_html_report(run_dir), *cards]
     rebuild_comparison(run_dir)
     return [run_dir / name for name in COMPARISON_FILES]

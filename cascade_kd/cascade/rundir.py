@@ -269,6 +269,17 @@ def _lock(out: Path):
 
 
 @contextmanager
+def locked_run_dir(run_dir: Path):
+    """Hold RUN_DIR's lock while a command rewrites a finished run's files (bench, report), so that
+    it never interleaves its writes with a `run --resume` or another such command there."""
+    lock = _lock(output_path(run_dir))
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
 def open_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, say=print):
     """Check RUN_DIR on every process, then let the main one lock it, replace an earlier run's files
     (--overwrite) and mark it; the lock is held until the block ends. Every process checks the

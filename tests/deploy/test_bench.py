@@ -3,6 +3,7 @@ and report.md."""
 
 import json
 import shutil
+import subprocess
 import sys
 import time
 
@@ -252,3 +253,29 @@ def test_bad_numbers_are_one_line_and_keep_the_runs_latency_table(run_copy, caps
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert json.loads(metrics.read_text()) == before and (run_copy / "report.md").read_text() == report
+
+
+def test_bench_and_report_wait_for_no_one_in_a_run_another_process_works_in(run_copy, capsys):
+    """bench and report rewrite a finished run's files: while another process holds RUN_DIR's lock
+    (a `run --resume` there), they are refused before any timing, and nothing changes."""
+    from filelock import FileLock
+
+    from cascade_kd.outdir import LOCK
+
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom filelock import FileLock\n"
+                               f"lock = FileLock({str(run_copy / LOCK)!r}); lock.acquire(); print('held', flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for command in (["bench", str(run_copy), "--backends", "fp32", "--repeats", "1"], ["report", str(run_copy)]):
+            assert main(command) == 2
+            err = capsys.readouterr().err
+            assert "another cascade-kd process is working in RUN_DIR" in err and "Traceback" not in err
+        assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    with FileLock(str(run_copy / LOCK), timeout=0):  # released with its holder
+        pass
+    assert main(["report", str(run_copy)]) == 0
