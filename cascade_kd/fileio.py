@@ -114,6 +114,11 @@ def _temp_prefix(directory: Path, *, old: bool = False) -> str:
 
 
 def _alive(pid: int) -> bool:
+    """Whether another process with this id runs. This process's own id on a leftover is a killed
+    writer's, reused (containers number their processes alike every start): cascade-kd writes one
+    directory at a time, so no writer of this process is at work while it looks."""
+    if pid == os.getpid():
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

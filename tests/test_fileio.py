@@ -100,8 +100,11 @@ def test_a_writer_killed_between_the_two_renames_leaves_the_old_directory_which_
     state.mkdir()
     (state / "progress.json").write_text("old")
     (tmp_path / ".state.old").mkdir()  # a user's own folder
-    live = tmp_path / f".state.cascade-kd-{os.getpid()}@{socket.gethostname()}.abc123"
-    live.mkdir()  # a live writer's: this test process
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    live = tmp_path / f".state.cascade-kd-{sleeper.pid}@{socket.gethostname()}.abc123"
+    live.mkdir()  # a live writer's
+    own = tmp_path / f".state.cascade-kd-{os.getpid()}@{socket.gethostname()}.def456"
+    own.mkdir()  # a killed writer's whose id this process now has (containers reuse ids)
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
@@ -119,7 +122,11 @@ def test_a_writer_killed_between_the_two_renames_leaves_the_old_directory_which_
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not state.exists()
-    left = sorted(p.name for p in tmp_path.iterdir() if ".cascade-kd-" in p.name and p != live)
+    left = sorted(p.name for p in tmp_path.iterdir() if ".cascade-kd-" in p.name and p not in (live, own))
     assert len(left) == 2 and any(".cascade-kd-old-" in name for name in left)
-    assert has_state(state) and (state / "progress.json").read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".state.old", live.name, "state"])
+    try:
+        assert has_state(state) and (state / "progress.json").read_text() == "old"
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".state.old", live.name, "state"])
+    finally:
+        sleeper.kill()
+        sleeper.wait()

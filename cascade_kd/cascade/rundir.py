@@ -29,7 +29,7 @@ import torch
 
 from cascade_kd import __version__
 from cascade_kd.config.schema import Recipe
-from cascade_kd.errors import OutputError, UserError
+from cascade_kd.errors import DataError, OutputError, UserError
 from cascade_kd.evaluation.run_files import CARD_COPY, MARKER, MODEL_CARD, card_edited, model_dir
 from cascade_kd.fileio import atomic_write, read_json_record
 from cascade_kd.outdir import (
@@ -317,13 +317,33 @@ def open_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, sa
             lock.release()
 
 
+def check_same_data(job: Job) -> None:
+    """A resumed run reads the data its manifest was written from (a run from before digests is
+    not checked): data edited in place since would mix models of old and new data in one run."""
+    manifest, _ = read_manifest(job.out)
+    old = (manifest or {}).get("data_digests")
+    if not isinstance(old, dict):
+        return
+    new = job.data.digests()
+    changed = [(split, lang) for split in sorted(set(old) | set(new))
+               for lang in sorted(set(old.get(split) or {}) | set(new.get(split) or {}))
+               if (old.get(split) or {}).get(lang) != (new.get(split) or {}).get(lang)]
+    if changed:
+        shown = ", ".join(f"{split} {lang}" for split, lang in changed[:4]) + (", ..." if len(changed) > 4 else "")
+        split, lang = changed[0]
+        raise DataError(f"the data changed since this run started ({shown}): a resume would mix models trained "
+                        "on the old data with models trained on the new", where=job.data.source_file(split, lang) or str(job.out),
+                        hint="put the data back as it was to resume, or train on the new data with --overwrite or another --out")
+
+
 def write_manifest(job: Job) -> None:
     import transformers
 
     manifest = {
         "recipe_fingerprint": job.recipe.fingerprint(), "cascade_kd": __version__, "torch": torch.__version__,
         "transformers": transformers.__version__, "python": platform.python_version(),
-        "seed": job.recipe.seed, "data_sizes": job.data.sizes(), "labels": job.data.labels,
+        "seed": job.recipe.seed, "data_sizes": job.data.sizes(), "data_digests": job.data.digests(),
+        "labels": job.data.labels,
         "recipe": job.recipe.dump(),
     }
     atomic_write(job.out / "manifest.json", json.dumps(manifest, indent=2))

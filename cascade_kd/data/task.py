@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,11 +46,32 @@ class TaskData:
     def label2id(self) -> dict[str, int]:
         return {label: i for i, label in enumerate(self.labels)}
 
+    def digests(self) -> dict[str, dict[str, str]]:
+        """A hash of the examples read, per split and language (and of the transfer text): a resumed
+        run compares them with its manifest's, so that data edited in place since it started is
+        not trained on half-way (finished models would come from the old data)."""
+        groups = {**self.splits, **({"transfer": self.transfer} if self.transfer else {})}
+        return {split: {lang: _digest(examples) for lang, examples in per_lang.items()}
+                for split, per_lang in groups.items()}
+
+    def source_file(self, split: str, lang: str) -> str | None:
+        """The file a split's examples in `lang` were read from, for messages."""
+        examples = (self.transfer if split == "transfer" else self.splits.get(split, {})).get(lang) or []
+        return examples[0].source.rsplit(":", 1)[0] if examples else None
+
     def sizes(self) -> dict[str, dict[str, int]]:
         sizes = {split: {lang: len(ex) for lang, ex in per_lang.items()} for split, per_lang in self.splits.items()}
         if self.transfer:
             sizes["transfer"] = {lang: len(ex) for lang, ex in self.transfer.items()}
         return sizes
+
+
+def _digest(examples: list[Example]) -> str:
+    digest = hashlib.sha256()
+    for ex in examples:  # what training reads of an example; its source (file:line) is not its content
+        digest.update(json.dumps([ex.text, ex.text_pair, ex.label, ex.tokens, ex.tags], ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
 
 
 def split_languages(recipe: Recipe, split: str) -> list[str]:

@@ -109,12 +109,13 @@ def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, 
         + f" x {cfg.grad_accum} accumulated = {cfg.batch_size * cfg.grad_accum} examples per optimiser step, "
         f"precision {precision_name(accelerator.mixed_precision)}" + (" (auto)" if cfg.precision == "auto" else "")
         + f", {schedule.total_steps} steps")
-    progress, best = _start(state_dir, unwrapped, optimizer, scheduler, schedule, n_proc, say)
+    progress, best = _start(state_dir, unwrapped, optimizer, scheduler, schedule, accelerator, say)
     progress.stream = data.seed  # recorded with every checkpoint (cascade/stages.py reads it back)
 
     def checkpoint():
         # only at optimiser-step boundaries: gradients accumulated so far are not part of the state
         if state_dir is not None and main and schedule.is_optimiser_step(progress.step):
+            progress.scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
             save_state(state_dir, unwrapped, optimizer, scheduler, progress, best)
 
     bar = _progress(schedule.total_steps, desc, disable=not main)
@@ -122,7 +123,8 @@ def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, 
     monitor.start(progress, total_steps=schedule.total_steps, examples_per_step=cfg.batch_size,
                   steps_per_epoch=schedule.per_epoch, precision=precision_name(accelerator.mixed_precision),
                   live=not bar.disable, active=main, bar=bar)
-    while progress.step < schedule.total_steps and not progress.stopped:
+    # an epoch whose last step is checkpointed before its evaluation (batch > 0) still needs that evaluation
+    while (progress.step < schedule.total_steps or progress.batch > 0) and not progress.stopped:
         batches = data.epoch(progress.epoch, cfg.batch_size)
         unfrozen = schedule.begin_epoch(progress.epoch)  # gradual unfreezing: the parameters this epoch trains
         if unfrozen:
@@ -204,8 +206,9 @@ def _freeze_unreached(task: DistillationTask, data: StageData, cfg: TrainConfig,
             f"and stay frozen (e.g. {unreached[0]})")
 
 
-def _start(state_dir, module, optimizer, scheduler, schedule: Schedule, n_proc: int, say) -> tuple[Progress, dict | None]:
+def _start(state_dir, module, optimizer, scheduler, schedule: Schedule, accelerator, say) -> tuple[Progress, dict | None]:
     """A fresh stage, or an interrupted one restored to exactly where it stopped."""
+    n_proc, precision = accelerator.num_processes, precision_name(accelerator.mixed_precision)
     progress, best, resumed = Progress(), None, False
     if has_state(state_dir):
         try:
@@ -225,9 +228,14 @@ def _start(state_dir, module, optimizer, scheduler, schedule: Schedule, n_proc: 
             # random streams of processes other than the main one (dropout) were not saved
             say(f"this state was written by {progress.processes} process(es), resumed on {n_proc}: "
                 "same batches and steps; dropout draws differ from an uninterrupted run")
+        if progress.precision is not None and progress.precision != precision:
+            say(f"WARNING: this state was trained in {progress.precision} and goes on in {precision} (`precision: "
+                "auto` chooses by machine): the steps from here differ from an uninterrupted run")
+        if progress.scaler and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(progress.scaler)  # fp16's loss scale goes on where it was
     else:
         progress.static = frozen_parameters(module)  # written once per stage, see training/state.py
-    progress.processes = n_proc
+    progress.processes, progress.precision = n_proc, precision
     return progress, best
 
 

@@ -59,6 +59,8 @@ class Progress:
     # the stage's random stream (batch order, masks, dropped guides; cascade/stages.py), so that a
     # resume draws what the stage drew before; None: a state written before streams were recorded
     stream: int | None = None
+    precision: str | None = None  # what the stage trained in (`precision: auto` resolves per machine)
+    scaler: dict | None = None  # fp16's loss scale and its growth counter (GradScaler.state_dict), else None
 
 
 def named_tensors(module) -> dict[str, torch.Tensor]:
@@ -194,6 +196,13 @@ def load_state(directory: Path, module, optimizer, scheduler) -> tuple[Progress,
         raise UserError(f"the training state in {directory} does not match this stage's model "
                         f"({len(differ)} tensor(s) differ, e.g. {differ[0]})", where=str(directory),
                         hint="it was written for another model or by another version: delete the directory to restart the stage")
+    reshaped = sorted(k for k in own if saved[k].shape != own[k].shape)
+    if reshaped:  # checked before anything is restored: a half-restored module would train on
+        k = reshaped[0]
+        raise UserError(f"the training state in {directory} does not match this stage's model ({len(reshaped)} "
+                        f"tensor(s) of another shape, e.g. {k}: {tuple(saved[k].shape)} saved, {tuple(own[k].shape)} now)",
+                        where=str(directory), hint="the model or the data it is built from changed since it was "
+                        "written: delete the directory to restart the stage")
     restore(module, saved)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

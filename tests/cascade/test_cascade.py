@@ -102,6 +102,29 @@ def test_resume_does_not_redo_finished_models(finished_run, capsys):
         assert new["per_language"] == pytest.approx(old["per_language"])
 
 
+def test_resume_on_data_edited_in_place_is_refused_and_names_the_file(finished_run, tmp_path, capsys):
+    """The recipe is the same, a training file is not: finished models came from the old data."""
+    root, _, _ = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    shutil.copytree(root / "data", tmp_path / "data")
+    (tmp_path / "tokenizer").symlink_to(root / "tokenizer")
+    write_recipe(tmp_path, SMALL, "r.yaml")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest["data_digests"]) == {"train", "dev", "test"}
+    train_file = next(p for p in (tmp_path / "data" / "ru").iterdir() if p.name.startswith("train"))
+    text = train_file.read_text(encoding="utf-8")
+    train_file.write_text(text.replace("\n\n", "\n\nИван B-PER\n\n", 1), encoding="utf-8")  # one sentence more
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    rc = main(["run", str(tmp_path / "r.yaml"), "--out", str(run), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "data changed since this run started (train ru)" in err and str(train_file) in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    train_file.write_text(text, encoding="utf-8")  # put back: the resume goes on (nothing left to train)
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(run), "--resume"]) == 0
+
+
 def test_eval_command_rescored_without_training(finished_run, capsys):
     root, _, metrics = finished_run
     # the default recipe is the copy in RUN_DIR, whose paths were made absolute

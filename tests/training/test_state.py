@@ -1,5 +1,6 @@
 """An interrupted stage resumes to exactly the weights of an uninterrupted one (CPU, fixed seed)."""
 
+import json
 import os
 
 import pytest
@@ -46,7 +47,11 @@ def data(demo_workspace, tokenizer):
     return encode(examples, tokenizer, task="token", label2id={l: i for i, l in enumerate(LABELS)}, max_length=64)
 
 
-def _distil(data, state_dir, teacher, freeze=False):
+def _score(model):
+    return -float(sum(p.detach().float().pow(2).sum() for p in model.parameters()))  # deterministic in the weights
+
+
+def _distil(data, state_dir, teacher, freeze=False, cfg=CFG, evaluate=_score):
     """A width-changing distillation stage (projections, dropout RNG, scheduler all in play)."""
     torch.manual_seed(1)
     student = build_student(teacher, StudentConfig(layers=1, init="random", hidden=16, heads=2, embeddings="pca",
@@ -55,8 +60,7 @@ def _distil(data, state_dir, teacher, freeze=False):
     task = DistillationTask(student, build_terms(losses, teacher.config, student.config, where="t"), LiveTeacher(teacher))
     use_attention_outputs(teacher, True)
     use_attention_outputs(student, True)
-    scores = lambda m: -float(sum(p.detach().float().pow(2).sum() for p in m.parameters()))  # deterministic in the weights
-    result = train(task, StageData(data, seed=5), CFG, evaluate=scores, state_dir=state_dir)
+    result = train(task, StageData(data, seed=5), cfg, evaluate=evaluate, state_dir=state_dir)
     return student, task.projections, result
 
 
@@ -99,6 +103,30 @@ def test_resume_after_a_crash_gives_identical_weights(data, tmp_path, monkeypatc
     for a, b in ((student, ref_student), (proj, ref_proj)):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sb)
+
+
+def test_a_crash_in_the_last_evaluation_evaluates_again_on_resume(data, tmp_path):
+    """5 steps an epoch, a checkpoint every 5: the last one is written after the last step and
+    before the last epoch's evaluation. A crash inside that evaluation resumed without it, keeping
+    the best of the earlier epochs (other weights, a shorter history)."""
+    teacher = tiny_bert(layers=2, hidden=32).eval()
+    cfg = CFG.model_copy(update={"checkpoint_every": 5})
+    ref_student, _, ref = _distil(data, tmp_path / "ref", teacher, cfg=cfg)
+    assert ref.steps == 15 and len(ref.history) == 3
+    calls = {"n": 0}
+
+    def crashing_score(model):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Crash
+        return _score(model)
+
+    with pytest.raises(_Crash):
+        _distil(data, tmp_path / "run", teacher, cfg=cfg, evaluate=crashing_score)
+    student, _, result = _distil(data, tmp_path / "run", teacher, cfg=cfg)
+    assert result.history == ref.history and result.best_epoch == ref.best_epoch
+    expected = ref_student.state_dict()
+    assert all(torch.equal(student.state_dict()[k], expected[k]) for k in expected)
 
 
 def test_plain_stage_without_state_dir_writes_nothing(data, tmp_path):
@@ -195,3 +223,56 @@ def test_a_state_written_for_another_model_is_refused_with_a_hint(tmp_path):
     other = torch.nn.Sequential(torch.nn.Linear(4, 2))
     with pytest.raises(UserError, match="does not match this stage's model.*delete the directory"):
         load_state(tmp_path / "state", other, *_optimiser(other))
+
+
+def test_a_state_of_the_same_names_but_other_shapes_is_refused_before_anything_is_restored(tmp_path):
+    """train.embedding_rows: seen sizes a table by the data: data changed in place gives the same
+    tensor names in other shapes. Refused with a UserError, the module untouched (no half-restore)."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    save_state(tmp_path / "state", model, *_optimiser(model), Progress(), None)
+    torch.manual_seed(7)
+    other = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 5))
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(UserError, match=r"other shape, e\.g\. 1\.bias: \(2,\) saved, \(5,\) now"):
+        load_state(tmp_path / "state", other, *_optimiser(other))
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in before.items())
+
+
+def test_fp16s_loss_scale_and_the_precision_are_saved_and_restored(data, tmp_path, monkeypatch):
+    """Under fp16 (a GPU without bf16) the loss scale grows as steps pass without overflow: a resume
+    goes on from the saved scale and growth counter, not from the initial ones. CPU has no fp16
+    scaler, so one is given to the accelerator here."""
+    import cascade_kd.training.loop as loop
+
+    scalers = []
+    real = loop.make_accelerator
+
+    def with_scaler(*args, **kwargs):
+        accelerator = real(*args, **kwargs)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=2)
+        scalers.append(accelerator.scaler)
+        return accelerator
+
+    monkeypatch.setattr(loop, "make_accelerator", with_scaler)
+    teacher = tiny_bert(layers=2, hidden=32).eval()
+    _distil(data, tmp_path / "ref", teacher)
+    reference = scalers[-1].state_dict()
+    assert reference["scale"] > 2.0**8  # it grew: something to carry over
+
+    calls = {"n": 0}
+    real_collate = stage_data.collate
+
+    def crashing_collate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise _Crash
+        return real_collate(*args, **kwargs)
+
+    monkeypatch.setattr(stage_data, "collate", crashing_collate)
+    with pytest.raises(_Crash):
+        _distil(data, tmp_path / "run", teacher)
+    saved = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert saved["precision"] == "fp32" and saved["scaler"]["scale"] > 2.0**8
+    monkeypatch.setattr(stage_data, "collate", real_collate)
+    _distil(data, tmp_path / "run", teacher)
+    assert scalers[-1].state_dict() == reference
