@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 
 from cascade_kd.config.schema import TrainConfig
 from cascade_kd.errors import UserError
@@ -37,6 +38,7 @@ from cascade_kd.training.state import (
     has_state,
     load_state,
     restore,
+    rng_state,
     save_state,
     update_static,
 )
@@ -112,11 +114,15 @@ def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, 
     progress, best = _start(state_dir, unwrapped, optimizer, scheduler, schedule, accelerator, say)
     progress.stream = data.seed  # recorded with every checkpoint (cascade/stages.py reads it back)
 
-    def checkpoint():
+    def checkpoint():  # called on every process
         # only at optimiser-step boundaries: gradients accumulated so far are not part of the state
-        if state_dir is not None and main and schedule.is_optimiser_step(progress.step):
+        if state_dir is None or not schedule.is_optimiser_step(progress.step):
+            return
+        # each process draws its own dropout: every one's random state goes into the main one's checkpoint
+        ranks = gather_object([rng_state()]) if n_proc > 1 else None
+        if main:
             progress.scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-            save_state(state_dir, unwrapped, optimizer, scheduler, progress, best)
+            save_state(state_dir, unwrapped, optimizer, scheduler, progress, best, ranks)
 
     bar = _progress(schedule.total_steps, desc, disable=not main)
     bar.update(progress.step)
@@ -212,7 +218,7 @@ def _start(state_dir, module, optimizer, scheduler, schedule: Schedule, accelera
     progress, best, resumed = Progress(), None, False
     if has_state(state_dir):
         try:
-            progress, best = load_state(state_dir, module, optimizer, scheduler)
+            progress, best = load_state(state_dir, module, optimizer, scheduler, rank=accelerator.process_index)
             resumed = True
         except DamagedState as err:  # nothing was restored: the stage starts afresh
             barrier()  # every process has read it before it goes
@@ -224,8 +230,8 @@ def _start(state_dir, module, optimizer, scheduler, schedule: Schedule, accelera
         epoch = min(progress.epoch + 1, epochs)  # a finished stage's counter is past its last epoch
         say(f"resuming at step {progress.step}/{schedule.total_steps} (epoch {epoch} of {epochs})")
         if progress.processes != n_proc:
-            # batches are global, so the data order and every optimiser step carry over; the
-            # random streams of processes other than the main one (dropout) were not saved
+            # batches are global, so the data order and every optimiser step carry over; each
+            # process's random stream (dropout) was saved for the processes that wrote the state
             say(f"this state was written by {progress.processes} process(es), resumed on {n_proc}: "
                 "same batches and steps; dropout draws differ from an uninterrupted run")
         if progress.precision is not None and progress.precision != precision:

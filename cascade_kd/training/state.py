@@ -116,7 +116,18 @@ def _keys(path: Path) -> set[str]:
         return set()
 
 
-def save_state(directory: Path, module, optimizer, scheduler, progress: Progress, best: dict | None) -> None:
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's random state: CPU, and the GPU it uses (dropout draws from both)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def save_state(directory: Path, module, optimizer, scheduler, progress: Progress, best: dict | None,
+               ranks: list[dict] | None = None) -> None:
+    """Everything a stage needs to go on exactly where it stopped. `ranks`: every process's
+    `rng_state()`, in rank order, when several train (each draws its own dropout); else this one's."""
     directory = Path(directory)
     tensors = named_tensors(module)
     static = set(progress.static)
@@ -133,6 +144,9 @@ def save_state(directory: Path, module, optimizer, scheduler, progress: Progress
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        for rank, state in enumerate(ranks or []):  # the main process's is the one above
+            if rank > 0:
+                rng.update({f"{kind}.rank{rank}": tensor.cpu() for kind, tensor in state.items()})
         save_file(rng, str(tmp / "rng.safetensors"))
         if best is not None and progress.best_step != progress.step:  # else the best weights are the module's
             save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / BEST))
@@ -178,9 +192,10 @@ def _read_state(directory: Path) -> dict:
     return state
 
 
-def load_state(directory: Path, module, optimizer, scheduler) -> tuple[Progress, dict | None]:
+def load_state(directory: Path, module, optimizer, scheduler, rank: int = 0) -> tuple[Progress, dict | None]:
     """Restore everything save_state wrote; returns the progress and the best weights. A damaged
-    state is a DamagedState (nothing restored); one written for another model a UserError."""
+    state is a DamagedState (nothing restored); one written for another model a UserError. `rank`:
+    this process's; it takes its own random state where the state holds one, else the main one's."""
     directory = Path(directory)
     state = _read_state(directory)
     progress, saved = state["progress"], state["saved"]
@@ -207,8 +222,10 @@ def load_state(directory: Path, module, optimizer, scheduler) -> tuple[Progress,
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     rng = state["rng"]
-    torch.set_rng_state(rng["cpu"])
-    if torch.cuda.is_available() and "cuda0" in rng:
+    torch.set_rng_state(rng.get(f"cpu.rank{rank}", rng["cpu"]) if rank else rng["cpu"])
+    if torch.cuda.is_available() and rank and f"cuda.rank{rank}" in rng:
+        torch.cuda.set_rng_state(rng[f"cuda.rank{rank}"])
+    elif torch.cuda.is_available() and "cuda0" in rng:
         torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng])
     best = state["best"]
     if best is None and progress.best_step is not None and progress.best_step == progress.step:

@@ -276,3 +276,24 @@ def test_fp16s_loss_scale_and_the_precision_are_saved_and_restored(data, tmp_pat
     monkeypatch.setattr(stage_data, "collate", real_collate)
     _distil(data, tmp_path / "run", teacher)
     assert scalers[-1].state_dict() == reference
+
+
+def test_every_process_resumes_with_its_own_random_state(tmp_path):
+    """Under DDP each process draws its own dropout: the main process's checkpoint holds every
+    process's random state, and each takes its own back (a state from fewer processes: the main one's)."""
+    from cascade_kd.training.state import rng_state
+
+    model = _Two()
+    states = []
+    for seed in (11, 12, 13):  # ranks 0, 1, 2
+        torch.manual_seed(seed)
+        states.append(rng_state())
+    torch.set_rng_state(states[0]["cpu"])  # the main process writes
+    save_state(tmp_path / "state", model, *_optimiser(model), Progress(processes=3), None, states)
+    for rank in (0, 1, 2):
+        torch.manual_seed(99)
+        load_state(tmp_path / "state", model, *_optimiser(model), rank=rank)
+        assert torch.equal(torch.get_rng_state(), states[rank]["cpu"]), rank
+    torch.manual_seed(99)
+    load_state(tmp_path / "state", model, *_optimiser(model), rank=3)  # a process the state did not know
+    assert torch.equal(torch.get_rng_state(), states[0]["cpu"])
