@@ -24,7 +24,7 @@ MODEL_CARD = "README.md"
 
 # under each model card cascade-kd writes: the hash of the text above it, so that a card a user has
 # edited since (a licence, an intended use, before pushing it to the Hub) is told from ours
-CARD_SIGNATURE = re.compile(r"\n<!-- cascade-kd model card, sha256 ([0-9a-f]{64}) -->\n?\Z")
+CARD_SIGNATURE = re.compile(r"\n<!-- cascade-kd model card, sha256 ([0-9a-f]{64}) -->")
 CARD_COPY = "README.cascade-kd.md"  # where the new card goes when README.md was edited by hand
 
 
@@ -33,14 +33,21 @@ def sign_card(text: str) -> str:
 
 
 def card_edited(path: Path) -> bool:
-    """Whether a model card was changed after cascade-kd wrote it. A card without the signature
-    (written before cards were signed) counts as unchanged, and is replaced as before."""
+    """Whether README.md is not, as it stands, a card cascade-kd wrote: changed anywhere since
+    (above its hash line, below it, or the line itself), or never signed (a user's own README, or a
+    card from before cards were signed: kept too, as either may hold the user's words). A missing
+    card is not edited."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+    except UnicodeDecodeError:  # not a card cascade-kd writes: the user's
+        return True
+    except OSError:
         return False
-    found = CARD_SIGNATURE.search(text)
-    return found is not None and hashlib.sha256(text[: found.start()].encode()).hexdigest() != found.group(1)
+    signatures = list(CARD_SIGNATURE.finditer(text))
+    if not signatures:
+        return True
+    body = text[: signatures[-1].start()]
+    return text != sign_card(body)
 
 
 def model_folder(name: str) -> str:

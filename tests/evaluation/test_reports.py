@@ -196,3 +196,25 @@ def test_a_card_edited_by_hand_is_kept_and_the_new_one_written_beside_it(cascade
     assert "Licence: ours." not in new and "## How to use" in new
     assert not card_edited(copy / "stages" / "ta2" / "README.md")  # an unedited card is simply written again
     assert not (copy / "stages" / "ta2" / "README.cascade-kd.md").exists()
+
+
+@pytest.mark.parametrize("edit", ["appended below the hash line", "hash line deleted", "no hash line at all"])
+def test_a_card_edited_below_or_in_its_hash_line_is_the_users_too(cascade_run, tmp_path, edit):
+    """Appending to README.md (`>>`) or deleting the odd HTML comment at its end is an edit too; a
+    README.md without the line (a user's own, or a card from before signing) is kept likewise."""
+    from cascade_kd.cli.app import main
+    from cascade_kd.evaluation.run_files import card_edited
+
+    copy = tmp_path / "run"
+    shutil.copytree(cascade_run, copy)
+    card = copy / "stages" / "ta2" / "README.md"
+    text = card.read_text()
+    body = text[: text.rindex("\n<!-- cascade-kd model card")]
+    card.write_text({"appended below the hash line": text + "\n## License\nMIT, approved by legal.\n",
+                     "hash line deleted": body.replace("license: unknown", "license: mit") + "\n",
+                     "no hash line at all": "# Our model\n\nWritten by us.\n"}[edit])
+    edited = card.read_text()
+    assert card_edited(card)
+    assert main(["report", str(copy)]) == 0
+    assert card.read_text() == edited
+    assert not card_edited(copy / "stages" / "ta2" / "README.cascade-kd.md")  # the new card, beside it
