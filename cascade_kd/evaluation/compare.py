@@ -221,11 +221,21 @@ def _pairs(variants: list[dict], languages: list[str], groups: dict | None = Non
 
 
 def _labels(groups: list[list[RunFiles]]) -> list[str]:
-    labels = [group[0].metrics["name"] + (f" (eval, {group[0].metrics.get('split')})" if "evaluated_run" in group[0].metrics
-                                          else "") for group in groups]
-    for i, label in enumerate(labels):
-        if labels.count(label) > 1:  # the same recipe name for different recipes: say which directory
-            labels[i] = f"{label} ({group_dir(groups[i])})"
+    """Each variant's recipe name; where several recipes share one, each says where it lies too: the
+    folder holding its runs, else its own folder, else its path, else its place in the list."""
+    names = [group[0].metrics["name"] + (f" (eval, {group[0].metrics.get('split')})" if "evaluated_run" in group[0].metrics
+                                         else "") for group in groups]
+    labels = list(names)
+    for name in set(names):
+        same = [i for i, n in enumerate(names) if n == name]
+        if len(same) < 2:
+            continue
+        for where in (group_dir, lambda g: g[0].directory.name, lambda g: str(g[0].directory), None):
+            places = [where(groups[i]) for i in same] if where else [str(k + 1) for k in range(len(same))]
+            if len(set(places)) == len(places):
+                break
+        for i, place in zip(same, places):
+            labels[i] = f"{name} ({place})"
     return labels
 
 
@@ -332,8 +342,14 @@ def rebuild_comparison(out: str | Path) -> dict:
     stored = read_json(out / AGGREGATE, "not a comparison directory")
     groups = {}
     for variant in stored.get("variants") or []:
-        groups[variant["label"]] = [out / run["path"] if not Path(run["path"]).is_absolute() else Path(run["path"])
-                                    for run in variant.get("runs", [])]
+        label = variant["label"]
+        if label in groups:  # written before labels were made distinct: both variants are kept
+            label = next(f"{label} ({k})" for k in range(2, len(groups) + 3) if f"{label} ({k})" not in groups)
+        groups[label] = [out / run["path"] if not Path(run["path"]).is_absolute() else Path(run["path"])
+                         for run in variant.get("runs", [])]
     if not groups:
         raise UserError("aggregate.json names no runs", where=str(out / AGGREGATE))
-    return compare_runs(groups, out)
+    # the same pairs as before, the default ones or those the caller named
+    pairs = [(p["what"], p["a"], p["b"]) for p in stored.get("pairs") or []
+             if isinstance(p, dict) and all(isinstance(p.get(k), str) for k in ("what", "a", "b"))]
+    return compare_runs(groups, out, pairs=pairs or None)

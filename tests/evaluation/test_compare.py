@@ -232,3 +232,35 @@ def test_the_comparison_replaces_only_an_earlier_comparison(tmp_path):
         with pytest.raises(UserError, match=why):
             compare_runs(runs, mine)
         assert [p.name for p in mine.iterdir()] == [name] and (mine / name).read_text() == content
+
+
+def test_recipes_sharing_a_name_get_distinct_labels_and_report_keeps_them_and_the_named_pairs(tmp_path, capsys):
+    """Three recipes named alike in one folder were labelled "demo (FOLDER)" twice and "demo": the
+    rebuilt report then merged two of them. And `report` replaced the pairs a user had named with
+    the default ones."""
+    from cascade_kd.cli.app import main
+
+    runs = [fake_run(tmp_path, 0, lr=lr) for lr in (1e-3, 5e-4, 2e-4)]
+    agg = compare_runs(runs)
+    labels = [v["label"] for v in agg["variants"]]
+    assert len(set(labels)) == 3 and all(label.startswith("demo (") for label in labels), labels
+    assert labels[0] == f"demo ({runs[0].name})"
+    assert main(["compare", *map(str, runs), "--out", str(tmp_path / "cmp")]) == 0
+    assert main(["report", str(tmp_path / "cmp")]) == 0
+    rebuilt = json.loads((tmp_path / "cmp" / "aggregate.json").read_text())
+    assert [v["label"] for v in rebuilt["variants"]] == labels
+
+    named = [("lower lr", f"{labels[1]}/student", f"{labels[0]}/student")]
+    compare_runs(runs, tmp_path / "named", pairs=named)
+    assert main(["report", str(tmp_path / "named")]) == 0
+    pairs = json.loads((tmp_path / "named" / "aggregate.json").read_text())["pairs"]
+    assert [(p["what"], p["a"], p["b"]) for p in pairs] == named
+
+    # a comparison written before labels were distinct: report keeps every variant
+    stored = json.loads((tmp_path / "cmp" / "aggregate.json").read_text())
+    for variant in stored["variants"]:
+        variant["label"] = "demo"
+    stored["pairs"] = []
+    (tmp_path / "cmp" / "aggregate.json").write_text(json.dumps(stored))
+    assert main(["report", str(tmp_path / "cmp")]) == 0
+    assert len(json.loads((tmp_path / "cmp" / "aggregate.json").read_text())["variants"]) == 3
