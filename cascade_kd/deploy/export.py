@@ -42,7 +42,7 @@ from cascade_kd.errors import UserError
 from cascade_kd.evaluation.scoring import OnnxClassifier, score_split
 from cascade_kd.fileio import read_input, weight_files
 from cascade_kd.outdir import check_output, info_file_with, replace_output
-from cascade_kd.deploy.paths import EXPORT_INFO, INT8_NAME, ONNX_NAME, export_dir
+from cascade_kd.deploy.paths import EXPORT_INFO, INT8_NAME, ONNX_NAME, SOURCE_KEY, export_dir, weights_digest
 from cascade_kd.students.hub import CHECKPOINT_FILE, config_labels, load_checkpoint
 
 FP32_ATOL = 1e-3  # max abs logit difference, ONNX fp32 vs PyTorch fp32
@@ -360,7 +360,8 @@ def export_model(
         batches = generated_batches(model.config, names)
     # the example for the trace: two rows, one of them padded
     example = generated_batches(model.config, names, seed=1, sizes=((2, min(11, top)),))[0]
-    info = {"model_dir": str(model_dir), "task": task, "inputs": names, "outputs": ["logits"], "opset": OPSET,
+    info = {"model_dir": str(model_dir), SOURCE_KEY: weights_digest(model_dir), "task": task, "inputs": names,
+            "outputs": ["logits"], "opset": OPSET,
             "exporter": f"torch.onnx.export(dynamo=False), torch {torch.__version__}",
             "dynamic_axes": "batch and sequence", "check_inputs": source,
             "tolerance": {"fp32_max_abs_diff": FP32_ATOL, "fp32_near_tie_margin": 2 * FP32_ATOL,

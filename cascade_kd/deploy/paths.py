@@ -4,6 +4,8 @@ model) and the reports and model cards (which mention them). No torch here: the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from cascade_kd.fileio import weight_files
@@ -11,6 +13,7 @@ from cascade_kd.fileio import weight_files
 EXPORT_DIR, TRIM_DIR = "onnx", "trimmed"  # inside the model's folder
 ONNX_NAME, INT8_NAME, EXPORT_INFO = "model.onnx", "model.int8.onnx", "export.json"
 TRIM_INFO = "trim.json"
+SOURCE_KEY = "source_weights_sha256"  # in export.json and trim.json: the weights the copy was made from
 
 
 def export_dir(model_dir: Path, out: Path | None = None) -> Path:
@@ -23,8 +26,39 @@ def trim_dir(model_dir: Path, out: Path | None = None) -> Path:
     return Path(out) if out is not None else Path(model_dir) / TRIM_DIR
 
 
+def weights_digest(model_dir: Path) -> str:
+    """The sha256 of a saved model's weight files (names and bytes, in order)."""
+    digest = hashlib.sha256()
+    for path in weight_files(model_dir):
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def made_from(info_file: Path, model_dir: Path) -> bool:
+    """Whether the export or trimmed copy described by `info_file` was made from the weights now in
+    `model_dir`: not when the model was trained again since (`run --overwrite` keeps the folders a
+    user made). One from before the digest was recorded is taken as it is."""
+    try:
+        recorded = json.loads(Path(info_file).read_text(encoding="utf-8")).get(SOURCE_KEY)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return recorded is None or recorded == weights_digest(model_dir)
+
+
 def trimmed_copy(model_dir: Path) -> Path | None:
     """The trimmed copy `cascade-kd trim` wrote in its default place (its trim.json and weights
-    there), or None."""
+    there) from the model's present weights, or None."""
     trimmed = trim_dir(model_dir)
-    return trimmed if (trimmed / TRIM_INFO).is_file() and weight_files(trimmed) else None
+    if not ((trimmed / TRIM_INFO).is_file() and weight_files(trimmed)):
+        return None
+    return trimmed if made_from(trimmed / TRIM_INFO, model_dir) else None
+
+
+def current_export(model_dir: Path) -> Path | None:
+    """The ONNX export `cascade-kd export` wrote in its default place from the model's present
+    weights, or None."""
+    onnx = export_dir(model_dir)
+    return onnx if (onnx / ONNX_NAME).is_file() and made_from(onnx / EXPORT_INFO, model_dir) else None

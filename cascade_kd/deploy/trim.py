@@ -53,7 +53,7 @@ import torch
 from cascade_kd.config.schema import Recipe, load_recipe, recipe_name
 from cascade_kd.data.task import load_task_data
 from cascade_kd.deploy.export import find_run_dir, model_task
-from cascade_kd.deploy.paths import TRIM_INFO, trim_dir
+from cascade_kd.deploy.paths import SOURCE_KEY, TRIM_INFO, trim_dir, weights_digest
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.scoring import score_split
 from cascade_kd.fileio import weights_size
@@ -331,6 +331,7 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     split = "test" if "test" in data.splits else "dev"
     from transformers import AutoTokenizer
 
+    source = weights_digest(model_dir)  # recorded in trim.json: the copy is this model's until it is trained again
     model = load_checkpoint(model_dir, task)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -351,7 +352,7 @@ def trim_model_dir(model_dir: Path, out: Path | None = None, *, recipe_path: Pat
     heldout = {lang: example_items(examples) for lang, examples in data.splits[split].items()}
     new_model, new_tokenizer, report = trim_vocabulary(model, tokenizer, train, heldout_by_language=heldout,
                                                        min_count=min_count, max_unk_increase=max_unk_increase, say=say)
-    report.update(model_dir=str(model_dir), recipe=recipe_name(recipe_path), heldout_split=split,
+    report.update(model_dir=str(model_dir), **{SOURCE_KEY: source}, recipe=recipe_name(recipe_path), heldout_split=split,
                   transfer_included=sorted(transfer) if with_transfer else [])
     if score:
         labels = config_labels(model.config) if task != "mlm" else []  # a masked-LM head predicts pieces

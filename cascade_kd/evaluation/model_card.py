@@ -15,7 +15,7 @@ import math
 import re
 from pathlib import Path
 
-from cascade_kd.deploy.paths import EXPORT_INFO, INT8_NAME, ONNX_NAME, export_dir
+from cascade_kd.deploy.paths import EXPORT_INFO, INT8_NAME, current_export
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.findings import (
     METRIC_NAMES,
@@ -295,8 +295,8 @@ def _usage(run: RunFiles, row: dict) -> list[str]:
         lines += ['inputs = tokenizer("A sentence to classify.", return_tensors="pt")',
                   "label = model.config.id2label[model(**inputs).logits.argmax(-1).item()]"]
     lines += ["```"]
-    onnx = export_dir(run.model_dir(row))
-    if (onnx / ONNX_NAME).is_file():
+    onnx = current_export(run.model_dir(row))  # an export of weights trained over since is not this model's
+    if onnx is not None:
         names = ["input_ids", "attention_mask"]
         try:
             names = json.loads((onnx / EXPORT_INFO).read_text(encoding="utf-8")).get("inputs") or names

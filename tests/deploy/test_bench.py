@@ -91,6 +91,30 @@ def test_a_trimmed_copy_of_a_model_is_timed_beside_it(run_copy, capsys):
     assert "| student (trimmed) | PyTorch fp32 |" in bench_table(lat)
 
 
+def test_a_trimmed_copy_or_an_export_of_weights_trained_over_since_is_not_the_models(run_copy, capsys):
+    """`run --overwrite` keeps the onnx/ and trimmed/ folders a user made; once the model is trained
+    again they hold the old weights: not timed as its trimmed copy, not named in its card."""
+    from safetensors.torch import load_file, save_file
+
+    from cascade_kd.deploy.paths import current_export, trimmed_copy
+
+    student = run_copy / "stages" / "student"
+    assert main(["trim", str(student), "--no-score"]) == 0
+    assert main(["export", str(student), "--onnx"]) == 0
+    assert trimmed_copy(student) is not None and current_export(student) is not None
+    assert main(["report", str(run_copy)]) == 0
+    assert "onnx/model.onnx" in (student / "README.md").read_text()
+    weights = load_file(str(student / "model.safetensors"))
+    first = sorted(weights)[0]
+    weights[first] = weights[first] + 1.0  # as a retrained model would be
+    save_file(weights, str(student / "model.safetensors"), metadata={"format": "pt"})
+    assert trimmed_copy(student) is None and current_export(student) is None
+    lat = bench_run(run_copy, batch_sizes=(2,), seq_lens=(8,), repeats=1, backends=("fp32",), say=lambda m: None)
+    assert [m["name"] for m in lat["models"]] == ["teacher", "student"]
+    assert main(["report", str(run_copy)]) == 0
+    assert "onnx/model.onnx" not in (student / "README.md").read_text()
+
+
 def test_interleaved_rounds_time_every_runner_in_turn_after_an_untimed_pass():
     """Round r calls runners (r + k) mod n for k = 0..n-1, reversed in rounds n..2n-1, each twice
     (untimed, timed), after the warm-up calls; each runner gets one time per round, and a slow

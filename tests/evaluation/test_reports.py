@@ -112,6 +112,8 @@ def test_latency_and_onnx_reach_the_report_and_the_card(cascade_run, tmp_path, m
     (copy / "metrics.json").write_text(json.dumps(metrics))
     (copy / "stages" / "student" / "onnx").mkdir()
     (copy / "stages" / "student" / "onnx" / "model.onnx").write_bytes(b"")
+    # an export from before export.json recorded its source weights: taken as the model's
+    (copy / "stages" / "student" / "onnx" / "export.json").write_text(json.dumps({"opset": 17, "inputs": ["input_ids"]}))
     assert main(["report", str(copy)]) == 0
     page = (copy / "report.html").read_text()
     assert len(_images(page)) == 5 and "No latency yet" not in page and "Latency table" in page
