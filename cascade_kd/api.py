@@ -14,6 +14,7 @@ command prints before exiting with code 2.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +40,24 @@ from cascade_kd.students.hub import load_checkpoint
 Say = Callable[[str], None]
 
 
+def _own_progress_only(function):
+    """transformers draws bars of its own (loading and writing weights) that `say` cannot silence;
+    the call's own lines say what is happening, so those bars are off during the call, as on the
+    command line, and back as they were after it."""
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        from transformers.utils import logging as hf_logging
+
+        was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if was_on:
+                hf_logging.enable_progress_bar()
+    return call
+
+
 def _recipe(recipe: Recipe | str | Path | dict, base_dir: str | Path = ".") -> Recipe:
     """A Recipe from a Recipe, a path to a YAML file, or a dict (paths in it relative to `base_dir`)."""
     if isinstance(recipe, Recipe):
@@ -50,6 +69,7 @@ def _recipe(recipe: Recipe | str | Path | dict, base_dir: str | Path = ".") -> R
     raise TypeError(f"a recipe is a Recipe, a path to a YAML file or a dict, not {type(recipe).__name__}")
 
 
+@_own_progress_only
 def run(recipe: Recipe | str | Path | dict, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
         say: Say = print) -> dict:
     """Run a recipe: get the teacher, distil every stage (and the direct baseline), score every model
@@ -61,6 +81,7 @@ def run(recipe: Recipe | str | Path | dict, run_dir: str | Path, *, resume: bool
     return run_recipe(_recipe(recipe), Path(run_dir), resume=resume, overwrite=overwrite, say=say)
 
 
+@_own_progress_only
 def evaluate(run_dir: str | Path, *, recipe: Recipe | str | Path | dict | None = None, split: str = "test",
              out: str | Path | None = None, parallel: str | Path | None = None, parallel_languages: str | None = None,
              parallel_limit: int | None = None, say: Say = print) -> dict:
@@ -80,6 +101,7 @@ def evaluate(run_dir: str | Path, *, recipe: Recipe | str | Path | dict | None =
     return evaluate_run(recipe, run_dir, split=split, out=out, say=say, parallel=pairs)
 
 
+@_own_progress_only
 def bench(run_dir: str | Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats: int = 10, backends=BACKENDS,
           models: list[str] | None = None, say: Say = print) -> dict:
     """Latency, throughput, memory and size of every model of a finished run (or of `models`, by
@@ -102,6 +124,7 @@ def bench(run_dir: str | Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repea
     return result
 
 
+@_own_progress_only
 def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, int8: bool = False, overwrite: bool = False,
                 check_data: str | Path | None = None, check_examples: int = 256,
                 int8_min_agreement: float = INT8_MIN_AGREEMENT, score: Recipe | str | Path | dict | bool | None = None,
@@ -124,6 +147,7 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, int8: b
     return info
 
 
+@_own_progress_only
 def trim(model_dir: str | Path, out: str | Path | None = None, *, recipe: Recipe | str | Path | dict | None = None,
          languages: list[str] | None = None, min_count: int = 1, max_unk_increase: float = DEFAULT_MAX_UNK_INCREASE,
          score: bool = True, strict: bool = False, overwrite: bool = False, with_transfer: bool = True,
@@ -138,6 +162,7 @@ def trim(model_dir: str | Path, out: str | Path | None = None, *, recipe: Recipe
                           overwrite=overwrite, with_transfer=with_transfer, say=say)
 
 
+@_own_progress_only
 def load_model(model_dir: str | Path):
     """A saved model of a run (teacher, assistant, student or direct baseline), in eval mode, with
     its tokenizer: (model, tokenizer). Plain transformers classes; recursive and BiLSTM students are
@@ -146,6 +171,7 @@ def load_model(model_dir: str | Path):
     return load_checkpoint(model_dir, model_task(model_dir)), AutoTokenizer.from_pretrained(model_dir)
 
 
+@_own_progress_only
 def run_seeds(recipe: Recipe | str | Path | dict, out: str | Path, seeds: list[int], *, resume: bool = False,
               overwrite: bool = False, say: Say = print) -> dict:
     """Run a recipe once per seed, each in OUT/seed<S> (resumable), then compare them: mean ± sd per
@@ -164,6 +190,7 @@ def compare(run_dirs, out: str | Path | None = None, *, pairs=None) -> dict:
     return compare_runs(run_dirs, out, pairs=pairs)
 
 
+@_own_progress_only
 def report(run_dir: str | Path) -> list[Path]:
     """Rebuild what a finished run shows: RUN_DIR/report.html and a model card (README.md) in each
     saved model's directory; or, for a folder of `run_seeds` / `compare`, the comparison. Returns

@@ -105,10 +105,17 @@ def test_run_evaluate_and_load_model_through_the_api(demo_workspace, tmp_path, m
     recipe = ckd.Recipe.from_dict(tiny_recipe(teacher={"train": {"epochs": 1}}, cascade={"direct": True}),
                                   base_dir=demo_workspace)
     monkeypatch.delenv("CASCADE_KD_QUIET", raising=False)  # the training loop's lines are on, as for a user
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
     said = []
     result = ckd.run(recipe, tmp_path / "run", say=said.append)
-    # every line, the training loop's included (epochs, steps, embedding rows), goes to `say`
-    assert capsys.readouterr().out == "" and any("teacher: epoch 1/1 step" in line for line in said)
+    # every line, the training loop's included (epochs, steps, embedding rows), goes to `say`; and
+    # transformers' own bars (loading and writing weights) are off during the call, back after it
+    out, err = capsys.readouterr()
+    assert out == "" and any("teacher: epoch 1/1 step" in line for line in said)
+    assert "Writing model shards" not in err and "Loading weights" not in err
+    assert hf_logging.is_progress_bar_enabled()
     assert any("[model 2 of 2]" in line for line in said) and any("word embeddings:" in line for line in said)
     # one stage is itself the direct baseline: none is trained, and the run says why
     assert any("direct: not trained: with one stage" in line for line in said)
