@@ -34,7 +34,7 @@ from cascade_kd.evaluation.html_report import write_html_report
 from cascade_kd.evaluation.model_card import write_model_cards
 from cascade_kd.evaluation.report import write_outputs
 from cascade_kd.evaluation.retrieval import tatoeba_pairs
-from cascade_kd.evaluation.run_files import read_run
+from cascade_kd.evaluation.run_files import not_finished, read_run
 from cascade_kd.students.hub import load_checkpoint
 
 Say = Callable[[str], None]
@@ -110,7 +110,7 @@ def bench(run_dir: str | Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repea
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
     if not path.is_file() or not is_run(run_dir):  # bench adds its table to the run's own report
-        raise UserError("no metrics.json: not a finished cascade-kd run", where=str(run_dir))
+        raise not_finished(run_dir)
     read_metrics(path)  # a damaged metrics.json: one line, before any timing
     if isinstance(models, str):
         raise UserError(f"bench models={models!r}: a list of model names is expected", hint=f"models=[{models!r}]")

@@ -145,3 +145,15 @@ def test_eval_on_a_split_the_recipe_lacks_points_to_the_one_it_has(tiny_run):
     with pytest.raises(ckd.RecipeError, match="names no test data") as err:
         ckd.evaluate(tiny_run, recipe=recipe, split="test", say=lambda m: None)
     assert err.value.hint == "score the dev data instead: --split dev (split='dev' in Python)"
+
+
+def test_report_eval_and_bench_of_an_unfinished_run_say_how_to_go_on(demo_workspace, tmp_path, capsys):
+    from cascade_kd.cascade import run_recipe
+    from cascade_kd.cli.app import main
+
+    recipe = ckd.Recipe.from_dict(tiny_recipe(teacher={"train": {"epochs": 1}}), base_dir=demo_workspace)
+    run_recipe(recipe, tmp_path / "run", until="teacher", say=lambda m: None)  # as if stopped after the teacher
+    for command in (["report"], ["eval"], ["bench", "--backends", "fp32"]):
+        assert main([command[0], str(tmp_path / "run"), *command[1:]]) == 2
+        err = capsys.readouterr().err
+        assert "not a finished cascade-kd run" in err and "has not finished" in err and "--resume" in err, command

@@ -44,6 +44,7 @@ from cascade_kd.evaluation.html_report import write_html_report
 from cascade_kd.evaluation.model_card import write_model_cards
 from cascade_kd.evaluation.report import write_outputs
 from cascade_kd.evaluation.retrieval import evaluate_retrieval, retention_table
+from cascade_kd.evaluation.run_files import not_finished
 from cascade_kd.evaluation.scoring import (
     evaluate_languages,
     metric_for,
@@ -210,7 +211,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, split: str = "test", out: Pat
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
-        raise UserError("no metrics.json: not a finished cascade-kd run", where=str(run_dir))
+        raise not_finished(run_dir)
     job = prepare(recipe, run_dir, say)
     if split not in job.encoded:
         instead = "score the dev data instead: --split dev (split='dev' in Python)" if "dev" in job.encoded else None

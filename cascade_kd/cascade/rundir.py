@@ -234,7 +234,8 @@ def check_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, s
                               "run's: a run would replace it", where=where, hint="move it away, or choose another --out")
     if not (resume or overwrite):
         raise OutputError("RUN_DIR is not empty", where=where,
-                          hint="pass --resume to continue that run, --overwrite to replace it, or choose another --out")
+                          hint="pass --resume to continue that run, --overwrite to replace it, or choose another --out "
+                               "(in Python: resume=True, overwrite=True, or another run_dir)")
     if resume:
         started_with = found.marker.get("recipe_fingerprint") if found.state == "own" else (
             manifest["recipe_fingerprint"] if manifest else fingerprint)  # else proven by a finished model

@@ -425,6 +425,9 @@ def _label_set(recipe: Recipe, splits) -> list[str]:
     if task.labels_file is not None:
         path = Path(task.labels_file)
         path = path if path.is_absolute() else recipe.base_dir / path
+        if not path.exists():  # the recipe's key and where relative paths start, as for a data file
+            raise DataError("the label file is not found", where=str(path),
+                            hint=f"check {where(recipe, 'task', 'labels_file')}; relative paths start from {recipe.base_dir}")
         return read_label_file(path)
     # Inferred from train: every language must use the same labels, or the task is ill-defined
     per_lang = {lang: sorted({l for ex in exs for l in _labels_of(ex)}) for lang, exs in splits["train"].items()}

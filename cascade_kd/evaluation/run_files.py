@@ -64,11 +64,24 @@ def model_dir(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / model_folder(name)
 
 
+def not_finished(run_dir: Path) -> UserError:
+    """No metrics.json in RUN_DIR: a run that has not finished (its manifest is there) is told how
+    to go on."""
+    run_dir = Path(run_dir)
+    hint = None
+    if (run_dir / "manifest.json").is_file():
+        hint = (f"the run there has not finished: continue it with `cascade-kd run {run_dir / 'recipe.yaml'} --out "
+                f"{run_dir} --resume` (in Python: ckd.run(..., resume=True))")
+    return UserError("no metrics.json: not a finished cascade-kd run", where=str(run_dir), hint=hint)
+
+
 def read_json(path: Path, what: str) -> dict:
     """A JSON object from `path`; a clear UserError when it is missing or broken."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if Path(path).name == "metrics.json" and (Path(path).parent / "manifest.json").is_file():
+            raise not_finished(Path(path).parent) from None
         raise UserError(f"no {Path(path).name}: {what}", where=str(path)) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"cannot read {Path(path).name} ({type(exc).__name__}: {str(exc).splitlines()[0]})",

@@ -44,6 +44,17 @@ def local_path_missing(name_or_path: str) -> bool:
     return looks_like_path(name_or_path) and not os.path.exists(os.path.expanduser(name_or_path))
 
 
+def not_found_offline(name_or_path: str, what: str) -> str | None:
+    """Why a reference that is neither a local directory nor, offline, a hub model in the cache
+    cannot load, in one short line (rather than the hub client's paragraph); None otherwise."""
+    import huggingface_hub
+
+    if os.path.exists(os.path.expanduser(name_or_path)) or not huggingface_hub.is_offline_mode():
+        return None
+    return (f"no {what} at {name_or_path!r}: no such local directory, and offline (HF_HUB_OFFLINE) "
+            "no hub model of that name is in the cache")
+
+
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, where: str = "teacher.tokenizer"):
     """The tokenizer of a local directory or hub name; `where` places a RecipeError (the recipe's key)."""
     from transformers import AutoTokenizer
@@ -54,7 +65,8 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, where:
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise RecipeError(f"cannot load the tokenizer {name_or_path!r}: {first_line(exc)}", where=where,
+        raise RecipeError(not_found_offline(name_or_path, "tokenizer")
+                          or f"cannot load the tokenizer {name_or_path!r}: {first_line(exc)}", where=where,
                           hint=hint) from None
 
 def label_config(labels: list[str]) -> dict:
@@ -183,7 +195,7 @@ def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, a strict config field: the user's model
         raise RecipeError(
-            f"cannot load the model {name_or_path!r}: {first_line(exc)}",
+            not_found_offline(name_or_path, "model") or f"cannot load the model {name_or_path!r}: {first_line(exc)}",
             where=where,
             hint="give a local directory with config.json and weights, or a hub name when online",
         ) from None

@@ -115,6 +115,21 @@ def test_missing_data_file_is_named(capsys, ws):
     assert "data.train" in msg  # the recipe key that names it
 
 
+def test_a_missing_label_file_names_the_recipe_key_and_where_paths_start(capsys, ws):
+    recipe = edit_recipe(ws, "  type: token\n", "  type: token\n  labels_file: labels.txt\n")
+    msg = fails(capsys, ws)
+    assert f"{ws / 'labels.txt'}: the label file is not found" in msg
+    assert f"check {recipe}:{line_of(recipe, 'labels_file')}: task.labels_file" in msg and str(ws) in msg
+
+
+def test_a_tokenizer_neither_here_nor_in_the_offline_cache_is_one_short_line(capsys, ws):
+    recipe = edit_recipe(ws, "  tokenizer: tokenizer\n", "  tokenizer: tokk\n")
+    msg = fails(capsys, ws)
+    assert f"{recipe}:{line_of(recipe, 'tokk')}: teacher.tokenizer" in msg
+    assert "no tokenizer at 'tokk': no such local directory, and offline (HF_HUB_OFFLINE)" in msg
+    assert "huggingface.co" not in msg
+
+
 def test_malformed_data_row_names_file_and_line(capsys, ws):
     path = ws / "data" / "ru" / "dev.conll"
     n = first_token_line(path, after=5)
