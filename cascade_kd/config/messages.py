@@ -65,6 +65,15 @@ def where(recipe, *keys) -> str:
 
 
 
+def _section_with(root: type[BaseModel], key) -> str | None:
+    """The top-level section of the recipe (task, data, teacher, ...) that has `key`, if one does."""
+    for name, field in getattr(root, "model_fields", {}).items():
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel) and key in model.model_fields:
+            return name
+    return None
+
+
 def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     """The pydantic model that owns the last key of `loc`, for 'did you mean' suggestions. A key of
     a mapping of named sections (`losses: {kl: ...}`) is a name, not a field, and is stepped over."""
@@ -115,7 +124,10 @@ def to_recipe_error(err: ValidationError, lines: dict | None, source: str, prefi
     if first["type"] in ("extra_forbidden", "invalid_key"):
         owner = _model_at(root, loc)
         message = f"unknown key {short(loc[-1])}"
-        if owner is not None:
+        home = _section_with(root, loc[-1]) if len(loc) == 2 else None
+        if home is not None and home != loc[0]:  # a key put in the wrong section: say where it goes
+            hint = f"{loc[-1]!r} belongs in the {home} section: {home}.{loc[-1]}"
+        elif owner is not None:
             hint = suggest(loc[-1], list(owner.model_fields))
     elif first["type"] == "missing":
         message = "required key is missing"

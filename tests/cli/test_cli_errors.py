@@ -49,6 +49,13 @@ def test_unknown_key_names_line_and_suggests_nearest(capsys, ws, old, new, needl
     assert f"did you mean {suggestion!r}?" in msg
 
 
+def test_a_key_of_another_section_says_which_section_it_belongs_in(capsys, ws):
+    recipe = edit_recipe(ws, "  test: data/{lang}/test.conll\n", "  test: data/{lang}/test.conll\n  labels_file: labels.txt\n")
+    msg = fails(capsys, ws)
+    assert f"{recipe}:{line_of(recipe, 'labels_file')}: data.labels_file: unknown key 'labels_file'" in msg
+    assert "'labels_file' belongs in the task section: task.labels_file" in msg
+
+
 def test_unknown_key_far_from_any_lists_the_valid_keys(capsys, ws):
     recipe = edit_recipe(ws, "  batch_size: 32", "  zzz: 32")
     msg = fails(capsys, ws)
