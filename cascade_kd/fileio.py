@@ -213,6 +213,7 @@ def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
         for f in tmp.rglob("*"):  # some writers create private files (safetensors: 0600)
             if f.is_file() and not f.is_symlink() and f.stat().st_nlink == 1:  # a hard link keeps its source's mode
                 shared_mode(f)
+        fsync_directory(tmp)  # its entries are on disk before it is renamed into place
         if directory.exists():
             keep += [name for name in sorted(os.listdir(directory)) if name not in at_start and name not in keep]
             clash = sorted(name for name in keep if os.path.lexists(directory / name) and os.path.lexists(tmp / name))

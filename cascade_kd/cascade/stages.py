@@ -47,6 +47,14 @@ def _save_model(job: Job, model, directory: Path, info: dict, projections=None, 
     shutil.rmtree(job.state_dir(directory.name), ignore_errors=True)
 
 
+def _load_finished(job: Job, directory: Path, info: dict):
+    """A model the run finished before; a training state a kill left between the model's save and
+    the state's removal goes now (the model supersedes it)."""
+    if is_main():
+        shutil.rmtree(job.state_dir(directory.name), ignore_errors=True)
+    return load_checkpoint(directory, job.data.task), info
+
+
 # Every model of a run draws from a random stream of its own (initialisation, batch order, masks,
 # dropped guides): the teacher's is stream 0 of the recipe's seed, stage i's stream i + 1, and the
 # direct baseline shares the last stage's (both see the same batches). Seeds are SEED_STRIDE streams
@@ -79,7 +87,7 @@ def get_teacher(job: Job):
     info = finished_model(out, fingerprint, job.say)
     if info is not None:
         job.say("teacher: already trained, loading it (resume)")
-        return load_checkpoint(out, job.data.task), info
+        return _load_finished(job, out, info)
     t = recipe.teacher
     seed = stage_stream(job, "teacher", -1)
     torch.manual_seed(seed)
@@ -124,7 +132,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     info = finished_model(out, recipe.fingerprint(), job.say)
     if info is not None:
         job.say(f"{name}: already distilled, loading it (resume)")
-        return load_checkpoint(out, job.data.task), info
+        return _load_finished(job, out, info)
     stage_where = where(recipe, "cascade", "stages", index)
     seed = stage_stream(job, name, index)
     torch.manual_seed(seed)

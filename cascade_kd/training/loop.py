@@ -124,6 +124,7 @@ def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, 
             progress.scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
             save_state(state_dir, unwrapped, optimizer, scheduler, progress, best, ranks)
 
+    saved_at = progress.step  # the step of the last checkpoint (or of the start)
     bar = _progress(schedule.total_steps, desc, disable=not main)
     bar.update(progress.step)
     monitor.start(progress, total_steps=schedule.total_steps, examples_per_step=cfg.batch_size,
@@ -165,10 +166,14 @@ def _train(task: DistillationTask, data: StageData, cfg: TrainConfig, evaluate, 
             bar.update(1)
             bar.set_postfix(epoch=f"{progress.epoch + 1}/{math.ceil(cfg.epochs)}", loss=f"{progress.running:.4f}")
             monitor.step(progress, value, {k: v for k, v in losses.items() if k != "loss"}, scheduler.get_last_lr()[0])
-            if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and schedule.is_optimiser_step(progress.step):
+            # the first optimiser-step boundary checkpoint_every micro-batches after the last save (with
+            # grad_accum, a multiple of checkpoint_every alone may never be one: 200 with 3 gave 600)
+            if (cfg.checkpoint_every and progress.step - saved_at >= cfg.checkpoint_every
+                    and schedule.is_optimiser_step(progress.step)):
                 progress.train_seconds += time.perf_counter() - segment_started
                 segment_started = time.perf_counter()
                 checkpoint()
+                saved_at = progress.step
         progress.train_seconds += time.perf_counter() - segment_started
         progress.epoch += 1
         progress.batch = 0

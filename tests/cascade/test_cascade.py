@@ -95,8 +95,12 @@ def test_resume_does_not_redo_finished_models(finished_run, capsys):
     root, recipe, metrics = finished_run
     said = []
     before = (root / "run" / "stages" / "ta" / "model.safetensors").stat().st_mtime_ns
+    # a kill between saving ta and removing its training state left that state behind
+    (root / "run" / "state" / "ta").mkdir(parents=True)
+    (root / "run" / "state" / "ta" / "progress.json").write_text("{}")
     again = run_recipe(recipe, root / "run", resume=True, say=said.append)
     assert sum("already" in s for s in said) == 4  # teacher, ta, student, direct
+    assert not (root / "run" / "state").exists()  # the finished model superseded it
     assert (root / "run" / "stages" / "ta" / "model.safetensors").stat().st_mtime_ns == before
     for new, old in zip(again["models"], metrics["models"]):
         assert new["per_language"] == pytest.approx(old["per_language"])

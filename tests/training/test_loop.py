@@ -172,6 +172,22 @@ def test_grad_accumulation_beyond_the_run_trains_the_epochs_asked_for(train_data
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
 
 
+def test_checkpoints_come_at_the_first_optimiser_step_checkpoint_every_micro_batches_after_the_last(
+        train_data, tmp_path, monkeypatch):
+    """grad_accum 3, checkpoint_every 2, 3 epochs of 4 batches: optimiser steps after micro-batches
+    3, 6, 9 and 12 (accumulation runs across epochs), so saved at each (and again at the end, after
+    the last evaluation); before, only where a multiple of 2 was also a step's end: 6 and 12."""
+    import cascade_kd.training.loop as loop
+
+    saved = []
+    real = loop.save_state
+    monkeypatch.setattr(loop, "save_state", lambda directory, module, opt, sched, progress, *rest:
+                        saved.append(progress.step) or real(directory, module, opt, sched, progress, *rest))
+    cfg = CFG.model_copy(update={"grad_accum": 3, "checkpoint_every": 2, "epochs": 3})
+    train(_ce(tiny_bert(layers=1)), StageData(train_data), cfg, state_dir=tmp_path / "state")
+    assert saved == [3, 6, 9, 12, 12]
+
+
 def test_a_stage_resumed_inside_its_last_partial_step_ends_like_an_uninterrupted_one(train_data, tmp_path):
     """5 batches with grad_accum 2: checkpoints after micro-batches 2 and 4 (optimiser steps), the
     last step takes the fifth batch alone. A crash after the second checkpoint resumes to the same weights."""
