@@ -475,6 +475,9 @@ def collect(jobs: list[Job], out: Path) -> dict:
             model["summary"] = {key: over_seeds_key(rows, key) for key in (
                 "average", "worst", "retention", "average_seen", "average_zero_shot", "worst_zero_shot",
                 "retention_seen", "retention_zero_shot")}
+            # the retention in the model's worst language (the targets' second measure), per seed
+            model["summary"]["worst_retention"] = mean_sd(min(r["retention_per_language"].values())
+                                                          if r.get("retention_per_language") else None for r in rows.values())
             model["per_language"] = over_seeds(rows)["per_language"]
     for setting, entry in settings.items():
         entry["pairs"] = cascade_against_direct(jobs, out, setting, entry)
@@ -562,14 +565,19 @@ def render(settings: dict, header: str) -> str:
         if entry.get("carried_from"):
             lines += [f"(As collected on {entry['carried_from']}: these runs are neither in OUT nor in the archive "
                       "under the grid's current recipes, so the section is kept from the previous results file.)", ""]
-        head = ["model", "layers", "params", "emb.", "avg seen", "avg zero-shot", "worst zero-shot", "retention seen",
-                "retention zero-shot", "seeds"]
+        if zero:
+            head = ["model", "layers", "params", "emb.", "avg seen", "avg zero-shot", "worst zero-shot", "retention seen",
+                    "retention zero-shot", "seeds"]
+            keys = ("average_seen", "average_zero_shot", "worst_zero_shot", "retention_seen", "retention_zero_shot")
+        else:  # every language seen: the zero-shot columns would be empty; the worst language's retention instead
+            head = ["model", "layers", "params", "emb.", "avg", "worst language", "retention",
+                    "worst-language retention", "seeds"]
+            keys = ("average", "worst", "retention", "worst_retention")
         rows = []
         for label, m in entry["models"].items():
             s = m["summary"]
             rows.append([label, str(m["layers"]), f"{m['params_total'] / 1e6:.1f}M", f"{m['params_embedding'] / 1e6:.1f}M",
-                         pm(s["average_seen"]), pm(s["average_zero_shot"]), pm(s["worst_zero_shot"]),
-                         pm(s["retention_seen"]), pm(s["retention_zero_shot"]), str(len(m["seeds"]))])
+                         *(pm(s.get(key)) for key in keys), str(len(m["seeds"]))])
         lines += md_table(head, rows) + [""]
         lines += language_table({label: m["per_language"] for label, m in entry["models"].items()}, entry["languages"]) + [""]
         if entry["pairs"]:

@@ -389,3 +389,24 @@ def test_a_sweep_row_shows_a_dash_where_its_setting_has_no_zero_shot_language():
     row = ("lr3e-4", 0.81, 0.80, None, 0.951, None, 612.4)
     assert xlingual_sweep.cells(row) == ["lr3e-4", "81.0", "80.0", "—", "95.1", "—", "612"]
     assert len(xlingual_sweep.cells(row)) == len(xlingual_sweep.HEADER)
+
+
+def test_a_setting_with_every_language_seen_shows_the_worst_language_and_its_retention():
+    """sib-all has no zero-shot language: its table showed three empty zero-shot columns and not the
+    targets' second measure, the retention in the worst language."""
+    from runner import mean_sd
+
+    rows = {seed: {"retention_per_language": {"en": r_en, "de": r_de}} for seed, (r_en, r_de) in
+            {0: (0.99, 0.93), 1: (0.97, 0.95)}.items()}
+    summary = {k: mean_sd([0.8]) for k in ("average", "worst", "retention", "average_seen", "average_zero_shot",
+                                          "worst_zero_shot", "retention_seen", "retention_zero_shot")}
+    summary["worst_retention"] = mean_sd(min(r["retention_per_language"].values()) for r in rows.values())
+    model = {"layers": 6, "params_total": 1e6, "params_embedding": 5e5, "seeds": rows, "summary": summary,
+             "per_language": {}}
+    entry = {**_entry(), "languages": ["en", "de"], "train_languages": ["en", "de"], "models": {"12→6": model}}
+    text = xlingual.render({"sib-all": entry}, "header")
+    assert "| model | layers | params | emb. | avg | worst language | retention | worst-language retention | seeds |" in text
+    assert "| 12→6 | 6 | 1.0M | 0.5M | 80.0 | 80.0 | 80.0 | 94.0 ± 1.4 | 2 |" in text
+    zero_shot = {**entry, "train_languages": ["en"]}
+    assert "| model | layers | params | emb. | avg seen | avg zero-shot | worst zero-shot |" in xlingual.render(
+        {"x": zero_shot}, "header")
