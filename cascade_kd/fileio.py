@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -323,6 +324,21 @@ def read_json_record(path: str | os.PathLike, *, limit: int, what: str) -> tuple
 def weight_files(directory: Path) -> list[Path]:
     """A saved model's safetensors weight files: model.safetensors, or its shards."""
     return sorted(p for p in Path(directory).glob("model*.safetensors"))
+
+
+def files_digest(directory: Path, files: Iterable[Path] | None = None) -> str:
+    """The sha256 of the files of `directory` (names and bytes, in name order): by default every
+    regular file at its top level but text for readers (*.md: a model card edited is the same model)."""
+    directory = Path(directory)
+    if files is None:
+        files = [p for p in directory.iterdir() if p.is_file() and p.suffix != ".md"]
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.name):
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def weights_size(directory: Path) -> int:

@@ -30,8 +30,9 @@ from cascade_kd.cascade.job import Job, prepare
 from cascade_kd.cascade.plan import direct_spec, final_spec, learns_from_teacher
 from cascade_kd.cascade.rundir import (
     check_resume_or_overwrite,
-    check_same_data,
+    check_same_inputs,
     eval_dir,
+    input_digests,
     model_dir,
     open_run_dir,
     read_stage_info,
@@ -75,10 +76,11 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bo
     say = main_say(say)
     job = prepare(recipe, out, say)  # every input check happens before RUN_DIR is touched
     with open_run_dir(recipe, out, resume=resume, overwrite=overwrite, say=say), training_lines_to(say):
+        digests = input_digests(job)
         if resume:  # after the recipe's check, on every process, before the manifest is rewritten
-            check_same_data(job)
+            check_same_inputs(job, digests)
         if is_main():  # RUN_DIR is locked until the run ends; the training lines go to `say` too
-            write_manifest(job)
+            write_manifest(job, digests)
         barrier()  # the others read RUN_DIR (finished stages, training state) only once it is ready
         return _run(job, run_set, until)
 

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from cascade_kd import __version__
-from cascade_kd.config.schema import Recipe
+from cascade_kd.config.schema import Recipe, where
 from cascade_kd.errors import DataError, OutputError, UserError
 from cascade_kd.evaluation.run_files import CARD_COPY, MARKER, MODEL_CARD, card_edited, model_dir
-from cascade_kd.fileio import atomic_write, read_json_record
+from cascade_kd.fileio import atomic_write, files_digest, read_json_record
 from cascade_kd.outdir import (
     LOCK,
     Found,
@@ -318,33 +318,52 @@ def open_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, sa
             lock.release()
 
 
-def check_same_data(job: Job) -> None:
-    """A resumed run reads the data its manifest was written from (a run from before digests is
-    not checked): data edited in place since would mix models of old and new data in one run."""
+def input_digests(job: Job) -> dict[str, dict[str, str]]:
+    """Hashes of what a run reads besides its recipe: the examples, per split and language, and the
+    local files of its teacher and tokenizer (a hub name is not hashed)."""
+    models = {}
+    for key in ("model", "tokenizer"):
+        reference = job.recipe.model_path(getattr(job.recipe.teacher, key))
+        if reference is not None and Path(reference).is_dir():
+            models[f"teacher.{key}"] = files_digest(Path(reference))
+    return {"data_digests": job.data.digests(), "model_digests": models}
+
+
+def check_same_inputs(job: Job, digests: dict) -> None:
+    """A resumed run reads the data and teacher its manifest was written from (a run from before
+    digests is not checked): inputs edited in place since would mix models of old and new inputs in
+    one run, finished models coming from the old ones."""
     manifest, _ = read_manifest(job.out)
+    hint = "put them back as they were to resume, or start again on the new ones with --overwrite or another --out"
     old = (manifest or {}).get("data_digests")
-    if not isinstance(old, dict):
-        return
-    new = job.data.digests()
-    changed = [(split, lang) for split in sorted(set(old) | set(new))
-               for lang in sorted(set(old.get(split) or {}) | set(new.get(split) or {}))
-               if (old.get(split) or {}).get(lang) != (new.get(split) or {}).get(lang)]
-    if changed:
-        shown = ", ".join(f"{split} {lang}" for split, lang in changed[:4]) + (", ..." if len(changed) > 4 else "")
-        split, lang = changed[0]
-        raise DataError(f"the data changed since this run started ({shown}): a resume would mix models trained "
-                        "on the old data with models trained on the new", where=job.data.source_file(split, lang) or str(job.out),
-                        hint="put the data back as it was to resume, or train on the new data with --overwrite or another --out")
+    if isinstance(old, dict):
+        new = digests["data_digests"]
+        changed = [(split, lang) for split in sorted(set(old) | set(new))
+                   for lang in sorted(set(old.get(split) or {}) | set(new.get(split) or {}))
+                   if (old.get(split) or {}).get(lang) != (new.get(split) or {}).get(lang)]
+        if changed:
+            shown = ", ".join(f"{split} {lang}" for split, lang in changed[:4]) + (", ..." if len(changed) > 4 else "")
+            split, lang = changed[0]
+            raise DataError(f"the data changed since this run started ({shown}): a resume would mix models trained "
+                            "on the old data with models trained on the new",
+                            where=job.data.source_file(split, lang) or str(job.out), hint=hint)
+    old = (manifest or {}).get("model_digests")
+    if isinstance(old, dict):
+        changed = [key for key in sorted(set(old) | set(digests["model_digests"]))
+                   if old.get(key) != digests["model_digests"].get(key)]
+        if changed:
+            raise UserError(f"the files of {' and '.join(changed)} changed since this run started: a resume would mix "
+                            "models distilled from the old teacher with models distilled from the new",
+                            where=where(job.recipe, *changed[0].split(".")), hint=hint)
 
 
-def write_manifest(job: Job) -> None:
+def write_manifest(job: Job, digests: dict) -> None:
     import transformers
 
     manifest = {
         "recipe_fingerprint": job.recipe.fingerprint(), "cascade_kd": __version__, "torch": torch.__version__,
         "transformers": transformers.__version__, "python": platform.python_version(),
-        "seed": job.recipe.seed, "data_sizes": job.data.sizes(), "data_digests": job.data.digests(),
-        "labels": job.data.labels,
+        "seed": job.recipe.seed, "data_sizes": job.data.sizes(), **digests, "labels": job.data.labels,
         "recipe": job.recipe.dump(),
     }
     atomic_write(job.out / "manifest.json", json.dumps(manifest, indent=2))

@@ -4,11 +4,10 @@ model) and the reports and model cards (which mention them). No torch here: the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from cascade_kd.fileio import weight_files
+from cascade_kd.fileio import files_digest, weight_files
 
 EXPORT_DIR, TRIM_DIR = "onnx", "trimmed"  # inside the model's folder
 ONNX_NAME, INT8_NAME, EXPORT_INFO = "model.onnx", "model.int8.onnx", "export.json"
@@ -28,13 +27,7 @@ def trim_dir(model_dir: Path, out: Path | None = None) -> Path:
 
 def weights_digest(model_dir: Path) -> str:
     """The sha256 of a saved model's weight files (names and bytes, in order)."""
-    digest = hashlib.sha256()
-    for path in weight_files(model_dir):
-        digest.update(path.name.encode() + b"\0")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return files_digest(model_dir, weight_files(model_dir))
 
 
 def made_from(info_file: Path, model_dir: Path) -> bool:

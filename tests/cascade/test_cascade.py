@@ -112,10 +112,11 @@ def test_resume_on_data_edited_in_place_is_refused_and_names_the_file(finished_r
     run = tmp_path / "run"
     shutil.copytree(root / "run", run)
     shutil.copytree(root / "data", tmp_path / "data")
-    (tmp_path / "tokenizer").symlink_to(root / "tokenizer")
+    shutil.copytree(root / "tokenizer", tmp_path / "tokenizer")
     write_recipe(tmp_path, SMALL, "r.yaml")
     manifest = json.loads((run / "manifest.json").read_text())
     assert set(manifest["data_digests"]) == {"train", "dev", "test"}
+    assert set(manifest["model_digests"]) == {"teacher.tokenizer"}  # the teacher is trained here: no teacher.model
     train_file = next(p for p in (tmp_path / "data" / "ru").iterdir() if p.name.startswith("train"))
     text = train_file.read_text(encoding="utf-8")
     train_file.write_text(text.replace("\n\n", "\n\nИван B-PER\n\n", 1), encoding="utf-8")  # one sentence more
@@ -125,7 +126,15 @@ def test_resume_on_data_edited_in_place_is_refused_and_names_the_file(finished_r
     assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "data changed since this run started (train ru)" in err and str(train_file) in err and "--overwrite" in err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
-    train_file.write_text(text, encoding="utf-8")  # put back: the resume goes on (nothing left to train)
+    train_file.write_text(text, encoding="utf-8")  # put back
+    vocab = next(p for p in (tmp_path / "tokenizer").iterdir() if p.suffix in (".json", ".txt") and p.is_file())
+    original = vocab.read_bytes()
+    vocab.write_bytes(original + b"\n")  # a tokenizer file edited in place
+    rc = main(["run", str(tmp_path / "r.yaml"), "--out", str(run), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "the files of teacher.tokenizer changed since this run started" in err
+    assert f"{tmp_path / 'r.yaml'}:" in err and "Traceback" not in err
+    vocab.write_bytes(original)  # put back: the resume goes on (nothing left to train)
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(run), "--resume"]) == 0
 
 
