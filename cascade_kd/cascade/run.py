@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -124,8 +125,13 @@ def _run(job: Job, run_set: RunSet | None = None, until: str | None = None) -> d
         write_outputs(out, {**_measured_later(out), **metrics})
         publish_run(out, say=job.say)
         state = out / "state"
-        if state.is_dir() and not state.is_symlink() and not any(state.iterdir()):
-            state.rmdir()  # every model finished: no training state is left to resume from
+        if state.is_dir() and not state.is_symlink():  # every model finished: no training state is left to resume from
+            names = recipe.cascade.model_names()
+            for leftover in state.iterdir():  # a killed checkpoint write's temporary copy (.NAME.*), often a model's size
+                if leftover.is_dir() and not leftover.is_symlink() and any(leftover.name.startswith(f".{n}.") for n in names):
+                    shutil.rmtree(leftover, ignore_errors=True)
+            if not any(state.iterdir()):
+                state.rmdir()
     barrier()
     return metrics
 

@@ -98,6 +98,9 @@ def test_resume_does_not_redo_finished_models(finished_run, capsys):
     # a kill between saving ta and removing its training state left that state behind
     (root / "run" / "state" / "ta").mkdir(parents=True)
     (root / "run" / "state" / "ta" / "progress.json").write_text("{}")
+    # and a checkpoint write killed half-way, named as versions before pid@host named them
+    (root / "run" / "state" / ".student.jqime6sf").mkdir()
+    (root / "run" / "state" / ".student.jqime6sf" / "module.safetensors").write_bytes(b"x" * 100)
     again = run_recipe(recipe, root / "run", resume=True, say=said.append)
     assert sum("already" in s for s in said) == 4  # teacher, ta, student, direct
     assert not (root / "run" / "state").exists()  # the finished model superseded it
