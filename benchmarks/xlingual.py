@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import math
 import re
 import statistics
 import sys
@@ -476,8 +477,7 @@ def collect(jobs: list[Job], out: Path) -> dict:
                 "average", "worst", "retention", "average_seen", "average_zero_shot", "worst_zero_shot",
                 "retention_seen", "retention_zero_shot")}
             # the retention in the model's worst language (the targets' second measure), per seed
-            model["summary"]["worst_retention"] = mean_sd(min(r["retention_per_language"].values())
-                                                          if r.get("retention_per_language") else None for r in rows.values())
+            model["summary"]["worst_retention"] = mean_sd(worst_retention(r) for r in rows.values())
             model["per_language"] = over_seeds(rows)["per_language"]
     for setting, entry in settings.items():
         entry["pairs"] = cascade_against_direct(jobs, out, setting, entry)
@@ -512,6 +512,12 @@ def cascade_against_direct(jobs: list[Job], out: Path, setting: str, entry: dict
              "zero_shot_languages": len(zero),
              "per_language": {lang: d["per_seed"] for lang, d in pair["per_language"].items()}}
             for pair in aggregate["pairs"]]
+
+
+def worst_retention(row: dict) -> float | None:
+    """A model's retention in its worst language (None where the teacher scored 0 is no language)."""
+    kept = [v for v in (row.get("retention_per_language") or {}).values() if isinstance(v, (int, float)) and math.isfinite(v)]
+    return min(kept) if kept else None
 
 
 def over_seeds_key(rows: dict, key: str) -> dict:

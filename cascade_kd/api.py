@@ -46,15 +46,18 @@ def _own_progress_only(function):
     command line, and back as they were after it."""
     @functools.wraps(function)
     def call(*args, **kwargs):
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
         from transformers.utils import logging as hf_logging
 
-        was_on = hf_logging.is_progress_bar_enabled()
+        # transformers' switch turns the hub's bars on and off too: each goes back as it was
+        transformers_on, hub_on = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
         hf_logging.disable_progress_bar()
         try:
             return function(*args, **kwargs)
         finally:
-            if was_on:
+            if transformers_on:
                 hf_logging.enable_progress_bar()
+            (enable_progress_bars if hub_on else disable_progress_bars)()
     return call
 
 
@@ -143,7 +146,8 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, int8: b
                         (_recipe(score) if isinstance(score, dict) else score), say=say)
     run_dir = find_run_dir(Path(model_dir))
     if out is None and run_dir is not None and (run_dir / "metrics.json").is_file():
-        publish_run(run_dir, say=say)  # the model card now says how to load the ONNX files
+        with locked_run_dir(run_dir):  # as bench and report: never beside a run resumed there
+            publish_run(run_dir, say=say)  # the model card now says how to load the ONNX files
     return info
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -117,11 +118,14 @@ def _temp_prefix(directory: Path, *, old: bool = False) -> str:
 def _alive(pid: int) -> bool:
     """Whether another process with this id runs. This process's own id on a leftover is a killed
     writer's, reused (containers number their processes alike every start): cascade-kd writes one
-    directory at a time, so no writer of this process is at work while it looks."""
+    directory at a time, so no writer of this process is at work while it looks. Off POSIX (where
+    os.kill would end the process) every other id counts as alive: nothing is removed there."""
     if pid == os.getpid():
         return False
+    if os.name != "posix":
+        return True
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
     except OSError:  # another user's process: alive
@@ -129,49 +133,70 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def recover_directory(directory: Path) -> None:
+def recover_directory(directory: Path) -> bool:
     """Put back what a writer of `directory` killed mid-swap left (only the two-rename swap has such
     a moment), and remove the temporary siblings of writers that are gone. Siblings of a live
-    process or of another host, or not named by cascade-kd, are left alone."""
+    process or of another host, or not named by cascade-kd, are left alone. Returns whether the
+    directory was put back. Callers that decide which entries of `directory` to keep call it first."""
     directory = Path(directory)
     pattern = re.compile(rf"\.{re.escape(directory.name)}\.cascade-kd-(old-)?(\d+)@(.+)\.[a-z0-9_]+")
     try:
-        siblings = sorted(directory.parent.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+        names = os.listdir(directory.parent)
     except OSError:
-        return
+        return False
     host = socket.gethostname()
-    for sibling in siblings:
-        match = pattern.fullmatch(sibling.name)
-        if match is None or match.group(3) != host or _alive(int(match.group(2))) or not sibling.is_dir():
+    found = []
+    for name in names:  # the names first: a folder's other entries are never looked at
+        match = pattern.fullmatch(name)
+        if match is None or match.group(3) != host or _alive(int(match.group(2))):
             continue
-        old = sibling / "dir"
-        if match.group(1) and old.is_dir() and not os.path.lexists(directory):
+        try:
+            found.append((os.lstat(directory.parent / name).st_mtime, name, bool(match.group(1))))
+        except OSError:  # gone meanwhile (another process recovering too)
+            continue
+    restored = False
+    for _, name, is_old in sorted(found, reverse=True):  # the newest old copy first
+        sibling = directory.parent / name
+        if not sibling.is_dir() or sibling.is_symlink():
+            continue
+        if is_old and (sibling / "dir").is_dir() and not os.path.lexists(directory):
             try:
-                old.rename(directory)  # the newest old copy: its replacement never arrived
+                (sibling / "dir").rename(directory)  # its replacement never arrived
+                restored = True
             except OSError:
                 continue
         shutil.rmtree(sibling, ignore_errors=True)
+    return restored
 
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
+@functools.cache
+def _renameat2():
+    """The C library's renameat2, or None (not Linux, or a C library without it: glibc < 2.28)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap the paths `a` and `b` in one step (Linux renameat2 with RENAME_EXCHANGE); False where
-    this system or file system cannot, and the caller swaps in two renames."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):  # a C library without it (glibc < 2.28, musl)
+    this system or file system cannot (or a sandbox refuses the call: EPERM under some seccomp
+    profiles), and the caller swaps in two renames, which report a real problem themselves."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
         return False
     if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):  # not supported here
-        return False
-    raise OSError(code, os.strerror(code), str(b))
+    if code == errno.ENOENT:  # one of the two is not there: nothing a second way would fix
+        raise OSError(code, os.strerror(code), str(b))
+    return False
 
 
 @contextmanager
@@ -189,7 +214,7 @@ def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
     directory = Path(directory)
     if directory.is_symlink() and directory.is_dir():
         directory = directory.resolve()
-    recover_directory(directory)
+    restored = recover_directory(directory)  # callers that choose `keep` have recovered already
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(directory), dir=directory.parent))
@@ -201,6 +226,9 @@ def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
     except OSError:
         at_start = set()
     keep = list(keep)
+    # a directory put back just now was not there when the caller chose `keep`: what of it the
+    # writer does not write again is carried over
+    put_back = sorted(at_start - set(keep)) if restored else []
     moved: list[str] = []
     old = None
     swapped = False
@@ -217,6 +245,7 @@ def atomic_directory(directory: Path, *, keep: Iterable[str] = ()):
         fsync_directory(tmp)  # its entries are on disk before it is renamed into place
         if directory.exists():
             keep += [name for name in sorted(os.listdir(directory)) if name not in at_start and name not in keep]
+            keep += [name for name in put_back if not os.path.lexists(tmp / name) and name not in keep]
             clash = sorted(name for name in keep if os.path.lexists(directory / name) and os.path.lexists(tmp / name))
             if clash:  # a file the writer did not write before, but writes now: it is not the writer's to replace
                 raise OutputError(f"{directory} holds {', '.join(clash[:3])}, which cascade-kd did not write there "

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from cascade_kd import __version__
 from cascade_kd.errors import OutputError
-from cascade_kd.fileio import atomic_directory, atomic_write, read_json_record
+from cascade_kd.fileio import atomic_directory, atomic_write, read_json_record, recover_directory
 
 MARKER = ".cascade-kd.json"
 LOCK = ".cascade-kd.lock"
@@ -186,6 +186,7 @@ class Found:
 def inspect(path: Path, command: str, *, legacy: Callable[[Path], bool] | None = None) -> Found:
     """Classify `path` for `command`. `legacy(path)` says whether a directory without a marker
     holds content only `command` writes (then it is ours, as written by an earlier version)."""
+    recover_directory(Path(path))  # an output a killed swap left aside is classified as what it is
     if not os.path.lexists(path):
         return Found(path, "new")
     try:  # the empty lock file a run leaves is no content (anything else of that name is)

@@ -130,3 +130,26 @@ def test_a_writer_killed_between_the_two_renames_leaves_the_old_directory_which_
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_directory_put_back_at_the_write_keeps_what_the_writer_does_not_write_again(tmp_path):
+    """The caller chose `keep` while the directory lay aside (a writer killed mid-swap): the user's
+    entries of the old directory are carried over, the writer's own files replaced."""
+    import cascade_kd.fileio as fileio
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    aside = tmp_path / f".model.cascade-kd-old-{dead.pid}@{socket.gethostname()}.abc123" / "dir"
+    aside.mkdir(parents=True)
+    (aside / "config.json").write_text("old")
+    (aside / "notes.txt").write_text("mine")
+    with fileio.atomic_directory(tmp_path / "model", keep=[]) as tmp:
+        (tmp / "config.json").write_text("new")
+    assert (tmp_path / "model" / "config.json").read_text() == "new"
+    assert (tmp_path / "model" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")  # a folder's odd entries do not stop recovery
+    aside.mkdir(parents=True)
+    (aside / "config.json").write_text("old")
+    (tmp_path / "model").rename(tmp_path / "elsewhere")
+    assert fileio.recover_directory(tmp_path / "model") and (tmp_path / "model" / "config.json").read_text() == "old"

@@ -31,7 +31,7 @@ from cascade_kd import __version__
 from cascade_kd.config.schema import Recipe, where
 from cascade_kd.errors import DataError, OutputError, UserError
 from cascade_kd.evaluation.run_files import CARD_COPY, MARKER, MODEL_CARD, card_edited, model_dir
-from cascade_kd.fileio import atomic_write, files_digest, read_json_record
+from cascade_kd.fileio import atomic_write, files_digest, read_json_record, recover_directory, weight_files
 from cascade_kd.outdir import (
     LOCK,
     Found,
@@ -44,7 +44,7 @@ from cascade_kd.outdir import (
 from cascade_kd.outdir import (
     MARKER as DIR_MARKER,
 )
-from cascade_kd.students.hub import CHECKPOINT_FILE, checkpoint_problem
+from cascade_kd.students.hub import CHECKPOINT_FILE, SHARD_INDEX, checkpoint_problem
 from cascade_kd.training.distributed import barrier, on_main
 
 if TYPE_CHECKING:  # a type only: job.py imports this module's neighbours, not the reverse
@@ -76,6 +76,7 @@ def read_stage_info(directory: Path) -> tuple[dict | None, str | None]:
 def finished_model(directory: Path, fingerprint: str, say=None) -> dict | None:
     """stage.json of a model this recipe finished, when the model can be loaded as saved; None when
     it must be made (again). A damaged stage.json or weights file is named (`say`)."""
+    recover_directory(Path(directory))  # a finished model a killed re-save left aside is the model
     info, damaged = read_stage_info(directory)
     name = Path(directory).name
     if damaged:
@@ -108,6 +109,7 @@ def model_files(directory: Path):
 def foreign_in_model_dir(directory: Path) -> list[str]:
     """Entries of an existing model directory that are not the model's: kept when it is saved again."""
     directory = Path(directory)
+    recover_directory(directory)  # a model folder a killed save left aside holds the user's entries too
     if not directory.is_dir():
         return []
     ours = model_files(directory)
@@ -318,15 +320,34 @@ def open_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, sa
             lock.release()
 
 
+# the files a teacher and a tokenizer are loaded from (weights from safetensors only): what else a
+# folder holds (other frameworks' weights, a model card, an export) changes nothing a run reads
+_TOKENIZER_FILES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_tokens", "sentencepiece", "spiece")
+
+
+def _read_files(directory: Path, key: str) -> list[Path]:
+    if key == "model":
+        return [*weight_files(directory), *(p for p in (directory / "config.json", directory / SHARD_INDEX) if p.is_file())]
+    return [p for p in directory.iterdir() if p.is_file() and (p.name.startswith(_TOKENIZER_FILES) or p.suffix == ".model")]
+
+
 def input_digests(job: Job) -> dict[str, dict[str, str]]:
     """Hashes of what a run reads besides its recipe: the examples, per split and language, and the
-    local files of its teacher and tokenizer (a hub name is not hashed)."""
-    models = {}
-    for key in ("model", "tokenizer"):
-        reference = job.recipe.model_path(getattr(job.recipe.teacher, key))
-        if reference is not None and Path(reference).is_dir():
-            models[f"teacher.{key}"] = files_digest(Path(reference))
-    return {"data_digests": job.data.digests(), "model_digests": models}
+    local files its teacher and tokenizer load from (a hub name is not hashed). Computed on the main
+    process and shared (several processes would read the same gigabytes at once)."""
+    def compute():
+        models = {}
+        for key in ("model", "tokenizer"):
+            reference = job.recipe.model_path(getattr(job.recipe.teacher, key))
+            if reference is not None and Path(reference).is_dir():
+                try:
+                    models[f"teacher.{key}"] = files_digest(Path(reference), _read_files(Path(reference), key))
+                except OSError as exc:
+                    raise UserError(f"cannot read the teacher's files: {exc.strerror or exc}",
+                                    where=str(getattr(exc, "filename", None) or reference)) from None
+        return {"data_digests": job.data.digests(), "model_digests": models}
+
+    return on_main(compute)
 
 
 def check_same_inputs(job: Job, digests: dict) -> None:

@@ -4,6 +4,7 @@ model) and the reports and model cards (which mention them). No torch here: the 
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -26,8 +27,20 @@ def trim_dir(model_dir: Path, out: Path | None = None) -> Path:
 
 
 def weights_digest(model_dir: Path) -> str:
-    """The sha256 of a saved model's weight files (names and bytes, in order)."""
-    return files_digest(model_dir, weight_files(model_dir))
+    """The sha256 of a saved model's weight files (names and bytes, in order); remembered for files
+    of the same size and time of change, as a report asks it for every model card and table."""
+    files = weight_files(model_dir)
+    return _digest(Path(model_dir), tuple((p.name, *_size_and_time(p)) for p in files))
+
+
+def _size_and_time(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(model_dir: Path, files: tuple) -> str:
+    return files_digest(model_dir, [model_dir / name for name, *_ in files])
 
 
 def made_from(info_file: Path, model_dir: Path) -> bool:

@@ -341,15 +341,18 @@ def rebuild_comparison(out: str | Path) -> dict:
     out = Path(out)
     stored = read_json(out / AGGREGATE, "not a comparison directory")
     groups = {}
+    renamed = False
     for variant in stored.get("variants") or []:
         label = variant["label"]
         if label in groups:  # written before labels were made distinct: both variants are kept
             label = next(f"{label} ({k})" for k in range(2, len(groups) + 3) if f"{label} ({k})" not in groups)
+            renamed = True
         groups[label] = [out / run["path"] if not Path(run["path"]).is_absolute() else Path(run["path"])
                          for run in variant.get("runs", [])]
     if not groups:
         raise UserError("aggregate.json names no runs", where=str(out / AGGREGATE))
-    # the same pairs as before, the default ones or those the caller named
+    # the same pairs as before, the default ones or those the caller named (not where a label was
+    # renamed: the stored pairs' sides named two variants alike, and would all point to the first)
     pairs = [(p["what"], p["a"], p["b"]) for p in stored.get("pairs") or []
              if isinstance(p, dict) and all(isinstance(p.get(k), str) for k in ("what", "a", "b"))]
-    return compare_runs(groups, out, pairs=pairs or None)
+    return compare_runs(groups, out, pairs=None if renamed or not pairs else pairs)

@@ -47,7 +47,7 @@ def card_edited(path: Path) -> bool:
     if not signatures:
         return True
     body = text[: signatures[-1].start()]
-    return text != sign_card(body)
+    return text.rstrip("\n") != sign_card(body).rstrip("\n")  # an editor's dropped final newline is no edit
 
 
 def model_folder(name: str) -> str:

@@ -51,6 +51,12 @@ def not_found_offline(name_or_path: str, what: str) -> str | None:
 
     if os.path.exists(os.path.expanduser(name_or_path)) or not huggingface_hub.is_offline_mode():
         return None
+    try:  # a model in the cache failed for a reason of its own: the loader's message says which
+        if any(isinstance(huggingface_hub.try_to_load_from_cache(name_or_path, name), str)
+               for name in ("config.json", "tokenizer_config.json")):
+            return None
+    except ValueError:  # not a valid repo id either
+        pass
     return (f"no {what} at {name_or_path!r}: no such local directory, and offline (HF_HUB_OFFLINE) "
             "no hub model of that name is in the cache")
 

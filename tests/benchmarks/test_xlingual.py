@@ -400,7 +400,10 @@ def test_a_setting_with_every_language_seen_shows_the_worst_language_and_its_ret
             {0: (0.99, 0.93), 1: (0.97, 0.95)}.items()}
     summary = {k: mean_sd([0.8]) for k in ("average", "worst", "retention", "average_seen", "average_zero_shot",
                                           "worst_zero_shot", "retention_seen", "retention_zero_shot")}
-    summary["worst_retention"] = mean_sd(min(r["retention_per_language"].values()) for r in rows.values())
+    summary["worst_retention"] = mean_sd(xlingual.worst_retention(r) for r in rows.values())
+    # a language the teacher scored 0 in has no retention (None): it is not the worst one
+    assert xlingual.worst_retention({"retention_per_language": {"en": 0.9, "quy": None}}) == 0.9
+    assert xlingual.worst_retention({"retention_per_language": {"quy": None}}) is None
     model = {"layers": 6, "params_total": 1e6, "params_embedding": 5e5, "seeds": rows, "summary": summary,
              "per_language": {}}
     entry = {**_entry(), "languages": ["en", "de"], "train_languages": ["en", "de"], "models": {"12→6": model}}

@@ -260,7 +260,10 @@ def test_recipes_sharing_a_name_get_distinct_labels_and_report_keeps_them_and_th
     stored = json.loads((tmp_path / "cmp" / "aggregate.json").read_text())
     for variant in stored["variants"]:
         variant["label"] = "demo"
-    stored["pairs"] = []
+    for pair in stored["pairs"]:  # as that version stored them: both sides named alike
+        pair.update(a="demo/student", b="demo/student")
     (tmp_path / "cmp" / "aggregate.json").write_text(json.dumps(stored))
     assert main(["report", str(tmp_path / "cmp")]) == 0
-    assert len(json.loads((tmp_path / "cmp" / "aggregate.json").read_text())["variants"]) == 3
+    rebuilt = json.loads((tmp_path / "cmp" / "aggregate.json").read_text())
+    assert len(rebuilt["variants"]) == 3
+    assert all(p["a"] != p["b"] for p in rebuilt["pairs"])  # the default pairs again, not a variant against itself
