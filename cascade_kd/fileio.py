@@ -355,12 +355,8 @@ def weight_files(directory: Path) -> list[Path]:
     return sorted(p for p in Path(directory).glob("model*.safetensors"))
 
 
-def files_digest(directory: Path, files: Iterable[Path] | None = None) -> str:
-    """The sha256 of the files of `directory` (names and bytes, in name order): by default every
-    regular file at its top level but text for readers (*.md: a model card edited is the same model)."""
-    directory = Path(directory)
-    if files is None:
-        files = [p for p in directory.iterdir() if p.is_file() and p.suffix != ".md"]
+def files_digest(files: Iterable[Path]) -> str:
+    """The sha256 of some files of one folder: their names and bytes, in name order."""
     digest = hashlib.sha256()
     for path in sorted(files, key=lambda p: p.name):
         digest.update(path.name.encode() + b"\0")

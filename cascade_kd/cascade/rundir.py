@@ -341,7 +341,7 @@ def input_digests(job: Job) -> dict[str, dict[str, str]]:
             reference = job.recipe.model_path(getattr(job.recipe.teacher, key))
             if reference is not None and Path(reference).is_dir():
                 try:
-                    models[f"teacher.{key}"] = files_digest(Path(reference), _read_files(Path(reference), key))
+                    models[f"teacher.{key}"] = files_digest(_read_files(Path(reference), key))
                 except OSError as exc:
                     raise UserError(f"cannot read the teacher's files: {exc.strerror or exc}",
                                     where=str(getattr(exc, "filename", None) or reference)) from None

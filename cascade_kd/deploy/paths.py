@@ -40,7 +40,7 @@ def _size_and_time(path: Path) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=64)
 def _digest(model_dir: Path, files: tuple) -> str:
-    return files_digest(model_dir, [model_dir / name for name, *_ in files])
+    return files_digest(model_dir / name for name, *_ in files)
 
 
 def made_from(info_file: Path, model_dir: Path) -> bool:
