@@ -228,6 +228,10 @@ def test_a_killed_two_process_run_resumes_on_one_process(workspace):
         time.sleep(0.05)
     assert state.is_file(), "the run ended before the assistant's first checkpoint:\n" + (proc.stdout.read() or "")[-3000:]
     assert not (run / "stages" / "ta" / "stage.json").exists(), "the kill came after the assistant finished"
+    from safetensors import safe_open
+
+    with safe_open(str(run / "state" / "ta" / "rng.safetensors"), framework="pt") as rng:
+        assert {"cpu", "cpu.rank1"} <= set(rng.keys())  # each process's random state, gathered by the main one
     resumed = _cli(workspace, "killed", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "written by 2 process(es), resumed on 1" in resumed.stdout
