@@ -724,7 +724,9 @@ def main() -> int:
     trained = sum((r.get("wall_s") or 0) + ((r.get("after") or {}).get("wall_s") or 0) for r in grid_record["jobs"].values())
     header = (f"# Cross-lingual transfer with multilingual-e5-small ({args.mode} mode)\n\n"
               f"Command: `{command}`; wall time of the grid's runs and post steps, all sittings: {trained:.0f} s "
-              f"(this sitting {time.perf_counter() - started:.0f} s); CPU of this sitting: {cpu_name()}; "
+              f"(this sitting {time.perf_counter() - started:.0f} s" + (", collecting the tables only (--collect-only)"
+                                                                        if args.collect_only else "")
+              + f"); CPU of this sitting: {cpu_name()}; "
               f"{sittings(grid_record)}. Timings are of a machine that may be shared: grid.json keeps the load "
               f"average while each run trained.")
     text = render(settings, header)
