@@ -26,7 +26,7 @@ demo: install
 # one worker process per usable core (at most 4: tests/conftest.py), each test file on one worker, so
 # that its module fixtures are built once
 test: install
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=15
 
 # the doc tools (pinned in the `docs` extra) go into the same venv; the build reads the source
 # statically and never imports torch

@@ -3,7 +3,10 @@ every stage's losses, layer maps, guides and cache settings; and the direct base
 
 from __future__ import annotations
 
-from cascade_kd.config.schema import Recipe, StageConfig, StudentConfig, where
+import hashlib
+import json
+
+from cascade_kd.config.schema import Recipe, StageConfig, StudentConfig, computing_part, where
 from cascade_kd.errors import RecipeError, UserError
 from cascade_kd.losses.layer_maps import check_layer_names
 from cascade_kd.losses.registry import LOSSES, build_terms, teacher_logit_losses
@@ -52,7 +55,7 @@ def check_cascade(recipe: Recipe, t_config) -> None:
                     where=where(recipe, *key, "layers"), hint="each stage's student must be no deeper than its teacher",
                 )
             student, _, _ = student_config(teacher, stage.student, where=where(recipe, *key))
-            if stage.student.kind == "transformer":
+            if family(stage.student.kind).layers_from_teacher:
                 _check_layers_found(student, recipe.task.type, where(recipe, *key))
         _check_losses(recipe, i, teacher, student, f"stage {stage.name!r}")
         _check_guides(recipe, i)
@@ -131,6 +134,23 @@ def _check_layer_maps(recipe: Recipe) -> None:
                                   "does not apply to it", where=at,
                                   hint="remove layer_map here, or put it on a hidden-state, attention or relation loss")
             check_layer_names(cfg.layer_map, where=at)
+    for section, losses in sections:
+        for name, cfg in (losses or {}).items():
+            _check_options(recipe, section, name, cfg)
+
+
+def _check_options(recipe: Recipe, section: tuple, name: str, cfg) -> None:
+    """A key set on a loss that does not read it (temperature on hidden_mse) would be ignored
+    without a word: refused. A key at its default passes (RUN_DIR/recipe.yaml spells them out)."""
+    options = LOSSES[name].options if name in LOSSES else None
+    if options is None:
+        return
+    for key, field in type(cfg).model_fields.items():
+        if key != "weight" and key not in options and getattr(cfg, key) != field.get_default(call_default_factory=True):
+            takes = ", ".join(options) if options else "no option but weight"
+            raise RecipeError(f"{key} does not apply to {name}, which takes {takes}",
+                              where=where(recipe, *section, "losses", name, key),
+                              hint=f"remove {key} here, or set it on a loss that reads it")
 
 
 def _cache_key_where(recipe: Recipe, i: int) -> str:
@@ -236,3 +256,26 @@ def final_spec(stages: list[StageConfig]) -> StudentConfig:
 def direct_spec(final: StudentConfig, final_config, teacher_config) -> StudentConfig:
     """The final student's shape, built straight from the original teacher (as its family says)."""
     return family(final.kind).direct_spec(final, final_config, teacher_config)
+
+
+def model_keys(dump: dict) -> dict[str, str]:
+    """Per model of a run (teacher, each stage, direct), a hash of the part of a recipe dump that
+    its training reads: the teacher everything but the cascade section; stage i the cascade's shared
+    keys and stages 0..i (its teacher, guides and streams come from those); the direct baseline the
+    whole cascade. A resume with an edited recipe keeps the finished models whose key is unchanged.
+    The recipe's name is left out (it trains nothing)."""
+    data = computing_part(dump)
+    data.pop("name", None)
+    cascade = data.pop("cascade", None) or {}
+    stages = cascade.get("stages") or []
+    shared = {k: v for k, v in cascade.items() if k not in ("stages", "direct")}
+
+    def digest(part: dict) -> str:
+        return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+
+    keys = {"teacher": digest(data)}
+    for i, stage in enumerate(stages):
+        keys[stage["name"]] = digest({**data, "cascade": {**shared, "stages": stages[: i + 1]}})
+    if cascade.get("direct", True) and len(stages) > 1:  # CascadeConfig.trains_direct, on a dump
+        keys["direct"] = digest({**data, "cascade": cascade})
+    return keys

@@ -120,6 +120,7 @@ def _run(job: Job, run_set: RunSet | None = None, until: str | None = None) -> d
                 "teacher (cascade.direct compares a chain of stages with that)")
 
     metrics = score_models(job, models)
+    metrics["recipe_fingerprint"] = recipe.fingerprint()  # which recipe's run these scores finish
     metrics["wall_time_s"] = time.perf_counter() - started
     if is_main():
         write_outputs(out, {**_measured_later(out), **metrics})
@@ -183,6 +184,8 @@ def score_models(job: Job, models, split: str | None = None) -> dict:
     selection = job.recipe.data.selection_languages
     rows, teacher_scores = [], None
     for name, role, model, info, directory in models:
+        # the kind the recipe named (a registered variant of the transformer family shares its model type)
+        kind = (info.get("student") or {}).get("kind") or family_of(model).kind
         per_lang = evaluate_languages(model, job.encoded[split], data.task, data.labels,
                                       batch_size=job.recipe.train.eval_batch_size, pad_id=job.pad_id, bf16=bf16)
         dev = {lang: per_lang[lang] for lang in selection} if split == "dev" else evaluate_languages(
@@ -194,7 +197,7 @@ def score_models(job: Job, models, split: str | None = None) -> dict:
         groups = summarise_groups(per_lang, teacher_scores, seen, zero_shot)
         rows.append({
             "name": name, "role": role, "path": str(directory.relative_to(job.out)),
-            "kind": family_of(model).kind, "layers_label": family_of(model).layers_label(model.config),
+            "kind": kind, "layers_label": family_of(model).layers_label(model.config),
             "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
             "heads": model.config.num_attention_heads, **{**count_parameters(model), **info.get("params", {})},
             "per_language": per_lang, "average": summary["average"], "worst": summary["worst"],

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import platform
 import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from cascade_kd import __version__
+from cascade_kd.cascade.plan import model_keys
 from cascade_kd.config.schema import Recipe, where
 from cascade_kd.errors import DataError, OutputError, UserError
 from cascade_kd.evaluation.run_files import CARD_COPY, MARKER, MODEL_CARD, card_edited, model_dir
@@ -73,9 +75,10 @@ def read_stage_info(directory: Path) -> tuple[dict | None, str | None]:
     return (info, None) if isinstance(info, dict) else (None, "not a JSON object")
 
 
-def finished_model(directory: Path, fingerprint: str, say=None) -> dict | None:
-    """stage.json of a model this recipe finished, when the model can be loaded as saved; None when
-    it must be made (again). A damaged stage.json or weights file is named (`say`)."""
+def finished_model(directory: Path, fingerprint: str, say=None, key: str | None = None) -> dict | None:
+    """stage.json of a model this recipe finished (or, with `key`, a recipe whose part this model
+    reads is the same: plan.model_keys), when the model can be loaded as saved; None when it must
+    be made (again). A damaged stage.json or weights file is named (`say`)."""
     recover_directory(Path(directory))  # a finished model a killed re-save left aside is the model
     info, damaged = read_stage_info(directory)
     name = Path(directory).name
@@ -83,7 +86,7 @@ def finished_model(directory: Path, fingerprint: str, say=None) -> dict | None:
         if say:
             say(f"WARNING: {Path(directory) / MARKER} is damaged ({damaged}): {name} is made again")
         return None
-    if info is None or info.get("recipe") != fingerprint:
+    if info is None or (info.get("recipe") != fingerprint and (key is None or info.get("model_key") != key)):
         return None
     problem = checkpoint_problem(directory)
     if problem is not None:
@@ -160,9 +163,14 @@ def eval_dir(run_dir: Path, split: str, out: Path | None = None) -> Path:
 
 
 def finished_run(out: Path, fingerprint: str) -> bool:
-    """RUN_DIR holds a finished run (metrics.json) of the recipe with this fingerprint."""
+    """RUN_DIR holds a finished run (metrics.json) of the recipe with this fingerprint (the one its
+    metrics.json names, where it names one: a run resumed with an edited recipe keeps the earlier
+    recipe's metrics.json until it finishes)."""
     manifest, _ = read_manifest(out)
-    return manifest is not None and manifest["recipe_fingerprint"] == fingerprint and (Path(out) / "metrics.json").is_file()
+    if manifest is None or manifest["recipe_fingerprint"] != fingerprint or not (Path(out) / "metrics.json").is_file():
+        return False
+    metrics, _ = read_json_record(Path(out) / "metrics.json", limit=256 << 20, what="metrics.json")
+    return isinstance(metrics, dict) and metrics.get("recipe_fingerprint", fingerprint) == fingerprint
 
 
 def model_dirs(out: Path) -> list[Path]:
@@ -187,13 +195,58 @@ def changed_keys(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def _recipe_changed(out: Path, recipe: Recipe, manifest: dict | None) -> UserError:
+def _recipe_changed(out: Path, recipe: Recipe, manifest: dict | None, affected: list[str] = (),
+                    kept: list[str] = ()) -> UserError:
     changed = changed_keys(manifest.get("recipe", {}), recipe.dump()) if manifest else []
+    hint = "resume with the original recipe, or start a new --out"
+    if "teacher" in kept:  # the expensive part can still be had without training it again
+        hint += f"; a new run with teacher.model: {model_dir(out, 'teacher')} starts from this run's teacher"
     return UserError(
         "the recipe changed since this run started"
-        + (f": {', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''} differ" if changed else ""),
-        where=str(out / "manifest.json"), hint="resume with the original recipe, or start a new --out",
+        + (f": {', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''} differ" if changed else "")
+        + (f"; that changes the finished model{'s' if len(affected) > 1 else ''} {', '.join(affected)}, which a "
+           "resume would replace" if affected else ""),
+        where=str(out / "manifest.json"), hint=hint,
     )
+
+
+def recipe_change(out: Path, recipe: Recipe, manifest: dict | None) -> tuple[list[str], list[str]]:
+    """A resume with an edited recipe: allowed when no finished model reads what changed (each
+    stage.json's model key, plan.model_keys, is the new recipe's), so nothing finished is replaced.
+    Returns (finished models kept, models that start again: their key changed, so a training state
+    of theirs is dropped). Otherwise a UserError naming the finished models the change would replace."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("recipe"), dict):
+        raise _recipe_changed(out, recipe, manifest)
+    new = model_keys(recipe.dump())
+    try:
+        old = model_keys(manifest["recipe"])
+    except (AttributeError, KeyError, TypeError, ValueError):  # a manifest of another layout: nothing is known
+        raise _recipe_changed(out, recipe, manifest) from None
+    kept, affected = [], []
+    for directory in model_dirs(out):
+        info, _ = read_stage_info(directory)
+        if info is None:
+            continue  # no finished model there (a damaged one is made again anyway)
+        name = directory.name
+        # a model saved before stage.json held its key, or one the new recipe no longer trains, counts as changed
+        (kept if name in new and info.get("model_key") == new[name] else affected).append(name)
+    order = [*old, *(name for name in new if name not in old)]  # training order, for messages
+    kept.sort(key=lambda name: order.index(name) if name in order else len(order))
+    affected.sort(key=lambda name: order.index(name) if name in order else len(order))
+    if affected:
+        raise _recipe_changed(out, recipe, manifest, affected, kept)
+    return kept, [name for name in new if name not in kept and old.get(name) != new[name]]
+
+
+def drop_changed_states(out: Path, recipe: Recipe) -> None:
+    """Before a resume with an edited recipe (recipe_change allowed it): the training states of the
+    models whose key changed are removed, so that they train from the start under the new recipe."""
+    manifest, _ = read_manifest(out)
+    _, retrained = recipe_change(out, recipe, manifest)
+    for name in retrained:
+        state = out / "state" / name
+        if state.is_dir() and not state.is_symlink():
+            shutil.rmtree(state)
 
 
 def check_resume_or_overwrite(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -239,10 +292,16 @@ def check_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, s
                           hint="pass --resume to continue that run, --overwrite to replace it, or choose another --out "
                                "(in Python: resume=True, overwrite=True, or another run_dir)")
     if resume:
-        started_with = found.marker.get("recipe_fingerprint") if found.state == "own" else (
-            manifest["recipe_fingerprint"] if manifest else fingerprint)  # else proven by a finished model
-        if started_with != fingerprint:
-            raise _recipe_changed(out, recipe, manifest)
+        if _started_with(found, recipe, manifest) != fingerprint:
+            kept, retrained = recipe_change(out, recipe, manifest)
+            if say:
+                changed = changed_keys(manifest.get("recipe", {}), recipe.dump())
+                say("the recipe changed since this run started"
+                    + (f" ({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''})" if changed else "")
+                    + "; no finished model reads what changed"
+                    + (f": kept {', '.join(kept)}" if kept else "")
+                    + (f"; {', '.join(retrained)} train{'s' if len(retrained) == 1 else ''} from the start with it"
+                       if retrained else ""))
         if manifest_damage and say:
             say(f"WARNING: {out / 'manifest.json'} is damaged ({manifest_damage}): it is written again")
         return found
@@ -255,6 +314,14 @@ def check_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, s
                 "write: --overwrite deletes nothing it cannot prove it wrote", where=where,
                 hint="move those out of RUN_DIR, or choose another --out")
     return found
+
+
+def _started_with(found: Found, recipe: Recipe, manifest: dict | None = None) -> str:
+    """The fingerprint of the recipe a run in RUN_DIR was started (or last resumed) with."""
+    if found.state == "own":
+        return found.marker.get("recipe_fingerprint")
+    manifest = manifest if manifest is not None else read_manifest(found.path)[0]
+    return manifest["recipe_fingerprint"] if manifest else recipe.fingerprint()  # else proven by a finished model
 
 
 def _lock(out: Path):
@@ -306,6 +373,8 @@ def open_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, sa
                     shown = ", ".join(str(p.relative_to(out)) for p in kept[:4]) + (", ..." if len(kept) > 4 else "")
                     say(f"--overwrite: the earlier run's files are deleted; kept {len(kept)} entr"
                         f"{'y' if len(kept) == 1 else 'ies'} it did not write ({shown})")
+            if resume and _started_with(found, recipe) != recipe.fingerprint():
+                drop_changed_states(out, recipe)  # before the marker names the new recipe: a kill here retries it
             if not (found.state == "own" and found.marker.get("recipe_fingerprint") == recipe.fingerprint()):
                 write_marker(out, COMMAND, RUN_ENTRIES, recipe_fingerprint=recipe.fingerprint())
         except BaseException:
@@ -355,6 +424,11 @@ def check_same_inputs(job: Job, digests: dict) -> None:
     digests is not checked): inputs edited in place since would mix models of old and new inputs in
     one run, finished models coming from the old ones."""
     manifest, _ = read_manifest(job.out)
+    try:  # a resume with an edited data or teacher section (recipe_change): no model of the old inputs is kept
+        if model_keys(manifest["recipe"])["teacher"] != model_keys(job.recipe.dump())["teacher"]:
+            return
+    except (AttributeError, KeyError, TypeError, ValueError):
+        pass
     hint = "put them back as they were to resume, or start again on the new ones with --overwrite or another --out"
     old = (manifest or {}).get("data_digests")
     if isinstance(old, dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import json
 import re
 import sys
@@ -110,12 +111,37 @@ class LossConfig(_Section):
 LOSS_NAMES = ("kl", "logit_mse", "ce", "hidden_mse", "hidden_cos", "attention_mse", "attention_kl", "relation_kl")
 
 
-def loss_names() -> tuple[str, ...]:
+def loss_names(name: str | None = None) -> tuple[str, ...]:
     """The loss names a recipe may use: those registered (losses/registry.py), read without
-    importing torch: until the registry is imported (a recipe checked before training starts),
-    only the built-in ones can be."""
+    importing torch while the registry is not imported and `name` is a built-in one; a `name`
+    that is not (a loss added to the registry, a misspelling) imports the registry to find out."""
     registry = sys.modules.get("cascade_kd.losses.registry")
+    if registry is None and name is not None and name not in LOSS_NAMES:
+        registry = importlib.import_module("cascade_kd.losses.registry")
     return tuple(registry.LOSSES) if registry is not None else LOSS_NAMES
+
+
+# the built-in student kinds, each with the recipe keys it takes (its "rules"); a family registered
+# later (students/registry.py) names the built-in kind whose keys and defaults it takes (spec_rules)
+STUDENT_KINDS = ("transformer", "recursive", "bilstm")
+
+
+def kind_rules(kind: str) -> str | None:
+    """Which built-in kind's keys and defaults a student section of this `kind` takes (None: no
+    family of that kind is registered). Read without importing torch for the built-in kinds."""
+    if kind in STUDENT_KINDS:
+        return kind
+    registry = sys.modules.get("cascade_kd.students.registry")
+    if registry is None or kind not in registry.FAMILIES:
+        importlib.import_module("cascade_kd.students")  # registers the built-in families (torch)
+        registry = sys.modules["cascade_kd.students.registry"]
+    family = registry.FAMILIES.get(kind)
+    return None if family is None else family.spec_rules
+
+
+def student_kinds() -> tuple[str, ...]:
+    registry = sys.modules.get("cascade_kd.students.registry")
+    return tuple(registry.FAMILIES) if registry is not None else STUDENT_KINDS
 _STAGE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
@@ -138,7 +164,7 @@ class StudentConfig(_Section):
     (default: copy when the widths match, else pca) | copy | pca | random; no init key.
     """
 
-    kind: Literal["transformer", "recursive", "bilstm"] = "transformer"
+    kind: str = "transformer"  # a registered family (students/registry.py)
     layers: int = Field(ge=1)
     # which teacher layers initialise the student: bottom-k (LightMBERT), top-k, evenly spread,
     # an explicit list of teacher layer numbers (1-based), or random; recursive students: the
@@ -162,6 +188,16 @@ class StudentConfig(_Section):
     lstm_layers: Optional[int] = Field(None, ge=1)
     projection_size: Optional[int] = Field(None, ge=1)  # width the BiLSTM output is projected to (default: teacher's)
 
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, v):
+        if kind_rules(v) is None:
+            names = student_kinds()
+            near = difflib.get_close_matches(v, names, n=1)
+            raise ValueError(f"unknown student kind {short(v)} (" + (f"did you mean {near[0]!r}?" if near else
+                             f"the kinds: {', '.join(names)}") + ")")
+        return v
+
     @field_validator("init")
     @classmethod
     def _explicit_layers(cls, v):
@@ -184,7 +220,10 @@ class StudentConfig(_Section):
     def _recursive_defaults(cls, data):
         """A recursive student's depth is `recursions` (or `layers`: the same number); a BiLSTM
         student is one layer to layer maps."""
-        if isinstance(data, dict) and data.get("kind") == "bilstm":
+        rules = _rules_of(data)
+        if rules is not None and rules != data.get("kind", "transformer"):  # a registered family's defaults first
+            data = {**_family_defaults(data["kind"]), **data}
+        if rules == "bilstm":
             data = dict(data)
             if data.setdefault("layers", 1) != 1:
                 raise ValueError("a BiLSTM student is one layer to layer maps (layers: 1); "
@@ -196,7 +235,7 @@ class StudentConfig(_Section):
             data.setdefault("embeddings", "auto")
             data.setdefault("lstm_layers", 1)
             return data
-        if not isinstance(data, dict) or data.get("kind") != "recursive":
+        if rules != "recursive":
             return data
         data = dict(data)
         if "recursions" in data and "layers" not in data:
@@ -212,7 +251,8 @@ class StudentConfig(_Section):
 
     @model_validator(mode="after")
     def _kind_keys(self):
-        if self.kind != "bilstm":
+        rules = kind_rules(self.kind)
+        if rules != "bilstm":
             for key in ("lstm_layers", "projection_size"):
                 if getattr(self, key) is not None:
                     raise ValueError(f"{key} applies to BiLSTM students only (add kind: bilstm)")
@@ -223,7 +263,7 @@ class StudentConfig(_Section):
             if isinstance(self.freeze_embeddings, list) and set(self.freeze_embeddings) - {"word"}:
                 raise ValueError("a BiLSTM student has word embeddings only (freeze_embeddings: true or [word])")
             return self
-        if self.kind == "transformer":
+        if rules == "transformer":
             for key in ("recursions", "embedding_size", "adapter_reduction", "train_only"):
                 if getattr(self, key) is not None:
                     raise ValueError(f"{key} applies to recursive students only (add kind: recursive)")
@@ -238,6 +278,17 @@ class StudentConfig(_Section):
                 raise ValueError(f"init {self.init!r} is for transformer students; a recursive student takes "
                                  "mean, layer:K (a 1-based teacher layer) or random")
         return self
+
+
+def _rules_of(data) -> str | None:
+    """The rules of a student section before validation (None: not a section of a known kind)."""
+    kind = data.get("kind", "transformer") if isinstance(data, dict) else None
+    return kind_rules(kind) if isinstance(kind, str) else None
+
+
+def _family_defaults(kind: str) -> dict:
+    """A registered family's defaults for its student section (StudentFamily.spec_defaults)."""
+    return dict(sys.modules["cascade_kd.students.registry"].FAMILIES[kind].spec_defaults)
 
 
 class StageConfig(_Section):
@@ -291,8 +342,8 @@ class StageConfig(_Section):
     def _known_losses(cls, v):
         if v is None:
             return v
-        names = loss_names()
         for name in v:
+            names = loss_names(name)
             if name not in names:
                 near = difflib.get_close_matches(name, names, n=1)
                 hint = f"did you mean {near[0]!r}?" if near else f"valid losses: {', '.join(names)}"
@@ -613,12 +664,15 @@ class Recipe(_Section):
                 del stage["guides"], stage["drop_guides"], stage["guide_reduction"]
             if stage["teacher"] == _default(StageConfig, "teacher"):  # likewise the stage teacher key
                 del stage["teacher"]
-            if isinstance(stage["student"], dict) and stage["student"]["kind"] != "bilstm":  # and BiLSTM keys
+            rules = kind_rules(stage["student"]["kind"]) if isinstance(stage["student"], dict) else None
+            if rules is not None and rules != "bilstm":  # and BiLSTM keys
                 for key in ("lstm_layers", "projection_size"):
                     del stage["student"][key]
-            if isinstance(stage["student"], dict) and stage["student"]["kind"] == "transformer":  # and recursive keys
-                for key in ("kind", "recursions", "embedding_size", "adapter_reduction", "train_only"):
+            if rules == "transformer":  # and recursive keys (and the default kind)
+                for key in ("recursions", "embedding_size", "adapter_reduction", "train_only"):
                     del stage["student"][key]
+                if stage["student"]["kind"] == "transformer":
+                    del stage["student"]["kind"]
         return data
 
     def fingerprint(self) -> str:

@@ -35,6 +35,7 @@ class AttentionLoss(Loss):
     """A loss between the student's and the teacher's attention maps of mapped layers."""
 
     feature = "attention"
+    options = ("layer_map", "head_reduction")
 
     def __init__(self, head_reduction: str = "none", *, pairs=()):
         super().__init__()
@@ -47,7 +48,6 @@ class AttentionLoss(Loss):
 
     @classmethod
     def check(cls, cfg, teacher_config, student_config, *, where: str) -> None:
-        check_has_attention(cls, teacher_config, student_config, where=where)
         t_heads, s_heads = teacher_config.num_attention_heads, student_config.num_attention_heads
         if cfg.head_reduction == "none" and t_heads != s_heads:
             raise UserError(
@@ -59,7 +59,6 @@ class AttentionLoss(Loss):
 
     @classmethod
     def from_config(cls, cfg, teacher_config, student_config, *, where: str) -> AttentionLoss:
-        cls.check(cfg, teacher_config, student_config, where=where)
         pairs = layer_pairs(cfg.layer_map, teacher_config.num_hidden_layers, student_config.num_hidden_layers,
                             feature="attention", where=f"{where}.losses.{cls.name}.layer_map")
         return cls(cfg.head_reduction, pairs=pairs)

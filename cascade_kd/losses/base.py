@@ -8,9 +8,12 @@ A loss is one `Loss` subclass, registered under the name recipes use (losses/reg
 * what it averages over: `units(batch)`, the denominator of its mean in that batch (tokens,
   sequences, attention pairs, labelled positions), which data-parallel training weights by;
 * what it needs of the two models: `check(cfg, teacher_config, student_config, where=...)`, from
-  their configs, before anything trains;
+  their configs, before anything trains (registry.build_terms calls it, after refusing a loss with
+  `feature` attention or qkv between models of which one has no attention: a BiLSTM);
 * how it is built from its recipe section: `from_config(...)`, with any projection it owns
   (`projections()`: trainable, so kept in the stage's trainable module and its checkpoint);
+* optionally `pairs`, the (teacher layer, student layer) pairs it compares: stage.json and the
+  model card list them;
 * its formula on tensors (`forward`: inputs, masks, formula and source in its docstring, tested
   against values computed by hand), and how the formula is applied to a stage's features
   (`compute(student, teacher, batch)`, written once per family: logits, hidden states, ...).
@@ -49,6 +52,15 @@ class Reads:
     attention: tuple[int, ...] = ()
     qkv: tuple[int, ...] = ()
 
+    def __post_init__(self):
+        # no negative numbers (features.py's -1, the last layer): the teacher cache stores layers by
+        # these numbers, so a loss resolves "last" against its model's config when it is built
+        for kind, first in (("hidden", 0), ("attention", 1), ("qkv", 1)):
+            wrong = [layer for layer in getattr(self, kind) if layer < first]
+            if wrong:
+                raise ValueError(f"Reads.{kind} numbers layers from {first}, not {wrong[0]}: for the last layer "
+                                 "use the model's config.num_hidden_layers")
+
     def __or__(self, other: Reads | None) -> Reads:
         if other is None:
             return self
@@ -84,6 +96,9 @@ class Loss(nn.Module):
     # teacher cache holds): "logits", "hidden", "attention" or "qkv"
     feature: ClassVar[str] = ""
     reads_teacher: ClassVar[bool] = True
+    # the LossConfig keys it reads besides `weight`: another key a recipe sets on it (to other than
+    # its default) is refused before training (plan.py); None: not declared, nothing is refused
+    options: ClassVar[tuple[str, ...] | None] = None
 
     student_reads: Reads = Reads()
     teacher_reads: Reads | None = None

@@ -26,6 +26,7 @@ class HiddenLoss(Loss):
     """A loss between the student's and the teacher's hidden states of mapped layers."""
 
     feature = "hidden"
+    options = ("layer_map",)
 
     def __init__(self, pairs=(), projections: dict[int, nn.Module] | None = None):
         super().__init__()
@@ -55,7 +56,6 @@ class HiddenLoss(Loss):
 
     @classmethod
     def from_config(cls, cfg, teacher_config, student_config, *, where: str) -> HiddenLoss:
-        cls.check(cfg, teacher_config, student_config, where=where)
         pairs = cls._pairs(cfg, teacher_config, student_config, where)
         projections = {}
         if teacher_config.hidden_size != student_config.hidden_size:

@@ -67,6 +67,7 @@ class SoftLogitKL(TeacherLogitLoss):
     """
 
     name = "kl"
+    options = ("temperature", "positions")
 
     def __init__(self, temperature: float = 1.0, positions: str = "labelled"):
         super().__init__(positions)
@@ -102,6 +103,7 @@ class LogitMSE(TeacherLogitLoss):
     """
 
     name = "logit_mse"
+    options = ("positions",)
 
     @classmethod
     def from_config(cls, cfg, teacher_config, student_config, *, where: str) -> LogitMSE:
@@ -128,6 +130,7 @@ class HardLabelCE(Loss):
     """
 
     name = "ce"
+    options = ()
     feature = "logits"
     reads_teacher = False
 

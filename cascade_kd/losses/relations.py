@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cascade_kd.errors import UserError
-from cascade_kd.losses.attention import check_has_attention
 from cascade_kd.losses.base import Loss, Reads, TeacherFeatures, masked_mean, real_tokens
 from cascade_kd.losses.layer_maps import layer_pairs
 from cascade_kd.students.features import Features
@@ -43,6 +42,7 @@ class RelationKL(Loss):
 
     name = "relation_kl"
     feature = "qkv"
+    options = ("layer_map", "relation_heads", "relations")
     KINDS = ("query", "key", "value")
 
     def __init__(self, relation_heads: int = 12, relations: tuple = KINDS, *, pairs=()):
@@ -63,7 +63,6 @@ class RelationKL(Loss):
 
     @classmethod
     def check(cls, cfg, teacher_config, student_config, *, where: str) -> None:
-        check_has_attention(cls, teacher_config, student_config, where=where)
         heads = cls._heads(cfg, teacher_config)
         for who, config in (("teacher", teacher_config), ("student", student_config)):
             if config.hidden_size % heads:
@@ -74,7 +73,6 @@ class RelationKL(Loss):
 
     @classmethod
     def from_config(cls, cfg, teacher_config, student_config, *, where: str) -> RelationKL:
-        cls.check(cfg, teacher_config, student_config, where=where)
         pairs = layer_pairs(cfg.layer_map, teacher_config.num_hidden_layers, student_config.num_hidden_layers,
                             feature="attention", where=f"{where}.losses.{cls.name}.layer_map")
         return cls(cls._heads(cfg, teacher_config), tuple(cfg.relations), pairs=pairs)

@@ -336,6 +336,7 @@ class BiLSTMFamily(StudentFamily):
     projection to `projection_size`; one layer to layer maps (hidden state 1 is its projected output)."""
 
     kind = "bilstm"
+    spec_rules = "bilstm"
     model_type = MODEL_TYPE
     label = "BiLSTM"
     masked_lm = False

@@ -659,6 +659,7 @@ class RecursiveFamily(StudentFamily):
     """MiniALBERT: one shared layer applied `layers` times, with bottleneck adapters per step."""
 
     kind = "recursive"
+    spec_rules = "recursive"
     model_type = MODEL_TYPE
     label = "recursive"
     teaches = ("recursive", "bilstm")  # a transformer's layers cannot come from one shared layer

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from cascade_kd.config.schema import STUDENT_KINDS
 from cascade_kd.errors import RecipeError
 from cascade_kd.students.anatomy import base_counts, freeze_embeddings, layer_list
 
@@ -26,6 +27,12 @@ class StudentFamily:
     masked_lm: bool = True  # can be a masked-LM student (general distillation)
     teaches: tuple[str, ...] | None = None  # the student kinds a model of this family can teach (None: all)
     has_attention: bool = True  # attention maps and query/key/value states, which attention losses read
+    # the recipe keys a student section of this kind takes, and their checks: those of the built-in
+    # kind named here (config/schema.py: transformer, recursive or bilstm); `spec_defaults` fills
+    # keys the recipe leaves out (e.g. {"init": "random"}) before they are checked
+    spec_rules: str = "transformer"
+    spec_defaults: dict = {}
+    layers_from_teacher: bool = False  # built by copying the teacher's layers: its layer list must be found
 
     def owns(self, model_or_config) -> bool:
         """Whether a model (or config) is one of this family's."""
@@ -76,8 +83,19 @@ class StudentFamily:
 FAMILIES: dict[str, StudentFamily] = {}
 
 
-def register(family: StudentFamily) -> StudentFamily:
-    """Add a family under its `kind` (a later registration of the same kind replaces it)."""
+def register(family: StudentFamily, *, replace: bool = False) -> StudentFamily:
+    """Add a family under its `kind`, which recipes then name in `student.kind`. A kind already
+    taken is refused unless `replace`: a family copied from another with its `kind` left unchanged
+    would otherwise silently build every student of that kind."""
+    if not isinstance(family.kind, str) or not family.kind.strip():
+        raise ValueError(f"{type(family).__name__} needs a kind (the name recipes use in student.kind)")
+    if family.kind in FAMILIES and type(FAMILIES[family.kind]) is not type(family) and not replace:
+        raise ValueError(f"a student family of kind {family.kind!r} is registered already "
+                         f"({type(FAMILIES[family.kind]).__name__}): give {type(family).__name__} another kind, "
+                         "or register(..., replace=True) to replace it")
+    if family.spec_rules not in STUDENT_KINDS:
+        raise ValueError(f"{type(family).__name__}.spec_rules is {family.spec_rules!r}: name the built-in kind whose "
+                         f"recipe keys it takes ({', '.join(STUDENT_KINDS)})")
     FAMILIES[family.kind] = family
     return family
 

@@ -18,6 +18,7 @@ class TransformerFamily(StudentFamily):
     """Any Hugging Face encoder (BERT, mBERT, XLM-R, DistilBERT, ...), distilled into fewer layers."""
 
     kind = "transformer"
+    layers_from_teacher = True
     label = "transformer"
 
     def config(self, t_config, spec, *, where: str = "student"):

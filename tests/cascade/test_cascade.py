@@ -266,3 +266,60 @@ def test_resume_with_a_changed_recipe_names_the_keys_that_differ(finished_run, t
     rc = main(["run", str(tmp_path / "r.yaml"), "--out", str(run), "--resume"])
     err = capsys.readouterr().err
     assert rc == 2 and "recipe changed" in err and "seed" in err and "train.epochs" in err
+
+
+def _edited_copy(finished_run, tmp_path, changes: dict, drop=()) -> tuple:
+    """A copy of the finished run, the models in `drop` (and metrics.json, with them) removed as a
+    kill before they were saved would leave it, and the recipe with `changes` as r.yaml."""
+    root, _, _ = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    for name in ("data", "tokenizer"):
+        (tmp_path / name).symlink_to(root / name)
+    for name in drop:
+        shutil.rmtree(run / "stages" / name)
+    if drop:
+        (run / "metrics.json").unlink()
+    return run, write_recipe(tmp_path, merge(SMALL, changes), "r.yaml")
+
+
+def test_resume_with_an_edit_no_finished_model_reads_keeps_them_and_trains_the_rest(finished_run, tmp_path):
+    # killed after `ta`: the last stage's epochs edited, then resumed
+    run, recipe = _edited_copy(finished_run, tmp_path, {"cascade": {"stages": {1: {"train": {"epochs": 1}}}}},
+                               drop=("student", "direct"))
+    kept = {name: (run / path / "stage.json").read_bytes() for name, path in [("teacher", "teacher"), ("ta", "stages/ta")]}
+    lines = []
+    metrics = run_recipe(load_recipe(recipe), run, resume=True, say=lines.append)
+    said = "\n".join(lines)
+    assert "no finished model reads what changed: kept teacher, ta" in said and "cascade.stages.1.train" in said
+    assert "teacher: already trained" in said and "ta: already distilled" in said
+    for name, path in [("teacher", "teacher"), ("ta", "stages/ta")]:
+        assert (run / path / "stage.json").read_bytes() == kept[name], name
+    for name in ("student", "direct"):  # trained under the edited recipe
+        info = json.loads((run / "stages" / name / "stage.json").read_text())
+        assert info["epochs"] == 1 and info["model_key"], name
+    assert metrics["recipe_fingerprint"] == load_recipe(recipe).fingerprint()
+    assert json.loads((run / "manifest.json").read_text())["recipe_fingerprint"] == load_recipe(recipe).fingerprint()
+
+
+def test_resume_with_an_edit_a_finished_model_reads_is_refused_naming_it(finished_run, tmp_path, capsys):
+    run, recipe = _edited_copy(finished_run, tmp_path, {"cascade": {"stages": {1: {"train": {"epochs": 1}}}}})
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    rc = main(["run", str(recipe), "--out", str(run), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cascade.stages.1.train" in err
+    assert "changes the finished models student, direct, which a resume would replace" in err
+    assert f"teacher.model: {run / 'teacher'}" in err  # the teacher is unaffected: the hint says how to keep it
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_metrics_json_of_the_recipe_before_an_edit_does_not_finish_the_run(finished_run, tmp_path):
+    from cascade_kd.cascade.rundir import finished_run as is_finished
+
+    run, recipe = _edited_copy(finished_run, tmp_path, {"name": "renamed"})
+    old = finished_run[1].fingerprint()
+    assert is_finished(run, old) and not is_finished(run, load_recipe(recipe).fingerprint())
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["recipe_fingerprint"] = "0" * 16  # the scores of another recipe, the manifest of this one
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert not is_finished(run, old)

@@ -76,6 +76,18 @@ def test_layer_maps_that_name_no_layer(capsys, ws, old, new, needle):
     assert f"{recipe}:" in msg and "layer_map" in msg and needle in msg, msg
 
 
+@pytest.mark.parametrize("old,new,key,needle", [
+    ("hidden_mse: {weight: 1.0, layer_map: top_only}", "hidden_mse: {weight: 1.0, layer_map: top_only, temperature: 3}",
+     "hidden_mse.temperature", "temperature does not apply to hidden_mse, which takes layer_map"),
+    ("kl: {weight: 1.0, temperature: 2.0}", "kl: {weight: 1.0, temperature: 2.0, head_reduction: mean}",
+     "kl.head_reduction", "head_reduction does not apply to kl, which takes temperature, positions"),
+], ids=["temperature-on-hidden", "heads-on-kl"])
+def test_an_option_the_loss_does_not_read_is_refused_at_its_line(capsys, ws, old, new, key, needle):
+    recipe = edit_recipe(ws, old, new)
+    msg = fails(capsys, ws)
+    assert f"{recipe}:{line_of(recipe, new.split(':')[0])}: cascade.losses.{key}" in msg and needle in msg, msg
+
+
 # --- inputs that are not regular files ------------------------------------------------------------
 
 

@@ -214,3 +214,39 @@ def test_a_new_loss_trains_the_student_towards_the_teacher(demo_workspace, token
     task = DistillationTask(student, [LossTerm(1.0, CentredLogitMSE())], LiveTeacher(teacher))
     train(task, StageData(data), TrainConfig(epochs=3, batch_size=16, lr=3e-3, precision="fp32", warmup_ratio=0.0))
     assert gap() < 0.5 * before
+
+
+def test_the_engine_refuses_a_loss_on_attention_with_a_bilstm_whatever_the_loss_checks(monkeypatch):
+    class TopAttention(Loss):  # a new loss on attention maps that checks nothing itself
+        name, feature = "top_attention", "attention"
+
+        @classmethod
+        def from_config(cls, cfg, teacher_config, student_config, *, where):
+            raise AssertionError("built without the engine's check")
+
+    monkeypatch.setitem(LOSSES, TopAttention.name, TopAttention)
+    teacher = tiny_bert(layers=2, hidden=32).config
+    bilstm, _, _ = student_config(teacher, StudentConfig(kind="bilstm", hidden=8), where="s")
+    with pytest.raises(RecipeError, match="top_attention compares attention maps, but the student is a BiLSTM"):
+        build_terms({"top_attention": LossConfig()}, teacher, bilstm, where="stage")
+
+
+def test_a_loss_name_taken_is_refused_unless_replaced():
+    from cascade_kd.losses.logits import SoftLogitKL
+    from cascade_kd.losses.registry import register
+
+    class Copied(SoftLogitKL):  # copied from kl, its name left unchanged
+        pass
+
+    with pytest.raises(ValueError, match="a loss named 'kl' is registered already"):
+        register(Copied)
+    assert LOSSES["kl"] is SoftLogitKL
+    register(SoftLogitKL)  # the same class again: allowed
+
+
+def test_reads_number_layers_as_the_teacher_cache_stores_them():
+    with pytest.raises(ValueError, match="Reads.hidden numbers layers from 0, not -1"):
+        Reads(hidden=(-1,))
+    with pytest.raises(ValueError, match="Reads.attention numbers layers from 1, not 0"):
+        Reads(attention=(0, 2))
+    assert Reads(hidden=(0, 3), attention=(1,)).hidden == (0, 3)

@@ -1,0 +1,111 @@
+"""The family registry's contract: a new kind of student is one module and one `register` call;
+recipes then name it with no other change (config/schema.py reads the registry), and mistakes in
+registering are refused rather than silently taking effect."""
+
+import subprocess
+import sys
+
+import pytest
+
+from cascade_kd.config.schema import Recipe, StudentConfig
+from cascade_kd.errors import RecipeError
+from cascade_kd.students import FAMILIES, StudentFamily, register, student_config
+from cascade_kd.students.transformer import TransformerFamily
+from tests.helpers import tiny_bert, tiny_recipe
+
+
+class WideFamily(TransformerFamily):
+    """A toy family: a transformer student whose feed-forward block is twice the teacher's."""
+
+    kind = "wide_ffn"
+    label = "wide transformer"
+    spec_defaults = {"init": "random"}
+
+    def config(self, t_config, spec, *, where: str = "student"):
+        config, plan, _ = super().config(t_config, spec.model_copy(update={"intermediate": 2 * t_config.intermediate_size}),
+                                         where=where)
+        return config, plan, False
+
+
+@pytest.fixture
+def wide(monkeypatch):
+    monkeypatch.delitem(FAMILIES, "wide_ffn", raising=False)
+    family = register(WideFamily())
+    yield family
+    FAMILIES.pop("wide_ffn", None)
+
+
+def test_a_registered_kind_is_a_recipe_value_with_its_defaults_and_keys(wide):
+    spec = StudentConfig(kind="wide_ffn", layers=1)
+    assert spec.init == "random"  # the family's default, not the transformer's bottom
+    teacher = tiny_bert().config
+    config, _, _ = student_config(teacher, spec)
+    assert config.intermediate_size == 2 * teacher.intermediate_size
+    with pytest.raises(ValueError, match="recursions applies to recursive students only"):
+        StudentConfig(kind="wide_ffn", layers=1, recursions=1)  # the transformer's keys: spec_rules
+    recipe = Recipe.from_dict(tiny_recipe(cascade={"stages": [{"name": "s", "student": {"kind": "wide_ffn", "layers": 1}}]}))
+    dumped = recipe.dump()["cascade"]["stages"][0]["student"]
+    assert dumped["kind"] == "wide_ffn" and "recursions" not in dumped  # written back as it reads
+    assert Recipe.from_dict(recipe.dump()).fingerprint() == recipe.fingerprint()
+
+
+def test_an_unknown_kind_is_refused_with_the_nearest_one(wide):
+    with pytest.raises(RecipeError, match=r"unknown student kind 'wide_fn' \(did you mean 'wide_ffn'\?\)"):
+        Recipe.from_dict(tiny_recipe(cascade={"stages": [{"name": "s", "student": {"kind": "wide_fn", "layers": 1}}]}))
+
+
+def test_a_kind_registered_twice_is_refused_unless_replaced(wide):
+    class Copied(TransformerFamily):  # copied from the transformer family, its kind left unchanged
+        label = "copy"
+
+    with pytest.raises(ValueError, match="kind 'transformer' is registered already"):
+        register(Copied())
+    assert type(FAMILIES["transformer"]) is TransformerFamily
+    register(WideFamily())  # the same class again (a module imported twice): allowed
+    try:
+        register(Copied(), replace=True)
+        assert type(FAMILIES["transformer"]) is Copied
+    finally:
+        register(TransformerFamily(), replace=True)
+
+
+def test_a_family_without_a_kind_or_with_unknown_rules_is_refused():
+    class Nameless(StudentFamily):
+        pass
+
+    class Odd(TransformerFamily):
+        kind = "odd"
+        spec_rules = "lstm"
+
+    with pytest.raises(ValueError, match="needs a kind"):
+        register(Nameless())
+    with pytest.raises(ValueError, match="spec_rules is 'lstm'"):
+        register(Odd())
+    assert "odd" not in FAMILIES
+
+
+def test_built_in_names_are_checked_without_torch_and_others_import_the_registries():
+    code = ("import sys; from cascade_kd.config import schema as s\n"
+            "s.loss_names('kl'); s.kind_rules('bilstm')\n"
+            "assert 'torch' not in sys.modules, 'a built-in name imported torch'\n"
+            "assert 'nope' not in s.loss_names('nope') and s.kind_rules('nope') is None\n"
+            "assert 'cascade_kd.losses.registry' in sys.modules and 'cascade_kd.students.registry' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_registered_family_trains_through_a_recipe_and_is_reported_by_its_kind(wide, demo_workspace, tmp_path):
+    import json
+    import shutil
+
+    from cascade_kd.cascade import run_recipe
+
+    for name in ("data", "tokenizer"):
+        shutil.copytree(demo_workspace / name, tmp_path / name)
+    recipe = tiny_recipe(data={"test": None, "max_train_per_language": 100}, teacher={"train": {"epochs": 1}},
+                         cascade={"stages": [{"name": "s", "student": {"kind": "wide_ffn", "layers": 1}}]})
+    metrics = run_recipe(Recipe.from_dict(recipe, base_dir=tmp_path), tmp_path / "run", say=lambda m: None)
+    assert [m["kind"] for m in metrics["models"]] == ["transformer", "wide_ffn"]
+    teacher = json.loads((tmp_path / "run" / "teacher" / "config.json").read_text())
+    student = json.loads((tmp_path / "run" / "stages" / "s" / "config.json").read_text())
+    assert student["intermediate_size"] == 2 * teacher["intermediate_size"] and student["num_hidden_layers"] == 1
