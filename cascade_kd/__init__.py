@@ -10,9 +10,9 @@
             "runs/pretrain")                          # a masked-LM teacher from scratch
 
 Building blocks for your own loop: `build_student` (a student from a teacher and a spec),
-`StudentFamily` and `register_family` (a new kind of student), `Features`/`extract_features` (any
-model's outputs as named features); the losses are classes in `cascade_kd.losses` (one module
-each). The names are loaded on first use, so `import cascade_kd` (and the command line's --help)
+`StudentFamily` and `register_family` (a new kind of student), `Loss` and `register_loss` (a new
+loss a recipe can name), `Features`/`extract_features` (any model's outputs as named features);
+the built-in losses are classes in `cascade_kd.losses`. The names are loaded on first use, so `import cascade_kd` (and the command line's --help)
 stays fast.
 """
 
@@ -38,6 +38,8 @@ _EXPORTS = {
     "build_student": ("cascade_kd.students", "build_student"),
     "StudentFamily": ("cascade_kd.students", "StudentFamily"),
     "register_family": ("cascade_kd.students", "register"),
+    "Loss": ("cascade_kd.losses.base", "Loss"),
+    "register_loss": ("cascade_kd.losses.registry", "register"),
     "count_parameters": ("cascade_kd.students", "count_parameters"),
     "Features": ("cascade_kd.students.features", "Features"),
     "extract_features": ("cascade_kd.students.features", "extract_features"),

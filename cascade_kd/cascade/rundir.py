@@ -23,6 +23,7 @@ import platform
 import re
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,7 @@ from cascade_kd.cascade.plan import model_keys
 from cascade_kd.config.schema import Recipe, where
 from cascade_kd.errors import DataError, OutputError, UserError
 from cascade_kd.evaluation.run_files import CARD_COPY, MARKER, MODEL_CARD, card_edited, model_dir
-from cascade_kd.fileio import atomic_write, files_digest, read_json_record, recover_directory, weight_files
+from cascade_kd.fileio import atomic_write, files_digest, read_input, read_json_record, recover_directory, weight_files
 from cascade_kd.outdir import (
     LOCK,
     Found,
@@ -195,58 +196,111 @@ def changed_keys(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def _recipe_changed(out: Path, recipe: Recipe, manifest: dict | None, affected: list[str] = (),
-                    kept: list[str] = ()) -> UserError:
+def _recipe_changed(out: Path, recipe: Recipe, manifest: dict | None, change: RecipeChange | None = None) -> UserError:
     changed = changed_keys(manifest.get("recipe", {}), recipe.dump()) if manifest else []
-    hint = "resume with the original recipe, or start a new --out"
-    if "teacher" in kept:  # the expensive part can still be had without training it again
-        hint += f"; a new run with teacher.model: {model_dir(out, 'teacher')} starts from this run's teacher"
+    hint = f"resume with the recipe the run last ran with ({out / 'recipe.yaml'}), or start a new --out"
+    if change is not None and "teacher" in change.kept:  # the expensive part can still be had
+        hint += (f"; a new run whose teacher section is {{model: {model_dir(out, 'teacher')}}} (in place of its "
+                 "config or model) starts from this run's teacher")
+    problems = []
+    if change is not None and change.affected:
+        problems.append(f"that changes the finished model{'s' if len(change.affected) > 1 else ''} "
+                        f"{', '.join(change.affected)}, which a resume would replace")
+    if change is not None and change.dropped:
+        problems.append(f"the finished model{'s' if len(change.dropped) > 1 else ''} {', '.join(change.dropped)} "
+                        "would be left beside a run that no longer has them: move "
+                        + ", ".join(str(model_dir(out, n)) for n in change.dropped) + " away first, or keep them in the recipe")
     return UserError(
         "the recipe changed since this run started"
         + (f": {', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''} differ" if changed else "")
-        + (f"; that changes the finished model{'s' if len(affected) > 1 else ''} {', '.join(affected)}, which a "
-           "resume would replace" if affected else ""),
+        + "".join(f"; {p}" for p in problems),
         where=str(out / "manifest.json"), hint=hint,
     )
 
 
-def recipe_change(out: Path, recipe: Recipe, manifest: dict | None) -> tuple[list[str], list[str]]:
-    """A resume with an edited recipe: allowed when no finished model reads what changed (each
-    stage.json's model key, plan.model_keys, is the new recipe's), so nothing finished is replaced.
-    Returns (finished models kept, models that start again: their key changed, so a training state
-    of theirs is dropped). Otherwise a UserError naming the finished models the change would replace."""
+@dataclass
+class RecipeChange:
+    """What an edited recipe means for a run's models (recipe_change)."""
+
+    kept: list[str] = field(default_factory=list)  # finished, and their part of the recipe is unchanged
+    retrained: list[str] = field(default_factory=list)  # not finished, and their part changed: a state of theirs goes
+    affected: list[str] = field(default_factory=list)  # finished, and their part changed
+    dropped: list[str] = field(default_factory=list)  # finished, and the edited recipe has no such model
+    unkeyed: list[str] = field(default_factory=list)  # kept models whose stage.json predates model keys
+
+
+def _last_run_dump(out: Path) -> dict | None:
+    """RUN_DIR/recipe.yaml as plain data: the recipe the run last ran with, paths resolved (the
+    form resolved_dump writes, which model keys are computed from)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(read_input(out / "recipe.yaml", limit=16 << 20, what="recipe.yaml").decode("utf-8"))
+    except (UserError, ValueError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def recipe_change(out: Path, recipe: Recipe, manifest: dict | None) -> RecipeChange:
+    """A resume with an edited recipe: allowed when no finished model reads what changed (its
+    stage.json's model key, plan.model_keys, is the new recipe's; for a model saved before keys
+    were recorded, the key of the recipe that made it, RUN_DIR/recipe.yaml) and every finished
+    model is still in the recipe. Otherwise a UserError naming the models in the way."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("recipe"), dict):
         raise _recipe_changed(out, recipe, manifest)
-    new = model_keys(recipe.dump())
+    new = model_keys(resolved_dump(recipe))
+    last = _last_run_dump(out)
     try:
-        old = model_keys(manifest["recipe"])
-    except (AttributeError, KeyError, TypeError, ValueError):  # a manifest of another layout: nothing is known
-        raise _recipe_changed(out, recipe, manifest) from None
-    kept, affected = [], []
+        old = model_keys(last) if last is not None else {}
+    except (AttributeError, KeyError, TypeError, ValueError):  # a recipe.yaml of another layout: nothing is known
+        old = {}
+    change = RecipeChange()
     for directory in model_dirs(out):
         info, _ = read_stage_info(directory)
         if info is None:
             continue  # no finished model there (a damaged one is made again anyway)
         name = directory.name
-        # a model saved before stage.json held its key, or one the new recipe no longer trains, counts as changed
-        (kept if name in new and info.get("model_key") == new[name] else affected).append(name)
-    order = [*old, *(name for name in new if name not in old)]  # training order, for messages
-    kept.sort(key=lambda name: order.index(name) if name in order else len(order))
-    affected.sort(key=lambda name: order.index(name) if name in order else len(order))
-    if affected:
-        raise _recipe_changed(out, recipe, manifest, affected, kept)
-    return kept, [name for name in new if name not in kept and old.get(name) != new[name]]
+        key = info.get("model_key") or (old.get(name) if info.get("recipe") == manifest.get("recipe_fingerprint") else None)
+        if name not in new:
+            change.dropped.append(name)
+        elif key is not None and key == new[name]:
+            change.kept.append(name)
+            if not info.get("model_key"):
+                change.unkeyed.append(name)
+        else:
+            change.affected.append(name)
+    order = [*new, *old]  # training order, for messages
+    for names in (change.kept, change.affected, change.dropped):
+        names.sort(key=lambda name: order.index(name) if name in order else len(order))
+    if change.affected or change.dropped:
+        raise _recipe_changed(out, recipe, manifest, change)
+    change.retrained = [name for name in new if name not in change.kept and old.get(name) != new[name]]
+    return change
 
 
-def drop_changed_states(out: Path, recipe: Recipe) -> None:
-    """Before a resume with an edited recipe (recipe_change allowed it): the training states of the
-    models whose key changed are removed, so that they train from the start under the new recipe."""
+def prepare_edited_resume(out: Path, recipe: Recipe) -> RecipeChange:
+    """Before a resume with an edited recipe (recipe_change allowed it), on the main process: the
+    training states of the models whose part changed are removed (they train from the start under
+    the new recipe); a kept model saved before model keys were recorded gets its key; and when a
+    model will train, metrics.json and the reports of the earlier recipe go (the run writes them
+    again when it finishes), so that nothing reads the folder as a finished run of the new one."""
     manifest, _ = read_manifest(out)
-    _, retrained = recipe_change(out, recipe, manifest)
-    for name in retrained:
+    change = recipe_change(out, recipe, manifest)
+    for name in change.retrained:
         state = out / "state" / name
         if state.is_dir() and not state.is_symlink():
             shutil.rmtree(state)
+    key = model_keys(resolved_dump(recipe))
+    for name in change.unkeyed:
+        path = model_dir(out, name) / MARKER
+        info, _ = read_stage_info(model_dir(out, name))
+        atomic_write(path, json.dumps({**info, "model_key": key[name]}, indent=2))
+    if change.retrained:
+        for name in ("metrics.json", "report.md", "report.html"):
+            path = out / name
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+    return change
 
 
 def check_resume_or_overwrite(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -293,15 +347,16 @@ def check_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, s
                                "(in Python: resume=True, overwrite=True, or another run_dir)")
     if resume:
         if _started_with(found, recipe, manifest) != fingerprint:
-            kept, retrained = recipe_change(out, recipe, manifest)
+            change = recipe_change(out, recipe, manifest)
+            kept, retrained = change.kept, change.retrained
             if say:
                 changed = changed_keys(manifest.get("recipe", {}), recipe.dump())
                 say("the recipe changed since this run started"
                     + (f" ({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''})" if changed else "")
                     + "; no finished model reads what changed"
                     + (f": kept {', '.join(kept)}" if kept else "")
-                    + (f"; {', '.join(retrained)} train{'s' if len(retrained) == 1 else ''} from the start with it"
-                       if retrained else ""))
+                    + (f"; {', '.join(retrained)} train{'s' if len(retrained) == 1 else ''} from the start with it "
+                       "(metrics.json and the reports are written again at the end)" if retrained else ""))
         if manifest_damage and say:
             say(f"WARNING: {out / 'manifest.json'} is damaged ({manifest_damage}): it is written again")
         return found
@@ -374,7 +429,7 @@ def open_run_dir(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, sa
                     say(f"--overwrite: the earlier run's files are deleted; kept {len(kept)} entr"
                         f"{'y' if len(kept) == 1 else 'ies'} it did not write ({shown})")
             if resume and _started_with(found, recipe) != recipe.fingerprint():
-                drop_changed_states(out, recipe)  # before the marker names the new recipe: a kill here retries it
+                prepare_edited_resume(out, recipe)  # before the marker names the new recipe: a kill here retries it
             if not (found.state == "own" and found.marker.get("recipe_fingerprint") == recipe.fingerprint()):
                 write_marker(out, COMMAND, RUN_ENTRIES, recipe_fingerprint=recipe.fingerprint())
         except BaseException:
@@ -424,8 +479,10 @@ def check_same_inputs(job: Job, digests: dict) -> None:
     digests is not checked): inputs edited in place since would mix models of old and new inputs in
     one run, finished models coming from the old ones."""
     manifest, _ = read_manifest(job.out)
+    last = _last_run_dump(job.out)
     try:  # a resume with an edited data or teacher section (recipe_change): no model of the old inputs is kept
-        if model_keys(manifest["recipe"])["teacher"] != model_keys(job.recipe.dump())["teacher"]:
+        if (last is not None and (manifest or {}).get("recipe_fingerprint") != job.recipe.fingerprint()
+                and model_keys(last)["teacher"] != model_keys(resolved_dump(job.recipe))["teacher"]):
             return
     except (AttributeError, KeyError, TypeError, ValueError):
         pass
@@ -465,22 +522,31 @@ def write_manifest(job: Job, digests: dict) -> None:
     atomic_write(job.out / "recipe.yaml", recipe_text(job.recipe))
 
 
-def recipe_text(recipe: Recipe) -> str:
-    """The recipe as run, with relative paths made absolute so it works from RUN_DIR too."""
-    import yaml
-
+def resolved_dump(recipe: Recipe) -> dict:
+    """The recipe as plain data with its relative paths made absolute (data files, transfer text,
+    labels file, a local teacher or tokenizer): what RUN_DIR/recipe.yaml holds, and what model keys
+    hash, so that the recipe read back from RUN_DIR is the same recipe to them."""
     data = recipe.dump()
 
     def absolute(p):
         return p if p is None or Path(p).is_absolute() else str((recipe.base_dir / p).resolve())
 
-    for split in ("train", "dev", "test"):
-        spec = data["data"][split]
-        data["data"][split] = {k: absolute(v) for k, v in spec.items()} if isinstance(spec, dict) else absolute(spec)
+    for split in ("train", "dev", "test", "transfer"):
+        spec = data["data"].get(split)
+        if spec is not None:
+            data["data"][split] = {k: absolute(v) for k, v in spec.items()} if isinstance(spec, dict) else absolute(spec)
     data["task"]["labels_file"] = absolute(data["task"]["labels_file"])
     for key in ("model", "tokenizer"):
-        data["teacher"][key] = recipe.model_path(data["teacher"][key])
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        reference = recipe.model_path(data["teacher"][key])  # a hub name stays one
+        data["teacher"][key] = str(Path(reference).resolve()) if reference and Path(reference).exists() else reference
+    return data
+
+
+def recipe_text(recipe: Recipe) -> str:
+    """The recipe as run, with relative paths made absolute so it works from RUN_DIR too."""
+    import yaml
+
+    return yaml.safe_dump(resolved_dump(recipe), sort_keys=False, allow_unicode=True)
 
 
 def is_run(run_dir: Path) -> bool:

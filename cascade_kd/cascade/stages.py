@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from cascade_kd.cascade.job import Job
-from cascade_kd.cascade.rundir import MARKER, finished_model, foreign_in_model_dir, model_dir, model_dirs
+from cascade_kd.cascade.rundir import MARKER, finished_model, foreign_in_model_dir, model_dir, model_dirs, resolved_dump
 from cascade_kd.cascade.plan import final_spec, learns_from_teacher, model_keys
 from cascade_kd.config.schema import StageConfig, StudentConfig, where
 from cascade_kd.losses.base import LossTerm, Reads
@@ -83,7 +83,7 @@ def stage_stream(job: Job, name: str, index: int) -> int:
 def model_key(job: Job, name: str) -> str:
     """The key of the recipe part this model's training reads (plan.model_keys), kept in its
     stage.json: a resume with an edited recipe keeps the model while the key is unchanged."""
-    return model_keys(job.recipe.dump())[name]
+    return model_keys(resolved_dump(job.recipe))[name]
 
 
 def get_teacher(job: Job):

@@ -217,9 +217,11 @@ class StudentConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _recursive_defaults(cls, data):
-        """A recursive student's depth is `recursions` (or `layers`: the same number); a BiLSTM
-        student is one layer to layer maps."""
+    def _kind_defaults(cls, data):
+        """Each kind's defaults, before the keys are checked: a registered family's own
+        (`spec_defaults`), then its rules' (a BiLSTM student is one layer to layer maps, with
+        init random and embeddings auto; a recursive student's depth is `recursions`, or `layers`,
+        the same number, with init mean); a transformer student's are the fields' own."""
         rules = _rules_of(data)
         if rules is not None and rules != data.get("kind", "transformer"):  # a registered family's defaults first
             data = {**_family_defaults(data["kind"]), **data}

@@ -283,11 +283,21 @@ def _edited_copy(finished_run, tmp_path, changes: dict, drop=()) -> tuple:
     return run, write_recipe(tmp_path, merge(SMALL, changes), "r.yaml")
 
 
-def test_resume_with_an_edit_no_finished_model_reads_keeps_them_and_trains_the_rest(finished_run, tmp_path):
+def test_resume_with_an_edit_no_finished_model_reads_keeps_them_and_trains_the_rest(finished_run, tmp_path, monkeypatch):
     # killed after `ta`: the last stage's epochs edited, then resumed
     run, recipe = _edited_copy(finished_run, tmp_path, {"cascade": {"stages": {1: {"train": {"epochs": 1}}}}},
                                drop=("student", "direct"))
     kept = {name: (run / path / "stage.json").read_bytes() for name, path in [("teacher", "teacher"), ("ta", "stages/ta")]}
+    (run / "state" / "student").mkdir(parents=True)  # what a kill in the edited stage left: not resumed from
+    (run / "state" / "student" / "stale").write_text("state of the recipe before the edit")
+    from cascade_kd.cascade import stages
+
+    def train(task, data, cfg, **kwargs):  # every stage starts with no state of the earlier recipe
+        assert not (run / "state" / "student" / "stale").exists()
+        return real_train(task, data, cfg, **kwargs)
+
+    real_train = stages.train
+    monkeypatch.setattr(stages, "train", train)
     lines = []
     metrics = run_recipe(load_recipe(recipe), run, resume=True, say=lines.append)
     said = "\n".join(lines)
@@ -309,7 +319,7 @@ def test_resume_with_an_edit_a_finished_model_reads_is_refused_naming_it(finishe
     err = capsys.readouterr().err
     assert rc == 2 and "cascade.stages.1.train" in err
     assert "changes the finished models student, direct, which a resume would replace" in err
-    assert f"teacher.model: {run / 'teacher'}" in err  # the teacher is unaffected: the hint says how to keep it
+    assert f"teacher section is {{model: {run / 'teacher'}}}" in err  # the teacher is unaffected: how to keep it
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
@@ -323,3 +333,32 @@ def test_a_metrics_json_of_the_recipe_before_an_edit_does_not_finish_the_run(fin
     metrics["recipe_fingerprint"] = "0" * 16  # the scores of another recipe, the manifest of this one
     (run / "metrics.json").write_text(json.dumps(metrics))
     assert not is_finished(run, old)
+
+
+def test_a_run_saved_before_model_keys_resumes_an_edit_that_touches_none_of_its_models(finished_run, tmp_path):
+    run, recipe = _edited_copy(finished_run, tmp_path, {"name": "renamed"})
+    for marker in run.rglob("stage.json"):  # as a run of an earlier version wrote them
+        info = json.loads(marker.read_text())
+        del info["model_key"]
+        marker.write_text(json.dumps(info))
+    lines = []
+    run_recipe(load_recipe(recipe), run, resume=True, say=lines.append)
+    said = "\n".join(lines)
+    assert "kept teacher, ta, student, direct" in said and "train from the start" not in said
+    assert "teacher: already trained" in said and "direct: already distilled" in said
+    assert all(json.loads(m.read_text())["model_key"] for m in run.rglob("stage.json"))  # given their keys
+
+
+def test_an_edit_that_drops_a_finished_model_is_refused_naming_its_folder(finished_run, tmp_path, capsys):
+    run, recipe = _edited_copy(finished_run, tmp_path, {"cascade": {"direct": False}})
+    rc = main(["run", str(recipe), "--out", str(run), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cascade.direct" in err and f"move {run / 'stages' / 'direct'} away first" in err
+
+
+def test_the_recipe_as_run_resumes_its_run(finished_run, tmp_path, capsys):
+    # what not_finished's hint says to run: RUN_DIR/recipe.yaml, whose paths are absolute
+    run, _ = _edited_copy(finished_run, tmp_path, {})
+    assert main(["run", str(run / "recipe.yaml"), "--out", str(run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "no finished model reads what changed: kept teacher, ta, student, direct" in out

@@ -1,10 +1,10 @@
 """Which models a recipe edit touches (plan.model_keys), and the training states a resume with an
-edit drops (rundir.drop_changed_states)."""
+edit drops (rundir.prepare_edited_resume)."""
 
 import json
 
 from cascade_kd.cascade.plan import model_keys
-from cascade_kd.cascade.rundir import drop_changed_states
+from cascade_kd.cascade.rundir import prepare_edited_resume, recipe_text
 from cascade_kd.config.schema import Recipe
 from tests.helpers import merge, tiny_recipe
 
@@ -50,11 +50,24 @@ def test_a_resume_with_an_edit_drops_the_training_states_of_the_changed_models(t
     recipe = Recipe.from_dict(BASE, base_dir=tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"recipe_fingerprint": recipe.fingerprint(),
                                                         "recipe": recipe.dump()}))
+    (tmp_path / "recipe.yaml").write_text(recipe_text(recipe))  # the recipe the run last ran with
     for name in ("teacher", "s2", "s1", "direct"):
         (tmp_path / "state" / name).mkdir(parents=True)
         (tmp_path / "state" / name / "progress.json").write_text("{}")
-    drop_changed_states(tmp_path, Recipe.from_dict(merge(BASE, {"name": "renamed"}), base_dir=tmp_path))
+    prepare_edited_resume(tmp_path, Recipe.from_dict(merge(BASE, {"name": "renamed"}), base_dir=tmp_path))
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["direct", "s1", "s2", "teacher"]
     edited = merge(BASE, {"cascade": {"stages": {1: {"train": {"lr": 1e-3}}}}})
-    drop_changed_states(tmp_path, Recipe.from_dict(edited, base_dir=tmp_path))
+    prepare_edited_resume(tmp_path, Recipe.from_dict(edited, base_dir=tmp_path))
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["s2", "teacher"]
+
+
+def test_keys_hash_resolved_paths_so_the_recipe_as_run_is_the_same_recipe(tmp_path):
+    from cascade_kd.cascade.rundir import resolved_dump
+    from cascade_kd.config.schema import load_recipe
+
+    (tmp_path / "r.yaml").write_text(recipe_text(Recipe.from_dict(BASE, base_dir=tmp_path)))  # absolute paths
+    relative, as_run = Recipe.from_dict(BASE, base_dir=tmp_path), load_recipe(tmp_path / "r.yaml")
+    assert relative.fingerprint() != as_run.fingerprint()  # the paths are written otherwise
+    assert model_keys(resolved_dump(relative)) == model_keys(resolved_dump(as_run))
+    moved = Recipe.from_dict(BASE, base_dir=tmp_path / "elsewhere")  # the same relative paths, other files
+    assert model_keys(resolved_dump(moved))["teacher"] != model_keys(resolved_dump(relative))["teacher"]

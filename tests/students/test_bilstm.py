@@ -201,6 +201,8 @@ def test_a_recipe_with_a_bilstm_stage_and_direct_baseline_runs(bilstm_run):
     assert rows["lstm"]["params_total"] == rows["direct"]["params_total"]  # the direct baseline has the same shape
     assert rows["lstm"]["params_trainable"] == rows["lstm"]["params_total"] - rows["lstm"]["params_embedding"]
     assert "| lstm | student | BiLSTM | 32 |" in (bilstm_run / "report.md").read_text()
+    for name, custom in (("stages/lstm", True), ("stages/ta", False)):  # a model type cascade_kd registers
+        assert ("import cascade_kd  # registers" in (bilstm_run / name / "README.md").read_text()) is custom, name
     # the recipe as run reads back the same (for --resume, eval, export)
     as_run, original = load_recipe(bilstm_run / "recipe.yaml"), load_recipe(bilstm_run.parent / "recipe.yaml")
     assert as_run.cascade.stages == original.cascade.stages and as_run.dump()["cascade"] == original.dump()["cascade"]

@@ -109,3 +109,5 @@ def test_a_registered_family_trains_through_a_recipe_and_is_reported_by_its_kind
     teacher = json.loads((tmp_path / "run" / "teacher" / "config.json").read_text())
     student = json.loads((tmp_path / "run" / "stages" / "s" / "config.json").read_text())
     assert student["intermediate_size"] == 2 * teacher["intermediate_size"] and student["num_hidden_layers"] == 1
+    card = (tmp_path / "run" / "stages" / "s" / "README.md").read_text()
+    assert "## How to use" in card and "import cascade_kd" not in card  # a BERT model: plain transformers loads it
