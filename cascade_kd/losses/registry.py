@@ -23,7 +23,8 @@ def register(cls: type[Loss], *, replace: bool = False) -> type[Loss]:
     in for the loss it was copied from."""
     if not cls.name or cls.name == "loss":  # "loss" is the total in DistillationTask's output
         raise ValueError(f"{cls.__name__} needs a name other than {cls.name!r}")
-    if cls.name in LOSSES and LOSSES[cls.name] is not cls and not replace:
+    # by qualified name: a class imported twice (as __main__ and by its module's name, or reloaded) is one class
+    if cls.name in LOSSES and LOSSES[cls.name].__qualname__ != cls.__qualname__ and not replace:
         raise ValueError(f"a loss named {cls.name!r} is registered already ({LOSSES[cls.name].__name__}): give "
                          f"{cls.__name__} another name, or register(..., replace=True) to replace it")
     LOSSES[cls.name] = cls

@@ -89,7 +89,8 @@ def register(family: StudentFamily, *, replace: bool = False) -> StudentFamily:
     would otherwise silently build every student of that kind."""
     if not isinstance(family.kind, str) or not family.kind.strip():
         raise ValueError(f"{type(family).__name__} needs a kind (the name recipes use in student.kind)")
-    if family.kind in FAMILIES and type(FAMILIES[family.kind]) is not type(family) and not replace:
+    # by qualified name: a class imported twice (as __main__ and by its module's name, or reloaded) is one class
+    if family.kind in FAMILIES and type(FAMILIES[family.kind]).__qualname__ != type(family).__qualname__ and not replace:
         raise ValueError(f"a student family of kind {family.kind!r} is registered already "
                          f"({type(FAMILIES[family.kind]).__name__}): give {type(family).__name__} another kind, "
                          "or register(..., replace=True) to replace it")
