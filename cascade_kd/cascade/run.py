@@ -185,7 +185,7 @@ def score_models(job: Job, models, split: str | None = None) -> dict:
     rows, teacher_scores = [], None
     for name, role, model, info, directory in models:
         # the kind the recipe named (a registered variant of the transformer family shares its model type)
-        kind = (info.get("student") or {}).get("kind") or family_of(model).kind
+        kind = info.get("kind") or (info.get("student") or {}).get("kind") or family_of(model).kind
         per_lang = evaluate_languages(model, job.encoded[split], data.task, data.labels,
                                       batch_size=job.recipe.train.eval_batch_size, pad_id=job.pad_id, bf16=bf16)
         dev = {lang: per_lang[lang] for lang in selection} if split == "dev" else evaluate_languages(

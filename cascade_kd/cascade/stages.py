@@ -195,6 +195,8 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
             "with_transfer": with_transfer,  # the teacher-labelled transfer text among the examples
             # what the model card describes; none for a previous stage's student trained further
             "student": None if student_spec == "previous" else student_spec.model_dump(mode="json"),
+            # the family that built it (a previous stage's student trained further: that stage's)
+            "kind": (final_spec(recipe.cascade.stages[:index]) if student_spec == "previous" else student_spec).kind,
             "losses": [{"name": t.name, "weight": t.weight, "pairs": [list(p) for p in getattr(t.loss, "pairs", [])]}
                        for t in terms],
             "history": result.history, "curve": result.curve}

@@ -103,9 +103,10 @@ def test_a_registered_family_trains_through_a_recipe_and_is_reported_by_its_kind
     for name in ("data", "tokenizer"):
         shutil.copytree(demo_workspace / name, tmp_path / name)
     recipe = tiny_recipe(data={"test": None, "max_train_per_language": 100}, teacher={"train": {"epochs": 1}},
-                         cascade={"stages": [{"name": "s", "student": {"kind": "wide_ffn", "layers": 1}}]})
+                         cascade={"stages": [{"name": "s", "student": {"kind": "wide_ffn", "layers": 1}},
+                                             {"name": "more", "student": "previous", "train": {"epochs": 1}}]})
     metrics = run_recipe(Recipe.from_dict(recipe, base_dir=tmp_path), tmp_path / "run", say=lambda m: None)
-    assert [m["kind"] for m in metrics["models"]] == ["transformer", "wide_ffn"]
+    assert [m["kind"] for m in metrics["models"]] == ["transformer", "wide_ffn", "wide_ffn"]  # `previous`: s's kind
     teacher = json.loads((tmp_path / "run" / "teacher" / "config.json").read_text())
     student = json.loads((tmp_path / "run" / "stages" / "s" / "config.json").read_text())
     assert student["intermediate_size"] == 2 * teacher["intermediate_size"] and student["num_hidden_layers"] == 1
