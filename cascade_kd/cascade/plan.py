@@ -92,7 +92,7 @@ def check_teacher(recipe: Recipe, t_config, task: str) -> None:
     t = recipe.teacher
     at = where(recipe, "teacher", "config" if t.config is not None else "model")
     model = check_fits(t_config, task, trains=t.finetune != "never", where=at, what="the teacher")
-    if recipe.cascade.stages and family_of(t_config).kind == "transformer":
+    if recipe.cascade.stages and family_of(t_config).layers_from_teacher:  # students copy this teacher's layers
         for name in ("num_hidden_layers", "hidden_size", "num_attention_heads", ffn_attr(t_config)):
             try:  # what a student's config is made from (T5's config, for one, has no intermediate_size)
                 getattr(t_config, name)
