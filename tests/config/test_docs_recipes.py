@@ -1,0 +1,50 @@
+"""The recipes the README and the manual show are valid as written: every whole recipe (a YAML
+block with task, data and teacher) validates, and every cascade section (a block starting with
+`cascade:`, or with its `stages:`) passes the pre-training plan (shapes, layer maps, losses) in a
+tiny recipe against a 12 x 384 BERT teacher."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import BertConfig
+
+from cascade_kd.cascade.plan import check_cascade
+from cascade_kd.config.schema import Recipe
+from tests.helpers import merge, tiny_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def blocks(kind):
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for match in re.finditer(r"```yaml\n(.*?)```", text, re.S):
+            block = match.group(1)
+            line = text.count("\n", 0, match.start()) + 2
+            whole = all(re.search(rf"^{key}:", block, re.M) for key in ("task", "data", "teacher"))
+            cascade = block.lstrip().startswith("cascade:") or (
+                block.lstrip().startswith(("stages:", "direct:")) and "stages:" in block)
+            if (kind == "whole" and whole) or (kind == "cascade" and cascade and not whole):
+                yield pytest.param(block, id=f"{page.name}:{line}")
+
+
+@pytest.mark.parametrize("block", list(blocks("whole")))
+def test_a_whole_recipe_in_the_docs_validates(block):
+    Recipe.from_text(block)
+
+
+@pytest.mark.parametrize("block", list(blocks("cascade")))
+def test_the_cascades_in_the_docs_pass_the_plan(block):
+    cascade = yaml.safe_load(block)
+    cascade = cascade.get("cascade", cascade)
+    recipe = Recipe.from_dict(merge(tiny_recipe(), {"cascade": cascade}))
+    teacher = BertConfig(vocab_size=1000, hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+                         intermediate_size=1536, num_labels=len(["O", "B-PER", "I-PER"]))
+    check_cascade(recipe, teacher)
+
+
+def test_the_docs_show_recipes():
+    assert len(list(blocks("whole"))) >= 3 and len(list(blocks("cascade"))) >= 8
