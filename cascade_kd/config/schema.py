@@ -140,8 +140,11 @@ def kind_rules(kind: str) -> str | None:
 
 
 def student_kinds() -> tuple[str, ...]:
+    """The student kinds a recipe may name (the built-in ones until the registry is imported)."""
     registry = sys.modules.get("cascade_kd.students.registry")
     return tuple(registry.FAMILIES) if registry is not None else STUDENT_KINDS
+
+
 _STAGE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
