@@ -212,7 +212,8 @@ def _recipe_changed(out: Path, recipe: Recipe, manifest: dict | None, change: Re
                         + ", ".join(str(model_dir(out, n)) for n in change.dropped) + " away first, or keep them in the recipe")
     return UserError(
         "the recipe changed since this run started"
-        + (f": {', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''} differ" if changed else "")
+        + (f": {', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''} differ{'s' if len(changed) == 1 else ''}"
+           if changed else "")
         + "".join(f"; {p}" for p in problems),
         where=str(out / "manifest.json"), hint=hint,
     )

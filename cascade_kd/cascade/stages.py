@@ -143,11 +143,12 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     seed = stage_stream(job, name, index)
     torch.manual_seed(seed)
     student_spec = spec or stage.student  # the direct baseline's spec is derived from the final stage's (direct_spec)
+    # the spec that built the student: a previous stage's when this one trains that student further
+    built_by = final_spec(recipe.cascade.stages[:index]) if student_spec == "previous" else student_spec
     if student_spec == "previous":
         # the previous stage's student, trained further (its saved copy stays as it was), with the
         # parameters frozen that the spec which built it froze
         student = copy.deepcopy(previous).float().requires_grad_(True)
-        built_by = final_spec(recipe.cascade.stages[:index])
         family(built_by.kind).refreeze(student, built_by)
     else:
         student = build_student(teacher, student_spec, where=f"{stage_where}.student")
@@ -170,12 +171,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     if with_transfer:
         job.say(f"  {name}: + {sum(len(enc) for _, enc in job.transfer.values()):,} unlabelled transfer examples "
                 f"({', '.join(job.transfer)}), labelled by the teacher")
-    frozen = LiveTeacher(teacher)
-    if cfg.teacher_cache != "off" and teacher_reads:
-        frozen = CachedTeacher(teacher_cache(job, teacher, teacher_reads, cfg, train_data), teacher)
-    if guides:
-        frozen = DenseGuides([frozen if g is teacher else LiveTeacher(g) for g in guides],
-                             teacher=next(k for k, g in enumerate(guides) if g is teacher), drop=stage.drop_guides, seed=seed)
+    frozen = frozen_side(job, teacher, teacher_reads, cfg, train_data, guides, stage.drop_guides, seed)
     task = DistillationTask(student, terms, frozen, logits_at_labels=job.masked_lm)
     # a stage with no task-output loss (representation only, XtremeDistil's first stage) leaves the
     # head untrained: its dev score says nothing, so the last epoch is kept instead of the best one
@@ -195,13 +191,25 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
             "with_transfer": with_transfer,  # the teacher-labelled transfer text among the examples
             # what the model card describes; none for a previous stage's student trained further
             "student": None if student_spec == "previous" else student_spec.model_dump(mode="json"),
-            # the family that built it (a previous stage's student trained further: that stage's)
-            "kind": (final_spec(recipe.cascade.stages[:index]) if student_spec == "previous" else student_spec).kind,
+            "kind": built_by.kind,  # the family that built it (for `previous`, the stage that did)
             "losses": [{"name": t.name, "weight": t.weight, "pairs": [list(p) for p in getattr(t.loss, "pairs", [])]}
                        for t in terms],
             "history": result.history, "curve": result.curve}
     _save_model(job, student, out, info, task.projections, link_from=[p for p in model_dirs(job.out) if p != out])
     return student, info
+
+
+def frozen_side(job: Job, teacher, reads: Reads, cfg, train_data, guides: list | None, drop: int, seed: int):
+    """What the student learns from, frozen and kept out of DDP: the stage's teacher run live, or
+    its outputs read from the cache (`teacher_cache`); with dense guidance, every guide (the
+    chain's larger models, run live, the teacher as above)."""
+    frozen = LiveTeacher(teacher)
+    if cfg.teacher_cache != "off" and reads:
+        frozen = CachedTeacher(teacher_cache(job, teacher, reads, cfg, train_data), teacher)
+    if guides:
+        frozen = DenseGuides([frozen if g is teacher else LiveTeacher(g) for g in guides],
+                             teacher=next(k for k, g in enumerate(guides) if g is teacher), drop=drop, seed=seed)
+    return frozen
 
 
 def teacher_cache(job: Job, teacher, reads: Reads, cfg, train_data) -> TeacherCache:
