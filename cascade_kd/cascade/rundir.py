@@ -34,7 +34,7 @@ from cascade_kd.cascade.plan import model_keys
 from cascade_kd.config.schema import Recipe, where
 from cascade_kd.errors import DataError, OutputError, UserError
 from cascade_kd.evaluation.run_files import CARD_COPY, MARKER, MODEL_CARD, card_edited, model_dir
-from cascade_kd.fileio import atomic_write, files_digest, read_input, read_json_record, recover_directory, weight_files
+from cascade_kd.fileio import atomic_write, files_digest, read_json_record, recover_directory, weight_files
 from cascade_kd.outdir import (
     LOCK,
     Found,
@@ -230,31 +230,28 @@ class RecipeChange:
     unkeyed: list[str] = field(default_factory=list)  # kept models whose stage.json predates model keys
 
 
-def _last_run_dump(out: Path) -> dict | None:
-    """RUN_DIR/recipe.yaml as plain data: the recipe the run last ran with, paths resolved (the
-    form resolved_dump writes, which model keys are computed from)."""
-    import yaml
-
+def _old_keys(recipe: Recipe, manifest: dict) -> dict[str, str]:
+    """The model keys of the recipe the run last ran with: those its manifest.json records; for a
+    run written before keys were recorded, those of the manifest's recipe with its relative paths
+    read against the edited recipe's folder (as when a recipe file is edited in place); {} when
+    they cannot be known (then nothing unkeyed is kept, and every state of an unfinished model goes)."""
+    keys = manifest.get("model_keys")
+    if isinstance(keys, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items()):
+        return keys
     try:
-        data = yaml.safe_load(read_input(out / "recipe.yaml", limit=16 << 20, what="recipe.yaml").decode("utf-8"))
-    except (UserError, ValueError, yaml.YAMLError):
-        return None
-    return data if isinstance(data, dict) else None
+        return model_keys(resolved_dump(Recipe.from_dict(manifest["recipe"], base_dir=recipe.base_dir)))
+    except (UserError, AttributeError, KeyError, TypeError, ValueError):  # another version's recipe: not known
+        return {}
 
 
 def recipe_change(out: Path, recipe: Recipe, manifest: dict | None) -> RecipeChange:
     """A resume with an edited recipe: allowed when no finished model reads what changed (its
     stage.json's model key, plan.model_keys, is the new recipe's; for a model saved before keys
-    were recorded, the key of the recipe that made it, RUN_DIR/recipe.yaml) and every finished
-    model is still in the recipe. Otherwise a UserError naming the models in the way."""
+    were recorded, the key of the recipe that made it, _old_keys) and every finished model is
+    still in the recipe. Otherwise a UserError naming the models in the way."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("recipe"), dict):
         raise _recipe_changed(out, recipe, manifest)
-    new = model_keys(resolved_dump(recipe))
-    last = _last_run_dump(out)
-    try:
-        old = model_keys(last) if last is not None else {}
-    except (AttributeError, KeyError, TypeError, ValueError):  # a recipe.yaml of another layout: nothing is known
-        old = {}
+    new, old = model_keys(resolved_dump(recipe)), _old_keys(recipe, manifest)
     change = RecipeChange()
     for directory in model_dirs(out):
         info, _ = read_stage_info(directory)
@@ -480,13 +477,9 @@ def check_same_inputs(job: Job, digests: dict) -> None:
     digests is not checked): inputs edited in place since would mix models of old and new inputs in
     one run, finished models coming from the old ones."""
     manifest, _ = read_manifest(job.out)
-    last = _last_run_dump(job.out)
-    try:  # a resume with an edited data or teacher section (recipe_change): no model of the old inputs is kept
-        if (last is not None and (manifest or {}).get("recipe_fingerprint") != job.recipe.fingerprint()
-                and model_keys(last)["teacher"] != model_keys(resolved_dump(job.recipe))["teacher"]):
-            return
-    except (AttributeError, KeyError, TypeError, ValueError):
-        pass
+    if (isinstance(manifest, dict) and manifest.get("recipe_fingerprint") != job.recipe.fingerprint()
+            and _old_keys(job.recipe, manifest).get("teacher") != model_keys(resolved_dump(job.recipe))["teacher"]):
+        return  # a resume with an edited data or teacher section (recipe_change): no model of the old inputs is kept
     hint = "put them back as they were to resume, or start again on the new ones with --overwrite or another --out"
     old = (manifest or {}).get("data_digests")
     if isinstance(old, dict):
@@ -518,6 +511,7 @@ def write_manifest(job: Job, digests: dict) -> None:
         "transformers": transformers.__version__, "python": platform.python_version(),
         "seed": job.recipe.seed, "data_sizes": job.data.sizes(), **digests, "labels": job.data.labels,
         "recipe": job.recipe.dump(),
+        "model_keys": model_keys(resolved_dump(job.recipe)),  # what an edited resume compares (recipe_change)
     }
     atomic_write(job.out / "manifest.json", json.dumps(manifest, indent=2))
     atomic_write(job.out / "recipe.yaml", recipe_text(job.recipe))
@@ -530,7 +524,10 @@ def resolved_dump(recipe: Recipe) -> dict:
     data = recipe.dump()
 
     def absolute(p):
-        return p if p is None or Path(p).is_absolute() else str((recipe.base_dir / p).resolve())
+        if p is None:
+            return p
+        path = Path(p).expanduser()  # as the readers take it
+        return str(path) if path.is_absolute() else str((recipe.base_dir / path).resolve())
 
     for split in ("train", "dev", "test", "transfer"):
         spec = data["data"].get(split)
@@ -538,8 +535,8 @@ def resolved_dump(recipe: Recipe) -> dict:
             data["data"][split] = {k: absolute(v) for k, v in spec.items()} if isinstance(spec, dict) else absolute(spec)
     data["task"]["labels_file"] = absolute(data["task"]["labels_file"])
     for key in ("model", "tokenizer"):
-        reference = recipe.model_path(data["teacher"][key])  # a hub name stays one
-        data["teacher"][key] = str(Path(reference).resolve()) if reference and Path(reference).exists() else reference
+        reference = recipe.model_path(data["teacher"][key])  # a hub name stays one (model_path never makes it a path)
+        data["teacher"][key] = str(Path(reference).resolve()) if reference and Path(reference).is_absolute() else reference
     return data
 
 

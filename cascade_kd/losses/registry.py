@@ -13,6 +13,7 @@ from cascade_kd.losses.base import Loss, LossTerm
 from cascade_kd.losses.hidden import HiddenCosine, HiddenMSE
 from cascade_kd.losses.logits import HardLabelCE, LogitMSE, SoftLogitKL
 from cascade_kd.losses.relations import RelationKL
+from cascade_kd.students.registry import same_definition
 
 LOSSES: dict[str, type[Loss]] = {}
 
@@ -23,8 +24,7 @@ def register(cls: type[Loss], *, replace: bool = False) -> type[Loss]:
     in for the loss it was copied from."""
     if not cls.name or cls.name == "loss":  # "loss" is the total in DistillationTask's output
         raise ValueError(f"{cls.__name__} needs a name other than {cls.name!r}")
-    # by qualified name: a class imported twice (as __main__ and by its module's name, or reloaded) is one class
-    if cls.name in LOSSES and LOSSES[cls.name].__qualname__ != cls.__qualname__ and not replace:
+    if cls.name in LOSSES and not same_definition(LOSSES[cls.name], cls) and not replace:
         raise ValueError(f"a loss named {cls.name!r} is registered already ({LOSSES[cls.name].__name__}): give "
                          f"{cls.__name__} another name, or register(..., replace=True) to replace it")
     LOSSES[cls.name] = cls

@@ -9,6 +9,8 @@ bilstm (XtremeDistil). The engine, the cascade and the reports never branch on a
 
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
 from cascade_kd.config.schema import STUDENT_KINDS
@@ -83,14 +85,30 @@ class StudentFamily:
 FAMILIES: dict[str, StudentFamily] = {}
 
 
+def same_definition(a: type, b: type) -> bool:
+    """Whether two classes are one definition: the same class, or one module's class imported twice
+    (reloaded, or run as __main__ and imported by its name: the same source file)."""
+    if a is b:
+        return True
+    if a.__qualname__ != b.__qualname__:
+        return False
+    if a.__module__ == b.__module__:
+        return True
+    if "__main__" in (a.__module__, b.__module__):
+        try:
+            return inspect.getsourcefile(a) == inspect.getsourcefile(b) is not None
+        except TypeError:  # a class without a source file (built in C, or defined interactively)
+            return False
+    return False
+
+
 def register(family: StudentFamily, *, replace: bool = False) -> StudentFamily:
     """Add a family under its `kind`, which recipes then name in `student.kind`. A kind already
     taken is refused unless `replace`: a family copied from another with its `kind` left unchanged
     would otherwise silently build every student of that kind."""
     if not isinstance(family.kind, str) or not family.kind.strip():
         raise ValueError(f"{type(family).__name__} needs a kind (the name recipes use in student.kind)")
-    # by qualified name: a class imported twice (as __main__ and by its module's name, or reloaded) is one class
-    if family.kind in FAMILIES and type(FAMILIES[family.kind]).__qualname__ != type(family).__qualname__ and not replace:
+    if family.kind in FAMILIES and not same_definition(type(FAMILIES[family.kind]), type(family)) and not replace:
         raise ValueError(f"a student family of kind {family.kind!r} is registered already "
                          f"({type(FAMILIES[family.kind]).__name__}): give {type(family).__name__} another kind, "
                          "or register(..., replace=True) to replace it")

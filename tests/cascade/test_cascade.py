@@ -341,6 +341,10 @@ def test_a_run_saved_before_model_keys_resumes_an_edit_that_touches_none_of_its_
         info = json.loads(marker.read_text())
         del info["model_key"]
         marker.write_text(json.dumps(info))
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["model_keys"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (run / "recipe.yaml").write_text("not read: the manifest's recipe is what made the models\n")
     lines = []
     run_recipe(load_recipe(recipe), run, resume=True, say=lines.append)
     said = "\n".join(lines)

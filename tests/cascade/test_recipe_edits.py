@@ -50,7 +50,6 @@ def test_a_resume_with_an_edit_drops_the_training_states_of_the_changed_models(t
     recipe = Recipe.from_dict(BASE, base_dir=tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"recipe_fingerprint": recipe.fingerprint(),
                                                         "recipe": recipe.dump()}))
-    (tmp_path / "recipe.yaml").write_text(recipe_text(recipe))  # the recipe the run last ran with
     for name in ("teacher", "s2", "s1", "direct"):
         (tmp_path / "state" / name).mkdir(parents=True)
         (tmp_path / "state" / name / "progress.json").write_text("{}")
@@ -59,6 +58,20 @@ def test_a_resume_with_an_edit_drops_the_training_states_of_the_changed_models(t
     edited = merge(BASE, {"cascade": {"stages": {1: {"train": {"lr": 1e-3}}}}})
     prepare_edited_resume(tmp_path, Recipe.from_dict(edited, base_dir=tmp_path))
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["s2", "teacher"]
+
+
+def test_the_keys_an_edit_is_compared_with_are_the_manifests_not_the_editable_recipe_yaml(tmp_path):
+    from cascade_kd.cascade.rundir import resolved_dump
+
+    recipe = Recipe.from_dict(BASE, base_dir=tmp_path)
+    edited = Recipe.from_dict(merge(BASE, {"cascade": {"stages": {1: {"train": {"lr": 1e-3}}}}}), base_dir=tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"recipe_fingerprint": recipe.fingerprint(), "recipe": recipe.dump(),
+                                                        "model_keys": model_keys(resolved_dump(recipe))}))
+    (tmp_path / "recipe.yaml").write_text(recipe_text(edited))  # RUN_DIR/recipe.yaml edited in place
+    for name in ("s1", "direct"):
+        (tmp_path / "state" / name).mkdir(parents=True)
+    prepare_edited_resume(tmp_path, edited)
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())
 
 
 def test_keys_hash_resolved_paths_so_the_recipe_as_run_is_the_same_recipe(tmp_path):

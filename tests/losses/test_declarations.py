@@ -243,6 +243,12 @@ def test_a_loss_name_taken_is_refused_unless_replaced():
     assert LOSSES["kl"] is SoftLogitKL
     register(SoftLogitKL)  # the same class again: allowed
 
+    class SoftLogitKL(SoftLogitKL):  # noqa: F811  a subclass of the same name, defined elsewhere, still named kl
+        pass
+
+    with pytest.raises(ValueError, match="a loss named 'kl' is registered already"):
+        register(SoftLogitKL)
+
 
 def test_reads_number_layers_as_the_teacher_cache_stores_them():
     with pytest.raises(ValueError, match="Reads.hidden numbers layers from 0, not -1"):
