@@ -1,7 +1,8 @@
 """The recipes the README and the manual show are valid as written: every whole recipe (a YAML
 block with task, data and teacher) validates, and every cascade section (a block starting with
 `cascade:`, or with its `stages:`) passes the pre-training plan (shapes, layer maps, losses) in a
-tiny recipe against a 12 x 384 BERT teacher."""
+tiny recipe against a 12 x 384 BERT teacher; every one-line `student:` section builds its
+student's config from that teacher."""
 
 import re
 from pathlib import Path
@@ -46,5 +47,25 @@ def test_the_cascades_in_the_docs_pass_the_plan(block):
     check_cascade(recipe, teacher)
 
 
+def student_lines():
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for match in re.finditer(r"```yaml\n(.*?)```", text, re.S):
+            for k, line in enumerate(match.group(1).splitlines()):
+                if line.strip().startswith("student: {"):
+                    number = text.count("\n", 0, match.start()) + 2 + k
+                    yield pytest.param(line.strip(), id=f"{page.name}:{number}")
+
+
+@pytest.mark.parametrize("line", list(student_lines()))
+def test_every_student_the_docs_show_builds_from_a_teacher(line):
+    from cascade_kd.config.schema import StudentConfig
+    from cascade_kd.students import student_config
+
+    teacher = BertConfig(vocab_size=1000, hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+                         intermediate_size=1536, num_labels=3)
+    student_config(teacher, StudentConfig(**yaml.safe_load(line)["student"]))
+
+
 def test_the_docs_show_recipes():
-    assert len(list(blocks("whole"))) >= 3 and len(list(blocks("cascade"))) >= 8
+    assert len(list(blocks("whole"))) >= 3 and len(list(blocks("cascade"))) >= 8 and len(list(student_lines())) >= 10
