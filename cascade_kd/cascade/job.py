@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from cascade_kd.cascade.plan import check_cascade, check_processes, check_teacher
+from cascade_kd.cascade.rundir import recipe_model_keys
 from cascade_kd.config.schema import Recipe, where
 from cascade_kd.data.encode import IGNORE, Encoded, encode
 from cascade_kd.data.masking import Masker, mask_split, masker_for
@@ -37,6 +39,12 @@ class Job:
     transfer: dict = field(default_factory=dict)  # lang -> (examples, encoded): unlabelled transfer text
     masker: Masker | None = None  # masked-LM text (task type mlm): draws the masks
     progress: RunProgress | None = None  # the whole run's position and time left (run_recipe sets it)
+
+    @cached_property
+    def model_keys(self) -> dict[str, str]:
+        """Per model, the key of the recipe part its training reads (stage.json's model_key): a
+        resume with an edited recipe keeps a finished model while its key is unchanged."""
+        return recipe_model_keys(self.recipe)
 
     @property
     def masked_lm(self) -> bool:

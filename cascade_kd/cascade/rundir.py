@@ -228,6 +228,7 @@ class RecipeChange:
     affected: list[str] = field(default_factory=list)  # finished, and their part changed
     dropped: list[str] = field(default_factory=list)  # finished, and the edited recipe has no such model
     unkeyed: list[str] = field(default_factory=list)  # kept models whose stage.json predates model keys
+    keys: dict[str, str] = field(default_factory=dict)  # the edited recipe's model keys
 
 
 def _old_keys(recipe: Recipe, manifest: dict) -> dict[str, str]:
@@ -239,7 +240,7 @@ def _old_keys(recipe: Recipe, manifest: dict) -> dict[str, str]:
     if isinstance(keys, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items()):
         return keys
     try:
-        return model_keys(resolved_dump(Recipe.from_dict(manifest["recipe"], base_dir=recipe.base_dir)))
+        return recipe_model_keys(Recipe.from_dict(manifest["recipe"], base_dir=recipe.base_dir))
     except (UserError, AttributeError, KeyError, TypeError, ValueError):  # another version's recipe: not known
         return {}
 
@@ -251,8 +252,8 @@ def recipe_change(out: Path, recipe: Recipe, manifest: dict | None) -> RecipeCha
     still in the recipe. Otherwise a UserError naming the models in the way."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("recipe"), dict):
         raise _recipe_changed(out, recipe, manifest)
-    new, old = model_keys(resolved_dump(recipe)), _old_keys(recipe, manifest)
-    change = RecipeChange()
+    new, old = recipe_model_keys(recipe), _old_keys(recipe, manifest)
+    change = RecipeChange(keys=new)
     for directory in model_dirs(out):
         info, _ = read_stage_info(directory)
         if info is None:
@@ -288,11 +289,9 @@ def prepare_edited_resume(out: Path, recipe: Recipe) -> RecipeChange:
         state = out / "state" / name
         if state.is_dir() and not state.is_symlink():
             shutil.rmtree(state)
-    key = model_keys(resolved_dump(recipe))
     for name in change.unkeyed:
-        path = model_dir(out, name) / MARKER
         info, _ = read_stage_info(model_dir(out, name))
-        atomic_write(path, json.dumps({**info, "model_key": key[name]}, indent=2))
+        atomic_write(model_dir(out, name) / MARKER, json.dumps({**info, "model_key": change.keys[name]}, indent=2))
     if change.retrained:
         for name in ("metrics.json", "report.md", "report.html"):
             path = out / name
@@ -478,7 +477,7 @@ def check_same_inputs(job: Job, digests: dict) -> None:
     one run, finished models coming from the old ones."""
     manifest, _ = read_manifest(job.out)
     if (isinstance(manifest, dict) and manifest.get("recipe_fingerprint") != job.recipe.fingerprint()
-            and _old_keys(job.recipe, manifest).get("teacher") != model_keys(resolved_dump(job.recipe))["teacher"]):
+            and _old_keys(job.recipe, manifest).get("teacher") != job.model_keys["teacher"]):
         return  # a resume with an edited data or teacher section (recipe_change): no model of the old inputs is kept
     hint = "put them back as they were to resume, or start again on the new ones with --overwrite or another --out"
     old = (manifest or {}).get("data_digests")
@@ -511,10 +510,15 @@ def write_manifest(job: Job, digests: dict) -> None:
         "transformers": transformers.__version__, "python": platform.python_version(),
         "seed": job.recipe.seed, "data_sizes": job.data.sizes(), **digests, "labels": job.data.labels,
         "recipe": job.recipe.dump(),
-        "model_keys": model_keys(resolved_dump(job.recipe)),  # what an edited resume compares (recipe_change)
+        "model_keys": job.model_keys,  # what an edited resume compares (recipe_change)
     }
     atomic_write(job.out / "manifest.json", json.dumps(manifest, indent=2))
     atomic_write(job.out / "recipe.yaml", recipe_text(job.recipe))
+
+
+def recipe_model_keys(recipe: Recipe) -> dict[str, str]:
+    """plan.model_keys of the recipe with its paths resolved (what stage.json and manifest.json keep)."""
+    return model_keys(resolved_dump(recipe))
 
 
 def resolved_dump(recipe: Recipe) -> dict:

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from cascade_kd.cascade.job import Job
-from cascade_kd.cascade.rundir import MARKER, finished_model, foreign_in_model_dir, model_dir, model_dirs, resolved_dump
-from cascade_kd.cascade.plan import final_spec, learns_from_teacher, model_keys
+from cascade_kd.cascade.rundir import MARKER, finished_model, foreign_in_model_dir, model_dir, model_dirs
+from cascade_kd.cascade.plan import final_spec, learns_from_teacher
 from cascade_kd.config.schema import StageConfig, StudentConfig, where
 from cascade_kd.losses.base import LossTerm, Reads
 from cascade_kd.losses.guides import guided
@@ -80,17 +80,11 @@ def stage_stream(job: Job, name: str, index: int) -> int:
     return recorded if recorded is not None else seed + index + 1
 
 
-def model_key(job: Job, name: str) -> str:
-    """The key of the recipe part this model's training reads (plan.model_keys), kept in its
-    stage.json: a resume with an edited recipe keeps the model while the key is unchanged."""
-    return model_keys(resolved_dump(job.recipe))[name]
-
-
 def get_teacher(job: Job):
     """Load, fine-tune or train the teacher; saved to RUN_DIR/teacher."""
     recipe, out = job.recipe, model_dir(job.out, "teacher")
     fingerprint = recipe.fingerprint()
-    info = finished_model(out, fingerprint, job.say, key=model_key(job, "teacher"))
+    info = finished_model(out, fingerprint, job.say, key=job.model_keys["teacher"])
     if info is not None:
         job.say("teacher: already trained, loading it (resume)")
         return _load_finished(job, out, info)
@@ -105,7 +99,7 @@ def get_teacher(job: Job):
         model = create_model(t.config, job.data.task, job.data.labels, len(job.tokenizer), job.tokenizer.pad_token_id,
                              where=where(recipe, "teacher", "config"))
         finetune = t.finetune != "never"
-    info = {"recipe": fingerprint, "model_key": model_key(job, "teacher"), "role": "teacher", "trained": finetune}
+    info = {"recipe": fingerprint, "model_key": job.model_keys["teacher"], "role": "teacher", "trained": finetune}
     if finetune:
         cfg = recipe.teacher_train()
         use_attention_outputs(model, False)
@@ -135,7 +129,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
     chain's models up to `teacher`), the logit losses learn from all of them."""
     recipe = job.recipe
     out = model_dir(job.out, name)
-    info = finished_model(out, recipe.fingerprint(), job.say, key=model_key(job, name))
+    info = finished_model(out, recipe.fingerprint(), job.say, key=job.model_keys[name])
     if info is not None:
         job.say(f"{name}: already distilled, loading it (resume)")
         return _load_finished(job, out, info)
@@ -184,7 +178,7 @@ def distil_stage(job: Job, name: str, stage: StageConfig, teacher, index: int, *
                        state_dir=job.state_dir(name), monitor=monitor)
     use_attention_outputs(student, False)
     use_attention_outputs(teacher, False)
-    info = {"recipe": recipe.fingerprint(), "model_key": model_key(job, name), "role": "direct" if name == "direct" else "stage",
+    info = {"recipe": recipe.fingerprint(), "model_key": job.model_keys[name], "role": "direct" if name == "direct" else "stage",
             "teacher": teacher.config.num_hidden_layers, "dev": result.best_score, "best_epoch": result.best_epoch,
             "wall_time_s": result.wall_time_s, "tokens_per_s": result.tokens_per_s, "steps": result.steps,
             "epochs": cfg.epochs, "seed": recipe.seed, "stream": seed, "examples": len(train_data),

@@ -3,12 +3,12 @@ languages a model does worst on, and students that still carry the teacher's who
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from pathlib import Path
 
 from cascade_kd.deploy.paths import trimmed_copy
+from cascade_kd.evaluation.run_files import model_config
 
 # how each metric is named in reports, model cards and comparisons
 METRIC_NAMES = {"f1": "entity-level F1 (seqeval)", "accuracy": "accuracy", "mlm_accuracy": "masked-token accuracy"}
@@ -33,8 +33,8 @@ def worst_languages(row: dict, n: int = 3) -> list[tuple[str, float, float | Non
 
 def _vocab_size(directory: Path) -> int | None:
     try:
-        return int(json.loads((directory / "config.json").read_text(encoding="utf-8"))["vocab_size"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(model_config(directory)["vocab_size"])
+    except (ValueError, KeyError, TypeError):
         return None
 
 

@@ -23,7 +23,7 @@ from cascade_kd.evaluation.findings import (
     embedding_sentence,
     worst_languages,
 )
-from cascade_kd.evaluation.run_files import CARD_COPY, MODEL_CARD, RunFiles, card_edited, read_run, sign_card
+from cascade_kd.evaluation.run_files import CARD_COPY, MODEL_CARD, RunFiles, card_edited, model_config, read_run, sign_card
 from cascade_kd.fileio import atomic_write, weights_size
 
 PIPELINE_TAGS = {"token": "token-classification", "sequence": "text-classification", "pair": "text-classification",
@@ -277,19 +277,10 @@ def _cost(run: RunFiles, row: dict) -> list[str]:
     return lines
 
 
-def _model_type(directory: Path) -> str:
-    """config.json's model_type ("" when it cannot be read)."""
-    try:
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ""
-    return str(config.get("model_type", "")) if isinstance(config, dict) else ""
-
-
 def _usage(run: RunFiles, row: dict) -> list[str]:
     task = run.metrics["task"]
     auto = AUTO_CLASSES.get(task, "AutoModel")
-    custom = _model_type(run.directory / row["path"]).startswith("cascade_kd_")  # a type cascade_kd registers
+    custom = str(model_config(run.model_dir(row)).get("model_type", "")).startswith("cascade_kd_")  # one cascade_kd registers
     lines = ["## How to use", "", "With plain transformers (the folder holds config.json, the safetensors weights (one "
              "file, or shards and model.safetensors.index.json) and the tokenizer)"
              + ("; this model type is registered with transformers by cascade_kd, so import it first" if custom else "")

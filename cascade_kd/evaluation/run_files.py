@@ -64,6 +64,16 @@ def model_dir(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / model_folder(name)
 
 
+def model_config(directory: Path) -> dict:
+    """A saved model's config.json as a dict ({} when it cannot be read): for the few facts the
+    reports take from it (vocabulary size, model type) without loading the model."""
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def not_finished(run_dir: Path) -> UserError:
     """No metrics.json in RUN_DIR: a run that has not finished (its manifest is there) is told how
     to go on."""
