@@ -283,9 +283,9 @@ def _usage(run: RunFiles, row: dict) -> list[str]:
     custom = str(model_config(run.model_dir(row)).get("model_type", "")).startswith("cascade_kd_")  # one cascade_kd registers
     lines = ["## How to use", "", "With plain transformers (the folder holds config.json, the safetensors weights (one "
              "file, or shards and model.safetensors.index.json) and the tokenizer)"
-             + ("; this model type is registered with transformers by cascade_kd, so import it first" if custom else "")
+             + ("; this model type is registered with transformers by cascade_kd.students, so import it first" if custom else "")
              + ":", "", "```python"]
-    lines += (["import cascade_kd  # registers this model type with the Auto classes"] if custom else [])
+    lines += (["import cascade_kd.students  # registers this model type with the Auto classes"] if custom else [])
     lines += [f"from transformers import AutoTokenizer, {auto}", "", 'path = "."  # this folder, or its hub name',
               "tokenizer = AutoTokenizer.from_pretrained(path)", f"model = {auto}.from_pretrained(path)"]
     if task == "token":

@@ -2,9 +2,10 @@
 bidirectional LSTM, a projection to the teacher's hidden width, and a task head.
 
 A BiLSTM student is a Hugging Face `PreTrainedModel` family of its own (model_type
-`cascade_kd_bilstm`), registered with the Auto classes when `cascade_kd` is imported, so a saved
-student reloads with `AutoModelForTokenClassification.from_pretrained(path)` (or
-`...ForSequenceClassification`) once `import cascade_kd` has run.
+`cascade_kd_bilstm`), registered with the Auto classes when `cascade_kd.students` is imported, so a
+saved student reloads with `AutoModelForTokenClassification.from_pretrained(path)` (or
+`...ForSequenceClassification`) once `import cascade_kd.students` has run (`import cascade_kd`
+alone loads nothing: its names load on first use).
 
 Forward pass (`BiLSTMModel`), as XtremeDistil-v2's `construct_bilstm_student_model`:
 

@@ -1,9 +1,10 @@
 """Recursive students (MiniALBERT, Nouriborji et al., EACL 2023): one transformer layer applied r times.
 
 A recursive student is a Hugging Face `PreTrainedModel` family of its own (model_type
-`cascade_kd_recursive`), registered with the Auto classes when `cascade_kd` is imported, so a saved
-student reloads with `AutoModelForTokenClassification.from_pretrained(path)` (or
-`...ForSequenceClassification`) once `import cascade_kd` has run.
+`cascade_kd_recursive`), registered with the Auto classes when `cascade_kd.students` is imported, so a
+saved student reloads with `AutoModelForTokenClassification.from_pretrained(path)` (or
+`...ForSequenceClassification`) once `import cascade_kd.students` has run (`import cascade_kd`
+alone loads nothing: its names load on first use).
 
 Forward pass (`RecursiveModel`):
 

@@ -2,7 +2,11 @@
 recipe checks (attention losses refused), a recipe run end to end, and the ONNX export."""
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,7 +18,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
-import cascade_kd  # noqa: F401  (registers the BiLSTM classes with the Auto classes)
+import cascade_kd.students  # noqa: F401  (registers the BiLSTM classes with the Auto classes)
 from cascade_kd.students.bilstm import BiLSTMForTokenClassification, reversal_index
 from cascade_kd.losses.registry import build_terms
 from cascade_kd.errors import RecipeError
@@ -202,7 +206,7 @@ def test_a_recipe_with_a_bilstm_stage_and_direct_baseline_runs(bilstm_run):
     assert rows["lstm"]["params_trainable"] == rows["lstm"]["params_total"] - rows["lstm"]["params_embedding"]
     assert "| lstm | student | BiLSTM | 32 |" in (bilstm_run / "report.md").read_text()
     for name, custom in (("stages/lstm", True), ("stages/ta", False)):  # a model type cascade_kd registers
-        assert ("import cascade_kd  # registers" in (bilstm_run / name / "README.md").read_text()) is custom, name
+        assert ("import cascade_kd.students  # registers" in (bilstm_run / name / "README.md").read_text()) is custom, name
     # the recipe as run reads back the same (for --resume, eval, export)
     as_run, original = load_recipe(bilstm_run / "recipe.yaml"), load_recipe(bilstm_run.parent / "recipe.yaml")
     assert as_run.cascade.stages == original.cascade.stages and as_run.dump()["cascade"] == original.dump()["cascade"]
@@ -213,6 +217,19 @@ def test_a_recipe_with_a_bilstm_stage_and_direct_baseline_runs(bilstm_run):
         w_t = load_checkpoint(bilstm_run / teacher, "token").get_input_embeddings().weight
         mean, axes = pca_axes(w_t, 24)
         assert torch.allclose(student.get_input_embeddings().weight, (w_t - mean) @ axes, atol=1e-5)
+
+
+def test_the_model_cards_code_runs_as_written_in_a_fresh_interpreter(bilstm_run):
+    """The card's "How to use" block, copied as a user would, loads the BiLSTM (a model type only
+    cascade_kd registers) and labels a sentence; it once imported `cascade_kd` alone, which
+    registers nothing, and failed with "Unrecognized model identifier"."""
+    folder = bilstm_run / "stages" / "lstm"
+    code = re.search(r"## How to use.*?```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    code += "assert set(labels) <= set(model.config.id2label.values()) and labels, labels\nprint(len(labels))\n"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) > 0
 
 
 def test_a_saved_bilstm_exports_to_onnx_and_matches_pytorch(bilstm_run, tmp_path):
