@@ -22,6 +22,7 @@ from cascade_kd.config.messages import short, suggest, to_recipe_error, where
 from cascade_kd.config.yaml_lines import parse_yaml, read_text
 from cascade_kd.errors import RecipeError
 from cascade_kd.fileio import looks_like_path
+from cascade_kd.plugins import load_plugins
 
 
 class _Section(BaseModel):
@@ -116,8 +117,10 @@ def loss_names(name: str | None = None) -> tuple[str, ...]:
     importing torch while the registry is not imported and `name` is a built-in one; a `name`
     that is not (a loss added to the registry, a misspelling) imports the registry to find out."""
     registry = sys.modules.get("cascade_kd.losses.registry")
-    if registry is None and name is not None and name not in LOSS_NAMES:
+    if name is not None and name not in LOSS_NAMES and (registry is None or name not in registry.LOSSES):
         registry = importlib.import_module("cascade_kd.losses.registry")
+        if name not in registry.LOSSES:
+            load_plugins()  # an installed package's loss (cascade_kd/plugins.py)
     return tuple(registry.LOSSES) if registry is not None else LOSS_NAMES
 
 
@@ -135,6 +138,8 @@ def kind_rules(kind: str) -> str | None:
     if registry is None or kind not in registry.FAMILIES:
         importlib.import_module("cascade_kd.students")  # registers the built-in families (torch)
         registry = sys.modules["cascade_kd.students.registry"]
+        if kind not in registry.FAMILIES:
+            load_plugins()  # an installed package's family (cascade_kd/plugins.py)
     family = registry.FAMILIES.get(kind)
     return None if family is None else family.spec_rules
 

@@ -15,6 +15,7 @@ import torch
 
 from cascade_kd.errors import RecipeError, UserError
 from cascade_kd.fileio import atomic_directory, looks_like_path, read_json_record
+from cascade_kd.plugins import load_plugins
 from cascade_kd.students.anatomy import ffn_attr
 
 # Weights in pickle-based formats: torch.load would unpickle them, and unpickling can run code
@@ -194,6 +195,8 @@ def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_
     Weights are read from safetensors only; a local directory with damaged files, or weights only
     in a pickle format, is refused with a RecipeError that names the file (`where`: the recipe's key)."""
     from transformers import AutoConfig
+
+    load_plugins()  # a model type an installed plugin registers (cascade_kd/plugins.py)
 
     if os.path.isdir(name_or_path):
         refuse_damaged(Path(name_or_path), where, RecipeError)
@@ -522,6 +525,7 @@ def load_checkpoint(directory: Path, task: str):
     hint = "the directory needs model.safetensors matching its config.json, as save_pretrained writes them"
     from transformers import AutoConfig
 
+    load_plugins()  # a model type an installed plugin registers (cascade_kd/plugins.py)
     try:
         config = AutoConfig.from_pretrained(directory)
     except Exception as exc:  # noqa: BLE001 - a field of the wrong type, an unknown model type

@@ -15,6 +15,7 @@ from torch import nn
 
 from cascade_kd.config.schema import STUDENT_KINDS
 from cascade_kd.errors import RecipeError
+from cascade_kd.plugins import load_plugins
 from cascade_kd.students.anatomy import base_counts, freeze_embeddings, layer_list
 
 
@@ -120,7 +121,9 @@ def register(family: StudentFamily, *, replace: bool = False) -> StudentFamily:
 
 
 def family(kind: str) -> StudentFamily:
-    """The family a recipe's `student.kind` names."""
+    """The family a recipe's `student.kind` names (an installed plugin's too: cascade_kd/plugins.py)."""
+    if kind not in FAMILIES:
+        load_plugins()
     try:
         return FAMILIES[kind]
     except KeyError:

@@ -1,0 +1,139 @@
+"""Plugins (cascade_kd/plugins.py): a package installed beside cascade-kd adds a student family, a loss
+and a model type that the `cascade-kd` command then uses by name, with no import in the user's
+code. Each test runs the command in a fresh interpreter, with a toy distribution (its dist-info
+and entry point) on PYTHONPATH, as pip would install it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import tiny_recipe, write_recipe
+
+PLUGIN = '''
+"""A toy cascade-kd plugin: a family whose students are a model type of its own, and a loss."""
+from transformers import AutoConfig, AutoModelForTokenClassification, BertConfig, BertForTokenClassification
+
+import cascade_kd
+from cascade_kd.losses.hidden import HiddenMSE
+from cascade_kd.students.transformer import TransformerFamily
+
+
+class ToyConfig(BertConfig):
+    model_type = "toy_bert"
+
+
+class ToyBertForTokenClassification(BertForTokenClassification):
+    config_class = ToyConfig
+
+
+AutoConfig.register("toy_bert", ToyConfig)
+AutoModelForTokenClassification.register(ToyConfig, ToyBertForTokenClassification)
+
+
+class ToyFamily(TransformerFamily):
+    kind = "toy_bert"
+    model_type = "toy_bert"
+    label = "toy BERT"
+
+    def config(self, t_config, spec, *, where="student"):
+        config, chosen, same_shape = super().config(t_config, spec, where=where)
+        fields = config.to_dict()
+        fields.pop("model_type", None)
+        return ToyConfig(**fields), chosen, same_shape
+
+
+class ToyHiddenMSE(HiddenMSE):
+    name = "toy_hidden_mse"
+
+
+cascade_kd.register_family(ToyFamily())
+cascade_kd.register_loss(ToyHiddenMSE)
+'''
+
+
+def _install(site: Path, module_text: str) -> Path:
+    """A distribution `toy-plugin 0.1` as pip lays it out: the module and its dist-info, whose
+    entry_points.txt declares the module under cascade_kd.plugins."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "toy_plugin.py").write_text(module_text, encoding="utf-8")
+    info = site / "toy_plugin-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 0.1\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text("[cascade_kd.plugins]\ntoy = toy_plugin\n", encoding="utf-8")
+    return site
+
+
+def _cli(args: list, *, site: Path | None, cwd: Path, code: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    paths = [str(Path(__file__).resolve().parents[1])] + ([str(site)] if site else [])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "cascade_kd", *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def workspace(demo_workspace, tmp_path) -> Path:
+    for name in ("data", "tokenizer"):
+        shutil.copytree(demo_workspace / name, tmp_path / name)
+    recipe = tiny_recipe(data={"max_train_per_language": 64, "max_eval_per_language": 16},
+                         teacher={"train": {"epochs": 1}},
+                         cascade={"losses": {"kl": {"weight": 1.0}, "toy_hidden_mse": {"weight": 1.0}},
+                                  "stages": [{"name": "toy", "student": {"kind": "toy_bert", "layers": 1}}]})
+    write_recipe(tmp_path, recipe)
+    return tmp_path
+
+
+def test_an_installed_plugins_family_loss_and_model_type_work_from_the_command_line(workspace):
+    site = _install(workspace / "site", PLUGIN)
+    done = _cli(["run", "recipe.yaml", "--out", "run"], site=site, cwd=workspace)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((workspace / "run" / "metrics.json").read_text())
+    assert [m["kind"] for m in metrics["models"]] == ["transformer", "toy_bert"]
+    stage = json.loads((workspace / "run" / "stages" / "toy" / "stage.json").read_text())
+    assert "toy_hidden_mse" in json.dumps(stage)  # the plugin's loss trained it
+    assert json.loads((workspace / "run" / "stages" / "toy" / "config.json").read_text())["model_type"] == "toy_bert"
+    # a new process reads the saved toy_bert model back: only the plugin registers that model type
+    done = _cli(["eval", "run", "--split", "dev", "--out", "eval"], site=site, cwd=workspace)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rescored = {m["name"]: m for m in json.loads((workspace / "eval" / "metrics.json").read_text())["models"]}
+    trained = {m["name"]: m for m in metrics["models"]}
+    assert rescored["toy"]["average"] == pytest.approx(trained["toy"]["dev_average"], abs=1e-6)
+
+
+def test_without_the_plugin_its_kind_is_unknown_and_a_broken_plugin_is_named(workspace):
+    done = _cli(["run", "recipe.yaml", "--out", "run"], site=None, cwd=workspace)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "unknown student kind 'toy_bert'" in done.stderr
+    site = _install(workspace / "site", "raise ImportError('needs the frobnicator')\n")
+    done = _cli(["run", "recipe.yaml", "--out", "run"], site=site, cwd=workspace)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    message = done.stderr.strip().splitlines()[-1]
+    assert "the plugin 'toy' (toy_plugin, from toy-plugin 0.1) failed to import: ImportError: needs the frobnicator" in message
+    assert "pip uninstall toy-plugin" in message
+    assert not (workspace / "run").exists()  # refused before anything was written
+
+
+def test_built_in_names_never_import_an_installed_plugin(tmp_path):
+    """A recipe of built-in kinds and losses is checked without torch and without the plugins;
+    loading them is idempotent and lists them by distribution."""
+    site = _install(tmp_path / "site", PLUGIN)
+    code = textwrap.dedent("""
+        import sys
+        from cascade_kd.config import schema
+        schema.loss_names("kl"); schema.kind_rules("transformer")
+        assert "toy_plugin" not in sys.modules and "torch" not in sys.modules
+        assert schema.kind_rules("toy_bert") == "transformer" and "toy_plugin" in sys.modules
+        from cascade_kd.plugins import load_plugins
+        assert load_plugins() == {"toy": "toy-plugin 0.1"} and load_plugins() is load_plugins()
+        assert "toy_hidden_mse" in schema.loss_names("toy_hidden_mse")
+    """)
+    done = _cli([], site=site, cwd=tmp_path, code=code)
+    assert done.returncode == 0, done.stderr[-3000:]
