@@ -155,6 +155,22 @@ def tiny_recipe(root: Path | str | None = None, **changes) -> dict:
     return recipe
 
 
+def run_card_code(folder: Path, pythonpath: list[str] | None = None):
+    """Run the "How to use" block of a saved model's card (folder/README.md) as a user copies it,
+    in a fresh interpreter with `path = "."` the folder, then check that it labelled something.
+    Returns the finished process (returncode, stderr)."""
+    import re
+    import subprocess
+    import sys
+
+    code = re.search(r"## How to use.*?```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    code += "assert labels and set(labels) <= set(model.config.id2label.values()), labels\n"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(pythonpath)
+    return subprocess.run([sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+
+
 def write_recipe(directory: Path, recipe: dict, name: str = "recipe.yaml") -> Path:
     """Write a recipe dict as YAML (paths in it stay relative to `directory`); returns the file."""
     import yaml

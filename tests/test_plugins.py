@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import tiny_recipe, write_recipe
+from tests.helpers import run_card_code, tiny_recipe, write_recipe
 
 PLUGIN = '''
 """A toy cascade-kd plugin: a family whose students are a model type of its own, and a loss."""
@@ -100,6 +100,11 @@ def test_an_installed_plugins_family_loss_and_model_type_work_from_the_command_l
     stage = json.loads((workspace / "run" / "stages" / "toy" / "stage.json").read_text())
     assert "toy_hidden_mse" in json.dumps(stage)  # the plugin's loss trained it
     assert json.loads((workspace / "run" / "stages" / "toy" / "config.json").read_text())["model_type"] == "toy_bert"
+    # its card's code loads it in a new interpreter: the card says to load the plugins first
+    folder = workspace / "run" / "stages" / "toy"
+    assert "load_plugins()  # the installed plugin of student kind 'toy_bert'" in (folder / "README.md").read_text()
+    done = run_card_code(folder, [str(Path(__file__).resolve().parents[1]), str(site)])
+    assert done.returncode == 0, done.stderr[-3000:]
     # a new process reads the saved toy_bert model back: only the plugin registers that model type
     done = _cli(["eval", "run", "--split", "dev", "--out", "eval"], site=site, cwd=workspace)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -15,6 +15,7 @@ import math
 import re
 from pathlib import Path
 
+from cascade_kd.config.schema import STUDENT_KINDS
 from cascade_kd.deploy.paths import EXPORT_INFO, INT8_NAME, current_export
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.findings import (
@@ -277,15 +278,31 @@ def _cost(run: RunFiles, row: dict) -> list[str]:
     return lines
 
 
+def _registering_imports(run: RunFiles, row: dict) -> tuple[list[str], str]:
+    """What must be imported before transformers' Auto classes know this model's type: nothing for
+    the teacher's own architecture; cascade_kd.students for the recursive and BiLSTM types; the
+    installed plugins for a model type of a family that is not built in (cascade_kd/plugins.py)."""
+    model_type = str(model_config(run.model_dir(row)).get("model_type", ""))
+    if model_type.startswith("cascade_kd_"):
+        return (["import cascade_kd.students  # registers this model type with the Auto classes"],
+                "; this model type is registered with transformers by cascade_kd.students, so import it first")
+    teacher = next((m for m in run.models if m["role"] == "teacher"), None)
+    teacher_type = model_config(run.model_dir(teacher)).get("model_type") if teacher is not None else None
+    if row.get("kind", "transformer") not in STUDENT_KINDS and model_type != teacher_type:
+        return (["from cascade_kd.plugins import load_plugins", "",
+                 f"load_plugins()  # the installed plugin of student kind {row['kind']!r} registers {model_type!r}"],
+                f"; this model type ({model_type}) is registered by the plugin that adds student kind "
+                f"{row['kind']!r}, which cascade-kd loads")
+    return [], ""
+
+
 def _usage(run: RunFiles, row: dict) -> list[str]:
     task = run.metrics["task"]
     auto = AUTO_CLASSES.get(task, "AutoModel")
-    custom = str(model_config(run.model_dir(row)).get("model_type", "")).startswith("cascade_kd_")  # one cascade_kd registers
+    imports, why = _registering_imports(run, row)
     lines = ["## How to use", "", "With plain transformers (the folder holds config.json, the safetensors weights (one "
-             "file, or shards and model.safetensors.index.json) and the tokenizer)"
-             + ("; this model type is registered with transformers by cascade_kd.students, so import it first" if custom else "")
-             + ":", "", "```python"]
-    lines += (["import cascade_kd.students  # registers this model type with the Auto classes"] if custom else [])
+             "file, or shards and model.safetensors.index.json) and the tokenizer)" + why + ":", "", "```python"]
+    lines += imports
     lines += [f"from transformers import AutoTokenizer, {auto}", "", 'path = "."  # this folder, or its hub name',
               "tokenizer = AutoTokenizer.from_pretrained(path)", f"model = {auto}.from_pretrained(path)"]
     if task == "token":
