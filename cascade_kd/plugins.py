@@ -31,6 +31,16 @@ class PluginError(UserError):
     """An installed plugin failed to import."""
 
 
+def _distribution(point) -> str:
+    return f"{point.dist.name} {point.dist.version}" if point.dist is not None else "an unknown distribution"
+
+
+def installed_plugins() -> list[tuple[str, str, str]]:
+    """(name, module, "distribution version") of each declared plugin, read from the installed
+    metadata without importing anything."""
+    return [(p.name, p.value, _distribution(p)) for p in sorted(entry_points(group=GROUP), key=lambda p: p.name)]
+
+
 def load_plugins() -> dict[str, str]:
     """Import every module declared under the `cascade_kd.plugins` entry-point group, once per
     process; returns {entry point name: "distribution version"}. Idempotent and re-entrant: a
@@ -40,7 +50,7 @@ def load_plugins() -> dict[str, str]:
         return LOADED
     LOADED = {}
     for point in sorted(entry_points(group=GROUP), key=lambda p: p.name):
-        dist = f"{point.dist.name} {point.dist.version}" if point.dist is not None else "an unknown distribution"
+        dist = _distribution(point)
         try:
             point.load()
         except Exception as err:  # noqa: BLE001  (whatever the plugin raises, the user needs its name)

@@ -124,6 +124,8 @@ def test_without_the_plugin_its_kind_is_unknown_and_a_broken_plugin_is_named(wor
     assert "the plugin 'toy' (toy_plugin, from toy-plugin 0.1) failed to import: ImportError: needs the frobnicator" in message
     assert "pip uninstall toy-plugin" in message
     assert not (workspace / "run").exists()  # refused before anything was written
+    done = _cli(["--version"], site=site, cwd=workspace)  # lists the plugins without importing them
+    assert done.returncode == 0 and done.stdout.splitlines()[1:] == ["plugin toy: toy_plugin (from toy-plugin 0.1)"]
 
 
 def test_built_in_names_never_import_an_installed_plugin(tmp_path):

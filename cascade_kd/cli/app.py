@@ -32,8 +32,26 @@ def _seed(text: str) -> int:
     return value
 
 
+class _Version(argparse.Action):
+    """--version: the package's version and the plugins installed beside it (read from their
+    metadata, not imported: a broken plugin still lets the version print)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from cascade_kd import __version__
+        from cascade_kd.plugins import installed_plugins
+
+        found = installed_plugins()
+        sys.stdout.write(f"cascade-kd {__version__}\n" + "".join(
+            f"plugin {name}: {value} (from {dist})\n" for name, value, dist in found))
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cascade-kd", description="Distil multilingual encoders through cascades of teacher assistants.")
+    p.add_argument("--version", action=_Version, help="the version, and the plugins installed (cascade_kd.plugins)")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a recipe: teacher, every stage, the direct baseline, the report")
