@@ -100,6 +100,8 @@ def test_an_installed_plugins_family_loss_and_model_type_work_from_the_command_l
     stage = json.loads((workspace / "run" / "stages" / "toy" / "stage.json").read_text())
     assert "toy_hidden_mse" in json.dumps(stage)  # the plugin's loss trained it
     assert json.loads((workspace / "run" / "stages" / "toy" / "config.json").read_text())["model_type"] == "toy_bert"
+    assert json.loads((workspace / "run" / "manifest.json").read_text())["plugins"] == {"toy": "toy-plugin 0.1"}
+    assert "toy (toy-plugin 0.1)" in (workspace / "run" / "report.html").read_text()  # the provenance table
     # its card's code loads it in a new interpreter: the card says to load the plugins first
     folder = workspace / "run" / "stages" / "toy"
     assert "load_plugins()  # the installed plugin of student kind 'toy_bert'" in (folder / "README.md").read_text()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from cascade_kd import __version__
+from cascade_kd import __version__, plugins
 from cascade_kd.cascade.plan import model_keys
 from cascade_kd.config.schema import Recipe, where
 from cascade_kd.errors import DataError, OutputError, UserError
@@ -508,6 +508,7 @@ def write_manifest(job: Job, digests: dict) -> None:
     manifest = {
         "recipe_fingerprint": job.recipe.fingerprint(), "cascade_kd": __version__, "torch": torch.__version__,
         "transformers": transformers.__version__, "python": platform.python_version(),
+        "plugins": dict(plugins.LOADED or {}),  # the installed plugins this process imported (name -> distribution)
         "seed": job.recipe.seed, "data_sizes": job.data.sizes(), **digests, "labels": job.data.labels,
         "recipe": job.recipe.dump(),
         "model_keys": job.model_keys,  # what an edited resume compares (recipe_change)
