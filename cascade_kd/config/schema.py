@@ -195,6 +195,9 @@ class StudentConfig(_Section):
     # BiLSTM students only (kind: bilstm; `hidden` is then the LSTM's units per direction)
     lstm_layers: Optional[int] = Field(None, ge=1)
     projection_size: Optional[int] = Field(None, ge=1)  # width the BiLSTM output is projected to (default: teacher's)
+    # a registered family's own keys, checked by its `options_model` (students/registry.py) and
+    # written back with their defaults; built-in kinds take none
+    options: Optional[dict[str, Any]] = Field(None, validate_default=True)
 
     @field_validator("kind")
     @classmethod
@@ -205,6 +208,12 @@ class StudentConfig(_Section):
             raise ValueError(f"unknown student kind {short(v)} (" + (f"did you mean {near[0]!r}?" if near else
                              f"the kinds: {', '.join(names)}") + ")")
         return v
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _family_keys(cls, v, info):
+        kind = info.data.get("kind")  # absent when the kind itself was refused
+        return v if kind is None else _family_options(kind, v)
 
     @field_validator("init")
     @classmethod
@@ -299,6 +308,34 @@ def _rules_of(data) -> str | None:
 def _family_defaults(kind: str) -> dict:
     """A registered family's defaults for its student section (StudentFamily.spec_defaults)."""
     return dict(sys.modules["cascade_kd.students.registry"].FAMILIES[kind].spec_defaults)
+
+
+def _family_options(kind: str, given):
+    """`options`, a registered family's own keys, checked by its `options_model` (a pydantic
+    model) and filled with its defaults, so that the recipe as run spells them out and a change
+    of one retrains that stage. Built-in kinds, and families without an options_model, take none."""
+    if kind_rules(kind) == kind:  # a built-in kind: its keys are the section's own
+        if given is not None:
+            raise ValueError(f"options holds the keys of a student family of your own; kind {kind} takes none "
+                             "(its keys go in the student section itself)")
+        return None
+    model = sys.modules["cascade_kd.students.registry"].FAMILIES[kind].options_model
+    if model is None:
+        if given is not None:
+            raise ValueError(f"student kind {kind!r} takes no options (its family declares no options_model)")
+        return None
+    if given is not None and not isinstance(given, dict):
+        raise ValueError(f"options maps the keys of kind {kind!r} to values, not {short(given)}")
+    try:
+        checked = model.model_validate(given or {})
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ValueError(f"unknown key {key!r} of kind {kind!r} ({suggest(key, model.model_fields)})") from None
+        raise ValueError(f"{key + ': ' if key else ''}{first['msg']} (kind {kind!r} takes: "
+                         f"{', '.join(model.model_fields) or 'no keys'})") from None
+    return checked.model_dump(mode="json")
 
 
 class StageConfig(_Section):
@@ -675,6 +712,8 @@ class Recipe(_Section):
             if stage["teacher"] == _default(StageConfig, "teacher"):  # likewise the stage teacher key
                 del stage["teacher"]
             rules = kind_rules(stage["student"]["kind"]) if isinstance(stage["student"], dict) else None
+            if rules is not None and stage["student"]["options"] is None:  # a family's own keys, where it has none
+                del stage["student"]["options"]
             if rules is not None and rules != "bilstm":  # and BiLSTM keys
                 for key in ("lstm_layers", "projection_size"):
                     del stage["student"][key]

@@ -35,6 +35,10 @@ class StudentFamily:
     # keys the recipe leaves out (e.g. {"init": "random"}) before they are checked
     spec_rules: str = "transformer"
     spec_defaults: dict = {}
+    # keys of the family's own, which recipes write under `student.options`: a pydantic model whose
+    # fields are those keys with their types and defaults (None: the family takes none). The spec
+    # a family receives holds them, checked and with defaults filled, in `spec.options` (a dict)
+    options_model: type | None = None
     layers_from_teacher: bool = False  # built by copying the teacher's layers: its layer list must be found
 
     def owns(self, model_or_config) -> bool:
@@ -113,6 +117,9 @@ def register(family: StudentFamily, *, replace: bool = False) -> StudentFamily:
         raise ValueError(f"a student family of kind {family.kind!r} is registered already "
                          f"({type(FAMILIES[family.kind]).__name__}): give {type(family).__name__} another kind, "
                          "or register(..., replace=True) to replace it")
+    if family.options_model is not None and not hasattr(family.options_model, "model_validate"):
+        raise ValueError(f"{type(family).__name__}.options_model is {family.options_model!r}: give a pydantic model "
+                         "(a BaseModel subclass whose fields are the family's own keys)")
     if family.spec_rules not in STUDENT_KINDS:
         raise ValueError(f"{type(family).__name__}.spec_rules is {family.spec_rules!r}: name the built-in kind whose "
                          f"recipe keys it takes ({', '.join(STUDENT_KINDS)})")

@@ -6,12 +6,13 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
 
 from cascade_kd.config.schema import Recipe, StudentConfig
 from cascade_kd.errors import RecipeError
 from cascade_kd.students import FAMILIES, StudentFamily, register, student_config
 from cascade_kd.students.transformer import TransformerFamily
-from tests.helpers import tiny_bert, tiny_recipe
+from tests.helpers import line_of, tiny_bert, tiny_recipe, write_recipe
 
 
 class WideFamily(TransformerFamily):
@@ -112,3 +113,72 @@ def test_a_registered_family_trains_through_a_recipe_and_is_reported_by_its_kind
     assert student["intermediate_size"] == 2 * teacher["intermediate_size"] and student["num_hidden_layers"] == 1
     card = (tmp_path / "run" / "stages" / "s" / "README.md").read_text()
     assert "## How to use" in card and "import cascade_kd" not in card  # a BERT model: plain transformers loads it
+
+
+class ScaledOptions(BaseModel):
+    """The toy family's own keys (`student.options`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ffn_scale: int = Field(2, ge=1)
+
+
+class ScaledFamily(TransformerFamily):
+    """A toy family with a key of its own: the feed-forward width as a multiple of the teacher's."""
+
+    kind = "scaled_ffn"
+    spec_defaults = {"init": "random"}
+    options_model = ScaledOptions
+
+    def config(self, t_config, spec, *, where: str = "student"):
+        wider = spec.model_copy(update={"intermediate": spec.options["ffn_scale"] * t_config.intermediate_size})
+        config, plan, _ = super().config(t_config, wider, where=where)
+        return config, plan, False
+
+
+@pytest.fixture
+def scaled():
+    family = register(ScaledFamily())
+    yield family
+    FAMILIES.pop("scaled_ffn", None)
+
+
+def _scaled_recipe(options) -> dict:
+    student = {"kind": "scaled_ffn", "layers": 1, **({"options": options} if options is not None else {})}
+    return tiny_recipe(cascade={"stages": [{"name": "s", "student": student}]})
+
+
+def test_a_familys_own_keys_are_checked_filled_written_back_and_keyed(scaled, tmp_path):
+    from cascade_kd.cascade.plan import model_keys
+
+    default, three = Recipe.from_dict(_scaled_recipe(None)), Recipe.from_dict(_scaled_recipe({"ffn_scale": 3}))
+    assert default.cascade.stages[0].student.options == {"ffn_scale": 2}  # the model's default, spelled out
+    assert default.dump()["cascade"]["stages"][0]["student"]["options"] == {"ffn_scale": 2}
+    assert Recipe.from_dict(default.dump()).fingerprint() == default.fingerprint()  # reads back as written
+    assert model_keys(three.dump())["teacher"] == model_keys(default.dump())["teacher"]
+    assert model_keys(three.dump())["s"] != model_keys(default.dump())["s"]  # a changed option retrains its stage
+    teacher = tiny_bert().config
+    config, _, _ = student_config(teacher, three.cascade.stages[0].student)
+    assert config.intermediate_size == 3 * teacher.intermediate_size
+    path = write_recipe(tmp_path, _scaled_recipe({"ffn_scal": 3}))
+    with pytest.raises(RecipeError, match=r"unknown key 'ffn_scal' of kind 'scaled_ffn' \(did you mean "
+                                          r"'ffn_scale'\?\)") as err:
+        Recipe.from_yaml(path)
+    assert err.value.where == f"{path}:{line_of(path, 'ffn_scal:')}: cascade.stages.0.student.options.ffn_scal"
+    with pytest.raises(RecipeError, match="ffn_scale: Input should be greater than or equal to 1"):
+        Recipe.from_dict(_scaled_recipe({"ffn_scale": 0}))
+
+
+def test_options_are_refused_where_a_kind_declares_none(wide):
+    with pytest.raises(ValueError, match="kind transformer takes none"):
+        StudentConfig(layers=1, options={"ffn_scale": 2})
+    with pytest.raises(RecipeError, match="student kind 'wide_ffn' takes no options"):
+        Recipe.from_dict(tiny_recipe(cascade={"stages": [
+            {"name": "s", "student": {"kind": "wide_ffn", "layers": 1, "options": {"ffn_scale": 2}}}]}))
+    assert "options" not in Recipe.from_dict(tiny_recipe()).dump()["cascade"]["stages"][0]["student"]
+
+    class Odd(TransformerFamily):
+        kind = "odd_options"
+        options_model = dict
+
+    with pytest.raises(ValueError, match="options_model is <class 'dict'>: give a pydantic model"):
+        register(Odd())
