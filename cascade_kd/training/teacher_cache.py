@@ -59,7 +59,9 @@ class CacheRequest:
 
 
 def cache_key(teacher, train_data: list[Encoded], request: CacheRequest) -> str:
-    """A hash of everything the cached outputs depend on."""
+    """A hash of everything the cached outputs depend on. The batch size they were computed with
+    (train.eval_batch_size) is left out on purpose: padding is masked, so it moves them by float
+    rounding only, and runs that differ in nothing else share one cache."""
     digest = hashlib.sha256(f"format {FORMAT} shard {SHARD_EXAMPLES};".encode())
     # the config minus what saving a model writes into it (save_pretrained sets `architectures`)
     config = {k: v for k, v in teacher.config.to_dict().items() if k not in ("architectures", "_name_or_path", "transformers_version")}
