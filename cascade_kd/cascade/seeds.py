@@ -69,7 +69,8 @@ def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
                         where=str(out), hint="choose an empty or new --out")
     if not (resume or overwrite):
         raise UserError("--out holds a multi-seed run", where=str(out),
-                        hint="pass --resume to continue it, --overwrite to replace it, or choose another --out")
+                        hint="pass --resume to continue it, --overwrite to replace it, or choose another --out "
+                        "(in Python: resume=True, overwrite=True, or another out)")
 
 
 def _prepare(out: Path, recipe: Recipe, seeds: list[int], *, overwrite: bool) -> None:

@@ -177,7 +177,13 @@ def _cmd_run(args) -> None:
     metrics = api.run(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=_say)
     if is_main():
         print("\n" + report_table(metrics))
-        print(f"\nRUN_DIR: {args.out}  (report.html, report.md, metrics.json, teacher/, stages/)")
+        print(f"\nRUN_DIR: {args.out}  ({_run_files(args.out)})")
+
+
+def _run_files(run_dir: Path) -> str:
+    """What a finished run holds, for its closing line (a teacher-only run has no stages/)."""
+    names = ("report.html", "report.md", "metrics.json", "teacher/", "stages/")
+    return ", ".join(n for n in names if (Path(run_dir) / n.rstrip("/")).exists())
 
 
 def _cmd_demo(args) -> None:
@@ -191,7 +197,7 @@ def _cmd_demo(args) -> None:
     run_dir = workspace / "run"
     metrics = api.run(recipe_path, run_dir, say=_say)
     print("\n" + report_table(metrics))
-    print(f"\nRUN_DIR: {run_dir}  (report.html, report.md, metrics.json, teacher/, stages/); recipe: {recipe_path}")
+    print(f"\nRUN_DIR: {run_dir}  ({_run_files(run_dir)}); recipe: {recipe_path}")
 
 
 def _cmd_eval(args) -> None:

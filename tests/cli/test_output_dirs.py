@@ -429,3 +429,14 @@ def test_demo_picks_a_free_folder_next_to_a_users_one(tmp_path):
     (tmp_path / "demo-2").write_text("a file where a folder would go")
     assert free_directory(tmp_path / "demo") == tmp_path / "demo-3"
     assert free_directory(tmp_path / "fresh") == tmp_path / "fresh"
+
+
+def test_the_closing_line_names_only_what_the_run_holds(tmp_path):
+    from cascade_kd.cli.app import _run_files
+
+    for name in ("report.html", "report.md", "metrics.json"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "teacher").mkdir()
+    assert _run_files(tmp_path) == "report.html, report.md, metrics.json, teacher/"  # a teacher-only run
+    (tmp_path / "stages").mkdir()
+    assert _run_files(tmp_path).endswith("teacher/, stages/")
