@@ -1,5 +1,5 @@
-"""Plugins: student families and losses that another installed package adds, usable by name in any
-recipe and any `cascade-kd` command.
+"""Plugins: student families, losses and model types that another installed package adds, usable by
+name in any recipe and any `cascade-kd` command.
 
 A package declares its modules under the entry-point group `cascade_kd.plugins`, e.g. in its
 pyproject.toml
@@ -8,23 +8,26 @@ pyproject.toml
     my_lstm = "my_package.students"
 
 and the module registers what it adds when imported (`cascade_kd.register_family(...)`,
-`cascade_kd.register_loss(...)`). They are imported once, when the student families are (any run,
-evaluation or export) or when a recipe names a kind or loss that is not built in, so `import
-cascade_kd` stays cheap and a plugin that is installed but unused costs nothing on a recipe of
-built-in names checked without torch. A plugin that fails to import stops with its entry point,
-its distribution and the error, instead of a recipe later saying "unknown student kind".
+`cascade_kd.register_loss(...)`, transformers' `AutoConfig.register(...)`). They are imported once
+per process, and only when something is not found among the built-in names: a recipe's student
+kind or loss, or the model type of a model being read (students/hub.py, `auto_config` and
+`ensure_model_type`). So `import cascade_kd` stays cheap, and a plugin that is installed but not
+needed is never imported: a broken one does not stop runs that do not use it. A plugin that fails
+to import stops the command with its entry point, its distribution, the file and line that
+failed, and the error, instead of a recipe later saying "unknown student kind".
 """
 
 from __future__ import annotations
 
+import traceback
 from importlib.metadata import entry_points
 
 from cascade_kd.errors import UserError
 
 GROUP = "cascade_kd.plugins"
 
-# name -> "distribution version" of every plugin imported (None: not looked for yet)
-LOADED: dict[str, str] | None = None
+# (name, module, "distribution version") of every plugin imported; None: not looked for yet
+LOADED: list[tuple[str, str, str]] | None = None
 
 
 class PluginError(UserError):
@@ -38,26 +41,35 @@ def _distribution(point) -> str:
 def installed_plugins() -> list[tuple[str, str, str]]:
     """(name, module, "distribution version") of each declared plugin, read from the installed
     metadata without importing anything."""
-    return [(p.name, p.value, _distribution(p)) for p in sorted(entry_points(group=GROUP), key=lambda p: p.name)]
+    found = entry_points(group=GROUP)
+    return sorted(((p.name, p.value, _distribution(p)) for p in found), key=lambda t: (t[0], t[2]))
 
 
-def load_plugins() -> dict[str, str]:
+def _failed_at(err: BaseException) -> str:
+    """The file and line where a plugin's import failed: the innermost frame outside importlib."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<frozen")]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else f"entry point group {GROUP}"
+
+
+def load_plugins() -> list[tuple[str, str, str]]:
     """Import every module declared under the `cascade_kd.plugins` entry-point group, once per
-    process; returns {entry point name: "distribution version"}. Idempotent and re-entrant: a
-    plugin that imports cascade_kd's registries while it loads does not load the plugins again."""
+    process; returns (name, module, "distribution version") of each. A call made while the plugins
+    are being imported (by a plugin, at its import) returns those imported so far, without
+    importing them again."""
     global LOADED
     if LOADED is not None:
         return LOADED
-    LOADED = {}
-    for point in sorted(entry_points(group=GROUP), key=lambda p: p.name):
+    LOADED = []
+    for point in sorted(entry_points(group=GROUP), key=lambda p: (p.name, _distribution(p))):
         dist = _distribution(point)
         try:
             point.load()
-        except Exception as err:  # noqa: BLE001  (whatever the plugin raises, the user needs its name)
+        except (Exception, SystemExit) as err:  # whatever the plugin raises (or exits with), its name comes first
             LOADED = None  # a fixed plugin loads on the next call
+            lines = str(err).strip().splitlines()
             uninstall = f"pip uninstall {point.dist.name}" if point.dist is not None else "uninstall it"
             raise PluginError(f"the plugin {point.name!r} ({point.value}, from {dist}) failed to import: "
-                              f"{type(err).__name__}: {err}", where=f"entry point {GROUP}",
-                              hint=f"fix the plugin, or `{uninstall}` to run without it") from err
-        LOADED[point.name] = dist
+                              f"{type(err).__name__}" + (f": {lines[0]}" if lines else ""), where=_failed_at(err),
+                              hint=f"fix the plugin, or `{uninstall}` to run without it") from None
+        LOADED.append((point.name, point.value, dist))
     return LOADED

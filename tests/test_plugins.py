@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_card_code, tiny_recipe, write_recipe
+from tests.helpers import run_card_code, tiny_bert, tiny_recipe, write_recipe
 
 PLUGIN = '''
 """A toy cascade-kd plugin: a family whose students are a model type of its own, and a loss."""
@@ -100,11 +100,12 @@ def test_an_installed_plugins_family_loss_and_model_type_work_from_the_command_l
     stage = json.loads((workspace / "run" / "stages" / "toy" / "stage.json").read_text())
     assert "toy_hidden_mse" in json.dumps(stage)  # the plugin's loss trained it
     assert json.loads((workspace / "run" / "stages" / "toy" / "config.json").read_text())["model_type"] == "toy_bert"
-    assert json.loads((workspace / "run" / "manifest.json").read_text())["plugins"] == {"toy": "toy-plugin 0.1"}
+    assert json.loads((workspace / "run" / "manifest.json").read_text())["plugins"] == [
+        {"name": "toy", "module": "toy_plugin", "distribution": "toy-plugin 0.1"}]
     assert "toy (toy-plugin 0.1)" in (workspace / "run" / "report.html").read_text()  # the provenance table
     # its card's code loads it in a new interpreter: the card says to load the plugins first
     folder = workspace / "run" / "stages" / "toy"
-    assert "load_plugins()  # the installed plugin of student kind 'toy_bert'" in (folder / "README.md").read_text()
+    assert "load_plugins()  # the installed cascade-kd plugins: one registers 'toy_bert'" in (folder / "README.md").read_text()
     done = run_card_code(folder, [str(Path(__file__).resolve().parents[1]), str(site)])
     assert done.returncode == 0, done.stderr[-3000:]
     # a new process reads the saved toy_bert model back: only the plugin registers that model type
@@ -113,6 +114,18 @@ def test_an_installed_plugins_family_loss_and_model_type_work_from_the_command_l
     rescored = {m["name"]: m for m in json.loads((workspace / "eval" / "metrics.json").read_text())["models"]}
     trained = {m["name"]: m for m in metrics["models"]}
     assert rescored["toy"]["average"] == pytest.approx(trained["toy"]["dev_average"], abs=1e-6)
+    # ... from Python too, with no recipe to name the plugin's kind
+    code = "import cascade_kd as ckd\nmodel, _ = ckd.load_model('run/stages/toy')\nprint(type(model).__name__)\n"
+    done = _cli([], site=site, cwd=workspace, code=code)
+    assert done.returncode == 0 and done.stdout.split()[-1] == "ToyBertForTokenClassification", done.stderr[-3000:]
+    # and a model of the plugin's type is a teacher of a recipe of built-in names (kept: it has the head)
+    teacher_only = tiny_recipe(data={"max_train_per_language": 64, "max_eval_per_language": 16},
+                               teacher={"model": "run/stages/toy", "config": None, "train": {"epochs": 1}}, cascade=None)
+    write_recipe(workspace, teacher_only, "teacher.yaml")
+    done = _cli(["run", "teacher.yaml", "--out", "from_toy"], site=site, cwd=workspace)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scored = json.loads((workspace / "from_toy" / "metrics.json").read_text())["models"][0]
+    assert scored["dev_average"] == pytest.approx(trained["toy"]["dev_average"], abs=1e-6)
 
 
 def test_without_the_plugin_its_kind_is_unknown_and_a_broken_plugin_is_named(workspace):
@@ -123,9 +136,20 @@ def test_without_the_plugin_its_kind_is_unknown_and_a_broken_plugin_is_named(wor
     done = _cli(["run", "recipe.yaml", "--out", "run"], site=site, cwd=workspace)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     message = done.stderr.strip().splitlines()[-1]
-    assert "the plugin 'toy' (toy_plugin, from toy-plugin 0.1) failed to import: ImportError: needs the frobnicator" in message
+    assert f"{site / 'toy_plugin.py'}:1: the plugin 'toy' (toy_plugin, from toy-plugin 0.1) failed to import: " \
+           "ImportError: needs the frobnicator" in message
     assert "pip uninstall toy-plugin" in message
     assert not (workspace / "run").exists()  # refused before anything was written
+    (site / "toy_plugin.py").write_text("import sys\nsys.exit('not on this machine')\n")  # exits: still named
+    done = _cli(["run", "recipe.yaml", "--out", "run"], site=site, cwd=workspace)
+    assert done.returncode == 2 and "toy_plugin.py:2: the plugin 'toy'" in done.stderr, done.stderr
+    assert "SystemExit: not on this machine" in done.stderr
+    # a model of transformers' own type is read without importing the (broken) plugins
+    tiny_bert().save_pretrained(workspace / "bert")
+    code = ("from cascade_kd import plugins\nfrom cascade_kd.students.hub import load_checkpoint\n"
+            "load_checkpoint('bert', 'token')\nassert plugins.LOADED is None\n")
+    done = _cli([], site=site, cwd=workspace, code=code)
+    assert done.returncode == 0, done.stderr[-3000:]
     done = _cli(["--version"], site=site, cwd=workspace)  # lists the plugins without importing them
     assert done.returncode == 0 and done.stdout.splitlines()[1:] == ["plugin toy: toy_plugin (from toy-plugin 0.1)"]
 
@@ -141,7 +165,7 @@ def test_built_in_names_never_import_an_installed_plugin(tmp_path):
         assert "toy_plugin" not in sys.modules and "torch" not in sys.modules
         assert schema.kind_rules("toy_bert") == "transformer" and "toy_plugin" in sys.modules
         from cascade_kd.plugins import load_plugins
-        assert load_plugins() == {"toy": "toy-plugin 0.1"} and load_plugins() is load_plugins()
+        assert load_plugins() == [("toy", "toy_plugin", "toy-plugin 0.1")] and load_plugins() is load_plugins()
         assert "toy_hidden_mse" in schema.loss_names("toy_hidden_mse")
     """)
     done = _cli([], site=site, cwd=tmp_path, code=code)

@@ -17,8 +17,8 @@ from cascade_kd.data.task import TaskData, load_task_data
 from cascade_kd.errors import RecipeError
 from cascade_kd.evaluation.scoring import evaluate_languages
 from cascade_kd.students.anatomy import position_offset
-from cascade_kd.students.hub import (config_from_spec, config_labels, first_line, load_tokenizer, local_path_missing,
-                                     refuse_damaged)
+from cascade_kd.students.hub import (auto_config, config_from_spec, config_labels, first_line, load_tokenizer,
+                                     local_path_missing, refuse_damaged)
 from cascade_kd.training.data import StageData
 from cascade_kd.training.distributed import is_main
 from cascade_kd.training.progress import RunProgress, StageMonitor
@@ -166,8 +166,6 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
 def _teacher_config(recipe: Recipe, data: TaskData, tokenizer):
     """The teacher's config, read without loading weights: from teacher.config (with the
     tokenizer's vocabulary and the task's labels), or from the checkpoint's config.json."""
-    from transformers import AutoConfig
-
     t = recipe.teacher
     if t.config is not None:
         return config_from_spec(t.config, data.task, data.labels, len(tokenizer), tokenizer.pad_token_id,
@@ -175,7 +173,7 @@ def _teacher_config(recipe: Recipe, data: TaskData, tokenizer):
     if os.path.isdir(recipe.model_path(t.model)):  # damaged or pickled weights: said now, not after RUN_DIR is made
         refuse_damaged(Path(recipe.model_path(t.model)), where(recipe, "teacher", "model"), RecipeError)
     try:
-        return AutoConfig.from_pretrained(recipe.model_path(t.model), trust_remote_code=t.trust_remote_code)
+        return auto_config(recipe.model_path(t.model), trust_remote_code=t.trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, a strict config field: the checkpoint's config
         raise RecipeError(f"cannot load the teacher {t.model!r}: {first_line(exc)}",
                           where=where(recipe, "teacher", "model")) from None

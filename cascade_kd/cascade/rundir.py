@@ -508,7 +508,8 @@ def write_manifest(job: Job, digests: dict) -> None:
     manifest = {
         "recipe_fingerprint": job.recipe.fingerprint(), "cascade_kd": __version__, "torch": torch.__version__,
         "transformers": transformers.__version__, "python": platform.python_version(),
-        "plugins": dict(plugins.LOADED or {}),  # the installed plugins this process imported (name -> distribution)
+        # the installed plugins this process imported: name, module, distribution and version
+        "plugins": [{"name": n, "module": m, "distribution": d} for n, m, d in plugins.LOADED or []],
         "seed": job.recipe.seed, "data_sizes": job.data.sizes(), **digests, "labels": job.data.labels,
         "recipe": job.recipe.dump(),
         "model_keys": job.model_keys,  # what an edited resume compares (recipe_change)

@@ -196,8 +196,8 @@ class StudentConfig(_Section):
     lstm_layers: Optional[int] = Field(None, ge=1)
     projection_size: Optional[int] = Field(None, ge=1)  # width the BiLSTM output is projected to (default: teacher's)
     # a registered family's own keys, checked by its `options_model` (students/registry.py) and
-    # written back with their defaults; built-in kinds take none
-    options: Optional[dict[str, Any]] = Field(None, validate_default=True)
+    # filled with its defaults; built-in kinds take none
+    options: Optional[dict[str, Any]] = Field(None, validate_default=True)  # dump(): the values away from defaults
 
     @field_validator("kind")
     @classmethod
@@ -312,8 +312,8 @@ def _family_defaults(kind: str) -> dict:
 
 def _family_options(kind: str, given):
     """`options`, a registered family's own keys, checked by its `options_model` (a pydantic
-    model) and filled with its defaults, so that the recipe as run spells them out and a change
-    of one retrains that stage. Built-in kinds, and families without an options_model, take none."""
+    model whose field names are the keys) and filled with its defaults: the family reads them all from
+    `spec.options`. Built-in kinds, and families without an options_model, take none."""
     if kind_rules(kind) == kind:  # a built-in kind: its keys are the section's own
         if given is not None:
             raise ValueError(f"options holds the keys of a student family of your own; kind {kind} takes none "
@@ -326,16 +326,25 @@ def _family_options(kind: str, given):
         return None
     if given is not None and not isinstance(given, dict):
         raise ValueError(f"options maps the keys of kind {kind!r} to values, not {short(given)}")
+    for key in given or {}:  # whatever the model's own `extra` setting says
+        if key not in model.model_fields:
+            raise ValueError(f"unknown key {key!r} of kind {kind!r} ({suggest(key, model.model_fields)})")
     try:
         checked = model.model_validate(given or {})
     except ValidationError as err:
         first = err.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
-        if first["type"] == "extra_forbidden":
-            raise ValueError(f"unknown key {key!r} of kind {kind!r} ({suggest(key, model.model_fields)})") from None
-        raise ValueError(f"{key + ': ' if key else ''}{first['msg']} (kind {kind!r} takes: "
+        raise ValueError(f"{repr(key) + ': ' if key else ''}{first['msg']} (kind {kind!r} takes: "
                          f"{', '.join(model.model_fields) or 'no keys'})") from None
     return checked.model_dump(mode="json")
+
+
+def _options_as_written(kind: str, options: dict) -> dict:
+    """A family's options as dump() writes them: those away from their default only, so that a
+    plugin release that adds a key (with its default) leaves the recipe's fingerprint and model
+    keys as they were, as dump() does for the built-in keys added after recipes were first hashed."""
+    model = sys.modules["cascade_kd.students.registry"].FAMILIES[kind].options_model
+    return model.model_validate(options).model_dump(mode="json", exclude_defaults=True)
 
 
 class StageConfig(_Section):
@@ -712,8 +721,11 @@ class Recipe(_Section):
             if stage["teacher"] == _default(StageConfig, "teacher"):  # likewise the stage teacher key
                 del stage["teacher"]
             rules = kind_rules(stage["student"]["kind"]) if isinstance(stage["student"], dict) else None
-            if rules is not None and stage["student"]["options"] is None:  # a family's own keys, where it has none
-                del stage["student"]["options"]
+            if rules is not None:  # a family's own keys: those away from their defaults, if any
+                options = stage["student"].pop("options")
+                kept = _options_as_written(stage["student"]["kind"], options) if options is not None else {}
+                if kept:
+                    stage["student"]["options"] = kept
             if rules is not None and rules != "bilstm":  # and BiLSTM keys
                 for key in ("lstm_layers", "projection_size"):
                     del stage["student"][key]

@@ -56,7 +56,7 @@ from cascade_kd.deploy.paths import trimmed_copy
 from cascade_kd.errors import UserError
 from cascade_kd.fileio import weights_size
 from cascade_kd.students.anatomy import position_offset
-from cascade_kd.students.hub import load_checkpoint
+from cascade_kd.students.hub import auto_config, load_checkpoint
 from cascade_kd.training.setup import resolve_precision
 
 
@@ -333,9 +333,7 @@ def bench_run(run_dir: Path, *, batch_sizes=(1, 32), seq_lens=(32, 128), repeats
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     teacher_dir = run_dir / metrics["models"][0]["path"]
-    from transformers import AutoConfig
-
-    usable = _usable_positions(AutoConfig.from_pretrained(teacher_dir))
+    usable = _usable_positions(auto_config(teacher_dir))
     if usable is not None and min(seq_lens) > usable:  # nothing to compare: refused before any timing
         raise UserError(f"bench --seq-lens {' '.join(map(str, seq_lens))}: the teacher has only {usable} usable "
                         "positions, so no setting can be timed", where=str(teacher_dir),

@@ -132,7 +132,8 @@ def _provenance(run: RunFiles) -> list[str]:
              ("wall time of the run", f"{metrics['wall_time_s']:.0f} s" if _finite(metrics.get("wall_time_s")) else None),
              ("versions", ", ".join(f"{k} {manifest[k]}" for k in ("cascade_kd", "torch", "transformers", "python")
                                     if manifest.get(k))),
-             ("plugins", ", ".join(f"{k} ({v})" for k, v in sorted((manifest.get("plugins") or {}).items()))),
+             ("plugins", ", ".join(f"{p.get('name')} ({p.get('distribution')})" for p in manifest.get("plugins") or []
+                                   if isinstance(p, dict))),
              ("licence of the models", (run.recipe.get("license") or "unknown (the recipe names none)"))]
     out.append(table(["", ""], [[k, v] for k, v in facts if v not in (None, "")], numeric_from=99))
     sizes = manifest.get("data_sizes") or {}

@@ -15,7 +15,6 @@ import math
 import re
 from pathlib import Path
 
-from cascade_kd.config.schema import STUDENT_KINDS
 from cascade_kd.deploy.paths import EXPORT_INFO, INT8_NAME, current_export
 from cascade_kd.errors import UserError
 from cascade_kd.evaluation.findings import (
@@ -280,19 +279,19 @@ def _cost(run: RunFiles, row: dict) -> list[str]:
 
 def _registering_imports(run: RunFiles, row: dict) -> tuple[list[str], str]:
     """What must be imported before transformers' Auto classes know this model's type: nothing for
-    the teacher's own architecture; cascade_kd.students for the recursive and BiLSTM types; the
-    installed plugins for a model type of a family that is not built in (cascade_kd/plugins.py)."""
+    a type of transformers' own; cascade_kd.students for the recursive and BiLSTM types; the
+    installed cascade-kd plugins for any other (a type a plugin registers, cascade_kd/plugins.py)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES  # transformers' own types
+
     model_type = str(model_config(run.model_dir(row)).get("model_type", ""))
     if model_type.startswith("cascade_kd_"):
         return (["import cascade_kd.students  # registers this model type with the Auto classes"],
                 "; this model type is registered with transformers by cascade_kd.students, so import it first")
-    teacher = next((m for m in run.models if m["role"] == "teacher"), None)
-    teacher_type = model_config(run.model_dir(teacher)).get("model_type") if teacher is not None else None
-    if row.get("kind", "transformer") not in STUDENT_KINDS and model_type != teacher_type:
+    if model_type and model_type not in CONFIG_MAPPING_NAMES:
         return (["from cascade_kd.plugins import load_plugins", "",
-                 f"load_plugins()  # the installed plugin of student kind {row['kind']!r} registers {model_type!r}"],
-                f"; this model type ({model_type}) is registered by the plugin that adds student kind "
-                f"{row['kind']!r}, which cascade-kd loads")
+                 f"load_plugins()  # the installed cascade-kd plugins: one registers {model_type!r}"],
+                f"; its model type ({model_type}) is not one of transformers' own but an installed cascade-kd "
+                "plugin's, so load the plugins first (for a family registered in your own code, import that code)")
     return [], ""
 
 

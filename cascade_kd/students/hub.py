@@ -15,6 +15,7 @@ import torch
 
 from cascade_kd.errors import RecipeError, UserError
 from cascade_kd.fileio import atomic_directory, looks_like_path, read_json_record
+from cascade_kd import plugins
 from cascade_kd.plugins import load_plugins
 from cascade_kd.students.anatomy import ffn_attr
 
@@ -189,19 +190,46 @@ def refuse_damaged(directory: Path, where_key: str | None = None, error=UserErro
                 else "restore config.json (a JSON object, as save_pretrained writes)")
 
 
+def ensure_model_type(model_type) -> None:
+    """Import the installed plugins (cascade_kd/plugins.py) when transformers does not know
+    `model_type`: a type one of them registers. Known types never import them."""
+    from transformers import CONFIG_MAPPING
+
+    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING and plugins.LOADED is None:
+        load_plugins()
+
+
+def auto_config(name_or_path, **kwargs):
+    """AutoConfig.from_pretrained, with the installed plugins imported first where the model's type
+    is one only a plugin registers: read from a local config.json, or, for a hub name, learned from
+    a first attempt that fails."""
+    from transformers import AutoConfig
+
+    local = Path(name_or_path) / "config.json"
+    if local.is_file():
+        try:
+            ensure_model_type(json.loads(local.read_text(encoding="utf-8")).get("model_type"))
+        except (OSError, ValueError, AttributeError):
+            pass  # a damaged config.json: from_pretrained's error names it
+        return AutoConfig.from_pretrained(name_or_path, **kwargs)
+    try:
+        return AutoConfig.from_pretrained(name_or_path, **kwargs)
+    except ValueError:  # transformers' "does not recognize this architecture"
+        if plugins.LOADED is not None:
+            raise
+        load_plugins()
+        return AutoConfig.from_pretrained(name_or_path, **kwargs)
+
+
 def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_code: bool = False,
                where: str = "teacher.model"):
     """A pretrained encoder or a fine-tuned task model. Returns (model, has_matching_head).
     Weights are read from safetensors only; a local directory with damaged files, or weights only
     in a pickle format, is refused with a RecipeError that names the file (`where`: the recipe's key)."""
-    from transformers import AutoConfig
-
-    load_plugins()  # a model type an installed plugin registers (cascade_kd/plugins.py)
-
     if os.path.isdir(name_or_path):
         refuse_damaged(Path(name_or_path), where, RecipeError)
     try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        config = auto_config(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, a strict config field: the user's model
         raise RecipeError(
             not_found_offline(name_or_path, "model") or f"cannot load the model {name_or_path!r}: {first_line(exc)}",
@@ -286,6 +314,7 @@ def config_from_spec(config_spec: dict, task: str, labels: list[str], vocab_size
 
     spec = dict(config_spec)
     model_type = spec.pop("model_type")
+    ensure_model_type(model_type)
     if model_type not in CONFIG_MAPPING:
         import difflib
 
@@ -523,11 +552,8 @@ def load_checkpoint(directory: Path, task: str):
     directory = Path(directory)
     refuse_damaged(directory)
     hint = "the directory needs model.safetensors matching its config.json, as save_pretrained writes them"
-    from transformers import AutoConfig
-
-    load_plugins()  # a model type an installed plugin registers (cascade_kd/plugins.py)
     try:
-        config = AutoConfig.from_pretrained(directory)
+        config = auto_config(directory)
     except Exception as exc:  # noqa: BLE001 - a field of the wrong type, an unknown model type
         raise UserError(f"config.json cannot be read as a model config: {first_line(exc)}",
                         where=str(directory / "config.json")) from None

@@ -117,9 +117,15 @@ def register(family: StudentFamily, *, replace: bool = False) -> StudentFamily:
         raise ValueError(f"a student family of kind {family.kind!r} is registered already "
                          f"({type(FAMILIES[family.kind]).__name__}): give {type(family).__name__} another kind, "
                          "or register(..., replace=True) to replace it")
-    if family.options_model is not None and not hasattr(family.options_model, "model_validate"):
-        raise ValueError(f"{type(family).__name__}.options_model is {family.options_model!r}: give a pydantic model "
-                         "(a BaseModel subclass whose fields are the family's own keys)")
+    if family.options_model is not None:
+        fields = getattr(family.options_model, "model_fields", None)
+        if not isinstance(fields, dict) or not hasattr(family.options_model, "model_validate"):
+            raise ValueError(f"{type(family).__name__}.options_model is {family.options_model!r}: give a pydantic "
+                             "model (a BaseModel subclass whose fields are the family's own keys)")
+        aliased = [name for name, f in fields.items() if f.alias or f.validation_alias or f.serialization_alias]
+        if aliased:  # a key read under one name and written back under another would not read back
+            raise ValueError(f"{type(family).__name__}.options_model gives {', '.join(aliased)} an alias: its field "
+                             "names are the recipe keys, so leave aliases out")
     if family.spec_rules not in STUDENT_KINDS:
         raise ValueError(f"{type(family).__name__}.spec_rules is {family.spec_rules!r}: name the built-in kind whose "
                          f"recipe keys it takes ({', '.join(STUDENT_KINDS)})")

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from cascade_kd.config.schema import Recipe, StudentConfig
 from cascade_kd.errors import RecipeError
@@ -116,9 +116,8 @@ def test_a_registered_family_trains_through_a_recipe_and_is_reported_by_its_kind
 
 
 class ScaledOptions(BaseModel):
-    """The toy family's own keys (`student.options`)."""
+    """The toy family's own keys (`student.options`); no `extra="forbid"`: cascade-kd checks the keys."""
 
-    model_config = ConfigDict(extra="forbid")
     ffn_scale: int = Field(2, ge=1)
 
 
@@ -147,25 +146,42 @@ def _scaled_recipe(options) -> dict:
     return tiny_recipe(cascade={"stages": [{"name": "s", "student": student}]})
 
 
-def test_a_familys_own_keys_are_checked_filled_written_back_and_keyed(scaled, tmp_path):
+def test_a_familys_own_keys_are_checked_filled_and_keyed(scaled, tmp_path, monkeypatch):
     from cascade_kd.cascade.plan import model_keys
 
     default, three = Recipe.from_dict(_scaled_recipe(None)), Recipe.from_dict(_scaled_recipe({"ffn_scale": 3}))
-    assert default.cascade.stages[0].student.options == {"ffn_scale": 2}  # the model's default, spelled out
-    assert default.dump()["cascade"]["stages"][0]["student"]["options"] == {"ffn_scale": 2}
-    assert Recipe.from_dict(default.dump()).fingerprint() == default.fingerprint()  # reads back as written
+    assert default.cascade.stages[0].student.options == {"ffn_scale": 2}  # what the family reads: defaults filled
+    # dump() writes the values away from their defaults only, and reads back as written
+    assert "options" not in default.dump()["cascade"]["stages"][0]["student"]
+    assert three.dump()["cascade"]["stages"][0]["student"]["options"] == {"ffn_scale": 3}
+    for recipe in (default, three):
+        assert Recipe.from_dict(recipe.dump()).fingerprint() == recipe.fingerprint()
+    assert Recipe.from_dict(_scaled_recipe({"ffn_scale": 2})).fingerprint() == default.fingerprint()
     assert model_keys(three.dump())["teacher"] == model_keys(default.dump())["teacher"]
     assert model_keys(three.dump())["s"] != model_keys(default.dump())["s"]  # a changed option retrains its stage
     teacher = tiny_bert().config
     config, _, _ = student_config(teacher, three.cascade.stages[0].student)
     assert config.intermediate_size == 3 * teacher.intermediate_size
+    # a release of the family that adds a key (with its default) leaves fingerprints and keys as they were
+    before = (three.fingerprint(), model_keys(three.dump()))
+
+    class ScaledOptionsV2(ScaledOptions):
+        dropout_boost: float = 0.0
+
+    monkeypatch.setattr(ScaledFamily, "options_model", ScaledOptionsV2)
+    again = Recipe.from_dict(_scaled_recipe({"ffn_scale": 3}))
+    assert again.cascade.stages[0].student.options == {"ffn_scale": 3, "dropout_boost": 0.0}
+    assert (again.fingerprint(), model_keys(again.dump())) == before
+    # mistakes, at their line
     path = write_recipe(tmp_path, _scaled_recipe({"ffn_scal": 3}))
     with pytest.raises(RecipeError, match=r"unknown key 'ffn_scal' of kind 'scaled_ffn' \(did you mean "
                                           r"'ffn_scale'\?\)") as err:
         Recipe.from_yaml(path)
     assert err.value.where == f"{path}:{line_of(path, 'ffn_scal:')}: cascade.stages.0.student.options.ffn_scal"
-    with pytest.raises(RecipeError, match="ffn_scale: Input should be greater than or equal to 1"):
-        Recipe.from_dict(_scaled_recipe({"ffn_scale": 0}))
+    path = write_recipe(tmp_path, _scaled_recipe({"ffn_scale": 0}))
+    with pytest.raises(RecipeError, match="'ffn_scale': Input should be greater than or equal to 1") as err:
+        Recipe.from_yaml(path)
+    assert err.value.where == f"{path}:{line_of(path, 'ffn_scale:')}: cascade.stages.0.student.options.ffn_scale"
 
 
 def test_options_are_refused_where_a_kind_declares_none(wide):
@@ -182,3 +198,11 @@ def test_options_are_refused_where_a_kind_declares_none(wide):
 
     with pytest.raises(ValueError, match="options_model is <class 'dict'>: give a pydantic model"):
         register(Odd())
+
+    class Aliased(BaseModel):
+        ffn_scale: int = Field(2, alias="ffnScale")
+
+    Odd.options_model = Aliased
+    with pytest.raises(ValueError, match="options_model gives ffn_scale an alias"):
+        register(Odd())  # read as ffnScale, written back as ffn_scale: the recipe as run would not read back
+    assert "odd_options" not in FAMILIES
