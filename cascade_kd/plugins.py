@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import traceback
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from cascade_kd.errors import UserError
 
@@ -45,10 +46,14 @@ def installed_plugins() -> list[tuple[str, str, str]]:
     return sorted(((p.name, p.value, _distribution(p)) for p in found), key=lambda t: (t[0], t[2]))
 
 
-def _failed_at(err: BaseException) -> str:
-    """The file and line where a plugin's import failed: the innermost frame outside importlib."""
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<frozen")]
-    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else f"entry point group {GROUP}"
+def _failed_at(err: BaseException, point) -> str:
+    """The file and line where a plugin's import failed: the innermost frame that is neither
+    importlib's nor this module's; the entry point itself where there is none (a module that is
+    not there, an attribute it lacks)."""
+    ours = str(Path(__file__).resolve())
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<frozen")
+              and "importlib" not in Path(f.filename).parts and str(Path(f.filename).resolve()) != ours]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else f"entry point {GROUP}: {point.name} = {point.value}"
 
 
 def load_plugins() -> list[tuple[str, str, str]]:
@@ -69,7 +74,7 @@ def load_plugins() -> list[tuple[str, str, str]]:
             lines = str(err).strip().splitlines()
             uninstall = f"pip uninstall {point.dist.name}" if point.dist is not None else "uninstall it"
             raise PluginError(f"the plugin {point.name!r} ({point.value}, from {dist}) failed to import: "
-                              f"{type(err).__name__}" + (f": {lines[0]}" if lines else ""), where=_failed_at(err),
+                              f"{type(err).__name__}" + (f": {lines[0]}" if lines else ""), where=_failed_at(err, point),
                               hint=f"fix the plugin, or `{uninstall}` to run without it") from None
         LOADED.append((point.name, point.value, dist))
     return LOADED

@@ -115,9 +115,16 @@ def test_an_installed_plugins_family_loss_and_model_type_work_from_the_command_l
     trained = {m["name"]: m for m in metrics["models"]}
     assert rescored["toy"]["average"] == pytest.approx(trained["toy"]["dev_average"], abs=1e-6)
     # ... from Python too, with no recipe to name the plugin's kind
-    code = "import cascade_kd as ckd\nmodel, _ = ckd.load_model('run/stages/toy')\nprint(type(model).__name__)\n"
+    code = textwrap.dedent("""
+        import cascade_kd as ckd
+        from cascade_kd.students.hub import config_from_spec
+        model, _ = ckd.load_model('run/stages/toy')
+        config = config_from_spec({"model_type": "toy_bert", "num_hidden_layers": 1}, "token", ["O", "B-PER"], 50, 0)
+        print(type(model).__name__, type(config).__name__)
+    """)
     done = _cli([], site=site, cwd=workspace, code=code)
-    assert done.returncode == 0 and done.stdout.split()[-1] == "ToyBertForTokenClassification", done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["ToyBertForTokenClassification", "ToyConfig"]  # teacher.config too
     # and a model of the plugin's type is a teacher of a recipe of built-in names (kept: it has the head)
     teacher_only = tiny_recipe(data={"max_train_per_language": 64, "max_eval_per_language": 16},
                                teacher={"model": "run/stages/toy", "config": None, "train": {"epochs": 1}}, cascade=None)
@@ -170,3 +177,40 @@ def test_built_in_names_never_import_an_installed_plugin(tmp_path):
     """)
     done = _cli([], site=site, cwd=tmp_path, code=code)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_hub_model_of_a_plugins_type_loads_the_plugins_once_its_type_is_unknown(monkeypatch):
+    """For a hub name there is no config.json to read first: the first attempt's "unrecognized"
+    error loads the plugins and tries again; a plugin that fails then is said beside that error."""
+    from transformers import AutoConfig
+
+    from cascade_kd import plugins
+    from cascade_kd.plugins import PluginError
+    from cascade_kd.students import hub
+
+    calls = []
+
+    def from_pretrained(name, **kwargs):
+        calls.append(name)
+        if len(calls) == 1:
+            raise ValueError("Unrecognized model in someone/toy-model. Should have a `model_type` key")
+        return "config"
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(plugins, "LOADED", None)
+    monkeypatch.setattr(hub, "load_plugins", lambda: calls.append("plugins"))
+    assert hub.auto_config("someone/toy-model") == "config"
+    assert calls == ["someone/toy-model", "plugins", "someone/toy-model"]
+
+    def broken():
+        raise PluginError("the plugin 'toy' (toy_plugin, from toy-plugin 0.1) failed to import: ImportError: x")
+
+    calls.clear()
+    monkeypatch.setattr(hub, "load_plugins", broken)
+    with pytest.raises(ValueError, match=r"^Unrecognized model in someone/toy-model.*could not be imported: the plugin "
+                                         r"'toy'"):
+        hub.auto_config("someone/toy-model")
+    calls.clear()
+    monkeypatch.setattr(plugins, "LOADED", [])  # loaded already: the error is the model's own
+    with pytest.raises(ValueError, match="^Unrecognized model"):
+        hub.auto_config("someone/toy-model")

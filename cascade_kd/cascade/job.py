@@ -15,6 +15,7 @@ from cascade_kd.data.masking import Masker, mask_split, masker_for
 from cascade_kd.data.sampling import epoch_indices
 from cascade_kd.data.task import TaskData, load_task_data
 from cascade_kd.errors import RecipeError
+from cascade_kd.plugins import PluginError
 from cascade_kd.evaluation.scoring import evaluate_languages
 from cascade_kd.students.anatomy import position_offset
 from cascade_kd.students.hub import (auto_config, config_from_spec, config_labels, first_line, load_tokenizer,
@@ -174,6 +175,8 @@ def _teacher_config(recipe: Recipe, data: TaskData, tokenizer):
         refuse_damaged(Path(recipe.model_path(t.model)), where(recipe, "teacher", "model"), RecipeError)
     try:
         return auto_config(recipe.model_path(t.model), trust_remote_code=t.trust_remote_code)
+    except PluginError:
+        raise  # a plugin the teacher's model type needs: its own one-line error
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, a strict config field: the checkpoint's config
         raise RecipeError(f"cannot load the teacher {t.model!r}: {first_line(exc)}",
                           where=where(recipe, "teacher", "model")) from None

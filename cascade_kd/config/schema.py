@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import importlib
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -326,9 +327,7 @@ def _family_options(kind: str, given):
         return None
     if given is not None and not isinstance(given, dict):
         raise ValueError(f"options maps the keys of kind {kind!r} to values, not {short(given)}")
-    for key in given or {}:  # whatever the model's own `extra` setting says
-        if key not in model.model_fields:
-            raise ValueError(f"unknown key {key!r} of kind {kind!r} ({suggest(key, model.model_fields)})")
+    _check_option_keys(model, given or {}, kind)
     try:
         checked = model.model_validate(given or {})
     except ValidationError as err:
@@ -336,7 +335,29 @@ def _family_options(kind: str, given):
         key = ".".join(str(part) for part in first["loc"])
         raise ValueError(f"{repr(key) + ': ' if key else ''}{first['msg']} (kind {kind!r} takes: "
                          f"{', '.join(model.model_fields) or 'no keys'})") from None
-    return checked.model_dump(mode="json")
+    values = _option_values(checked, exclude_defaults=False)
+    for key, value in values.items():  # NaN and inf would make manifest.json invalid JSON, as elsewhere
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key!r}: {value} is not a finite number (kind {kind!r})")
+    return values
+
+
+def _check_option_keys(model, given: dict, kind: str, prefix: str = "") -> None:
+    """Unknown keys, at every level of nested models, whatever the model's own `extra` setting."""
+    for key, value in given.items():
+        if key not in model.model_fields:
+            raise ValueError(f"unknown key {prefix + str(key)!r} of kind {kind!r} ({suggest(key, model.model_fields)})")
+        inner = model.model_fields[key].annotation
+        if isinstance(inner, type) and issubclass(inner, BaseModel) and isinstance(value, dict):
+            _check_option_keys(inner, value, kind, f"{prefix}{key}.")
+
+
+def _option_values(checked: BaseModel, *, exclude_defaults: bool) -> dict:
+    """A family's options as plain data, without computed fields (not keys a recipe may write)."""
+    data = checked.model_dump(mode="json", exclude_defaults=exclude_defaults)
+    for name in type(checked).model_computed_fields:
+        data.pop(name, None)
+    return data
 
 
 def _options_as_written(kind: str, options: dict) -> dict:
@@ -344,7 +365,7 @@ def _options_as_written(kind: str, options: dict) -> dict:
     plugin release that adds a key (with its default) leaves the recipe's fingerprint and model
     keys as they were, as dump() does for the built-in keys added after recipes were first hashed."""
     model = sys.modules["cascade_kd.students.registry"].FAMILIES[kind].options_model
-    return model.model_validate(options).model_dump(mode="json", exclude_defaults=True)
+    return _option_values(model.model_validate(options), exclude_defaults=True)
 
 
 class StageConfig(_Section):

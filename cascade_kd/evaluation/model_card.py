@@ -25,6 +25,7 @@ from cascade_kd.evaluation.findings import (
 )
 from cascade_kd.evaluation.run_files import CARD_COPY, MODEL_CARD, RunFiles, card_edited, model_config, read_run, sign_card
 from cascade_kd.fileio import atomic_write, weights_size
+from cascade_kd.students.registry import FAMILIES
 
 PIPELINE_TAGS = {"token": "token-classification", "sequence": "text-classification", "pair": "text-classification",
                  "mlm": "fill-mask"}
@@ -277,33 +278,39 @@ def _cost(run: RunFiles, row: dict) -> list[str]:
     return lines
 
 
-def _registering_imports(run: RunFiles, row: dict) -> tuple[list[str], str]:
-    """What must be imported before transformers' Auto classes know this model's type: nothing for
-    a type of transformers' own; cascade_kd.students for the recursive and BiLSTM types; the
-    installed cascade-kd plugins for any other (a type a plugin registers, cascade_kd/plugins.py)."""
+def _registering_imports(run: RunFiles, row: dict) -> tuple[list[str], str, str]:
+    """What loading this model needs beyond plain transformers: (import lines, why, extra
+    from_pretrained arguments). Nothing for transformers' own model types; trust_remote_code for a
+    config that names remote code (`auto_map`); cascade_kd.students for the types its built-in
+    families register (recursive, BiLSTM); the installed plugins for any other (cascade_kd/plugins.py)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES  # transformers' own types
 
-    model_type = str(model_config(run.model_dir(row)).get("model_type", ""))
-    if model_type.startswith("cascade_kd_"):
+    config = model_config(run.model_dir(row))
+    model_type = str(config.get("model_type", ""))
+    if config.get("auto_map"):
+        return [], "; its model type's code comes with the model (trust_remote_code: read it first)", \
+            ", trust_remote_code=True"
+    if model_type in CONFIG_MAPPING_NAMES or not model_type:
+        return [], "", ""
+    built_in = {f.model_type for f in FAMILIES.values() if f.model_type and type(f).__module__.startswith("cascade_kd.")}
+    if model_type in built_in:
         return (["import cascade_kd.students  # registers this model type with the Auto classes"],
-                "; this model type is registered with transformers by cascade_kd.students, so import it first")
-    if model_type and model_type not in CONFIG_MAPPING_NAMES:
-        return (["from cascade_kd.plugins import load_plugins", "",
-                 f"load_plugins()  # the installed cascade-kd plugins: one registers {model_type!r}"],
-                f"; its model type ({model_type}) is not one of transformers' own but an installed cascade-kd "
-                "plugin's, so load the plugins first (for a family registered in your own code, import that code)")
-    return [], ""
+                "; this model type is registered with transformers by cascade_kd.students, so import it first", "")
+    return (["from cascade_kd.plugins import load_plugins", "",
+             f"load_plugins()  # the installed cascade-kd plugins: one registers {model_type!r}"],
+            f"; its model type ({model_type}) is not one of transformers' own but an installed cascade-kd "
+            "plugin's, so load the plugins first (for a family registered in your own code, import that code)", "")
 
 
 def _usage(run: RunFiles, row: dict) -> list[str]:
     task = run.metrics["task"]
     auto = AUTO_CLASSES.get(task, "AutoModel")
-    imports, why = _registering_imports(run, row)
+    imports, why, extra = _registering_imports(run, row)
     lines = ["## How to use", "", "With plain transformers (the folder holds config.json, the safetensors weights (one "
              "file, or shards and model.safetensors.index.json) and the tokenizer)" + why + ":", "", "```python"]
     lines += imports
     lines += [f"from transformers import AutoTokenizer, {auto}", "", 'path = "."  # this folder, or its hub name',
-              "tokenizer = AutoTokenizer.from_pretrained(path)", f"model = {auto}.from_pretrained(path)"]
+              f"tokenizer = AutoTokenizer.from_pretrained(path{extra})", f"model = {auto}.from_pretrained(path{extra})"]
     if task == "token":
         lines += ['inputs = tokenizer("Angela Merkel visited Paris.", return_tensors="pt")',
                   "labels = [model.config.id2label[i] for i in model(**inputs).logits.argmax(-1)[0].tolist()]"]

@@ -16,7 +16,7 @@ import torch
 from cascade_kd.errors import RecipeError, UserError
 from cascade_kd.fileio import atomic_directory, looks_like_path, read_json_record
 from cascade_kd import plugins
-from cascade_kd.plugins import load_plugins
+from cascade_kd.plugins import PluginError, load_plugins
 from cascade_kd.students.anatomy import ffn_attr
 
 # Weights in pickle-based formats: torch.load would unpickle them, and unpickling can run code
@@ -201,23 +201,30 @@ def ensure_model_type(model_type) -> None:
 
 def auto_config(name_or_path, **kwargs):
     """AutoConfig.from_pretrained, with the installed plugins imported first where the model's type
-    is one only a plugin registers: read from a local config.json, or, for a hub name, learned from
-    a first attempt that fails."""
+    is one only a plugin registers: read from a local config.json (not one that names remote code
+    in `auto_map`), or, for a hub name, learned from a first attempt that fails on the model type.
+    A plugin that fails to import there does not hide the model's own error: both are said."""
     from transformers import AutoConfig
 
     local = Path(name_or_path) / "config.json"
     if local.is_file():
         try:
-            ensure_model_type(json.loads(local.read_text(encoding="utf-8")).get("model_type"))
+            fields = json.loads(local.read_text(encoding="utf-8"))
+            if "auto_map" not in fields:
+                ensure_model_type(fields.get("model_type"))
         except (OSError, ValueError, AttributeError):
             pass  # a damaged config.json: from_pretrained's error names it
         return AutoConfig.from_pretrained(name_or_path, **kwargs)
     try:
         return AutoConfig.from_pretrained(name_or_path, **kwargs)
-    except ValueError:  # transformers' "does not recognize this architecture"
-        if plugins.LOADED is not None:
+    except ValueError as first:  # transformers' "does not recognize this architecture" among others
+        if plugins.LOADED is not None or "recogni" not in str(first):
             raise
-        load_plugins()
+        try:
+            load_plugins()
+        except PluginError as err:
+            raise ValueError(f"{(str(first).strip().splitlines() or [''])[0]} (the installed cascade-kd plugins, one of which might register "
+                             f"it, could not be imported: {err.message})") from None
         return AutoConfig.from_pretrained(name_or_path, **kwargs)
 
 
@@ -230,6 +237,8 @@ def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_
         refuse_damaged(Path(name_or_path), where, RecipeError)
     try:
         config = auto_config(name_or_path, trust_remote_code=trust_remote_code)
+    except PluginError:
+        raise  # a plugin the model's type needs: its own one-line error
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, a strict config field: the user's model
         raise RecipeError(
             not_found_offline(name_or_path, "model") or f"cannot load the model {name_or_path!r}: {first_line(exc)}",
@@ -554,6 +563,8 @@ def load_checkpoint(directory: Path, task: str):
     hint = "the directory needs model.safetensors matching its config.json, as save_pretrained writes them"
     try:
         config = auto_config(directory)
+    except PluginError:
+        raise  # a plugin the model's type needs: its own one-line error
     except Exception as exc:  # noqa: BLE001 - a field of the wrong type, an unknown model type
         raise UserError(f"config.json cannot be read as a model config: {first_line(exc)}",
                         where=str(directory / "config.json")) from None

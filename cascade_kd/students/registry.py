@@ -10,6 +10,7 @@ bilstm (XtremeDistil). The engine, the cascade and the reports never branch on a
 from __future__ import annotations
 
 import inspect
+import typing
 
 from torch import nn
 
@@ -126,6 +127,12 @@ def register(family: StudentFamily, *, replace: bool = False) -> StudentFamily:
         if aliased:  # a key read under one name and written back under another would not read back
             raise ValueError(f"{type(family).__name__}.options_model gives {', '.join(aliased)} an alias: its field "
                              "names are the recipe keys, so leave aliases out")
+        sets = [name for name, f in fields.items() if typing.get_origin(f.annotation) in (set, frozenset)
+                or f.annotation in (set, frozenset)]
+        if sets:  # written in an order that changes between processes: the recipe's hash would too
+            raise ValueError(f"{type(family).__name__}.options_model has set field(s) {', '.join(sets)}: use a list "
+                             "(a set is written in an order that changes between processes, and so would the "
+                             "recipe's fingerprint)")
     if family.spec_rules not in STUDENT_KINDS:
         raise ValueError(f"{type(family).__name__}.spec_rules is {family.spec_rules!r}: name the built-in kind whose "
                          f"recipe keys it takes ({', '.join(STUDENT_KINDS)})")

@@ -223,3 +223,19 @@ def test_a_card_edited_below_or_in_its_hash_line_is_the_users_too(cascade_run, t
     assert main(["report", str(copy)]) == 0
     assert card.read_text() == edited
     assert not card_edited(copy / "stages" / "ta2" / "README.cascade-kd.md")  # the new card, beside it
+
+
+@pytest.mark.parametrize("config,imports,extra", [
+    ({"model_type": "bert"}, [], ""),  # transformers' own
+    ({"model_type": "cascade_kd_recursive"}, ["import cascade_kd.students"], ""),  # a built-in family's
+    ({"model_type": "toy_bert"}, ["from cascade_kd.plugins import load_plugins", "load_plugins()"], ""),  # a plugin's
+    ({"model_type": "custom", "auto_map": {"AutoConfig": "x.Cfg"}}, [], ", trust_remote_code=True"),  # remote code
+])
+def test_a_cards_usage_code_loads_what_the_model_type_needs(tmp_path, config, imports, extra):
+    from types import SimpleNamespace
+
+    from cascade_kd.evaluation.model_card import _registering_imports
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    lines, _, args = _registering_imports(SimpleNamespace(model_dir=lambda row: tmp_path), {})
+    assert [line.split("  #")[0] for line in lines if line] == imports and args == extra

@@ -206,3 +206,41 @@ def test_options_are_refused_where_a_kind_declares_none(wide):
     with pytest.raises(ValueError, match="options_model gives ffn_scale an alias"):
         register(Odd())  # read as ffnScale, written back as ffn_scale: the recipe as run would not read back
     assert "odd_options" not in FAMILIES
+
+
+def test_options_that_would_not_read_back_or_hash_alike_are_refused(scaled, monkeypatch):
+    from pydantic import computed_field
+
+    class Inner(BaseModel):
+        rank: int = 4
+
+    class Rich(ScaledOptions):
+        inner: Inner = Inner()
+        boost: float = 0.0
+
+        @computed_field
+        @property
+        def doubled(self) -> int:
+            return 2 * self.ffn_scale
+
+    monkeypatch.setattr(ScaledFamily, "options_model", Rich)
+    recipe = Recipe.from_dict(_scaled_recipe({"ffn_scale": 3, "inner": {"rank": 8}}))
+    assert recipe.cascade.stages[0].student.options == {"ffn_scale": 3, "inner": {"rank": 8}, "boost": 0.0}
+    written = recipe.dump()["cascade"]["stages"][0]["student"]["options"]
+    assert written == {"ffn_scale": 3, "inner": {"rank": 8}}  # no computed field: it is not a key
+    assert Recipe.from_dict(recipe.dump()).fingerprint() == recipe.fingerprint()
+    with pytest.raises(RecipeError, match=r"unknown key 'inner.rnak' of kind 'scaled_ffn' \(did you mean 'rank'\?\)"):
+        Recipe.from_dict(_scaled_recipe({"inner": {"rnak": 8}}))
+    with pytest.raises(RecipeError, match="'boost': inf is not a finite number"):
+        Recipe.from_dict(_scaled_recipe({"boost": float("inf")}))
+
+    class Tags(BaseModel):
+        tags: set[str] = set()
+
+    class Tagged(TransformerFamily):
+        kind = "tagged"
+        options_model = Tags
+
+    with pytest.raises(ValueError, match="set field"):
+        register(Tagged())
+    assert "tagged" not in FAMILIES
