@@ -332,8 +332,9 @@ def _family_options(kind: str, given):
         checked = model.model_validate(given or {})
     except ValidationError as err:
         first = err.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
-        raise ValueError(f"{repr(key) + ': ' if key else ''}{first['msg']} (kind {kind!r} takes: "
+        *outer, key = [str(part) for part in first["loc"]] or [""]
+        under = f" under {' '.join(map(repr, outer))}" if outer else ""  # the top key quoted: the error points at its line
+        raise ValueError(f"{repr(key) + under + ': ' if key else ''}{first['msg']} (kind {kind!r} takes: "
                          f"{', '.join(model.model_fields) or 'no keys'})") from None
     values = _option_values(checked, exclude_defaults=False)
     for key, value in values.items():  # NaN and inf would make manifest.json invalid JSON, as elsewhere
@@ -342,14 +343,15 @@ def _family_options(kind: str, given):
     return values
 
 
-def _check_option_keys(model, given: dict, kind: str, prefix: str = "") -> None:
+def _check_option_keys(model, given: dict, kind: str, outer: tuple = ()) -> None:
     """Unknown keys, at every level of nested models, whatever the model's own `extra` setting."""
     for key, value in given.items():
         if key not in model.model_fields:
-            raise ValueError(f"unknown key {prefix + str(key)!r} of kind {kind!r} ({suggest(key, model.model_fields)})")
+            under = f" under {' '.join(map(repr, outer))}" if outer else ""
+            raise ValueError(f"unknown key {key!r}{under} of kind {kind!r} ({suggest(key, model.model_fields)})")
         inner = model.model_fields[key].annotation
         if isinstance(inner, type) and issubclass(inner, BaseModel) and isinstance(value, dict):
-            _check_option_keys(inner, value, kind, f"{prefix}{key}.")
+            _check_option_keys(inner, value, kind, (*outer, str(key)))
 
 
 def _option_values(checked: BaseModel, *, exclude_defaults: bool) -> dict:

@@ -208,7 +208,7 @@ def test_options_are_refused_where_a_kind_declares_none(wide):
     assert "odd_options" not in FAMILIES
 
 
-def test_options_that_would_not_read_back_or_hash_alike_are_refused(scaled, monkeypatch):
+def test_options_that_would_not_read_back_or_hash_alike_are_refused(scaled, monkeypatch, tmp_path):
     from pydantic import computed_field
 
     class Inner(BaseModel):
@@ -229,8 +229,13 @@ def test_options_that_would_not_read_back_or_hash_alike_are_refused(scaled, monk
     written = recipe.dump()["cascade"]["stages"][0]["student"]["options"]
     assert written == {"ffn_scale": 3, "inner": {"rank": 8}}  # no computed field: it is not a key
     assert Recipe.from_dict(recipe.dump()).fingerprint() == recipe.fingerprint()
-    with pytest.raises(RecipeError, match=r"unknown key 'inner.rnak' of kind 'scaled_ffn' \(did you mean 'rank'\?\)"):
+    with pytest.raises(RecipeError, match=r"unknown key 'rnak' under 'inner' of kind 'scaled_ffn' \(did you mean "
+                                          r"'rank'\?\)"):
         Recipe.from_dict(_scaled_recipe({"inner": {"rnak": 8}}))
+    path = write_recipe(tmp_path, _scaled_recipe({"inner": {"rank": "many"}}))
+    with pytest.raises(RecipeError, match="'rank' under 'inner': Input should be a valid integer") as err:
+        Recipe.from_yaml(path)  # a nested key's error points at the line of the key it is under
+    assert err.value.where == f"{path}:{line_of(path, 'inner:')}: cascade.stages.0.student.options.inner"
     with pytest.raises(RecipeError, match="'boost': inf is not a finite number"):
         Recipe.from_dict(_scaled_recipe({"boost": float("inf")}))
 
