@@ -214,3 +214,38 @@ def test_a_hub_model_of_a_plugins_type_loads_the_plugins_once_its_type_is_unknow
     monkeypatch.setattr(plugins, "LOADED", [])  # loaded already: the error is the model's own
     with pytest.raises(ValueError, match="^Unrecognized model"):
         hub.auto_config("someone/toy-model")
+
+
+def test_the_example_plugin_package_works_as_an_installed_plugin(tmp_path):
+    """examples/plugin, installed as pip would (its dist-info declaring the entry point of its
+    pyproject.toml): its kind and option are checked from a recipe, and it builds its students."""
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
+    example = Path(__file__).resolve().parents[1] / "examples" / "plugin"
+    project = tomllib.loads((example / "pyproject.toml").read_text())["project"]
+    info = tmp_path / "site" / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    points = project["entry-points"]["cascade_kd.plugins"]
+    (info / "entry_points.txt").write_text("[cascade_kd.plugins]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
+    code = textwrap.dedent("""
+        from transformers import BertConfig
+        from cascade_kd.config.schema import StudentConfig
+        from cascade_kd.errors import RecipeError
+        from cascade_kd.students import student_config
+        spec = StudentConfig(kind="ffn_ratio", layers=2, options={"ratio": 1.5})
+        config, _, _ = student_config(BertConfig(hidden_size=64, num_attention_heads=2, intermediate_size=256), spec)
+        assert config.intermediate_size == 96 and config.num_hidden_layers == 2 and spec.init == "random"
+        try:
+            StudentConfig(kind="ffn_ratio", layers=2, options={"ration": 1.5})
+        except ValueError as err:
+            assert "unknown key 'ration' of kind 'ffn_ratio' (did you mean 'ratio'?)" in str(err), err
+        else:
+            raise AssertionError("a misspelt option passed")
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(example.parents[1]), str(example), str(tmp_path / "site")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([sys.executable, "-m", "cascade_kd", "--version"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert "plugin ffn_ratio: ckd_ffn_ratio (from ckd-ffn-ratio 0.1.0)" in done.stdout
