@@ -327,31 +327,22 @@ def _family_options(kind: str, given):
         return None
     if given is not None and not isinstance(given, dict):
         raise ValueError(f"options maps the keys of kind {kind!r} to values, not {short(given)}")
-    _check_option_keys(model, given or {}, kind)
+    for key in given or {}:  # whatever the model's own `extra` setting says
+        if key not in model.model_fields:
+            raise ValueError(f"unknown key {key!r} of kind {kind!r} ({suggest(key, model.model_fields)})")
     try:
         checked = model.model_validate(given or {})
     except ValidationError as err:
         first = err.errors()[0]
-        *outer, key = [str(part) for part in first["loc"]] or [""]
-        under = f" under {' '.join(map(repr, outer))}" if outer else ""  # the top key quoted: the error points at its line
-        raise ValueError(f"{repr(key) + under + ': ' if key else ''}{first['msg']} (kind {kind!r} takes: "
+        key, *items = first["loc"] or ("",)
+        at = repr(str(key)) + "".join(f"[{i}]" for i in items) if key != "" else ""  # quoted: the error points at its line
+        raise ValueError(f"{at + ': ' if at else ''}{first['msg']} (kind {kind!r} takes: "
                          f"{', '.join(model.model_fields) or 'no keys'})") from None
     values = _option_values(checked, exclude_defaults=False)
     for key, value in values.items():  # NaN and inf would make manifest.json invalid JSON, as elsewhere
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{key!r}: {value} is not a finite number (kind {kind!r})")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise ValueError(f"{key!r}: {value} is not finite (kind {kind!r})")
     return values
-
-
-def _check_option_keys(model, given: dict, kind: str, outer: tuple = ()) -> None:
-    """Unknown keys, at every level of nested models, whatever the model's own `extra` setting."""
-    for key, value in given.items():
-        if key not in model.model_fields:
-            under = f" under {' '.join(map(repr, outer))}" if outer else ""
-            raise ValueError(f"unknown key {key!r}{under} of kind {kind!r} ({suggest(key, model.model_fields)})")
-        inner = model.model_fields[key].annotation
-        if isinstance(inner, type) and issubclass(inner, BaseModel) and isinstance(value, dict):
-            _check_option_keys(inner, value, kind, (*outer, str(key)))
 
 
 def _option_values(checked: BaseModel, *, exclude_defaults: bool) -> dict:

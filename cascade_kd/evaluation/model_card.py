@@ -287,7 +287,7 @@ def _registering_imports(run: RunFiles, row: dict) -> tuple[list[str], str, str]
 
     config = model_config(run.model_dir(row))
     model_type = str(config.get("model_type", ""))
-    if config.get("auto_map"):
+    if "AutoConfig" in (config.get("auto_map") or {}):  # remote code: transformers reads its config class from it
         return [], "; its model type's code comes with the model (trust_remote_code: read it first)", \
             ", trust_remote_code=True"
     if model_type in CONFIG_MAPPING_NAMES or not model_type:

@@ -210,7 +210,7 @@ def auto_config(name_or_path, **kwargs):
     if local.is_file():
         try:
             fields = json.loads(local.read_text(encoding="utf-8"))
-            if "auto_map" not in fields:
+            if "AutoConfig" not in (fields.get("auto_map") or {}):  # remote code brings its own config class
                 ensure_model_type(fields.get("model_type"))
         except (OSError, ValueError, AttributeError):
             pass  # a damaged config.json: from_pretrained's error names it
@@ -224,7 +224,7 @@ def auto_config(name_or_path, **kwargs):
             load_plugins()
         except PluginError as err:
             raise ValueError(f"{(str(first).strip().splitlines() or [''])[0]} (the installed cascade-kd plugins, one of which might register "
-                             f"it, could not be imported: {err.message})") from None
+                             f"it, could not be imported: {err})") from None
         return AutoConfig.from_pretrained(name_or_path, **kwargs)
 
 

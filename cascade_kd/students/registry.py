@@ -9,7 +9,9 @@ bilstm (XtremeDistil). The engine, the cascade and the reports never branch on a
 
 from __future__ import annotations
 
+import enum
 import inspect
+import types
 import typing
 
 from torch import nn
@@ -108,6 +110,23 @@ def same_definition(a: type, b: type) -> bool:
     return False
 
 
+def _plain_option(annotation) -> bool:
+    """Whether an options_model field holds what a recipe line can: a scalar (bool, int, float,
+    str, a Literal or an Enum), optionally None, or a list or tuple of scalars."""
+    scalar = (bool, int, float, str, type(None))
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation in scalar or (isinstance(annotation, type) and issubclass(annotation, enum.Enum)):
+        return True
+    if origin is typing.Literal:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return all(_plain_option(a) for a in args)
+    if origin in (list, tuple):
+        return all(a is Ellipsis or (a not in (list, tuple) and typing.get_origin(a) not in (list, tuple)
+                                     and _plain_option(a)) for a in args)
+    return False
+
+
 def register(family: StudentFamily, *, replace: bool = False) -> StudentFamily:
     """Add a family under its `kind`, which recipes then name in `student.kind`. A kind already
     taken is refused unless `replace`: a family copied from another with its `kind` left unchanged
@@ -127,12 +146,11 @@ def register(family: StudentFamily, *, replace: bool = False) -> StudentFamily:
         if aliased:  # a key read under one name and written back under another would not read back
             raise ValueError(f"{type(family).__name__}.options_model gives {', '.join(aliased)} an alias: its field "
                              "names are the recipe keys, so leave aliases out")
-        sets = [name for name, f in fields.items() if typing.get_origin(f.annotation) in (set, frozenset)
-                or f.annotation in (set, frozenset)]
-        if sets:  # written in an order that changes between processes: the recipe's hash would too
-            raise ValueError(f"{type(family).__name__}.options_model has set field(s) {', '.join(sets)}: use a list "
-                             "(a set is written in an order that changes between processes, and so would the "
-                             "recipe's fingerprint)")
+        odd = [name for name, f in fields.items() if not _plain_option(f.annotation)]
+        if odd:  # what a recipe line holds, and what reads back and hashes alike in every process
+            raise ValueError(f"{type(family).__name__}.options_model: {', '.join(odd)} must be a bool, int, float, "
+                             "str, Literal or Enum, optionally None, or a list of those (not a set, whose order "
+                             "changes between processes, nor a nested model: give it flat keys)")
     if family.spec_rules not in STUDENT_KINDS:
         raise ValueError(f"{type(family).__name__}.spec_rules is {family.spec_rules!r}: name the built-in kind whose "
                          f"recipe keys it takes ({', '.join(STUDENT_KINDS)})")
