@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Recipe": ("cascade_kd.config", "Recipe"),
     "run": ("cascade_kd.api", "run"),
+    "dry_run": ("cascade_kd.api", "dry_run"),
     "pretrain_recipe": ("cascade_kd.config.pretrain", "pretrain_recipe"),
     "evaluate": ("cascade_kd.api", "evaluate"),
     "bench": ("cascade_kd.api", "bench"),

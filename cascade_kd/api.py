@@ -21,6 +21,7 @@ from typing import Callable
 from transformers import AutoTokenizer
 
 from cascade_kd.cascade import evaluate_run, run_recipe
+from cascade_kd.cascade.dry_run import dry_run as _dry_run
 from cascade_kd.cascade.run import publish_run, read_metrics
 from cascade_kd.cascade.rundir import is_run, locked_run_dir
 from cascade_kd.cascade.seeds import run_seeds as _run_seeds
@@ -82,6 +83,14 @@ def run(recipe: Recipe | str | Path | dict, run_dir: str | Path, *, resume: bool
     on from its last checkpoint. `overwrite=True` replaces an earlier run in RUN_DIR. Without either,
     RUN_DIR must be new or empty."""
     return run_recipe(_recipe(recipe), Path(run_dir), resume=resume, overwrite=overwrite, say=say)
+
+
+def dry_run(recipe: Recipe | str | Path | dict, *, say: Say = print) -> list[dict]:
+    """Make every check `run` makes before it trains (recipe, data, tokenizer, teacher, each
+    student's shape, losses, layer maps) and return the plan: one dict per model in training order
+    (name, role, learns_from, kind, shape, layers, params_total, params_embedding, epochs,
+    losses). Writes nothing; raises the UserError a run would raise."""
+    return _dry_run(_recipe(recipe), say=say)
 
 
 @_own_progress_only

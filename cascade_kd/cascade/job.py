@@ -40,6 +40,7 @@ class Job:
     transfer: dict = field(default_factory=dict)  # lang -> (examples, encoded): unlabelled transfer text
     masker: Masker | None = None  # masked-LM text (task type mlm): draws the masks
     progress: RunProgress | None = None  # the whole run's position and time left (run_recipe sets it)
+    configs: dict = field(default_factory=dict)  # model name -> config, as checked before training (teacher first)
 
     @cached_property
     def model_keys(self) -> dict[str, str]:
@@ -125,7 +126,7 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
         data.labels = checkpoint_labels  # a fine-tuned teacher's head: keep its label order
     check_teacher(recipe, t_config, data.task)  # builds on the meta device, fits in memory
     _check_positions(recipe, t_config)
-    check_cascade(recipe, t_config)
+    configs = {"teacher": t_config, **check_cascade(recipe, t_config)}
     check_processes(recipe)
     say(f"data: {len(data.languages)} languages, " + ("masked-LM text" if data.task == "mlm" else f"labels {len(data.labels)}") + "; "
         + ", ".join(f"{s} {sum(n.values())}" for s, n in data.sizes().items()))
@@ -161,7 +162,8 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
             else:
                 encoded[split] = {lang: (examples, [Encoded(x.input_ids, x.token_type_ids, [IGNORE] * len(x)) for x in items])
                                   for lang, (examples, items) in per_lang.items()}
-    return Job(recipe, out, tokenizer, data, encoded, say, encoded_per_language(data.transfer), masker)
+    return Job(recipe, out, tokenizer, data, encoded, say, encoded_per_language(data.transfer), masker,
+               configs=configs)
 
 
 def _teacher_config(recipe: Recipe, data: TaskData, tokenizer):

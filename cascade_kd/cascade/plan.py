@@ -21,9 +21,10 @@ from cascade_kd.training.trackers import missing_tracker
 FEATURE_WORDS = {"qkv": "query/key/value states"}
 
 
-def check_cascade(recipe: Recipe, t_config) -> None:
+def check_cascade(recipe: Recipe, t_config) -> dict:
     """Build every student's config from its teacher's (all shape checks of build_student), and
-    every stage's loss terms (layer maps in range, head counts compatible), from configs alone."""
+    every stage's loss terms (layer maps in range, head counts compatible), from configs alone.
+    Returns each student's config by model name (the stages', then "direct" where it trains)."""
     _check_layer_maps(recipe)
     chain = [t_config]  # the teacher's config, then each stage's student's
     stages = recipe.cascade.stages
@@ -71,6 +72,8 @@ def check_cascade(recipe: Recipe, t_config) -> None:
         _check_losses(recipe, len(stages) - 1, t_config, direct, "the direct baseline")
     recipe.teacher_train()  # checked here: else read only when the teacher trains
     check_trackers(recipe)
+    configs = {stage.name: config for stage, config in zip(stages, chain[1:])}
+    return {**configs, "direct": direct} if recipe.cascade.trains_direct else configs
 
 
 def check_trackers(recipe: Recipe) -> None:

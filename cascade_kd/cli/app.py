@@ -56,9 +56,12 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a recipe: teacher, every stage, the direct baseline, the report")
     run.add_argument("recipe", type=Path)
-    run.add_argument("--out", type=Path, required=True, help="RUN_DIR for checkpoints, metrics.json and report.md")
+    run.add_argument("--out", type=Path, help="RUN_DIR for checkpoints, metrics.json and report.md (required unless "
+                     "--dry-run)")
     run.add_argument("--resume", action="store_true", help="continue a run in RUN_DIR; finished models are not redone")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty RUN_DIR")
+    run.add_argument("--dry-run", action="store_true", help="make every check a run makes before training and print "
+                     "the plan (each model's shape, parameters, epochs, losses); write nothing")
     run.add_argument("--seeds", type=_seed, nargs="+", metavar="SEED",
                      help="run the recipe once per seed, each in OUT/seed<S>, and write the aggregate (mean ± sd, "
                      "cascade against direct seed by seed) to OUT/report.html, report.md and aggregate.json")
@@ -158,6 +161,8 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args) -> None:
     from cascade_kd.config import Recipe
 
+    if args.out is None and not args.dry_run:
+        raise UserError("run needs --out RUN_DIR", hint="or --dry-run to check the recipe and print its plan only")
     recipe = Recipe.from_yaml(args.recipe)  # before importing torch: a recipe typo is reported at once
     _quiet_transformers()
 
@@ -165,6 +170,13 @@ def _cmd_run(args) -> None:
     from cascade_kd.evaluation.report import report_table
     from cascade_kd.training.distributed import is_main
 
+    if args.dry_run:
+        from cascade_kd.cascade.dry_run import plan_table
+
+        rows = api.dry_run(recipe, say=_say)
+        print("\n" + plan_table(rows) + "\n\nDry run: every check passed; nothing was written"
+              + (f" (run it with --out {args.out})" if args.out else " (run it with --out RUN_DIR)") + ".")
+        return
     if args.seeds is not None:
         from cascade_kd.evaluation.compare_report import pairs_table
 
