@@ -85,12 +85,17 @@ def run(recipe: Recipe | str | Path | dict, run_dir: str | Path, *, resume: bool
     return run_recipe(_recipe(recipe), Path(run_dir), resume=resume, overwrite=overwrite, say=say)
 
 
-def dry_run(recipe: Recipe | str | Path | dict, *, say: Say = print) -> list[dict]:
+@_own_progress_only
+def dry_run(recipe: Recipe | str | Path | dict, run_dir: str | Path | None = None, *, resume: bool = False,
+            overwrite: bool = False, say: Say = print) -> list[dict]:
     """Make every check `run` makes before it trains (recipe, data, tokenizer, teacher, each
-    student's shape, losses, layer maps) and return the plan: one dict per model in training order
-    (name, role, learns_from, kind, shape, layers, params_total, params_embedding, epochs,
-    losses). Writes nothing; raises the UserError a run would raise."""
-    return _dry_run(_recipe(recipe), say=say)
+    student's shape, losses, layer maps; with `run_dir`, RUN_DIR as `run` would with these flags)
+    and return the plan: one dict per model in training order (name, role, learns_from, kind,
+    shape, layers, params_total, params_embedding, epochs, losses). Writes nothing in RUN_DIR or
+    beside the recipe (hub data and models are fetched into the Hugging Face cache, as a run
+    would); raises the UserError a run would raise."""
+    return _dry_run(_recipe(recipe), None if run_dir is None else Path(run_dir), resume=resume, overwrite=overwrite,
+                    say=say)
 
 
 @_own_progress_only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,8 +19,8 @@ from cascade_kd.errors import RecipeError
 from cascade_kd.plugins import PluginError
 from cascade_kd.evaluation.scoring import evaluate_languages
 from cascade_kd.students.anatomy import position_offset
-from cascade_kd.students.hub import (auto_config, config_from_spec, config_labels, first_line, load_tokenizer,
-                                     local_path_missing, refuse_damaged)
+from cascade_kd.students.hub import (auto_config, config_from_spec, config_labels, first_line, has_task_head,
+                                     label_config, load_tokenizer, local_path_missing, refuse_damaged)
 from cascade_kd.training.data import StageData
 from cascade_kd.training.distributed import is_main
 from cascade_kd.training.progress import RunProgress, StageMonitor
@@ -41,6 +42,7 @@ class Job:
     masker: Masker | None = None  # masked-LM text (task type mlm): draws the masks
     progress: RunProgress | None = None  # the whole run's position and time left (run_recipe sets it)
     configs: dict = field(default_factory=dict)  # model name -> config, as checked before training (teacher first)
+    teacher_head: bool = False  # a saved teacher already has a head for these labels (finetune: auto keeps it)
 
     @cached_property
     def model_keys(self) -> dict[str, str]:
@@ -124,6 +126,18 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     checkpoint_labels = config_labels(t_config) if teacher_cfg.model is not None else []
     if checkpoint_labels and set(checkpoint_labels) == set(data.labels):
         data.labels = checkpoint_labels  # a fine-tuned teacher's head: keep its label order
+    teacher_head = teacher_cfg.model is not None and data.task != "mlm" and has_task_head(t_config, data.task, data.labels)
+    if teacher_cfg.model is not None and teacher_cfg.finetune == "never" and data.task != "mlm" and not teacher_head:
+        raise RecipeError(f"finetune: never uses the teacher as it is, but {teacher_cfg.model!r} has no "
+                          f"{data.task}-classification head for the data's {len(data.labels)} labels "
+                          f"({', '.join(data.labels[:8])}{', ...' if len(data.labels) > 8 else ''}): it would score "
+                          "with a head at random", where=where(recipe, "teacher", "finetune"),
+                          hint="use finetune: auto (it fine-tunes a teacher whose head does not fit), or a teacher "
+                               "fine-tuned on these labels")
+    if teacher_cfg.model is not None and data.task != "mlm" and config_labels(t_config) != list(data.labels):
+        # the teacher is loaded with a new head for the data's labels: check (and count) that model
+        t_config = copy.deepcopy(t_config)
+        t_config.update(label_config(data.labels))
     check_teacher(recipe, t_config, data.task)  # builds on the meta device, fits in memory
     _check_positions(recipe, t_config)
     configs = {"teacher": t_config, **check_cascade(recipe, t_config)}
@@ -163,7 +177,7 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
                 encoded[split] = {lang: (examples, [Encoded(x.input_ids, x.token_type_ids, [IGNORE] * len(x)) for x in items])
                                   for lang, (examples, items) in per_lang.items()}
     return Job(recipe, out, tokenizer, data, encoded, say, encoded_per_language(data.transfer), masker,
-               configs=configs)
+               configs=configs, teacher_head=teacher_head)
 
 
 def _teacher_config(recipe: Recipe, data: TaskData, tokenizer):

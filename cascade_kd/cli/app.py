@@ -168,14 +168,18 @@ def _cmd_run(args) -> None:
 
     from cascade_kd import api
     from cascade_kd.evaluation.report import report_table
-    from cascade_kd.training.distributed import is_main
+    from cascade_kd.training.distributed import is_main, main_say
 
     if args.dry_run:
         from cascade_kd.cascade.dry_run import plan_table
 
-        rows = api.dry_run(recipe, say=_say)
-        print("\n" + plan_table(rows) + "\n\nDry run: every check passed; nothing was written"
-              + (f" (run it with --out {args.out})" if args.out else " (run it with --out RUN_DIR)") + ".")
+        if args.seeds is not None:
+            raise UserError("--dry-run checks one run: leave --seeds out (every seed's run has the same plan)")
+        rows = api.dry_run(recipe, args.out, resume=args.resume, overwrite=args.overwrite, say=main_say(_say))
+        if is_main():
+            flags = "".join(f" --{f}" for f in ("resume", "overwrite") if getattr(args, f))
+            print("\n" + plan_table(rows) + "\n\nDry run: every check passed; nothing was written. Run it with "
+                  + (f"--out {args.out}{flags}" if args.out else "--out RUN_DIR") + ".")
         return
     if args.seeds is not None:
         from cascade_kd.evaluation.compare_report import pairs_table

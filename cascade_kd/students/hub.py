@@ -77,6 +77,13 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, where:
                           or f"cannot load the tokenizer {name_or_path!r}: {first_line(exc)}", where=where,
                           hint=hint) from None
 
+def has_task_head(config, task: str, labels: list[str]) -> bool:
+    """Whether a saved model's config has a head of this task for exactly these labels (in this
+    order): such a teacher is used as it is under `finetune: auto`."""
+    head = "ForTokenClassification" if task == "token" else "ForSequenceClassification"
+    return any(a.endswith(head) for a in (config.architectures or [])) and config_labels(config) == list(labels)
+
+
 def label_config(labels: list[str]) -> dict:
     return {
         "num_labels": len(labels),
@@ -255,8 +262,7 @@ def load_model(name_or_path: str, task: str, labels: list[str], *, trust_remote_
                                                                use_safetensors=True, ignore_mismatched_sizes=True)
             has_head = not _unloaded(info)
         else:
-            head = "ForTokenClassification" if task == "token" else "ForSequenceClassification"
-            has_head = any(a.endswith(head) for a in (config.architectures or [])) and config_labels(config) == list(labels)
+            has_head = has_task_head(config, task, labels)
             with quiet_loading():  # a new head is expected; encoder weights that do not fit are refused below
                 model, info = auto_class(task).from_pretrained(
                     name_or_path, trust_remote_code=trust_remote_code, dtype=torch.float32, use_safetensors=True,
