@@ -35,9 +35,7 @@ def dry_run(recipe: Recipe, out: Path | None = None, *, resume: bool = False, ov
         family = family_of(config)
         counts = count_parameters(model_on_meta(config, job.data.task))
         if name == "teacher":
-            t = recipe.teacher
-            trains = t.finetune == "always" or (t.finetune == "auto" and not job.teacher_head) if t.model is not None \
-                else t.finetune != "never"  # as stages.get_teacher decides
+            trains = recipe.teacher.trains(job.teacher_head)  # as stages.get_teacher decides, from the config
             role, source = "teacher", _teacher_source(recipe, trains)
             epochs = recipe.teacher_train().epochs if trains else None
             losses = ("masked-LM" if job.data.task == "mlm" else "labels (cross-entropy)") if trains else "—"

@@ -16,8 +16,8 @@ from cascade_kd.data.masking import Masker, mask_split, masker_for
 from cascade_kd.data.sampling import epoch_indices
 from cascade_kd.data.task import TaskData, load_task_data
 from cascade_kd.errors import RecipeError
-from cascade_kd.plugins import PluginError
 from cascade_kd.evaluation.scoring import evaluate_languages
+from cascade_kd.plugins import PluginError
 from cascade_kd.students.anatomy import position_offset
 from cascade_kd.students.hub import (auto_config, config_from_spec, config_labels, first_line, has_task_head,
                                      label_config, load_tokenizer, local_path_missing, refuse_damaged)
@@ -126,15 +126,16 @@ def prepare(recipe: Recipe, out: Path, say=print) -> Job:
     checkpoint_labels = config_labels(t_config) if teacher_cfg.model is not None else []
     if checkpoint_labels and set(checkpoint_labels) == set(data.labels):
         data.labels = checkpoint_labels  # a fine-tuned teacher's head: keep its label order
-    teacher_head = teacher_cfg.model is not None and data.task != "mlm" and has_task_head(t_config, data.task, data.labels)
-    if teacher_cfg.model is not None and teacher_cfg.finetune == "never" and data.task != "mlm" and not teacher_head:
+    classifier_checkpoint = teacher_cfg.model is not None and data.task != "mlm"  # a saved teacher, a head by labels
+    teacher_head = classifier_checkpoint and has_task_head(t_config, data.task, data.labels)
+    if classifier_checkpoint and teacher_cfg.finetune == "never" and not teacher_head:
         raise RecipeError(f"finetune: never uses the teacher as it is, but {teacher_cfg.model!r} has no "
                           f"{data.task}-classification head for the data's {len(data.labels)} labels "
                           f"({', '.join(data.labels[:8])}{', ...' if len(data.labels) > 8 else ''}): it would score "
                           "with a head at random", where=where(recipe, "teacher", "finetune"),
                           hint="use finetune: auto (it fine-tunes a teacher whose head does not fit), or a teacher "
                                "fine-tuned on these labels")
-    if teacher_cfg.model is not None and data.task != "mlm" and config_labels(t_config) != list(data.labels):
+    if classifier_checkpoint and config_labels(t_config) != list(data.labels):
         # the teacher is loaded with a new head for the data's labels: check (and count) that model
         t_config = copy.deepcopy(t_config)
         t_config.update(label_config(data.labels))

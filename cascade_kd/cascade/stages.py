@@ -94,11 +94,11 @@ def get_teacher(job: Job):
     if t.model is not None:
         model, has_head = load_model(recipe.model_path(t.model), job.data.task, job.data.labels,
                                      trust_remote_code=t.trust_remote_code, where=where(recipe, "teacher", "model"))
-        finetune = t.finetune == "always" or (t.finetune == "auto" and not has_head)
     else:
         model = create_model(t.config, job.data.task, job.data.labels, len(job.tokenizer), job.tokenizer.pad_token_id,
                              where=where(recipe, "teacher", "config"))
-        finetune = t.finetune != "never"
+        has_head = False  # a model made from its config: its head is new
+    finetune = t.trains(has_head)
     info = {"recipe": fingerprint, "model_key": job.model_keys["teacher"], "role": "teacher", "trained": finetune}
     if finetune:
         cfg = recipe.teacher_train()

@@ -483,6 +483,13 @@ class TeacherConfig(_Section):
     train: Optional[dict[str, Any]] = None
     trust_remote_code: bool = False
 
+    def trains(self, has_head: bool) -> bool:
+        """Whether the run trains this teacher: a saved model unless `never`, or `auto` with a head
+        that already fits the labels (`has_head`); one built from its config unless `never`."""
+        if self.model is None:
+            return self.finetune != "never"
+        return self.finetune == "always" or (self.finetune == "auto" and not has_head)
+
     @model_validator(mode="after")
     def _one_source(self):
         if (self.model is None) == (self.config is None):

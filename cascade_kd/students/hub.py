@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from cascade_kd.errors import RecipeError, UserError
-from cascade_kd.fileio import atomic_directory, looks_like_path, read_json_record
 from cascade_kd import plugins
+from cascade_kd.fileio import atomic_directory, looks_like_path, read_json_record
 from cascade_kd.plugins import PluginError, load_plugins
 from cascade_kd.students.anatomy import ffn_attr
 
@@ -76,6 +76,7 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, where:
         raise RecipeError(not_found_offline(name_or_path, "tokenizer")
                           or f"cannot load the tokenizer {name_or_path!r}: {first_line(exc)}", where=where,
                           hint=hint) from None
+
 
 def has_task_head(config, task: str, labels: list[str]) -> bool:
     """Whether a saved model's config has a head of this task for exactly these labels (in this

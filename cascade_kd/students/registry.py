@@ -121,10 +121,27 @@ def _plain_option(annotation) -> bool:
         return True
     if origin in (typing.Union, types.UnionType):
         return all(_plain_option(a) for a in args)
-    if origin in (list, tuple):
-        return all(a is Ellipsis or (a not in (list, tuple) and typing.get_origin(a) not in (list, tuple)
-                                     and _plain_option(a)) for a in args)
+    if origin in (list, tuple):  # of scalars: a bare or nested list is not one
+        return all(a is Ellipsis or (typing.get_origin(a) not in (list, tuple) and _plain_option(a)) for a in args)
     return False
+
+
+def _check_options_model(family: StudentFamily) -> None:
+    """An options_model is a pydantic model of flat keys, each a recipe key by its field name."""
+    name, model = type(family).__name__, family.options_model
+    fields = getattr(model, "model_fields", None)
+    if not isinstance(fields, dict) or not hasattr(model, "model_validate"):
+        raise ValueError(f"{name}.options_model is {model!r}: give a pydantic model (a BaseModel subclass whose "
+                         "fields are the family's own keys)")
+    aliased = [key for key, f in fields.items() if f.alias or f.validation_alias or f.serialization_alias]
+    if aliased:  # a key read under one name and written back under another would not read back
+        raise ValueError(f"{name}.options_model gives {', '.join(aliased)} an alias: its field names are the recipe "
+                         "keys, so leave aliases out")
+    odd = [key for key, f in fields.items() if not _plain_option(f.annotation)]
+    if odd:  # what a recipe line holds, and what reads back and hashes alike in every process
+        raise ValueError(f"{name}.options_model: {', '.join(odd)} must be a bool, int, float, str, Literal or Enum, "
+                         "optionally None, or a list of those (not a set, whose order changes between processes, "
+                         "nor a nested model: give it flat keys)")
 
 
 def register(family: StudentFamily, *, replace: bool = False) -> StudentFamily:
@@ -138,19 +155,7 @@ def register(family: StudentFamily, *, replace: bool = False) -> StudentFamily:
                          f"({type(FAMILIES[family.kind]).__name__}): give {type(family).__name__} another kind, "
                          "or register(..., replace=True) to replace it")
     if family.options_model is not None:
-        fields = getattr(family.options_model, "model_fields", None)
-        if not isinstance(fields, dict) or not hasattr(family.options_model, "model_validate"):
-            raise ValueError(f"{type(family).__name__}.options_model is {family.options_model!r}: give a pydantic "
-                             "model (a BaseModel subclass whose fields are the family's own keys)")
-        aliased = [name for name, f in fields.items() if f.alias or f.validation_alias or f.serialization_alias]
-        if aliased:  # a key read under one name and written back under another would not read back
-            raise ValueError(f"{type(family).__name__}.options_model gives {', '.join(aliased)} an alias: its field "
-                             "names are the recipe keys, so leave aliases out")
-        odd = [name for name, f in fields.items() if not _plain_option(f.annotation)]
-        if odd:  # what a recipe line holds, and what reads back and hashes alike in every process
-            raise ValueError(f"{type(family).__name__}.options_model: {', '.join(odd)} must be a bool, int, float, "
-                             "str, Literal or Enum, optionally None, or a list of those (not a set, whose order "
-                             "changes between processes, nor a nested model: give it flat keys)")
+        _check_options_model(family)
     if family.spec_rules not in STUDENT_KINDS:
         raise ValueError(f"{type(family).__name__}.spec_rules is {family.spec_rules!r}: name the built-in kind whose "
                          f"recipe keys it takes ({', '.join(STUDENT_KINDS)})")
